@@ -1,0 +1,17 @@
+"""kvlab: composable LLM inference components in JAX (KV caches, schedulers, attention kernels).
+
+Quick start:
+    model, tokenizer = kvlab.models.load("smollm2-135m")
+    engine = kvlab.Engine(model, cache=kvlab.PagedKVCache(num_pages=256), tokenizer=tokenizer)
+    print(engine.generate(["Hello"], kvlab.SamplingParams(max_tokens=32))[0].text)
+"""
+
+from kvlab import models
+from kvlab.attention import ReferenceAttention
+from kvlab.engine import Completion, Engine, Sampler, StreamEvent
+from kvlab.kvcache import PagedKVCache
+from kvlab.schedulers import FCFS, ContinuousScheduler, SamplingParams
+
+__version__ = "0.1.0"
+__all__ = ["FCFS", "Completion", "ContinuousScheduler", "Engine", "PagedKVCache", "ReferenceAttention",
+           "Sampler", "SamplingParams", "StreamEvent", "models"]

@@ -1,0 +1,152 @@
+"""The ``kvlab`` command: ``kvlab generate "prompt"`` streams text; ``kvlab demo`` runs a batch of
+chat prompts through the bundled SmolLM2 and prints the generations with a metrics table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+DEMO_PROMPTS = (
+    "What is the capital of France?",
+    "Write a haiku about the ocean.",
+    "Explain in two sentences why the sky is blue.",
+    "Give me three tips for learning to cook.",
+    "What is a KV cache in a language model?",
+    "Translate 'good morning' into Spanish and German.",
+    "Name three planets of the solar system.",
+    "Why do cats purr?",
+)
+
+
+
+def _build_engine(args):
+    import jax.numpy as jnp
+
+    import kvlab
+
+    model, tokenizer = kvlab.models.load(args.model, dtype=jnp.dtype(args.dtype))
+    cache = kvlab.PagedKVCache(num_pages=args.num_pages, page_size=args.page_size)
+    scheduler = kvlab.ContinuousScheduler(max_num_seqs=args.max_num_seqs,
+                                          max_num_batched_tokens=args.max_num_batched_tokens)
+    engine = kvlab.Engine(model, cache=cache, scheduler=scheduler, tokenizer=tokenizer,
+                          max_model_len=args.max_model_len)
+    return engine, tokenizer
+
+
+def _prompt_ids(tokenizer, text: str, raw: bool) -> list[int]:
+    if raw or not tokenizer.chat_template:
+        return tokenizer.encode(text)
+    return tokenizer.encode_chat(text)
+
+
+def cmd_generate(args) -> int:
+    import kvlab
+
+    engine, tokenizer = _build_engine(args)
+    params = kvlab.SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                                  top_k=args.top_k, top_p=args.top_p)
+    for event in engine.stream([_prompt_ids(tokenizer, args.prompt, args.raw)], params):
+        sys.stdout.write(event.new_text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import jax
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    import kvlab
+
+    console = Console()
+    console.print(f"[bold]kvlab demo[/bold]: {args.model} on {jax.devices()[0].device_kind} "
+                  f"({jax.default_backend()}), dtype {args.dtype}, JAX {jax.__version__}")
+    t0 = time.perf_counter()
+    engine, tokenizer = _build_engine(args)
+    console.print(f"model loaded in {time.perf_counter() - t0:.1f} s "
+                  f"({engine.config.num_params() / 1e6:.0f}M parameters)")
+    prompts = [_prompt_ids(tokenizer, p, args.raw) for p in DEMO_PROMPTS[:args.num_prompts]]
+    params = kvlab.SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                                  top_k=args.top_k, top_p=args.top_p)
+    peak = {"pages": 0}
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("warming up (compiling the step)", total=len(prompts))
+
+        def on_step(done, total):
+            peak["pages"] = max(peak["pages"], engine.cache.stats().pages_used)
+            progress.update(task, completed=done, description="generating")
+
+        # Warm-up: one short request compiles the common shapes; excluded from the timing.
+        engine.generate([prompts[0]], kvlab.SamplingParams(max_tokens=2))
+        compile_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        completions = engine.generate(prompts, params, progress=on_step)
+        wall = time.perf_counter() - t1
+    for prompt, c in zip(DEMO_PROMPTS, completions):
+        console.rule(f"[cyan]{prompt}")
+        console.print(c.text.strip(), markup=False, highlight=False)
+    m = engine.metrics(completions, wall)
+    stats = engine.cache.stats()
+    table = Table(title="kvlab demo metrics")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("requests", f"{int(m['requests'])}"),
+        ("output tokens", f"{int(m['output_tokens'])}"),
+        ("wall time (s)", f"{m['wall_s']:.2f}"),
+        ("throughput (output tok/s)", f"{m['output_tokens_per_s']:.1f}"),
+        ("TTFT mean / P99 (ms)", f"{1e3 * m['ttft_mean_s']:.0f} / {1e3 * m['ttft_p99_s']:.0f}"),
+        ("inter-token latency P50 / P99 (ms)", f"{1e3 * m['itl_p50_s']:.1f} / {1e3 * m['itl_p99_s']:.1f}"),
+        ("engine steps", f"{int(m['steps'])}"),
+        ("step compilations", f"{int(m['compilations'])}"),
+        ("preemptions", f"{int(m['preemptions'])}"),
+        ("KV pages peak / total (page size)",
+         f"{peak['pages']} / {stats.pages_total} ({stats.page_size})"),
+        ("KV pages in use after the run", f"{stats.pages_used}"),
+        ("load + warm-up (s)", f"{compile_s:.1f}"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+    return 0
+
+
+def _add_engine_args(p: argparse.ArgumentParser, *, max_tokens: int) -> None:
+    p.add_argument("--model", default="smollm2-135m",
+                   help="bundled name, local transformers directory or .gguf file")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--max-tokens", type=int, default=max_tokens)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--page-size", type=int, default=16)
+    p.add_argument("--num-pages", type=int, default=512)
+    p.add_argument("--max-num-seqs", type=int, default=16)
+    p.add_argument("--max-num-batched-tokens", type=int, default=1024)
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="kvlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="stream a completion of one prompt")
+    gen.add_argument("prompt")
+    _add_engine_args(gen, max_tokens=128)
+    demo = sub.add_parser("demo", help="run a batch of chat prompts through the bundled SmolLM2")
+    demo.add_argument("--num-prompts", type=int, default=len(DEMO_PROMPTS))
+    _add_engine_args(demo, max_tokens=96)
+    args = parser.parse_args(argv)
+    try:
+        return cmd_generate(args) if args.command == "generate" else cmd_demo(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"kvlab: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""ModelRunner: packs a StepPlan into bucketed arrays and runs the one jitted step.
+
+The step takes the model state, the KV storage (donated: updated in place), the ragged batch and
+the per-sequence sampling parameters, and returns the sampled tokens: one device-to-host transfer
+per step. Token count, sequence count and pages per sequence are padded to powers of two, so the
+number of compilations is bounded by the product of the bucket counts (``num_compilations``
+counts traces).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kvlab.attention.batch import RaggedBatch
+from kvlab.schedulers.base import StepPlan
+
+
+def pow2_buckets(lo: int, hi: int) -> tuple[int, ...]:
+    """Powers of two from ``lo`` up to the first one >= ``hi``."""
+    out, b = [], max(1, lo)
+    while True:
+        out.append(b)
+        if b >= hi:
+            return tuple(out)
+        b *= 2
+
+
+def pick_bucket(buckets: tuple[int, ...], n: int) -> int:
+    for b in buckets:
+        if b >= n:
+            return b
+    raise ValueError(f"{n} exceeds the largest bucket {buckets[-1]}")
+
+
+class ModelRunner:
+    """Runs steps of ``model`` with an attention backend and a sampler."""
+
+    def __init__(self, model, *, attention, sampler, page_size: int, max_num_seqs: int,
+                 max_num_batched_tokens: int, max_pages_per_seq: int, seed: int = 0):
+        self.graphdef, self.state = nnx.split(model)
+        self.attention = attention
+        self.sampler = sampler
+        self.page_size = page_size
+        self.token_buckets = pow2_buckets(16, max_num_batched_tokens)
+        self.seq_buckets = pow2_buckets(1, max_num_seqs)
+        self.page_buckets = pow2_buckets(1, max_pages_per_seq)
+        self.num_compilations = 0
+        self.key = jax.random.key(seed)
+        self.steps = 0
+        self._step = jax.jit(self._step_impl, donate_argnums=(1,))
+
+    def _step_impl(self, state, storage, batch: RaggedBatch, temperature, top_k, top_p, key, step):
+        self.num_compilations += 1  # Python runs here only while tracing: one per compilation
+        model = nnx.merge(self.graphdef, state)
+        logits, storage = model(batch, storage, self.attention)
+        tokens = self.sampler(logits, temperature, top_k, top_p, jax.random.fold_in(key, step))
+        return tokens, storage
+
+    def build_batch(self, plan: StepPlan, cache) -> RaggedBatch:
+        seqs = plan.seqs
+        pages = [cache.pages(s.request.request_id) for s in seqs]
+        return RaggedBatch.build(
+            q_tokens=[np.asarray(s.token_ids, np.int32) for s in seqs],
+            q_starts=[s.start for s in seqs], page_lists=pages, page_size=self.page_size,
+            token_bucket=pick_bucket(self.token_buckets, plan.num_tokens),
+            seq_bucket=pick_bucket(self.seq_buckets, len(seqs)),
+            page_bucket=pick_bucket(self.page_buckets, max(len(p) for p in pages)))
+
+    def run(self, plan: StepPlan, cache, storage):
+        """Run one step; returns (sampled token ids as a NumPy array [len(plan.seqs)], storage)."""
+        batch = self.build_batch(plan, cache)
+        n_slots = batch.num_seq_slots
+        temperature = np.zeros(n_slots, np.float32)
+        top_k = np.zeros(n_slots, np.int32)
+        top_p = np.ones(n_slots, np.float32)
+        for i, s in enumerate(plan.seqs):
+            p = s.request.params
+            temperature[i], top_k[i], top_p[i] = p.temperature, p.top_k, p.top_p
+        tokens, storage = self._step(self.state, storage, batch, temperature, top_k, top_p,
+                                     self.key, np.int32(self.steps))
+        self.steps += 1
+        return np.asarray(tokens)[:len(plan.seqs)], storage
+
+
+class DenseReferenceDecoder:
+    """The reference: decode one request alone with no cache, a full forward per token.
+
+    Lengths are padded to multiples of 64 (causal attention ignores the padding), so the number
+    of compilations grows with the length range, not with every length.
+    """
+
+    def __init__(self, model):
+        graphdef, self.state = nnx.split(model)
+
+        def logits_at(state, tokens, n):
+            return nnx.merge(graphdef, state).dense_logits(tokens)[n - 1]
+
+        self._logits_at = jax.jit(logits_at)
+
+    def next_logits(self, token_ids) -> np.ndarray:
+        """Logits [V] (float32) after the given tokens."""
+        padded = np.zeros(-(-len(token_ids) // 64) * 64, np.int32)
+        padded[:len(token_ids)] = token_ids
+        return np.asarray(self._logits_at(self.state, padded, np.int32(len(token_ids))))
+
+    def greedy(self, prompt_token_ids, max_tokens: int, eos_token_ids=()) -> list[int]:
+        out, generated = list(prompt_token_ids), []
+        for _ in range(max_tokens):
+            token = int(np.argmax(self.next_logits(out)))
+            generated.append(token)
+            out.append(token)
+            if token in eos_token_ids:
+                break
+        return generated

@@ -1,0 +1,14 @@
+"""Models: the Llama-family decoder, configs with presets, loaders and the tokenizer."""
+
+from kvlab.models.config import (
+    Llama3RopeScaling,
+    LinearRopeScaling,
+    ModelConfig,
+    UnsupportedModelError,
+)
+from kvlab.models.llama import LlamaModel
+from kvlab.models.loading import CheckpointError, load
+from kvlab.models.tokenizer import IncrementalDecoder, Tokenizer
+
+__all__ = ["CheckpointError", "IncrementalDecoder", "LinearRopeScaling", "Llama3RopeScaling",
+           "LlamaModel", "ModelConfig", "Tokenizer", "UnsupportedModelError", "load"]

@@ -1,0 +1,115 @@
+"""GGUF checkpoints (llama.cpp's format): metadata -> ModelConfig, quantized tensors -> arrays.
+
+Dequantization uses the ``gguf`` package's NumPy implementation of every block format (Q4_1,
+Q8_0, ...). llama.cpp's converter permutes the rows of the Q and K projections of ``llama``
+models (interleaved RoPE pairs); ``_unpermute`` restores transformers' rotate-half layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from kvlab.models.config import ModelConfig, UnsupportedModelError
+from kvlab.models.llama import LlamaModel, weight_shapes
+from kvlab.models.loading import CheckpointError
+from kvlab.models.tokenizer import Tokenizer
+
+_ARCHS = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+_LAYER_NAMES = {"attn_norm": "attn_norm", "wq": "attn_q", "wk": "attn_k", "wv": "attn_v",
+                "wo": "attn_output", "mlp_norm": "ffn_norm", "w_gate": "ffn_gate", "w_up": "ffn_up",
+                "w_down": "ffn_down"}
+_BIASES = {"bq": "attn_q.bias", "bk": "attn_k.bias", "bv": "attn_v.bias"}
+
+
+def read_gguf(path: Path):
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no GGUF file at {path}")
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:  # bad magic, truncated tensor data, bad offsets
+        raise CheckpointError(f"cannot read GGUF file {path}: {e} (truncated or corrupt?)") from e
+    meta = {}
+    for key, field in reader.fields.items():
+        try:
+            meta[key] = field.contents()
+        except Exception:  # noqa: BLE001 - a field we do not need may use an odd type
+            continue
+    return reader, meta
+
+
+def config_from_gguf(meta: dict) -> ModelConfig:
+    arch = meta.get("general.architecture")
+    if arch not in _ARCHS:
+        raise UnsupportedModelError(f"unsupported GGUF architecture {arch!r}; supported: {sorted(_ARCHS)}")
+
+    def get(key, default=None):
+        return meta.get(f"{arch}.{key}", default)
+
+    heads = get("attention.head_count")
+    hidden = get("embedding_length")
+    head_dim = get("attention.key_length") or hidden // heads
+    eos = meta.get("tokenizer.ggml.eos_token_id")
+    return ModelConfig(
+        vocab_size=get("vocab_size") or len(meta["tokenizer.ggml.tokens"]), hidden_size=hidden,
+        intermediate_size=get("feed_forward_length"), num_layers=get("block_count"),
+        num_heads=heads, num_kv_heads=get("attention.head_count_kv") or heads, head_dim=head_dim,
+        rope_theta=float(get("rope.freq_base", 10000.0)),
+        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+        max_position_embeddings=get("context_length", 2048),
+        tie_word_embeddings=False,  # decided by the tensors present, below
+        attention_bias=arch == "qwen2", sliding_window=get("attention.sliding_window"),
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+        eos_token_ids=(eos,) if eos is not None else (), architecture=_ARCHS[arch])
+
+
+def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row permutation. w: [n_heads * head_dim, in]."""
+    out, inp = w.shape
+    return w.reshape(n_heads, out // n_heads // 2, 2, inp).swapaxes(1, 2).reshape(out, inp)
+
+
+def load_gguf(path: Path, dtype=jnp.float32) -> tuple[LlamaModel, Tokenizer]:
+    """Read a GGUF file, dequantize every tensor to ``dtype``, build the model and tokenizer."""
+    from gguf.quants import dequantize
+
+    reader, meta = read_gguf(path)
+    config = config_from_gguf(meta)
+    tensors = {}
+    for t in reader.tensors:
+        try:
+            tensors[t.name] = dequantize(t.data, t.tensor_type).astype(np.float32)
+        except Exception as e:
+            raise CheckpointError(f"cannot dequantize {t.name} ({t.tensor_type.name}) in {path}: {e}") from e
+    tied = "output.weight" not in tensors
+    config = dataclasses.replace(config, tie_word_embeddings=tied)
+    permute = config.architecture != "Qwen2ForCausalLM"  # llama.cpp permutes llama-style Q/K only
+
+    def get(name):
+        try:
+            return tensors[name]
+        except KeyError:
+            raise CheckpointError(f"GGUF file {path} has no tensor {name!r}") from None
+
+    weights = {"embed": get("token_embd.weight"), "final_norm": get("output_norm.weight")}
+    if not tied:
+        weights["lm_head"] = get("output.weight").T
+    for name in weight_shapes(config):
+        if name in _LAYER_NAMES or name in _BIASES:
+            stack = []
+            for i in range(config.num_layers):
+                key = f"blk.{i}.{_LAYER_NAMES[name]}.weight" if name in _LAYER_NAMES else f"blk.{i}.{_BIASES[name]}"
+                w = get(key)
+                if permute and name in ("wq", "wk"):
+                    w = _unpermute(w, config.num_heads if name == "wq" else config.num_kv_heads)
+                stack.append(w.T if w.ndim == 2 else w)
+            weights[name] = np.stack(stack)
+    tokenizer = Tokenizer.from_gguf_metadata(meta)
+    config = dataclasses.replace(config, eos_token_ids=tokenizer.eos_token_ids)
+    return LlamaModel(config, dtype=dtype, weights=weights), tokenizer

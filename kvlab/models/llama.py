@@ -1,0 +1,183 @@
+"""A Llama-family decoder in Flax NNX: RMSNorm, RoPE, GQA, SwiGLU, stacked layers under lax.scan.
+
+Two forward passes share one layer body:
+  * ``model(batch, storage, attention)`` - the serving path: a flat ragged batch of scheduled
+    tokens, each layer's new K/V written into the paged cache, attention by the given backend,
+    logits only for ``batch.logits_indices``;
+  * ``model.dense_logits(tokens)`` - one sequence, plain causal attention, no cache: the
+    one-request-at-a-time reference that the engine's outputs are tested against.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> from kvlab.models import LlamaModel, ModelConfig
+    >>> model = LlamaModel(ModelConfig.tiny(), seed=0)
+    >>> model.dense_logits(jnp.array([1, 5, 7])).shape
+    (3, 256)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kvlab.attention.batch import RaggedBatch
+from kvlab.attention.reference import AttentionOptions
+from kvlab.models.config import ModelConfig
+
+# name -> shape function of the stacked per-layer weights (x @ w layout: [in, out]).
+def _layer_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
+    L, E, F = c.num_layers, c.hidden_size, c.intermediate_size
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    shapes = {"attn_norm": (L, E), "wq": (L, E, q), "wk": (L, E, kv), "wv": (L, E, kv),
+              "wo": (L, q, E), "mlp_norm": (L, E), "w_gate": (L, E, F), "w_up": (L, E, F),
+              "w_down": (L, F, E)}
+    if c.attention_bias:
+        shapes.update(bq=(L, q), bk=(L, kv), bv=(L, kv))
+    return shapes
+
+
+def weight_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every weight of the model by kvlab name, with its shape."""
+    shapes = {"embed": (c.vocab_size, c.hidden_size), **_layer_shapes(c), "final_norm": (c.hidden_size,)}
+    if not c.tie_word_embeddings:
+        shapes["lm_head"] = (c.hidden_size, c.vocab_size)
+    return shapes
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """x: [..., E]; normalised in float32, then scaled (transformers' order of operations)."""
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight * x32.astype(x.dtype)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x: [T, H, D]; cos, sin: [T, D/2] float32. Rotate-half convention (transformers)."""
+    half = x.shape[-1] // 2
+    x32 = x.astype(jnp.float32)
+    x1, x2 = x32[..., :half], x32[..., half:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
+
+
+def dense_causal_attention(q, k, v, options: AttentionOptions):
+    """One sequence, no cache. q: [N, Hq, D], k, v: [N, Hkv, D] -> [N, Hq, D]."""
+    n, hq, d = q.shape
+    hkv = k.shape[1]
+    qg = q.reshape(n, hkv, hq // hkv, d).astype(jnp.float32)
+    scores = jnp.einsum("ikgd,jkd->kgij", qg, k.astype(jnp.float32)) * options.sm_scale
+    if options.soft_cap is not None:
+        scores = options.soft_cap * jnp.tanh(scores / options.soft_cap)
+    i = jnp.arange(n)[:, None]
+    j = jnp.arange(n)[None, :]
+    mask = j <= i
+    if options.sliding_window is not None:
+        keep = i - j < options.sliding_window
+        if options.num_sink_tokens:
+            keep = keep | (j < options.num_sink_tokens)
+        mask = mask & keep
+    scores = jnp.where(mask, scores, -jnp.inf)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("kgij,jkd->ikgd", probs, v.astype(jnp.float32))
+    return out.reshape(n, hq, d).astype(q.dtype)
+
+
+class LlamaModel(nnx.Module):
+    """Llama/SmolLM2/Qwen2/Mistral decoder with stacked layer weights.
+
+    Built with random weights (``seed``) or from a dict of arrays named as ``weight_shapes``.
+    """
+
+    def __init__(self, config: ModelConfig, *, dtype=jnp.float32, seed: int = 0,
+                 weights: dict[str, np.ndarray] | None = None):
+        self.config = config
+        self.dtype = jnp.dtype(dtype)
+        shapes = weight_shapes(config)
+        if weights is not None:
+            missing = sorted(set(shapes) - set(weights))
+            if missing:
+                raise ValueError(f"weights are missing {missing}")
+            for name, shape in shapes.items():
+                if tuple(weights[name].shape) != shape:
+                    raise ValueError(f"weight {name!r} has shape {tuple(weights[name].shape)}, "
+                                     f"expected {shape}")
+        keys = iter(jax.random.split(jax.random.key(seed), len(shapes)))
+        for name, shape in shapes.items():
+            key = next(keys)
+            if weights is not None:
+                value = jnp.asarray(weights[name], dtype=self.dtype)
+            elif name.endswith("norm"):
+                value = jnp.ones(shape, self.dtype)
+            else:
+                value = (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(self.dtype)
+            setattr(self, name, nnx.Param(value))
+        self.inv_freq = nnx.Variable(jnp.asarray(config.rope_inv_freq(), jnp.float32))
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def attention_options(self) -> AttentionOptions:
+        return AttentionOptions(sm_scale=self.config.head_dim ** -0.5,
+                                sliding_window=self.config.sliding_window)
+
+    def _rope(self, positions: jax.Array):
+        angles = positions.astype(jnp.float32)[:, None] * self.inv_freq[...][None, :]
+        return jnp.cos(angles), jnp.sin(angles)
+
+    def _layers(self, x, positions, mix, mix_state):
+        """Run all layers. ``mix(q, k, v, layer, state) -> (attn_out, state)`` does the attention."""
+        c = self.config
+        cos, sin = self._rope(positions)
+        names = list(_layer_shapes(c))
+        stacked = {n: getattr(self, n)[...] for n in names}
+        n_tok = x.shape[0]
+
+        def body(carry, xs):
+            h_in, state = carry
+            w, layer = xs
+            h = rms_norm(h_in, w["attn_norm"], c.rms_norm_eps)
+            q, k, v = h @ w["wq"], h @ w["wk"], h @ w["wv"]
+            if c.attention_bias:
+                q, k, v = q + w["bq"], k + w["bk"], v + w["bv"]
+            q = apply_rope(q.reshape(n_tok, c.num_heads, c.head_dim), cos, sin)
+            k = apply_rope(k.reshape(n_tok, c.num_kv_heads, c.head_dim), cos, sin)
+            v = v.reshape(n_tok, c.num_kv_heads, c.head_dim)
+            attn, state = mix(q, k, v, layer, state)
+            h_in = h_in + attn.reshape(n_tok, -1) @ w["wo"]
+            h = rms_norm(h_in, w["mlp_norm"], c.rms_norm_eps)
+            h_in = h_in + (jax.nn.silu(h @ w["w_gate"]) * (h @ w["w_up"])) @ w["w_down"]
+            return (h_in, state), None
+
+        layer_ids = jnp.arange(c.num_layers, dtype=jnp.int32)
+        (x, mix_state), _ = jax.lax.scan(body, (x, mix_state), (stacked, layer_ids))
+        return rms_norm(x, self.final_norm[...], c.rms_norm_eps), mix_state
+
+    def _logits(self, h: jax.Array) -> jax.Array:
+        if self.config.tie_word_embeddings:
+            return jnp.einsum("te,ve->tv", h, self.embed[...], preferred_element_type=jnp.float32)
+        return jnp.einsum("te,ev->tv", h, self.lm_head[...], preferred_element_type=jnp.float32)
+
+    # ------------------------------------------------------------------------------------------
+    def __call__(self, batch: RaggedBatch, storage, attention):
+        """Serving forward. Returns (logits [S, V] float32 at ``batch.logits_indices``, storage)."""
+        options = self.attention_options
+        x = self.embed[...][batch.tokens]
+
+        def mix(q, k, v, layer, store):
+            store = store.write(layer, k, v, batch.slots)
+            return attention(q, store, layer, batch, options), store
+
+        h, storage = self._layers(x, batch.positions, mix, storage)
+        return self._logits(h[batch.logits_indices]), storage
+
+    def dense_logits(self, tokens: jax.Array) -> jax.Array:
+        """No-cache forward of one sequence. tokens: [N] -> logits [N, V] float32."""
+        options = self.attention_options
+        x = self.embed[...][tokens]
+
+        def mix(q, k, v, layer, state):
+            return dense_causal_attention(q, k, v, options), state
+
+        h, _ = self._layers(x, jnp.arange(tokens.shape[0], dtype=jnp.int32), mix, ())
+        return self._logits(h)

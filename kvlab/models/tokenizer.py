@@ -1,0 +1,159 @@
+"""Tokenizer: HF ``tokenizers`` for the byte-level BPE, ``jinja2`` for chat templates.
+
+Built from a transformers directory (``tokenizer.json`` + ``tokenizer_config.json``) or from a GGUF
+file's ``tokenizer.ggml.*`` metadata (``Tokenizer.from_gguf_metadata``).
+
+Example:
+    >>> from kvlab.models import load
+    >>> _, tok = load("smollm2-135m")                                  # doctest: +SKIP
+    >>> tok.decode(tok.encode("Hello world"))                         # doctest: +SKIP
+    'Hello world'
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import tokenizers
+from tokenizers import decoders, pre_tokenizers
+
+# Pre-tokenizer regexes of llama.cpp's BPE "pre" types (the split rules each model was trained with).
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
+                 r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _byte_level_pre_tokenizer(pre: str):
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre in ("default", "gpt2", "gpt-2"):
+        return byte_level
+    if pre == "smollm":  # digits one by one, then GPT-2 splitting
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    for name, regex in (("llama-bpe", _LLAMA3_SPLIT), ("llama3", _LLAMA3_SPLIT), ("qwen2", _QWEN2_SPLIT)):
+        if pre == name:
+            return pre_tokenizers.Sequence([
+                pre_tokenizers.Split(tokenizers.Regex(regex), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    raise ValueError(f"GGUF tokenizer pre-type {pre!r} is not supported; supported: default, gpt2, "
+                     f"smollm, llama-bpe, qwen2")
+
+
+class Tokenizer:
+    """Text <-> token ids, plus the model's chat template."""
+
+    def __init__(self, backend: tokenizers.Tokenizer, *, bos_token_id: int | None,
+                 eos_token_ids: tuple[int, ...], chat_template: str | None = None,
+                 add_bos: bool = False):
+        self.backend = backend
+        self.bos_token_id = bos_token_id
+        self.eos_token_ids = tuple(eos_token_ids)
+        self.chat_template = chat_template
+        self.add_bos = add_bos
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def token_text(self, token_id: int) -> str | None:
+        return self.backend.id_to_token(token_id)
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.backend.encode(text, add_special_tokens=False).ids
+        if self.add_bos and self.bos_token_id is not None:
+            ids = [self.bos_token_id, *ids]
+        return ids
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """Render ``[{"role": ..., "content": ...}, ...]`` with the model's template (jinja2)."""
+        if not self.chat_template:
+            raise ValueError("this tokenizer has no chat template; pass raw prompts instead")
+        import jinja2.sandbox
+
+        env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+        def raise_exception(message):
+            raise ValueError(f"chat template error: {message}")
+
+        env.globals["raise_exception"] = raise_exception
+        bos = self.token_text(self.bos_token_id) if self.bos_token_id is not None else ""
+        eos = self.token_text(self.eos_token_ids[0]) if self.eos_token_ids else ""
+        return env.from_string(self.chat_template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos,
+            eos_token=eos)
+
+    def encode_chat(self, user_message: str, system: str | None = None) -> list[int]:
+        """Token ids of a one-turn chat prompt ready for the assistant's answer."""
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": user_message}]
+        return self.backend.encode(self.apply_chat_template(messages), add_special_tokens=False).ids
+
+    # ---- constructors ----------------------------------------------------------------------------
+    @classmethod
+    def from_hf_directory(cls, path: Path, eos_token_ids: tuple[int, ...]) -> Tokenizer:
+        file = Path(path) / "tokenizer.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"{path} has no tokenizer.json")
+        backend = tokenizers.Tokenizer.from_file(str(file))
+        cfg_file = Path(path) / "tokenizer_config.json"
+        cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+
+        def token_id(value):
+            if isinstance(value, dict):
+                value = value.get("content")
+            return backend.token_to_id(value) if isinstance(value, str) else None
+
+        template = cfg.get("chat_template")
+        tmpl_file = Path(path) / "chat_template.jinja"
+        if template is None and tmpl_file.is_file():
+            template = tmpl_file.read_text()
+        return cls(backend, bos_token_id=token_id(cfg.get("bos_token")), eos_token_ids=eos_token_ids,
+                   chat_template=template, add_bos=bool(cfg.get("add_bos_token", False)))
+
+    @classmethod
+    def from_gguf_metadata(cls, meta: dict) -> Tokenizer:
+        """meta: the GGUF key/values (``tokenizer.ggml.tokens``, ``.merges``, ``.token_type``, ...)."""
+        model = meta.get("tokenizer.ggml.model")
+        if model != "gpt2":
+            raise ValueError(f"GGUF tokenizer model {model!r} is not supported (only byte-level BPE, 'gpt2')")
+        tokens = meta["tokenizer.ggml.tokens"]
+        merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+        vocab = {tok: i for i, tok in enumerate(tokens)}
+        backend = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=merges,
+                                                             fuse_unk=False, byte_fallback=False))
+        backend.pre_tokenizer = _byte_level_pre_tokenizer(meta.get("tokenizer.ggml.pre", "default"))
+        backend.decoder = decoders.ByteLevel()
+        types = meta.get("tokenizer.ggml.token_type", [1] * len(tokens))
+        specials = [tokenizers.AddedToken(tokens[i], special=True, normalized=False)
+                    for i, t in enumerate(types) if t in (3, 4)]  # CONTROL, USER_DEFINED
+        backend.add_special_tokens(specials)
+        eos = meta.get("tokenizer.ggml.eos_token_id")
+        eos_ids = (eos,) if eos is not None else ()
+        im_end = vocab.get("<|im_end|>")  # chat models end their turns with it
+        if im_end is not None and im_end not in eos_ids:
+            eos_ids = (*eos_ids, im_end)
+        return cls(backend, bos_token_id=meta.get("tokenizer.ggml.bos_token_id"), eos_token_ids=eos_ids,
+                   chat_template=meta.get("tokenizer.chat_template"),
+                   add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)))
+
+
+class IncrementalDecoder:
+    """Streams text for a growing list of token ids; holds back incomplete UTF-8 sequences."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+
+    def push(self, token_ids) -> str:
+        """Add tokens; return the newly completed text."""
+        self.ids.extend(int(t) for t in token_ids)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        new, self.text = text[len(self.text):], text
+        return new

@@ -1,0 +1,84 @@
+"""A request's parameters and lifecycle state (host-side)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplingParams:
+    """How to pick tokens and when to stop.
+
+    temperature 0 is greedy; top_k 0 and top_p 1.0 disable those filters. ``stop`` strings end
+    generation when they appear in the text (they are not included in the output).
+    """
+
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclasses.dataclass(eq=False)
+class Request:
+    """One generation request. ``num_computed_tokens`` counts tokens whose KV is in the cache."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    eos_token_ids: tuple[int, ...] = ()
+    max_total_tokens: int | None = None  # the model's context: prompt + output never exceed it
+    arrival_time: float = dataclasses.field(default_factory=time.perf_counter)
+    output_token_ids: list[int] = dataclasses.field(default_factory=list)
+    status: RequestStatus = RequestStatus.WAITING
+    finish_reason: str | None = None
+    num_computed_tokens: int = 0
+    num_preemptions: int = 0
+    token_times: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is RequestStatus.FINISHED
+
+    def append_token(self, token: int, now: float) -> None:
+        """Record a sampled token and decide whether the request is done."""
+        self.output_token_ids.append(int(token))
+        self.token_times.append(now)
+        if not self.params.ignore_eos and token in self.eos_token_ids:
+            self.finish_reason = "stop"
+        elif len(self.output_token_ids) >= self.params.max_tokens:
+            self.finish_reason = "length"
+        elif self.max_total_tokens is not None and self.num_tokens >= self.max_total_tokens:
+            self.finish_reason = "length"
