@@ -21,6 +21,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -78,7 +79,6 @@ def ragged_paged_attention(
     page_size, num_kv_heads = k_pages.shape[2], k_pages.shape[3]
     if num_q_heads % num_kv_heads:
         raise ValueError(f"query heads ({num_q_heads}) must be a multiple of KV heads ({num_kv_heads})")
-    group = num_q_heads // num_kv_heads
     max_keys = page_table.shape[1] * page_size
     acc = jnp.promote_types(q.dtype, jnp.float32)
 
@@ -88,7 +88,7 @@ def ragged_paged_attention(
     k = k_pages[layer, pages].reshape(num_tokens, max_keys, num_kv_heads, head_dim)
     v = v_pages[layer, pages].reshape(num_tokens, max_keys, num_kv_heads, head_dim)
 
-    qg = q.reshape(num_tokens, num_kv_heads, group, head_dim).astype(acc)
+    qg = rearrange(q, "t (k g) d -> t k g d", k=num_kv_heads).astype(acc)
     scores = jnp.einsum("tkgd,tjkd->tkgj", qg, k.astype(acc)) * options.sm_scale
     if options.soft_cap is not None:
         scores = options.soft_cap * jnp.tanh(scores / options.soft_cap)
@@ -109,4 +109,4 @@ def ragged_paged_attention(
     denom = jnp.sum(probs, axis=-1, keepdims=True)
     out = jnp.einsum("tkgj,tjkd->tkgd", probs, v.astype(acc))
     out = jnp.where(denom > 0, out / jnp.where(denom > 0, denom, 1.0), 0.0)
-    return out.reshape(num_tokens, num_q_heads, head_dim).astype(q.dtype)
+    return rearrange(out, "t k g d -> t (k g) d").astype(q.dtype)

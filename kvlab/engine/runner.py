@@ -10,7 +10,6 @@ counts the compilations a runner triggered).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 

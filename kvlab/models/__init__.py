@@ -1,8 +1,8 @@
 """Models: the Llama-family decoder, configs with presets, loaders and the tokenizer."""
 
 from kvlab.models.config import (
-    Llama3RopeScaling,
     LinearRopeScaling,
+    Llama3RopeScaling,
     ModelConfig,
     UnsupportedModelError,
 )

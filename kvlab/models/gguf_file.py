@@ -19,10 +19,11 @@ from kvlab.models.loading import CheckpointError
 from kvlab.models.tokenizer import Tokenizer
 
 _ARCHS = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-_LAYER_NAMES = {"attn_norm": "attn_norm", "wq": "attn_q", "wk": "attn_k", "wv": "attn_v",
-                "wo": "attn_output", "mlp_norm": "ffn_norm", "w_gate": "ffn_gate", "w_up": "ffn_up",
-                "w_down": "ffn_down"}
-_BIASES = {"bq": "attn_q.bias", "bk": "attn_k.bias", "bv": "attn_v.bias"}
+# kvlab stacked name -> llama.cpp per-layer tensor name (after "blk.N.")
+_LAYER_NAMES = {"attn_norm": "attn_norm.weight", "wq": "attn_q.weight", "wk": "attn_k.weight",
+                "wv": "attn_v.weight", "wo": "attn_output.weight", "mlp_norm": "ffn_norm.weight",
+                "w_gate": "ffn_gate.weight", "w_up": "ffn_up.weight", "w_down": "ffn_down.weight",
+                "bq": "attn_q.bias", "bk": "attn_k.bias", "bv": "attn_v.bias"}
 
 
 def read_gguf(path: Path):
@@ -101,11 +102,10 @@ def load_gguf(path: Path, dtype=jnp.float32) -> tuple[LlamaModel, Tokenizer]:
     if not tied:
         weights["lm_head"] = get("output.weight").T
     for name in weight_shapes(config):
-        if name in _LAYER_NAMES or name in _BIASES:
+        if name in _LAYER_NAMES:
             stack = []
             for i in range(config.num_layers):
-                key = f"blk.{i}.{_LAYER_NAMES[name]}.weight" if name in _LAYER_NAMES else f"blk.{i}.{_BIASES[name]}"
-                w = get(key)
+                w = get(f"blk.{i}.{_LAYER_NAMES[name]}")
                 if permute and name in ("wq", "wk"):
                     w = _unpermute(w, config.num_heads if name == "wq" else config.num_kv_heads)
                 stack.append(w.T if w.ndim == 2 else w)

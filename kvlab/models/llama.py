@@ -20,11 +20,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 from flax import nnx
 
 from kvlab.attention.batch import RaggedBatch
 from kvlab.attention.reference import AttentionOptions
 from kvlab.models.config import ModelConfig
+
 
 # name -> shape function of the stacked per-layer weights (x @ w layout: [in, out]).
 def _layer_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -64,9 +66,8 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 def dense_causal_attention(q, k, v, options: AttentionOptions):
     """One sequence, no cache. q: [N, Hq, D], k, v: [N, Hkv, D] -> [N, Hq, D]."""
-    n, hq, d = q.shape
-    hkv = k.shape[1]
-    qg = q.reshape(n, hkv, hq // hkv, d).astype(jnp.float32)
+    n, hkv = q.shape[0], k.shape[1]
+    qg = rearrange(q, "i (k g) d -> i k g d", k=hkv).astype(jnp.float32)
     scores = jnp.einsum("ikgd,jkd->kgij", qg, k.astype(jnp.float32)) * options.sm_scale
     if options.soft_cap is not None:
         scores = options.soft_cap * jnp.tanh(scores / options.soft_cap)
@@ -81,7 +82,7 @@ def dense_causal_attention(q, k, v, options: AttentionOptions):
     scores = jnp.where(mask, scores, -jnp.inf)
     probs = jax.nn.softmax(scores, axis=-1)
     out = jnp.einsum("kgij,jkd->ikgd", probs, v.astype(jnp.float32))
-    return out.reshape(n, hq, d).astype(q.dtype)
+    return rearrange(out, "i k g d -> i (k g) d").astype(q.dtype)
 
 
 class LlamaModel(nnx.Module):

@@ -111,7 +111,8 @@ class ContinuousScheduler(Scheduler):
                     break
             if req.status is RequestStatus.RUNNING:
                 cache.allocate(req.request_id, req.num_tokens)
-                seqs.append(ScheduledSeq(req, req.num_computed_tokens, req.num_tokens - req.num_computed_tokens))
+                new = req.num_tokens - req.num_computed_tokens
+                seqs.append(ScheduledSeq(req, req.num_computed_tokens, new))
                 i += 1
         budget = self.max_num_batched_tokens - sum(s.num_new_tokens for s in seqs)
         # 2. admit waiting requests in policy order (head-of-line: stop at the first that won't fit).
