@@ -78,8 +78,10 @@ class Engine:
             max_pages_per_seq=-(-min(self.max_model_len, cache.capacity_tokens) // cache.page_size),
             seed=seed)
         self._ids = itertools.count()
-        self._decoders: dict[str, IncrementalDecoder] = {}
+        self._decoders: dict[str, IncrementalDecoder] = {}   # unfinished requests only
         self._requests: dict[str, Request] = {}
+        self._wanted: set[str] = set()                        # ids whose Completion generate() awaits
+        self._done: dict[str, Completion] = {}
 
     # ---- requests --------------------------------------------------------------------------------
     def _tokenize(self, prompt) -> list[int]:
@@ -116,7 +118,7 @@ class Engine:
 
     def abort(self, request_id: str) -> None:
         """Abort a queued or running request; its pages return to the pool at once."""
-        self.scheduler.abort(request_id)
+        self._retire(self.scheduler.abort(request_id))
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -147,7 +149,18 @@ class Engine:
                     decoder.text = decoder.text[:hit]
             events.append(StreamEvent(req.request_id, out.new_token_ids, text, req.is_finished,
                                       req.finish_reason))
+            if req.is_finished:
+                self._retire(req)
         return events
+
+    def _retire(self, req: Request) -> None:
+        """Forget a finished request, keeping its Completion only if generate() waits for it."""
+        self._requests.pop(req.request_id, None)
+        decoder = self._decoders.pop(req.request_id, None)
+        if req.request_id in self._wanted:
+            self._done[req.request_id] = Completion(
+                req.request_id, req.prompt_token_ids, list(req.output_token_ids),
+                decoder.text if decoder else None, req.finish_reason or "", req)
 
     @staticmethod
     def _stop_string(req: Request, decoder: IncrementalDecoder) -> int | None:
@@ -157,13 +170,9 @@ class Engine:
 
     def stream(self, prompts, params: SamplingParams | None = None) -> Iterator[StreamEvent]:
         """Queue prompts and yield every request's progress step by step until all finish."""
-        ids = set(self._add_all(prompts, params))
+        self._add_all(prompts, params)
         while self.has_unfinished():
-            for event in self.step():
-                if event.finished and event.request_id in ids:
-                    self._requests.pop(event.request_id, None)
-                    self._decoders.pop(event.request_id, None)
-                yield event
+            yield from self.step()
 
     def _add_all(self, prompts, params) -> list[str]:
         """Queue all prompts, or none: a bad prompt aborts the ones already queued."""
@@ -173,9 +182,7 @@ class Engine:
                 ids.append(self.add_request(p, params))
         except Exception:
             for rid in ids:
-                self.scheduler.abort(rid)
-                self._requests.pop(rid, None)
-                self._decoders.pop(rid, None)
+                self.abort(rid)
             raise
         return ids
 
@@ -185,17 +192,15 @@ class Engine:
         progress: an optional callable ``progress(num_finished, num_total)`` called after each step.
         """
         ids = self._add_all(prompts, params)
-        done = 0
-        while self.has_unfinished():
-            done += sum(e.finished for e in self.step())
-            if progress is not None:
-                progress(done, len(ids))
-        return [self._completion(self._requests.pop(rid)) for rid in ids]
-
-    def _completion(self, req: Request) -> Completion:
-        decoder = self._decoders.pop(req.request_id, None)
-        return Completion(req.request_id, req.prompt_token_ids, list(req.output_token_ids),
-                          decoder.text if decoder else None, req.finish_reason or "", req)
+        self._wanted.update(ids)
+        try:
+            while self.has_unfinished():
+                self.step()
+                if progress is not None:
+                    progress(sum(rid in self._done for rid in ids), len(ids))
+            return [self._done.pop(rid) for rid in ids]
+        finally:
+            self._wanted.difference_update(ids)
 
     # ---- metrics ---------------------------------------------------------------------------------
     @property
