@@ -79,7 +79,6 @@ class Engine:
             seed=seed)
         self._ids = itertools.count()
         self._decoders: dict[str, IncrementalDecoder] = {}   # unfinished requests only
-        self._requests: dict[str, Request] = {}
         self._wanted: set[str] = set()                        # ids whose Completion generate() awaits
         self._done: dict[str, Completion] = {}
 
@@ -111,7 +110,6 @@ class Engine:
         request = Request(rid, ids, params, eos_token_ids=eos or self.config.eos_token_ids,
                           max_total_tokens=self.max_model_len)
         self.scheduler.add(request)
-        self._requests[rid] = request
         if self.tokenizer is not None:
             self._decoders[rid] = IncrementalDecoder(self.tokenizer)
         return rid
@@ -155,7 +153,6 @@ class Engine:
 
     def _retire(self, req: Request) -> None:
         """Forget a finished request, keeping its Completion only if generate() waits for it."""
-        self._requests.pop(req.request_id, None)
         decoder = self._decoders.pop(req.request_id, None)
         if req.request_id in self._wanted:
             self._done[req.request_id] = Completion(

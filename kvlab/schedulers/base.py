@@ -18,7 +18,12 @@ class ScheduledSeq:
 
     @property
     def token_ids(self) -> list[int]:
-        return self.request.all_token_ids[self.start:self.start + self.num_new_tokens]
+        """The tokens computed this step (a decode slices only the output, no full-list copy)."""
+        r, end = self.request, self.start + self.num_new_tokens
+        n_prompt = len(r.prompt_token_ids)
+        if self.start >= n_prompt:
+            return r.output_token_ids[self.start - n_prompt:end - n_prompt]
+        return r.all_token_ids[self.start:end]
 
 
 @dataclasses.dataclass(frozen=True)
