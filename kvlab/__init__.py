@@ -9,9 +9,11 @@ Quick start:
 from kvlab import models
 from kvlab.attention import ReferenceAttention
 from kvlab.engine import Completion, Engine, Sampler, StreamEvent
-from kvlab.kvcache import PagedKVCache
+from kvlab.kvcache import (LFU, LRU, BlockedKVCache, CircularKVCache, ContiguousKVCache, PagedKVCache,
+                          PriorityLRU, RadixKVCache)
 from kvlab.schedulers import FCFS, ContinuousScheduler, SamplingParams
 
 __version__ = "0.1.0"
-__all__ = ["FCFS", "Completion", "ContinuousScheduler", "Engine", "PagedKVCache", "ReferenceAttention",
-           "Sampler", "SamplingParams", "StreamEvent", "models"]
+__all__ = ["FCFS", "LFU", "LRU", "BlockedKVCache", "CircularKVCache", "Completion", "ContiguousKVCache",
+           "ContinuousScheduler", "Engine", "PagedKVCache", "PriorityLRU", "RadixKVCache",
+           "ReferenceAttention", "Sampler", "SamplingParams", "StreamEvent", "models"]

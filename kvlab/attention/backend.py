@@ -1,7 +1,7 @@
 """Attention backends: small strategy objects the model calls once per layer.
 
 A backend is a callable ``backend(q, storage, layer, batch, options) -> out`` with
-q: [T, Hq, D], storage: ``PagedKVStorage`` (all layers), layer: int scalar, batch: ``RaggedBatch``.
+q: [T, Hq, D], storage: ``PagedKVStorage`` or ``BlockedKVStorage`` (all layers), layer: int scalar, batch: ``RaggedBatch``.
 GPU kernels (Pallas) will sit beside ``ReferenceAttention`` behind the same call.
 """
 
@@ -12,7 +12,7 @@ import dataclasses
 import jax
 
 from kvlab.attention.batch import RaggedBatch
-from kvlab.attention.reference import AttentionOptions, ragged_paged_attention
+from kvlab.attention.reference import AttentionOptions, attend_pages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,5 +24,6 @@ class ReferenceAttention:
 
     def __call__(self, q: jax.Array, storage, layer, batch: RaggedBatch,
                  options: AttentionOptions) -> jax.Array:
-        return ragged_paged_attention(q, storage.k, storage.v, layer, batch.cu_q_lens,
-                                      batch.kv_lens, batch.page_table, batch.num_seqs, options)
+        return attend_pages(q, lambda pages: storage.gather_pages(layer, pages), storage.page_size,
+                            storage.num_kv_heads, batch.cu_q_lens, batch.kv_lens, batch.page_table,
+                            batch.num_seqs, options)

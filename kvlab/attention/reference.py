@@ -75,8 +75,16 @@ def ragged_paged_attention(
     kv_lens: [S] int32; page_table: [S, max_pages] int32; num_seqs: int scalar (<= S).
     Returns [T, Hq, D] in q's dtype. Scores are accumulated in float32 (float64 for f64 inputs).
     """
+    return attend_pages(q, lambda pages: (k_pages[layer, pages], v_pages[layer, pages]),
+                        k_pages.shape[2], k_pages.shape[3], cu_q_lens, kv_lens, page_table,
+                        num_seqs, options)
+
+
+def attend_pages(q, gather, page_size: int, num_kv_heads: int, cu_q_lens, kv_lens, page_table,
+                 num_seqs, options: AttentionOptions) -> jax.Array:
+    """``ragged_paged_attention`` for any KV layout: ``gather(pages [T, P]) -> (k, v)``, each
+    ``[T, P, page_size, Hkv, D]``, reads the pages of one layer (see ``storage.gather_pages``)."""
     num_tokens, num_q_heads, head_dim = q.shape
-    page_size, num_kv_heads = k_pages.shape[2], k_pages.shape[3]
     if num_q_heads % num_kv_heads:
         raise ValueError(f"query heads ({num_q_heads}) must be a multiple of KV heads ({num_kv_heads})")
     max_keys = page_table.shape[1] * page_size
@@ -84,9 +92,9 @@ def ragged_paged_attention(
 
     seq, pos, valid = token_positions(cu_q_lens, kv_lens, num_tokens)
     valid = valid & (seq < num_seqs)
-    pages = page_table[seq]                                     # [T, P]
-    k = k_pages[layer, pages].reshape(num_tokens, max_keys, num_kv_heads, head_dim)
-    v = v_pages[layer, pages].reshape(num_tokens, max_keys, num_kv_heads, head_dim)
+    k, v = gather(page_table[seq])                               # [T, P, page_size, Hkv, D]
+    k = k.reshape(num_tokens, max_keys, num_kv_heads, head_dim)
+    v = v.reshape(num_tokens, max_keys, num_kv_heads, head_dim)
 
     qg = rearrange(q, "t (k g) d -> t k g d", k=num_kv_heads).astype(acc)
     scores = jnp.einsum("tkgd,tjkd->tkgj", qg, k.astype(acc)) * options.sm_scale

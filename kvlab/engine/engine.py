@@ -68,6 +68,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.max_model_len = min(max_model_len or self.config.max_position_embeddings,
                                  self.config.max_position_embeddings)
+        self.attention_options = cache.attention_options(model.attention_options, self.max_model_len)
         self.storage = cache.init_storage(num_layers=self.config.num_layers,
                                           num_kv_heads=self.config.num_kv_heads,
                                           head_dim=self.config.head_dim, dtype=model.dtype)
@@ -75,8 +76,8 @@ class Engine:
             model, attention=attention or ReferenceAttention(), sampler=sampler or Sampler(),
             page_size=cache.page_size, max_num_seqs=self.scheduler.max_num_seqs,
             max_num_batched_tokens=self.scheduler.max_num_batched_tokens,
-            max_pages_per_seq=-(-min(self.max_model_len, cache.capacity_tokens) // cache.page_size),
-            seed=seed)
+            max_pages_per_seq=cache.max_table_pages(self.max_model_len),
+            options=self.attention_options, seed=seed)
         self._ids = itertools.count()
         self._decoders: dict[str, IncrementalDecoder] = {}   # unfinished requests only
         self._wanted: set[str] = set()                        # ids whose Completion generate() awaits
@@ -90,9 +91,13 @@ class Engine:
             return self.tokenizer.encode(prompt)
         return [int(t) for t in prompt]
 
-    def add_request(self, prompt, params: SamplingParams | None = None,
-                    request_id: str | None = None) -> str:
-        """Queue a prompt (text or token ids). Raises ValueError for bad input; nothing else changes."""
+    def add_request(self, prompt, params: SamplingParams | None = None, request_id: str | None = None,
+                    *, cache_salt: str | None = None, priority: int = 0) -> str:
+        """Queue a prompt (text or token ids). Raises ValueError for bad input; nothing else changes.
+
+        cache_salt: a namespace (tenant, adapter): cached prefixes are shared only between requests
+        with the same salt. priority: retention priority of the prefix blocks it leaves behind
+        (used by ``PriorityLRU`` eviction)."""
         params = params or SamplingParams()
         ids = self._tokenize(prompt)
         if not ids:
@@ -108,7 +113,7 @@ class Engine:
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         eos = () if self.tokenizer is None else self.tokenizer.eos_token_ids
         request = Request(rid, ids, params, eos_token_ids=eos or self.config.eos_token_ids,
-                          max_total_tokens=self.max_model_len)
+                          max_total_tokens=self.max_model_len, cache_salt=cache_salt, priority=priority)
         self.scheduler.add(request)
         if self.tokenizer is not None:
             self._decoders[rid] = IncrementalDecoder(self.tokenizer)

@@ -17,17 +17,17 @@ from kvlab.attention.batch import RaggedBatch
 from kvlab.schedulers.base import StepPlan
 
 
-def _step_impl(graphdef, attention, sampler, state, storage, batch: RaggedBatch, temperature, top_k,
-               top_p, key, step):
+def _step_impl(graphdef, attention, sampler, options, state, storage, batch: RaggedBatch, temperature,
+               top_k, top_p, key, step):
     model = nnx.merge(graphdef, state)
-    logits, storage = model(batch, storage, attention)
+    logits, storage = model(batch, storage, attention, options)
     tokens = sampler(logits, temperature, top_k, top_p, jax.random.fold_in(key, step))
     return tokens, storage
 
 
-# One jitted step shared by every runner: engines over the same model structure, backend and
-# sampler (static, hashable) reuse each other's compilations, e.g. across a parameter sweep.
-_step = jax.jit(_step_impl, static_argnums=(0, 1, 2), donate_argnums=(4,))
+# One jitted step shared by every runner: engines over the same model structure, backend, sampler
+# and attention options (static, hashable) reuse each other's compilations, e.g. across a sweep.
+_step = jax.jit(_step_impl, static_argnums=(0, 1, 2, 3), donate_argnums=(5,))
 
 
 def pow2_buckets(lo: int, hi: int) -> tuple[int, ...]:
@@ -51,9 +51,10 @@ class ModelRunner:
     """Runs steps of ``model`` with an attention backend and a sampler."""
 
     def __init__(self, model, *, attention, sampler, page_size: int, max_num_seqs: int,
-                 max_num_batched_tokens: int, max_pages_per_seq: int, seed: int = 0):
+                 max_num_batched_tokens: int, max_pages_per_seq: int, options=None, seed: int = 0):
         self.graphdef, self.state = nnx.split(model)
         self.attention = attention
+        self.options = options or model.attention_options
         self.sampler = sampler
         self.page_size = page_size
         self.token_buckets = pow2_buckets(16, max_num_batched_tokens)
@@ -84,25 +85,26 @@ class ModelRunner:
             p = s.request.params
             temperature[i], top_k[i], top_p[i] = p.temperature, p.top_k, p.top_p
         cached = _step._cache_size()
-        tokens, storage = _step(self.graphdef, self.attention, self.sampler, self.state, storage, batch,
-                                temperature, top_k, top_p, self.key, np.int32(self.steps))
+        tokens, storage = _step(self.graphdef, self.attention, self.sampler, self.options, self.state,
+                                storage, batch, temperature, top_k, top_p, self.key, np.int32(self.steps))
         self.num_compilations += _step._cache_size() > cached  # this call traced a new shape
         self.steps += 1
         return np.asarray(tokens)[:len(plan.seqs)], storage
 
 
 class DenseReferenceDecoder:
-    """The reference: decode one request alone with no cache, a full forward per token.
+    """The reference: decode one request alone with no cache, a full forward per token
+    (``options``: attention options other than the model's, e.g. a window and sinks).
 
     Lengths are padded to multiples of 64 (causal attention ignores the padding), so the number
     of compilations grows with the length range, not with every length.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, options=None):
         graphdef, self.state = nnx.split(model)
 
         def logits_at(state, tokens, n):
-            return nnx.merge(graphdef, state).dense_logits(tokens)[n - 1]
+            return nnx.merge(graphdef, state).dense_logits(tokens, options)[n - 1]
 
         self._logits_at = jax.jit(logits_at)
 

@@ -1,9 +1,18 @@
-"""KV caches: host bookkeeping (pages, tables) and device storage pytrees."""
+"""KV caches: host bookkeeping (pages, tables, prefix indexes) and device storage pytrees."""
 
 from kvlab.kvcache.base import KVCache, KVCacheStats
+from kvlab.kvcache.block_hash import BuiltinBlockHasher, Sha256BlockHasher
+from kvlab.kvcache.blocked import BlockedKVCache
+from kvlab.kvcache.circular import CircularKVCache
+from kvlab.kvcache.contiguous import ContiguousKVCache
+from kvlab.kvcache.eviction import LFU, LRU, PriorityLRU
+from kvlab.kvcache.ledger import MemoryBreakdown, MemoryLedger
 from kvlab.kvcache.paged import PagedKVCache
 from kvlab.kvcache.pool import OutOfPagesError, PageAllocator
-from kvlab.kvcache.storage import PagedKVStorage
+from kvlab.kvcache.radix import RadixKVCache
+from kvlab.kvcache.storage import BlockedKVStorage, PagedKVStorage
 
-__all__ = ["KVCache", "KVCacheStats", "OutOfPagesError", "PageAllocator", "PagedKVCache",
-           "PagedKVStorage"]
+__all__ = ["BlockedKVCache", "BlockedKVStorage", "BuiltinBlockHasher", "CircularKVCache",
+           "ContiguousKVCache", "KVCache", "KVCacheStats", "LFU", "LRU", "MemoryBreakdown",
+           "MemoryLedger", "OutOfPagesError", "PageAllocator", "PagedKVCache", "PagedKVStorage",
+           "PriorityLRU", "RadixKVCache", "Sha256BlockHasher"]

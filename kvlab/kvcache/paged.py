@@ -1,82 +1,107 @@
-"""PagedKVCache: vLLM's paged KV memory - fixed-size pages from one shared pool, a page table
-per sequence, waste only in each sequence's last page."""
+"""PagedKVCache: vLLM's paged KV memory - fixed-size pages from one shared pool (per-layer page
+arrays on the device), a page table per sequence, waste only in each sequence's last page - with
+optional hash-chained prefix caching (vLLM's automatic prefix caching).
+
+With ``prefix_caching=True``: every full page is indexed by a hash chained to its parent page's
+(``block_hash``); a new sequence reuses the longest indexed run of its leading pages, but never
+its last token (that one must be recomputed to get logits); a finished sequence's indexed pages
+keep their contents and become evictable, ordered by the eviction policy (LRU by default), and
+are evicted lazily - only when an allocation finds no free page.
+"""
 
 from __future__ import annotations
 
-from kvlab.kvcache.base import KVCache, KVCacheStats
-from kvlab.kvcache.pool import OutOfPagesError, PageAllocator
-from kvlab.kvcache.storage import PagedKVStorage
+from kvlab.kvcache.block_hash import BlockIndex, Sha256BlockHasher, chain_hashes
+from kvlab.kvcache.eviction import LRU
+from kvlab.kvcache.pooled import PagePoolCache, SeqState
 
 
-class PagedKVCache(KVCache):
-    """Paged KV cache (no prefix caching yet).
+class PagedKVCache(PagePoolCache):
+    """Paged KV cache, prefix caching optional.
+
+    num_pages, page_size: the pool (page_size a power of two); eviction: a policy object from
+    ``kvlab.kvcache.eviction`` (``LRU()``, ``LFU()``, ``PriorityLRU()``); block_hasher: how full
+    blocks are named (``Sha256BlockHasher()`` by default).
 
     Example:
-        >>> cache = PagedKVCache(num_pages=8, page_size=4)
-        >>> cache.allocate("a", 6)
-        >>> cache.pages("a"), cache.stats().tokens_stored
-        ([0, 1], 6)
-        >>> cache.free("a"); cache.stats().pages_free
-        8
+        >>> cache = PagedKVCache(num_pages=8, page_size=4, prefix_caching=True)
+        >>> cache.admit("a", [1, 2, 3, 4, 5, 6]); cache.allocate("a", 6)
+        0
+        >>> cache.commit("a", [1, 2, 3, 4, 5, 6], 6); cache.free("a")
+        >>> cache.stats().pages_cached, cache.match_prefix([1, 2, 3, 4, 9])
+        (1, 4)
+        >>> cache.admit("b", [1, 2, 3, 4, 9])           # reuses the first page
+        4
     """
 
-    def __init__(self, *, num_pages: int, page_size: int = 16):
-        if page_size < 1 or page_size & (page_size - 1):
-            raise ValueError(f"page_size must be a power of two >= 1, got {page_size}")
-        self.page_size = page_size
-        self.allocator = PageAllocator(num_pages)
-        self._pages: dict[object, list[int]] = {}
-        self._tokens: dict[object, int] = {}
+    def __init__(self, *, num_pages: int, page_size: int = 16, prefix_caching: bool = False,
+                 eviction=None, block_hasher=None):
+        super().__init__(num_pages=num_pages, page_size=page_size)
+        self.prefix_caching = prefix_caching
+        self.hasher = block_hasher or Sha256BlockHasher()
+        self.index = BlockIndex(eviction or LRU()) if prefix_caching else None
 
-    @classmethod
-    def for_tokens(cls, tokens: int, *, page_size: int = 16) -> PagedKVCache:
-        """A cache holding at least ``tokens`` tokens."""
-        return cls(num_pages=max(1, -(-tokens // page_size)), page_size=page_size)
+    # ---- prefix reuse --------------------------------------------------------------------------
+    def _hashes(self, token_ids, salt, num_blocks: int) -> list:
+        return chain_hashes(self.hasher, self.hasher.root(salt), token_ids, self.page_size, 0, num_blocks)
 
-    @property
-    def capacity_tokens(self) -> int:
-        return self.allocator.num_pages * self.page_size
+    def match_prefix(self, token_ids, *, salt=None) -> int:
+        if self.index is None:
+            return 0
+        # Hash block by block and stop at the first miss: a lookup costs what it matches.
+        parent, pages = self.hasher.root(salt), 0
+        for i in range(len(token_ids) // self.page_size):
+            parent = self.hasher.chain(parent, token_ids[i * self.page_size:(i + 1) * self.page_size])
+            if parent not in self.index.by_hash:
+                break
+            pages += 1
+        return pages * self.page_size
 
-    def _pages_needed(self, seq_id, num_tokens: int) -> int:
-        have = len(self._pages.get(seq_id, ()))
-        return max(0, -(-num_tokens // self.page_size) - have)
+    def _reuse_prefix(self, seq: SeqState, token_ids) -> int:
+        if self.index is None:
+            return 0
+        seq.block_hashes = self._hashes(token_ids, seq.salt, len(token_ids) // self.page_size)
+        usable = (len(token_ids) - 1) // self.page_size      # keep the last token to compute
+        pages = self.index.lookup(seq.block_hashes[:usable])
+        self.allocator.incref(pages)
+        for p in pages:
+            self.index.touch(p, self.clock, seq.priority)
+        seq.pages = pages
+        seq.num_indexed = len(pages)
+        return len(pages) * self.page_size
 
-    def can_allocate(self, seq_id, num_tokens: int) -> bool:
-        return self._pages_needed(seq_id, num_tokens) <= self.allocator.num_free
+    def commit(self, seq_id, token_ids, num_computed: int) -> None:
+        seq = self._seqs.get(seq_id)
+        if self.index is None or seq is None:
+            return
+        full = min(num_computed // self.page_size, len(seq.pages))
+        if full <= seq.num_indexed:
+            return
+        if len(seq.block_hashes) < full:            # blocks past the admitted tokens (decoded)
+            parent = seq.block_hashes[-1] if seq.block_hashes else self.hasher.root(seq.salt)
+            seq.block_hashes += chain_hashes(self.hasher, parent, token_ids, self.page_size,
+                                             len(seq.block_hashes), full)
+        for i in range(seq.num_indexed, full):
+            page = seq.pages[i]
+            if self.index.insert(seq.block_hashes[i], page, i, self.clock, seq.priority):
+                self.allocator.incref([page])      # the index's own reference
+        seq.num_indexed = full
 
-    def allocate(self, seq_id, num_tokens: int) -> None:
-        if num_tokens < self._tokens.get(seq_id, 0):
-            raise ValueError(f"sequence {seq_id!r} holds {self._tokens[seq_id]} tokens; "
-                             f"allocate only grows (asked for {num_tokens})")
-        need = self._pages_needed(seq_id, num_tokens)
-        if need > self.allocator.num_free:
-            raise OutOfPagesError(f"sequence {seq_id!r} needs {need} more pages for {num_tokens} "
-                                  f"tokens, {self.allocator.num_free} free")
-        self._pages.setdefault(seq_id, []).extend(self.allocator.allocate(need))
-        self._tokens[seq_id] = num_tokens
+    def _after_release(self, pages: list[int]) -> None:
+        if self.index is None:
+            return
+        for p in pages:
+            if self.allocator.refcount(p) == 1 and p in self.index.blocks:
+                self.index.release(p, self.clock)
 
-    def match_prefix(self, token_ids) -> int:
-        return 0
+    def _num_reclaimable(self) -> int:
+        return 0 if self.index is None else len(self.index.evictable)
 
-    def free(self, seq_id) -> None:
-        pages = self._pages.pop(seq_id, None)
-        self._tokens.pop(seq_id, None)
-        if pages:
-            self.allocator.decref(reversed(pages))
+    def _num_cached_pages(self) -> int:
+        return self._num_reclaimable()
 
-    def pages(self, seq_id) -> list[int]:
-        return self._pages.get(seq_id, [])
-
-    def num_tokens(self, seq_id) -> int:
-        return self._tokens.get(seq_id, 0)
-
-    def stats(self) -> KVCacheStats:
-        a = self.allocator
-        return KVCacheStats(pages_total=a.num_pages, pages_used=a.num_used, pages_free=a.num_free,
-                            page_size=self.page_size, num_seqs=len(self._pages),
-                            tokens_stored=sum(self._tokens.values()))
-
-    def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype) -> PagedKVStorage:
-        return PagedKVStorage.zeros(num_layers=num_layers, num_pages=self.allocator.num_pages,
-                                    page_size=self.page_size, num_kv_heads=num_kv_heads,
-                                    head_dim=head_dim, dtype=dtype)
+    def _reclaim(self, n: int) -> None:
+        while n > 0 and self._num_reclaimable():
+            self.allocator.decref([self.index.evict()])
+            self.evictions += 1
+            n -= 1

@@ -1,7 +1,11 @@
-"""Device half of a paged KV cache: the page arrays, as an explicit pytree.
+"""Device halves of the KV caches: the page arrays, as explicit pytrees.
 
-The host half (``PagedKVCache``) decides which page and offset each new token goes to; this pytree
-only holds the arrays, is passed into the jitted step donated, and comes back updated in place.
+The host half (a ``KVCache``) decides which page and offset each new token goes to; these pytrees
+only hold the arrays, are passed into the jitted step donated, and come back updated in place.
+Two layouts share one interface (``write`` new tokens of a layer, ``gather_pages`` of a layer):
+  * ``PagedKVStorage``: per-layer page pools, k and v ``[L, N, P, Hkv, D]`` (vLLM);
+  * ``BlockedKVStorage``: one block spans all layers, ``[N, L, 2, P, Hkv, D]`` (LMDeploy
+    TurboMind), so a block's whole KV is one contiguous run of memory - one copy to move or offload.
 """
 
 from __future__ import annotations
@@ -45,6 +49,14 @@ class PagedKVStorage:
     def num_pages(self) -> int:
         return self.k.shape[1]
 
+    @property
+    def num_kv_heads(self) -> int:
+        return self.k.shape[3]
+
+    def gather_pages(self, layer, pages: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """K and V of ``pages`` (any int shape) in one layer: each ``[*pages.shape, P, Hkv, D]``."""
+        return self.k[layer, pages], self.v[layer, pages]
+
     def write(self, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array) -> PagedKVStorage:
         """Scatter new tokens into their slots of one layer.
 
@@ -56,3 +68,60 @@ class PagedKVStorage:
         k = self.k.at[layer, page, offset].set(k_new.astype(self.k.dtype), mode="drop")
         v = self.v.at[layer, page, offset].set(v_new.astype(self.v.dtype), mode="drop")
         return PagedKVStorage(k=k, v=v)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class BlockedKVStorage:
+    """K and V of all layers per block: blocks ``[num_blocks, L, 2, P, Hkv, D]`` (index 0 of the
+    third axis is K, 1 is V).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> s = BlockedKVStorage.zeros(num_layers=2, num_pages=4, page_size=8, num_kv_heads=1,
+        ...                            head_dim=4, dtype=jnp.float32)
+        >>> s = s.write(1, jnp.ones((2, 1, 4)), 2 * jnp.ones((2, 1, 4)), jnp.array([8, 9]))
+        >>> s.read_block(1).shape, float(s.read_block(1)[1, 1].sum())
+        ((2, 2, 8, 1, 4), 16.0)
+    """
+
+    blocks: jax.Array
+
+    @classmethod
+    def zeros(cls, *, num_layers: int, num_pages: int, page_size: int, num_kv_heads: int,
+              head_dim: int, dtype) -> BlockedKVStorage:
+        shape = (num_pages, num_layers, 2, page_size, num_kv_heads, head_dim)
+        return cls(blocks=jnp.zeros(shape, dtype))
+
+    @property
+    def page_size(self) -> int:
+        return self.blocks.shape[3]
+
+    @property
+    def num_pages(self) -> int:
+        return self.blocks.shape[0]
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.blocks.shape[4]
+
+    def gather_pages(self, layer, pages: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """K and V of ``pages`` (any int shape) in one layer: each ``[*pages.shape, P, Hkv, D]``."""
+        return self.blocks[pages, layer, 0], self.blocks[pages, layer, 1]
+
+    def write(self, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array) -> BlockedKVStorage:
+        """Scatter new tokens of one layer. k_new, v_new: [T, Hkv, D]; slots: [T] flat
+        ``block * page_size + offset``, negative for padding rows (dropped)."""
+        block = jnp.where(slots >= 0, slots // self.page_size, self.num_pages)
+        offset = jnp.where(slots >= 0, slots % self.page_size, 0)
+        kv = jnp.stack([k_new, v_new], axis=1).astype(self.blocks.dtype)      # [T, 2, Hkv, D]
+        blocks = self.blocks.at[block, layer, :, offset].set(kv, mode="drop")
+        return BlockedKVStorage(blocks=blocks)
+
+    def read_block(self, block: int) -> jax.Array:
+        """The whole KV of one block, all layers: [L, 2, P, Hkv, D] (one contiguous slice)."""
+        return self.blocks[block]
+
+    def write_block(self, block: int, data: jax.Array) -> BlockedKVStorage:
+        """Put back a block read by ``read_block`` (e.g. from a host offload tier)."""
+        return BlockedKVStorage(blocks=self.blocks.at[block].set(data.astype(self.blocks.dtype)))

@@ -160,9 +160,10 @@ class LlamaModel(nnx.Module):
         return jnp.einsum("te,ev->tv", h, self.lm_head[...], preferred_element_type=jnp.float32)
 
     # ------------------------------------------------------------------------------------------
-    def __call__(self, batch: RaggedBatch, storage, attention):
-        """Serving forward. Returns (logits [S, V] float32 at ``batch.logits_indices``, storage)."""
-        options = self.attention_options
+    def __call__(self, batch: RaggedBatch, storage, attention, options: AttentionOptions | None = None):
+        """Serving forward. Returns (logits [S, V] float32 at ``batch.logits_indices``, storage).
+        ``options`` overrides the model's attention options (a windowed cache imposes its window)."""
+        options = options or self.attention_options
         x = self.embed[...][batch.tokens]
 
         def mix(q, k, v, layer, store):
@@ -172,9 +173,9 @@ class LlamaModel(nnx.Module):
         h, storage = self._layers(x, batch.positions, mix, storage)
         return self._logits(h[batch.logits_indices]), storage
 
-    def dense_logits(self, tokens: jax.Array) -> jax.Array:
+    def dense_logits(self, tokens: jax.Array, options: AttentionOptions | None = None) -> jax.Array:
         """No-cache forward of one sequence. tokens: [N] -> logits [N, V] float32."""
-        options = self.attention_options
+        options = options or self.attention_options
         x = self.embed[...][tokens]
 
         def mix(q, k, v, layer, state):

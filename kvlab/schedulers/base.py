@@ -18,12 +18,8 @@ class ScheduledSeq:
 
     @property
     def token_ids(self) -> list[int]:
-        """The tokens computed this step (a decode slices only the output, no full-list copy)."""
-        r, end = self.request, self.start + self.num_new_tokens
-        n_prompt = len(r.prompt_token_ids)
-        if self.start >= n_prompt:
-            return r.output_token_ids[self.start - n_prompt:end - n_prompt]
-        return r.all_token_ids[self.start:end]
+        """The tokens computed this step (a slice: a decode copies one token, not the sequence)."""
+        return self.request.tokens[self.start:self.start + self.num_new_tokens]
 
 
 @dataclasses.dataclass(frozen=True)

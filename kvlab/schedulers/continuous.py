@@ -72,10 +72,7 @@ class ContinuousScheduler(Scheduler):
                              f"max_num_batched_tokens={self.max_num_batched_tokens}: a preempted "
                              f"request is recomputed in one step, so prompt + max_tokens - 1 must "
                              f"fit the budget; lower max_tokens or raise the budget")
-        if longest > cache.capacity_tokens:
-            raise ValueError(f"request {request.request_id!r} may need {longest} tokens of KV cache "
-                             f"(prompt {n} + max_tokens {request.params.max_tokens}) but the cache "
-                             f"holds {cache.capacity_tokens}; lower max_tokens or enlarge the cache")
+        cache.validate_request(prompt_tokens=n, max_tokens=longest)
         if any(r.request_id == request.request_id for r in self.waiting + self.running):
             raise ValueError(f"request id {request.request_id!r} is already queued")
         request.status = RequestStatus.WAITING
@@ -96,6 +93,7 @@ class ContinuousScheduler(Scheduler):
 
     def schedule(self) -> StepPlan:
         cache = self._cache()
+        cache.tick()
         seqs: list[ScheduledSeq] = []
         preempted: list[Request] = []
         # 1. every running request decodes one token; preempt the newest when pages run out.
@@ -115,19 +113,24 @@ class ContinuousScheduler(Scheduler):
                 seqs.append(ScheduledSeq(req, req.num_computed_tokens, new))
                 i += 1
         budget = self.max_num_batched_tokens - sum(s.num_new_tokens for s in seqs)
-        # 2. admit waiting requests in policy order (head-of-line: stop at the first that won't fit).
+        # 2. admit waiting requests in policy order (head-of-line: stop at the first that won't fit);
+        #    a cached prefix is reused, so only the rest of the prompt is computed.
         if not preempted:
             for req in self.policy.order(self.waiting):
-                need = req.num_tokens
-                if (len(self.running) >= self.max_num_seqs or need > budget
-                        or not cache.can_allocate(req.request_id, need)):
+                if len(self.running) >= self.max_num_seqs:
                     break
-                cache.allocate(req.request_id, need)
+                rid, total = req.request_id, req.num_tokens
+                hit = cache.admit(rid, req.tokens, salt=req.cache_salt, priority=req.priority)
+                if total - hit > budget or not cache.can_allocate(rid, total):
+                    cache.free(rid)            # roll back: the prefix goes back to the cache
+                    break
+                cache.allocate(rid, total)
                 self.waiting.remove(req)
                 self.running.append(req)
                 req.status = RequestStatus.RUNNING
-                seqs.append(ScheduledSeq(req, 0, need))
-                budget -= need
+                req.num_computed_tokens = hit
+                seqs.append(ScheduledSeq(req, hit, total - hit))
+                budget -= total - hit
         return StepPlan(seqs=seqs, preempted=preempted)
 
     def update(self, plan: StepPlan, sampled_tokens) -> list[StepOutput]:
@@ -141,6 +144,7 @@ class ContinuousScheduler(Scheduler):
                 continue
             req.num_computed_tokens = seq.start + seq.num_new_tokens
             req.append_token(int(token), now)
+            self.cache.commit(req.request_id, req.tokens, req.num_computed_tokens)
             if req.finish_reason is not None:
                 self._release(req)
             outputs.append(StepOutput(req, [int(token)], req.is_finished))

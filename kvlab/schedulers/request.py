@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import time
+from collections.abc import Sequence
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,6 +53,8 @@ class Request:
     params: SamplingParams
     eos_token_ids: tuple[int, ...] = ()
     max_total_tokens: int | None = None  # the model's context: prompt + output never exceed it
+    cache_salt: str | None = None        # prefix-cache namespace
+    priority: int = 0                    # retention priority of its cached blocks
     arrival_time: float = dataclasses.field(default_factory=time.perf_counter)
     output_token_ids: list[int] = dataclasses.field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
@@ -69,6 +72,11 @@ class Request:
         return self.prompt_token_ids + self.output_token_ids
 
     @property
+    def tokens(self) -> TokenView:
+        """Prompt + output as a live, sliceable view (no copy of the whole sequence)."""
+        return TokenView(self.prompt_token_ids, self.output_token_ids)
+
+    @property
     def is_finished(self) -> bool:
         return self.status is RequestStatus.FINISHED
 
@@ -82,3 +90,36 @@ class Request:
             self.finish_reason = "length"
         elif self.max_total_tokens is not None and self.num_tokens >= self.max_total_tokens:
             self.finish_reason = "length"
+
+
+class TokenView(Sequence):
+    """Read-only view of ``prompt + output``; slicing copies only the slice.
+
+    Example:
+        >>> v = TokenView([1, 2, 3], [4, 5])
+        >>> len(v), v[2:4], v[-1]
+        (5, [3, 4], 5)
+    """
+
+    __slots__ = ("_prompt", "_output")
+
+    def __init__(self, prompt: list[int], output: list[int]):
+        self._prompt, self._output = prompt, output
+
+    def __len__(self) -> int:
+        return len(self._prompt) + len(self._output)
+
+    def __getitem__(self, index):
+        n = len(self._prompt)
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            if start >= n:
+                return self._output[start - n:stop - n]
+            if stop <= n:
+                return self._prompt[start:stop]
+            return self._prompt[start:] + self._output[:stop - n]
+        if index < 0:
+            index += len(self)
+        return self._prompt[index] if index < n else self._output[index - n]

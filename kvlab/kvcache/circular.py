@@ -1,0 +1,142 @@
+"""CircularKVCache: TensorRT-LLM's cyclic KV cache and Mistral's rolling buffer, with optional
+StreamingLLM attention sinks.
+
+Each sequence owns a fixed set of pages: ``sink_pages`` for its first tokens (kept forever) and a
+ring of ``ring_pages`` that later tokens cycle through. Logical page ``i`` of the sequence maps to
+sink page ``i`` while ``i < sink_pages`` and to ring page ``(i - sink_pages) % ring_pages`` after,
+so ``pages(seq)`` is an ordinary page-table row (longer than the pages behind it) and any kernel
+of the attention contract reads it unchanged. Pages that hold overwritten tokens are only read
+for keys outside the window, which the window mask hides. The ring is large enough when a step of
+``q`` new tokens never overwrites a key some query of that step still sees:
+``ring_pages * page_size >= window + q - 1``; so steps are limited to ``max_step_tokens`` new
+tokens per sequence (a whole prompt, under whole-prompt prefill). Memory per sequence is constant,
+reserved at admission (a running sequence never needs another page, so it is never preempted),
+however long it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from kvlab.kvcache.base import KVCache, KVCacheStats
+from kvlab.kvcache.ledger import MemoryLedger
+from kvlab.kvcache.pool import OutOfPagesError, PageAllocator
+from kvlab.kvcache.pooled import check_power_of_two
+from kvlab.kvcache.storage import PagedKVStorage
+
+
+class CircularKVCache(KVCache):
+    """Window-bounded KV memory per sequence.
+
+    window: attention window in tokens (counting the query's own token); num_sink_tokens: leading
+    tokens always visible (StreamingLLM); max_step_tokens: the most new tokens a sequence may
+    compute in one step (default ``window``).
+
+    Example:
+        >>> cache = CircularKVCache(num_pages=16, page_size=4, window=8, num_sink_tokens=2)
+        >>> cache.sink_pages, cache.ring_pages           # ring: ceil((8 + 8 - 1) / 4)
+        (1, 4)
+        >>> cache.allocate("a", 5); [cache.allocate("a", n) for n in range(6, 31)][-1]
+        >>> cache.pages("a"), cache.stats().pages_free   # logical pages 5, 6, 7 wrap around
+        ([0, 1, 2, 3, 4, 1, 2, 3], 11)
+    """
+
+    def __init__(self, *, num_pages: int, page_size: int = 16, window: int, num_sink_tokens: int = 0,
+                 max_step_tokens: int | None = None):
+        check_power_of_two("page_size", page_size)
+        if window < 1:
+            raise ValueError(f"window must be >= 1 token, got {window}")
+        if num_sink_tokens < 0:
+            raise ValueError(f"num_sink_tokens must be >= 0, got {num_sink_tokens}")
+        self.page_size = page_size
+        self.window = window
+        self.num_sink_tokens = num_sink_tokens
+        self.max_step_tokens = window if max_step_tokens is None else max_step_tokens
+        if self.max_step_tokens < 1:
+            raise ValueError(f"max_step_tokens must be >= 1, got {max_step_tokens}")
+        self.sink_pages = -(-num_sink_tokens // page_size)
+        self.ring_pages = -(-(window + self.max_step_tokens - 1) // page_size)
+        self.pages_per_seq = self.sink_pages + self.ring_pages
+        if self.pages_per_seq > num_pages:
+            raise ValueError(f"one sequence needs {self.pages_per_seq} pages (sinks "
+                             f"{self.sink_pages} + ring {self.ring_pages} for window {window} and "
+                             f"steps of {self.max_step_tokens} tokens) but the cache has {num_pages}")
+        self.allocator = PageAllocator(num_pages)
+        self._pages: dict[object, list[int]] = {}
+        self._tokens: dict[object, int] = {}
+        self.ledger = MemoryLedger(num_pages * page_size)
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.allocator.num_pages * self.page_size
+
+    @property
+    def tokens_per_seq(self) -> int:
+        """Slots each sequence holds, whatever its length."""
+        return self.pages_per_seq * self.page_size
+
+    def validate_request(self, *, prompt_tokens: int, max_tokens: int) -> None:
+        if prompt_tokens > self.max_step_tokens:
+            raise ValueError(f"a prompt of {prompt_tokens} tokens is computed in one step, but this "
+                             f"circular cache takes at most max_step_tokens={self.max_step_tokens} "
+                             f"new tokens per sequence per step; raise max_step_tokens")
+
+    def attention_options(self, options, max_model_len: int):
+        if self.window > max_model_len:
+            raise ValueError(f"window of {self.window} tokens is larger than the model's context of "
+                             f"{max_model_len}: nothing would ever leave it; use PagedKVCache")
+        window = min(self.window, options.sliding_window or self.window)
+        return dataclasses.replace(options, sliding_window=window, num_sink_tokens=self.num_sink_tokens)
+
+    def max_table_pages(self, max_model_len: int) -> int:
+        return -(-max_model_len // self.page_size)
+
+    def can_allocate(self, seq_id, num_tokens: int) -> bool:
+        return seq_id in self._pages or self.allocator.num_free >= self.pages_per_seq
+
+    def allocate(self, seq_id, num_tokens: int) -> None:
+        have = self._tokens.get(seq_id, 0)
+        if num_tokens < have:
+            raise ValueError(f"sequence {seq_id!r} holds {have} tokens; allocate only grows "
+                             f"(asked for {num_tokens})")
+        if num_tokens - have > self.max_step_tokens:
+            raise ValueError(f"sequence {seq_id!r} grows by {num_tokens - have} tokens in one step; "
+                             f"this circular cache allows max_step_tokens={self.max_step_tokens}")
+        if seq_id not in self._pages:
+            if self.allocator.num_free < self.pages_per_seq:
+                raise OutOfPagesError(f"sequence {seq_id!r} needs {self.pages_per_seq} pages, "
+                                      f"{self.allocator.num_free} free")
+            self._pages[seq_id] = self.allocator.allocate(self.pages_per_seq)
+        self._tokens[seq_id] = num_tokens
+        self.ledger.update(seq_id, allocated=self.tokens_per_seq,
+                           stored=min(num_tokens, self.tokens_per_seq))
+
+    def free(self, seq_id) -> None:
+        pages = self._pages.pop(seq_id, None)
+        self._tokens.pop(seq_id, None)
+        if pages:
+            self.allocator.decref(reversed(pages))
+            self.ledger.end(seq_id)
+
+    def pages(self, seq_id) -> list[int]:
+        own = self._pages.get(seq_id)
+        if own is None:
+            return []
+        s, r = self.sink_pages, self.ring_pages
+        n = -(-self._tokens[seq_id] // self.page_size)
+        return own[:min(n, s)] + [own[s + (i - s) % r] for i in range(s, n)]
+
+    def tick(self, dt: float = 1.0) -> None:
+        self.ledger.tick(dt)
+
+    def stats(self) -> KVCacheStats:
+        a = self.allocator
+        return KVCacheStats(pages_total=a.num_pages, pages_used=a.num_used, pages_free=a.num_free,
+                            page_size=self.page_size, num_seqs=len(self._pages),
+                            tokens_stored=sum(min(n, self.tokens_per_seq) for n in self._tokens.values()),
+                            memory=self.ledger.breakdown())
+
+    def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype) -> PagedKVStorage:
+        return PagedKVStorage.zeros(num_layers=num_layers, num_pages=self.allocator.num_pages,
+                                    page_size=self.page_size, num_kv_heads=num_kv_heads,
+                                    head_dim=head_dim, dtype=dtype)
