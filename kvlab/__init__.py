@@ -9,8 +9,16 @@ Quick start:
 from kvlab import models
 from kvlab.attention import ReferenceAttention
 from kvlab.engine import Completion, Engine, Sampler, StreamEvent
-from kvlab.kvcache import (LFU, LRU, BlockedKVCache, CircularKVCache, ContiguousKVCache, PagedKVCache,
-                          PriorityLRU, RadixKVCache)
+from kvlab.kvcache import (
+                          LFU,
+                          LRU,
+                          BlockedKVCache,
+                          CircularKVCache,
+                          ContiguousKVCache,
+                          PagedKVCache,
+                          PriorityLRU,
+                          RadixKVCache,
+)
 from kvlab.schedulers import FCFS, ContinuousScheduler, SamplingParams
 
 __version__ = "0.1.0"

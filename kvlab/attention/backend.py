@@ -1,7 +1,8 @@
 """Attention backends: small strategy objects the model calls once per layer.
 
 A backend is a callable ``backend(q, storage, layer, batch, options) -> out`` with
-q: [T, Hq, D], storage: ``PagedKVStorage`` or ``BlockedKVStorage`` (all layers), layer: int scalar, batch: ``RaggedBatch``.
+q: [T, Hq, D], storage: ``PagedKVStorage`` or ``BlockedKVStorage`` (all layers), layer: int
+scalar, batch: ``RaggedBatch``.
 GPU kernels (Pallas) will sit beside ``ReferenceAttention`` behind the same call.
 """
 

@@ -91,6 +91,7 @@ class KVCache(abc.ABC):
     def commit(self, seq_id, token_ids, num_computed: int) -> None:
         """The KV of ``token_ids[:num_computed]`` is now in the cache (prefix caches index it).
         ``token_ids`` may be any sliceable sequence; only the new part is read."""
+        return None
 
     def match_prefix(self, token_ids, *, salt=None) -> int:
         """How many leading tokens of ``token_ids`` are cached now (no side effects)."""
@@ -132,3 +133,4 @@ class KVCache(abc.ABC):
 
     def tick(self, dt: float = 1.0) -> None:
         """Advance the logical clock of the time-averaged statistics (schedulers: once a step)."""
+        return None

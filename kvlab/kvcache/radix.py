@@ -4,7 +4,8 @@ pool, reference-counted (locked) nodes, leaf eviction by a pluggable policy.
 A new sequence locks its longest cached prefix (page-aligned, never its last token). Its tokens
 join the tree after a prefill (a step that completes several pages) and when it is freed (finished
 or preempted, as SGLang's ``cache_finished_req``); decode steps do not touch the tree, so a
-decoding sequence costs no tree work. A preempted sequence therefore finds its own tokens when
+decoding sequence costs no tree work. Where another sequence inserted the same tokens first, the
+sequence switches to the tree's pages and frees its duplicates. A preempted sequence therefore finds its own tokens when
 it is readmitted. Memory held by unlocked nodes is reclaimed lazily, only when an allocation
 finds no free page.
 """
@@ -59,9 +60,18 @@ class RadixKVCache(PagePoolCache):
         full = min(seq.num_computed // p, len(seq.pages))
         if full <= seq.num_indexed or seq.tokens is None or seq.node is None:
             return
-        seq.node, taken = self.tree.insert(seq.node, seq.tokens[seq.num_indexed * p:full * p],
-                                           seq.pages[seq.num_indexed:full], self.clock, seq.priority)
-        self.allocator.incref(taken)      # the tree's own reference
+        lo = seq.num_indexed
+        seq.node, tree_pages, taken = self.tree.insert(seq.node, seq.tokens[lo * p:full * p],
+                                                       seq.pages[lo:full], self.clock, seq.priority)
+        self.allocator.incref(tree_pages[len(tree_pages) - taken:])   # the tree's own reference
+        # Where another sequence put the same tokens in the tree first, switch to its pages and
+        # free the duplicates (SGLang does the same): equal tokens at equal positions, equal KV.
+        for i, tree_page in enumerate(tree_pages[:len(tree_pages) - taken], start=lo):
+            own = seq.pages[i]
+            if own != tree_page:
+                self.allocator.incref([tree_page])
+                seq.pages[i] = tree_page
+                self.allocator.decref([own])
         seq.num_indexed = full
 
     def _before_release(self, seq_id, seq: SeqState) -> None:

@@ -11,9 +11,9 @@ Example:
     >>> from kvlab.kvcache.eviction import LRU
     >>> tree = RadixTree(page_size=2, policy=LRU())
     >>> root = tree.root(None)
-    >>> node, taken = tree.insert(root, [1, 2, 3, 4], [10, 11], clock=0, priority=0)
-    >>> taken, tree.match(None, [1, 2, 3, 9])
-    ([10, 11], (2, [10]))
+    >>> node, pages, taken = tree.insert(root, [1, 2, 3, 4], [10, 11], clock=0, priority=0)
+    >>> pages, taken, tree.match(None, [1, 2, 3, 9])
+    ([10, 11], 2, (2, [10]))
     >>> tree.unlock(node); tree.num_cached_pages, tree.evict()
     (2, [10, 11])
 """
@@ -104,9 +104,11 @@ class RadixTree:
 
     def insert(self, node: RadixNode, token_ids, pages: list[int], clock: int, priority: int):
         """Extend a locked path below ``node`` with ``token_ids`` (whole pages) held in ``pages``.
-        Existing nodes are reused; the rest becomes a new leaf owning its pages. The new part of
-        the path is locked for the caller. Returns (deepest node, pages the tree took)."""
-        i, p = 0, self.page_size
+        Runs already in the tree are reused (their pages win: the caller should switch to them
+        and drop its duplicates); the rest becomes a new leaf owning its pages. The new part of
+        the path is locked for the caller. Returns (deepest node, the tree's pages for
+        ``token_ids``, how many of them the tree took from ``pages``)."""
+        i, p, tree_pages = 0, self.page_size, []
         while i < len(token_ids):
             first = tuple(token_ids[i:i + p])
             child = node.children.get(first)
@@ -115,14 +117,15 @@ class RadixTree:
                                   node.depth + len(token_ids) - i, lock_ref=1, last_access=clock,
                                   priority=priority)
                 node.children[first] = child
-                return child, child.pages
+                return child, tree_pages + child.pages, len(child.pages)
             m = self._common(child.key, token_ids, i)
             if m < len(child.key):
                 child = self._split(child, m)
             self._inc(child)
             child.last_access, child.priority = clock, max(child.priority, priority)
+            tree_pages += child.pages
             node, i = child, i + m
-        return node, []
+        return node, tree_pages, 0
 
     def _inc(self, node: RadixNode) -> None:
         node.lock_ref += 1
