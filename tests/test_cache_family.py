@@ -6,8 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kvlab.kvcache import (LFU, LRU, BlockedKVCache, CircularKVCache, ContiguousKVCache, MemoryLedger,
-                           OutOfPagesError, PagedKVCache, PriorityLRU, RadixKVCache)
+from kvlab.kvcache import (
+    LFU,
+    LRU,
+    BlockedKVCache,
+    CircularKVCache,
+    ContiguousKVCache,
+    MemoryLedger,
+    OutOfPagesError,
+    PagedKVCache,
+    PriorityLRU,
+    RadixKVCache,
+)
 
 PREFIX_CACHES = {
     "paged-hash": lambda n, policy=None: PagedKVCache(num_pages=n, page_size=4, prefix_caching=True,
@@ -139,7 +149,7 @@ def test_every_page_returns_when_all_sequences_end(kind):
             cache.allocate(seq, len(tokens))
             cache.commit(seq, tokens, len(tokens))
             live[seq] = seq
-            for extra in range(int(rng.integers(0, 8))):
+            for _ in range(int(rng.integers(0, 8))):
                 if not cache.can_allocate(seq, len(tokens) + 1):
                     break
                 tokens.append(int(rng.integers(0, 4)))

@@ -11,8 +11,16 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from kvlab.kvcache import (LFU, LRU, BlockedKVCache, BuiltinBlockHasher, OutOfPagesError, PagedKVCache,
-                           PriorityLRU, RadixKVCache)
+from kvlab.kvcache import (
+    LFU,
+    LRU,
+    BlockedKVCache,
+    BuiltinBlockHasher,
+    OutOfPagesError,
+    PagedKVCache,
+    PriorityLRU,
+    RadixKVCache,
+)
 
 # Prompts share prefixes often: a few stems, a few branches, a random tail.
 STEMS = [[7, 7, 1, 2, 3, 4, 5, 6], [9, 8, 7, 6, 5, 4, 3, 2, 1, 0], [3, 1, 4, 1, 5, 9, 2, 6]]

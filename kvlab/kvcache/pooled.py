@@ -4,7 +4,9 @@ the prefix caches, counters and the memory ledger.
 
 Reference counting: a sequence holds one reference on each page of its row; a prefix cache holds
 one reference on each page it indexes. A page whose only reference is the cache's is *cached*
-(reusable, evictable); a page with no reference is free.
+(reusable, evictable); a page with no reference is free. The memory ledger charges a shared page
+to the sequence that computed it; once that one ends, the page's other users are not charged for
+it (a small undercount of *stored* while prefixes are shared).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class SeqState:
     priority: int = 0
     query_tokens: int = 0
     hit_tokens: int = 0
+    shared_pages: int = 0             # pages it uses but another sequence computed (accounting)
     started: bool = False
     block_hashes: list = dataclasses.field(default_factory=list)   # hash-chained caches
     num_indexed: int = 0              # leading full pages already in the prefix index
@@ -94,6 +97,7 @@ class PagePoolCache(KVCache):
         self.clock += 1
         hit = self._reuse_prefix(seq, token_ids)
         seq.num_tokens = seq.hit_tokens = hit
+        seq.shared_pages = hit // self.page_size
         self._seqs[seq_id] = seq
         return hit
 
@@ -124,9 +128,10 @@ class PagePoolCache(KVCache):
             seq.started = True
             self._prompt_tokens += seq.query_tokens
             self._hit_tokens += seq.hit_tokens
-        own_pages = len(seq.pages) - seq.hit_tokens // self.page_size
-        self.ledger.update(seq_id, allocated=own_pages * self.page_size,
-                           stored=num_tokens - seq.hit_tokens)
+        # The memory ledger charges each page to the sequence that computed it.
+        shared = seq.shared_pages * self.page_size
+        self.ledger.update(seq_id, allocated=len(seq.pages) * self.page_size - shared,
+                           stored=num_tokens - shared)
 
     def free(self, seq_id) -> None:
         seq = self._seqs.pop(seq_id, None)

@@ -5,9 +5,9 @@ A new sequence locks its longest cached prefix (page-aligned, never its last tok
 join the tree after a prefill (a step that completes several pages) and when it is freed (finished
 or preempted, as SGLang's ``cache_finished_req``); decode steps do not touch the tree, so a
 decoding sequence costs no tree work. Where another sequence inserted the same tokens first, the
-sequence switches to the tree's pages and frees its duplicates. A preempted sequence therefore finds its own tokens when
-it is readmitted. Memory held by unlocked nodes is reclaimed lazily, only when an allocation
-finds no free page.
+sequence switches to the tree's pages and frees its duplicates. A preempted sequence finds its own
+tokens when it is readmitted. Memory held by unlocked nodes is reclaimed lazily, only when an
+allocation finds no free page.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class RadixKVCache(PagePoolCache):
             if own != tree_page:
                 self.allocator.incref([tree_page])
                 seq.pages[i] = tree_page
+                seq.shared_pages += 1
                 self.allocator.decref([own])
         seq.num_indexed = full
 
