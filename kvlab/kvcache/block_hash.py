@@ -19,21 +19,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-
-import numpy as np
+from array import array
 
 from kvlab.kvcache.eviction import EvictableSet
 
 
 @dataclasses.dataclass(frozen=True)
 class Sha256BlockHasher:
-    """sha256(parent digest || tokens as little-endian int64)."""
+    """sha256(parent digest || tokens as native-endian int64)."""
 
     def root(self, salt) -> bytes:
         return hashlib.sha256(b"kvlab-root:" + repr(salt).encode()).digest()
 
     def chain(self, parent: bytes, tokens) -> bytes:
-        return hashlib.sha256(parent + np.asarray(tokens, "<i8").tobytes()).digest()
+        return hashlib.sha256(parent + array("q", tokens).tobytes()).digest()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,7 +72,7 @@ class EvictableSet:
         """Make ``item_id`` evictable, ordered by the policy's key of ``entry`` (read now)."""
         version = next(self._counter)
         self._live[item_id] = (version, entry)
-        heapq.heappush(self._heap, (self.policy.key(entry), version, item_id))
+        heapq.heappush(self._heap, (*self.policy.key(entry), version, item_id))
         if len(self._heap) > 2 * len(self._live) + 64:
             self._compact()
 
@@ -82,7 +82,7 @@ class EvictableSet:
     def pop(self):
         """Remove and return the id of the entry to evict first; KeyError when empty."""
         while self._heap:
-            _, version, item_id = heapq.heappop(self._heap)
+            *_, version, item_id = heapq.heappop(self._heap)
             live = self._live.get(item_id)
             if live is not None and live[0] == version:
                 del self._live[item_id]
@@ -90,5 +90,5 @@ class EvictableSet:
         raise KeyError("nothing is evictable")
 
     def _compact(self) -> None:
-        self._heap = [(self.policy.key(e), v, i) for i, (v, e) in self._live.items()]
+        self._heap = [(*self.policy.key(e), v, i) for i, (v, e) in self._live.items()]
         heapq.heapify(self._heap)

@@ -47,15 +47,19 @@ class MemoryBreakdown:
 
 
 class _SeqRecord:
-    __slots__ = ("allocated", "stored", "since", "runs", "stored_integral", "peak")
+    __slots__ = ("allocated", "alloc_since", "runs", "stored", "stored_since", "stored_integral", "peak")
 
     def __init__(self, now: float):
-        self.allocated = 0
-        self.stored = 0
-        self.since = now
+        self.allocated = self.stored = self.peak = 0
+        self.alloc_since = self.stored_since = now
         self.runs: list[tuple[int, float]] = []   # (allocated slots, duration) of closed runs
         self.stored_integral = 0.0
-        self.peak = 0
+
+    def held_runs(self, now: float) -> list[tuple[int, float]]:
+        return self.runs + [(self.allocated, now - self.alloc_since)]
+
+    def stored_total(self, now: float) -> float:
+        return self.stored_integral + self.stored * (now - self.stored_since)
 
 
 class MemoryLedger:
@@ -81,12 +85,13 @@ class MemoryLedger:
         r = self._seqs.get(seq_id)
         if r is None:
             r = self._seqs[seq_id] = _SeqRecord(self.now)
-        dt = self.now - r.since
-        if dt:
-            r.runs.append((r.allocated, dt))
-            r.stored_integral += r.stored * dt
-            r.since = self.now
-        r.allocated, r.stored = allocated, stored
+        r.stored_integral = r.stored_total(self.now)
+        r.stored_since = self.now
+        if allocated != r.allocated:      # a run per allocation change, not per step
+            if self.now > r.alloc_since:
+                r.runs.append((r.allocated, self.now - r.alloc_since))
+            r.allocated, r.alloc_since = allocated, self.now
+        r.stored = stored
         r.peak = max(r.peak, stored)
 
     def end(self, seq_id) -> None:
@@ -94,17 +99,12 @@ class MemoryLedger:
         r = self._seqs.pop(seq_id, None)
         if r is None:
             return
-        self._close(r)
-
-    def _close(self, r: _SeqRecord) -> None:
-        dt = self.now - r.since
-        runs = r.runs + ([(r.allocated, dt)] if dt else [])
-        stored = r.stored_integral + r.stored * dt
+        runs = r.held_runs(self.now)
+        stored = r.stored_total(self.now)
         fillable = sum(min(a, r.peak) * d for a, d in runs)
-        held = sum(a * d for a, d in runs)
         self._stored_integral += stored
         self._reserved_integral += fillable - stored
-        self._internal_integral += held - fillable
+        self._internal_integral += sum(a * d for a, d in runs) - fillable
 
     def set_cached(self, slots: int) -> None:
         """Slots now holding evictable cached tokens."""
@@ -119,11 +119,9 @@ class MemoryLedger:
             return MemoryBreakdown()
         stored, reserved, internal = self._stored_integral, self._reserved_integral, self._internal_integral
         for r in self._seqs.values():
-            dt = self.now - r.since
-            s = r.stored_integral + r.stored * dt
-            h = sum(a * d for a, d in r.runs) + r.allocated * dt
+            s = r.stored_total(self.now)
             stored += s
-            reserved += h - s
+            reserved += sum(a * d for a, d in r.held_runs(self.now)) - s
         cached = self._cached_integral + self._cached * (self.now - self._cached_since)
         denom = self.total_slots * elapsed
         parts = dict(stored=stored / denom, reserved=reserved / denom, internal=internal / denom,

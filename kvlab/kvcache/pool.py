@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from collections import deque
 
-import numpy as np
-
-
 class OutOfPagesError(RuntimeError):
     """Raised when more pages are requested than are free."""
 
@@ -29,7 +26,7 @@ class PageAllocator:
         if num_pages < 1:
             raise ValueError(f"a page pool needs at least 1 page, got {num_pages}")
         self.num_pages = num_pages
-        self._refcount = np.zeros(num_pages, np.int32)
+        self._refcount = [0] * num_pages      # a list: per-page access is several times numpy's
         self._free: deque[int] = deque(range(num_pages))
 
     @property
@@ -41,7 +38,7 @@ class PageAllocator:
         return self.num_pages - len(self._free)
 
     def refcount(self, page: int) -> int:
-        return int(self._refcount[page])
+        return self._refcount[page]
 
     def allocate(self, n: int) -> list[int]:
         """Take ``n`` free pages (reference count 1 each)."""
@@ -50,24 +47,27 @@ class PageAllocator:
         if n > len(self._free):
             raise OutOfPagesError(f"{n} pages requested, {len(self._free)} free of {self.num_pages}")
         pages = [self._free.popleft() for _ in range(n)]
-        self._refcount[pages] = 1
+        rc = self._refcount
+        for p in pages:
+            rc[p] = 1
         return pages
 
     def incref(self, pages) -> None:
         """Share pages already in use (copy-on-write users take a reference)."""
+        rc = self._refcount
         for p in pages:
-            if self._refcount[p] <= 0:
+            if rc[p] <= 0:
                 raise ValueError(f"page {p} is free; only pages in use can be shared")
-            self._refcount[p] += 1
+            rc[p] += 1
 
     def decref(self, pages) -> list[int]:
         """Drop one reference from each page; returns the pages that became free."""
-        freed = []
+        freed, rc = [], self._refcount
         for p in pages:
-            if self._refcount[p] <= 0:
+            if rc[p] <= 0:
                 raise ValueError(f"page {p} is already free (double free)")
-            self._refcount[p] -= 1
-            if self._refcount[p] == 0:
+            rc[p] -= 1
+            if rc[p] == 0:
                 self._free.append(p)
                 freed.append(p)
         return freed

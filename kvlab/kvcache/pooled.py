@@ -139,8 +139,8 @@ class PagePoolCache(KVCache):
             return
         self.clock += 1
         self._before_release(seq_id, seq)
-        self.allocator.decref(reversed(seq.pages))
-        self._after_release([p for p in seq.pages if self.allocator.refcount(p) > 0])
+        freed = set(self.allocator.decref(reversed(seq.pages)))
+        self._after_release([p for p in seq.pages if p not in freed])
         self.ledger.end(seq_id)
 
     def pages(self, seq_id) -> list[int]:

@@ -1,0 +1,82 @@
+"""Synthetic workloads match their published statistics; the host simulation drives a scheduler
+and a cache to completion; the host benchmark script runs; every docstring example runs."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kvlab
+from kvlab.bench import simulate
+from kvlab.kvcache import ContiguousKVCache, PagedKVCache, RadixKVCache
+from kvlab.schedulers import ContinuousScheduler
+from kvlab.workloads import shared_prefix, shared_prefix_optimal_hit_rate, sharegpt_like
+
+
+def test_sharegpt_like_lengths():
+    reqs = sharegpt_like(20000, seed=0)
+    prompts = np.array([len(r.prompt_token_ids) for r in reqs])
+    outputs = np.array([r.max_tokens for r in reqs])
+    assert prompts.mean() == pytest.approx(161, rel=0.05)
+    assert outputs.mean() == pytest.approx(338, rel=0.05)
+    assert prompts.max() <= 1024 and (prompts + outputs).max() <= 2048 and prompts.min() >= 4
+    assert [r.prompt_token_ids for r in sharegpt_like(5, seed=3)] == \
+        [r.prompt_token_ids for r in sharegpt_like(5, seed=3)]
+
+
+def test_shared_prefix_structure_and_optimum():
+    reqs = shared_prefix(groups=4, prompts_per_group=3, system_tokens=32, question_tokens=8, output_tokens=5)
+    systems = {tuple(r.prompt_token_ids[:32]) for r in reqs}
+    assert len(reqs) == 12 and len(systems) == 4 and all(len(r.prompt_token_ids) == 40 for r in reqs)
+    assert shared_prefix_optimal_hit_rate(groups=64, prompts_per_group=16, system_tokens=2048,
+                                          question_tokens=128) == pytest.approx(0.8824, abs=1e-4)
+
+
+@pytest.mark.parametrize("cache", [RadixKVCache(num_pages=4096, page_size=1),
+                                   PagedKVCache(num_pages=256, page_size=16, prefix_caching=True)])
+def test_simulated_hit_rate_is_bounded_by_the_optimum(cache):
+    kw = dict(groups=6, prompts_per_group=5, system_tokens=64, question_tokens=16)
+    reqs = shared_prefix(**kw, output_tokens=8)
+    r = simulate(ContinuousScheduler(max_num_seqs=8, max_num_batched_tokens=512), cache, reqs,
+                 arrivals_per_step=1)
+    optimum = shared_prefix_optimal_hit_rate(**kw)
+    assert r.finished == 30 and r.stats.pages_used == 0
+    assert 0.6 * optimum < r.stats.hit_rate <= optimum
+
+
+def test_simulated_static_cache_wastes_what_paging_saves():
+    reqs = sharegpt_like(60, seed=4)
+    static = simulate(ContinuousScheduler(max_num_seqs=64, max_num_batched_tokens=4096),
+                      ContiguousKVCache.for_tokens(16384, max_seq_len=2048), reqs)
+    paged = simulate(ContinuousScheduler(max_num_seqs=64, max_num_batched_tokens=4096),
+                     PagedKVCache(num_pages=1024, page_size=16), reqs)
+    assert static.stats.memory.waste > 0.5 > 0.1 > paged.stats.memory.waste
+    assert paged.steps < static.steps          # more requests fit at once
+
+
+def test_host_benchmark_script_runs(capsys):
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        import kv_cache_host
+    finally:
+        sys.path.pop(0)
+    kv_cache_host.main(["--quick"])
+    out = capsys.readouterr().out
+    assert "| contiguous (static 2048) |" in out and "analytic optimum" in out and "radix (page 1)" in out
+
+
+def test_docstring_examples():
+    failures = tested = 0
+    for mod in pkgutil.walk_packages(kvlab.__path__, "kvlab."):
+        if mod.name == "kvlab.cli":
+            continue
+        result = doctest.testmod(importlib.import_module(mod.name), optionflags=doctest.ELLIPSIS)
+        failures += result.failed
+        tested += result.attempted
+    assert failures == 0 and tested > 40
