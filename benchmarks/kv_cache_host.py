@@ -20,8 +20,7 @@ import time
 import numpy as np
 
 from kvlab.bench import simulate
-from kvlab.kvcache import (BlockedKVCache, BuiltinBlockHasher, ContiguousKVCache, PagedKVCache,
-                           RadixKVCache)
+from kvlab.kvcache import BlockedKVCache, BuiltinBlockHasher, ContiguousKVCache, PagedKVCache, RadixKVCache
 from kvlab.schedulers import ContinuousScheduler
 from kvlab.workloads import shared_prefix, shared_prefix_optimal_hit_rate, sharegpt_like
 
@@ -79,7 +78,8 @@ def host_cost_table(num_cached: int, num_ops: int) -> list[dict]:
     probes = [seq() for _ in range(num_ops)]
     tokens = 100 * 256 + (num_cached + num_ops) * 384
     caches = {
-        "paged hash sha256 (page 16)": PagedKVCache(num_pages=tokens // 16, page_size=16, prefix_caching=True),
+        "paged hash sha256 (page 16)": PagedKVCache(num_pages=tokens // 16, page_size=16,
+                                                    prefix_caching=True),
         "paged hash builtin (page 16)": PagedKVCache(num_pages=tokens // 16, page_size=16,
                                                      prefix_caching=True, block_hasher=BuiltinBlockHasher()),
         "radix (page 1)": RadixKVCache(num_pages=tokens, page_size=1),
@@ -87,7 +87,7 @@ def host_cost_table(num_cached: int, num_ops: int) -> list[dict]:
     }
     rows = []
     for name, cache in caches.items():
-        def cycle(i, toks):
+        def cycle(i, toks, cache=cache):
             cache.admit(i, toks)
             cache.allocate(i, len(toks))
             cache.commit(i, toks, len(toks))
@@ -119,7 +119,8 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     args = ap.parse_args(argv)
     q = args.quick
-    print(f"# kv_cache_host on {platform.processor() or platform.machine()}, Python {platform.python_version()}")
+    cpu = platform.processor() or platform.machine()
+    print(f"# kv_cache_host on {cpu}, Python {platform.python_version()}")
     pct = {k: ".1%" for k in ("stored", "reserved", "internal", "external", "waste", "hit_rate",
                               "of_optimum")}
     t = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
+
 class OutOfPagesError(RuntimeError):
     """Raised when more pages are requested than are free."""
 
