@@ -214,5 +214,9 @@ class Engine:
         m = summarize([c.request for c in completions], wall_seconds)
         m["compilations"] = float(self.num_compilations)
         m["steps"] = float(self.runner.steps)
+        stats = self.cache.stats()
+        m["prefix_hit_rate"] = stats.hit_rate
+        m["kv_memory_waste"] = stats.memory.waste
+        m["evictions"] = float(stats.evictions)
         return m
 

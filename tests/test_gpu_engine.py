@@ -1,0 +1,45 @@
+"""On the GPU (run on the lent machine: ``JAX_PLATFORMS=cuda pytest -m gpu``): every cache of the
+family in the engine on the device, greedy tokens equal to the dense one-request-at-a-time decode
+(float32 with full-precision matmuls, so TF32 rounding cannot flip a near tie)."""
+
+from __future__ import annotations
+
+import jax
+import pytest
+
+import kvlab
+from kvlab.engine import DenseReferenceDecoder
+from kvlab.models import LlamaModel, ModelConfig
+
+pytestmark = pytest.mark.gpu
+
+SYSTEM = list(range(40, 90))
+CACHES = {
+    "paged": lambda: kvlab.PagedKVCache(num_pages=24, page_size=8),
+    "paged-prefix": lambda: kvlab.PagedKVCache(num_pages=24, page_size=8, prefix_caching=True),
+    "blocked": lambda: kvlab.BlockedKVCache(num_blocks=12, block_tokens=16),
+    "radix": lambda: kvlab.RadixKVCache(num_pages=192, page_size=1),
+    "contiguous": lambda: kvlab.ContiguousKVCache(num_slots=2, max_seq_len=96, page_size=16),
+    "circular": lambda: kvlab.CircularKVCache(num_pages=64, page_size=8, window=24, num_sink_tokens=4,
+                                              max_step_tokens=64),
+}
+
+
+@pytest.mark.parametrize("kind", CACHES)
+def test_every_cache_on_the_gpu(kind):
+    assert jax.default_backend() == "gpu", "run with JAX_PLATFORMS=cuda on the GPU machine"
+    with jax.default_matmul_precision("highest"):
+        model = LlamaModel(ModelConfig.tiny(head_dim=64, num_heads=4, num_kv_heads=2), seed=1)
+        cache = CACHES[kind]()
+        engine = kvlab.Engine(model, cache=cache, max_model_len=256,
+                              scheduler=kvlab.ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=256))
+        prompts = [SYSTEM + [5 + i, 6 + i] for i in range(5)]
+        params = kvlab.SamplingParams(max_tokens=30, ignore_eos=True)
+        outs = engine.generate(prompts, params)
+        ref = DenseReferenceDecoder(model, options=engine.attention_options)
+        for p, c in zip(prompts, outs):
+            assert c.token_ids == ref.greedy(p, 30), kind
+        s = cache.stats()
+        assert s.pages_used == 0 and s.pages_free + s.pages_cached == s.pages_total
+        if kind in ("paged-prefix", "blocked", "radix"):
+            assert s.prefix_hit_tokens > 0
