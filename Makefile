@@ -31,6 +31,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
 
+# GPU-marked tests, on a machine with an NVIDIA GPU and a CUDA build of JAX.
+gpu-test: $(VENV)/.installed-dev
+	JAX_PLATFORMS=cuda $(BIN)/python -m pytest -q -m gpu
+
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check kvlab tests benchmarks
 

@@ -164,3 +164,30 @@ def test_salted_requests_do_not_share(tiny_model):
         while engine.has_unfinished():
             engine.step()
     assert cache.stats().prefix_hit_tokens == len(SYSTEM)      # only alice's second request hit
+
+
+@pytest.mark.parametrize("kind", ["paged-prefix", "radix", "blocked"])
+def test_abort_mid_flight_frees_everything_and_others_go_on(tiny_model, kind):
+    cache = make_cache(kind, 4, 48)
+    engine = kvlab.Engine(tiny_model, cache=cache,
+                          scheduler=kvlab.ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=128))
+    params = SamplingParams(max_tokens=12, ignore_eos=True)
+    keep = [SYSTEM + [60], SYSTEM + [61, 62]]
+    ids = [engine.add_request(p, params) for p in keep]
+    doomed = engine.add_request(SYSTEM + [63, 64, 65], params)
+    got = {i: [] for i in ids}
+    for step in range(20):
+        if step == 4:
+            engine.abort(doomed)
+            with pytest.raises(KeyError):
+                engine.abort(doomed)
+        for ev in engine.step():
+            assert ev.request_id != doomed or step < 4
+            if ev.request_id in got:
+                got[ev.request_id] += ev.new_token_ids
+        if not engine.has_unfinished():
+            break
+    for rid, p in zip(ids, keep):
+        assert got[rid] == reference(tiny_model, p, 12)
+    s = cache.stats()
+    assert s.num_seqs == 0 and s.pages_used == 0 and s.pages_free + s.pages_cached == s.pages_total
