@@ -77,7 +77,8 @@ class Engine:
             page_size=cache.page_size, max_num_seqs=self.scheduler.max_num_seqs,
             max_num_batched_tokens=self.scheduler.max_num_batched_tokens,
             max_pages_per_seq=cache.max_table_pages(self.max_model_len),
-            options=self.attention_options, seed=seed)
+            options=self.attention_options,
+            fixed_shapes=self.scheduler.fixed_shapes, seed=seed)
         self._ids = itertools.count()
         self._decoders: dict[str, IncrementalDecoder] = {}   # unfinished requests only
         self._wanted: set[str] = set()                        # ids whose Completion generate() awaits
@@ -139,6 +140,8 @@ class Engine:
         events = []
         for out in self.scheduler.update(plan, tokens):
             req = out.request
+            if not out.new_token_ids and not out.finished:    # a prefill chunk: nothing to report
+                continue
             text = ""
             decoder = self._decoders.get(req.request_id)
             if decoder is not None:

@@ -4,7 +4,8 @@ The step takes the model state, the KV storage (donated: updated in place), the 
 the per-sequence sampling parameters, and returns the sampled tokens: one device-to-host transfer
 per step. Token count, sequence count and pages per sequence are padded to powers of two, so the
 number of compilations is bounded by the product of the bucket counts (``num_compilations``
-counts the compilations a runner triggered).
+counts the compilations a runner triggered); with ``fixed_shapes`` every step uses the largest
+buckets, so the step compiles once.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class ModelRunner:
     """Runs steps of ``model`` with an attention backend and a sampler."""
 
     def __init__(self, model, *, attention, sampler, page_size: int, max_num_seqs: int,
-                 max_num_batched_tokens: int, max_pages_per_seq: int, options=None, seed: int = 0):
+                 max_num_batched_tokens: int, max_pages_per_seq: int, options=None,
+                 fixed_shapes: bool = False, seed: int = 0):
         self.graphdef, self.state = nnx.split(model)
         self.attention = attention
         self.options = options or model.attention_options
@@ -60,6 +62,9 @@ class ModelRunner:
         self.token_buckets = pow2_buckets(16, max_num_batched_tokens)
         self.seq_buckets = pow2_buckets(1, max_num_seqs)
         self.page_buckets = pow2_buckets(1, max_pages_per_seq)
+        if fixed_shapes:   # one shape for every step: the largest buckets (persistent batching)
+            self.token_buckets, self.seq_buckets, self.page_buckets = (
+                self.token_buckets[-1:], self.seq_buckets[-1:], self.page_buckets[-1:])
         self.num_compilations = 0
         self.key = jax.random.key(seed)
         self.steps = 0

@@ -66,6 +66,7 @@ class KVCache(abc.ABC):
     """
 
     page_size: int
+    max_step_tokens: int | None = None   # most new tokens a sequence may compute in one step
 
     @property
     @abc.abstractmethod
@@ -87,6 +88,14 @@ class KVCache(abc.ABC):
     @abc.abstractmethod
     def allocate(self, seq_id, num_tokens: int) -> None:
         """Grow (or create) ``seq_id`` to hold ``num_tokens`` tokens in total."""
+
+    @abc.abstractmethod
+    def pages_needed(self, seq_id, num_tokens: int) -> int:
+        """More pages ``seq_id`` needs to hold ``num_tokens`` tokens (admission control)."""
+
+    @abc.abstractmethod
+    def num_available_pages(self) -> int:
+        """Pages an allocation could get now: free ones plus evictable cached ones."""
 
     def commit(self, seq_id, token_ids, num_computed: int) -> None:
         """The KV of ``token_ids[:num_computed]`` is now in the cache (prefix caches index it).

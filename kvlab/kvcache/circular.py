@@ -91,8 +91,14 @@ class CircularKVCache(KVCache):
     def max_table_pages(self, max_model_len: int) -> int:
         return -(-max_model_len // self.page_size)
 
+    def pages_needed(self, seq_id, num_tokens: int) -> int:
+        return 0 if seq_id in self._pages else self.pages_per_seq
+
+    def num_available_pages(self) -> int:
+        return self.allocator.num_free
+
     def can_allocate(self, seq_id, num_tokens: int) -> bool:
-        return seq_id in self._pages or self.allocator.num_free >= self.pages_per_seq
+        return self.pages_needed(seq_id, num_tokens) <= self.allocator.num_free
 
     def allocate(self, seq_id, num_tokens: int) -> None:
         have = self._tokens.get(seq_id, 0)

@@ -70,6 +70,12 @@ class ContiguousKVCache(KVCache):
     def max_table_pages(self, max_model_len: int) -> int:
         return -(-min(max_model_len, self.max_seq_len) // self.page_size)
 
+    def pages_needed(self, seq_id, num_tokens: int) -> int:
+        return 0 if seq_id in self._slot else self.pages_per_slot
+
+    def num_available_pages(self) -> int:
+        return len(self._free_slots) * self.pages_per_slot
+
     def can_allocate(self, seq_id, num_tokens: int) -> bool:
         return num_tokens <= self.max_seq_len and (seq_id in self._slot or bool(self._free_slots))
 

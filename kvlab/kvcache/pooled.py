@@ -105,9 +105,14 @@ class PagePoolCache(KVCache):
         have = len(seq.pages) if seq is not None else 0
         return max(0, -(-num_tokens // self.page_size) - have)
 
+    def pages_needed(self, seq_id, num_tokens: int) -> int:
+        return self._pages_needed(self._seqs.get(seq_id), num_tokens)
+
+    def num_available_pages(self) -> int:
+        return self.allocator.num_free + self._num_reclaimable()
+
     def can_allocate(self, seq_id, num_tokens: int) -> bool:
-        need = self._pages_needed(self._seqs.get(seq_id), num_tokens)
-        return need <= self.allocator.num_free + self._num_reclaimable()
+        return self.pages_needed(seq_id, num_tokens) <= self.num_available_pages()
 
     def allocate(self, seq_id, num_tokens: int) -> None:
         seq = self._seqs.get(seq_id)

@@ -48,7 +48,14 @@ class StepOutput:
 
 
 class Scheduler(abc.ABC):
-    """Decides each step which sequences run and how many tokens each computes."""
+    """Decides each step which sequences run and how many tokens each computes.
+
+    ``max_num_seqs`` and ``max_num_batched_tokens`` bound every plan; ``fixed_shapes`` asks the
+    runner to pad every step to the same shapes."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    fixed_shapes: bool = False
 
     @abc.abstractmethod
     def attach(self, cache) -> None:
@@ -63,8 +70,10 @@ class Scheduler(abc.ABC):
         """Plan the next step and allocate its cache pages."""
 
     @abc.abstractmethod
-    def update(self, plan: StepPlan, sampled_tokens) -> list[StepOutput]:
-        """Apply a step's sampled tokens (one per planned sequence, in order)."""
+    def update(self, plan: StepPlan, sampled_tokens, now: float | None = None) -> list[StepOutput]:
+        """Apply a step's sampled tokens (one per planned sequence, in order); ``now`` is the
+        time stamped on the new tokens (default: ``time.perf_counter()``; simulations pass
+        their clock)."""
 
     @abc.abstractmethod
     def finish(self, request_id: str, reason: str) -> Request:

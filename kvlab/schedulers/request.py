@@ -54,7 +54,8 @@ class Request:
     eos_token_ids: tuple[int, ...] = ()
     max_total_tokens: int | None = None  # the model's context: prompt + output never exceed it
     cache_salt: str | None = None        # prefix-cache namespace
-    priority: int = 0                    # retention priority of its cached blocks
+    priority: int = 0                    # larger = more important (scheduling, cache retention)
+    queued_step: int = 0                 # scheduler step at which it last entered the waiting queue
     arrival_time: float = dataclasses.field(default_factory=time.perf_counter)
     output_token_ids: list[int] = dataclasses.field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING

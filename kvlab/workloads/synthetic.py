@@ -47,6 +47,29 @@ def sharegpt_like(n: int, *, seed: int = 0, vocab_size: int = 32000, max_prompt:
     return out
 
 
+def long_prompt_mix(n: int, *, seed: int = 0, vocab_size: int = 32000, max_prompt: int = 8192
+                    ) -> list[SyntheticRequest]:
+    """Summarization-like requests (arXiv summarization): lognormal lengths with median ~2.7k
+    prompt and ~170 output tokens."""
+    rng = np.random.default_rng(seed)
+    out: list[SyntheticRequest] = []
+    while len(out) < n:
+        p = int(round(rng.lognormal(np.log(2700), 0.45)))
+        o = max(4, int(round(rng.lognormal(np.log(170), 0.6))))
+        if 16 <= p <= max_prompt:
+            out.append(SyntheticRequest(rng.integers(3, vocab_size, p).tolist(), o))
+    return out
+
+
+def poisson_arrivals(requests: list[SyntheticRequest], rate: float, *, seed: int = 0
+                     ) -> list[SyntheticRequest]:
+    """The same requests arriving as a Poisson process of ``rate`` requests per second."""
+    if rate <= 0:
+        raise ValueError(f"rate must be > 0 requests/s, got {rate}")
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, len(requests))
+    return [dataclasses.replace(r, arrival=float(t)) for r, t in zip(requests, np.cumsum(gaps))]
+
+
 def shared_prefix(*, groups: int = 64, prompts_per_group: int = 16, system_tokens: int = 2048,
                   question_tokens: int = 128, output_tokens: int = 256, seed: int = 0,
                   vocab_size: int = 32000) -> list[SyntheticRequest]:

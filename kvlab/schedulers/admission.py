@@ -1,0 +1,52 @@
+"""Admission strategies: when may a waiting request start?
+
+* ``OptimisticAdmission`` (vLLM, TensorRT-LLM "max utilization"): admit while the pages for the
+  tokens computed now are free; running requests that later run out of pages are preempted.
+* ``ReserveAdmission`` (TGI, TensorRT-LLM "guaranteed no evict"): admit only if the pages for the
+  request's whole life (prompt + ``max_tokens``) fit beside the future growth of every running
+  request, so no request is ever preempted; fewer requests run at once.
+
+Example:
+    >>> from kvlab.kvcache import PagedKVCache
+    >>> from kvlab.schedulers.request import Request, SamplingParams
+    >>> cache = PagedKVCache(num_pages=8, page_size=4)
+    >>> running = [Request("a", [1] * 4, SamplingParams(max_tokens=12))]   # will need 4 pages
+    >>> cache.allocate("a", 4)
+    >>> new = Request("b", [1] * 4, SamplingParams(max_tokens=12))
+    >>> OptimisticAdmission().admits(cache, new, running), ReserveAdmission().admits(cache, new, running)
+    (True, True)
+    >>> ReserveAdmission().admits(cache, Request("c", [1] * 8, SamplingParams(max_tokens=12)), running)
+    False
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+def lifetime_tokens(request) -> int:
+    """Tokens a request may hold at its end: prompt + max_tokens, capped by its context."""
+    n = len(request.prompt_token_ids) + request.params.max_tokens
+    return n if request.max_total_tokens is None else min(n, request.max_total_tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimisticAdmission:
+    """Admit when this step's pages are free; preempt later if memory runs out."""
+
+    preempts: bool = dataclasses.field(default=True, init=False)
+
+    def admits(self, cache, request, running) -> bool:
+        return True
+
+
+@dataclasses.dataclass(frozen=True)
+class ReserveAdmission:
+    """Admit only if every running request and this one can grow to their lifetime length."""
+
+    preempts: bool = dataclasses.field(default=False, init=False)
+
+    def admits(self, cache, request, running) -> bool:
+        growth = sum(cache.pages_needed(r.request_id, lifetime_tokens(r)) for r in running)
+        need = cache.pages_needed(request.request_id, lifetime_tokens(request))
+        return growth + need <= cache.num_available_pages()

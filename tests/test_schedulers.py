@@ -1,0 +1,211 @@
+"""The scheduler family on the host (no model): random traces for every scheduler x policy x cache
+type with arrivals, priorities and aborts mid-flight. Every request finishes or is reported
+aborted, budgets and max_num_seqs hold every step, the starvation guard keeps its promise, every
+page comes back; and the specific promises of each scheduler and policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvlab.kvcache import BlockedKVCache, CircularKVCache, ContiguousKVCache, PagedKVCache, RadixKVCache
+from kvlab.schedulers import (
+    FCFS,
+    ChunkedScheduler,
+    ContinuousScheduler,
+    LongestPrefixMatch,
+    PersistentScheduler,
+    Priority,
+    Request,
+    ReserveAdmission,
+    SamplingParams,
+    ShortestPromptFirst,
+    StarvationGuard,
+)
+
+CACHES = {
+    "paged": lambda: PagedKVCache(num_pages=24, page_size=4),
+    "paged-prefix": lambda: PagedKVCache(num_pages=24, page_size=4, prefix_caching=True),
+    "blocked": lambda: BlockedKVCache(num_blocks=12, block_tokens=8),
+    "radix": lambda: RadixKVCache(num_pages=96, page_size=1),
+    "contiguous": lambda: ContiguousKVCache(num_slots=3, max_seq_len=64, page_size=4),
+    "circular": lambda: CircularKVCache(num_pages=40, page_size=4, window=8, max_step_tokens=8),
+}
+POLICIES = {
+    "fcfs": FCFS, "priority": Priority, "spf": ShortestPromptFirst,
+    "lpm": lambda: LongestPrefixMatch(max_queue=4),
+    "guard": lambda: StarvationGuard(ShortestPromptFirst(), 6),
+}
+
+
+def make_scheduler(kind, policy, admission=None):
+    if kind == "continuous":
+        return ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=64, policy=policy,
+                                   admission=admission)
+    if kind == "chunked":
+        return ChunkedScheduler(max_num_seqs=4, max_num_batched_tokens=16, max_chunk_tokens=8, policy=policy,
+                                admission=admission)
+    return PersistentScheduler(num_slots=3, tokens_per_step=12, policy=policy, admission=admission)
+
+
+SHARED = [5, 6, 7, 8, 9, 10, 11, 12, 13]
+
+
+@st.composite
+def traces(draw):
+    reqs = []
+    for _ in range(draw(st.integers(1, 10))):
+        head = SHARED[:draw(st.sampled_from([0, 4, 9]))]
+        prompt = head + draw(st.lists(st.integers(3, 99), min_size=1, max_size=20))
+        reqs.append(dict(prompt=prompt, max_tokens=draw(st.integers(1, 12)), arrival=draw(st.integers(0, 8)),
+                         priority=draw(st.integers(0, 2)),
+                         abort_at=draw(st.one_of(st.none(), st.integers(0, 20)))))
+    return (reqs, draw(st.sampled_from(["continuous", "chunked", "persistent"])),
+            draw(st.sampled_from(sorted(POLICIES))), draw(st.sampled_from(sorted(CACHES))),
+            draw(st.booleans()))
+
+
+def drive(sched, cache, reqs, rng, max_steps=2000):
+    """Run a trace on the host; check per-step invariants; return finish reasons by id."""
+    sched.attach(cache)
+    added, reasons, step = {}, {}, 0
+    guard = sched.policy if isinstance(sched.policy, StarvationGuard) else None
+    while step < max_steps:
+        for i, r in enumerate(reqs):
+            if r["arrival"] == step:
+                params = SamplingParams(max_tokens=r["max_tokens"], ignore_eos=True)
+                req = Request(f"r{i}", list(r["prompt"]), params, arrival_time=step + i / 100,
+                              priority=r["priority"])
+                try:
+                    sched.add(req)
+                    added[req.request_id] = req
+                except ValueError:
+                    reasons[req.request_id] = "rejected"
+            if r["abort_at"] == step and f"r{i}" in added and not added[f"r{i}"].is_finished:
+                sched.abort(f"r{i}")
+        if not sched.has_unfinished() and step > 8:
+            break
+        waiting_before = list(sched.waiting)
+        plan = sched.schedule()
+        assert plan.num_tokens <= sched.max_num_batched_tokens
+        assert len(plan.seqs) <= sched.max_num_seqs and len(sched.running) <= sched.max_num_seqs
+        assert len({id(s.request) for s in plan.seqs}) == len(plan.seqs)
+        if guard is not None:
+            overdue = [r for r in waiting_before if sched.step_count - r.queued_step >= guard.max_wait_steps]
+            admitted = [s.request for s in plan.seqs if s.request in waiting_before]
+            if any(r in sched.waiting for r in overdue):
+                assert all(r in overdue for r in admitted), "a newer request jumped an overdue one"
+        sched.update(plan, rng.integers(3, 99, len(plan.seqs)))
+        step += 1
+    assert not sched.has_unfinished(), "requests left unfinished"
+    for rid, req in added.items():
+        reasons[rid] = req.finish_reason
+    return reasons, added
+
+
+@settings(max_examples=300, deadline=None)
+@given(traces())
+def test_every_scheduler_policy_and_cache(trace):
+    reqs, kind, policy, cache_kind, reserve = trace
+    cache = CACHES[cache_kind]()
+    sched = make_scheduler(kind, POLICIES[policy](), ReserveAdmission() if reserve else None)
+    reasons, added = drive(sched, cache, reqs, np.random.default_rng(0))
+    for i, r in enumerate(reqs):
+        reason = reasons[f"r{i}"]
+        assert reason in ("length", "abort", "rejected")
+        if reason == "length":
+            assert len(added[f"r{i}"].output_token_ids) == r["max_tokens"]
+    if reserve:
+        assert sched.num_preemptions == 0
+    s = cache.stats()
+    assert s.num_seqs == 0 and s.pages_used == 0 and s.pages_free + s.pages_cached == s.pages_total
+
+
+def test_chunked_prefill_never_stalls_a_decode():
+    sched = ChunkedScheduler(max_num_seqs=4, max_num_batched_tokens=16, max_chunk_tokens=16)
+    sched.attach(PagedKVCache(num_pages=64, page_size=4))
+    sched.add(Request("chat", [3, 4, 5], SamplingParams(max_tokens=30, ignore_eos=True)))
+    plan = sched.schedule()
+    sched.update(plan, [7])
+    sched.add(Request("long", list(range(3, 103)), SamplingParams(max_tokens=2, ignore_eos=True)))
+    chunks, done = 0, False
+    for _ in range(20):
+        plan = sched.schedule()
+        by_id = {s.request.request_id: s for s in plan.seqs}
+        assert by_id["chat"].num_new_tokens == 1, "the decode was stalled"
+        assert plan.num_tokens <= 16
+        if "long" in by_id:
+            chunks += 1
+            done = by_id["long"].start + by_id["long"].num_new_tokens == 100
+        sched.update(plan, [7] * len(plan.seqs))
+        if done:
+            break
+    assert chunks == 7      # 100 prompt tokens in chunks of 15 beside one decode
+
+
+def test_whole_prompt_scheduler_rejects_what_chunking_accepts():
+    cont = ContinuousScheduler(max_num_seqs=2, max_num_batched_tokens=32)
+    cont.attach(PagedKVCache(num_pages=64, page_size=4))
+    with pytest.raises(ValueError, match="ChunkedScheduler"):
+        cont.add(Request("a", list(range(40)), SamplingParams(max_tokens=4)))
+    chunked = ChunkedScheduler(max_num_seqs=2, max_num_batched_tokens=32)
+    chunked.attach(PagedKVCache(num_pages=64, page_size=4))
+    chunked.add(Request("a", list(range(40)), SamplingParams(max_tokens=4)))
+    assert [s.num_new_tokens for s in chunked.schedule().seqs] == [32]
+
+
+def test_priority_preempts_the_lowest_priority_first():
+    sched = ContinuousScheduler(max_num_seqs=3, max_num_batched_tokens=64, policy=Priority())
+    sched.attach(PagedKVCache(num_pages=6, page_size=4))       # 24 tokens for three of 8 + growth
+    for rid, prio in [("low", 0), ("high", 2), ("mid", 1)]:
+        sched.add(Request(rid, [3] * 7, SamplingParams(max_tokens=12, ignore_eos=True), priority=prio))
+    first = None
+    for _ in range(20):
+        plan = sched.schedule()
+        if plan.preempted and first is None:
+            first = plan.preempted[0].request_id
+        sched.update(plan, [7] * len(plan.seqs))
+    assert first == "low"
+
+
+def test_reserve_admission_never_preempts_where_optimistic_does():
+    def run(admission):
+        sched = ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=64, admission=admission)
+        cache = PagedKVCache(num_pages=12, page_size=4)
+        reqs = [dict(prompt=[3] * 6, max_tokens=14, arrival=0, priority=0, abort_at=None) for _ in range(5)]
+        reasons, _ = drive(sched, cache, reqs, np.random.default_rng(1))
+        assert all(r == "length" for r in reasons.values())
+        return sched.num_preemptions
+    assert run(ReserveAdmission()) == 0 < run(None)
+
+
+def test_longest_prefix_match_orders_by_cached_tokens_and_falls_back():
+    cache = RadixKVCache(num_pages=64, page_size=1)
+    cache.admit("warm", SHARED + [1])
+    cache.allocate("warm", 10)
+    cache.commit("warm", SHARED + [1], 10)
+    cache.free("warm")
+    reqs = [Request("cold", [50, 51, 52], SamplingParams(), arrival_time=0),
+            Request("half", SHARED[:4] + [60], SamplingParams(), arrival_time=1),
+            Request("full", SHARED + [70], SamplingParams(), arrival_time=2)]
+    assert [r.request_id for r in LongestPrefixMatch().order(reqs, cache)] == ["full", "half", "cold"]
+    fallback = LongestPrefixMatch(max_queue=2).order(reqs, cache)
+    assert [r.request_id for r in fallback] == ["cold", "half", "full"]
+
+
+def test_starvation_guard_bounds_the_wait_that_shortest_first_would_stretch():
+    def wait_of_long(policy):
+        sched = ContinuousScheduler(max_num_seqs=1, max_num_batched_tokens=64, policy=policy)
+        sched.attach(PagedKVCache(num_pages=64, page_size=4))
+        sched.add(Request("long", [3] * 40, SamplingParams(max_tokens=1), arrival_time=0))
+        for step in range(60):
+            sched.add(Request(f"s{step}", [4], SamplingParams(max_tokens=1), arrival_time=step + 1))
+            plan = sched.schedule()
+            if any(s.request.request_id == "long" for s in plan.seqs):
+                return step
+            sched.update(plan, [7] * len(plan.seqs))
+        return None
+    assert wait_of_long(ShortestPromptFirst()) is None           # starved for 60 steps
+    assert wait_of_long(StarvationGuard(ShortestPromptFirst(), max_wait_steps=10)) <= 11
