@@ -21,7 +21,7 @@ import numpy as np
 
 from kvlab.attention.batch import RaggedBatch
 from kvlab.bench.host_sim import LinearStepCost, simulate
-from kvlab.kvcache import PagedKVCache, RadixKVCache
+from kvlab.kvcache import HostTier, PagedKVCache, RadixKVCache
 from kvlab.schedulers import (
     FCFS,
     ChunkedScheduler,
@@ -31,6 +31,7 @@ from kvlab.schedulers import (
     Request,
     ReserveAdmission,
     SamplingParams,
+    SwapPreemption,
 )
 from kvlab.workloads import (
     long_prompt_mix,
@@ -49,6 +50,8 @@ def schedulers():
                                                                        max_num_batched_tokens=8192),
         "continuous + reserve": lambda: ContinuousScheduler(max_num_seqs=256, max_num_batched_tokens=8192,
                                                             admission=ReserveAdmission()),
+        "continuous + swap": lambda: ContinuousScheduler(max_num_seqs=256, max_num_batched_tokens=8192,
+                                                         preemption=SwapPreemption()),
         "chunked (2048)": lambda: ChunkedScheduler(max_num_seqs=256, max_num_batched_tokens=2048),
         "chunked (512)": lambda: ChunkedScheduler(max_num_seqs=256, max_num_batched_tokens=512),
         "persistent (256 slots, 512)": lambda: PersistentScheduler(num_slots=256, tokens_per_step=512),
@@ -58,8 +61,9 @@ def schedulers():
 def latency_table(requests, kv_tokens: int) -> list[dict]:
     rows = []
     for name, make in schedulers().items():
-        r = simulate(make(), PagedKVCache(num_pages=kv_tokens // 16, page_size=16), requests,
-                     step_cost=LinearStepCost.llama3_8b_h100())
+        cache = PagedKVCache(num_pages=kv_tokens // 16, page_size=16,
+                             host_tier=HostTier(num_pages=4 * kv_tokens // 16))
+        r = simulate(make(), cache, requests, step_cost=LinearStepCost.llama3_8b_h100())
         m = r.summary()
         rows.append({"scheduler": name, "TTFT P50 (ms)": 1e3 * m["ttft_p50_s"],
                      "TTFT P99 (ms)": 1e3 * m["ttft_p99_s"], "ITL P50 (ms)": 1e3 * m["itl_p50_s"],

@@ -5,6 +5,7 @@ step limit."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_engine_property import reference, run_trace
@@ -21,6 +22,7 @@ from kvlab.schedulers import (
     ReserveAdmission,
     ShortestPromptFirst,
     StarvationGuard,
+    SwapPreemption,
 )
 
 SYSTEM = list(range(11, 28))
@@ -98,3 +100,24 @@ def test_chunked_prefill_lets_the_circular_cache_take_long_prompts(tiny_model):
     for p, c in zip(prompts, outs):
         assert c.token_ids == ref.greedy(p, 20)
     assert cache.stats().pages_used == 0
+
+
+@pytest.mark.parametrize("cache_kind", ["paged", "paged-prefix", "blocked", "radix"])
+def test_swap_preemption_in_the_engine_is_exact(tiny_model, cache_kind):
+    tier = kvlab.kvcache.HostTier
+    cache = {"paged": lambda: kvlab.PagedKVCache(num_pages=10, page_size=4, host_tier=tier(64)),
+             "paged-prefix": lambda: kvlab.PagedKVCache(num_pages=10, page_size=4, prefix_caching=True,
+                                                        host_tier=tier(64)),
+             "blocked": lambda: kvlab.BlockedKVCache(num_blocks=5, block_tokens=8, host_tier=tier(32)),
+             "radix": lambda: kvlab.RadixKVCache(num_pages=40, page_size=1, host_tier=tier(256)),
+             }[cache_kind]()
+    sched = ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=64, preemption=SwapPreemption())
+    engine = kvlab.Engine(tiny_model, cache=cache, scheduler=sched)
+    prompts = [SYSTEM[:9] + [40 + i] for i in range(4)]
+    outs = engine.generate(prompts, kvlab.SamplingParams(max_tokens=14, ignore_eos=True))
+    for p, c in zip(prompts, outs):
+        assert c.token_ids == reference(tiny_model, p, 14)
+    assert sched.num_swapped_out > 0 and sched.num_swapped_out == sched.num_preemptions
+    assert cache.host_tier.allocator.num_free == cache.host_tier.num_pages
+    s = cache.stats()
+    assert s.pages_used == 0 and s.pages_free + s.pages_cached == s.pages_total

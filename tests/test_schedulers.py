@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvlab.kvcache import BlockedKVCache, CircularKVCache, ContiguousKVCache, PagedKVCache, RadixKVCache
+from kvlab.kvcache import (
+    BlockedKVCache,
+    CircularKVCache,
+    ContiguousKVCache,
+    HostTier,
+    PagedKVCache,
+    RadixKVCache,
+)
 from kvlab.schedulers import (
     FCFS,
     ChunkedScheduler,
@@ -23,15 +30,17 @@ from kvlab.schedulers import (
     SamplingParams,
     ShortestPromptFirst,
     StarvationGuard,
+    SwapPreemption,
 )
 
-CACHES = {
-    "paged": lambda: PagedKVCache(num_pages=24, page_size=4),
-    "paged-prefix": lambda: PagedKVCache(num_pages=24, page_size=4, prefix_caching=True),
-    "blocked": lambda: BlockedKVCache(num_blocks=12, block_tokens=8),
-    "radix": lambda: RadixKVCache(num_pages=96, page_size=1),
-    "contiguous": lambda: ContiguousKVCache(num_slots=3, max_seq_len=64, page_size=4),
-    "circular": lambda: CircularKVCache(num_pages=40, page_size=4, window=8, max_step_tokens=8),
+CACHES = {   # the page caches get a small host tier: preemption by swap, or recompute when it is full
+    "paged": lambda: PagedKVCache(num_pages=12, page_size=4, host_tier=HostTier(12)),
+    "paged-prefix": lambda: PagedKVCache(num_pages=12, page_size=4, prefix_caching=True,
+                                         host_tier=HostTier(12)),
+    "blocked": lambda: BlockedKVCache(num_blocks=6, block_tokens=8, host_tier=HostTier(6)),
+    "radix": lambda: RadixKVCache(num_pages=48, page_size=1, host_tier=HostTier(48)),
+    "contiguous": lambda: ContiguousKVCache(num_slots=2, max_seq_len=48, page_size=4),
+    "circular": lambda: CircularKVCache(num_pages=12, page_size=4, window=8, max_step_tokens=8),
 }
 POLICIES = {
     "fcfs": FCFS, "priority": Priority, "spf": ShortestPromptFirst,
@@ -40,14 +49,13 @@ POLICIES = {
 }
 
 
-def make_scheduler(kind, policy, admission=None):
+def make_scheduler(kind, policy, admission=None, preemption=None):
+    kw = dict(policy=policy, admission=admission, preemption=preemption)
     if kind == "continuous":
-        return ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=64, policy=policy,
-                                   admission=admission)
+        return ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=64, **kw)
     if kind == "chunked":
-        return ChunkedScheduler(max_num_seqs=4, max_num_batched_tokens=16, max_chunk_tokens=8, policy=policy,
-                                admission=admission)
-    return PersistentScheduler(num_slots=3, tokens_per_step=12, policy=policy, admission=admission)
+        return ChunkedScheduler(max_num_seqs=4, max_num_batched_tokens=16, max_chunk_tokens=8, **kw)
+    return PersistentScheduler(num_slots=3, tokens_per_step=12, **kw)
 
 
 SHARED = [5, 6, 7, 8, 9, 10, 11, 12, 13]
@@ -64,7 +72,7 @@ def traces(draw):
                          abort_at=draw(st.one_of(st.none(), st.integers(0, 20)))))
     return (reqs, draw(st.sampled_from(["continuous", "chunked", "persistent"])),
             draw(st.sampled_from(sorted(POLICIES))), draw(st.sampled_from(sorted(CACHES))),
-            draw(st.booleans()))
+            draw(st.sampled_from(["optimistic", "reserve", "swap"])))
 
 
 def drive(sched, cache, reqs, rng, max_steps=2000):
@@ -108,17 +116,21 @@ def drive(sched, cache, reqs, rng, max_steps=2000):
 @settings(max_examples=300, deadline=None)
 @given(traces())
 def test_every_scheduler_policy_and_cache(trace):
-    reqs, kind, policy, cache_kind, reserve = trace
+    reqs, kind, policy, cache_kind, mode = trace
     cache = CACHES[cache_kind]()
-    sched = make_scheduler(kind, POLICIES[policy](), ReserveAdmission() if reserve else None)
+    swap = mode == "swap" and hasattr(cache, "host_tier")
+    sched = make_scheduler(kind, POLICIES[policy](), ReserveAdmission() if mode == "reserve" else None,
+                           SwapPreemption() if swap else None)
     reasons, added = drive(sched, cache, reqs, np.random.default_rng(0))
     for i, r in enumerate(reqs):
         reason = reasons[f"r{i}"]
         assert reason in ("length", "abort", "rejected")
         if reason == "length":
             assert len(added[f"r{i}"].output_token_ids) == r["max_tokens"]
-    if reserve:
+    if mode == "reserve":
         assert sched.num_preemptions == 0
+    if swap:
+        assert cache.host_tier.allocator.num_free == cache.host_tier.num_pages
     s = cache.stats()
     assert s.num_seqs == 0 and s.pages_used == 0 and s.pages_free + s.pages_cached == s.pages_total
 
@@ -209,3 +221,28 @@ def test_starvation_guard_bounds_the_wait_that_shortest_first_would_stretch():
         return None
     assert wait_of_long(ShortestPromptFirst()) is None           # starved for 60 steps
     assert wait_of_long(StarvationGuard(ShortestPromptFirst(), max_wait_steps=10)) <= 11
+
+
+@pytest.mark.parametrize("cache_kind", ["paged", "paged-prefix", "blocked", "radix"])
+@pytest.mark.parametrize("kind", ["continuous", "chunked", "persistent"])
+def test_swap_preemption_resumes_without_recompute(kind, cache_kind):
+    cache = {"paged": lambda: PagedKVCache(num_pages=12, page_size=4, host_tier=HostTier(64)),
+             "paged-prefix": lambda: PagedKVCache(num_pages=12, page_size=4, prefix_caching=True,
+                                                  host_tier=HostTier(64)),
+             "blocked": lambda: BlockedKVCache(num_blocks=6, block_tokens=8, host_tier=HostTier(32)),
+             "radix": lambda: RadixKVCache(num_pages=48, page_size=1, host_tier=HostTier(256))}[cache_kind]()
+    sched = {"continuous": lambda: ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=64,
+                                                       preemption=SwapPreemption()),
+             "chunked": lambda: ChunkedScheduler(max_num_seqs=4, max_num_batched_tokens=16,
+                                                 preemption=SwapPreemption()),
+             "persistent": lambda: PersistentScheduler(num_slots=4, tokens_per_step=16,
+                                                       preemption=SwapPreemption())}[kind]()
+    reqs = [dict(prompt=SHARED[:5] + [20 + i], max_tokens=16, arrival=0, priority=0, abort_at=None)
+            for i in range(5)]
+    reasons, added = drive(sched, cache, reqs, np.random.default_rng(2))
+    assert all(r == "length" for r in reasons.values())
+    assert sched.num_preemptions > 0
+    assert all(r.num_computed_tokens == r.num_tokens - 1 for r in added.values())
+    assert cache.host_tier.allocator.num_free == cache.host_tier.num_pages
+    s = cache.stats()
+    assert s.pages_used == 0 and s.pages_free + s.pages_cached == s.pages_total

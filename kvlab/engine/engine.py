@@ -72,6 +72,10 @@ class Engine:
         self.storage = cache.init_storage(num_layers=self.config.num_layers,
                                           num_kv_heads=self.config.num_kv_heads,
                                           head_dim=self.config.head_dim, dtype=model.dtype)
+        host_tier = getattr(cache, "host_tier", None)
+        self.host_storage = None if host_tier is None else host_tier.init_storage(
+            num_layers=self.config.num_layers, page_size=cache.page_size,
+            num_kv_heads=self.config.num_kv_heads, head_dim=self.config.head_dim, dtype=model.dtype)
         self.runner = ModelRunner(
             model, attention=attention or ReferenceAttention(), sampler=sampler or Sampler(),
             page_size=cache.page_size, max_num_seqs=self.scheduler.max_num_seqs,
@@ -136,6 +140,12 @@ class Engine:
                 raise RuntimeError("the scheduler planned nothing although requests wait; the cache "
                                    "cannot hold the next request")
             return []
+        if plan.swap_out:       # device -> host, before the freed pages are written again
+            device, host = zip(*plan.swap_out)
+            self.host_storage[list(host)] = self.runner.read_pages(self.storage, device)
+        if plan.swap_in:        # host -> device, before the step reads them
+            host, device = zip(*plan.swap_in)
+            self.storage = self.runner.write_pages(self.storage, device, self.host_storage[list(host)])
         tokens, self.storage = self.runner.run(plan, self.cache, self.storage)
         events = []
         for out in self.scheduler.update(plan, tokens):

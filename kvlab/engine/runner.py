@@ -10,6 +10,8 @@ buckets, so the step compiles once.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 from flax import nnx
@@ -29,6 +31,16 @@ def _step_impl(graphdef, attention, sampler, options, state, storage, batch: Rag
 # One jitted step shared by every runner: engines over the same model structure, backend, sampler
 # and attention options (static, hashable) reuse each other's compilations, e.g. across a sweep.
 _step = jax.jit(_step_impl, static_argnums=(0, 1, 2, 3), donate_argnums=(5,))
+
+
+@jax.jit
+def _read_pages(storage, pages):
+    return storage.read_pages(pages)
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _write_pages(storage, pages, data):
+    return storage.write_pages(pages, data)
 
 
 def pow2_buckets(lo: int, hi: int) -> tuple[int, ...]:
@@ -78,6 +90,24 @@ class ModelRunner:
             token_bucket=pick_bucket(self.token_buckets, plan.num_tokens),
             seq_bucket=pick_bucket(self.seq_buckets, len(seqs)),
             page_bucket=pick_bucket(self.page_buckets, max(len(p) for p in pages)))
+
+    # ---- page copies for swapping (page counts padded to powers of two: few compilations) ----
+    @staticmethod
+    def _padded(pages, fill: int) -> np.ndarray:
+        out = np.full(max(1, 1 << (len(pages) - 1).bit_length()), fill, np.int32)
+        out[:len(pages)] = pages
+        return out
+
+    def read_pages(self, storage, pages) -> np.ndarray:
+        """Whole pages as host records [n, L, 2, P, Hkv, D] (one device-to-host transfer)."""
+        return np.asarray(_read_pages(storage, self._padded(pages, 0)))[:len(pages)]
+
+    def write_pages(self, storage, pages, data: np.ndarray):
+        """Write host records into ``pages`` of the (donated) storage."""
+        padded = self._padded(pages, storage.num_pages)         # padding rows are dropped
+        full = np.zeros((len(padded),) + data.shape[1:], data.dtype)
+        full[:len(pages)] = data
+        return _write_pages(storage, padded, full)
 
     def run(self, plan: StepPlan, cache, storage):
         """Run one step; returns (sampled token ids as a NumPy array [len(plan.seqs)], storage)."""

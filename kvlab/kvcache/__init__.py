@@ -7,12 +7,13 @@ from kvlab.kvcache.circular import CircularKVCache
 from kvlab.kvcache.contiguous import ContiguousKVCache
 from kvlab.kvcache.eviction import LFU, LRU, PriorityLRU
 from kvlab.kvcache.ledger import MemoryBreakdown, MemoryLedger
+from kvlab.kvcache.offload import HostTier
 from kvlab.kvcache.paged import PagedKVCache
 from kvlab.kvcache.pool import OutOfPagesError, PageAllocator
 from kvlab.kvcache.radix import RadixKVCache
 from kvlab.kvcache.storage import BlockedKVStorage, PagedKVStorage
 
 __all__ = ["BlockedKVCache", "BlockedKVStorage", "BuiltinBlockHasher", "CircularKVCache",
-           "ContiguousKVCache", "KVCache", "KVCacheStats", "LFU", "LRU", "MemoryBreakdown",
+           "ContiguousKVCache", "HostTier", "KVCache", "KVCacheStats", "LFU", "LRU", "MemoryBreakdown",
            "MemoryLedger", "OutOfPagesError", "PageAllocator", "PagedKVCache", "PagedKVStorage",
            "PriorityLRU", "RadixKVCache", "Sha256BlockHasher"]

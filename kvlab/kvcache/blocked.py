@@ -28,9 +28,9 @@ class BlockedKVCache(PagedKVCache):
     """
 
     def __init__(self, *, num_blocks: int, block_tokens: int = 64, prefix_caching: bool = True,
-                 eviction=None, block_hasher=None):
+                 eviction=None, block_hasher=None, host_tier=None):
         super().__init__(num_pages=num_blocks, page_size=block_tokens, prefix_caching=prefix_caching,
-                         eviction=eviction, block_hasher=block_hasher)
+                         eviction=eviction, block_hasher=block_hasher, host_tier=host_tier)
 
     @classmethod
     def for_tokens(cls, tokens: int, *, block_tokens: int = 64, **kwargs) -> BlockedKVCache:

@@ -21,7 +21,8 @@ class PagedKVCache(PagePoolCache):
 
     num_pages, page_size: the pool (page_size a power of two); eviction: a policy object from
     ``kvlab.kvcache.eviction`` (``LRU()``, ``LFU()``, ``PriorityLRU()``); block_hasher: how full
-    blocks are named (``Sha256BlockHasher()`` by default).
+    blocks are named (``Sha256BlockHasher()`` by default); host_tier: a ``HostTier`` that
+    preemption by swap moves sequences to.
 
     Example:
         >>> cache = PagedKVCache(num_pages=8, page_size=4, prefix_caching=True)
@@ -35,8 +36,8 @@ class PagedKVCache(PagePoolCache):
     """
 
     def __init__(self, *, num_pages: int, page_size: int = 16, prefix_caching: bool = False,
-                 eviction=None, block_hasher=None):
-        super().__init__(num_pages=num_pages, page_size=page_size)
+                 eviction=None, block_hasher=None, host_tier=None):
+        super().__init__(num_pages=num_pages, page_size=page_size, host_tier=host_tier)
         self.prefix_caching = prefix_caching
         self.hasher = block_hasher or Sha256BlockHasher()
         self.index = BlockIndex(eviction or LRU()) if prefix_caching else None

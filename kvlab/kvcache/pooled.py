@@ -40,6 +40,7 @@ class SeqState:
     started: bool = False
     block_hashes: list = dataclasses.field(default_factory=list)   # hash-chained caches
     num_indexed: int = 0              # leading full pages already in the prefix index
+    host_pages: dict = dataclasses.field(default_factory=dict)     # row index -> host page (swapped)
     node: object = None               # radix: deepest tree node this sequence locks
     tokens: object = None             # radix: the token sequence, for indexing at free
     num_computed: int = 0
@@ -48,10 +49,11 @@ class SeqState:
 class PagePoolCache(KVCache):
     """Sequences grow page by page from one reference-counted pool of ``num_pages`` pages."""
 
-    def __init__(self, *, num_pages: int, page_size: int):
+    def __init__(self, *, num_pages: int, page_size: int, host_tier=None):
         check_power_of_two("page_size", page_size)
         self.page_size = page_size
         self.allocator = PageAllocator(num_pages)
+        self.host_tier = host_tier
         self._seqs: dict[object, SeqState] = {}
         self.ledger = MemoryLedger(num_pages * page_size)
         self.clock = 0                    # logical time of last use, for eviction policies
@@ -144,13 +146,63 @@ class PagePoolCache(KVCache):
             return
         self.clock += 1
         self._before_release(seq_id, seq)
-        freed = set(self.allocator.decref(reversed(seq.pages)))
-        self._after_release([p for p in seq.pages if p not in freed])
+        freed = set(self.allocator.decref(reversed([p for p in seq.pages if p >= 0])))
+        self._after_release([p for p in seq.pages if p >= 0 and p not in freed])
         self.ledger.end(seq_id)
 
     def pages(self, seq_id) -> list[int]:
         seq = self._seqs.get(seq_id)
         return seq.pages if seq is not None else []
+
+    # ---- swapping to a host tier (preemption by swap) --------------------------------------------
+    def _before_swap_out(self, seq: SeqState) -> None:
+        """Prefix caches index what the sequence computed and let go of their hold on it: the
+        sequence comes back with private copies of all its pages."""
+        seq.num_indexed = 0
+
+    def can_swap_out(self, seq_id) -> bool:
+        seq = self._seqs.get(seq_id)
+        return (self.host_tier is not None and seq is not None and not seq.host_pages
+                and len(seq.pages) <= self.host_tier.allocator.num_free)
+
+    def swap_out(self, seq_id) -> list[tuple[int, int]]:
+        """Copy all the sequence's pages to the host tier and drop its device references (shared
+        pages stay with their other holders or in the prefix cache). Returns the (device page,
+        host page) copies the engine must make before this step runs."""
+        seq = self._seqs[seq_id]
+        self.clock += 1
+        self._before_swap_out(seq)
+        hosts = self.host_tier.allocator.allocate(len(seq.pages))
+        copies = list(zip(seq.pages, hosts))
+        freed = set(self.allocator.decref(reversed(seq.pages)))
+        self._after_release([p for p in seq.pages if p not in freed])
+        seq.host_pages = dict(enumerate(hosts))
+        seq.pages = [-1] * len(hosts)
+        seq.shared_pages = 0
+        self.ledger.update(seq_id, allocated=0, stored=0)
+        return copies
+
+    def can_swap_in(self, seq_id) -> bool:
+        seq = self._seqs.get(seq_id)
+        return seq is not None and len(seq.host_pages) <= self.num_available_pages()
+
+    def swap_in(self, seq_id) -> list[tuple[int, int]]:
+        """Bring a swapped sequence back; returns the (host page, device page) copies."""
+        seq = self._seqs[seq_id]
+        n = len(seq.host_pages)
+        if n > self.allocator.num_free:
+            self._reclaim(n - self.allocator.num_free)
+        devices = self.allocator.allocate(n)
+        copies = []
+        for (i, h), d in zip(sorted(seq.host_pages.items()), devices):
+            seq.pages[i] = d
+            copies.append((h, d))
+        self.host_tier.allocator.decref([h for h, _ in copies])
+        seq.host_pages = {}
+        shared = seq.shared_pages * self.page_size
+        self.ledger.update(seq_id, allocated=len(seq.pages) * self.page_size - shared,
+                           stored=seq.num_tokens - shared)
+        return copies
 
     def num_tokens(self, seq_id) -> int:
         seq = self._seqs.get(seq_id)

@@ -30,8 +30,8 @@ class RadixKVCache(PagePoolCache):
         (3, 3)
     """
 
-    def __init__(self, *, num_pages: int, page_size: int = 1, eviction=None):
-        super().__init__(num_pages=num_pages, page_size=page_size)
+    def __init__(self, *, num_pages: int, page_size: int = 1, eviction=None, host_tier=None):
+        super().__init__(num_pages=num_pages, page_size=page_size, host_tier=host_tier)
         self.tree = RadixTree(page_size, eviction or LRU())
 
     def match_prefix(self, token_ids, *, salt=None) -> int:
@@ -77,8 +77,16 @@ class RadixKVCache(PagePoolCache):
 
     def _before_release(self, seq_id, seq: SeqState) -> None:
         if seq.node is not None:           # None: allocated without admit, nothing locked
+            if not seq.host_pages:         # a swapped-out sequence's pages are not on the device
+                self._index(seq)
+            self.tree.unlock(seq.node, self.clock)
+
+    def _before_swap_out(self, seq: SeqState) -> None:
+        if seq.node is not None:
             self._index(seq)
             self.tree.unlock(seq.node, self.clock)
+            seq.node = self.tree.root(seq.salt)     # it re-inserts from the root when it ends
+        seq.num_indexed = 0
 
     def _num_reclaimable(self) -> int:
         return self.tree.num_cached_pages

@@ -57,6 +57,17 @@ class PagedKVStorage:
         """K and V of ``pages`` (any int shape) in one layer: each ``[*pages.shape, P, Hkv, D]``."""
         return self.k[layer, pages], self.v[layer, pages]
 
+    def read_pages(self, pages: jax.Array) -> jax.Array:
+        """Whole pages, all layers, as host-tier records: [n, L, 2, P, Hkv, D]."""
+        kv = jnp.stack([self.k[:, pages], self.v[:, pages]], axis=2)     # [L, n, 2, P, Hkv, D]
+        return jnp.swapaxes(kv, 0, 1)
+
+    def write_pages(self, pages: jax.Array, data: jax.Array) -> PagedKVStorage:
+        """Inverse of ``read_pages``; out-of-range page ids are dropped (padding)."""
+        data = jnp.swapaxes(data, 0, 1).astype(self.k.dtype)                # [L, n, 2, P, Hkv, D]
+        return PagedKVStorage(k=self.k.at[:, pages].set(data[:, :, 0], mode="drop"),
+                              v=self.v.at[:, pages].set(data[:, :, 1], mode="drop"))
+
     def write(self, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array) -> PagedKVStorage:
         """Scatter new tokens into their slots of one layer.
 
@@ -117,6 +128,14 @@ class BlockedKVStorage:
         kv = jnp.stack([k_new, v_new], axis=1).astype(self.blocks.dtype)      # [T, 2, Hkv, D]
         blocks = self.blocks.at[block, layer, :, offset].set(kv, mode="drop")
         return BlockedKVStorage(blocks=blocks)
+
+    def read_pages(self, pages: jax.Array) -> jax.Array:
+        """Whole blocks as host-tier records: [n, L, 2, P, Hkv, D] (one contiguous run each)."""
+        return self.blocks[pages]
+
+    def write_pages(self, pages: jax.Array, data: jax.Array) -> BlockedKVStorage:
+        """Inverse of ``read_pages``; out-of-range block ids are dropped (padding)."""
+        return BlockedKVStorage(blocks=self.blocks.at[pages].set(data.astype(self.blocks.dtype), mode="drop"))
 
     def read_block(self, block: int) -> jax.Array:
         """The whole KV of one block, all layers: [L, 2, P, Hkv, D] (one contiguous slice)."""

@@ -7,9 +7,10 @@ from kvlab.schedulers.continuous import ContinuousScheduler
 from kvlab.schedulers.iteration import IterationScheduler
 from kvlab.schedulers.persistent import PersistentScheduler
 from kvlab.schedulers.policies import FCFS, LongestPrefixMatch, Priority, ShortestPromptFirst, StarvationGuard
+from kvlab.schedulers.preemption import RecomputePreemption, SwapPreemption
 from kvlab.schedulers.request import Request, RequestStatus, SamplingParams
 
 __all__ = ["FCFS", "ChunkedScheduler", "ContinuousScheduler", "IterationScheduler", "LongestPrefixMatch",
-           "OptimisticAdmission", "PersistentScheduler", "Priority", "Request", "RequestStatus",
-           "ReserveAdmission", "SamplingParams", "ScheduledSeq", "Scheduler", "ShortestPromptFirst",
-           "StarvationGuard", "StepOutput", "StepPlan"]
+           "OptimisticAdmission", "PersistentScheduler", "Priority", "RecomputePreemption", "Request",
+           "RequestStatus", "ReserveAdmission", "SamplingParams", "ScheduledSeq", "Scheduler",
+           "ShortestPromptFirst", "StarvationGuard", "StepOutput", "StepPlan", "SwapPreemption"]

@@ -24,10 +24,13 @@ class ScheduledSeq:
 
 @dataclasses.dataclass(frozen=True)
 class StepPlan:
-    """What runs this step (preemptions already applied to the cache)."""
+    """What runs this step (preemptions already applied to the cache). ``swap_out`` copies must be
+    made before the step runs, and so must ``swap_in`` ones (a plan never has both)."""
 
     seqs: list[ScheduledSeq]
     preempted: list[Request] = dataclasses.field(default_factory=list)
+    swap_out: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (device, host) page
+    swap_in: list[tuple[int, int]] = dataclasses.field(default_factory=list)   # (host, device) page
 
     @property
     def num_tokens(self) -> int:

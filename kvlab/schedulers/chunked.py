@@ -23,7 +23,8 @@ class ChunkedScheduler(IterationScheduler):
     prompts and recomputations after preemption are split into chunks."""
 
     def __init__(self, *, max_num_seqs: int = 64, max_num_batched_tokens: int = 2048,
-                 max_chunk_tokens: int | None = None, policy=None, admission=None):
+                 max_chunk_tokens: int | None = None, policy=None, admission=None,
+                 preemption=None):
         super().__init__(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                          max_chunk_tokens=max_chunk_tokens or max_num_batched_tokens, policy=policy,
-                         admission=admission)
+                         admission=admission, preemption=preemption)

@@ -22,6 +22,7 @@ import time
 from kvlab.schedulers.admission import OptimisticAdmission, lifetime_tokens
 from kvlab.schedulers.base import ScheduledSeq, Scheduler, StepOutput, StepPlan
 from kvlab.schedulers.policies import FCFS
+from kvlab.schedulers.preemption import RecomputePreemption
 from kvlab.schedulers.request import Request, RequestStatus
 
 
@@ -29,7 +30,7 @@ class IterationScheduler(Scheduler):
     """See the module docstring. ``max_chunk_tokens=None`` prefills whole prompts in one step."""
 
     def __init__(self, *, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_chunk_tokens: int | None, policy=None, admission=None):
+                 max_chunk_tokens: int | None, policy=None, admission=None, preemption=None):
         if max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
         if max_num_batched_tokens < max_num_seqs:
@@ -42,10 +43,14 @@ class IterationScheduler(Scheduler):
         self.max_chunk_tokens = max_chunk_tokens
         self.policy = policy or FCFS()
         self.admission = admission or OptimisticAdmission()
+        self.preemption = preemption or RecomputePreemption()
         self.cache = None
         self.waiting: list[Request] = []
         self.running: list[Request] = []
-        self.num_preemptions = 0
+        self.swapped: list[Request] = []
+        self._swap_out: list[tuple[int, int]] = []
+        self.num_preemptions = 0       # all preemptions, by swap or by recompute
+        self.num_swapped_out = 0
         self.step_count = 0
 
     @property
@@ -55,6 +60,9 @@ class IterationScheduler(Scheduler):
     def attach(self, cache) -> None:
         if self.cache is not None and self.cache is not cache:
             raise ValueError("this scheduler is already attached to another cache")
+        if self.preemption.swaps and getattr(cache, "host_tier", None) is None:
+            raise ValueError("SwapPreemption needs a cache with a host tier, e.g. "
+                             "PagedKVCache(..., host_tier=HostTier(num_pages=...))")
         self.cache = cache
 
     def _cache(self):
@@ -85,25 +93,31 @@ class IterationScheduler(Scheduler):
                                  f"max_tokens, raise the budget, or chunk (ChunkedScheduler)")
         first_step = n if not self.chunked else min(n, self._chunk_limit())
         cache.validate_request(prompt_tokens=first_step, max_tokens=longest)
-        if any(r.request_id == rid for r in self.waiting + self.running):
+        if any(r.request_id == rid for r in self.waiting + self.running + self.swapped):
             raise ValueError(f"request id {rid!r} is already queued")
         request.status = RequestStatus.WAITING
         request.queued_step = self.step_count
         self.waiting.append(request)
 
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.swapped)
 
     # ---- planning ------------------------------------------------------------------------------
     def _preempt(self, request: Request) -> None:
-        self.cache.free(request.request_id)
         self.running.remove(request)
         self._on_leave(request)
-        request.status = RequestStatus.WAITING
-        request.num_computed_tokens = 0
         request.num_preemptions += 1
         request.queued_step = self.step_count
         self.num_preemptions += 1
+        if self.preemption.swaps and self.cache.can_swap_out(request.request_id):
+            self._swap_out += self.cache.swap_out(request.request_id)
+            self.num_swapped_out += 1
+            request.status = RequestStatus.SWAPPED
+            self.swapped.append(request)
+            return
+        self.cache.free(request.request_id)
+        request.status = RequestStatus.WAITING
+        request.num_computed_tokens = 0
         self.waiting.append(request)
 
     def _on_enter(self, request: Request) -> None:
@@ -145,15 +159,36 @@ class IterationScheduler(Scheduler):
                 seqs.append(ScheduledSeq(req, req.num_computed_tokens, n))
                 scheduled.add(id(req))
                 budget -= n
-        # 2. admit waiting requests in policy order (head-of-line: stop at the first that won't fit).
+        # 2. swapped requests come back first (oldest first), then waiting requests are admitted
+        #    in policy order (head-of-line: stop at the first that won't fit).
+        swap_in: list[tuple[int, int]] = []
         if not preempted:
+            self.swapped.sort(key=lambda r: r.arrival_time)
+            while self.swapped and len(self.running) < self.max_num_seqs and budget > 0:
+                req = self.swapped[0]
+                n = min(req.num_tokens - req.num_computed_tokens, limit, budget)
+                target = req.num_computed_tokens + n
+                if not cache.can_swap_in(req.request_id):
+                    break
+                swap_in += cache.swap_in(req.request_id)
+                self.swapped.pop(0)
+                self.running.append(req)
+                self._on_enter(req)
+                req.status = RequestStatus.RUNNING
+                if cache.can_allocate(req.request_id, target):      # else it runs next step
+                    cache.allocate(req.request_id, target)
+                    seqs.append(ScheduledSeq(req, req.num_computed_tokens, n))
+                    budget -= n
+        if not preempted and not self.swapped:
             for req in self.policy.order(self.waiting, cache, self.step_count):
                 if len(self.running) >= self.max_num_seqs or budget <= 0:
                     break
                 if not self._admit(req, budget, limit, seqs):
                     break
                 budget -= seqs[-1].num_new_tokens
-        return StepPlan(seqs=self._order_plan(seqs), preempted=preempted)
+        swap_out, self._swap_out = self._swap_out, []
+        return StepPlan(seqs=self._order_plan(seqs), preempted=preempted, swap_out=swap_out,
+                        swap_in=swap_in)
 
     def _admit(self, req: Request, budget: int, limit: float, seqs: list[ScheduledSeq]) -> bool:
         cache, rid, total = self.cache, req.request_id, req.num_tokens
@@ -200,10 +235,12 @@ class IterationScheduler(Scheduler):
             self._on_leave(req)
         if req in self.waiting:
             self.waiting.remove(req)
+        if req in self.swapped:
+            self.swapped.remove(req)
         req.status = RequestStatus.FINISHED
 
     def finish(self, request_id: str, reason: str) -> Request:
-        for req in self.running + self.waiting:
+        for req in self.running + self.waiting + self.swapped:
             if req.request_id == request_id:
                 req.finish_reason = reason
                 self._release(req)

@@ -29,10 +29,11 @@ class PersistentScheduler(IterationScheduler):
     fixed_shapes = True
 
     def __init__(self, *, num_slots: int = 64, tokens_per_step: int = 512,
-                 max_chunk_tokens: int | None = None, policy=None, admission=None):
+                 max_chunk_tokens: int | None = None, policy=None, admission=None,
+                 preemption=None):
         super().__init__(max_num_seqs=num_slots, max_num_batched_tokens=tokens_per_step,
                          max_chunk_tokens=max_chunk_tokens or tokens_per_step, policy=policy,
-                         admission=admission)
+                         admission=admission, preemption=preemption)
         self.slots: list[str | None] = [None] * num_slots
         self.slot_of: dict[str, int] = {}
 

@@ -41,6 +41,7 @@ class SamplingParams:
 class RequestStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
+    SWAPPED = "swapped"   # preempted by swap: its KV waits in the host tier
     FINISHED = "finished"
 
 
