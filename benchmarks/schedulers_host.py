@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from kvlab.attention.batch import RaggedBatch
 from kvlab.bench.host_sim import LinearStepCost, simulate
+from kvlab.engine.runner import pack_plan, pow2_buckets
 from kvlab.kvcache import HostTier, PagedKVCache, RadixKVCache
 from kvlab.schedulers import (
     FCFS,
@@ -93,6 +93,7 @@ def host_cost_table(num_running: int, steps: int) -> list[dict]:
     """Host time per step with ``num_running`` decoding sequences of ~1k tokens."""
     rows = []
     rng = np.random.default_rng(5)
+    buckets = pow2_buckets(16, 8192)
     for sname, make in [("continuous", lambda: ContinuousScheduler(max_num_seqs=num_running,
                                                                    max_num_batched_tokens=8192)),
                         ("chunked", lambda: ChunkedScheduler(max_num_seqs=num_running,
@@ -116,11 +117,8 @@ def host_cost_table(num_running: int, steps: int) -> list[dict]:
                 t0 = time.perf_counter()
                 plan = sched.schedule()
                 t1 = time.perf_counter()
-                RaggedBatch.build(q_tokens=[np.asarray(s.token_ids, np.int32) for s in plan.seqs],
-                                  q_starts=[s.start for s in plan.seqs],
-                                  page_lists=[kv.pages(s.request.request_id) for s in plan.seqs],
-                                  page_size=kv.page_size, token_bucket=2048, seq_bucket=num_running,
-                                  page_bucket=128 * 16 // kv.page_size)
+                pack_plan(plan, kv, token_buckets=buckets, seq_buckets=(num_running,),
+                          page_buckets=pow2_buckets(1, 2048 // kv.page_size))
                 t2 = time.perf_counter()
                 sched.update(plan, rng.integers(3, 32000, len(plan.seqs)))
                 t3 = time.perf_counter()
@@ -152,7 +150,8 @@ def main(argv=None) -> None:
     t = time.perf_counter()
     cost = LinearStepCost.llama3_8b_h100()
     print(f"\nStep cost model (Llama-3-8B bf16 on H100): {1e3 * cost.fixed_s:.2f} ms + "
-          f"{1e6 * cost.per_token_s:.1f} us/token + {1e9 * cost.per_kv_token_s:.0f} ns/KV token")
+          f"{1e6 * cost.per_token_s:.1f} us/token + {1e9 * cost.per_kv_token_s:.0f} ns/KV token + "
+          f"{1e6 * cost.per_swapped_token_s:.1f} us/swapped token")
     n = 60 if q else 1000
     chat = poisson_arrivals(sharegpt_like(n, seed=1), rate=30.0, seed=1)
     print(f"\n## 1a. ShareGPT-like, {n} requests, Poisson 30 req/s, {KV_TOKENS} KV tokens\n")

@@ -10,18 +10,28 @@ from kvlab import models
 from kvlab.attention import ReferenceAttention
 from kvlab.engine import Completion, Engine, Sampler, StreamEvent
 from kvlab.kvcache import (
-                          LFU,
-                          LRU,
-                          BlockedKVCache,
-                          CircularKVCache,
-                          ContiguousKVCache,
-                          PagedKVCache,
-                          PriorityLRU,
-                          RadixKVCache,
+    LFU,
+    LRU,
+    BlockedKVCache,
+    CircularKVCache,
+    ContiguousKVCache,
+    HostTier,
+    PagedKVCache,
+    PriorityLRU,
+    RadixKVCache,
 )
-from kvlab.schedulers import FCFS, ContinuousScheduler, SamplingParams
+from kvlab.schedulers import (
+    FCFS,
+    ChunkedScheduler,
+    ContinuousScheduler,
+    LongestPrefixMatch,
+    PersistentScheduler,
+    Priority,
+    SamplingParams,
+)
 
 __version__ = "0.1.0"
-__all__ = ["FCFS", "LFU", "LRU", "BlockedKVCache", "CircularKVCache", "Completion", "ContiguousKVCache",
-           "ContinuousScheduler", "Engine", "PagedKVCache", "PriorityLRU", "RadixKVCache",
+__all__ = ["FCFS", "LFU", "LRU", "BlockedKVCache", "ChunkedScheduler", "CircularKVCache", "Completion",
+           "ContiguousKVCache", "ContinuousScheduler", "Engine", "HostTier", "LongestPrefixMatch",
+           "PagedKVCache", "PersistentScheduler", "Priority", "PriorityLRU", "RadixKVCache",
            "ReferenceAttention", "Sampler", "SamplingParams", "StreamEvent", "models"]

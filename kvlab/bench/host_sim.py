@@ -32,20 +32,24 @@ from kvlab.schedulers.request import Request, SamplingParams
 class LinearStepCost:
     """A model of a step's device time: ``fixed_s`` (reading the weights once) plus
     ``per_token_s`` for each computed token (matmul FLOPs) plus ``per_kv_token_s`` for each key a
-    sequence attends to (reading its KV). Token counts are padded as the runner pads them (powers
-    of two from 16; the whole budget under fixed shapes)."""
+    sequence attends to (reading its KV) plus ``per_swapped_token_s`` for each token of KV copied
+    to or from the host tier. Token counts are padded as the runner pads them (powers of two from
+    16; the whole budget under fixed shapes)."""
 
     fixed_s: float
     per_token_s: float
     per_kv_token_s: float
+    per_swapped_token_s: float = 0.0
 
     @classmethod
     def llama3_8b_h100(cls) -> LinearStepCost:
         """Llama-3-8B in bf16 on an H100 from the measured roofline figures in DESIGN.md:
-        16 GB of weights at 2.93 TB/s (5.5 ms), 16 GFLOP a token at ~600 TFLOP/s (27 us), and
-        128 KiB of KV a context token at 2.93 TB/s (45 ns)."""
+        16 GB of weights at 2.93 TB/s (5.5 ms), 16 GFLOP a token at ~600 TFLOP/s (27 us),
+        128 KiB of KV a context token at 2.93 TB/s (45 ns), and the same 128 KiB over PCIe 5
+        at an assumed 25 GB/s for swapping (5.2 us)."""
+        kv_bytes = 32 * 8 * 128 * 2 * 2
         return cls(fixed_s=16.06e9 / 2.93e12, per_token_s=2 * 8.03e9 / 600e12,
-                   per_kv_token_s=32 * 8 * 128 * 2 * 2 / 2.93e12)
+                   per_kv_token_s=kv_bytes / 2.93e12, per_swapped_token_s=kv_bytes / 25e9)
 
     def __call__(self, plan, scheduler) -> float:
         n = plan.num_tokens
@@ -54,7 +58,11 @@ class LinearStepCost:
         else:
             n = max(16, 1 << (n - 1).bit_length()) if n else 0
         kv = sum(s.start + s.num_new_tokens for s in plan.seqs)
-        return self.fixed_s + self.per_token_s * n + self.per_kv_token_s * kv
+        swapped = len(plan.swap_out) + len(plan.swap_in)
+        if swapped:
+            swapped *= scheduler.cache.page_size
+        return (self.fixed_s + self.per_token_s * n + self.per_kv_token_s * kv
+                + self.per_swapped_token_s * swapped)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,6 +60,17 @@ def pick_bucket(buckets: tuple[int, ...], n: int) -> int:
     raise ValueError(f"{n} exceeds the largest bucket {buckets[-1]}")
 
 
+def pack_plan(plan: StepPlan, cache, *, token_buckets, seq_buckets, page_buckets) -> RaggedBatch:
+    """The host half of a step: a plan and the cache's page tables as one padded RaggedBatch."""
+    seqs = plan.seqs
+    pages = [cache.pages(s.request.request_id) for s in seqs]
+    return RaggedBatch.build(
+        q_tokens=[s.token_ids for s in seqs], q_starts=[s.start for s in seqs], page_lists=pages,
+        page_size=cache.page_size, token_bucket=pick_bucket(token_buckets, plan.num_tokens),
+        seq_bucket=pick_bucket(seq_buckets, len(seqs)),
+        page_bucket=pick_bucket(page_buckets, max(len(p) for p in pages)))
+
+
 class ModelRunner:
     """Runs steps of ``model`` with an attention backend and a sampler."""
 
@@ -82,14 +93,8 @@ class ModelRunner:
         self.steps = 0
 
     def build_batch(self, plan: StepPlan, cache) -> RaggedBatch:
-        seqs = plan.seqs
-        pages = [cache.pages(s.request.request_id) for s in seqs]
-        return RaggedBatch.build(
-            q_tokens=[np.asarray(s.token_ids, np.int32) for s in seqs],
-            q_starts=[s.start for s in seqs], page_lists=pages, page_size=self.page_size,
-            token_bucket=pick_bucket(self.token_buckets, plan.num_tokens),
-            seq_bucket=pick_bucket(self.seq_buckets, len(seqs)),
-            page_bucket=pick_bucket(self.page_buckets, max(len(p) for p in pages)))
+        return pack_plan(plan, cache, token_buckets=self.token_buckets, seq_buckets=self.seq_buckets,
+                         page_buckets=self.page_buckets)
 
     # ---- page copies for swapping (page counts padded to powers of two: few compilations) ----
     @staticmethod

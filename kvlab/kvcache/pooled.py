@@ -114,7 +114,10 @@ class PagePoolCache(KVCache):
         return self.allocator.num_free + self._num_reclaimable()
 
     def can_allocate(self, seq_id, num_tokens: int) -> bool:
-        return self.pages_needed(seq_id, num_tokens) <= self.num_available_pages()
+        seq = self._seqs.get(seq_id)
+        if seq is not None and num_tokens <= len(seq.pages) * self.page_size:
+            return True                                   # fits its last page (most decodes)
+        return self._pages_needed(seq, num_tokens) <= self.num_available_pages()
 
     def allocate(self, seq_id, num_tokens: int) -> None:
         seq = self._seqs.get(seq_id)
@@ -122,14 +125,16 @@ class PagePoolCache(KVCache):
             raise ValueError(f"sequence {seq_id!r} holds {seq.num_tokens} tokens; allocate only "
                              f"grows (asked for {num_tokens})")
         need = self._pages_needed(seq, num_tokens)
-        if need > self.allocator.num_free:
-            self._reclaim(need - self.allocator.num_free)
-        if need > self.allocator.num_free:
-            raise OutOfPagesError(f"sequence {seq_id!r} needs {need} more pages for {num_tokens} "
-                                  f"tokens, {self.allocator.num_free} free")
+        if need:
+            if need > self.allocator.num_free:
+                self._reclaim(need - self.allocator.num_free)
+            if need > self.allocator.num_free:
+                raise OutOfPagesError(f"sequence {seq_id!r} needs {need} more pages for {num_tokens} "
+                                      f"tokens, {self.allocator.num_free} free")
         if seq is None:
             seq = self._seqs[seq_id] = SeqState()
-        seq.pages.extend(self.allocator.allocate(need))
+        if need:
+            seq.pages.extend(self.allocator.allocate(need))
         seq.num_tokens = num_tokens
         if not seq.started:               # count the admission once it really runs
             seq.started = True

@@ -19,7 +19,13 @@ class ScheduledSeq:
     @property
     def token_ids(self) -> list[int]:
         """The tokens computed this step (a slice: a decode copies one token, not the sequence)."""
-        return self.request.tokens[self.start:self.start + self.num_new_tokens]
+        r, start, end = self.request, self.start, self.start + self.num_new_tokens
+        n = len(r.prompt_token_ids)
+        if start >= n:
+            return r.output_token_ids[start - n:end - n]
+        if end <= n:
+            return r.prompt_token_ids[start:end]
+        return r.prompt_token_ids[start:] + r.output_token_ids[:end - n]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -143,7 +143,11 @@ class IterationScheduler(Scheduler):
         for req in list(self.running):
             if req.status is not RequestStatus.RUNNING:      # preempted earlier in this loop
                 continue
-            n = min(req.num_tokens - req.num_computed_tokens, limit, budget)
+            n = req.num_tokens - req.num_computed_tokens
+            if n > 1:
+                n = min(n, limit, budget)
+            elif budget < 1:
+                n = 0
             if n <= 0:
                 continue
             target = req.num_computed_tokens + n
