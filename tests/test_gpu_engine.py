@@ -43,3 +43,32 @@ def test_every_cache_on_the_gpu(kind):
         assert s.pages_used == 0 and s.pages_free + s.pages_cached == s.pages_total
         if kind in ("paged-prefix", "blocked", "radix"):
             assert s.prefix_hit_tokens > 0
+
+
+SCHEDULERS = {
+    "chunked": lambda: (kvlab.ChunkedScheduler(max_num_seqs=4, max_num_batched_tokens=32),
+                        kvlab.PagedKVCache(num_pages=24, page_size=8, prefix_caching=True)),
+    "persistent": lambda: (kvlab.PersistentScheduler(num_slots=4, tokens_per_step=32),
+                           kvlab.RadixKVCache(num_pages=192, page_size=1)),
+    "swap": lambda: (kvlab.ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=128,
+                                               preemption=kvlab.schedulers.SwapPreemption()),
+                     kvlab.BlockedKVCache(num_blocks=9, block_tokens=16, host_tier=kvlab.HostTier(32))),
+}
+
+
+@pytest.mark.parametrize("kind", SCHEDULERS)
+def test_schedulers_on_the_gpu(kind):
+    assert jax.default_backend() == "gpu", "run with JAX_PLATFORMS=cuda on the GPU machine"
+    with jax.default_matmul_precision("highest"):
+        model = LlamaModel(ModelConfig.tiny(head_dim=64, num_heads=4, num_kv_heads=2), seed=2)
+        sched, cache = SCHEDULERS[kind]()
+        engine = kvlab.Engine(model, cache=cache, scheduler=sched, max_model_len=256)
+        prompts = [SYSTEM + [5 + i] * (1 + 7 * i) for i in range(5)]
+        outs = engine.generate(prompts, kvlab.SamplingParams(max_tokens=30, ignore_eos=True))
+        ref = DenseReferenceDecoder(model)
+        for p, c in zip(prompts, outs):
+            assert c.token_ids == ref.greedy(p, 30), kind
+        if kind == "persistent":
+            assert engine.num_compilations <= 1
+        if kind == "swap":
+            assert sched.num_swapped_out > 0
