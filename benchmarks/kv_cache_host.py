@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from kvlab.bench import simulate
+from kvlab.bench import markdown_table, simulate
 from kvlab.kvcache import BlockedKVCache, BuiltinBlockHasher, ContiguousKVCache, PagedKVCache, RadixKVCache
 from kvlab.schedulers import ContinuousScheduler
 from kvlab.workloads import shared_prefix, shared_prefix_optimal_hit_rate, sharegpt_like
@@ -106,14 +106,6 @@ def host_cost_table(num_cached: int, num_ops: int) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], fmt: dict[str, str]) -> str:
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        lines.append("| " + " | ".join(format(r[k], fmt.get(k, "")) for k in keys) + " |")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
@@ -125,17 +117,17 @@ def main(argv=None) -> None:
                               "of_optimum")}
     t = time.perf_counter()
     print("\n## 1. KV memory waste, ShareGPT-like trace (time-averaged share of the cache)\n")
-    print(markdown(waste_table(100 if q else 1000, 16384 if q else 65536), pct))
+    print(markdown_table(waste_table(100 if q else 1000, 16384 if q else 65536), pct))
     print("\n## 2. Prefix hit rate, generated shared prefix\n")
     sizes = dict(groups=4, per_group=4, system=256, question=32, output=16) if q else \
         dict(groups=64, per_group=16, system=2048, question=128, output=256)
     optimum, rows = hit_rate_table(**sizes, capacities=[8192] if q else [49152, 98304, 196608])
     print(f"analytic optimum: {optimum:.1%} ({sizes})\n")
-    print(markdown(rows, pct))
+    print(markdown_table(rows, pct))
     print("\n## 3. Host cost with many cached sequences\n")
     n = 500 if q else 10000
     print(f"{n} cached sequences; per operation:\n")
-    print(markdown(host_cost_table(n, 200 if q else 2000), {"match_us": ".1f", "cycle_us": ".1f",
+    print(markdown_table(host_cost_table(n, 200 if q else 2000), {"match_us": ".1f", "cycle_us": ".1f",
                                                              "matched": ".0f"}))
     print(f"\n(total {time.perf_counter() - t:.0f} s)")
 

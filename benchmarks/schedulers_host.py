@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from kvlab.bench.host_sim import LinearStepCost, simulate
+from kvlab.bench import LinearStepCost, markdown_table, simulate
 from kvlab.engine.runner import pack_plan, pow2_buckets
 from kvlab.kvcache import HostTier, PagedKVCache, RadixKVCache
 from kvlab.schedulers import (
@@ -41,6 +41,7 @@ from kvlab.workloads import (
     sharegpt_like,
 )
 
+PCT = {"hit rate": ".1%", "of optimum": ".1%"}
 KV_TOKENS = 65536 * 7      # ~60 GB of Llama-3-8B KV (128 KiB a token) beside 16 GB of weights
 
 
@@ -130,16 +131,6 @@ def host_cost_table(num_running: int, steps: int) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], fmt: str = ".1f") -> str:
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        cells = [format(v, ".1%") if k in ("hit rate", "of optimum") else
-                 format(v, fmt) if isinstance(v, float) else str(v) for k, v in r.items()]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
@@ -155,24 +146,24 @@ def main(argv=None) -> None:
     n = 60 if q else 1000
     chat = poisson_arrivals(sharegpt_like(n, seed=1), rate=30.0, seed=1)
     print(f"\n## 1a. ShareGPT-like, {n} requests, Poisson 30 req/s, {KV_TOKENS} KV tokens\n")
-    print(markdown(latency_table(chat, KV_TOKENS)))
+    print(markdown_table(latency_table(chat, KV_TOKENS), float_format=".1f"))
     tight = 16384 if q else 65536
     print(f"\n## 1b. The same under memory pressure: {tight} KV tokens\n")
-    print(markdown(latency_table(chat, tight)))
+    print(markdown_table(latency_table(chat, tight), float_format=".1f"))
     rng = np.random.default_rng(7)
     mixed = sharegpt_like(int(0.8 * n), seed=2) + long_prompt_mix(n - int(0.8 * n), seed=3)
     mixed = poisson_arrivals([mixed[i] for i in rng.permutation(len(mixed))], rate=10.0, seed=2)
     print(f"\n## 1c. Mix: 80% ShareGPT-like + 20% long prompts (median 2.7k), {n} requests, "
           f"Poisson 10 req/s\n")
-    print(markdown(latency_table(mixed, KV_TOKENS)))
+    print(markdown_table(latency_table(mixed, KV_TOKENS), float_format=".1f"))
     sizes = dict(groups=4, per_group=4, system=256, question=32, output=16) if q else \
         dict(groups=64, per_group=16, system=2048, question=128, output=256)
     optimum, rows = lpm_table(sizes, [4096] if q else [49152, 98304])
     print(f"\n## 2. Longest prefix match vs FCFS, shared prefix {sizes}, all queued at once, radix "
           f"cache; optimum {optimum:.1%}\n")
-    print(markdown(rows, ".2f"))
+    print(markdown_table(rows, PCT, ".2f"))
     print("\n## 3. Host cost per step, 256 running sequences of ~1k tokens (decode)\n")
-    print(markdown(host_cost_table(16 if q else 256, 5 if q else 50), ".2f"))
+    print(markdown_table(host_cost_table(16 if q else 256, 5 if q else 50), float_format=".2f"))
     print(f"\n(total {time.perf_counter() - t:.0f} s)")
 
 
