@@ -118,7 +118,7 @@ def drive(sched, cache, reqs, rng, max_steps=2000):
 def test_every_scheduler_policy_and_cache(trace):
     reqs, kind, policy, cache_kind, mode = trace
     cache = CACHES[cache_kind]()
-    swap = mode == "swap" and hasattr(cache, "host_tier")
+    swap = mode == "swap" and cache.host_tier is not None
     sched = make_scheduler(kind, POLICIES[policy](), ReserveAdmission() if mode == "reserve" else None,
                            SwapPreemption() if swap else None)
     reasons, added = drive(sched, cache, reqs, np.random.default_rng(0))

@@ -60,17 +60,6 @@ def test_simulated_static_cache_wastes_what_paging_saves():
     assert paged.steps < static.steps          # more requests fit at once
 
 
-def test_host_benchmark_script_runs(capsys):
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-    try:
-        import kv_cache_host
-    finally:
-        sys.path.pop(0)
-    kv_cache_host.main(["--quick"])
-    out = capsys.readouterr().out
-    assert "| contiguous (static 2048) |" in out and "analytic optimum" in out and "radix (page 1)" in out
-
-
 def test_docstring_examples():
     failures = tested = 0
     for mod in pkgutil.walk_packages(kvlab.__path__, "kvlab."):
@@ -116,12 +105,16 @@ def test_simulated_clock_gives_exact_latencies():
     assert per_token(plan, PersistentScheduler(num_slots=2, tokens_per_step=64)) == 64
 
 
-def test_scheduler_benchmark_script_runs(capsys):
+@pytest.mark.parametrize("script, expected", [
+    ("kv_cache_host", ["| contiguous (static 2048) |", "analytic optimum", "radix (page 1)"]),
+    ("schedulers_host", ["chunked (512)", "longest prefix match", "pack batch (ms)"]),
+])
+def test_host_benchmark_scripts_run(capsys, script, expected):
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     try:
-        import schedulers_host
+        module = importlib.import_module(script)
     finally:
         sys.path.pop(0)
-    schedulers_host.main(["--quick"])
+    module.main(["--quick"])
     out = capsys.readouterr().out
-    assert "chunked (512)" in out and "longest prefix match" in out and "pack batch (ms)" in out
+    assert all(e in out for e in expected)

@@ -72,13 +72,12 @@ class Engine:
         self.storage = cache.init_storage(num_layers=self.config.num_layers,
                                           num_kv_heads=self.config.num_kv_heads,
                                           head_dim=self.config.head_dim, dtype=model.dtype)
-        host_tier = getattr(cache, "host_tier", None)
-        self.host_storage = None if host_tier is None else host_tier.init_storage(
+        self.host_storage = None if cache.host_tier is None else cache.host_tier.init_storage(
             num_layers=self.config.num_layers, page_size=cache.page_size,
             num_kv_heads=self.config.num_kv_heads, head_dim=self.config.head_dim, dtype=model.dtype)
         self.runner = ModelRunner(
             model, attention=attention or ReferenceAttention(), sampler=sampler or Sampler(),
-            page_size=cache.page_size, max_num_seqs=self.scheduler.max_num_seqs,
+            max_num_seqs=self.scheduler.max_num_seqs,
             max_num_batched_tokens=self.scheduler.max_num_batched_tokens,
             max_pages_per_seq=cache.max_table_pages(self.max_model_len),
             options=self.attention_options,

@@ -74,14 +74,13 @@ def pack_plan(plan: StepPlan, cache, *, token_buckets, seq_buckets, page_buckets
 class ModelRunner:
     """Runs steps of ``model`` with an attention backend and a sampler."""
 
-    def __init__(self, model, *, attention, sampler, page_size: int, max_num_seqs: int,
+    def __init__(self, model, *, attention, sampler, max_num_seqs: int,
                  max_num_batched_tokens: int, max_pages_per_seq: int, options=None,
                  fixed_shapes: bool = False, seed: int = 0):
         self.graphdef, self.state = nnx.split(model)
         self.attention = attention
         self.options = options or model.attention_options
         self.sampler = sampler
-        self.page_size = page_size
         self.token_buckets = pow2_buckets(16, max_num_batched_tokens)
         self.seq_buckets = pow2_buckets(1, max_num_seqs)
         self.page_buckets = pow2_buckets(1, max_pages_per_seq)

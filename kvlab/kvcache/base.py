@@ -67,6 +67,7 @@ class KVCache(abc.ABC):
 
     page_size: int
     max_step_tokens: int | None = None   # most new tokens a sequence may compute in one step
+    host_tier = None                     # a HostTier where preemption by swap moves sequences
 
     @property
     @abc.abstractmethod

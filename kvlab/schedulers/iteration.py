@@ -60,7 +60,7 @@ class IterationScheduler(Scheduler):
     def attach(self, cache) -> None:
         if self.cache is not None and self.cache is not cache:
             raise ValueError("this scheduler is already attached to another cache")
-        if self.preemption.swaps and getattr(cache, "host_tier", None) is None:
+        if self.preemption.swaps and cache.host_tier is None:
             raise ValueError("SwapPreemption needs a cache with a host tier, e.g. "
                              "PagedKVCache(..., host_tier=HostTier(num_pages=...))")
         self.cache = cache
