@@ -246,3 +246,28 @@ def test_swap_preemption_resumes_without_recompute(kind, cache_kind):
     assert cache.host_tier.allocator.num_free == cache.host_tier.num_pages
     s = cache.stats()
     assert s.pages_used == 0 and s.pages_free + s.pages_cached == s.pages_total
+
+
+@pytest.mark.parametrize("cache_kind", ["paged-prefix", "blocked", "radix"])
+def test_aborting_a_swapped_request_frees_its_host_pages(cache_kind):
+    """Regression: a request aborted while swapped out used to keep its host-tier pages."""
+    cache = {"paged-prefix": lambda: PagedKVCache(num_pages=12, page_size=4, prefix_caching=True,
+                                                  host_tier=HostTier(64)),
+             "blocked": lambda: BlockedKVCache(num_blocks=6, block_tokens=8, host_tier=HostTier(32)),
+             "radix": lambda: RadixKVCache(num_pages=48, page_size=1, host_tier=HostTier(256))}[cache_kind]()
+    sched = ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=64, preemption=SwapPreemption())
+    sched.attach(cache)
+    for i in range(5):
+        sched.add(Request(f"r{i}", SHARED[:5] + [20 + i], SamplingParams(max_tokens=16, ignore_eos=True)))
+    while not sched.swapped:
+        plan = sched.schedule()
+        sched.update(plan, [7] * len(plan.seqs))
+    victim = sched.swapped[0]
+    assert cache.host_tier.allocator.num_free < cache.host_tier.num_pages
+    sched.abort(victim.request_id)
+    assert victim.finish_reason == "abort" and victim not in sched.swapped
+    while sched.has_unfinished():
+        plan = sched.schedule()
+        sched.update(plan, [7] * len(plan.seqs))
+    assert cache.host_tier.allocator.num_free == cache.host_tier.num_pages
+    assert cache.stats().pages_used == 0

@@ -153,6 +153,8 @@ class PagePoolCache(KVCache):
         self._before_release(seq_id, seq)
         freed = set(self.allocator.decref(reversed([p for p in seq.pages if p >= 0])))
         self._after_release([p for p in seq.pages if p >= 0 and p not in freed])
+        if seq.host_pages:                # aborted while swapped out: its host pages go back too
+            self.host_tier.allocator.decref(list(seq.host_pages.values()))
         self.ledger.end(seq_id)
 
     def pages(self, seq_id) -> list[int]:
