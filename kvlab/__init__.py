@@ -8,6 +8,7 @@ Quick start:
 
 from kvlab import models
 from kvlab.attention import ReferenceAttention
+from kvlab.attention.pallas import DecodeConfig, PallasAttention, PrefillConfig
 from kvlab.engine import Completion, Engine, Sampler, StreamEvent
 from kvlab.kvcache import (
     LFU,
@@ -32,6 +33,7 @@ from kvlab.schedulers import (
 
 __version__ = "0.1.0"
 __all__ = ["FCFS", "LFU", "LRU", "BlockedKVCache", "ChunkedScheduler", "CircularKVCache", "Completion",
-           "ContiguousKVCache", "ContinuousScheduler", "Engine", "HostTier", "LongestPrefixMatch",
-           "PagedKVCache", "PersistentScheduler", "Priority", "PriorityLRU", "RadixKVCache",
-           "ReferenceAttention", "Sampler", "SamplingParams", "StreamEvent", "models"]
+           "ContiguousKVCache", "ContinuousScheduler", "DecodeConfig", "Engine", "HostTier",
+           "LongestPrefixMatch", "PagedKVCache", "PallasAttention", "PersistentScheduler", "PrefillConfig",
+           "Priority", "PriorityLRU", "RadixKVCache", "ReferenceAttention", "Sampler", "SamplingParams",
+           "StreamEvent", "models"]

@@ -30,8 +30,10 @@ def _build_engine(args):
                                prefix_caching=args.prefix_caching)
     scheduler = kvlab.ContinuousScheduler(max_num_seqs=args.max_num_seqs,
                                           max_num_batched_tokens=args.max_num_batched_tokens)
+    attention = {"auto": None, "pallas": kvlab.PallasAttention(),
+                 "reference": kvlab.ReferenceAttention()}[args.attention]
     engine = kvlab.Engine(model, cache=cache, scheduler=scheduler, tokenizer=tokenizer,
-                          max_model_len=args.max_model_len)
+                          max_model_len=args.max_model_len, attention=attention)
     return engine, tokenizer
 
 
@@ -68,7 +70,8 @@ def cmd_demo(args) -> int:
     t0 = time.perf_counter()
     engine, tokenizer = _build_engine(args)
     console.print(f"model loaded in {time.perf_counter() - t0:.1f} s "
-                  f"({engine.config.num_params() / 1e6:.0f}M parameters)")
+                  f"({engine.config.num_params() / 1e6:.0f}M parameters), "
+                  f"attention: {engine.runner.attention.name}")
     prompts = [_prompt_ids(tokenizer, p, args.raw) for p in DEMO_PROMPTS[:args.num_prompts]]
     params = kvlab.SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
                                   top_k=args.top_k, top_p=args.top_p)
@@ -142,6 +145,8 @@ def _add_engine_args(p: argparse.ArgumentParser, *, max_tokens: int) -> None:
     p.add_argument("--max-num-seqs", type=int, default=16)
     p.add_argument("--max-num-batched-tokens", type=int, default=1024)
     p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--attention", default="auto", choices=["auto", "pallas", "reference"],
+                   help="attention backend: auto = Pallas kernels on a GPU, the jnp reference elsewhere")
     p.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
 
 

@@ -35,6 +35,7 @@ def test_every_cache_on_the_gpu(kind):
                               scheduler=kvlab.ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=256))
         prompts = [SYSTEM + [5 + i, 6 + i] for i in range(5)]
         params = kvlab.SamplingParams(max_tokens=30, ignore_eos=True)
+        assert engine.runner.attention.name == "pallas"     # the GPU default: the kernels
         outs = engine.generate(prompts, params)
         ref = DenseReferenceDecoder(model, options=engine.attention_options)
         for p, c in zip(prompts, outs):

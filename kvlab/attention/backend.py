@@ -2,8 +2,10 @@
 
 A backend is a callable ``backend(q, storage, layer, batch, options) -> out`` with
 q: [T, Hq, D], storage: ``PagedKVStorage`` or ``BlockedKVStorage`` (all layers), layer: int
-scalar, batch: ``RaggedBatch``.
-GPU kernels (Pallas) will sit beside ``ReferenceAttention`` behind the same call.
+scalar, batch: ``RaggedBatch``; and ``backend.write_kv(storage, layer, k, v, slots) -> storage``
+puts a layer's new K/V into the cache before the attention reads it.
+The GPU kernels (``kvlab.attention.pallas.PallasAttention``) sit beside ``ReferenceAttention``
+behind the same two calls.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ class ReferenceAttention:
     O(T x max_kv_len). Right on every device, fast on none; the CPU default."""
 
     name: str = "reference"
+
+    def write_kv(self, storage, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array):
+        """k_new, v_new: [T, Hkv, D] into flat ``slots`` [T] (negative: padding) of one layer."""
+        return storage.write(layer, k_new, v_new, slots)
+
+    def check(self, **shapes) -> None:
+        """Every shape and dtype is supported (see ``PallasAttention.check``)."""
 
     def __call__(self, q: jax.Array, storage, layer, batch: RaggedBatch,
                  options: AttentionOptions) -> jax.Array:

@@ -21,7 +21,8 @@ class RaggedBatch:
     cu_q_lens: [S+1] int32 query offsets (padded sequences repeat the last offset);
     kv_lens: [S] int32 tokens in cache after this step's writes (0 for padding);
     page_table: [S, P] int32 pages of each sequence (padding entries point at page 0);
-    num_seqs: [] int32 real sequences; logits_indices: [S] int32 row whose logits are sampled.
+    num_seqs: [] int32 real sequences; logits_indices: [S] int32 row whose logits are sampled;
+    decode_only: static: every real sequence has exactly one new token (kernels pick their path).
     """
 
     tokens: jax.Array
@@ -32,6 +33,7 @@ class RaggedBatch:
     page_table: jax.Array
     num_seqs: jax.Array
     logits_indices: jax.Array
+    decode_only: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
     @property
     def num_tokens(self) -> int:
@@ -79,4 +81,5 @@ class RaggedBatch:
         logits_idx = np.zeros(seq_bucket, np.int32)
         logits_idx[:n_seq] = cu[1:n_seq + 1] - 1
         return cls(tokens=tokens, positions=positions, slots=slots, cu_q_lens=cu, kv_lens=kv_lens,
-                   page_table=table, num_seqs=np.int32(n_seq), logits_indices=logits_idx)
+                   page_table=table, num_seqs=np.int32(n_seq), logits_indices=logits_idx,
+                   decode_only=bool(n_seq) and bool((lens == 1).all()))

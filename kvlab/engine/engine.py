@@ -18,7 +18,7 @@ import dataclasses
 import itertools
 from collections.abc import Iterator
 
-from kvlab.attention.backend import ReferenceAttention
+from kvlab.attention.select import default_attention
 from kvlab.engine.metrics import summarize
 from kvlab.engine.runner import ModelRunner
 from kvlab.engine.sampling import Sampler
@@ -54,7 +54,9 @@ class Engine:
     """Generate with any composition of cache, scheduler, attention backend and sampler.
 
     model: a ``LlamaModel``; cache: a ``KVCache``; scheduler: a ``Scheduler`` (default
-    ``ContinuousScheduler()``); attention: a backend (default ``ReferenceAttention()``);
+    ``ContinuousScheduler()``); attention: a backend (default: ``PallasAttention()`` on a GPU,
+    ``ReferenceAttention()``
+    elsewhere; see ``kvlab.attention.select``);
     tokenizer: needed for text prompts, text output and stop strings.
     """
 
@@ -75,8 +77,11 @@ class Engine:
         self.host_storage = None if cache.host_tier is None else cache.host_tier.init_storage(
             num_layers=self.config.num_layers, page_size=cache.page_size,
             num_kv_heads=self.config.num_kv_heads, head_dim=self.config.head_dim, dtype=model.dtype)
+        attention = attention or default_attention()
+        attention.check(num_q_heads=self.config.num_heads, num_kv_heads=self.config.num_kv_heads,
+                        head_dim=self.config.head_dim, page_size=cache.page_size, dtype=model.dtype)
         self.runner = ModelRunner(
-            model, attention=attention or ReferenceAttention(), sampler=sampler or Sampler(),
+            model, attention=attention, sampler=sampler or Sampler(),
             max_num_seqs=self.scheduler.max_num_seqs,
             max_num_batched_tokens=self.scheduler.max_num_batched_tokens,
             max_pages_per_seq=cache.max_table_pages(self.max_model_len),

@@ -3,13 +3,15 @@
 The step takes the model state, the KV storage (donated: updated in place), the ragged batch and
 the per-sequence sampling parameters, and returns the sampled tokens: one device-to-host transfer
 per step. Token count, sequence count and pages per sequence are padded to powers of two, so the
-number of compilations is bounded by the product of the bucket counts (``num_compilations``
-counts the compilations a runner triggered); with ``fixed_shapes`` every step uses the largest
-buckets, so the step compiles once.
+number of compilations is bounded by the product of the bucket counts, times two for the
+batch's static ``decode_only`` flag (the kernels' decode-only path; ``num_compilations`` counts
+the compilations a runner triggered); with ``fixed_shapes`` every step uses the largest buckets
+and the mixed path, so the step compiles once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -87,13 +89,17 @@ class ModelRunner:
         if fixed_shapes:   # one shape for every step: the largest buckets (persistent batching)
             self.token_buckets, self.seq_buckets, self.page_buckets = (
                 self.token_buckets[-1:], self.seq_buckets[-1:], self.page_buckets[-1:])
+        self.fixed_shapes = fixed_shapes
         self.num_compilations = 0
         self.key = jax.random.key(seed)
         self.steps = 0
 
     def build_batch(self, plan: StepPlan, cache) -> RaggedBatch:
-        return pack_plan(plan, cache, token_buckets=self.token_buckets, seq_buckets=self.seq_buckets,
-                         page_buckets=self.page_buckets)
+        batch = pack_plan(plan, cache, token_buckets=self.token_buckets, seq_buckets=self.seq_buckets,
+                          page_buckets=self.page_buckets)
+        if self.fixed_shapes:   # one program for every step: decodes take the mixed path too
+            batch = dataclasses.replace(batch, decode_only=False)
+        return batch
 
     # ---- page copies for swapping (page counts padded to powers of two: few compilations) ----
     @staticmethod

@@ -167,7 +167,7 @@ class LlamaModel(nnx.Module):
         x = self.embed[...][batch.tokens]
 
         def mix(q, k, v, layer, store):
-            store = store.write(layer, k, v, batch.slots)
+            store = attention.write_kv(store, layer, k, v, batch.slots)
             return attention(q, store, layer, batch, options), store
 
         h, storage = self._layers(x, batch.positions, mix, storage)

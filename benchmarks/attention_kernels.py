@@ -1,0 +1,258 @@
+"""Pallas attention kernels vs their peers, side by side in one run (GPU).
+
+    python benchmarks/attention_kernels.py [--only decode,decode32k,prefill,mixed,window,write,check]
+                                           [--out DIR] [--tune]
+
+Measures, on the device JAX sees: the copy bandwidth ceiling; paged decode (B=64, ctx 4096, Hq 32,
+Hkv 8, D 128, page 16, bf16) against JAX's Pallas ``paged_attention`` and cuDNN dense decode;
+paged decode at B=4, ctx 32k; ragged paged prefill (B=4, S=4096, H=32, D=128, causal, KV read from
+pages) against JAX's Pallas ``mha`` and cuDNN; a mixed chunked-prefill step against its parts run
+separately; decode time against context with and without a sliding window; the KV write kernel
+against XLA's scatter. ``check`` compares the kernels with the reference on the device first.
+Prints a markdown table; ``--out`` also writes it with the raw numbers (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import pathlib
+import sys
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from kernel_timing import (
+    BF16,
+    ROWS,
+    chained,
+    copy_bandwidth,
+    matmul_ceiling,
+    paged_setup,
+    rand,
+    record,
+    timed,
+)
+
+from kvlab.attention import AttentionOptions, RaggedBatch, ReferenceAttention
+from kvlab.attention.pallas import DecodeConfig, PallasAttention, PrefillConfig, layout_of, triton_calls
+from kvlab.attention.pallas.layout import as_rows
+from kvlab.bench.report import markdown_table
+from kvlab.kvcache.storage import PagedKVStorage
+
+
+def attention_fn(backend, opts):
+    """backend(q, storage, layer 0, batch, opts) as a function of arrays only (for ``timed``)."""
+    return lambda q, store, batch: backend(q, store, 0, batch, opts)
+
+
+def check() -> None:
+    """Kernels vs the reference (float32) on the device: relative error and NaN."""
+    cases = [dict(hq=32, hkv=8, d=128, page=16, dtype=BF16, opts={}),
+             dict(hq=8, hkv=8, d=64, page=8, dtype=jnp.float16, opts={}),
+             dict(hq=16, hkv=2, d=256, page=128, dtype=BF16, opts=dict(soft_cap=30.0)),
+             dict(hq=12, hkv=4, d=128, page=32, dtype=jnp.float32,
+                  opts=dict(sliding_window=100, num_sink_tokens=4)),
+             dict(hq=7, hkv=7, d=64, page=64, dtype=BF16, opts=dict(sliding_window=33))]
+    for c in cases:
+        for lens_q, kv_lens in (([1] * 9, [1, 17, 300, 64, 1000, 5, 2, 129, 700]),
+                                ([1, 77, 1, 300, 1], [40, 77, 513, 900, 1])):
+            q, store, batch, _ = paged_setup(lens_q, kv_lens, hq=c["hq"], hkv=c["hkv"], d=c["d"],
+                                             page=c["page"], dtype=c["dtype"], page_bucket=128)
+            opts = AttentionOptions(sm_scale=c["d"] ** -0.5, **c["opts"])
+            for backend in (PallasAttention(), PallasAttention(fuse_mixed=False)):
+                out = jax.jit(attention_fn(backend, opts))(q, store, batch)
+                f32 = jax.tree.map(lambda a: a.astype(jnp.float32), store)
+                with jax.default_matmul_precision("highest"):     # no TF32 in the reference
+                    ref = ReferenceAttention()(q.astype(jnp.float32), f32, 0, batch, opts)
+                err = float(jnp.linalg.norm(out.astype(jnp.float32) - ref) / jnp.linalg.norm(ref))
+                bad = bool(jnp.isnan(out).any())
+                limit = 1e-5 if c["dtype"] == jnp.float32 else 1e-2
+                status = "ok" if err < limit and not bad else "FAIL"
+                what = (f"{jnp.dtype(c['dtype']).name} Hq{c['hq']} Hkv{c['hkv']} D{c['d']} P{c['page']} "
+                        f"{c['opts']} decode_only={batch.decode_only} fused={backend.fuse_mixed}")
+                print(f"  check {what}: rel err {err:.2e} nan={bad} {status}", flush=True)
+                ROWS.append(dict(section="check", what=what, ms=0.0, note=f"rel err {err:.2e} {status}"))
+
+
+def decode(ceiling, *, batch_size, ctx, tune, section):
+    hq, hkv, d, page = 32, 8, 128, 16
+    q, store, batch, lists = paged_setup([1] * batch_size, [ctx] * batch_size, hq=hq, hkv=hkv, d=d, page=page)
+    opts = AttentionOptions(sm_scale=d ** -0.5)
+    kv_bytes = 2 * batch_size * ctx * hkv * d * 2
+    # Peer 1: JAX's Pallas paged_attention (its layout: [Hkv, pages, P, D]).
+    from jax.experimental.pallas.ops.gpu import paged_attention as jpa
+    kp = jnp.transpose(store.k[0], (2, 0, 1, 3))
+    vp = jnp.transpose(store.v[0], (2, 0, 1, 3))
+    tables = jnp.asarray(np.array(lists, np.int32))
+    lengths = jnp.full((batch_size,), ctx, jnp.int32)
+    qb = q.reshape(batch_size, hq, d)
+    peer = None
+    for splits, ppcb in ((16, 8), (8, 8), (16, 4), (4, 16)) if tune else ((16, 8),):
+        f = functools.partial(jpa.paged_attention, k_splits=splits, pages_per_compute_block=ppcb)
+        s = record(section, f"JAX Pallas paged_attention k_splits={splits} ppcb={ppcb}",
+                   timed(f, qb, kp, vp, tables, lengths), bytes_=kv_bytes, ceiling=ceiling)
+        peer = s if peer is None else min(peer, s)
+    del kp, vp
+    # Peer 2: cuDNN dense decode over contiguous K/V.
+    try:
+        kd, vd = rand(5, (batch_size, ctx, hkv, d)), rand(6, (batch_size, ctx, hkv, d))
+        f = functools.partial(jax.nn.dot_product_attention, implementation="cudnn")
+        record(section, "cuDNN dense decode (contiguous KV)", timed(f, qb[:, None], kd, vd), bytes_=kv_bytes,
+               ceiling=ceiling)
+        del kd, vd
+    except Exception as e:  # noqa: BLE001 - a missing peer is reported, not fatal
+        print(f"  cuDNN decode unavailable: {type(e).__name__}: {e}"[:200])
+    configs = [DecodeConfig()]
+    if tune:
+        configs += [DecodeConfig(block_k=bk, num_splits=n, num_warps=w, num_stages=st)
+                    for bk, n, w, st in ((32, None, 4, 3), (64, None, 4, 3), (64, None, 8, 3),
+                                         (64, None, 4, 4),
+                                         (128, None, 4, 3), (128, None, 8, 3), (64, 2, 4, 2), (64, 4, 4, 2),
+                                         (64, 16, 4, 2))]
+    for cfg in configs:
+        backend = PallasAttention(decode=cfg)
+        record(section, f"kvlab decode bk={cfg.block_k} splits={backend.num_splits(batch, store)} "
+               f"w={cfg.num_warps} st={cfg.num_stages}", timed(attention_fn(backend, opts), q, store, batch),
+               bytes_=kv_bytes, ceiling=ceiling, peer=peer)
+
+
+def prefill(flops_ceiling, *, tune):
+    b, seq, h, d, page = 4, 4096, 32, 128, 16
+    q, store, batch, _ = paged_setup([seq] * b, [seq] * b, hq=h, hkv=h, d=d, page=page)
+    opts = AttentionOptions(sm_scale=d ** -0.5)
+    flops = 2 * b * h * seq * seq * d                      # causal: half of 4 * B * H * S^2 * D
+    q4, k4, v4 = (rand(i, (b, seq, h, d)) for i in (11, 12, 13))
+    from jax.experimental.pallas.ops.gpu import attention as jattn
+    peer = record("prefill", "JAX Pallas mha (dense KV)", timed(
+        functools.partial(jattn.mha, segment_ids=None, sm_scale=d ** -0.5, causal=True), q4, k4, v4),
+        flops=flops, ceiling=flops_ceiling)
+    try:
+        f = functools.partial(jax.nn.dot_product_attention, is_causal=True, implementation="cudnn")
+        record("prefill", "cuDNN dense causal", timed(f, q4, k4, v4), flops=flops, ceiling=flops_ceiling)
+    except Exception as e:  # noqa: BLE001
+        print(f"  cuDNN prefill unavailable: {type(e).__name__}: {e}"[:200])
+    del q4, k4, v4
+    configs = [PrefillConfig()]
+    if tune:
+        configs += [PrefillConfig(block_m=m, block_k=k, num_warps=w, num_stages=st)
+                    for m, k, w, st in ((64, 64, 4, 3), (128, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 3),
+                                        (128, 32, 4, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 32, 4, 3))]
+    for cfg in configs:
+        record("prefill", f"kvlab ragged prefill (paged KV) bm={cfg.block_m} bk={cfg.block_k} "
+               f"w={cfg.num_warps} st={cfg.num_stages}",
+               timed(attention_fn(PallasAttention(prefill=cfg), opts), q, store, batch),
+               flops=flops, ceiling=flops_ceiling, peer=peer)
+
+
+def _sub_batch(lists, lens_q, kv_lens, page):
+    starts = [k - q for q, k in zip(lens_q, kv_lens)]
+    return jax.device_put(RaggedBatch.build(
+        q_tokens=[[1] * q for q in lens_q], q_starts=starts, page_lists=lists, page_size=page,
+        token_bucket=sum(lens_q), seq_bucket=len(lens_q), page_bucket=max(map(len, lists))))
+
+
+def mixed(ceiling):
+    hq, hkv, d, page, n_dec, chunk = 32, 8, 128, 16, 256, 1536
+    lens_q, kv_lens = [chunk] + [1] * n_dec, [chunk + 1024] + [2048] * n_dec
+    q, store, batch, lists = paged_setup(lens_q, kv_lens, hq=hq, hkv=hkv, d=d, page=page)
+    opts = AttentionOptions(sm_scale=d ** -0.5)
+    backend = PallasAttention()
+    dec_batch = _sub_batch(lists[1:], lens_q[1:], kv_lens[1:], page)
+    pre_batch = _sub_batch(lists[:1], lens_q[:1], kv_lens[:1], page)
+    layout = layout_of(store)
+    st = triton_calls.static_for(backend.prefill, layout=layout, n_kv=2, group=hq // hkv, page_size=page,
+                                 options=opts, interpret=False)
+
+    def prefill_only(q_, store_, bt):
+        meta = jnp.stack([jnp.int32(0), bt.num_seqs])
+        return triton_calls.ragged_prefill(q_, as_rows(layout.arrays(store_)), bt.cu_q_lens, bt.kv_lens,
+                                           bt.page_table,
+                                           meta, st=st, config=backend.prefill, include_decodes=False)
+    t_dec = record("mixed", f"decode kernel alone: {n_dec} decodes at ctx 2048",
+                   timed(attention_fn(backend, opts), q[chunk:], store, dec_batch))
+    t_pre = record("mixed", f"prefill kernel alone: {chunk}-token chunk after 1024 cached",
+                   timed(prefill_only, q[:chunk], store, pre_batch))
+    kv_bytes = 2 * sum(kv_lens) * hkv * d * 2
+    for name, be in (("one fused launch", backend), ("two launches", PallasAttention(fuse_mixed=False))):
+        record("mixed", f"kvlab mixed step, {name}", timed(attention_fn(be, opts), q, store, batch),
+               bytes_=kv_bytes, ceiling=ceiling, peer=t_dec + t_pre,
+               note="x peer: vs the parts run separately")
+
+
+def window(ceiling):
+    b, hq, hkv, d, page, w = 8, 32, 8, 128, 16, 1024
+    for ctx in (4096, 16384, 65536):
+        q, store, batch, _ = paged_setup([1] * b, [ctx] * b, hq=hq, hkv=hkv, d=d, page=page)
+        full = AttentionOptions(sm_scale=d ** -0.5)
+        t_full = record("window", f"decode B={b} ctx={ctx} full attention",
+                        timed(attention_fn(PallasAttention(), full), q, store, batch),
+                        bytes_=2 * b * ctx * hkv * d * 2, ceiling=ceiling)
+        for sinks in (0, 4):
+            opts = AttentionOptions(sm_scale=d ** -0.5, sliding_window=w, num_sink_tokens=sinks)
+            record("window", f"decode B={b} ctx={ctx} window={w} sinks={sinks}",
+                   timed(attention_fn(PallasAttention(), opts), q, store, batch),
+                   peer=t_full, note="x peer: speed-up over full attention")
+        del store
+
+
+def write(ceiling):
+    layers, pages, page, hkv, d = 16, 4096, 16, 8, 128
+    shape = (layers, pages, page, hkv, d)
+    for tokens in (256, 4096):
+        slots = jnp.asarray(np.random.default_rng(1).permutation(pages * page)[:tokens].astype(np.int32))
+        k_new, v_new = rand(21, (tokens, hkv, d)), rand(22, (tokens, hkv, d))
+        moved = 2 * 2 * tokens * hkv * d * 2                    # K and V, read + written
+        for name, backend in (("XLA scatter", PallasAttention(kv_write_kernel=False)),
+                              ("kvlab Pallas write kernel", PallasAttention())):
+            store = PagedKVStorage(k=jnp.zeros(shape, BF16), v=jnp.zeros(shape, BF16))
+            record("write", f"{name}: {tokens} tokens into a {layers}-layer cache",
+                   chained(lambda st, k, v, s, be=backend: be.write_kv(st, 5, k, v, s),
+                           store, k_new, v_new, slots),
+                   bytes_=moved, ceiling=ceiling)
+            del store
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="check,decode,decode32k,prefill,mixed,window,write")
+    parser.add_argument("--out", type=pathlib.Path)
+    parser.add_argument("--tune", action="store_true", help="also time tile-configuration variants")
+    args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    dev = jax.devices()[0]
+    print(f"# {dev.device_kind}, JAX {jax.__version__}", flush=True)
+    ceiling = copy_bandwidth()
+    flops_ceiling = matmul_ceiling()
+    sections = dict(check=check,
+                    decode=lambda: decode(ceiling, batch_size=64, ctx=4096, tune=args.tune, section="decode"),
+                    decode32k=lambda: decode(ceiling, batch_size=4, ctx=32768, tune=args.tune,
+                                             section="decode32k"),
+                    prefill=lambda: prefill(flops_ceiling, tune=args.tune),
+                    mixed=lambda: mixed(ceiling), window=lambda: window(ceiling),
+                    write=lambda: write(ceiling))
+    failed = []
+    for name, run in sections.items():
+        if name in only:
+            try:
+                run()
+            except Exception:  # noqa: BLE001 - report and go on with the other sections
+                failed.append(name)
+                print(f"  section {name} failed:\n{traceback.format_exc()[-3000:]}", flush=True)
+    cols = ["section", "what", "ms", "TB/s", "TFLOP/s", "% ceiling", "x peer", "note"]
+    table = markdown_table([{c: r.get(c, "") for c in cols} for r in ROWS])
+    print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        header = f"{dev.device_kind}, JAX {jax.__version__}"
+        (args.out / "attention_kernels.md").write_text(f"{header}\n\n{table}\n")
+        (args.out / "attention_kernels.json").write_text(json.dumps(ROWS, indent=1))
+    if failed:
+        sys.exit(f"sections failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Decode throughput of a random-weight Llama-3.2-1B-shaped model (bf16) through kvlab's engine on
+the GPU, with the Pallas kernels and, where it fits, the jnp reference attention in the same run;
+each decode step is compared with its roofline (weight bytes + KV bytes read per step, over the
+copy bandwidth measured in the same run), both as the engine's inter-token latency (host scheduling
+included) and as the model's step alone on the device.
+
+    python benchmarks/engine_llama1b.py [--batches 1 32 256] [--prompt-len 256] [--max-tokens 256]
+
+Prompts are random token ids (the weights are random too, so text would mean nothing); every
+request decodes exactly ``--max-tokens`` tokens (``ignore_eos``). A warm-up pass of the same shapes
+compiles every step first. Decode tokens/s = batch size / median inter-token latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import kvlab
+from kvlab.models import LlamaModel, ModelConfig
+
+
+def copy_bandwidth() -> float:
+    x = jnp.ones((512 * 1024 * 1024,), jnp.bfloat16)
+    f = jax.jit(lambda a: a * 1.0009765625)
+    jax.block_until_ready(f(x))
+    t = time.perf_counter()
+    for _ in range(10):
+        y = f(x)
+    jax.block_until_ready(y)
+    return 2 * x.nbytes * 10 / (time.perf_counter() - t)
+
+
+def run(model, attention, batch: int, prompt_len: int, max_tokens: int, page_size: int = 16) -> dict:
+    rng = np.random.default_rng(batch)
+    prompts = [rng.integers(0, model.config.vocab_size, prompt_len).tolist() for _ in range(batch)]
+    tokens = batch * (prompt_len + max_tokens)
+    cache = kvlab.PagedKVCache.for_tokens(tokens + 64 * page_size, page_size=page_size)
+    engine = kvlab.Engine(model, cache=cache,
+                          scheduler=kvlab.ContinuousScheduler(max_num_seqs=batch,
+                                                              max_num_batched_tokens=4096),
+                          attention=attention, max_model_len=prompt_len + max_tokens + page_size)
+    params = kvlab.SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    engine.generate(prompts, params)                                        # warm-up: compiles
+    compiles = engine.num_compilations
+    t0 = time.perf_counter()
+    outs = engine.generate(prompts, params)
+    wall = time.perf_counter() - t0
+    m = engine.metrics(outs, wall)
+    itl = m["itl_p50_s"]
+    return {"attention": attention.name, "batch": batch, "decode_tok_per_s": batch / itl,
+            "decode_step_ms": 1e3 * itl, "output_tok_per_s": m["output_tokens_per_s"], "wall_s": wall,
+            "compilations_in_timed_run": engine.num_compilations - compiles}
+
+
+def device_step_ms(model, attention, batch: int, ctx: int, page_size: int = 16, reps: int = 20) -> float:
+    """The model's decode step alone (no host scheduling): ``batch`` sequences at ``ctx`` tokens,
+    random KV in randomly ordered pages, storage donated; median of back-to-back steps."""
+    from kvlab.attention import RaggedBatch
+    from kvlab.kvcache.storage import PagedKVStorage
+
+    c = model.config
+    per_seq = -(-ctx // page_size)
+    perm = np.random.default_rng(0).permutation(batch * per_seq) + 1
+    pages = [perm[i * per_seq:(i + 1) * per_seq].tolist() for i in range(batch)]
+    rb = jax.device_put(RaggedBatch.build(q_tokens=[[7]] * batch, q_starts=[ctx - 1] * batch,
+                                          page_lists=pages,
+                                          page_size=page_size, token_bucket=max(16, batch), seq_bucket=batch,
+                                          page_bucket=per_seq))
+    shape = (c.num_layers, batch * per_seq + 1, page_size, c.num_kv_heads, c.head_dim)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    storage = PagedKVStorage(k=jax.random.normal(keys[0], shape, jnp.bfloat16),
+                             v=jax.random.normal(keys[1], shape, jnp.bfloat16))
+    step = jax.jit(lambda st, b: model(b, st, attention)[::-1], donate_argnums=0)
+    storage = step(storage, rb)[0]
+    times = []
+    for _ in range(3):
+        jax.block_until_ready(storage)
+        t = time.perf_counter()
+        for _ in range(reps):
+            storage, _logits = step(storage, rb)
+        jax.block_until_ready(storage)
+        times.append((time.perf_counter() - t) / reps)
+    return 1e3 * float(np.median(times))
+
+
+def roofline_ms(config: ModelConfig, batch: int, prompt_len: int, max_tokens: int, bw: float) -> float:
+    """Bytes a decode step must read at the mean context of the decode phase, over ``bw``."""
+    weights = config.num_params() * 2
+    ctx = prompt_len + max_tokens / 2
+    kv = batch * ctx * config.kv_bytes_per_token(2)
+    return 1e3 * (weights + kv) / bw
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256])
+    ap.add_argument("--prompt-len", type=int, default=256)
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--reference-up-to", type=int, default=32,
+                    help="largest batch also run with the reference attention (it gathers all pages "
+                         "per query row, so memory grows with batch x context)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    dev = jax.devices()[0]
+    config = ModelConfig.llama_3_2_1b()
+    model = LlamaModel(config, dtype=jnp.bfloat16, seed=0)
+    bw = copy_bandwidth()
+    print(f"{dev.device_kind}, JAX {jax.__version__}, Llama-3.2-1B shape (random bf16 weights, "
+          f"{config.num_params() / 1e9:.2f}B params), copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
+    rows = []
+    for b in args.batches:
+        backends = [kvlab.PallasAttention()]
+        if b <= args.reference_up_to:
+            backends.append(kvlab.ReferenceAttention())
+        for be in backends:
+            try:
+                r = run(model, be, b, args.prompt_len, args.max_tokens)
+            except Exception as e:  # noqa: BLE001 - e.g. the reference out of memory: report, go on
+                print(f"{be.name} at batch {b} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                continue
+            r["roofline_step_ms"] = roofline_ms(config, b, args.prompt_len, args.max_tokens, bw)
+            r["device_step_ms"] = device_step_ms(model, be, b, args.prompt_len + args.max_tokens // 2)
+            rows.append(r)
+            print(r, flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": dev.device_kind, "jax": jax.__version__, "copy_TBps": bw / 1e12,
+                       "rows": rows},
+                      f, indent=1)
+    print("\n| attention | batch | decode tok/s | engine step (ms) | model step on device (ms) |"
+          " roofline (ms) | device / roofline | output tok/s (incl. prefill) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['attention']} | {r['batch']} | {r['decode_tok_per_s']:.0f} | "
+              f"{r['decode_step_ms']:.2f} | "
+              f"{r['device_step_ms']:.2f} | {r['roofline_step_ms']:.2f} | "
+              f"{r['device_step_ms'] / r['roofline_step_ms']:.2f} | {r['output_tok_per_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,9 @@
+"""Pallas GPU kernels for the ragged paged attention contract (Triton lowering; every kernel also
+runs with ``interpret=True`` on a CPU)."""
+
+from kvlab.attention.pallas.backend import PallasAttention
+from kvlab.attention.pallas.config import DecodeConfig, PrefillConfig, check_supported, choose_num_splits
+from kvlab.attention.pallas.layout import BlockedLayout, PagedLayout, layout_of
+
+__all__ = ["BlockedLayout", "DecodeConfig", "PagedLayout", "PallasAttention", "PrefillConfig",
+           "check_supported", "choose_num_splits", "layout_of"]

@@ -1,0 +1,121 @@
+"""``PallasAttention``: the GPU attention backend (Pallas kernels), same call as
+``ReferenceAttention``.
+
+Per layer call: a decode-only step (``batch.decode_only``, known on the host when the batch is
+packed) runs the paged decode kernel alone; any other step runs one launch holding prefill programs
+for the sequences with more than one query token and decode programs for the single-token ones,
+and merges their rows. The KV write of the step's new tokens goes through ``write_kv`` (a Pallas
+scatter kernel by default, XLA's scatter with ``kv_write_kernel=False``).
+
+Example (interpret mode runs the same kernels on a CPU):
+    >>> import jax.numpy as jnp
+    >>> from kvlab.attention import AttentionOptions, RaggedBatch, ReferenceAttention
+    >>> from kvlab.kvcache.storage import PagedKVStorage
+    >>> store = PagedKVStorage.zeros(num_layers=1, num_pages=4, page_size=8, num_kv_heads=2,
+    ...                              head_dim=16, dtype=jnp.float32)
+    >>> batch = RaggedBatch.build(q_tokens=[[1, 2, 3], [4]], q_starts=[0, 5], page_lists=[[0], [2]],
+    ...                           page_size=8, token_bucket=16, seq_bucket=2, page_bucket=1)
+    >>> k = jnp.linspace(-1, 1, 16 * 2 * 16).reshape(16, 2, 16)
+    >>> pallas = PallasAttention(interpret=True)
+    >>> store = pallas.write_kv(store, 0, k, -k, batch.slots)
+    >>> q = jnp.linspace(-2, 2, 16 * 4 * 16).reshape(16, 4, 16)
+    >>> opts = AttentionOptions(sm_scale=0.25)
+    >>> out = pallas(q, store, 0, batch, opts)
+    >>> bool(jnp.allclose(out, ReferenceAttention()(q, store, 0, batch, opts), atol=1e-5))
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from kvlab.attention.batch import RaggedBatch
+from kvlab.attention.pallas import triton_calls, triton_kv_write
+from kvlab.attention.pallas.config import DecodeConfig, PrefillConfig, check_supported, choose_num_splits
+from kvlab.attention.pallas.layout import as_rows, layout_of
+from kvlab.attention.reference import AttentionOptions, token_positions
+
+
+def _num_sms(default: int = 132) -> int:
+    return getattr(jax.devices()[0], "core_count", None) or default
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PallasAttention:
+    """Ragged paged attention through Pallas kernels (Triton lowering).
+
+    decode / prefill: tile configurations; kv_write_kernel: write new K/V with the Pallas scatter
+    kernel (True) or XLA's scatter (False); fuse_mixed: a step with prefill chunks runs prefill and
+    decode programs in one launch (True) or as two kernels, one after the other (False);
+    interpret: run the kernels in Pallas interpret mode
+    (any device, slow: for tests on CPU); num_sms: SM count for the split-K heuristic (None: ask
+    the device).
+    """
+
+    decode: DecodeConfig = DecodeConfig()
+    prefill: PrefillConfig = PrefillConfig()
+    kv_write_kernel: bool = True
+    fuse_mixed: bool = True
+    interpret: bool = False
+    num_sms: int | None = None
+    name: str = "pallas"
+
+    def check(self, *, num_q_heads: int, num_kv_heads: int, head_dim: int, page_size: int, dtype) -> None:
+        """Raise a ValueError naming the limit if the kernels cannot serve this model and cache
+        (the engine calls it when it is built)."""
+        check_supported(q_dtype=dtype, kv_dtype=dtype, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
+                        head_dim=head_dim, page_size=page_size)
+
+    def write_kv(self, storage, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array):
+        """Scatter one layer's new K/V [T, Hkv, D] into ``slots`` [T]; returns the storage."""
+        if not self.kv_write_kernel:
+            return storage.write(layer, k_new, v_new, slots)
+        layout = layout_of(storage)
+        arrays = triton_kv_write.write_kv(layout.arrays(storage), k_new, v_new, slots, layer, layout=layout,
+                                          page_size=storage.page_size, interpret=self.interpret)
+        return layout.rebuild(arrays)
+
+    def num_splits(self, batch: RaggedBatch, storage) -> int:
+        """The decode kernel's split-K factor for this batch's (static) shapes."""
+        return choose_num_splits(self.decode, num_seqs=batch.num_seq_slots, num_kv_heads=storage.num_kv_heads,
+                                 max_kv_len=batch.page_table.shape[1] * storage.page_size,
+                                 num_sms=self.num_sms or _num_sms())
+
+    def __call__(self, q: jax.Array, storage, layer, batch: RaggedBatch,
+                 options: AttentionOptions) -> jax.Array:
+        """q: [T, Hq, D] -> [T, Hq, D]; attention of every scheduled token (the contract of
+        ``kvlab.attention.reference.ragged_paged_attention``)."""
+        layout = layout_of(storage)
+        kv = layout.arrays(storage)
+        num_tokens, num_q_heads, head_dim = q.shape
+        check_supported(q_dtype=q.dtype, kv_dtype=kv[0].dtype, num_q_heads=num_q_heads,
+                        num_kv_heads=storage.num_kv_heads, head_dim=head_dim, page_size=storage.page_size)
+        meta = jnp.stack([jnp.asarray(layer, jnp.int32), jnp.asarray(batch.num_seqs, jnp.int32)])
+        statics = dict(layout=layout, n_kv=len(kv), group=num_q_heads // storage.num_kv_heads,
+                       page_size=storage.page_size, options=options, interpret=self.interpret)
+        st_dec = triton_calls.static_for(self.decode, **statics)
+        args = (q, as_rows(kv), batch.cu_q_lens, batch.kv_lens, batch.page_table, meta)
+        splits = self.num_splits(batch, storage)
+        if batch.decode_only:
+            dec, ok = triton_calls.paged_decode(*args, st=st_dec, config=self.decode, num_splits=splits,
+                                                decode_only=True)
+            out = jnp.zeros_like(q)
+        else:
+            st_pre = triton_calls.static_for(self.prefill, **statics)
+            if self.fuse_mixed:
+                out, dec, ok = triton_calls.mixed_step(*args, st_prefill=st_pre, st_decode=st_dec,
+                                                       prefill_config=self.prefill, num_splits=splits)
+            else:
+                out = triton_calls.ragged_prefill(*args, st=st_pre, config=self.prefill,
+                                                  include_decodes=False)
+                dec, ok = triton_calls.paged_decode(*args, st=st_dec, config=self.decode, num_splits=splits,
+                                                    decode_only=False)
+            seq, _, real = token_positions(batch.cu_q_lens, batch.kv_lens, num_tokens)
+            q_lens = batch.cu_q_lens[1:] - batch.cu_q_lens[:-1]
+            keep = real & (seq < batch.num_seqs) & (q_lens[seq] > 1)
+            out = jnp.where(keep[:, None, None], out, 0)
+        rows = jnp.where(ok, batch.cu_q_lens[:-1], num_tokens)
+        return out.at[rows].set(dec.astype(q.dtype), mode="drop")

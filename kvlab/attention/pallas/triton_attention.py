@@ -1,0 +1,210 @@
+"""Ragged paged attention programs, Pallas with the Triton lowering.
+
+Everything specific to the Triton lowering lives in this module, ``triton_calls`` (the
+``pallas_call`` launches) and ``triton_kv_write``; the backend only calls the launchers, so a
+Mosaic GPU (Hopper wgmma/TMA) kernel can later sit beside them behind the same backend.
+
+One tile loop serves both program kinds: rows of a program are (query token, query head of one KV
+group) pairs, so each KV tile is loaded once per group and serves all its heads (GQA packing);
+scores accumulate in float32 with an online softmax in base 2; a KV tile of ``block_k`` tokens is
+addressed token by token through the page table, so tiles are independent of the page size. Tiles
+the causal mask or the sliding window hide entirely are never loaded, tiles they do not touch run
+without mask arithmetic, and sink tiles get a loop of their own.
+
+* decode program (sequence, KV head, split): flash-decoding; a split covers a share of the
+  sequence's own KV tiles and writes a normalized partial output plus its log-sum-exp.
+* prefill program (query block, KV head): ``block_q`` query tokens of one sequence x the group's
+  heads, mapped to (sequence, first token) by a per-step plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from kvlab.attention.reference import AttentionOptions
+
+LOG2E = 1.4426950408889634
+NEG = -1e30          # finite "minus infinity": keeps exp2(m_old - m_new) free of inf - inf
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Static:
+    """What a program knows at trace time."""
+
+    layout: object
+    n_kv: int               # number of cache arrays the layout passes
+    group: int              # query heads per KV head
+    block_k: int
+    page_size: int
+    options: AttentionOptions
+    interpret: bool
+
+
+def cols(rows, width: int, interpret: bool):
+    """Index a [n] row vector and all ``width`` columns: (rows, :) for the Triton lowering, and
+    broadcast int arrays (rows[:, None], iota[None, :]) in interpret mode, whose discharge rules
+    do not mix array indexers with slices."""
+    if interpret:
+        return rows[:, None], jnp.arange(width, dtype=jnp.int32)[None, :]
+    return rows, slice(None)
+
+
+def _dot(a, b, *, contract_b: int):
+    """a [M, K] x b (contracted on axis ``contract_b``) in float32; exact float32 for f32 inputs."""
+    precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+    return lax.dot_general(a, b, (((1,), (contract_b,)), ((), ())), precision=precision,
+                           preferred_element_type=jnp.float32)
+
+
+def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, row_pos, lo, hi, carry,
+                  masked: bool):
+    """Online softmax of q [M, D] over KV tiles ``lo <= t < hi``; carry (acc [M, D], m [M], l [M]).
+    ``masked=False`` is for tiles every row sees whole."""
+    o = st.options
+    bk, width = st.block_k, q.shape[1]
+    max_pages = pt_ref.shape[1]
+
+    def page_ids(t):
+        key = t * bk + jnp.arange(bk, dtype=jnp.int32)
+        return plgpu.load(pt_ref.at[seq, jnp.minimum(lax.div(key, st.page_size), max_pages - 1)])
+
+    def body(t, carry):
+        acc, m_old, l_old, pages = carry
+        next_pages = page_ids(t + 1)            # prefetched: the next tile's K/V addresses are ready
+        key = t * bk + jnp.arange(bk, dtype=jnp.int32)                                    # [bk]
+        offsets = lax.rem(key, st.page_size)
+        k_rows, d = cols(st.layout.k_rows(layer, pages, offsets, head), width, st.interpret)
+        v_rows, _ = cols(st.layout.v_rows(layer, pages, offsets, head), width, st.interpret)
+        k = plgpu.load(st.layout.k_ref(kv_refs).at[k_rows, d])                              # [bk, D]
+        v = plgpu.load(st.layout.v_ref(kv_refs).at[v_rows, d])
+        s = _dot(q, k.astype(q.dtype), contract_b=1)                                       # [M, bk]
+        if o.soft_cap is not None:
+            s = jnp.tanh(s * (o.sm_scale / o.soft_cap)) * (o.soft_cap * LOG2E)
+        else:
+            s = s * (o.sm_scale * LOG2E)
+        if masked:
+            visible = (key[None, :] < kv_len) & (key[None, :] <= row_pos[:, None])
+            if o.sliding_window is not None:
+                in_window = row_pos[:, None] - key[None, :] < o.sliding_window
+                if o.num_sink_tokens:
+                    in_window = in_window | (key[None, :] < o.num_sink_tokens)
+                visible = visible & in_window
+            s = jnp.where(visible, s, NEG)
+        m_new = jnp.maximum(m_old, jnp.max(s, axis=1))
+        p = jnp.exp2(s - m_new[:, None])
+        if masked:
+            p = jnp.where(visible, p, 0.0)
+        alpha = jnp.exp2(m_old - m_new)
+        acc = acc * alpha[:, None] + _dot(p.astype(v.dtype), v, contract_b=0)
+        return acc, m_new, l_old * alpha + jnp.sum(p, axis=1), next_pages
+
+    *carry, _ = lax.fori_loop(lo, hi, body, (*carry, page_ids(lo)))
+    return tuple(carry)
+
+
+def _attend_positions(st: Static, q, kv_refs, pt_ref, *, first_pos, last_pos, carry, tiles=None, sinks=True,
+                      **kw):
+    """Attend rows whose positions lie in [first_pos, last_pos] (``kw['row_pos']`` per row) to every
+    key they may see: sink tiles (masked; only where ``sinks``, a traced bool), then the window's
+    tiles, masked only where the causal edge, the window edge or the end of the cache cuts them.
+    ``tiles(lo, hi) -> (lo, hi)`` narrows the window's tiles (a decode split). Returns the carry."""
+    o, bk, kv_len = st.options, st.block_k, kw["kv_len"]
+    hi = jnp.minimum(pl.cdiv(kv_len, bk), lax.div(jnp.maximum(last_pos, -1) + bk, bk))
+    full_hi = jnp.minimum(lax.div(kv_len, bk), lax.div(jnp.maximum(first_pos + 1, 0), bk))
+    lo = full_lo = jnp.int32(0)
+    if o.sliding_window is not None:
+        lo = lax.div(jnp.maximum(first_pos - o.sliding_window + 1, 0), bk)
+        full_lo = pl.cdiv(jnp.maximum(last_pos - o.sliding_window + 1, 0), bk)
+    attend = functools.partial(_attend_tiles, st, q, kv_refs, pt_ref, **kw)
+    if o.sliding_window is not None and o.num_sink_tokens:
+        sink_hi = jnp.where(sinks, jnp.minimum(pl.cdiv(jnp.int32(o.num_sink_tokens), bk), lo), 0)
+        carry = attend(lo=0, hi=sink_hi, carry=carry, masked=True)
+    if tiles is not None:
+        lo, hi = tiles(lo, hi)
+    hi = jnp.maximum(lo, hi)
+    f_lo = jnp.clip(full_lo, lo, hi)
+    f_hi = jnp.clip(full_hi, f_lo, hi)
+    carry = attend(lo=lo, hi=f_lo, carry=carry, masked=True)
+    carry = attend(lo=f_lo, hi=f_hi, carry=carry, masked=False)
+    return attend(lo=f_hi, hi=hi, carry=carry, masked=True)
+
+
+def _init_carry(rows: int, head_dim: int):
+    return (jnp.zeros((rows, head_dim), jnp.float32), jnp.full((rows,), NEG, jnp.float32),
+            jnp.zeros((rows,), jnp.float32))
+
+
+def decode_program(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv_refs, o_ref, lse_ref, *, seq, kv_head,
+                   split,
+                   layer, num_seqs, num_splits: int, rows: int, decode_only: bool):
+    """The single query token of sequence ``seq``, heads of KV group ``kv_head``, split ``split``:
+    writes o_ref[seq, split, heads] (normalized, float32) and lse_ref[seq, split, heads] (log2)."""
+    num_tokens, head_dim = q_ref.shape[0], q_ref.shape[2]
+    group = st.group
+    q_start = cu_ref[seq]
+    active = seq < num_seqs
+    if not decode_only:
+        active = active & (cu_ref[seq + 1] - q_start == 1)
+    kv_len = jnp.where(active, kv_len_ref[seq], 0)
+
+    r = jnp.arange(rows, dtype=jnp.int32)
+    row_ok = r < group
+    h, d = cols(kv_head * group + jnp.minimum(r, group - 1), head_dim, st.interpret)
+    q = plgpu.load(q_ref.at[jnp.minimum(q_start, num_tokens - 1), h, d],
+                   mask=jnp.broadcast_to(row_ok[:, None], (rows, head_dim)), other=0.0)     # [rows, D]
+
+    def share(lo, hi):
+        per = pl.cdiv(hi - lo, num_splits)
+        a = lo + split * per
+        return a, jnp.minimum(hi, a + per)
+
+    pos = kv_len - 1
+    acc, m, l_sum = _attend_positions(
+        st, q, kv_refs, pt_ref, first_pos=pos, last_pos=pos, tiles=share if num_splits > 1 else None,
+        sinks=split == 0, layer=layer, seq=seq, head=kv_head, kv_len=kv_len,
+        row_pos=jnp.zeros((rows,), jnp.int32) + pos, carry=_init_carry(rows, head_dim))
+    has = l_sum > 0
+    out = acc / jnp.where(has, l_sum, 1.0)[:, None]
+    lse = jnp.where(has, m + jnp.log2(jnp.where(has, l_sum, 1.0)), NEG)
+    # Masked-out rows store to distinct (possibly out-of-range) places: interpret mode applies a
+    # masked store as a scatter, where duplicate indices would race with the real rows.
+    heads = kv_head * group + r
+    h, _ = cols(heads, head_dim, st.interpret)
+    plgpu.store(o_ref.at[seq, split, h, d], out, mask=jnp.broadcast_to(row_ok[:, None], out.shape))
+    plgpu.store(lse_ref.at[seq, split, heads], lse, mask=row_ok)
+
+
+def prefill_program(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv_refs, o_ref, *, seq, q_first, active,
+                    kv_head, layer, block_q: int, group_pad: int):
+    """Query tokens ``q_first .. q_first + block_q`` of sequence ``seq`` x the heads of KV group
+    ``kv_head``: writes their rows of o_ref [T, Hq, D]."""
+    num_tokens, head_dim = q_ref.shape[0], q_ref.shape[2]
+    group = st.group
+    q_start = cu_ref[seq]
+    q_len = jnp.where(active, cu_ref[seq + 1] - q_start, 0)
+    kv_len = jnp.where(active, kv_len_ref[seq], 0)
+
+    rows = block_q * group_pad
+    r = jnp.arange(rows, dtype=jnp.int32)
+    tq = q_first + lax.div(r, group_pad)
+    g = lax.rem(r, group_pad)
+    row_ok = (tq < q_len) & (g < group)
+    t, d = cols(jnp.clip(q_start + tq, 0, num_tokens - 1), head_dim, st.interpret)
+    h, _ = cols(kv_head * group + jnp.minimum(g, group - 1), head_dim, st.interpret)
+    q = plgpu.load(q_ref.at[t, h, d], mask=jnp.broadcast_to(row_ok[:, None], (rows, head_dim)), other=0.0)
+
+    first = kv_len - q_len + q_first
+    last = kv_len - q_len + jnp.minimum(q_first + block_q, q_len) - 1
+    acc, _, l_sum = _attend_positions(
+        st, q, kv_refs, pt_ref, first_pos=first, last_pos=last, layer=layer, seq=seq, head=kv_head,
+        kv_len=kv_len, row_pos=kv_len - q_len + tq, carry=_init_carry(rows, head_dim))
+    out = acc / jnp.where(l_sum > 0, l_sum, 1.0)[:, None]
+    t, _ = cols(q_start + tq, head_dim, st.interpret)          # distinct places for masked rows, as above
+    h, _ = cols(kv_head * group + g, head_dim, st.interpret)
+    plgpu.store(o_ref.at[t, h, d], out.astype(o_ref.dtype), mask=jnp.broadcast_to(row_ok[:, None], out.shape))
