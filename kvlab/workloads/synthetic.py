@@ -27,11 +27,13 @@ SHAREGPT_OUTPUT_MU, SHAREGPT_OUTPUT_SIGMA = 5.45, 1.0
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticRequest:
-    """A prompt, how many tokens to generate, and an arrival time (seconds or steps)."""
+    """A prompt, how many tokens to generate, an arrival time (seconds or steps) and a free-form
+    tag (e.g. a long-document replay's "cold" and "warm" passes, reported apart)."""
 
     prompt_token_ids: list[int]
     max_tokens: int
     arrival: float = 0.0
+    tag: str = ""
 
 
 def sharegpt_like(n: int, *, seed: int = 0, vocab_size: int = 32000, max_prompt: int = 1024,
@@ -59,15 +61,6 @@ def long_prompt_mix(n: int, *, seed: int = 0, vocab_size: int = 32000, max_promp
         if 16 <= p <= max_prompt:
             out.append(SyntheticRequest(rng.integers(3, vocab_size, p).tolist(), o))
     return out
-
-
-def poisson_arrivals(requests: list[SyntheticRequest], rate: float, *, seed: int = 0
-                     ) -> list[SyntheticRequest]:
-    """The same requests arriving as a Poisson process of ``rate`` requests per second."""
-    if rate <= 0:
-        raise ValueError(f"rate must be > 0 requests/s, got {rate}")
-    gaps = np.random.default_rng(seed).exponential(1.0 / rate, len(requests))
-    return [dataclasses.replace(r, arrival=float(t)) for r, t in zip(requests, np.cumsum(gaps))]
 
 
 def shared_prefix(*, groups: int = 64, prompts_per_group: int = 16, system_tokens: int = 2048,
