@@ -1,6 +1,9 @@
-"""Benchmark helpers: host-side simulation of a scheduler and a cache with no model, and tables."""
+"""Benchmark helpers: serving metrics, host-side simulation of a scheduler and a cache with no
+model, and tables."""
 
 from kvlab.bench.host_sim import LinearStepCost, SimResult, simulate
+from kvlab.bench.metrics import SLO, RequestRecord, by_tag, describe, summarize
 from kvlab.bench.report import markdown_table
 
-__all__ = ["LinearStepCost", "SimResult", "markdown_table", "simulate"]
+__all__ = ["SLO", "LinearStepCost", "RequestRecord", "SimResult", "by_tag", "describe", "markdown_table",
+           "simulate", "summarize"]
