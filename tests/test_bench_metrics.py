@@ -63,3 +63,24 @@ def test_by_tag_and_from_a_scheduler_request():
     req.append_token(6, 1.5)
     r = RequestRecord.of(req, tag="x")
     assert (r.ttft, r.tpot, r.prompt_tokens, r.tag) == (0.75, 0.5, 3, "x")
+
+
+def test_simulated_clock_with_known_step_times_gives_exact_latencies():
+    """A fake model whose every step takes 10 ms: an idle engine starts a step when a request
+    arrives, so its prefill step ends 10 ms later (TTFT) and each decode step adds 10 ms (ITL)."""
+    from kvlab.bench import LinearStepCost, simulate
+    from kvlab.kvcache import PagedKVCache
+    from kvlab.schedulers import ContinuousScheduler
+    from kvlab.workloads import SyntheticRequest
+
+    reqs = [SyntheticRequest([5, 6, 7], 4, arrival=0.005), SyntheticRequest([8, 9], 2, arrival=1.0)]
+    sim = simulate(ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=64),
+                   PagedKVCache(num_pages=8, page_size=4), reqs,
+                   step_cost=LinearStepCost(fixed_s=0.01, per_token_s=0.0, per_kv_token_s=0.0))
+    a, b = sim.records()
+    assert a.ttft == pytest.approx(0.01) and a.itls == pytest.approx([0.01] * 3)
+    assert a.tpot == pytest.approx(0.01)
+    assert a.e2e == pytest.approx(0.04)
+    assert b.ttft == pytest.approx(0.01) and b.e2e == pytest.approx(0.02)
+    s = summarize(sim.records(), wall_s=sim.clock, slo=SLO(ttft_s=0.01 + 1e-9))
+    assert s["slo_attainment"] == 1.0 and s["itl_max_s"] == pytest.approx(0.01)

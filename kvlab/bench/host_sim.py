@@ -83,6 +83,13 @@ class SimResult:
         """TTFT / ITL percentiles and throughput over the simulated clock (see engine metrics)."""
         return summarize(self.requests, self.clock)
 
+    def records(self) -> list:
+        """One ``kvlab.bench.metrics.RequestRecord`` per request (for ``metrics.summarize`` with
+        an SLO, per-tag reports, TPOT and end-to-end latency)."""
+        from kvlab.bench.metrics import RequestRecord
+
+        return [RequestRecord.of(r) for r in self.requests]
+
 
 def simulate(scheduler, cache, requests, *, arrivals_per_step: int | None = None, step_cost=None,
              seed: int = 0, vocab_size: int = 32000) -> SimResult:
