@@ -1,0 +1,57 @@
+"""The seed-system presets: each composes working parts, runs a workload to the end with every page
+back, shows the behaviour its system is known for, and (in the engine) gives the dense greedy
+tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+import kvlab
+from kvlab.bench import presets, simulate
+from kvlab.engine import DenseReferenceDecoder
+from kvlab.workloads import shared_prefix
+
+
+def small(name):
+    kw = dict(kv_tokens=8192, max_num_seqs=16)
+    if name == "lmdeploy":
+        kw.update(token_budget=256, block_tokens=16)
+    elif name != "deepspeed":
+        kw["token_budget"] = 512
+    return presets.PRESETS[name](**kw)
+
+
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_every_preset_runs_a_shared_prefix_workload_on_the_host(name):
+    p = small(name)
+    reqs = shared_prefix(groups=4, prompts_per_group=6, system_tokens=256, question_tokens=16,
+                         output_tokens=16, seed=1)
+    r = simulate(p.scheduler, p.cache, reqs)
+    assert r.finished == len(reqs)
+    s = r.stats
+    assert s.pages_used == 0 and s.pages_free + s.pages_cached == s.pages_total
+    if name in ("vllm", "sglang", "tgi", "lmdeploy", "trtllm"):
+        assert s.hit_rate > 0.3, name                   # all of these reuse prefixes
+    else:
+        assert s.hit_rate == 0.0                        # FastGen's blocked KV keeps no prefix cache
+    if name in ("tgi", "trtllm"):
+        assert r.preemptions == 0                       # reserve-up-front admission never preempts
+    assert p.name == name and all(isinstance(m, str) and m for m in p.missing)
+
+
+def test_presets_say_what_they_lack():
+    assert presets.vllm(kv_tokens=1024).missing == ()
+    assert "weight offload" in presets.deepspeed(kv_tokens=1024).missing[0]
+    assert any("int4" in m for m in presets.lmdeploy(kv_tokens=1024).missing)
+    windowed = presets.trtllm(kv_tokens=4096, window=64, num_sink_tokens=4, token_budget=128, max_num_seqs=8)
+    assert type(windowed.cache).__name__ == "CircularKVCache"
+
+
+@pytest.mark.parametrize("name", ["vllm", "sglang"])
+def test_presets_in_the_engine_give_the_dense_greedy_tokens(tiny_model, name):
+    engine = small(name).engine(tiny_model, max_model_len=256)
+    system = list(range(40, 70))
+    prompts = [system + [5 + i] for i in range(3)] + [[9, 10, 11]]
+    outs = engine.generate(prompts, kvlab.SamplingParams(max_tokens=5, ignore_eos=True))
+    ref = DenseReferenceDecoder(tiny_model)
+    assert [o.token_ids for o in outs] == [ref.greedy(p, 5) for p in prompts]
