@@ -1,5 +1,5 @@
 """Benchmark helpers: serving metrics, host-side simulation of a scheduler and a cache with no
-model, and tables."""
+model, seed-system presets (``kvlab.bench.presets``), sweeps (``kvlab.bench.sweep``) and tables."""
 
 from kvlab.bench.host_sim import LinearStepCost, SimResult, simulate
 from kvlab.bench.metrics import SLO, RequestRecord, by_tag, describe, summarize
