@@ -3,9 +3,10 @@
 
 Per layer call: a decode-only step (``batch.decode_only``, known on the host when the batch is
 packed) runs the paged decode kernel alone; any other step runs one launch holding prefill programs
-for the sequences with more than one query token and decode programs for the single-token ones,
-and merges their rows. The KV write of the step's new tokens goes through ``write_kv`` (a Pallas
-scatter kernel by default, XLA's scatter with ``kv_write_kernel=False``).
+for the sequences with more than one query token and decode programs for the single-token ones.
+The kernels write their rows straight into the step's zeroed output. The KV write of the
+step's new tokens goes through ``write_kv`` (a Pallas scatter kernel by default, XLA's scatter
+with ``kv_write_kernel=False``).
 
 Example (interpret mode runs the same kernels on a CPU):
     >>> import jax.numpy as jnp
@@ -36,7 +37,7 @@ from kvlab.attention.batch import RaggedBatch
 from kvlab.attention.pallas import triton_calls, triton_kv_write
 from kvlab.attention.pallas.config import DecodeConfig, PrefillConfig, check_supported, choose_num_splits
 from kvlab.attention.pallas.layout import as_rows, layout_of
-from kvlab.attention.reference import AttentionOptions, token_positions
+from kvlab.attention.reference import AttentionOptions
 
 
 def _num_sms(default: int = 132) -> int:
@@ -100,22 +101,12 @@ class PallasAttention:
         args = (q, as_rows(kv), batch.cu_q_lens, batch.kv_lens, batch.page_table, meta)
         splits = self.num_splits(batch, storage)
         if batch.decode_only:
-            dec, ok = triton_calls.paged_decode(*args, st=st_dec, config=self.decode, num_splits=splits,
-                                                decode_only=True)
-            out = jnp.zeros_like(q)
-        else:
-            st_pre = triton_calls.static_for(self.prefill, **statics)
-            if self.fuse_mixed:
-                out, dec, ok = triton_calls.mixed_step(*args, st_prefill=st_pre, st_decode=st_dec,
-                                                       prefill_config=self.prefill, num_splits=splits)
-            else:
-                out = triton_calls.ragged_prefill(*args, st=st_pre, config=self.prefill,
-                                                  include_decodes=False)
-                dec, ok = triton_calls.paged_decode(*args, st=st_dec, config=self.decode, num_splits=splits,
-                                                    decode_only=False)
-            seq, _, real = token_positions(batch.cu_q_lens, batch.kv_lens, num_tokens)
-            q_lens = batch.cu_q_lens[1:] - batch.cu_q_lens[:-1]
-            keep = real & (seq < batch.num_seqs) & (q_lens[seq] > 1)
-            out = jnp.where(keep[:, None, None], out, 0)
-        rows = jnp.where(ok, batch.cu_q_lens[:-1], num_tokens)
-        return out.at[rows].set(dec.astype(q.dtype), mode="drop")
+            return triton_calls.paged_decode(*args, st=st_dec, config=self.decode, num_splits=splits,
+                                             decode_only=True)
+        st_pre = triton_calls.static_for(self.prefill, **statics)
+        if self.fuse_mixed:
+            return triton_calls.mixed_step(*args, st_prefill=st_pre, st_decode=st_dec,
+                                           prefill_config=self.prefill, num_splits=splits)
+        out = triton_calls.ragged_prefill(*args, st=st_pre, config=self.prefill, include_decodes=False)
+        return triton_calls.paged_decode(*args, st=st_dec, config=self.decode, num_splits=splits,
+                                         decode_only=False, out=out)

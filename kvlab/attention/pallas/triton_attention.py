@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
@@ -55,6 +56,18 @@ def cols(rows, width: int, interpret: bool):
     return rows, slice(None)
 
 
+def exp2(x, interpret: bool):
+    """2**x in float32: one ``ex2.approx.ftz`` instruction on the GPU (relative error about 2**-22;
+    results below 2**-126 flush to zero, which a softmax weight can lose). ``jnp.exp2`` would call
+    libdevice's ``exp2f``, whose subnormal handling doubles the exponent work of a tile; interpret
+    mode uses ``jnp.exp2``."""
+    if interpret:
+        return jnp.exp2(x)
+    [y] = plgpu.elementwise_inline_asm("ex2.approx.ftz.f32 $0, $1;", args=[x], constraints="=f,f", pack=1,
+                                       result_shape_dtypes=[jax.ShapeDtypeStruct(x.shape, jnp.float32)])
+    return y
+
+
 def _dot(a, b, *, contract_b: int):
     """a [M, K] x b (contracted on axis ``contract_b``) in float32; exact float32 for f32 inputs."""
     precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
@@ -84,10 +97,9 @@ def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, r
         k = plgpu.load(st.layout.k_ref(kv_refs).at[k_rows, d])                              # [bk, D]
         v = plgpu.load(st.layout.v_ref(kv_refs).at[v_rows, d])
         s = _dot(q, k.astype(q.dtype), contract_b=1)                                       # [M, bk]
+        scale = o.sm_scale * LOG2E            # folded into the exponent's multiply-add below
         if o.soft_cap is not None:
-            s = jnp.tanh(s * (o.sm_scale / o.soft_cap)) * (o.soft_cap * LOG2E)
-        else:
-            s = s * (o.sm_scale * LOG2E)
+            s, scale = jnp.tanh(s * (o.sm_scale / o.soft_cap)) * (o.soft_cap * LOG2E), 1.0
         if masked:
             visible = (key[None, :] < kv_len) & (key[None, :] <= row_pos[:, None])
             if o.sliding_window is not None:
@@ -96,11 +108,11 @@ def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, r
                     in_window = in_window | (key[None, :] < o.num_sink_tokens)
                 visible = visible & in_window
             s = jnp.where(visible, s, NEG)
-        m_new = jnp.maximum(m_old, jnp.max(s, axis=1))
-        p = jnp.exp2(s - m_new[:, None])
+        m_new = jnp.maximum(m_old, jnp.max(s, axis=1) * scale)                 # log2 units, like m_old
+        p = exp2(s * scale - m_new[:, None], st.interpret)
         if masked:
             p = jnp.where(visible, p, 0.0)
-        alpha = jnp.exp2(m_old - m_new)
+        alpha = exp2(m_old - m_new, st.interpret)
         acc = acc * alpha[:, None] + _dot(p.astype(v.dtype), v, contract_b=0)
         return acc, m_new, l_old * alpha + jnp.sum(p, axis=1), next_pages
 
@@ -144,7 +156,9 @@ def decode_program(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv_refs, o_ref
                    split,
                    layer, num_seqs, num_splits: int, rows: int, decode_only: bool):
     """The single query token of sequence ``seq``, heads of KV group ``kv_head``, split ``split``:
-    writes o_ref[seq, split, heads] (normalized, float32) and lse_ref[seq, split, heads] (log2)."""
+    writes o_ref[seq, split, heads] (normalized, float32) and lse_ref[seq, split, heads] (log2);
+    with ``lse_ref=None`` (one split) the final rows instead: o_ref[token, heads] ([T, Hq, D], its
+    dtype), nothing for an inactive slot."""
     num_tokens, head_dim = q_ref.shape[0], q_ref.shape[2]
     group = st.group
     q_start = cu_ref[seq]
@@ -171,11 +185,16 @@ def decode_program(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv_refs, o_ref
         row_pos=jnp.zeros((rows,), jnp.int32) + pos, carry=_init_carry(rows, head_dim))
     has = l_sum > 0
     out = acc / jnp.where(has, l_sum, 1.0)[:, None]
-    lse = jnp.where(has, m + jnp.log2(jnp.where(has, l_sum, 1.0)), NEG)
     # Masked-out rows store to distinct (possibly out-of-range) places: interpret mode applies a
     # masked store as a scatter, where duplicate indices would race with the real rows.
     heads = kv_head * group + r
     h, _ = cols(heads, head_dim, st.interpret)
+    if lse_ref is None:
+        t, _ = cols(jnp.zeros((rows,), jnp.int32) + q_start, head_dim, st.interpret)
+        plgpu.store(o_ref.at[t, h, d], out.astype(o_ref.dtype),
+                    mask=jnp.broadcast_to((row_ok & active)[:, None], out.shape))
+        return
+    lse = jnp.where(has, m + jnp.log2(jnp.where(has, l_sum, 1.0)), NEG)
     plgpu.store(o_ref.at[seq, split, h, d], out, mask=jnp.broadcast_to(row_ok[:, None], out.shape))
     plgpu.store(lse_ref.at[seq, split, heads], lse, mask=row_ok)
 

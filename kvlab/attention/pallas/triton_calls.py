@@ -6,6 +6,10 @@ them: the prefill plan (program -> sequence and query block) and the split-K mer
 * ``mixed_step``: one launch whose grid holds the prefill programs first (heaviest first) and the
   decode programs after them, so the compute-bound prefill blocks and the bandwidth-bound decode
   programs share the GPU instead of running one after the other.
+
+Each returns the step's whole output ``[T, Hq, D]``: the kernels write their rows into a zeroed
+array they update in place (``input_output_aliases``), so no gather, select or scatter of rows
+follows a launch (only the split-K merge when a decode uses more than one split).
 """
 
 from __future__ import annotations
@@ -65,64 +69,81 @@ def _params(config):
     return plgpu.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages)
 
 
-def _decode_out_shapes(num_seqs_padded, num_splits, num_q_heads, head_dim):
+def _partial_shapes(num_seqs_padded, num_splits, num_q_heads, head_dim):
     return [jax.ShapeDtypeStruct((num_seqs_padded, num_splits, num_q_heads, head_dim), jnp.float32),
             jax.ShapeDtypeStruct((num_seqs_padded, num_splits, num_q_heads), jnp.float32)]
 
 
+def _merge_into(out, o, lse, cu_q_lens, num_seqs, decode_only: bool):
+    """Merge split partials and write each single-token sequence's row of ``out`` [T, Hq, D]."""
+    valid = _decode_valid(cu_q_lens, num_seqs, decode_only)
+    rows = jnp.where(valid, cu_q_lens[:-1], out.shape[0])
+    return out.at[rows].set(merge_splits(o, lse, valid).astype(out.dtype), mode="drop")
+
+
 def paged_decode(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st: Static, config, num_splits: int,
-                 decode_only: bool):
-    """Decode rows. q: [T, Hq, D]; meta: [2] int32 (layer, num_seqs). Returns (out [S, Hq, D]
-    float32, valid [S]): the attention of each single-token sequence's query (others: zeros)."""
+                 decode_only: bool, out=None):
+    """Decode rows. q: [T, Hq, D]; meta: [2] int32 (layer, num_seqs). Returns ``out`` ([T, Hq, D],
+    zeros if None; updated in place) with the row of each single-token sequence replaced by its
+    attention. One split writes the rows from the kernel; more go through ``merge_splits``."""
     num_seqs_padded = kv_lens.shape[0]
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = num_q_heads // st.group
+    out = jnp.zeros_like(q) if out is None else out
+    direct = num_splits == 1
+    n_in = 5 + len(kv_arrays)
 
     def kernel(q_ref, cu_ref, kv_len_ref, pt_ref, meta_ref, *refs):
-        decode_program(st, q_ref, cu_ref, kv_len_ref, pt_ref, refs[:st.n_kv], *refs[st.n_kv:],
+        outs = refs[n_in - 5 + direct:]
+        decode_program(st, q_ref, cu_ref, kv_len_ref, pt_ref, refs[:st.n_kv], outs[0],
+                       outs[1] if not direct else None,
                        seq=pl.program_id(0), kv_head=pl.program_id(1), split=pl.program_id(2),
-                       layer=meta_ref[0],
-                       num_seqs=meta_ref[1], num_splits=num_splits, rows=decode_rows(st.group),
-                       decode_only=decode_only)
+                       layer=meta_ref[0], num_seqs=meta_ref[1], num_splits=num_splits,
+                       rows=decode_rows(st.group), decode_only=decode_only)
 
-    o, lse = pl.pallas_call(
-        kernel, grid=(num_seqs_padded, num_kv_heads, num_splits),
-        out_shape=_decode_out_shapes(num_seqs_padded, num_splits, num_q_heads, head_dim),
-        compiler_params=_params(config), interpret=st.interpret, name="kvlab_paged_decode",
-    )(q, cu_q_lens, kv_lens, page_table, meta, *kv_arrays)
-    valid = _decode_valid(cu_q_lens, meta[1], decode_only)
-    return merge_splits(o, lse, valid), valid
+    call = functools.partial(pl.pallas_call, kernel, grid=(num_seqs_padded, num_kv_heads, num_splits),
+                             compiler_params=_params(config), interpret=st.interpret,
+                             name="kvlab_paged_decode")
+    args = (q, cu_q_lens, kv_lens, page_table, meta, *kv_arrays)
+    if direct:
+        return call(out_shape=jax.ShapeDtypeStruct(out.shape, out.dtype),
+                    input_output_aliases={n_in: 0})(*args, out)
+    o, lse = call(out_shape=_partial_shapes(num_seqs_padded, num_splits, num_q_heads, head_dim))(*args)
+    return _merge_into(out, o, lse, cu_q_lens, meta[1], decode_only)
 
 
 def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st: Static, config,
                    include_decodes: bool):
     """Rows of the sequences with more than one query token (all if ``include_decodes``).
     q: [T, Hq, D]; meta: [2] int32 (layer, num_seqs). Returns [T, Hq, D] in q's dtype; rows of
-    other sequences and padding rows are left unwritten (the caller masks them)."""
+    other sequences and padding rows are zeros."""
     num_tokens, num_q_heads, _ = q.shape
     block_q = prefill_block_q(config, st.group)
     num_programs = -(-num_tokens // block_q) + kv_lens.shape[0]
     seq, q_first, total = prefill_plan(cu_q_lens, meta[1], block_q=block_q, num_programs=num_programs,
                                        include_decodes=include_decodes)
+    n_in = 7 + len(kv_arrays)
 
     def kernel(q_ref, cu_ref, kv_len_ref, pt_ref, meta_ref, seq_ref, first_ref, *refs):
         prog = pl.program_id(0)
-        prefill_program(st, q_ref, cu_ref, kv_len_ref, pt_ref, refs[:st.n_kv], refs[st.n_kv],
+        prefill_program(st, q_ref, cu_ref, kv_len_ref, pt_ref, refs[:st.n_kv], refs[-1],
                         seq=seq_ref[prog], q_first=first_ref[prog], active=prog < meta_ref[2],
                         kv_head=pl.program_id(1), layer=meta_ref[0], block_q=block_q,
                         group_pad=next_pow2(st.group))
 
     return pl.pallas_call(
         kernel, grid=(num_programs, num_q_heads // st.group),
-        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), input_output_aliases={n_in: 0},
         compiler_params=_params(config), interpret=st.interpret, name="kvlab_ragged_prefill",
-    )(q, cu_q_lens, kv_lens, page_table, jnp.stack([meta[0], meta[1], total]), seq, q_first, *kv_arrays)
+    )(q, cu_q_lens, kv_lens, page_table, jnp.stack([meta[0], meta[1], total]), seq, q_first, *kv_arrays,
+      jnp.zeros_like(q))
 
 
 def mixed_step(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st_prefill: Static, st_decode: Static,
                prefill_config, num_splits: int):
-    """Prefill and decode programs in one launch. Returns (prefill rows [T, Hq, D] (rows of
-    decodes and padding unwritten), decode out [S, Hq, D] float32, decode valid [S])."""
+    """Prefill and decode programs in one launch. Returns the step's attention [T, Hq, D] (padding
+    rows zeros). With one split the decode programs write their rows themselves; with more, their
+    partials are merged after the launch."""
     num_tokens, num_q_heads, head_dim = q.shape
     num_seqs_padded = kv_lens.shape[0]
     block_q = prefill_block_q(prefill_config, st_prefill.group)
@@ -133,9 +154,12 @@ def mixed_step(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st_prefill
                                     group_pad=next_pow2(st_prefill.group))
     run_decode = functools.partial(decode_program, st_decode, num_splits=num_splits,
                                    rows=decode_rows(st_decode.group), decode_only=False)
+    direct = num_splits == 1
+    n_in = 7 + len(kv_arrays)
 
     def kernel(q_ref, cu_ref, kv_len_ref, pt_ref, meta_ref, seq_ref, first_ref, *refs):
-        kv, (o_ref, od_ref, lse_ref) = refs[:st_prefill.n_kv], refs[st_prefill.n_kv:]
+        kv, outs = refs[:st_prefill.n_kv], refs[n_in - 7 + 1:]
+        o_ref, od_ref, lse_ref = (outs[0], outs[0], None) if direct else outs
         prog, kv_head = pl.program_id(0), pl.program_id(1)
 
         @pl.when(prog < num_prefill)
@@ -148,18 +172,21 @@ def mixed_step(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st_prefill
         def _():
             d = jnp.maximum(prog - num_prefill, 0)
             run_decode(q_ref, cu_ref, kv_len_ref, pt_ref, kv, od_ref, lse_ref, seq=d // num_splits,
-                       kv_head=kv_head,
-                       split=d % num_splits, layer=meta_ref[0], num_seqs=meta_ref[1])
+                       kv_head=kv_head, split=d % num_splits, layer=meta_ref[0], num_seqs=meta_ref[1])
 
-    out_shapes = [jax.ShapeDtypeStruct(q.shape, q.dtype),
-                  *_decode_out_shapes(num_seqs_padded, num_splits, num_q_heads, head_dim)]
-    pre, o, lse = pl.pallas_call(
+    out_shapes = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
+    if not direct:
+        out_shapes += _partial_shapes(num_seqs_padded, num_splits, num_q_heads, head_dim)
+    res = pl.pallas_call(
         kernel, grid=(num_prefill + num_seqs_padded * num_splits, num_q_heads // st_prefill.group),
-        out_shape=out_shapes, compiler_params=_params(prefill_config), interpret=st_prefill.interpret,
-        name="kvlab_mixed_step",
-    )(q, cu_q_lens, kv_lens, page_table, jnp.stack([meta[0], meta[1], total]), seq, q_first, *kv_arrays)
-    valid = _decode_valid(cu_q_lens, meta[1], False)
-    return pre, merge_splits(o, lse, valid), valid
+        out_shape=out_shapes, input_output_aliases={n_in: 0}, compiler_params=_params(prefill_config),
+        interpret=st_prefill.interpret, name="kvlab_mixed_step",
+    )(q, cu_q_lens, kv_lens, page_table, jnp.stack([meta[0], meta[1], total]), seq, q_first, *kv_arrays,
+      jnp.zeros_like(q))
+    if direct:
+        return res[0]
+    out, o, lse = res
+    return _merge_into(out, o, lse, cu_q_lens, meta[1], False)
 
 
 def static_for(config, *, layout, n_kv: int, group: int, page_size: int, options, interpret: bool) -> Static:
