@@ -97,9 +97,10 @@ def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, r
         k = plgpu.load(st.layout.k_ref(kv_refs).at[k_rows, d])                              # [bk, D]
         v = plgpu.load(st.layout.v_ref(kv_refs).at[v_rows, d])
         s = _dot(q, k.astype(q.dtype), contract_b=1)                                       # [M, bk]
-        scale = o.sm_scale * LOG2E            # folded into the exponent's multiply-add below
         if o.soft_cap is not None:
-            s, scale = jnp.tanh(s * (o.sm_scale / o.soft_cap)) * (o.soft_cap * LOG2E), 1.0
+            s = jnp.tanh(s * (o.sm_scale / o.soft_cap)) * (o.soft_cap * LOG2E)
+        else:
+            s = s * (o.sm_scale * LOG2E)
         if masked:
             visible = (key[None, :] < kv_len) & (key[None, :] <= row_pos[:, None])
             if o.sliding_window is not None:
@@ -108,8 +109,8 @@ def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, r
                     in_window = in_window | (key[None, :] < o.num_sink_tokens)
                 visible = visible & in_window
             s = jnp.where(visible, s, NEG)
-        m_new = jnp.maximum(m_old, jnp.max(s, axis=1) * scale)                 # log2 units, like m_old
-        p = exp2(s * scale - m_new[:, None], st.interpret)
+        m_new = jnp.maximum(m_old, jnp.max(s, axis=1))
+        p = exp2(s - m_new[:, None], st.interpret)
         if masked:
             p = jnp.where(visible, p, 0.0)
         alpha = exp2(m_old - m_new, st.interpret)
