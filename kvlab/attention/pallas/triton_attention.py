@@ -228,3 +228,19 @@ def prefill_program(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv_refs, o_re
     t, _ = cols(q_start + tq, head_dim, st.interpret)          # distinct places for masked rows, as above
     h, _ = cols(kv_head * group + g, head_dim, st.interpret)
     plgpu.store(o_ref.at[t, h, d], out.astype(o_ref.dtype), mask=jnp.broadcast_to(row_ok[:, None], out.shape))
+
+
+def zero_padding_program(st: Static, o_ref, *, first_row, kv_head, block_q: int, group_pad: int):
+    """Zeros into rows ``first_row .. first_row + block_q`` of o_ref [T, Hq, D] (padding tokens
+    past the last sequence; rows past T are skipped), heads of KV group ``kv_head``: the prefill
+    programs left idle by the plan do this, so no output needs zeroing before a launch."""
+    num_tokens, head_dim = o_ref.shape[0], o_ref.shape[2]
+    rows = block_q * group_pad
+    r = jnp.arange(rows, dtype=jnp.int32)
+    tq = first_row + lax.div(r, group_pad)
+    g = lax.rem(r, group_pad)
+    ok = (tq < num_tokens) & (g < st.group)
+    t, d = cols(tq, head_dim, st.interpret)
+    h, _ = cols(kv_head * st.group + g, head_dim, st.interpret)
+    plgpu.store(o_ref.at[t, h, d], jnp.zeros((rows, head_dim), o_ref.dtype),
+                mask=jnp.broadcast_to(ok[:, None], (rows, head_dim)))

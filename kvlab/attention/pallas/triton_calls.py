@@ -7,9 +7,10 @@ them: the prefill plan (program -> sequence and query block) and the split-K mer
   decode programs after them, so the compute-bound prefill blocks and the bandwidth-bound decode
   programs share the GPU instead of running one after the other.
 
-Each returns the step's whole output ``[T, Hq, D]``: the kernels write their rows into a zeroed
-array they update in place (``input_output_aliases``), so no gather, select or scatter of rows
-follows a launch (only the split-K merge when a decode uses more than one split).
+Each returns the step's whole output ``[T, Hq, D]``: the kernels write every row themselves
+(prefill programs left idle by the plan zero the padding rows; the decode kernel writes into the
+prefill's output in place when launched after it), so no memset, select or scatter of rows
+surrounds a launch (only the split-K merge when a decode uses more than one split).
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from kvlab.attention.pallas.config import next_pow2
-from kvlab.attention.pallas.triton_attention import NEG, Static, decode_program, prefill_program
+from kvlab.attention.pallas.triton_attention import (
+    NEG,
+    Static,
+    decode_program,
+    prefill_program,
+    zero_padding_program,
+)
 
 
 def decode_rows(group: int) -> int:
@@ -112,31 +119,47 @@ def paged_decode(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st: Stat
     return _merge_into(out, o, lse, cu_q_lens, meta[1], decode_only)
 
 
+def _prefill_or_padding(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv, o_ref, *, prog, seq, q_first,
+                        meta_ref, kv_head, block_q: int):
+    """Program ``prog`` of the prefill plan: a query block (prog < meta_ref[2], the plan's block
+    count), else a block of padding rows to zero (the plan always leaves enough idle programs)."""
+    total = meta_ref[2]
+    group_pad = next_pow2(st.group)
+
+    @pl.when(prog < total)
+    def _():
+        prefill_program(st, q_ref, cu_ref, kv_len_ref, pt_ref, kv, o_ref, seq=seq, q_first=q_first,
+                        active=True, kv_head=kv_head, layer=meta_ref[0], block_q=block_q, group_pad=group_pad)
+
+    @pl.when(prog >= total)
+    def _():
+        zero_padding_program(st, o_ref, first_row=cu_ref[meta_ref[1]] + (prog - total) * block_q,
+                             kv_head=kv_head, block_q=block_q, group_pad=group_pad)
+
+
 def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st: Static, config,
                    include_decodes: bool):
     """Rows of the sequences with more than one query token (all if ``include_decodes``).
-    q: [T, Hq, D]; meta: [2] int32 (layer, num_seqs). Returns [T, Hq, D] in q's dtype; rows of
-    other sequences and padding rows are zeros."""
+    q: [T, Hq, D]; meta: [2] int32 (layer, num_seqs). Returns [T, Hq, D] in q's dtype; padding
+    rows are zeros, rows of single-token sequences (without ``include_decodes``) are left for the
+    decode kernel to write."""
     num_tokens, num_q_heads, _ = q.shape
     block_q = prefill_block_q(config, st.group)
     num_programs = -(-num_tokens // block_q) + kv_lens.shape[0]
     seq, q_first, total = prefill_plan(cu_q_lens, meta[1], block_q=block_q, num_programs=num_programs,
                                        include_decodes=include_decodes)
-    n_in = 7 + len(kv_arrays)
 
     def kernel(q_ref, cu_ref, kv_len_ref, pt_ref, meta_ref, seq_ref, first_ref, *refs):
         prog = pl.program_id(0)
-        prefill_program(st, q_ref, cu_ref, kv_len_ref, pt_ref, refs[:st.n_kv], refs[-1],
-                        seq=seq_ref[prog], q_first=first_ref[prog], active=prog < meta_ref[2],
-                        kv_head=pl.program_id(1), layer=meta_ref[0], block_q=block_q,
-                        group_pad=next_pow2(st.group))
+        _prefill_or_padding(st, q_ref, cu_ref, kv_len_ref, pt_ref, refs[:st.n_kv], refs[-1], prog=prog,
+                            seq=seq_ref[prog], q_first=first_ref[prog], meta_ref=meta_ref,
+                            kv_head=pl.program_id(1), block_q=block_q)
 
     return pl.pallas_call(
         kernel, grid=(num_programs, num_q_heads // st.group),
-        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), input_output_aliases={n_in: 0},
+        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         compiler_params=_params(config), interpret=st.interpret, name="kvlab_ragged_prefill",
-    )(q, cu_q_lens, kv_lens, page_table, jnp.stack([meta[0], meta[1], total]), seq, q_first, *kv_arrays,
-      jnp.zeros_like(q))
+    )(q, cu_q_lens, kv_lens, page_table, jnp.stack([meta[0], meta[1], total]), seq, q_first, *kv_arrays)
 
 
 def mixed_step(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st_prefill: Static, st_decode: Static,
@@ -150,23 +173,21 @@ def mixed_step(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st_prefill
     num_prefill = -(-num_tokens // block_q) + num_seqs_padded
     seq, q_first, total = prefill_plan(cu_q_lens, meta[1], block_q=block_q, num_programs=num_prefill,
                                        include_decodes=False)
-    run_prefill = functools.partial(prefill_program, st_prefill, block_q=block_q,
-                                    group_pad=next_pow2(st_prefill.group))
     run_decode = functools.partial(decode_program, st_decode, num_splits=num_splits,
                                    rows=decode_rows(st_decode.group), decode_only=False)
     direct = num_splits == 1
-    n_in = 7 + len(kv_arrays)
 
     def kernel(q_ref, cu_ref, kv_len_ref, pt_ref, meta_ref, seq_ref, first_ref, *refs):
-        kv, outs = refs[:st_prefill.n_kv], refs[n_in - 7 + 1:]
+        kv, outs = refs[:st_prefill.n_kv], refs[st_prefill.n_kv:]
         o_ref, od_ref, lse_ref = (outs[0], outs[0], None) if direct else outs
         prog, kv_head = pl.program_id(0), pl.program_id(1)
 
         @pl.when(prog < num_prefill)
         def _():
             p = jnp.minimum(prog, num_prefill - 1)
-            run_prefill(q_ref, cu_ref, kv_len_ref, pt_ref, kv, o_ref, seq=seq_ref[p], q_first=first_ref[p],
-                        active=prog < meta_ref[2], kv_head=kv_head, layer=meta_ref[0])
+            _prefill_or_padding(st_prefill, q_ref, cu_ref, kv_len_ref, pt_ref, kv, o_ref, prog=prog,
+                                seq=seq_ref[p], q_first=first_ref[p], meta_ref=meta_ref, kv_head=kv_head,
+                                block_q=block_q)
 
         @pl.when(prog >= num_prefill)
         def _():
@@ -179,10 +200,9 @@ def mixed_step(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st_prefill
         out_shapes += _partial_shapes(num_seqs_padded, num_splits, num_q_heads, head_dim)
     res = pl.pallas_call(
         kernel, grid=(num_prefill + num_seqs_padded * num_splits, num_q_heads // st_prefill.group),
-        out_shape=out_shapes, input_output_aliases={n_in: 0}, compiler_params=_params(prefill_config),
+        out_shape=out_shapes, compiler_params=_params(prefill_config),
         interpret=st_prefill.interpret, name="kvlab_mixed_step",
-    )(q, cu_q_lens, kv_lens, page_table, jnp.stack([meta[0], meta[1], total]), seq, q_first, *kv_arrays,
-      jnp.zeros_like(q))
+    )(q, cu_q_lens, kv_lens, page_table, jnp.stack([meta[0], meta[1], total]), seq, q_first, *kv_arrays)
     if direct:
         return res[0]
     out, o, lse = res
