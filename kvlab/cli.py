@@ -1,11 +1,14 @@
 """The ``kvlab`` command: ``kvlab generate "prompt"`` streams text; ``kvlab demo`` runs a batch of
-chat prompts through the bundled SmolLM2 and prints the generations with a metrics table."""
+chat prompts through the bundled SmolLM2 and prints the generations with a metrics table;
+``kvlab bench`` / ``kvlab sweep`` compare seed-system presets on a workload (``kvlab.cli_bench``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+
+from kvlab import cli_bench
 
 DEMO_PROMPTS = (
     "What is the capital of France?",
@@ -159,8 +162,11 @@ def main(argv=None) -> int:
     demo = sub.add_parser("demo", help="run a batch of chat prompts through the bundled SmolLM2")
     demo.add_argument("--num-prompts", type=int, default=len(DEMO_PROMPTS))
     _add_engine_args(demo, max_tokens=96)
+    cli_bench.add_parsers(sub)
     args = parser.parse_args(argv)
     try:
+        if args.command in ("bench", "sweep"):
+            return cli_bench.run(args)
         return cmd_generate(args) if args.command == "generate" else cmd_demo(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"kvlab: error: {e}", file=sys.stderr)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 from collections.abc import Iterator
 
 from kvlab.attention.select import default_attention
@@ -58,11 +59,14 @@ class Engine:
     ``ReferenceAttention()``
     elsewhere; see ``kvlab.attention.select``);
     tokenizer: needed for text prompts, text output and stop strings.
+    clock: a zero-argument callable giving seconds, which stamps arrivals and generated tokens
+    (default ``time.perf_counter``; a benchmark harness may pass a simulated clock).
     """
 
     def __init__(self, model, *, cache, scheduler=None, attention=None, sampler=None,
-                 tokenizer=None, max_model_len: int | None = None, seed: int = 0):
+                 tokenizer=None, max_model_len: int | None = None, seed: int = 0, clock=time.perf_counter):
         self.model = model
+        self.clock = clock
         self.config = model.config
         self.cache = cache
         self.scheduler = scheduler or ContinuousScheduler()
@@ -101,12 +105,15 @@ class Engine:
         return [int(t) for t in prompt]
 
     def add_request(self, prompt, params: SamplingParams | None = None, request_id: str | None = None,
-                    *, cache_salt: str | None = None, priority: int = 0) -> str:
+                    *, cache_salt: str | None = None, priority: int = 0, arrival_time: float | None = None,
+                    keep_completion: bool = False) -> str:
         """Queue a prompt (text or token ids). Raises ValueError for bad input; nothing else changes.
 
         cache_salt: a namespace (tenant, adapter): cached prefixes are shared only between requests
         with the same salt. priority: retention priority of the prefix blocks it leaves behind
-        (used by ``PriorityLRU`` eviction)."""
+        (used by ``PriorityLRU`` eviction). arrival_time: when the request arrived on the engine's
+        clock (default: now). keep_completion: keep its ``Completion`` when it finishes, for
+        ``pop_completion``."""
         params = params or SamplingParams()
         ids = self._tokenize(prompt)
         if not ids:
@@ -122,11 +129,22 @@ class Engine:
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         eos = () if self.tokenizer is None else self.tokenizer.eos_token_ids
         request = Request(rid, ids, params, eos_token_ids=eos or self.config.eos_token_ids,
-                          max_total_tokens=self.max_model_len, cache_salt=cache_salt, priority=priority)
+                          max_total_tokens=self.max_model_len, cache_salt=cache_salt, priority=priority,
+                          arrival_time=self.clock() if arrival_time is None else arrival_time)
         self.scheduler.add(request)
+        if keep_completion:
+            self._wanted.add(rid)
         if self.tokenizer is not None:
             self._decoders[rid] = IncrementalDecoder(self.tokenizer)
         return rid
+
+    def pop_completion(self, request_id: str) -> Completion | None:
+        """The ``Completion`` of a request queued with ``keep_completion=True``, once it finished
+        (then forgotten); None while it runs."""
+        done = self._done.pop(request_id, None)
+        if done is not None:
+            self._wanted.discard(request_id)
+        return done
 
     def abort(self, request_id: str) -> None:
         """Abort a queued or running request; its pages return to the pool at once."""
@@ -152,7 +170,7 @@ class Engine:
             self.storage = self.runner.write_pages(self.storage, device, self.host_storage[list(host)])
         tokens, self.storage = self.runner.run(plan, self.cache, self.storage)
         events = []
-        for out in self.scheduler.update(plan, tokens):
+        for out in self.scheduler.update(plan, tokens, now=self.clock()):
             req = out.request
             if not out.new_token_ids and not out.finished:    # a prefill chunk: nothing to report
                 continue

@@ -1,0 +1,185 @@
+"""Drive a real engine with a workload on a clock, and record what a serving benchmark reports.
+
+``run_workload(engine, requests)`` sends each ``SyntheticRequest`` when its ``arrival`` (seconds
+from the start) comes, steps the engine while anything runs, idles until the next arrival when
+nothing does, and returns an ``EngineRun``: one ``RequestRecord`` per finished request (times in
+seconds from the start, TTFT counted from the scheduled arrival, so a late send is charged to the
+engine), the cache's state after every ``stats_every`` steps, and the run's totals.
+``run_sessions(engine, sessions)`` is the closed loop: a chat turn is sent when the reply to the
+previous turn ends, its prompt holding the replies actually generated.
+
+The clock is the engine's (``Engine(clock=...)``); ``sleep`` waits on it. Both default to the real
+clock, and a test may pass a simulated one. Requests decode exactly ``max_tokens`` tokens
+(``ignore_eos``), as serving benchmarks do with synthetic prompts.
+
+Example (a tiny random model on the CPU):
+    >>> import kvlab
+    >>> from kvlab.models import LlamaModel, ModelConfig
+    >>> from kvlab.workloads import SyntheticRequest
+    >>> model = LlamaModel(ModelConfig.tiny(), seed=0)
+    >>> engine = kvlab.Engine(model, cache=kvlab.PagedKVCache(num_pages=32, page_size=8))
+    >>> run = run_workload(engine, [SyntheticRequest([5, 6, 7], 4), SyntheticRequest([8, 9], 3)])
+    >>> sorted(r.output_tokens for r in run.records), run.summary()["requests"]   # in finishing order
+    ([3, 4], 2.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from kvlab.bench.metrics import SLO, RequestRecord, summarize
+from kvlab.schedulers.request import SamplingParams
+from kvlab.workloads.synthetic import SyntheticRequest
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CacheSample:
+    """The cache and queues at one moment (seconds from the start)."""
+
+    time: float
+    pages_used: int
+    pages_cached: int
+    pages_total: int
+    hit_rate: float
+    waste: float
+    running: int
+    waiting: int
+
+    @property
+    def usage(self) -> float:
+        return self.pages_used / self.pages_total if self.pages_total else 0.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EngineRun:
+    records: list[RequestRecord]
+    rejected: list[tuple[str, str]]          # (request id, why) for requests the engine refused
+    timeline: list[CacheSample]
+    wall_s: float
+    steps: int
+    compilations: int
+
+    def summary(self, slo: SLO | None = None) -> dict[str, float]:
+        """``kvlab.bench.metrics.summarize`` plus steps, rejections and the cache's final state."""
+        out = summarize(self.records, wall_s=self.wall_s, slo=slo)
+        last = self.timeline[-1] if self.timeline else None
+        out.update(steps=float(self.steps), rejected=float(len(self.rejected)),
+                   compilations=float(self.compilations),
+                   hit_rate=last.hit_rate if last else 0.0, kv_waste=last.waste if last else 0.0,
+                   kv_usage_peak=max((s.usage for s in self.timeline), default=0.0))
+        return out
+
+
+def _sample(engine, now: float) -> CacheSample:
+    s = engine.cache.stats()
+    sched = engine.scheduler
+    return CacheSample(time=now, pages_used=s.pages_used, pages_cached=s.pages_cached,
+                       pages_total=s.pages_total, hit_rate=s.hit_rate, waste=s.memory.waste,
+                       running=len(getattr(sched, "running", ())), waiting=len(getattr(sched, "waiting", ())))
+
+
+def _drive(engine, feeder, *, sleep, stats_every: int, progress) -> EngineRun:
+    """The loop both entry points share. ``feeder.due(now)`` yields (spec, callback) pairs to send;
+    ``feeder.next_arrival()`` is the next scheduled send (None: nothing more will come unless a
+    running request finishes)."""
+    if stats_every < 1:
+        raise ValueError(f"stats_every must be >= 1, got {stats_every}")
+    clock = engine.clock
+    start = clock()
+    records, rejected, timeline, live = [], [], [], {}
+    steps, compiled_before = 0, engine.num_compilations
+    while True:
+        now = clock() - start
+        for spec, on_done in feeder.due(now):
+            params = SamplingParams(max_tokens=spec.max_tokens, ignore_eos=True)
+            try:
+                rid = engine.add_request(spec.prompt_token_ids, params, arrival_time=start + spec.arrival,
+                                         keep_completion=True)
+            except ValueError as e:
+                rejected.append((f"rejected-{len(rejected)}", str(e)))
+                continue
+            live[rid] = (spec, on_done)
+        if not engine.has_unfinished():
+            nxt = feeder.next_arrival()
+            if nxt is None:
+                break
+            sleep(max(0.0, start + nxt - clock()))
+            continue
+        events = engine.step()
+        steps += 1
+        for ev in events:
+            if not ev.finished:
+                continue
+            done = engine.pop_completion(ev.request_id)
+            spec, on_done = live.pop(ev.request_id)
+            req = done.request
+            records.append(RequestRecord(
+                request_id=req.request_id, arrival=req.arrival_time - start,
+                token_times=tuple(t - start for t in req.token_times),
+                prompt_tokens=len(req.prompt_token_ids),
+                preemptions=req.num_preemptions, finish_reason=req.finish_reason, tag=spec.tag))
+            if on_done is not None:
+                on_done(clock() - start, list(done.token_ids))
+            if progress is not None:
+                progress(len(records))
+        if steps % stats_every == 0:
+            timeline.append(_sample(engine, clock() - start))
+    wall = clock() - start
+    timeline.append(_sample(engine, wall))
+    return EngineRun(records=records, rejected=rejected, timeline=timeline, wall_s=wall, steps=steps,
+                     compilations=engine.num_compilations - compiled_before)
+
+
+class _OpenLoop:
+    def __init__(self, requests):
+        self.pending = sorted(requests, key=lambda r: r.arrival, reverse=True)
+
+    def due(self, now):
+        while self.pending and self.pending[-1].arrival <= now:
+            yield self.pending.pop(), None
+
+    def next_arrival(self):
+        return self.pending[-1].arrival if self.pending else None
+
+
+class _ClosedLoop:
+    def __init__(self, sessions, starts):
+        self.sessions = sessions
+        self.replies = [[] for _ in sessions]
+        self.ready = sorted(((t, i) for i, t in enumerate(starts)), reverse=True)     # (send time, session)
+
+    def due(self, now):
+        while self.ready and self.ready[-1][0] <= now:
+            t, i = self.ready.pop()
+            turn = len(self.replies[i])
+            yield self.sessions[i].request(turn, self.replies[i], arrival=t), self._done_cb(i)
+
+    def _done_cb(self, i):
+        def on_done(t, tokens):
+            self.replies[i].append(tokens)
+            if len(self.replies[i]) < self.sessions[i].num_turns:
+                self.ready.append((t, i))
+                self.ready.sort(reverse=True)
+        return on_done
+
+    def next_arrival(self):
+        return self.ready[-1][0] if self.ready else None
+
+
+def run_workload(engine, requests: list[SyntheticRequest], *, sleep=time.sleep, stats_every: int = 1,
+                 progress=None) -> EngineRun:
+    """Open loop: each request is sent at its ``arrival`` (seconds from the start).
+    progress: optional ``progress(num_finished)`` called as requests finish."""
+    return _drive(engine, _OpenLoop(requests), sleep=sleep, stats_every=stats_every, progress=progress)
+
+
+def run_sessions(engine, sessions, *, starts: list[float] | None = None, sleep=time.sleep,
+                 stats_every: int = 1, progress=None) -> EngineRun:
+    """Closed loop over ``ChatSession`` s: session i sends turn 0 at ``starts[i]`` (default 0) and
+    each later turn when the previous reply ends. Records are tagged ``turn0``, ``turn1``, ..."""
+    starts = [0.0] * len(sessions) if starts is None else list(starts)
+    if len(starts) != len(sessions):
+        raise ValueError(f"{len(sessions)} sessions but {len(starts)} start times")
+    return _drive(engine, _ClosedLoop(sessions, starts), sleep=sleep, stats_every=stats_every,
+                  progress=progress)
