@@ -14,7 +14,9 @@ from kvlab.workloads import shared_prefix
 
 def small(name):
     kw = dict(kv_tokens=8192, max_num_seqs=16)
-    if name == "lmdeploy":
+    if name == "static":
+        kw["max_seq_len"] = 512
+    elif name == "lmdeploy":
         kw.update(token_budget=256, block_tokens=16)
     elif name != "deepspeed":
         kw["token_budget"] = 512
@@ -47,7 +49,7 @@ def test_presets_say_what_they_lack():
     assert type(windowed.cache).__name__ == "CircularKVCache"
 
 
-@pytest.mark.parametrize("name", ["vllm", "sglang"])
+@pytest.mark.parametrize("name", ["vllm", "sglang", "static"])
 def test_presets_in_the_engine_give_the_dense_greedy_tokens(tiny_model, name):
     engine = small(name).engine(tiny_model, max_model_len=256)
     system = list(range(40, 70))
@@ -55,3 +57,27 @@ def test_presets_in_the_engine_give_the_dense_greedy_tokens(tiny_model, name):
     outs = engine.generate(prompts, kvlab.SamplingParams(max_tokens=5, ignore_eos=True))
     ref = DenseReferenceDecoder(tiny_model)
     assert [o.token_ids for o in outs] == [ref.greedy(p, 5) for p in prompts]
+
+
+def test_static_batching_admits_a_batch_only_when_the_last_one_ended():
+    from kvlab.kvcache import PagedKVCache
+    from kvlab.schedulers import ContinuousScheduler, Request, SamplingParams, StaticBatchAdmission
+
+    sched = ContinuousScheduler(max_num_seqs=2, max_num_batched_tokens=64, admission=StaticBatchAdmission())
+    sched.attach(PagedKVCache(num_pages=32, page_size=4))
+    for i, n in enumerate([2, 6, 3, 3, 1]):
+        sched.add(Request(f"r{i}", [1 + i] * 5, SamplingParams(max_tokens=n, ignore_eos=True)))
+    batches, finished_at = [], {}
+    step = 0
+    while sched.has_unfinished():
+        plan = sched.schedule()
+        step += 1
+        batches.append({s.request.request_id for s in plan.seqs})
+        for out in sched.update(plan, [7] * len(plan.seqs)):
+            if out.finished:
+                finished_at[out.request.request_id] = step
+    first_seen = {rid: min(i + 1 for i, b in enumerate(batches) if rid in b) for rid in finished_at}
+    assert first_seen["r0"] == first_seen["r1"] == 1
+    assert first_seen["r2"] == first_seen["r3"] == max(finished_at["r0"], finished_at["r1"]) + 1 == 7
+    assert first_seen["r4"] == max(finished_at["r2"], finished_at["r3"]) + 1
+    assert batches[2] == {"r1"}                # r0 ended after 2 tokens; its slot stays empty

@@ -19,9 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 
-from kvlab.kvcache import BlockedKVCache, CircularKVCache, HostTier, PagedKVCache, PriorityLRU, RadixKVCache
+from kvlab.kvcache import (
+    BlockedKVCache,
+    CircularKVCache,
+    ContiguousKVCache,
+    HostTier,
+    PagedKVCache,
+    PriorityLRU,
+    RadixKVCache,
+)
 from kvlab.schedulers import ChunkedScheduler, ContinuousScheduler, LongestPrefixMatch, PersistentScheduler
-from kvlab.schedulers.admission import ReserveAdmission
+from kvlab.schedulers.admission import ReserveAdmission, StaticBatchAdmission
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -110,5 +118,22 @@ def deepspeed(kv_tokens: int, *, max_num_seqs: int = 256, token_budget: int = 76
                            "on the device",))
 
 
+def static_batching(kv_tokens: int, *, max_num_seqs: int = 256, token_budget: int | None = None,
+                    max_seq_len: int = 2048, page_size: int = 16) -> Preset:
+    """The baseline of vLLM's 14-24x claim, HF ``generate``-style: every sequence reserves a
+    static ``max_seq_len`` region (as many as ``kv_tokens`` hold, at most ``max_num_seqs``), a batch
+    is admitted together and runs until its last request ends before the next batch starts. The
+    default token budget holds a whole batch of prompts (one prefill step, as ``generate``)."""
+    slots = max(1, min(max_num_seqs, kv_tokens // max_seq_len))
+    token_budget = slots * max_seq_len if token_budget is None else token_budget
+    return Preset(name="static", cache=ContiguousKVCache(num_slots=slots, max_seq_len=max_seq_len,
+                                                          page_size=page_size),
+                  scheduler=ContinuousScheduler(max_num_seqs=slots, max_num_batched_tokens=token_budget,
+                                                admission=StaticBatchAdmission()),
+                  missing=("prompts padded to the batch's longest and finished rows decoding on to "
+                           "the batch's longest output: kvlab computes only real tokens, so this "
+                           "baseline's steps are cheaper than generate's",))
+
+
 PRESETS = {"vllm": vllm, "sglang": sglang, "tgi": tgi, "lmdeploy": lmdeploy, "trtllm": trtllm,
-           "deepspeed": deepspeed}
+           "deepspeed": deepspeed, "static": static_batching}

@@ -1,6 +1,6 @@
 """Schedulers: which sequences run each step, and how many tokens each computes."""
 
-from kvlab.schedulers.admission import OptimisticAdmission, ReserveAdmission
+from kvlab.schedulers.admission import OptimisticAdmission, ReserveAdmission, StaticBatchAdmission
 from kvlab.schedulers.base import ScheduledSeq, Scheduler, StepOutput, StepPlan
 from kvlab.schedulers.chunked import ChunkedScheduler
 from kvlab.schedulers.continuous import ContinuousScheduler
@@ -13,4 +13,5 @@ from kvlab.schedulers.request import Request, RequestStatus, SamplingParams
 __all__ = ["FCFS", "ChunkedScheduler", "ContinuousScheduler", "IterationScheduler", "LongestPrefixMatch",
            "OptimisticAdmission", "PersistentScheduler", "Priority", "RecomputePreemption", "Request",
            "RequestStatus", "ReserveAdmission", "SamplingParams", "ScheduledSeq", "Scheduler",
-           "ShortestPromptFirst", "StarvationGuard", "StepOutput", "StepPlan", "SwapPreemption"]
+           "ShortestPromptFirst", "StarvationGuard", "StaticBatchAdmission", "StepOutput", "StepPlan",
+           "SwapPreemption"]

@@ -5,6 +5,9 @@
 * ``ReserveAdmission`` (TGI, TensorRT-LLM "guaranteed no evict"): admit only if the pages for the
   request's whole life (prompt + ``max_tokens``) fit beside the future growth of every running
   request, so no request is ever preempted; fewer requests run at once.
+* ``StaticBatchAdmission`` (HF ``generate``-style static batching, the baseline iteration-level
+  scheduling replaced): a batch is admitted together, and no request joins until every request
+  of the running batch has finished.
 
 Example:
     >>> from kvlab.kvcache import PagedKVCache
@@ -50,3 +53,15 @@ class ReserveAdmission:
         growth = sum(cache.pages_needed(r.request_id, lifetime_tokens(r)) for r in running)
         need = cache.pages_needed(request.request_id, lifetime_tokens(request))
         return growth + need <= cache.num_available_pages()
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticBatchAdmission:
+    """Admit only into the batch forming in this step: while any running request has produced a
+    token, nobody joins. With ``max_num_seqs`` as the batch size this is request-level (static)
+    batching; slots freed early stay empty until the whole batch ends."""
+
+    preempts: bool = dataclasses.field(default=True, init=False)
+
+    def admits(self, cache, request, running) -> bool:
+        return all(not r.output_token_ids for r in running)
