@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 
 WORKLOADS = ("sharegpt", "shared-prefix", "long-prompt")
 
@@ -71,7 +72,7 @@ def cmd_bench(args, rates: list[float | None]) -> int:
     from kvlab.bench import plots, presets
     from kvlab.bench.sweep import write_results
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)     # a log keeps the whole table
     unknown = [p for p in args.preset if p not in presets.PRESETS]
     if unknown:
         raise ValueError(f"unknown preset(s) {unknown}; known: {', '.join(presets.PRESETS)}")
