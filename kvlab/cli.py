@@ -94,7 +94,7 @@ def cmd_demo(args) -> int:
         progress.update(task, total=len(prompts), completed=0, description="timed run")
 
         def on_step(done, total):
-            peak["pages"] = max(peak["pages"], engine.cache.stats().pages_used)
+            peak["pages"] = max(peak["pages"], engine.cache.stats(detailed=False).pages_used)
             progress.update(task, completed=done)
 
         completions = engine.generate(prompts, params, progress=on_step)

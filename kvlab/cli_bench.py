@@ -5,6 +5,7 @@ table (CSV/JSON) and PNG plots."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 
@@ -26,8 +27,7 @@ def _requests(args, vocab_size: int, rate: float | None):
                                system_tokens=args.system_tokens, question_tokens=args.question_tokens,
                                output_tokens=args.output_tokens, seed=args.seed, vocab_size=vocab_size)
     if args.output_cap:
-        reqs = [type(r)(r.prompt_token_ids, min(r.max_tokens, args.output_cap), r.arrival, r.tag)
-                for r in reqs]
+        reqs = [dataclasses.replace(r, max_tokens=min(r.max_tokens, args.output_cap)) for r in reqs]
     return w.all_at_once(reqs) if rate is None else w.poisson_arrivals(reqs, rate, seed=args.seed)
 
 

@@ -133,6 +133,16 @@ def test_priority_lru_evicts_low_priority_first(kind):
     assert cache.stats().evictions == 2
 
 
+def assert_cheap_stats_agree(cache):
+    """``stats(detailed=False)`` (what a per-step monitor asks) has the same counts, without the
+    per-sequence walks."""
+    full, cheap = cache.stats(), cache.stats(detailed=False)
+    for f in ("pages_total", "pages_used", "pages_free", "pages_cached", "num_seqs", "prompt_tokens",
+              "prefix_hit_tokens", "evictions"):
+        assert getattr(cheap, f) == getattr(full, f), f
+    assert cheap.tokens_stored == 0 and cheap.memory.stored == 0.0
+
+
 @pytest.mark.parametrize("kind", ALL_CACHES)
 def test_every_page_returns_when_all_sequences_end(kind):
     cache = ALL_CACHES[kind](64)
@@ -158,8 +168,11 @@ def test_every_page_returns_when_all_sequences_end(kind):
         else:
             cache.free(seq)
         cache.tick()
+        if step % 25 == 0:
+            assert_cheap_stats_agree(cache)
     for seq in list(live):
         cache.free(seq)
+    assert_cheap_stats_agree(cache)
     s = cache.stats()
     assert s.num_seqs == 0 and s.pages_used == 0 and s.tokens_stored == 0
     assert s.pages_free + s.pages_cached == s.pages_total, f"{kind} leaked pages"

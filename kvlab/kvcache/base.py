@@ -116,8 +116,10 @@ class KVCache(abc.ABC):
         """The page-table row of ``seq_id`` (see the module docstring)."""
 
     @abc.abstractmethod
-    def stats(self) -> KVCacheStats:
-        """Occupancy snapshot and counters."""
+    def stats(self, *, detailed: bool = True) -> KVCacheStats:
+        """Occupancy snapshot and counters. ``detailed=False`` skips what walks every live
+        sequence (``tokens_stored`` and ``memory`` stay at zero): the page counts and counters
+        cost next to nothing, so a monitor can ask every step."""
 
     @abc.abstractmethod
     def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 from kvlab.kvcache.base import KVCache, KVCacheStats
-from kvlab.kvcache.ledger import MemoryLedger
+from kvlab.kvcache.ledger import MemoryBreakdown, MemoryLedger
 from kvlab.kvcache.pool import OutOfPagesError, PageAllocator
 from kvlab.kvcache.pooled import check_power_of_two
 from kvlab.kvcache.storage import PagedKVStorage
@@ -135,12 +135,12 @@ class CircularKVCache(KVCache):
     def tick(self, dt: float = 1.0) -> None:
         self.ledger.tick(dt)
 
-    def stats(self) -> KVCacheStats:
+    def stats(self, *, detailed: bool = True) -> KVCacheStats:
         a = self.allocator
+        stored = sum(min(n, self.tokens_per_seq) for n in self._tokens.values()) if detailed else 0
         return KVCacheStats(pages_total=a.num_pages, pages_used=a.num_used, pages_free=a.num_free,
-                            page_size=self.page_size, num_seqs=len(self._pages),
-                            tokens_stored=sum(min(n, self.tokens_per_seq) for n in self._tokens.values()),
-                            memory=self.ledger.breakdown())
+                            page_size=self.page_size, num_seqs=len(self._pages), tokens_stored=stored,
+                            memory=self.ledger.breakdown() if detailed else MemoryBreakdown())
 
     def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype) -> PagedKVStorage:
         return PagedKVStorage.zeros(num_layers=num_layers, num_pages=self.allocator.num_pages,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 
 from kvlab.kvcache.base import KVCache, KVCacheStats
-from kvlab.kvcache.ledger import MemoryLedger
+from kvlab.kvcache.ledger import MemoryBreakdown, MemoryLedger
 from kvlab.kvcache.pool import OutOfPagesError
 from kvlab.kvcache.pooled import check_power_of_two
 from kvlab.kvcache.storage import PagedKVStorage
@@ -111,12 +111,13 @@ class ContiguousKVCache(KVCache):
     def tick(self, dt: float = 1.0) -> None:
         self.ledger.tick(dt)
 
-    def stats(self) -> KVCacheStats:
+    def stats(self, *, detailed: bool = True) -> KVCacheStats:
         total = self.num_slots * self.pages_per_slot
         used = len(self._slot) * self.pages_per_slot
         return KVCacheStats(pages_total=total, pages_used=used, pages_free=total - used,
                             page_size=self.page_size, num_seqs=len(self._slot),
-                            tokens_stored=sum(self._tokens.values()), memory=self.ledger.breakdown())
+                            tokens_stored=sum(self._tokens.values()) if detailed else 0,
+                            memory=self.ledger.breakdown() if detailed else MemoryBreakdown())
 
     def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype) -> PagedKVStorage:
         return PagedKVStorage.zeros(num_layers=num_layers, num_pages=self.num_slots * self.pages_per_slot,

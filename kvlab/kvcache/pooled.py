@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 from kvlab.kvcache.base import KVCache, KVCacheStats
-from kvlab.kvcache.ledger import MemoryLedger
+from kvlab.kvcache.ledger import MemoryBreakdown, MemoryLedger
 from kvlab.kvcache.pool import OutOfPagesError, PageAllocator
 from kvlab.kvcache.storage import PagedKVStorage
 
@@ -228,14 +228,15 @@ class PagePoolCache(KVCache):
             partial += seq.num_tokens - n_full * self.page_size
         return len(full) * self.page_size + partial
 
-    def stats(self) -> KVCacheStats:
+    def stats(self, *, detailed: bool = True) -> KVCacheStats:
         a = self.allocator
         cached = self._num_cached_pages()
         return KVCacheStats(pages_total=a.num_pages, pages_used=a.num_used - cached,
                             pages_free=a.num_free, pages_cached=cached, page_size=self.page_size,
-                            num_seqs=len(self._seqs), tokens_stored=self._tokens_stored(),
+                            num_seqs=len(self._seqs), tokens_stored=self._tokens_stored() if detailed else 0,
                             prompt_tokens=self._prompt_tokens, prefix_hit_tokens=self._hit_tokens,
-                            evictions=self.evictions, memory=self.ledger.breakdown())
+                            evictions=self.evictions,
+                            memory=self.ledger.breakdown() if detailed else MemoryBreakdown())
 
     def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype) -> PagedKVStorage:
         return PagedKVStorage.zeros(num_layers=num_layers, num_pages=self.allocator.num_pages,

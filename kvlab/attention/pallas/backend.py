@@ -4,7 +4,9 @@
 Per layer call: a decode-only step (``batch.decode_only``, known on the host when the batch is
 packed) runs the paged decode kernel alone; any other step runs one launch holding prefill programs
 for the sequences with more than one query token and decode programs for the single-token ones.
-The kernels write their rows straight into the step's zeroed output. The KV write of the
+The kernels write every row of the step's output themselves (idle prefill programs zero the
+padding rows; a decode-only step starts from a zeroed output of one row per sequence), so no
+select or scatter of rows follows a launch but the split-K merge. The KV write of the
 step's new tokens goes through ``write_kv`` (a Pallas scatter kernel by default, XLA's scatter
 with ``kv_write_kernel=False``).
 

@@ -200,15 +200,15 @@ def decode_program(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv_refs, o_ref
     plgpu.store(lse_ref.at[seq, split, heads], lse, mask=row_ok)
 
 
-def prefill_program(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv_refs, o_ref, *, seq, q_first, active,
-                    kv_head, layer, block_q: int, group_pad: int):
+def prefill_program(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv_refs, o_ref, *, seq, q_first, kv_head,
+                    layer, block_q: int, group_pad: int):
     """Query tokens ``q_first .. q_first + block_q`` of sequence ``seq`` x the heads of KV group
     ``kv_head``: writes their rows of o_ref [T, Hq, D]."""
     num_tokens, head_dim = q_ref.shape[0], q_ref.shape[2]
     group = st.group
     q_start = cu_ref[seq]
-    q_len = jnp.where(active, cu_ref[seq + 1] - q_start, 0)
-    kv_len = jnp.where(active, kv_len_ref[seq], 0)
+    q_len = cu_ref[seq + 1] - q_start
+    kv_len = kv_len_ref[seq]
 
     rows = block_q * group_pad
     r = jnp.arange(rows, dtype=jnp.int32)

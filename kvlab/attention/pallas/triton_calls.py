@@ -101,7 +101,7 @@ def paged_decode(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st: Stat
     n_in = 5 + len(kv_arrays)
 
     def kernel(q_ref, cu_ref, kv_len_ref, pt_ref, meta_ref, *refs):
-        outs = refs[n_in - 5 + direct:]
+        outs = refs[st.n_kv + direct:]          # after the cache arrays (and the aliased ``out``)
         decode_program(st, q_ref, cu_ref, kv_len_ref, pt_ref, refs[:st.n_kv], outs[0],
                        outs[1] if not direct else None,
                        seq=pl.program_id(0), kv_head=pl.program_id(1), split=pl.program_id(2),
@@ -129,7 +129,7 @@ def _prefill_or_padding(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv, o_ref
     @pl.when(prog < total)
     def _():
         prefill_program(st, q_ref, cu_ref, kv_len_ref, pt_ref, kv, o_ref, seq=seq, q_first=q_first,
-                        active=True, kv_head=kv_head, layer=meta_ref[0], block_q=block_q, group_pad=group_pad)
+                        kv_head=kv_head, layer=meta_ref[0], block_q=block_q, group_pad=group_pad)
 
     @pl.when(prog >= total)
     def _():
