@@ -21,6 +21,7 @@ DEMO_PROMPTS = (
     "Why do cats purr?",
 )
 
+DEMO_PRESETS = ("vllm", "sglang", "tgi", "lmdeploy", "trtllm", "deepspeed", "static")
 
 
 def _build_engine(args):
@@ -67,7 +68,12 @@ def cmd_demo(args) -> int:
 
     import kvlab
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)      # a log keeps whole tables
+    from kvlab.bench.presets import PRESETS
+
+    unknown = [p for p in args.compare if p not in PRESETS]
+    if unknown:
+        raise ValueError(f"unknown preset(s) {unknown} to compare; known: {', '.join(PRESETS)}")
     console.print(f"[bold]kvlab demo[/bold]: {args.model} on {jax.devices()[0].device_kind} "
                   f"({jax.default_backend()}), dtype {args.dtype}, JAX {jax.__version__}")
     t0 = time.perf_counter()
@@ -130,7 +136,41 @@ def cmd_demo(args) -> int:
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+    if args.compare:
+        _compare_presets(args, engine, console)
     return 0
+
+
+def _compare_presets(args, engine, console) -> None:
+    """The seed-system presets (and static batching) on a small shared-prefix workload: every
+    request at once, one KV capacity and token budget for all, a warm-up run each."""
+    from kvlab import workloads
+    from kvlab.bench.compare import Workload, rows, serve
+    from kvlab.cli_bench import preset_factory, print_table
+
+    shape = dict(groups=args.compare_groups, prompts_per_group=4, system_tokens=args.compare_system_tokens,
+                 question_tokens=16)
+    reqs = workloads.shared_prefix(**shape, output_tokens=args.compare_output_tokens, seed=0,
+                                   vocab_size=engine.config.vocab_size)
+    workload = Workload.open_loop("shared-prefix", workloads.all_at_once(reqs))
+    max_len = args.compare_system_tokens + 16 + args.compare_output_tokens
+    console.rule(f"[bold]presets on a shared-prefix workload: {len(reqs)} requests "
+                 f"({args.compare_groups} groups, {args.compare_system_tokens}-token system prompts), "
+                 f"{args.compare_output_tokens} output tokens each, all at once")
+    table_rows = []
+    for name in args.compare:
+        console.print(f"serving it with the {name} preset (warm-up run, then the timed run)")
+        make = preset_factory(name, {}, kv_tokens=args.compare_kv_tokens, max_num_seqs=args.max_num_seqs,
+                              token_budget=args.compare_token_budget, max_model_len=max_len)
+        preset, served = serve(engine.model, make, workload, max_model_len=max_len, warmup=1,
+                               attention=engine.runner.attention)     # all at once: the same shapes
+        table_rows += rows(name, served)
+        for line in preset.missing:
+            console.print(f"  [yellow]{name} lacks[/yellow]: {line}")
+    print_table(table_rows, console, "kvlab demo: presets compared", ["preset"])
+    optimal = workloads.shared_prefix_optimal_hit_rate(**shape)
+    console.print(f"KV capacity {args.compare_kv_tokens} tokens and a {args.compare_token_budget}-token "
+                  f"step budget for every preset; the best possible hit rate here is {optimal:.1%}")
 
 
 def _add_engine_args(p: argparse.ArgumentParser, *, max_tokens: int) -> None:
@@ -161,6 +201,14 @@ def main(argv=None) -> int:
     _add_engine_args(gen, max_tokens=128)
     demo = sub.add_parser("demo", help="run a batch of chat prompts through the bundled SmolLM2")
     demo.add_argument("--num-prompts", type=int, default=len(DEMO_PROMPTS))
+    demo.add_argument("--compare", type=lambda s: [] if s == "none" else s.split(","),
+                      default=list(DEMO_PRESETS),
+                      help="presets to compare on a shared-prefix workload after the chat (none: skip)")
+    demo.add_argument("--compare-groups", type=int, default=2, help="shared-prefix groups (4 prompts each)")
+    demo.add_argument("--compare-system-tokens", type=int, default=128)
+    demo.add_argument("--compare-output-tokens", type=int, default=16)
+    demo.add_argument("--compare-kv-tokens", type=int, default=4096)
+    demo.add_argument("--compare-token-budget", type=int, default=256)
     _add_engine_args(demo, max_tokens=96)
     cli_bench.add_parsers(sub)
     args = parser.parse_args(argv)

@@ -103,3 +103,34 @@ def test_rejected_requests_are_reported_and_the_rest_go_on(model):
 def test_stats_every_must_be_positive(model):
     with pytest.raises(ValueError, match="stats_every"):
         run_workload(engine_on(model, FakeClock()), [], stats_every=0)
+
+
+def test_compile_time_is_off_the_clock_unless_asked(model):
+    """A step that compiles for a (simulated) second: the default clock leaves that second out of
+    every latency; ``exclude_compile_time=False`` charges it to the requests in flight."""
+    def run_with(exclude):
+        clock = FakeClock()
+        engine = engine_on(model, clock)
+        inner = engine.runner.run
+
+        def compiling_first(*a, **k):
+            if engine.runner.steps == 0:                 # the first step "compiles" for 1 s
+                clock.t += 1.0
+                engine.runner.compile_seconds += 1.0
+            return inner(*a, **k)
+        engine.runner.run = compiling_first
+        return run_workload(engine, [SyntheticRequest([5, 6, 7], 3)], sleep=clock.sleep,
+                            exclude_compile_time=exclude)
+    [fast], [slow] = run_with(True).records, run_with(False).records
+    assert fast.ttft == pytest.approx(STEP) and slow.ttft == pytest.approx(1.0 + STEP)
+    assert fast.itls == slow.itls == pytest.approx([STEP, STEP])
+
+
+def test_the_runner_times_the_steps_that_compile(model):
+    engine = kvlab.Engine(model, cache=kvlab.PagedKVCache(num_pages=40, page_size=4), max_model_len=128)
+    params = kvlab.SamplingParams(max_tokens=3, ignore_eos=True)
+    engine.generate([[7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]], params)   # shapes no other test uses
+    first = engine.runner.compile_seconds
+    assert engine.num_compilations >= 1 and first > 0
+    engine.generate([[7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]], params)   # the same shapes again
+    assert engine.runner.compile_seconds == first

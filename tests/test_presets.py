@@ -4,10 +4,12 @@ tokens."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import kvlab
-from kvlab.bench import presets, simulate
+from kvlab.bench import custom, presets, simulate
 from kvlab.engine import DenseReferenceDecoder
 from kvlab.workloads import shared_prefix
 
@@ -32,13 +34,41 @@ def test_every_preset_runs_a_shared_prefix_workload_on_the_host(name):
     assert r.finished == len(reqs)
     s = r.stats
     assert s.pages_used == 0 and s.pages_free + s.pages_cached == s.pages_total
-    if name in ("vllm", "sglang", "tgi", "lmdeploy", "trtllm"):
+    if name in ("vllm", "sglang", "tgi", "lmdeploy", "trtllm", "custom"):
         assert s.hit_rate > 0.3, name                   # all of these reuse prefixes
     else:
         assert s.hit_rate == 0.0                        # FastGen's blocked KV keeps no prefix cache
     if name in ("tgi", "trtllm"):
         assert r.preemptions == 0                       # reserve-up-front admission never preempts
     assert p.name == name and all(isinstance(m, str) and m for m in p.missing)
+
+
+@pytest.mark.parametrize("cache", sorted(custom.CACHES))
+def test_custom_compositions_of_every_cache_and_scheduler(cache):
+    """Every named cache under every named scheduler and policy serves a shared-prefix trace on the
+    host with every page back; the prefix caches hit, the contiguous one cannot."""
+    reqs = shared_prefix(groups=2, prompts_per_group=4, system_tokens=64, question_tokens=8, output_tokens=8,
+                         seed=2)
+    for scheduler in custom.SCHEDULERS:
+        for policy in custom.POLICIES:
+            p = custom.custom(4096, cache=cache, scheduler=scheduler, policy=policy, max_num_seqs=8,
+                              token_budget=128, max_model_len=128)
+            r = simulate(p.scheduler, p.cache, reqs)
+            assert r.finished == len(reqs) and r.stats.pages_used == 0, (scheduler, policy)
+            assert (r.stats.hit_rate > 0.2) == (cache != "contiguous"), (scheduler, policy)
+    swap = custom.custom(4096, cache=cache if cache != "contiguous" else "paged", preemption="swap")
+    assert swap.cache.host_tier is not None and swap.scheduler.preemption.swaps
+
+
+def test_custom_composition_names_its_choices():
+    for kw, msg in ((dict(cache="ring"), "unknown cache 'ring'; known: paged, blocked, radix, contiguous"),
+                    (dict(scheduler="fifo"),
+                     "unknown scheduler 'fifo'; known: continuous, chunked, persistent"),
+                    (dict(policy="random"), "unknown policy 'random'; known: fcfs, lpm, shortest"),
+                    (dict(cache="radix", prefix_caching=False), "the radix cache is a prefix cache"),
+                    (dict(cache="contiguous", preemption="swap"), "the contiguous cache has no host tier")):
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            custom.custom(1024, **kw)
 
 
 def test_presets_say_what_they_lack():

@@ -5,13 +5,17 @@ from the start) comes, steps the engine while anything runs, idles until the nex
 nothing does, and returns an ``EngineRun``: one ``RequestRecord`` per finished request (times in
 seconds from the start, TTFT counted from the scheduled arrival, so a late send is charged to the
 engine), the cache's page counts and hit rate after every ``stats_every`` steps (the cheap
-``stats(detailed=False)``, so sampling adds next to nothing to the measured steps), the memory
-waste of the whole run, and the run's totals.
+``stats(detailed=False)``, so sampling adds next to nothing to the measured steps), the prefix hit
+rate of this run alone (an engine may serve several runs with its cache kept), the memory waste
+and the run's totals.
 ``run_sessions(engine, sessions)`` is the closed loop: a chat turn is sent when the reply to the
 previous turn ends, its prompt holding the replies actually generated.
 
 The clock is the engine's (``Engine(clock=...)``); ``sleep`` waits on it. Both default to the real
-clock, and a test may pass a simulated one. Requests decode exactly ``max_tokens`` tokens
+clock, and a test may pass a simulated one. With ``exclude_compile_time`` (the default) the run's
+clock stops while a step compiles a new shape, as if every shape had been compiled ahead (what
+serving systems do with CUDA graphs and precompiled kernels); the compilations are still counted in
+``EngineRun.compilations``. Requests decode exactly ``max_tokens`` tokens
 (``ignore_eos``), as serving benchmarks do with synthetic prompts.
 
 Example (a tiny random model on the CPU):
@@ -57,7 +61,8 @@ class EngineRun:
     records: list[RequestRecord]
     rejected: list[tuple[str, str]]          # (request id, why) for requests the engine refused
     timeline: list[CacheSample]
-    kv_waste: float                          # time-averaged, over the run (``MemoryBreakdown.waste``)
+    hit_rate: float                          # prefix hit tokens / admitted prompt tokens, this run only
+    kv_waste: float                          # time-averaged over the cache's life (``MemoryBreakdown.waste``)
     wall_s: float
     steps: int
     compilations: int
@@ -65,10 +70,9 @@ class EngineRun:
     def summary(self, slo: SLO | None = None) -> dict[str, float]:
         """``kvlab.bench.metrics.summarize`` plus steps, rejections and the cache's final state."""
         out = summarize(self.records, wall_s=self.wall_s, slo=slo)
-        last = self.timeline[-1] if self.timeline else None
         out.update(steps=float(self.steps), rejected=float(len(self.rejected)),
                    compilations=float(self.compilations),
-                   hit_rate=last.hit_rate if last else 0.0, kv_waste=self.kv_waste,
+                   hit_rate=self.hit_rate, kv_waste=self.kv_waste,
                    kv_usage_peak=max((s.usage for s in self.timeline), default=0.0))
         return out
 
@@ -81,16 +85,28 @@ def _sample(engine, now: float) -> CacheSample:
                        running=len(getattr(sched, "running", ())), waiting=len(getattr(sched, "waiting", ())))
 
 
-def _drive(engine, feeder, *, sleep, stats_every: int, progress) -> EngineRun:
+def _drive(engine, feeder, *, sleep, stats_every: int, progress, exclude_compile_time: bool) -> EngineRun:
     """The loop both entry points share. ``feeder.due(now)`` yields (spec, callback) pairs to send;
     ``feeder.next_arrival()`` is the next scheduled send (None: nothing more will come unless a
     running request finishes)."""
     if stats_every < 1:
         raise ValueError(f"stats_every must be >= 1, got {stats_every}")
+    if not exclude_compile_time:
+        return _drive_on(engine, feeder, sleep=sleep, stats_every=stats_every, progress=progress)
+    base, runner = engine.clock, engine.runner
+    engine.clock = lambda: base() - runner.compile_seconds      # the engine stamps tokens with it
+    try:
+        return _drive_on(engine, feeder, sleep=sleep, stats_every=stats_every, progress=progress)
+    finally:
+        engine.clock = base
+
+
+def _drive_on(engine, feeder, *, sleep, stats_every: int, progress) -> EngineRun:
     clock = engine.clock
     start = clock()
     records, rejected, timeline, live = [], [], [], {}
     steps, compiled_before = 0, engine.num_compilations
+    before = engine.cache.stats(detailed=False)
     while True:
         now = clock() - start
         for spec, on_done in feeder.due(now):
@@ -129,8 +145,11 @@ def _drive(engine, feeder, *, sleep, stats_every: int, progress) -> EngineRun:
             timeline.append(_sample(engine, clock() - start))
     wall = clock() - start
     timeline.append(_sample(engine, wall))
-    return EngineRun(records=records, rejected=rejected, timeline=timeline,
-                     kv_waste=engine.cache.stats().memory.waste, wall_s=wall, steps=steps,
+    after = engine.cache.stats()
+    admitted = after.prompt_tokens - before.prompt_tokens
+    hit_rate = (after.prefix_hit_tokens - before.prefix_hit_tokens) / admitted if admitted else 0.0
+    return EngineRun(records=records, rejected=rejected, timeline=timeline, hit_rate=hit_rate,
+                     kv_waste=after.memory.waste, wall_s=wall, steps=steps,
                      compilations=engine.num_compilations - compiled_before)
 
 
@@ -171,18 +190,19 @@ class _ClosedLoop:
 
 
 def run_workload(engine, requests: list[SyntheticRequest], *, sleep=time.sleep, stats_every: int = 1,
-                 progress=None) -> EngineRun:
+                 progress=None, exclude_compile_time: bool = True) -> EngineRun:
     """Open loop: each request is sent at its ``arrival`` (seconds from the start).
     progress: optional ``progress(num_finished)`` called as requests finish."""
-    return _drive(engine, _OpenLoop(requests), sleep=sleep, stats_every=stats_every, progress=progress)
+    return _drive(engine, _OpenLoop(requests), sleep=sleep, stats_every=stats_every, progress=progress,
+                  exclude_compile_time=exclude_compile_time)
 
 
 def run_sessions(engine, sessions, *, starts: list[float] | None = None, sleep=time.sleep,
-                 stats_every: int = 1, progress=None) -> EngineRun:
+                 stats_every: int = 1, progress=None, exclude_compile_time: bool = True) -> EngineRun:
     """Closed loop over ``ChatSession`` s: session i sends turn 0 at ``starts[i]`` (default 0) and
     each later turn when the previous reply ends. Records are tagged ``turn0``, ``turn1``, ..."""
     starts = [0.0] * len(sessions) if starts is None else list(starts)
     if len(starts) != len(sessions):
         raise ValueError(f"{len(sessions)} sessions but {len(starts)} start times")
     return _drive(engine, _ClosedLoop(sessions, starts), sleep=sleep, stats_every=stats_every,
-                  progress=progress)
+                  progress=progress, exclude_compile_time=exclude_compile_time)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from kvlab.bench.custom import custom
 from kvlab.kvcache import (
     BlockedKVCache,
     CircularKVCache,
@@ -123,7 +124,9 @@ def static_batching(kv_tokens: int, *, max_num_seqs: int = 256, token_budget: in
     """The baseline of vLLM's 14-24x claim, HF ``generate``-style: every sequence reserves a
     static ``max_seq_len`` region (as many as ``kv_tokens`` hold, at most ``max_num_seqs``), a batch
     is admitted together and runs until its last request ends before the next batch starts. The
-    default token budget holds a whole batch of prompts (one prefill step, as ``generate``)."""
+    default token budget holds a whole batch of prompts (one prefill step, as ``generate``). A
+    region is whole pages: ``max_seq_len`` is rounded up to a multiple of ``page_size``."""
+    max_seq_len = -(-max_seq_len // page_size) * page_size
     slots = max(1, min(max_num_seqs, kv_tokens // max_seq_len))
     token_budget = slots * max_seq_len if token_budget is None else token_budget
     return Preset(name="static", cache=ContiguousKVCache(num_slots=slots, max_seq_len=max_seq_len,
@@ -136,4 +139,4 @@ def static_batching(kv_tokens: int, *, max_num_seqs: int = 256, token_budget: in
 
 
 PRESETS = {"vllm": vllm, "sglang": sglang, "tgi": tgi, "lmdeploy": lmdeploy, "trtllm": trtllm,
-           "deepspeed": deepspeed, "static": static_batching}
+           "deepspeed": deepspeed, "static": static_batching, "custom": custom}

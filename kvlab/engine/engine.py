@@ -90,7 +90,7 @@ class Engine:
             max_num_batched_tokens=self.scheduler.max_num_batched_tokens,
             max_pages_per_seq=cache.max_table_pages(self.max_model_len),
             options=self.attention_options,
-            fixed_shapes=self.scheduler.fixed_shapes, seed=seed)
+            fixed_shapes=self.scheduler.fixed_shapes, seed=seed, clock=clock)
         self._ids = itertools.count()
         self._decoders: dict[str, IncrementalDecoder] = {}   # unfinished requests only
         self._wanted: set[str] = set()                        # ids whose Completion generate() awaits

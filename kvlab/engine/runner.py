@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 
 import jax
 import numpy as np
@@ -78,8 +79,9 @@ class ModelRunner:
 
     def __init__(self, model, *, attention, sampler, max_num_seqs: int,
                  max_num_batched_tokens: int, max_pages_per_seq: int, options=None,
-                 fixed_shapes: bool = False, seed: int = 0):
+                 fixed_shapes: bool = False, seed: int = 0, clock=time.perf_counter):
         self.graphdef, self.state = nnx.split(model)
+        self.clock = clock              # times the calls that compile (``compile_seconds``)
         self.attention = attention
         self.options = options or model.attention_options
         self.sampler = sampler
@@ -91,6 +93,7 @@ class ModelRunner:
                 self.token_buckets[-1:], self.seq_buckets[-1:], self.page_buckets[-1:])
         self.fixed_shapes = fixed_shapes
         self.num_compilations = 0
+        self.compile_seconds = 0.0      # time of the calls that compiled, on ``clock``
         self.key = jax.random.key(seed)
         self.steps = 0
 
@@ -129,10 +132,12 @@ class ModelRunner:
         for i, s in enumerate(plan.seqs):
             p = s.request.params
             temperature[i], top_k[i], top_p[i] = p.temperature, p.top_k, p.top_p
-        cached = _step._cache_size()
+        cached, t0 = _step._cache_size(), self.clock()
         tokens, storage = _step(self.graphdef, self.attention, self.sampler, self.options, self.state,
                                 storage, batch, temperature, top_k, top_p, self.key, np.int32(self.steps))
-        self.num_compilations += _step._cache_size() > cached  # this call traced a new shape
+        if _step._cache_size() > cached:      # this call traced a new shape; the launch is asynchronous,
+            self.num_compilations += 1        # so its time is the trace and the compilation
+            self.compile_seconds += self.clock() - t0
         self.steps += 1
         return np.asarray(tokens)[:len(plan.seqs)], storage
 

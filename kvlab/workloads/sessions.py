@@ -51,6 +51,20 @@ class ChatSession:
             out += user + list(reply)
         return out + self.user_turns[turn]
 
+    def fit(self, max_tokens: int) -> ChatSession:
+        """The session ended at the last turn whose prompt and reply fit in ``max_tokens`` (a chat
+        whose context is full ends there); at least the first turn, which must fit."""
+        total, keep = len(self.system), 0
+        for user, reply in zip(self.user_turns, self.reply_tokens):
+            total += len(user) + reply
+            if total > max_tokens:
+                break
+            keep += 1
+        if keep == 0:
+            raise ValueError(f"the first turn needs {len(self.system) + len(self.user_turns[0])} + "
+                             f"{self.reply_tokens[0]} tokens, over max_tokens={max_tokens}")
+        return ChatSession(self.system, self.user_turns[:keep], self.reply_tokens[:keep])
+
     def request(self, turn: int, replies: list[list[int]], arrival: float = 0.0) -> SyntheticRequest:
         return SyntheticRequest(self.prompt(turn, replies), self.reply_tokens[turn], arrival,
                                 tag=f"turn{turn}")
