@@ -69,11 +69,7 @@ def cmd_demo(args) -> int:
     import kvlab
 
     console = Console(width=None if sys.stdout.isatty() else 160)      # a log keeps whole tables
-    from kvlab.bench.presets import PRESETS
-
-    unknown = [p for p in args.compare if p not in PRESETS]
-    if unknown:
-        raise ValueError(f"unknown preset(s) {unknown} to compare; known: {', '.join(PRESETS)}")
+    compare = cli_bench.preset_names(args.compare)      # before the chat: a bad name fails fast
     console.print(f"[bold]kvlab demo[/bold]: {args.model} on {jax.devices()[0].device_kind} "
                   f"({jax.default_backend()}), dtype {args.dtype}, JAX {jax.__version__}")
     t0 = time.perf_counter()
@@ -136,17 +132,17 @@ def cmd_demo(args) -> int:
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
-    if args.compare:
-        _compare_presets(args, engine, console)
+    if compare:
+        _compare_presets(args, compare, engine, console)
     return 0
 
 
-def _compare_presets(args, engine, console) -> None:
+def _compare_presets(args, names: list[str], engine, console) -> None:
     """The seed-system presets (and static batching) on a small shared-prefix workload: every
     request at once, one KV capacity and token budget for all, a warm-up run each."""
     from kvlab import workloads
-    from kvlab.bench.compare import Workload, rows, serve
-    from kvlab.cli_bench import preset_factory, print_table
+    from kvlab.bench.compare import Workload
+    from kvlab.cli_bench import print_table, serve_presets
 
     shape = dict(groups=args.compare_groups, prompts_per_group=4, system_tokens=args.compare_system_tokens,
                  question_tokens=16)
@@ -157,16 +153,10 @@ def _compare_presets(args, engine, console) -> None:
     console.rule(f"[bold]presets on a shared-prefix workload: {len(reqs)} requests "
                  f"({args.compare_groups} groups, {args.compare_system_tokens}-token system prompts), "
                  f"{args.compare_output_tokens} output tokens each, all at once")
-    table_rows = []
-    for name in args.compare:
-        console.print(f"serving it with the {name} preset (warm-up run, then the timed run)")
-        make = preset_factory(name, {}, kv_tokens=args.compare_kv_tokens, max_num_seqs=args.max_num_seqs,
-                              token_budget=args.compare_token_budget, max_model_len=max_len)
-        preset, served = serve(engine.model, make, workload, max_model_len=max_len, warmup=1,
-                               attention=engine.runner.attention)     # all at once: the same shapes
-        table_rows += rows(name, served)
-        for line in preset.missing:
-            console.print(f"  [yellow]{name} lacks[/yellow]: {line}")
+    table_rows, _ = serve_presets(
+        engine.model, names, workload, console, fields={}, kv_tokens=args.compare_kv_tokens,
+        max_num_seqs=args.max_num_seqs, token_budget=args.compare_token_budget, max_model_len=max_len,
+        warmup=1, attention=engine.runner.attention)          # all at once: one warm-up meets every shape
     print_table(table_rows, console, "kvlab demo: presets compared", ["preset"])
     optimal = workloads.shared_prefix_optimal_hit_rate(**shape)
     console.print(f"KV capacity {args.compare_kv_tokens} tokens and a {args.compare_token_budget}-token "

@@ -9,6 +9,7 @@ table (CSV/JSON) and PNG plots.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import itertools
@@ -17,7 +18,6 @@ import sys
 
 WORKLOADS = ("sharegpt", "shared-prefix", "long-prompt", "few-shot", "tree-of-thought", "sessions",
              "long-document")
-COMMON_FIELDS = ("kv_tokens", "max_num_seqs", "token_budget")
 
 
 def _value(text: str):
@@ -26,10 +26,8 @@ def _value(text: str):
     if low in ("none", "true", "false"):
         return {"none": None, "true": True, "false": False}[low]
     for kind in (int, float):
-        try:
+        with contextlib.suppress(ValueError):
             return kind(text)
-        except ValueError:
-            pass
     return text.strip()
 
 
@@ -86,15 +84,26 @@ def _workload(args, vocab_size: int, rate: float | None):
     return Workload.open_loop(kind, arrive(reqs))
 
 
-def preset_factory(name: str, fields: dict, *, kv_tokens: int, max_num_seqs: int, token_budget: int | None,
-                   max_model_len: int):
-    """A zero-argument callable building a fresh preset ``name`` with these fields (a ``None``
-    token budget leaves the preset's own); an unknown field raises, naming the preset's fields."""
+def preset_names(names: list[str]) -> list[str]:
+    """The names with ``all`` expanded to the six seed systems; unknown names raise."""
     from kvlab.bench import presets
 
-    if name not in presets.PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {', '.join(presets.PRESETS)}")
-    fn = presets.PRESETS[name]
+    seeds = [p for p in presets.PRESETS if p not in ("custom", "static")]
+    names = [n for p in names for n in (seeds if p == "all" else [p])]
+    unknown = [p for p in names if p not in presets.PRESETS]
+    if unknown:
+        raise ValueError(f"unknown preset(s) {unknown}; known: all, {', '.join(presets.PRESETS)}")
+    return names
+
+
+def preset_factory(name: str, fields: dict, *, kv_tokens: int, max_num_seqs: int, token_budget: int | None,
+                   max_model_len: int):
+    """A zero-argument callable building a fresh preset ``name`` with these fields (which win over
+    the keyword defaults; a ``None`` token budget leaves the preset's own); an unknown field
+    raises, naming the preset's fields."""
+    from kvlab.bench import presets
+
+    fn = presets.PRESETS[preset_names([name])[0]]
     accepted = inspect.signature(fn).parameters
     kwargs = {"kv_tokens": kv_tokens, "max_num_seqs": max_num_seqs, **fields}
     if token_budget is not None:
@@ -106,6 +115,30 @@ def preset_factory(name: str, fields: dict, *, kv_tokens: int, max_num_seqs: int
     if unknown:
         raise ValueError(f"the {name} preset has no field(s) {unknown}; its fields: {', '.join(accepted)}")
     return lambda: fn(**kwargs)
+
+
+def serve_presets(model, names: list[str], workload, console, *, fields: dict, kv_tokens: int,
+                  max_num_seqs: int, token_budget: int | None, max_model_len: int, warmup: int,
+                  point: dict | None = None, slo=None, **engine_kwargs):
+    """Serve ``workload`` with each named preset (``kvlab.bench.compare.serve``), printing what a
+    preset lacks; returns the table rows and {label: EngineRun} of every pass."""
+    from kvlab.bench.compare import rows, serve
+
+    point = point or {}
+    table_rows, runs = [], {}
+    for name in names:
+        console.print(f"serving the {workload.name} workload with the {name} preset "
+                      + " ".join(f"{k}={v}" for k, v in point.items()))
+        make = preset_factory(name, fields, kv_tokens=kv_tokens, max_num_seqs=max_num_seqs,
+                              token_budget=token_budget, max_model_len=max_model_len)
+        preset, served = serve(model, make, workload, max_model_len=max_model_len, warmup=warmup,
+                               **engine_kwargs)
+        for line in preset.missing:
+            console.print(f"  [yellow]{name} lacks[/yellow]: {line}")
+        table_rows += rows(name, served, point=point, slo=slo)
+        for label, run in served:
+            runs[" ".join([name, label, *(f"{k}={v}" for k, v in point.items())]).strip()] = run
+    return table_rows, runs
 
 
 def print_table(rows: list[dict], console, title: str, keys: list[str]) -> None:
@@ -148,49 +181,31 @@ def run(args) -> int:
     from rich.console import Console
 
     import kvlab
-    from kvlab.bench import SLO, presets
-    from kvlab.bench.compare import rows as rows_of
-    from kvlab.bench.compare import serve
+    from kvlab.bench import SLO
     from kvlab.bench.sweep import write_results
 
     console = Console(width=None if sys.stdout.isatty() else 200)     # a log keeps the whole table
-    seeds = [p for p in presets.PRESETS if p not in ("custom", "static")]
-    names = [n for p in args.preset for n in (seeds if p == "all" else [p])]
-    unknown = [p for p in names if p not in presets.PRESETS]
-    if unknown:
-        raise ValueError(f"unknown preset(s) {unknown}; known: all, {', '.join(presets.PRESETS)}")
+    names = preset_names(args.preset)
     fixed = _assignments(args.set, many=False)
     grid = _assignments(getattr(args, "vary", []), many=True)
     if args.command == "sweep" and args.rates:
         grid.setdefault("rate", args.rates)
-    if args.command == "bench" or "rate" not in grid:
-        fixed.setdefault("rate", args.rate)
     if args.command == "sweep" and not grid:
         raise ValueError("kvlab sweep needs something to vary: --vary FIELD=V1,V2 or --rates R1,R2")
-    fields = {k: v for k, v in fixed.items() if k not in COMMON_FIELDS and k != "rate"}
-    for k in COMMON_FIELDS:
-        setattr(args, k, fixed.get(k, getattr(args, k)))
+    fixed_rate = fixed.pop("rate", args.rate)
     slo = SLO(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot) if args.slo_ttft or args.slo_tpot else None
     model, _ = kvlab.models.load(args.model, dtype=jnp.dtype(args.dtype))
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
     all_rows, runs = [], {}
     for point in points:
-        rate = point.get("rate", fixed.get("rate"))
-        workload = _workload(args, model.config.vocab_size, rate)
-        preset_fields = {**fields, **{k: v for k, v in point.items() if k != "rate"}}
-        for name in names:
-            console.print(f"serving the {workload.name} workload with the {name} preset "
-                          + " ".join(f"{k}={v}" for k, v in point.items()))
-            make = preset_factory(name, preset_fields, kv_tokens=args.kv_tokens,
-                                  max_num_seqs=args.max_num_seqs, token_budget=args.token_budget,
-                                  max_model_len=args.max_model_len)
-            preset, served = serve(model, make, workload, max_model_len=args.max_model_len,
-                                   warmup=args.warmup)
-            for line in preset.missing:
-                console.print(f"  [yellow]{name} lacks[/yellow]: {line}")
-            all_rows += rows_of(name, served, point=point, slo=slo)
-            for label, run_ in served:
-                runs[" ".join([name, label, *(f"{k}={v}" for k, v in point.items())]).strip()] = run_
+        workload = _workload(args, model.config.vocab_size, point.get("rate", fixed_rate))
+        fields = {**fixed, **{k: v for k, v in point.items() if k != "rate"}}
+        point_rows, point_runs = serve_presets(
+            model, names, workload, console, fields=fields,
+            kv_tokens=args.kv_tokens, max_num_seqs=args.max_num_seqs, token_budget=args.token_budget,
+            max_model_len=args.max_model_len, warmup=args.warmup, point=point, slo=slo)
+        all_rows += point_rows
+        runs.update(point_runs)
     keys = ["preset", *grid] + (["pass"] if "pass" in all_rows[0] else [])
     print_table(all_rows, console, f"kvlab {args.command}: {workload.name} on {args.model}", keys)
     if args.out:

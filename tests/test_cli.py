@@ -39,7 +39,7 @@ def test_cli_reports_bad_input(capsys):
     assert main(["generate", "hi", "--model", "no-such-model"]) == 2
     assert "unknown model" in capsys.readouterr().err
     assert main(["demo", "--compare", "vllm,nosuch"]) == 2
-    assert "unknown preset(s) ['nosuch']" in capsys.readouterr().err
+    assert "unknown preset(s) ['nosuch']; known: all, vllm" in capsys.readouterr().err
 
 
 def test_bench_and_sweep_write_tables_and_plots(tmp_path, capsys):

@@ -91,10 +91,9 @@ def _drive(engine, feeder, *, sleep, stats_every: int, progress, exclude_compile
     running request finishes)."""
     if stats_every < 1:
         raise ValueError(f"stats_every must be >= 1, got {stats_every}")
-    if not exclude_compile_time:
-        return _drive_on(engine, feeder, sleep=sleep, stats_every=stats_every, progress=progress)
     base, runner = engine.clock, engine.runner
-    engine.clock = lambda: base() - runner.compile_seconds      # the engine stamps tokens with it
+    if exclude_compile_time:
+        engine.clock = lambda: base() - runner.compile_seconds      # the engine stamps tokens with it
     try:
         return _drive_on(engine, feeder, sleep=sleep, stats_every=stats_every, progress=progress)
     finally:
