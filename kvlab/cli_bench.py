@@ -122,6 +122,8 @@ def serve_presets(model, names: list[str], workload, console, *, fields: dict, k
                   point: dict | None = None, slo=None, **engine_kwargs):
     """Serve ``workload`` with each named preset (``kvlab.bench.compare.serve``), printing what a
     preset lacks; returns the table rows and {label: EngineRun} of every pass."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from kvlab.bench.compare import rows, serve
 
     point = point or {}
@@ -131,8 +133,15 @@ def serve_presets(model, names: list[str], workload, console, *, fields: dict, k
                       + " ".join(f"{k}={v}" for k, v in point.items()))
         make = preset_factory(name, fields, kv_tokens=kv_tokens, max_num_seqs=max_num_seqs,
                               token_budget=token_budget, max_model_len=max_model_len)
-        preset, served = serve(model, make, workload, max_model_len=max_model_len, warmup=warmup,
-                               **engine_kwargs)
+        with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("requests"), TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task(name)
+
+            def on_progress(stage, done, total, bar=bar, task=task):
+                bar.update(task, description=stage, completed=done, total=total)
+
+            preset, served = serve(model, make, workload, max_model_len=max_model_len, warmup=warmup,
+                                   progress=on_progress, **engine_kwargs)
         for line in preset.missing:
             console.print(f"  [yellow]{name} lacks[/yellow]: {line}")
         table_rows += rows(name, served, point=point, slo=slo)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -13,6 +14,30 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow],
                           print_blob=True)
 settings.load_profile("ci")
+
+
+def _map_count() -> tuple[int, int]:
+    """(memory maps this process holds, the kernel's limit vm.max_map_count); (0, 0) off Linux."""
+    try:
+        with open("/proc/self/maps") as maps, open("/proc/sys/vm/max_map_count") as limit:
+            return sum(1 for _ in maps), int(limit.read())
+    except OSError:
+        return 0, 0
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_code():
+    """Every executable XLA:CPU compiles holds a few memory maps until it is freed, and a process may
+    hold at most ``vm.max_map_count`` (65,530 by default); past it, LLVM segfaults in the middle of a
+    compilation. One pytest process compiles thousands of step shapes, so between tests, once the
+    maps pass half the limit, JAX's caches are dropped (later tests recompile what they need)."""
+    yield
+    held, limit = _map_count()
+    if held > limit // 2:
+        import jax
+
+        jax.clear_caches()
+        gc.collect()
 
 
 @pytest.fixture(scope="session")

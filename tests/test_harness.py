@@ -134,3 +134,30 @@ def test_the_runner_times_the_steps_that_compile(model):
     assert engine.num_compilations >= 1 and first > 0
     engine.generate([[7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]], params)   # the same shapes again
     assert engine.runner.compile_seconds == first
+
+
+def test_serve_reports_progress_per_stage_and_pass(model):
+    """``serve`` tells a progress bar which stage it is in (warm-up, measured; the replay's cold and
+    warm passes) and how many of the pass's requests (or a session's turns) have ended."""
+    from kvlab.bench.compare import Workload, serve
+    from kvlab.bench.presets import vllm
+    from kvlab.workloads import long_document_replay
+
+    calls = []
+    make = lambda: vllm(kv_tokens=1024, max_num_seqs=4, token_budget=64)   # noqa: E731
+    replay = Workload.passes_by_tag("replay", long_document_replay(
+        n_docs=3, doc_tokens=32, output_tokens=2, vocab_size=model.config.vocab_size))
+    serve(model, make, replay, max_model_len=128, warmup=1, progress=lambda *a: calls.append(a))
+    stages = list(dict.fromkeys(stage for stage, _, _ in calls))
+    assert stages == ["warm-up 1 cold", "warm-up 1 warm", "measured cold", "measured warm"]
+    for stage in stages:
+        done = [d for s, d, t in calls if s == stage]
+        assert done == [0, 1, 2, 3] and {t for s, _, t in calls if s == stage} == {3}
+
+    calls.clear()
+    sessions = [s.fit(128) for s in chat_sessions(2, turns=(2, 2), system_tokens=8, seed=0,
+                                                   vocab_size=model.config.vocab_size,
+                                                   max_user_tokens=8, max_reply_tokens=4)]
+    serve(model, make, Workload.closed_loop("chat", sessions), max_model_len=128, warmup=0,
+          progress=lambda *a: calls.append(a))
+    assert calls[0] == ("measured", 0, 4) and calls[-1] == ("measured", 4, 4)

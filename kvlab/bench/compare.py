@@ -75,29 +75,43 @@ class Workload:
                    for s in self.sessions)
 
 
-def _run(engine, workload: Workload) -> list[tuple[str, EngineRun]]:
+def _run(engine, workload: Workload, stage: str, progress) -> list[tuple[str, EngineRun]]:
+    """Every pass of ``workload`` on ``engine``; ``progress(stage, done, total)`` as requests end."""
+    def ticker(label: str, total: int):
+        if progress is None:
+            return None
+        name = " ".join(filter(None, [stage, label]))
+        progress(name, 0, total)
+        return lambda done: progress(name, done, total)
+
     if workload.sessions:
-        return [("", run_sessions(engine, list(workload.sessions), starts=list(workload.starts)))]
-    return [(label, run_workload(engine, list(reqs))) for label, reqs in workload.passes]
+        turns = sum(s.num_turns for s in workload.sessions)         # one request per turn
+        return [("", run_sessions(engine, list(workload.sessions), starts=list(workload.starts),
+                                  progress=ticker("", turns)))]
+    return [(label, run_workload(engine, list(reqs), progress=ticker(label, len(reqs))))
+            for label, reqs in workload.passes]
 
 
 def serve(model, make_preset, workload: Workload, *, max_model_len: int = 2048, warmup: int = 1,
-          **engine_kwargs) -> tuple[object, list[tuple[str, EngineRun]]]:
+          progress=None, **engine_kwargs) -> tuple[object, list[tuple[str, EngineRun]]]:
     """``make_preset()`` returns a fresh ``Preset``; ``engine_kwargs`` go to every ``Engine`` (e.g.
     ``attention``); ``warmup``: the most warm-up passes (0: none), each on a fresh engine, stopping
-    after one that compiled nothing. Returns the measured run's preset and its (pass label,
-    ``EngineRun``) list."""
+    after one that compiled nothing; ``progress``: optional ``progress(stage, done, total)`` called
+    as requests end (stage: ``"warm-up 1"``, ..., ``"measured"``, with the pass label after it).
+    Returns the measured run's preset and its (pass label, ``EngineRun``) list."""
     if workload.longest_request() > max_model_len:
         raise ValueError(f"the {workload.name} workload has a request of {workload.longest_request()} "
                          f"tokens (prompt + output) but max_model_len is {max_model_len}: raise it or "
                          "shorten the workload")
-    for _ in range(warmup):
-        runs = _run(make_preset().engine(model, max_model_len=max_model_len, **engine_kwargs), workload)
+    for i in range(warmup):
+        runs = _run(make_preset().engine(model, max_model_len=max_model_len, **engine_kwargs), workload,
+                    f"warm-up {i + 1}", progress)
         gc.collect()                         # the throwaway engine's KV storage goes before the next
         if not any(run.compilations for _, run in runs):
             break
     preset = make_preset()
-    return preset, _run(preset.engine(model, max_model_len=max_model_len, **engine_kwargs), workload)
+    return preset, _run(preset.engine(model, max_model_len=max_model_len, **engine_kwargs), workload,
+                        "measured", progress)
 
 
 def rows(preset_name: str, runs: list[tuple[str, EngineRun]], *, point: dict | None = None,
