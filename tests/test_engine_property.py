@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -54,7 +55,7 @@ def run_trace(engine, reqs):
     return [results[ids[i]] for i in range(len(reqs))]
 
 
-@settings(max_examples=25)
+@settings(max_examples=examples(25))
 @given(traces())
 def test_engine_equals_one_request_at_a_time(tiny_model, trace):
     reqs, num_pages, page_size, max_num_seqs = trace

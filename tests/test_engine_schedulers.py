@@ -6,6 +6,7 @@ step limit."""
 from __future__ import annotations
 
 import pytest
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_engine_property import reference, run_trace
@@ -60,7 +61,7 @@ def traces(draw):
             draw(st.booleans()))
 
 
-@settings(max_examples=20)
+@settings(max_examples=examples(20))
 @given(traces())
 def test_every_scheduler_equals_one_request_at_a_time(tiny_model, trace):
     reqs, kind, policy, cache_kind, reserve = trace

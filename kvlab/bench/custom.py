@@ -5,7 +5,7 @@ In code, build the parts directly (``Preset(name=..., cache=PagedKVCache(...), s
 this module only maps the names a command line can carry to those constructors, in the tables
 below, so ``custom`` can sit in ``PRESETS`` next to the seed systems.
 
-Example:
+Examples:
     >>> p = custom(kv_tokens=4096, cache="radix", scheduler="chunked", policy="lpm")
     >>> type(p.cache).__name__, type(p.scheduler).__name__, type(p.scheduler.policy).__name__
     ('RadixKVCache', 'ChunkedScheduler', 'LongestPrefixMatch')

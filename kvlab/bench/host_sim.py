@@ -6,7 +6,7 @@ Time is either the step count, or - given a ``step_cost`` - a simulated clock: e
 the cost model says for its plan, requests arrive at their ``arrival`` times, and the requests'
 token timestamps give TTFT and inter-token latency as a real run would.
 
-Example:
+Examples:
     >>> from kvlab.kvcache import PagedKVCache
     >>> from kvlab.schedulers import ContinuousScheduler
     >>> from kvlab.workloads import sharegpt_like

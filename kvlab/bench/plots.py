@@ -2,7 +2,7 @@
 display needed): latency distributions and KV usage over time of engine runs, and any metric of a
 sweep against one of its parameters.
 
-Example:
+Examples:
     >>> import tempfile, pathlib
     >>> rows = [dict(preset=p, rate=r, output_tokens_per_s=r * k) for p, k in (("a", 1), ("b", 2))
     ...         for r in (1, 2, 4)]

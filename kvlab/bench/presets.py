@@ -7,7 +7,7 @@ substituting silently; ``Preset.engine(model)`` builds the engine.
 Defaults follow each system's documented defaults (see ``../shared/ANCHORS.md``); every knob can be
 overridden, e.g. a smaller token budget for a CPU run.
 
-Example:
+Examples:
     >>> p = vllm(kv_tokens=4096, max_num_seqs=8)
     >>> type(p.cache).__name__, p.cache.page_size, p.scheduler.max_num_batched_tokens, p.missing
     ('PagedKVCache', 16, 2048, ())

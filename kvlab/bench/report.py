@@ -1,6 +1,6 @@
 """Result tables: rows of dicts rendered as Markdown, the form docs/benchmarks.md records.
 
-Example:
+Examples:
     >>> print(markdown_table([{"cache": "paged", "waste": 0.015, "steps": 4044}], {"waste": ".1%"}))
     | cache | waste | steps |
     |---|---|---|

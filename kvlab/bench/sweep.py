@@ -6,7 +6,7 @@ returned. ``simulate_preset`` is a ready-made ``run`` on the host simulator (no 
 a preset, a workload and a step-cost model give the serving metrics of ``kvlab.bench.metrics``
 and the cache's hit rate and memory waste. ``write_results`` saves rows as CSV and JSON.
 
-Example:
+Examples:
     >>> from kvlab.workloads import shared_prefix
     >>> reqs = shared_prefix(groups=4, prompts_per_group=4, system_tokens=128, question_tokens=8,
     ...                      output_tokens=4, seed=0)

@@ -1,7 +1,7 @@
 """Engine: the composition loop of a model, a KV cache, a scheduler, an attention backend and a
 sampler. Host bookkeeping (scheduler, cache) runs in Python; each step is one jitted call.
 
-Example:
+Examples:
     >>> import kvlab
     >>> from kvlab.models import LlamaModel, ModelConfig
     >>> model = LlamaModel(ModelConfig.tiny(), seed=0)

@@ -8,7 +8,7 @@ Hashers are strategy objects: ``Sha256BlockHasher`` (the default) is cryptograph
 so a collision - two different prefixes sharing KV - is not a practical risk; ``BuiltinBlockHasher``
 uses Python's 64-bit ``hash`` and is several times faster, for simulations where speed matters more.
 
-Example:
+Examples:
     >>> h = Sha256BlockHasher()
     >>> a = h.chain(h.root(None), [1, 2, 3, 4])
     >>> a == h.chain(h.root(None), [1, 2, 3, 4]), a == h.chain(h.root("tenant-b"), [1, 2, 3, 4])

@@ -17,7 +17,7 @@ from kvlab.kvcache.storage import BlockedKVStorage
 class BlockedKVCache(PagedKVCache):
     """Blocks spanning all layers; ``num_blocks`` of ``block_tokens`` tokens (a power of two).
 
-    Example:
+    Examples:
         >>> cache = BlockedKVCache(num_blocks=16, block_tokens=64)
         >>> cache.admit("a", list(range(100))); cache.allocate("a", 100); cache.pages("a")
         0

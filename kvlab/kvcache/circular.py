@@ -32,7 +32,7 @@ class CircularKVCache(KVCache):
     tokens always visible (StreamingLLM); max_step_tokens: the most new tokens a sequence may
     compute in one step (default ``window``).
 
-    Example:
+    Examples:
         >>> cache = CircularKVCache(num_pages=16, page_size=4, window=8, num_sink_tokens=2)
         >>> cache.sink_pages, cache.ring_pages           # ring: ceil((8 + 8 - 1) / 4)
         (1, 4)

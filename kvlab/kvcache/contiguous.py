@@ -24,7 +24,7 @@ class ContiguousKVCache(KVCache):
     """``num_slots`` static regions of ``max_seq_len`` tokens; ``external_tokens`` of the pool
     that fit no region (see ``for_tokens``).
 
-    Example:
+    Examples:
         >>> cache = ContiguousKVCache.for_tokens(1000, max_seq_len=256, page_size=16)
         >>> cache.num_slots, cache.external_tokens
         (3, 232)

@@ -7,7 +7,7 @@ evicted first. Ties prefer the deeper entry, so a prefix's tail goes before its 
 evicted first would strand its descendants). Caches keep their evictable entries in an
 ``EvictableSet`` ordered by the policy they were given.
 
-Example:
+Examples:
     >>> import types
     >>> ev = EvictableSet(LRU())
     >>> for name, t in [("a", 3), ("b", 1), ("c", 2)]:

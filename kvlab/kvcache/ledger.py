@@ -12,7 +12,7 @@ Reserved and internal are told apart in hindsight: when a sequence ends, its fin
 which of its empty slots were ever filled. The clock is logical: ``tick(dt)`` advances it (the
 schedulers tick once per step), and each state is weighted by how long it lasted.
 
-Example:
+Examples:
     >>> led = MemoryLedger(total_slots=64)
     >>> led.update("a", allocated=32, stored=10); led.tick()
     >>> led.update("a", allocated=32, stored=20); led.tick()

@@ -5,7 +5,7 @@ Host bookkeeping is a page allocator of its own; the host arrays are NumPy, one 
 holding that page's K and V of every layer, ``[num_pages, L, 2, P, Hkv, D]`` - the blocked
 layout, so a page moves as one contiguous copy each way.
 
-Example:
+Examples:
     >>> tier = HostTier(num_pages=4)
     >>> store = tier.init_storage(num_layers=2, page_size=8, num_kv_heads=1, head_dim=4, dtype="float32")
     >>> store.shape, tier.allocator.num_free

@@ -24,7 +24,7 @@ class PagedKVCache(PagePoolCache):
     blocks are named (``Sha256BlockHasher()`` by default); host_tier: a ``HostTier`` that
     preemption by swap moves sequences to.
 
-    Example:
+    Examples:
         >>> cache = PagedKVCache(num_pages=8, page_size=4, prefix_caching=True)
         >>> cache.admit("a", [1, 2, 3, 4, 5, 6]); cache.allocate("a", 6)
         0

@@ -12,7 +12,7 @@ class OutOfPagesError(RuntimeError):
 class PageAllocator:
     """Reference-counted pool of ``num_pages`` page ids.
 
-    Example:
+    Examples:
         >>> pool = PageAllocator(4)
         >>> pages = pool.allocate(3)
         >>> pool.num_free, pool.refcount(pages[0])

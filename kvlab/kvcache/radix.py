@@ -21,7 +21,7 @@ class RadixKVCache(PagePoolCache):
     """Radix-tree prefix cache over ``num_pages`` pages of ``page_size`` tokens (1 = token
     granularity, as SGLang's default). eviction: ``LRU()`` (default), ``LFU()``, ``PriorityLRU()``.
 
-    Example:
+    Examples:
         >>> cache = RadixKVCache(num_pages=32, page_size=1)
         >>> cache.admit("a", [1, 2, 3, 4]); cache.allocate("a", 4)
         0

@@ -7,7 +7,7 @@ and compares whole runs at C speed. A partial match splits a node at a page boun
 in the order of the given policy, and evicting a leaf may make its parent an evictable leaf.
 Separate roots per salt keep namespaces apart.
 
-Example:
+Examples:
     >>> from kvlab.kvcache.eviction import LRU
     >>> tree = RadixTree(page_size=2, policy=LRU())
     >>> root = tree.root(None)

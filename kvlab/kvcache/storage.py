@@ -23,7 +23,7 @@ class PagedKVStorage:
 
     k, v: [num_layers, num_pages, page_size, num_kv_heads, head_dim].
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> s = PagedKVStorage.zeros(num_layers=2, num_pages=4, page_size=8, num_kv_heads=1,
         ...                          head_dim=4, dtype=jnp.float32)
@@ -87,7 +87,7 @@ class BlockedKVStorage:
     """K and V of all layers per block: blocks ``[num_blocks, L, 2, P, Hkv, D]`` (index 0 of the
     third axis is K, 1 is V).
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> s = BlockedKVStorage.zeros(num_layers=2, num_pages=4, page_size=8, num_kv_heads=1,
         ...                            head_dim=4, dtype=jnp.float32)

@@ -3,7 +3,7 @@
 Covers Llama 2/3 (with Llama 3 RoPE scaling), SmolLM2, Qwen2/2.5 (qkv bias, tied embeddings)
 and Mistral (sliding window). ``ModelConfig.from_hf_dict`` reads a transformers ``config.json``.
 
-Example:
+Examples:
     >>> from kvlab.models import ModelConfig
     >>> cfg = ModelConfig.tiny()
     >>> cfg.num_heads // cfg.num_kv_heads

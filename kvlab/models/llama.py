@@ -7,7 +7,7 @@ Two forward passes share one layer body:
   * ``model.dense_logits(tokens)`` - one sequence, plain causal attention, no cache: the
     one-request-at-a-time reference that the engine's outputs are tested against.
 
-Example:
+Examples:
     >>> import jax.numpy as jnp
     >>> from kvlab.models import LlamaModel, ModelConfig
     >>> model = LlamaModel(ModelConfig.tiny(), seed=0)

@@ -3,7 +3,7 @@
 Built from a transformers directory (``tokenizer.json`` + ``tokenizer_config.json``) or from a GGUF
 file's ``tokenizer.ggml.*`` metadata (``Tokenizer.from_gguf_metadata``).
 
-Example:
+Examples:
     >>> from kvlab.models import load
     >>> _, tok = load("smollm2-135m")                                  # doctest: +SKIP
     >>> tok.decode(tok.encode("Hello world"))                         # doctest: +SKIP

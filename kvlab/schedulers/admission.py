@@ -9,7 +9,7 @@
   scheduling replaced): a batch is admitted together, and no request joins until every request
   of the running batch has finished.
 
-Example:
+Examples:
     >>> from kvlab.kvcache import PagedKVCache
     >>> from kvlab.schedulers.request import Request, SamplingParams
     >>> cache = PagedKVCache(num_pages=8, page_size=4)

@@ -2,7 +2,7 @@
 TGI v3): a per-step token budget that decodes take first and prefill chunks fill, so a long prompt
 never stalls the running decodes, and every step costs about the same.
 
-Example:
+Examples:
     >>> from kvlab.kvcache import PagedKVCache
     >>> from kvlab.schedulers import ChunkedScheduler, Request, SamplingParams
     >>> sched = ChunkedScheduler(max_num_seqs=4, max_num_batched_tokens=8)

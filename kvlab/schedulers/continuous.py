@@ -6,7 +6,7 @@ whole prompt computed in the same step as the decodes (one mixed ragged batch). 
 ``OptimisticAdmission`` (the default) a running request that finds no free page preempts the
 policy's victim by recompute; with ``ReserveAdmission`` nothing is ever preempted.
 
-Example:
+Examples:
     >>> from kvlab.kvcache import PagedKVCache
     >>> from kvlab.schedulers import ContinuousScheduler, Request, SamplingParams
     >>> sched = ContinuousScheduler(max_num_seqs=4)

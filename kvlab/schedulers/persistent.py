@@ -6,7 +6,7 @@ shapes (all slots, the whole budget, the longest page table), so the engine comp
 once and never again; idle slots are padding rows that attention masks out. A request takes the
 lowest free slot when admitted and gives it back when it finishes or is preempted.
 
-Example:
+Examples:
     >>> from kvlab.kvcache import PagedKVCache
     >>> from kvlab.schedulers import PersistentScheduler, Request, SamplingParams
     >>> sched = PersistentScheduler(num_slots=2, tokens_per_step=16)

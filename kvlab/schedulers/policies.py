@@ -6,7 +6,7 @@ running request to preempt.
 Priorities: a larger ``Request.priority`` is more important (it is admitted first and preempted
 last), the same direction as the cache's retention priority.
 
-Example:
+Examples:
     >>> from kvlab.schedulers.request import Request, SamplingParams
     >>> reqs = [Request(f"r{i}", [1] * n, SamplingParams(), arrival_time=i, priority=p)
     ...         for i, (n, p) in enumerate([(5, 0), (2, 1), (9, 1)])]

@@ -7,7 +7,7 @@
   free again, before any new request is admitted. Needs a cache built with a ``HostTier``; when
   the host tier is full, the victim is recomputed instead.
 
-Example:
+Examples:
     >>> from kvlab.kvcache import HostTier, PagedKVCache
     >>> from kvlab.schedulers import ContinuousScheduler
     >>> sched = ContinuousScheduler(preemption=SwapPreemption())

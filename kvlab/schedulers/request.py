@@ -97,7 +97,7 @@ class Request:
 class TokenView(Sequence):
     """Read-only view of ``prompt + output``; slicing copies only the slice.
 
-    Example:
+    Examples:
         >>> v = TokenView([1, 2, 3], [4, 5])
         >>> len(v), v[2:4], v[-1]
         (5, [3, 4], 5)

@@ -4,7 +4,7 @@
 gaps with shape ``burstiness`` and the same mean, so ``burstiness=1`` is Poisson, lower is burstier
 and higher is more regular) and ``all_at_once`` (an offline batch).
 
-Example:
+Examples:
     >>> from kvlab.workloads import sharegpt_like
     >>> reqs = gamma_arrivals(sharegpt_like(2000, seed=0), rate=10.0, burstiness=0.5, seed=0)
     >>> 180 < reqs[-1].arrival < 220            # 2000 requests at 10 req/s

@@ -2,7 +2,7 @@
 a short question each and 50 output tokens, sent once cold and then again with the cache kept,
 so prefix reuse of very long prompts shows as the gap between the "cold" and "warm" passes.
 
-Example:
+Examples:
     >>> reqs = long_document_replay(n_docs=3, doc_tokens=1000, doc_spread=0.0, seed=0)
     >>> [r.tag for r in reqs], len(reqs[0].prompt_token_ids)
     (['cold', 'cold', 'cold', 'warm', 'warm', 'warm'], 1016)

@@ -5,7 +5,7 @@ reply has ended.
 A session holds what the user will say; the replies come from whatever engine runs it, so a
 driver asks ``session.prompt(turn, replies)`` for the next prompt once the previous turn finished.
 
-Example:
+Examples:
     >>> s = chat_sessions(1, turns=3, seed=0, system_tokens=8)[0]
     >>> p0 = s.prompt(0, [])
     >>> p1 = s.prompt(1, [[7, 7, 7]])            # the reply generated for turn 0

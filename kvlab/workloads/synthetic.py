@@ -3,7 +3,7 @@
 Token ids are random draws from the vocabulary; what these traces model is lengths and sharing,
 which is all a KV cache or a scheduler sees.
 
-Example:
+Examples:
     >>> reqs = sharegpt_like(1000, seed=0)
     >>> 140 < sum(len(r.prompt_token_ids) for r in reqs) / 1000 < 180
     True

@@ -9,7 +9,7 @@ cache could reach on a trace.
 * ``optimal_hit_rate``: hit tokens over prompt tokens with an unbounded cache and the best order
   (prompts sorted; each hits its longest common prefix with the previous one, never its last token).
 
-Example:
+Examples:
     >>> reqs = tree_of_thought(depth=2, branching=3, root_tokens=100, step_tokens=10, seed=0)
     >>> len(reqs), round(optimal_hit_rate([r.prompt_token_ids for r in reqs]), 3)
     (12, 0.844)
