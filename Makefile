@@ -28,13 +28,15 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/kvlab demo
 
+# Two worker processes (pytest-xdist): one per core of a CI machine, and each process holds half
+# of the compiled executables (see tests/conftest.py on memory maps).
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 # The engine-level property tests with their full hypothesis example counts (3x the default run;
 # about 10 more minutes on two cores).
 test-thorough: $(VENV)/.installed-dev
-	KVLAB_THOROUGH=1 $(BIN)/python -m pytest -q
+	KVLAB_THOROUGH=1 $(BIN)/python -m pytest -q -n 2
 
 # The documentation site, written to site/ (mkdocs serve for a live preview).
 docs: $(VENV)/.installed-dev
