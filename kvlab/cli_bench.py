@@ -134,7 +134,8 @@ def serve_presets(model, names: list[str], workload, console, *, fields: dict, k
         make = preset_factory(name, fields, kv_tokens=kv_tokens, max_num_seqs=max_num_seqs,
                               token_budget=token_budget, max_model_len=max_model_len)
         with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("requests"), TimeElapsedColumn(), console=console, transient=True) as bar:
+                      TextColumn("requests"), TimeElapsedColumn(), console=console, transient=True,
+                      disable=not console.is_terminal) as bar:          # a log gets no bar lines
             task = bar.add_task(name)
 
             def on_progress(stage, done, total, bar=bar, task=task):
