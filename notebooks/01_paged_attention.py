@@ -159,9 +159,16 @@ by_hand = paged_decode_numpy(q, k_pool, v_pool, page_tables, seq_lens)
 # %%
 from kvlab.attention.reference import AttentionOptions, ragged_paged_attention  # noqa: E402
 
-table = np.zeros((len(seq_lens), max(map(len, page_tables))), np.int32)
-for s, t in enumerate(page_tables):
-    table[s, :len(t)] = t
+
+def padded(rows):
+    """Page-table rows of different lengths as one [S, max_pages] int32 array (0-padded)."""
+    table = np.zeros((len(rows), max(map(len, rows))), np.int32)
+    for s, row in enumerate(rows):
+        table[s, :len(row)] = row
+    return table
+
+
+table = padded(page_tables)
 reference = ragged_paged_attention(
     jnp.asarray(q), jnp.asarray(k_pool)[None], jnp.asarray(v_pool)[None], 0,
     cu_q_lens=jnp.arange(len(seq_lens) + 1, dtype=jnp.int32), kv_lens=jnp.asarray(seq_lens, jnp.int32),
@@ -199,9 +206,7 @@ for s, n in enumerate(seq_lens):
     storage = storage.write(0, jnp.asarray(keys[s]), jnp.asarray(values[s]), slots)
 print("pages in use:", cache.stats().pages_used, "of", cache.stats().pages_total)
 
-table = np.zeros((len(seq_lens), max(len(cache.pages(s)) for s in range(len(seq_lens)))), np.int32)
-for s in range(len(seq_lens)):
-    table[s, :len(cache.pages(s))] = cache.pages(s)
+table = padded([cache.pages(s) for s in range(len(seq_lens))])
 with_cache = ragged_paged_attention(
     jnp.asarray(q), storage.k, storage.v, 0, cu_q_lens=jnp.arange(len(seq_lens) + 1, dtype=jnp.int32),
     kv_lens=jnp.asarray(seq_lens, jnp.int32), page_table=jnp.asarray(table), num_seqs=len(seq_lens),

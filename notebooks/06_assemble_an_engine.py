@@ -33,7 +33,7 @@ import os
 import matplotlib.pyplot as plt
 
 import kvlab
-from kvlab.bench import LinearStepCost, presets, simulate
+from kvlab.bench import LinearStepCost, markdown_table, presets, simulate
 from kvlab.bench.compare import Workload, serve
 from kvlab.bench.compare import rows as table_rows
 from kvlab.bench.presets import Preset
@@ -90,22 +90,19 @@ for name, make in makers.items():
     preset = make(KV_TOKENS, max_num_seqs=64, **kwargs)
     r = simulate(preset.scheduler, preset.cache, requests, step_cost=LinearStepCost.llama3_8b_h100())
     s = r.summary()
-    rows.append(dict(name=name, tput=s["output_tokens_per_s"], ttft_p50=s["ttft_p50_s"],
-                     ttft_p99=s["ttft_p99_s"], itl_p99=s["itl_p99_s"], hit=r.stats.hit_rate,
-                     preemptions=r.preemptions))
+    rows.append({"composition": name, "output tok/s": s["output_tokens_per_s"],
+                 "TTFT P50 (ms)": 1e3 * s["ttft_p50_s"], "TTFT P99 (ms)": 1e3 * s["ttft_p99_s"],
+                 "ITL P99 (ms)": 1e3 * s["itl_p99_s"], "hit rate": r.stats.hit_rate,
+                 "preemptions": r.preemptions})
 print(f"{len(requests)} requests, KV cache of {KV_TOKENS} tokens; optimal hit rate {optimum:.1%}\n")
-print(f"{'composition':24s} {'out tok/s':>9s} {'TTFT P50':>9s} {'TTFT P99':>9s} {'ITL P99':>8s} "
-      f"{'hit rate':>8s} {'preempt':>7s}")
-for r in rows:
-    print(f"{r['name']:24s} {r['tput']:9.0f} {1e3 * r['ttft_p50']:7.0f}ms {1e3 * r['ttft_p99']:7.0f}ms "
-          f"{1e3 * r['itl_p99']:6.1f}ms {r['hit']:8.1%} {r['preemptions']:7d}")
+print(markdown_table(rows, {"hit rate": ".1%"}, float_format=".1f"))
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
-names = [r["name"] for r in rows]
-ax1.barh(names, [r["tput"] for r in rows], color="tab:blue")
+names = [r["composition"] for r in rows]
+ax1.barh(names, [r["output tok/s"] for r in rows], color="tab:blue")
 ax1.set_xlabel("output tokens/s (simulated Llama-3-8B, H100)")
-ax2.barh(names, [1e3 * r["ttft_p99"] for r in rows], color="tab:orange")
+ax2.barh(names, [r["TTFT P99 (ms)"] for r in rows], color="tab:orange")
 ax2.set_xlabel("TTFT P99 (ms)")
 ax2.set_yticks([])
 plt.tight_layout()
@@ -137,8 +134,7 @@ for name, make in [("vllm", lambda: presets.vllm(4096, **small_kv)),
                    ("radix+persistent+swap", lambda: radix_persistent(4096, **small_kv))]:
     _, runs = serve(model, make, workload, max_model_len=512, warmup=0)
     real += table_rows(name, runs)
-for r in real:
-    print(f"{r['preset']:24s} {r['output_tokens_per_s']:7.1f} tok/s  "
-          f"TTFT P50 {1e3 * r['ttft_p50_s']:7.1f} ms  "
-          f"hit rate {r['hit_rate']:.1%}  compilations {r['compilations']:.0f}")
+columns = ["preset", "output_tokens_per_s", "ttft_p50_s", "hit_rate", "compilations"]
+formats = {"output_tokens_per_s": ".1f", "ttft_p50_s": ".3f", "hit_rate": ".1%", "compilations": ".0f"}
+print(markdown_table([{k: r[k] for k in columns} for r in real], formats))
 assert all(r["requests"] == len(small) for r in real)
