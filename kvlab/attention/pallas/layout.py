@@ -46,6 +46,16 @@ class PagedLayout:
     def v_ref(refs):
         return refs[1]
 
+    @staticmethod
+    def tma_arrays(arrays):
+        """The arrays as a TMA copy addresses them (at most 5 dimensions)."""
+        return arrays
+
+    @staticmethod
+    def tma_tile(refs, which: int, layer, page, rows, head):
+        """The ``[rows, D]`` box of K (``which=0``) or V (1) at (layer, page, rows, head)."""
+        return refs[which].at[layer, page, rows, head]
+
 
 @dataclasses.dataclass(frozen=True)
 class BlockedLayout:
@@ -75,6 +85,15 @@ class BlockedLayout:
     @staticmethod
     def v_ref(refs):
         return refs[0]
+
+    @staticmethod
+    def tma_arrays(arrays):
+        """``[N * L * 2, P, Hkv, D]``: a TMA descriptor has at most 5 dimensions."""
+        blocks = arrays[0]
+        return (blocks.reshape(-1, *blocks.shape[3:]),)
+
+    def tma_tile(self, refs, which: int, layer, page, rows, head):
+        return refs[0].at[(page * self.num_layers + layer) * 2 + which, rows, head]
 
 
 def as_rows(arrays):

@@ -1,0 +1,301 @@
+"""Ragged paged prefill on Hopper: Pallas with the Mosaic GPU lowering (TMA copies, wgmma,
+warp specialization).
+
+The FlashAttention-3 structure, with K/V read from pages: a CTA holds three warpgroups. Two
+compute warpgroups own ``block_q`` query tokens each (one query head); the third is a producer
+that reads the step plan, looks up the page table and copies each KV tile of ``block_kv`` tokens
+into a ring of ``stages`` shared-memory slots, one TMA copy per page (or per ``block_kv`` rows of
+a page larger than the tile), all landing on the slot's barrier. The compute warpgroups take turns
+on the tensor cores (a shared "schedule" barrier), so one's softmax overlaps the other's matmuls.
+
+Causal with the ``kv_len - q_len + i`` alignment: tiles below a warpgroup's first query position
+run without mask arithmetic, the tiles after it are masked, and tiles past its last position are
+never computed (their slots are released at once). Rows are written through a staging buffer:
+a whole ``block_q`` rows in one TMA store, the last rows of a sequence one row per store, so no
+row of another sequence is ever touched. Programs left idle by the plan zero the padding rows.
+
+What this kernel does not serve (``unsupported_reason`` names it) goes to the Triton kernels:
+float32 (wgmma would round to tf32), head dims other than 64 and 128, page sizes below 8 or that
+do not tile ``block_kv``, sliding windows and attention sinks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.mosaic.gpu import LoweringSemantics
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+LOG2E = 1.4426950408889634
+COMPUTE_WGS = 2
+LANE = LoweringSemantics.Lane      # register layouts chosen per op (the dialect's inference rejects this kernel)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MosaicPrefillConfig:
+    """Tiles of the Hopper prefill kernel: ``block_q`` query tokens per compute warpgroup (two per
+    CTA), KV tiles of ``block_kv`` tokens in a ring of ``stages`` slots."""
+
+    block_q: int = 64
+    block_kv: int = 128
+    stages: int = 2
+
+    def __post_init__(self):
+        if self.block_q != 64:
+            raise ValueError(f"block_q must be 64 (one wgmma M tile per warpgroup), got {self.block_q}")
+        if self.block_kv % 64 or self.block_kv & (self.block_kv - 1):
+            raise ValueError(f"block_kv must be a power of two and a multiple of 64, got {self.block_kv}")
+        if self.stages < 2:
+            raise ValueError(f"stages must be >= 2, got {self.stages}")
+
+    @property
+    def cta_rows(self) -> int:
+        return COMPUTE_WGS * self.block_q
+
+
+def unsupported_reason(config: MosaicPrefillConfig, *, dtype, head_dim: int, page_size: int, options) -> str | None:
+    """Why this kernel cannot serve the combination (None when it can)."""
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return f"the Mosaic GPU prefill takes bfloat16 or float16, not {jnp.dtype(dtype).name}"
+    if head_dim not in (64, 128):
+        return f"the Mosaic GPU prefill takes head_dim 64 or 128, not {head_dim}"
+    if page_size < 8 or page_size & (page_size - 1):
+        return f"the Mosaic GPU prefill takes page sizes that are powers of two >= 8, not {page_size}"
+    if options.sliding_window is not None or options.num_sink_tokens:
+        return "the Mosaic GPU prefill has no sliding window or attention sinks"
+    return None
+
+
+def _tile_copies(config, page_size: int):
+    """(tokens per TMA copy, copies per KV tile)."""
+    per_copy = min(page_size, config.block_kv)
+    return per_copy, config.block_kv // per_copy
+
+
+def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, plan, *, layout, options,
+                   config: MosaicPrefillConfig, interpret=False):
+    """Rows of the sequences with more than one query token; q: [T, Hq, D]; kv_arrays: the
+    storage's arrays (``layout.tma_arrays``); meta: [3] int32 (layer, num_seqs, plan blocks);
+    plan: (seq [G], q_first [G]) from ``triton_calls.prefill_plan`` with ``block_q =
+    config.cta_rows``. Returns [T, Hq, D]: padding rows zeros, rows of single-token sequences
+    unwritten (the decode kernel writes them in place)."""
+    num_tokens, num_q_heads, head_dim = q.shape
+    num_kv_heads = layout.num_kv_heads
+    group = num_q_heads // num_kv_heads
+    bq, bk, stages = config.block_q, config.block_kv, config.stages
+    per_copy, copies = _tile_copies(config, layout.page_size)
+    page_size = layout.page_size
+    max_pages = page_table.shape[1]
+    seq_plan, first_plan = plan
+    num_programs = seq_plan.shape[0]
+    dtype = q.dtype
+    n_kv = len(kv_arrays)
+    scale = options.sm_scale * LOG2E
+    soft_cap = options.soft_cap
+
+    def cast(x, layout_):      # register layouts mean nothing to the interpreter
+        return x if interpret else plgpu.layout_cast(x, layout_)
+
+    def iota(dim):
+        if interpret:
+            return lax.broadcasted_iota(jnp.int32, (bq, bk), dim)
+        return plgpu.broadcasted_iota(jnp.int32, (bq, bk), dim, layout=plgpu.Layout.WGMMA)
+
+    def body(q_ref, cu_ref, kv_len_ref, pt_ref, seq_ref, first_ref, meta_ref, *refs):
+        kv_refs, o_ref = refs[:n_kv], refs[n_kv]
+        (q_smem, k_smem, v_smem, o_smem, k_full, v_full, q_full, k_free, v_free, turn) = refs[n_kv + 1:]
+        head = lax.axis_index("head")
+        prog = lax.axis_index("prog")
+        wg = lax.axis_index("wg")
+        kv_head = lax.div(head, jnp.int32(group))
+        layer, num_seqs, total = meta_ref[0], meta_ref[1], meta_ref[2]
+        active = prog < total
+        p = jnp.minimum(prog, num_programs - 1)
+        seq = jnp.where(active, seq_ref[p], 0)
+        q_first = first_ref[p]
+        q_start = cu_ref[seq]
+        q_len = jnp.where(active, cu_ref[seq + 1] - q_start, 0)
+        kv_len = kv_len_ref[seq]
+        cta_last = kv_len - q_len + jnp.minimum(q_first + 2 * bq, q_len) - 1
+        cta_steps = jnp.where(active, pl.cdiv(cta_last + 1, bk), 0)
+
+        def take_turn():
+            plgpu.barrier_arrive(turn)
+            plgpu.barrier_wait(turn)
+
+        @pl.when(wg < COMPUTE_WGS)
+        def _compute():
+            plgpu.set_max_registers(232, action="increase")
+            rows_first = q_first + wg * bq
+            n_rows = jnp.where(active, jnp.clip(q_len - rows_first, 0, bq), 0)
+            first_pos = kv_len - q_len + rows_first
+            steps = jnp.where(n_rows > 0, pl.cdiv(first_pos + n_rows, bk), 0)
+            full = jnp.minimum(jnp.where(n_rows > 0, lax.div(first_pos + 1, bk), 0), steps)
+
+            @pl.when(n_rows > 0)
+            def _():
+                # A TMA copy into tiled shared memory tiles the source rows too, so it can only start
+                # at a multiple of 8 rows; sequences start anywhere. The rows go to the (untiled)
+                # staging buffer first, then through registers into the tiled buffer wgmma reads.
+                plgpu.copy_gmem_to_smem(q_ref.at[pl.ds(q_start + rows_first, bq), head], o_smem.at[wg],
+                                        q_full.at[wg])
+                plgpu.barrier_wait(q_full.at[wg])
+                if interpret:
+                    q_smem.at[wg][...] = o_smem.at[wg][...]
+                else:
+                    q_smem.at[wg][...] = plgpu.load(o_smem.at[wg], (), layout=plgpu.Layout.WGMMA, optimized=False)
+                plgpu.commit_smem()
+                plgpu.barrier_wait(k_full.at[0])
+
+            carry = (cast(jnp.zeros((bq, head_dim), jnp.float32), plgpu.Layout.WGMMA),
+                     cast(jnp.full((bq,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
+                     cast(jnp.zeros((bq,), jnp.float32), plgpu.Layout.WGMMA.reduce(1)))
+
+            def step(t, carry, *, masked: bool):
+                acc, m_old, l_old = carry
+                slot = lax.rem(t, jnp.int32(stages))
+
+                def scores(acc_ref):
+                    plgpu.wgmma(acc_ref, q_smem.at[wg], plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
+                    take_turn()
+                    return acc_ref[...]
+
+                s = pl.run_scoped(scores, plgpu.ACC((bq, bk), jnp.float32))
+                plgpu.barrier_arrive(k_free.at[slot])
+                if soft_cap is not None:
+                    s = jnp.tanh(s * (options.sm_scale / soft_cap)) * (soft_cap * LOG2E)
+                else:
+                    s = s * scale
+                if masked:
+                    row = iota(0) + first_pos
+                    key = iota(1) + t * bk
+                    s = jnp.where((key <= row) & (key < kv_len), s, -jnp.inf)
+                m_new = jnp.maximum(m_old, s.max(axis=1))
+                alpha = jnp.exp2(m_old - m_new)
+                probs = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
+                acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+                l_new = l_old * alpha + probs.sum(axis=1)
+                p16 = probs.astype(dtype)
+                acc, l_new, m_new, p16 = lax.optimization_barrier((acc, l_new, m_new, p16))
+                plgpu.barrier_arrive(turn)
+                plgpu.barrier_wait(v_full.at[slot])
+                plgpu.barrier_wait(turn)
+
+                def values(acc_ref):
+                    plgpu.wgmma(acc_ref, p16, v_smem.at[slot])
+                    nxt = t + 1
+
+                    @pl.when(nxt < steps)
+                    def _():
+                        plgpu.barrier_wait(k_full.at[lax.rem(nxt, jnp.int32(stages))])
+
+                if interpret:       # the interpreter has no run_state: a fresh accumulator, added
+                    acc = acc + pl.run_scoped(lambda r: (values(r), r[...])[1],
+                                              plgpu.ACC((bq, head_dim), jnp.float32))
+                else:               # accumulate into acc in place
+                    acc = pl.run_state(values)(plgpu.ACC.init(acc))
+                plgpu.barrier_arrive(v_free.at[slot])
+                return acc, m_new, l_new
+
+            def release(t, _):
+                slot = lax.rem(t, jnp.int32(stages))
+                plgpu.barrier_arrive(k_free.at[slot])
+                plgpu.barrier_arrive(v_free.at[slot])
+                take_turn()
+                take_turn()
+
+            pl.when(wg == 1)(take_turn)
+            carry = lax.fori_loop(0, full, lambda t, c: step(t, c, masked=False), carry)
+            carry = lax.fori_loop(full, steps, lambda t, c: step(t, c, masked=True), carry)
+            lax.fori_loop(steps, cta_steps, release, None)
+            pl.when(wg == 0)(take_turn)
+
+            acc, _, l_sum = carry
+            out_rows = q_start + rows_first
+            idle_rows = cu_ref[num_seqs] + (prog - total) * (2 * bq) + wg * bq
+            # l_sum >= 1 on every row that saw a key (its maximum contributes 2**0); rows that saw
+            # none (idle programs, padding) have acc = 0 and come out as zeros.
+            out = acc / lax.broadcast_in_dim(jnp.maximum(l_sum, 1.0), acc.shape, [0])
+            o_smem.at[wg][...] = out.astype(dtype)
+            plgpu.commit_smem()
+
+            @pl.when((n_rows == bq) | (~active & (idle_rows < num_tokens)))
+            def _():
+                first = jnp.where(active, out_rows, idle_rows)
+                plgpu.copy_smem_to_gmem(o_smem.at[wg], o_ref.at[pl.ds(first, bq), head])
+
+            @pl.when((n_rows > 0) & (n_rows < bq))
+            def _():
+                @pl.loop(0, n_rows)
+                def _(r):
+                    plgpu.copy_smem_to_gmem(o_smem.at[wg, pl.ds(r, 1)], o_ref.at[pl.ds(out_rows + r, 1), head])
+
+            plgpu.wait_smem_to_gmem(0)
+
+        @pl.when(wg == COMPUTE_WGS)
+        def _producer():
+            plgpu.set_max_registers(40, action="decrease")
+
+            def fetch(t, slot, which):
+                for j in range(copies):
+                    token = t * bk + j * per_copy
+                    page = pt_ref[seq, jnp.minimum(lax.div(token, page_size), max_pages - 1)]
+                    rows = pl.ds(lax.rem(token, page_size) if page_size > bk else 0, per_copy)
+                    src = layout.tma_tile(kv_refs, which, layer, page, rows, kv_head)
+                    dst = (k_smem if which == 0 else v_smem).at[slot, pl.ds(j * per_copy, per_copy)]
+                    plgpu.copy_gmem_to_smem(src, dst, (k_full if which == 0 else v_full).at[slot])
+
+            for i in range(stages):
+                @pl.when(i < cta_steps)
+                def _():
+                    fetch(i, i, 0)
+                    fetch(i, i, 1)
+
+            @pl.loop(0, jnp.maximum(cta_steps - stages, 0))
+            def _(i):
+                t = i + stages
+                slot = lax.rem(i, jnp.int32(stages))
+                plgpu.barrier_wait(k_free.at[slot])
+                fetch(t, slot, 0)
+                plgpu.barrier_wait(v_free.at[slot])
+                fetch(t, slot, 1)
+
+    tiled = (plgpu.TilingTransform((8, 128 // jnp.dtype(dtype).itemsize)), plgpu.SwizzleTransform(128))
+    scratch = [
+        plgpu.SMEM((COMPUTE_WGS, bq, head_dim), dtype, transforms=tiled),
+        plgpu.SMEM((stages, bk, head_dim), dtype, transforms=tiled),
+        plgpu.SMEM((stages, bk, head_dim), dtype, transforms=tiled),
+        plgpu.SMEM((COMPUTE_WGS, bq, head_dim), dtype),
+        plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
+        plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
+        plgpu.Barrier(num_barriers=COMPUTE_WGS),
+        plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),
+        plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),
+        plgpu.Barrier(num_arrivals=COMPUTE_WGS),
+    ]
+    kernel = plgpu.kernel(
+        body, out_type=jax.ShapeDtypeStruct((num_tokens + -num_tokens % 8, num_q_heads, head_dim), dtype), scratch_types=scratch,
+        grid=(num_q_heads, num_programs), grid_names=("head", "prog"), num_threads=COMPUTE_WGS + 1,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(approx_math=True, lowering_semantics=LANE),
+        interpret=_interpret_params() if interpret else None)
+    pad = -num_tokens % 8          # a TMA box over tiled rows needs the row count a multiple of 8
+    q_in = jnp.pad(q, ((0, pad), (0, 0), (0, 0))) if pad else q
+    out = kernel(q_in, cu_q_lens, kv_lens, page_table, seq_plan, first_plan, meta, *kv_arrays)
+    return out[:num_tokens] if pad else out
+
+
+def _interpret_params():
+    """Mosaic GPU's interpret mode (simulated shared memory, warpgroups, barriers and TMA on a CPU)."""
+    from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+    return InterpretGPUParams()
+
+
+def num_programs(num_tokens: int, num_seqs_padded: int, config: MosaicPrefillConfig) -> int:
+    """Plan length: every query block plus enough idle programs to zero the padding rows."""
+    return math.ceil(num_tokens / config.cta_rows) + num_seqs_padded
