@@ -37,8 +37,7 @@ from kernel_timing import (
 )
 
 from kvlab.attention import AttentionOptions, RaggedBatch, ReferenceAttention
-from kvlab.attention.pallas import DecodeConfig, PallasAttention, PrefillConfig, layout_of, triton_calls
-from kvlab.attention.pallas.layout import as_rows
+from kvlab.attention.pallas import DecodeConfig, MosaicPrefillConfig, PallasAttention, PrefillConfig
 from kvlab.bench.report import markdown_table
 from kvlab.kvcache.storage import PagedKVStorage
 
@@ -46,6 +45,12 @@ from kvlab.kvcache.storage import PagedKVStorage
 def attention_fn(backend, opts):
     """backend(q, storage, layer 0, batch, opts) as a function of arrays only (for ``timed``)."""
     return lambda q, store, batch: backend(q, store, 0, batch, opts)
+
+
+def prefill_name(backend, q, store, opts) -> str:
+    """Which prefill kernel the backend runs for this combination."""
+    cfg = backend.prefill_kernel(dtype=q.dtype, head_dim=q.shape[2], page_size=store.page_size, options=opts)
+    return "mosaic" if isinstance(cfg, MosaicPrefillConfig) else "triton"
 
 
 def check() -> None:
@@ -58,11 +63,15 @@ def check() -> None:
              dict(hq=7, hkv=7, d=64, page=64, dtype=BF16, opts=dict(sliding_window=33))]
     for c in cases:
         for lens_q, kv_lens in (([1] * 9, [1, 17, 300, 64, 1000, 5, 2, 129, 700]),
-                                ([1, 77, 1, 300, 1], [40, 77, 513, 900, 1])):
+                                ([1, 77, 1, 300, 1], [40, 77, 513, 900, 1]),    # Hopper prefill: persistent
+                                ([300, 129], [1000, 129])):                      # Hopper: a CTA per block
+            # (the reference gathers every row's pages: no 128-page tables for the long prefills)
             q, store, batch, _ = paged_setup(lens_q, kv_lens, hq=c["hq"], hkv=c["hkv"], d=c["d"],
-                                             page=c["page"], dtype=c["dtype"], page_bucket=128)
+                                             page=c["page"], dtype=c["dtype"],
+                                             page_bucket=128 if len(lens_q) > 2 else None)
             opts = AttentionOptions(sm_scale=c["d"] ** -0.5, **c["opts"])
-            for backend in (PallasAttention(), PallasAttention(fuse_mixed=False)):
+            for backend in (PallasAttention(), PallasAttention(prefill=PrefillConfig()),
+                            PallasAttention(prefill=PrefillConfig(), fuse_mixed=False)):
                 out = jax.jit(attention_fn(backend, opts))(q, store, batch)
                 f32 = jax.tree.map(lambda a: a.astype(jnp.float32), store)
                 with jax.default_matmul_precision("highest"):     # no TF32 in the reference
@@ -72,7 +81,9 @@ def check() -> None:
                 limit = 1e-5 if c["dtype"] == jnp.float32 else 1e-2
                 status = "ok" if err < limit and not bad else "FAIL"
                 what = (f"{jnp.dtype(c['dtype']).name} Hq{c['hq']} Hkv{c['hkv']} D{c['d']} P{c['page']} "
-                        f"{c['opts']} decode_only={batch.decode_only} fused={backend.fuse_mixed}")
+                        f"{c['opts']} decode_only={batch.decode_only} "
+                        f"prefill={prefill_name(backend, q, store, opts)} "
+                        f"fused={backend.fuse_mixed}")
                 print(f"  check {what}: rel err {err:.2e} nan={bad} {status}", flush=True)
                 ROWS.append(dict(section="check", what=what, ms=0.0, note=f"rel err {err:.2e} {status}"))
 
@@ -134,17 +145,32 @@ def prefill(flops_ceiling, *, tune):
         record("prefill", "cuDNN dense causal", timed(f, q4, k4, v4), flops=flops, ceiling=flops_ceiling)
     except Exception as e:  # noqa: BLE001
         print(f"  cuDNN prefill unavailable: {type(e).__name__}: {e}"[:200])
+    try:       # JAX's FlashAttention-3 kernel on Mosaic GPU (dense KV, float16 only)
+        from jax.experimental.pallas.ops.gpu import attention_mgpu as jmgpu
+        cfg = jmgpu.TuningConfig(block_q=64, block_kv=128, max_concurrent_steps=2, causal=True)
+        record("prefill", "JAX Pallas Mosaic GPU attention (dense KV, f16)",
+               timed(functools.partial(jmgpu.attention, config=cfg),
+                     *(x.astype(jnp.float16) for x in (q4, k4, v4))),
+               flops=flops, ceiling=flops_ceiling, peer=peer)
+    except Exception as e:  # noqa: BLE001
+        print(f"  Mosaic GPU attention unavailable: {type(e).__name__}: {e}"[:200])
     del q4, k4, v4
-    configs = [PrefillConfig()]
+    configs = [MosaicPrefillConfig(), PrefillConfig()]
     if tune:
+        configs += [MosaicPrefillConfig(persistent=True), MosaicPrefillConfig(block_kv=64, stages=3)]
         configs += [PrefillConfig(block_m=m, block_k=k, num_warps=w, num_stages=st)
                     for m, k, w, st in ((64, 64, 4, 3), (128, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 3),
                                         (128, 32, 4, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 32, 4, 3))]
     for cfg in configs:
-        record("prefill", f"kvlab ragged prefill (paged KV) bm={cfg.block_m} bk={cfg.block_k} "
-               f"w={cfg.num_warps} st={cfg.num_stages}",
-               timed(attention_fn(PallasAttention(prefill=cfg), opts), q, store, batch),
-               flops=flops, ceiling=flops_ceiling, peer=peer)
+        if isinstance(cfg, MosaicPrefillConfig):
+            what = (f"kvlab Hopper prefill (Mosaic GPU, paged KV) bkv={cfg.block_kv} stages={cfg.stages} "
+                    f"persistent={cfg.persistent}")
+        else:
+            what = (f"kvlab Triton prefill (paged KV) bm={cfg.block_m} bk={cfg.block_k} w={cfg.num_warps} "
+                    f"st={cfg.num_stages}")
+        backend = PallasAttention(prefill=cfg)
+        record("prefill", what, timed(lambda q_, s_, b_, be=backend: be.prefill_rows(q_, s_, 0, b_, opts),
+                                      q, store, batch), flops=flops, ceiling=flops_ceiling, peer=peer)
 
 
 def _sub_batch(lists, lens_q, kv_lens, page):
@@ -159,27 +185,23 @@ def mixed(ceiling):
     lens_q, kv_lens = [chunk] + [1] * n_dec, [chunk + 1024] + [2048] * n_dec
     q, store, batch, lists = paged_setup(lens_q, kv_lens, hq=hq, hkv=hkv, d=d, page=page)
     opts = AttentionOptions(sm_scale=d ** -0.5)
-    backend = PallasAttention()
     dec_batch = _sub_batch(lists[1:], lens_q[1:], kv_lens[1:], page)
     pre_batch = _sub_batch(lists[:1], lens_q[:1], kv_lens[:1], page)
-    layout = layout_of(store)
-    st = triton_calls.static_for(backend.prefill, layout=layout, n_kv=2, group=hq // hkv, page_size=page,
-                                 options=opts, interpret=False)
-
-    def prefill_only(q_, store_, bt):
-        meta = jnp.stack([jnp.int32(0), bt.num_seqs])
-        return triton_calls.ragged_prefill(q_, as_rows(layout.arrays(store_)), bt.cu_q_lens, bt.kv_lens,
-                                           bt.page_table,
-                                           meta, st=st, config=backend.prefill, include_decodes=False)
-    t_dec = record("mixed", f"decode kernel alone: {n_dec} decodes at ctx 2048",
-                   timed(attention_fn(backend, opts), q[chunk:], store, dec_batch))
-    t_pre = record("mixed", f"prefill kernel alone: {chunk}-token chunk after 1024 cached",
-                   timed(prefill_only, q[:chunk], store, pre_batch))
     kv_bytes = 2 * sum(kv_lens) * hkv * d * 2
-    for name, be in (("one fused launch", backend), ("two launches", PallasAttention(fuse_mixed=False))):
-        record("mixed", f"kvlab mixed step, {name}", timed(attention_fn(be, opts), q, store, batch),
-               bytes_=kv_bytes, ceiling=ceiling, peer=t_dec + t_pre,
-               note="x peer: vs the parts run separately")
+    t_dec = record("mixed", f"decode kernel alone: {n_dec} decodes at ctx 2048",
+                   timed(attention_fn(PallasAttention(), opts), q[chunk:], store, dec_batch))
+    for name, pre in (("Hopper (Mosaic GPU)", MosaicPrefillConfig()), ("Triton", PrefillConfig())):
+        be = PallasAttention(prefill=pre)
+        t_pre = record("mixed", f"{name} prefill kernel alone: {chunk}-token chunk after 1024 cached",
+                       timed(lambda q_, s_, b_, be=be: be.prefill_rows(q_, s_, 0, b_, opts), q[:chunk], store,
+                             pre_batch))
+        launches = [("two launches", PallasAttention(prefill=pre, fuse_mixed=False))]
+        if isinstance(pre, PrefillConfig):
+            launches.insert(0, ("one fused launch", be))
+        for how, step_be in launches:
+            record("mixed", f"kvlab mixed step, {name} prefill, {how}",
+                   timed(attention_fn(step_be, opts), q, store, batch), bytes_=kv_bytes, ceiling=ceiling,
+                   peer=t_dec + t_pre, note="x peer: vs its parts run separately")
 
 
 def window(ceiling):

@@ -20,7 +20,13 @@ from kernel_cases import OPTIONS, build_case, ragged_lengths, relative_error
 
 import kvlab
 from kvlab.attention import AttentionOptions
-from kvlab.attention.pallas import DecodeConfig, PallasAttention, PrefillConfig, choose_num_splits
+from kvlab.attention.pallas import (
+    DecodeConfig,
+    MosaicPrefillConfig,
+    PallasAttention,
+    PrefillConfig,
+    choose_num_splits,
+)
 from kvlab.attention.pallas.triton_calls import prefill_plan
 from kvlab.engine import DenseReferenceDecoder
 from kvlab.kvcache.storage import BlockedKVStorage, PagedKVStorage
@@ -73,6 +79,51 @@ def test_head_dims_gqa_ratios_and_dtypes(head_dim, num_q_heads, num_kv_heads, dt
     out = backend()(q, storage, 1, batch, options)
     assert out.dtype == q.dtype and not bool(jnp.isnan(out).any())
     assert relative_error(out, q, storage, batch, options) < (1e-5 if dtype == "float32" else 1e-2)
+
+
+# The Mosaic GPU prefill under Mosaic GPU's interpreter (simulated warpgroups, barriers and TMA
+# copies; about 20 s a case here): the producer's page walk, the ring of KV slots, causal tile
+# skipping, whole and row-by-row output stores, idle programs zeroing padding, GQA, both layouts.
+# (q_lens, kv_lens, page size, blocked, dtype, Hq, Hkv, soft cap, token bucket)
+MOSAIC_CASES = [([13, 1], [30, 9], 8, False, "bfloat16", 2, 1, None, 16),
+                ([70], [300], 16, True, "float16", 1, 1, 2.0, 72)]
+
+
+@pytest.mark.parametrize("q_lens,kv_lens,page,blocked,dtype,hq,hkv,cap,tokens", MOSAIC_CASES)
+def test_mosaic_prefill_matches_the_reference(q_lens, kv_lens, page, blocked, dtype, hq, hkv, cap, tokens):
+    q, storage, batch = build_case(q_lens, kv_lens, seed=len(q_lens), page_size=page, num_q_heads=hq,
+                                   num_kv_heads=hkv, head_dim=64, dtype=jnp.dtype(dtype),
+                                   token_bucket=tokens, seq_bucket=len(q_lens),
+                                   page_bucket=-(-max(kv_lens) // page), blocked=blocked)
+    options = AttentionOptions(sm_scale=0.125, soft_cap=cap)
+    be = PallasAttention(interpret=True, prefill=MosaicPrefillConfig(), decode=DecodeConfig(block_k=16))
+    out = be(q, storage, 1, batch, options)          # the Mosaic prefill, then the decode kernel in place
+    assert not bool(jnp.isnan(out).any())
+    assert relative_error(out, q, storage, batch, options) < 1e-2
+    assert float(jnp.abs(out[sum(q_lens):]).max(initial=0.0)) == 0.0
+
+
+def test_prefill_kernel_choice_and_its_limits():
+    plain = AttentionOptions(sm_scale=0.125)
+    pick = functools.partial(PallasAttention().prefill_kernel, head_dim=128, page_size=16, options=plain)
+    assert isinstance(pick(dtype=jnp.bfloat16), PrefillConfig)          # no Hopper GPU here: Triton
+    forced = PallasAttention(interpret=True, prefill=MosaicPrefillConfig())
+    chosen = forced.prefill_kernel(dtype=jnp.bfloat16, head_dim=128, page_size=16, options=plain)
+    assert chosen is forced.prefill
+    with pytest.raises(ValueError, match="bfloat16 or float16, not float32.*PrefillConfig"):
+        forced.prefill_kernel(dtype=jnp.float32, head_dim=128, page_size=16, options=plain)
+    with pytest.raises(ValueError, match="head_dim 64 or 128, not 256"):
+        forced.prefill_kernel(dtype=jnp.bfloat16, head_dim=256, page_size=16, options=plain)
+    with pytest.raises(ValueError, match="powers of two >= 8, not 4"):
+        forced.prefill_kernel(dtype=jnp.bfloat16, head_dim=64, page_size=4, options=plain)
+    with pytest.raises(ValueError, match="no sliding window"):
+        forced.prefill_kernel(dtype=jnp.bfloat16, head_dim=64, page_size=16,
+                              options=AttentionOptions(sm_scale=0.1, sliding_window=8))
+    with pytest.raises(ValueError, match="needs a Hopper GPU"):
+        PallasAttention(prefill=MosaicPrefillConfig()).prefill_kernel(dtype=jnp.bfloat16, head_dim=64,
+                                                                      page_size=16, options=plain)
+    with pytest.raises(ValueError, match="block_kv must be a power of two and a multiple of 64"):
+        MosaicPrefillConfig(block_kv=96)
 
 
 @pytest.mark.parametrize("kind", [PagedKVStorage, BlockedKVStorage])

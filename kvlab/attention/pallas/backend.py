@@ -36,9 +36,10 @@ import jax
 import jax.numpy as jnp
 
 from kvlab.attention.batch import RaggedBatch
-from kvlab.attention.pallas import triton_calls, triton_kv_write
+from kvlab.attention.pallas import mosaic_prefill, triton_calls, triton_kv_write
 from kvlab.attention.pallas.config import DecodeConfig, PrefillConfig, check_supported, choose_num_splits
 from kvlab.attention.pallas.layout import as_rows, layout_of
+from kvlab.attention.pallas.mosaic_prefill import MosaicPrefillConfig
 from kvlab.attention.reference import AttentionOptions
 
 
@@ -46,20 +47,30 @@ def _num_sms(default: int = 132) -> int:
     return getattr(jax.devices()[0], "core_count", None) or default
 
 
+def _is_hopper() -> bool:
+    """A Hopper GPU (compute capability 9.x: wgmma and TMA) is the default device."""
+    dev = jax.devices()[0]
+    return dev.platform == "gpu" and str(getattr(dev, "compute_capability", "")).startswith("9")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PallasAttention:
     """Ragged paged attention through Pallas kernels (Triton lowering).
 
-    decode / prefill: tile configurations; kv_write_kernel: write new K/V with the Pallas scatter
-    kernel (True) or XLA's scatter (False); fuse_mixed: a step with prefill chunks runs prefill and
-    decode programs in one launch (True) or as two kernels, one after the other (False);
-    interpret: run the kernels in Pallas interpret mode
-    (any device, slow: for tests on CPU); num_sms: SM count for the split-K heuristic (None: ask
-    the device).
+    decode: the decode kernel's tiles. prefill: which prefill kernel, with its tiles: a
+    ``PrefillConfig`` (the Triton kernel), a ``MosaicPrefillConfig`` (the Hopper kernel: wgmma, TMA,
+    warp specialization; a clear error where it cannot serve the model), or None: the Hopper kernel
+    on a Hopper GPU wherever it serves the combination, the Triton kernel otherwise (see
+    ``prefill_kernel``). kv_write_kernel: write new K/V with the Pallas scatter kernel (True) or
+    XLA's scatter (False); fuse_mixed: with the Triton prefill, a step with prefill chunks runs
+    prefill and decode programs in one launch (True) or as two kernels, one after the other (False;
+    the Hopper prefill always runs as its own launch); interpret: run the kernels in Pallas
+    interpret mode (any device, slow: for tests on CPU); num_sms: SM count for the split-K
+    heuristic (None: ask the device).
     """
 
     decode: DecodeConfig = DecodeConfig()
-    prefill: PrefillConfig = PrefillConfig()
+    prefill: PrefillConfig | MosaicPrefillConfig | None = None
     kv_write_kernel: bool = True
     fuse_mixed: bool = True
     interpret: bool = False
@@ -80,6 +91,25 @@ class PallasAttention:
         arrays = triton_kv_write.write_kv(layout.arrays(storage), k_new, v_new, slots, layer, layout=layout,
                                           page_size=storage.page_size, interpret=self.interpret)
         return layout.rebuild(arrays)
+
+    def prefill_kernel(self, *, dtype, head_dim: int, page_size: int,
+                       options: AttentionOptions) -> PrefillConfig | MosaicPrefillConfig:
+        """The prefill kernel (its config) that serves this combination; raises a ValueError naming
+        the limit when a ``MosaicPrefillConfig`` was asked for and cannot serve it."""
+        why = mosaic_prefill.unsupported_reason(MosaicPrefillConfig(), dtype=dtype, head_dim=head_dim,
+                                                page_size=page_size, options=options)
+        if isinstance(self.prefill, MosaicPrefillConfig):
+            if why is None and not (self.interpret or _is_hopper()):
+                why = ("the Mosaic GPU prefill needs a Hopper GPU (compute capability 9.x), not "
+                       f"{jax.devices()[0]}")
+            if why is not None:
+                raise ValueError(f"{why}; pass prefill=PrefillConfig() for the Triton kernel, or "
+                                 "prefill=None to choose per combination")
+            return self.prefill
+        if self.prefill is not None:
+            return self.prefill
+        hopper = why is None and not self.interpret and _is_hopper()
+        return MosaicPrefillConfig() if hopper else PrefillConfig()
 
     def num_splits(self, batch: RaggedBatch, storage) -> int:
         """The decode kernel's split-K factor for this batch's (static) shapes."""
@@ -105,10 +135,35 @@ class PallasAttention:
         if batch.decode_only:
             return triton_calls.paged_decode(*args, st=st_dec, config=self.decode, num_splits=splits,
                                              decode_only=True)
-        st_pre = triton_calls.static_for(self.prefill, **statics)
-        if self.fuse_mixed:
-            return triton_calls.mixed_step(*args, st_prefill=st_pre, st_decode=st_dec,
-                                           prefill_config=self.prefill, num_splits=splits)
-        out = triton_calls.ragged_prefill(*args, st=st_pre, config=self.prefill, include_decodes=False)
+        pre = self.prefill_kernel(dtype=q.dtype, head_dim=head_dim, page_size=storage.page_size,
+                                  options=options)
+        if self.fuse_mixed and isinstance(pre, PrefillConfig):
+            return triton_calls.mixed_step(*args, st_prefill=triton_calls.static_for(pre, **statics),
+                                           st_decode=st_dec, prefill_config=pre, num_splits=splits)
+        out = self.prefill_rows(q, storage, layer, batch, options)
         return triton_calls.paged_decode(*args, st=st_dec, config=self.decode, num_splits=splits,
                                          decode_only=False, out=out)
+
+    def prefill_rows(self, q: jax.Array, storage, layer, batch: RaggedBatch, options: AttentionOptions):
+        """The prefill kernel alone: q [T, Hq, D] -> [T, Hq, D] with the rows of every sequence of
+        more than one query token; padding rows zeros, rows of single-token sequences unwritten."""
+        layout = layout_of(storage)
+        kv = layout.arrays(storage)
+        num_q_heads, head_dim = q.shape[1], q.shape[2]
+        pre = self.prefill_kernel(dtype=q.dtype, head_dim=head_dim, page_size=storage.page_size,
+                                  options=options)
+        meta = jnp.stack([jnp.asarray(layer, jnp.int32), jnp.asarray(batch.num_seqs, jnp.int32)])
+        if isinstance(pre, MosaicPrefillConfig):
+            programs = mosaic_prefill.num_programs(q.shape[0], batch.num_seq_slots, pre)
+            seq, q_first, total = triton_calls.prefill_plan(batch.cu_q_lens, meta[1], block_q=pre.cta_rows,
+                                                            num_programs=programs, include_decodes=False)
+            return mosaic_prefill.ragged_prefill(
+                q, layout.tma_arrays(kv), batch.cu_q_lens, batch.kv_lens, batch.page_table,
+                jnp.stack([meta[0], meta[1], total]), (seq, q_first), layout=layout, options=options,
+                config=pre, interpret=self.interpret,
+                num_ctas=2 if self.interpret else self.num_sms or _num_sms())   # 2: several items a CTA
+        st = triton_calls.static_for(pre, layout=layout, n_kv=len(kv),
+                                     group=num_q_heads // storage.num_kv_heads, page_size=storage.page_size,
+                                     options=options, interpret=self.interpret)
+        return triton_calls.ragged_prefill(q, as_rows(kv), batch.cu_q_lens, batch.kv_lens, batch.page_table,
+                                           meta, st=st, config=pre, include_decodes=False)

@@ -22,6 +22,7 @@ do not tile ``block_kv``, sliding windows and attention sinks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -33,17 +34,24 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 LOG2E = 1.4426950408889634
 COMPUTE_WGS = 2
-LANE = LoweringSemantics.Lane      # register layouts chosen per op (the dialect's inference rejects this kernel)
+LANE = LoweringSemantics.Lane      # layouts per op (the dialect's layout inference rejects this kernel)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MosaicPrefillConfig:
     """Tiles of the Hopper prefill kernel: ``block_q`` query tokens per compute warpgroup (two per
-    CTA), KV tiles of ``block_kv`` tokens in a ring of ``stages`` slots."""
+    CTA), KV tiles of ``block_kv`` tokens in a ring of ``stages`` slots.
+
+    ``persistent``: one CTA per SM looping over the work items (True), or one CTA per work item,
+    balanced by the hardware's block scheduler (False). The grid is sized for the worst case of
+    the static shapes (every sequence slot a prefill), so with many sequence slots per query block
+    most CTAs would be idle and launch for nothing; None chooses persistent exactly then (more
+    sequence slots than query blocks of the token bucket)."""
 
     block_q: int = 64
     block_kv: int = 128
     stages: int = 2
+    persistent: bool | None = None
 
     def __post_init__(self):
         if self.block_q != 64:
@@ -58,7 +66,8 @@ class MosaicPrefillConfig:
         return COMPUTE_WGS * self.block_q
 
 
-def unsupported_reason(config: MosaicPrefillConfig, *, dtype, head_dim: int, page_size: int, options) -> str | None:
+def unsupported_reason(config: MosaicPrefillConfig, *, dtype, head_dim: int, page_size: int,
+                       options) -> str | None:
     """Why this kernel cannot serve the combination (None when it can)."""
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         return f"the Mosaic GPU prefill takes bfloat16 or float16, not {jnp.dtype(dtype).name}"
@@ -78,7 +87,7 @@ def _tile_copies(config, page_size: int):
 
 
 def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, plan, *, layout, options,
-                   config: MosaicPrefillConfig, interpret=False):
+                   config: MosaicPrefillConfig, num_ctas: int = 132, interpret=False):
     """Rows of the sequences with more than one query token; q: [T, Hq, D]; kv_arrays: the
     storage's arrays (``layout.tma_arrays``); meta: [3] int32 (layer, num_seqs, plan blocks);
     plan: (seq [G], q_first [G]) from ``triton_calls.prefill_plan`` with ``block_q =
@@ -95,8 +104,16 @@ def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, plan, *, 
     num_programs = seq_plan.shape[0]
     dtype = q.dtype
     n_kv = len(kv_arrays)
+    persistent = config.persistent
+    if persistent is None:
+        persistent = kv_lens.shape[0] > math.ceil(num_tokens / config.cta_rows)
+    grid = max(1, min(num_ctas, num_programs * num_q_heads) if persistent else num_programs * num_q_heads)
     scale = options.sm_scale * LOG2E
     soft_cap = options.soft_cap
+
+    pad = -num_tokens % 8          # a TMA box over tiled rows needs the row count a multiple of 8
+    if interpret:                  # the interpreter raises on the rows a TMA box reads past the end
+        pad += bq
 
     def cast(x, layout_):      # register layouts mean nothing to the interpreter
         return x if interpret else plgpu.layout_cast(x, layout_)
@@ -109,28 +126,41 @@ def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, plan, *, 
     def body(q_ref, cu_ref, kv_len_ref, pt_ref, seq_ref, first_ref, meta_ref, *refs):
         kv_refs, o_ref = refs[:n_kv], refs[n_kv]
         (q_smem, k_smem, v_smem, o_smem, k_full, v_full, q_full, k_free, v_free, turn) = refs[n_kv + 1:]
-        head = lax.axis_index("head")
-        prog = lax.axis_index("prog")
+        cta = lax.axis_index("cta")
         wg = lax.axis_index("wg")
-        kv_head = lax.div(head, jnp.int32(group))
         layer, num_seqs, total = meta_ref[0], meta_ref[1], meta_ref[2]
-        active = prog < total
-        p = jnp.minimum(prog, num_programs - 1)
-        seq = jnp.where(active, seq_ref[p], 0)
-        q_first = first_ref[p]
-        q_start = cu_ref[seq]
-        q_len = jnp.where(active, cu_ref[seq + 1] - q_start, 0)
-        kv_len = kv_len_ref[seq]
-        cta_last = kv_len - q_len + jnp.minimum(q_first + 2 * bq, q_len) - 1
-        cta_steps = jnp.where(active, pl.cdiv(cta_last + 1, bk), 0)
+        pad_start = cu_ref[num_seqs]
+        # Work items (plan block, query head), heads fastest: the plan's blocks first (heaviest
+        # first), then blocks of padding rows to zero. Round k gives item k * G + c to CTA c on
+        # even rounds and to CTA G - 1 - c on odd ones (a snake: each CTA gets heavy and light items).
+        num_items = (total + pl.cdiv(num_tokens - pad_start, 2 * bq)) * num_q_heads
+        def snake_slot(k):
+            return jnp.where(lax.rem(k, 2) == 0, cta, grid - 1 - cta)
+
+        rounds = lax.div(num_items, grid)
+        mine = rounds + jnp.where(snake_slot(rounds) < lax.rem(num_items, grid), 1, 0)
+
+        def item(k):
+            """The scalars of this CTA's k-th work item."""
+            w = k * grid + snake_slot(k)
+            head, prog = lax.rem(w, jnp.int32(num_q_heads)), lax.div(w, jnp.int32(num_q_heads))
+            active = prog < total
+            p = jnp.minimum(prog, num_programs - 1)
+            seq = jnp.where(active, seq_ref[p], 0)
+            q_first = first_ref[p]
+            q_start = cu_ref[seq]
+            q_len = jnp.where(active, cu_ref[seq + 1] - q_start, 0)
+            kv_len = kv_len_ref[seq]
+            cta_last = kv_len - q_len + jnp.minimum(q_first + 2 * bq, q_len) - 1
+            return dict(head=head, prog=prog, active=active, seq=seq, q_first=q_first, q_start=q_start,
+                        q_len=q_len, kv_len=kv_len, kv_head=lax.div(head, jnp.int32(group)),
+                        cta_steps=jnp.where(active, pl.cdiv(cta_last + 1, bk), 0))
 
         def take_turn():
             plgpu.barrier_arrive(turn)
             plgpu.barrier_wait(turn)
 
-        @pl.when(wg < COMPUTE_WGS)
-        def _compute():
-            plgpu.set_max_registers(232, action="increase")
+        def compute_item(*, head, prog, active, q_first, q_start, q_len, kv_len, cta_steps, **_):
             rows_first = q_first + wg * bq
             n_rows = jnp.where(active, jnp.clip(q_len - rows_first, 0, bq), 0)
             first_pos = kv_len - q_len + rows_first
@@ -148,7 +178,8 @@ def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, plan, *, 
                 if interpret:
                     q_smem.at[wg][...] = o_smem.at[wg][...]
                 else:
-                    q_smem.at[wg][...] = plgpu.load(o_smem.at[wg], (), layout=plgpu.Layout.WGMMA, optimized=False)
+                    q_smem.at[wg][...] = plgpu.load(o_smem.at[wg], (), layout=plgpu.Layout.WGMMA,
+                                                    optimized=False)
                 plgpu.commit_smem()
                 plgpu.barrier_wait(k_full.at[0])
 
@@ -165,7 +196,12 @@ def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, plan, *, 
                     take_turn()
                     return acc_ref[...]
 
-                s = pl.run_scoped(scores, plgpu.ACC((bq, bk), jnp.float32))
+                if interpret:       # the interpreter's wgmma takes no transposed operand
+                    s = lax.dot_general(q_smem.at[wg][...], k_smem.at[slot][...], (((1,), (1,)), ((), ())),
+                                        preferred_element_type=jnp.float32)
+                    take_turn()
+                else:
+                    s = pl.run_scoped(scores, plgpu.ACC((bq, bk), jnp.float32))
                 plgpu.barrier_arrive(k_free.at[slot])
                 if soft_cap is not None:
                     s = jnp.tanh(s * (options.sm_scale / soft_cap)) * (soft_cap * LOG2E)
@@ -194,16 +230,22 @@ def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, plan, *, 
                     def _():
                         plgpu.barrier_wait(k_full.at[lax.rem(nxt, jnp.int32(stages))])
 
-                if interpret:       # the interpreter has no run_state: a fresh accumulator, added
-                    acc = acc + pl.run_scoped(lambda r: (values(r), r[...])[1],
-                                              plgpu.ACC((bq, head_dim), jnp.float32))
+                if interpret:       # the interpreter has no run_state
+                    acc = acc + jnp.dot(p16, v_smem.at[slot][...], preferred_element_type=jnp.float32)
+                    nxt = t + 1
+
+                    @pl.when(nxt < steps)
+                    def _():
+                        plgpu.barrier_wait(k_full.at[lax.rem(nxt, jnp.int32(stages))])
                 else:               # accumulate into acc in place
                     acc = pl.run_state(values)(plgpu.ACC.init(acc))
                 plgpu.barrier_arrive(v_free.at[slot])
                 return acc, m_new, l_new
 
-            def release(t, _):
+            def release(t, _):          # a tile this warpgroup's rows never see: free its slot
                 slot = lax.rem(t, jnp.int32(stages))
+                plgpu.barrier_wait(k_full.at[slot])
+                plgpu.barrier_wait(v_full.at[slot])
                 plgpu.barrier_arrive(k_free.at[slot])
                 plgpu.barrier_arrive(v_free.at[slot])
                 take_turn()
@@ -217,7 +259,7 @@ def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, plan, *, 
 
             acc, _, l_sum = carry
             out_rows = q_start + rows_first
-            idle_rows = cu_ref[num_seqs] + (prog - total) * (2 * bq) + wg * bq
+            idle_rows = pad_start + (prog - total) * (2 * bq) + wg * bq
             # l_sum >= 1 on every row that saw a key (its maximum contributes 2**0); rows that saw
             # none (idle programs, padding) have acc = 0 and come out as zeros.
             out = acc / lax.broadcast_in_dim(jnp.maximum(l_sum, 1.0), acc.shape, [0])
@@ -233,13 +275,12 @@ def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, plan, *, 
             def _():
                 @pl.loop(0, n_rows)
                 def _(r):
-                    plgpu.copy_smem_to_gmem(o_smem.at[wg, pl.ds(r, 1)], o_ref.at[pl.ds(out_rows + r, 1), head])
+                    plgpu.copy_smem_to_gmem(o_smem.at[wg, pl.ds(r, 1)],
+                                            o_ref.at[pl.ds(out_rows + r, 1), head])
 
             plgpu.wait_smem_to_gmem(0)
 
-        @pl.when(wg == COMPUTE_WGS)
-        def _producer():
-            plgpu.set_max_registers(40, action="decrease")
+        def produce_item(*, seq, kv_head, cta_steps, **_):
 
             def fetch(t, slot, which):
                 for j in range(copies):
@@ -250,11 +291,12 @@ def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, plan, *, 
                     dst = (k_smem if which == 0 else v_smem).at[slot, pl.ds(j * per_copy, per_copy)]
                     plgpu.copy_gmem_to_smem(src, dst, (k_full if which == 0 else v_full).at[slot])
 
+            def first_fetch(i):
+                fetch(i, i, 0)
+                fetch(i, i, 1)
+
             for i in range(stages):
-                @pl.when(i < cta_steps)
-                def _():
-                    fetch(i, i, 0)
-                    fetch(i, i, 1)
+                pl.when(i < cta_steps)(functools.partial(first_fetch, i))
 
             @pl.loop(0, jnp.maximum(cta_steps - stages, 0))
             def _(i):
@@ -264,6 +306,28 @@ def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, plan, *, 
                 fetch(t, slot, 0)
                 plgpu.barrier_wait(v_free.at[slot])
                 fetch(t, slot, 1)
+
+            @pl.loop(jnp.maximum(cta_steps - stages, 0), cta_steps)
+            def _(i):                   # the last tiles' slots: wait until they are consumed too
+                slot = lax.rem(i, jnp.int32(stages))
+                plgpu.barrier_wait(k_free.at[slot])
+                plgpu.barrier_wait(v_free.at[slot])
+
+        @pl.when(wg < COMPUTE_WGS)
+        def _compute():
+            plgpu.set_max_registers(232, action="increase")
+
+            @pl.loop(0, mine)
+            def _(k):
+                compute_item(**item(k))
+
+        @pl.when(wg == COMPUTE_WGS)
+        def _producer():
+            plgpu.set_max_registers(40, action="decrease")
+
+            @pl.loop(0, mine)
+            def _(k):
+                produce_item(**item(k))
 
     tiled = (plgpu.TilingTransform((8, 128 // jnp.dtype(dtype).itemsize)), plgpu.SwizzleTransform(128))
     scratch = [
@@ -279,12 +343,12 @@ def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, plan, *, 
         plgpu.Barrier(num_arrivals=COMPUTE_WGS),
     ]
     kernel = plgpu.kernel(
-        body, out_type=jax.ShapeDtypeStruct((num_tokens + -num_tokens % 8, num_q_heads, head_dim), dtype), scratch_types=scratch,
-        grid=(num_q_heads, num_programs), grid_names=("head", "prog"), num_threads=COMPUTE_WGS + 1,
+        body, out_type=jax.ShapeDtypeStruct((num_tokens + pad, num_q_heads, head_dim), dtype),
+        scratch_types=scratch,
+        grid=(grid,), grid_names=("cta",), num_threads=COMPUTE_WGS + 1,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True, lowering_semantics=LANE),
         interpret=_interpret_params() if interpret else None)
-    pad = -num_tokens % 8          # a TMA box over tiled rows needs the row count a multiple of 8
     q_in = jnp.pad(q, ((0, pad), (0, 0), (0, 0))) if pad else q
     out = kernel(q_in, cu_q_lens, kv_lens, page_table, seq_plan, first_plan, meta, *kv_arrays)
     return out[:num_tokens] if pad else out
