@@ -137,12 +137,23 @@ class PallasAttention:
                                              decode_only=True)
         pre = self.prefill_kernel(dtype=q.dtype, head_dim=head_dim, page_size=storage.page_size,
                                   options=options)
+        if self.prefill is None and self.fuse_mixed and self.decode_heavy(batch):
+            pre = PrefillConfig()       # one fused launch beats the Hopper prefill + a decode launch
         if self.fuse_mixed and isinstance(pre, PrefillConfig):
             return triton_calls.mixed_step(*args, st_prefill=triton_calls.static_for(pre, **statics),
                                            st_decode=st_dec, prefill_config=pre, num_splits=splits)
         out = self.prefill_rows(q, storage, layer, batch, options)
         return triton_calls.paged_decode(*args, st=st_dec, config=self.decode, num_splits=splits,
                                          decode_only=False, out=out)
+
+    @staticmethod
+    def decode_heavy(batch: RaggedBatch) -> bool:
+        """From the static shapes: more sequence slots than 128-token query blocks in the token
+        bucket, the shape of a chunked-prefill step among many decodes. With the automatic prefill
+        choice (``prefill=None``) such a step runs the fused Triton launch: the Hopper prefill cannot
+        share a launch with the decode programs, and two launches measured 7% slower than their
+        parts where the fused launch is 3% faster (docs/benchmarks.md)."""
+        return batch.num_seq_slots > -(-batch.num_tokens // MosaicPrefillConfig().cta_rows)
 
     def prefill_rows(self, q: jax.Array, storage, layer, batch: RaggedBatch, options: AttentionOptions):
         """The prefill kernel alone: q [T, Hq, D] -> [T, Hq, D] with the rows of every sequence of
