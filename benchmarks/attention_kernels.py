@@ -202,6 +202,8 @@ def mixed(ceiling):
             record("mixed", f"kvlab mixed step, {name} prefill, {how}",
                    timed(attention_fn(step_be, opts), q, store, batch), bytes_=kv_bytes, ceiling=ceiling,
                    peer=t_dec + t_pre, note="x peer: vs its parts run separately")
+    record("mixed", "kvlab mixed step, default backend (prefill=None)",
+           timed(attention_fn(PallasAttention(), opts), q, store, batch), bytes_=kv_bytes, ceiling=ceiling)
 
 
 def window(ceiling):

@@ -125,11 +125,11 @@ def test_prefill_kernel_choice_and_its_limits():
     q, _, mixed = build_case([300] + [1] * 5, [900] + [40] * 5, seed=0, page_size=16, num_q_heads=2,
                              num_kv_heads=1, head_dim=64, dtype=jnp.bfloat16, token_bucket=320, seq_bucket=6,
                              page_bucket=64)
-    assert PallasAttention.decode_heavy(mixed)              # 6 slots, 3 query blocks: the fused launch
+    assert mixed.has_decodes and not mixed.decode_only       # decodes too: the fused Triton launch
     _, _, prefill = build_case([300, 20], [900, 20], seed=0, page_size=16, num_q_heads=2, num_kv_heads=1,
                                head_dim=64, dtype=jnp.bfloat16, token_bucket=320, seq_bucket=2,
                                page_bucket=64)
-    assert not PallasAttention.decode_heavy(prefill)
+    assert not prefill.has_decodes                           # prefills alone: the Hopper kernel alone
     with pytest.raises(ValueError, match="block_kv must be a power of two and a multiple of 64"):
         MosaicPrefillConfig(block_kv=96)
 

@@ -23,6 +23,8 @@ class RaggedBatch:
     page_table: [S, P] int32 pages of each sequence (padding entries point at page 0);
     num_seqs: [] int32 real sequences; logits_indices: [S] int32 row whose logits are sampled;
     decode_only: static: every real sequence has exactly one new token (kernels pick their path).
+    has_decodes: static: some real sequence has exactly one new token (True when unknown: a
+    backend may then run its decode path for nothing, never skip it).
     """
 
     tokens: jax.Array
@@ -34,6 +36,7 @@ class RaggedBatch:
     num_seqs: jax.Array
     logits_indices: jax.Array
     decode_only: bool = dataclasses.field(default=False, metadata=dict(static=True))
+    has_decodes: bool = dataclasses.field(default=True, metadata=dict(static=True))
 
     @property
     def num_tokens(self) -> int:
@@ -82,4 +85,5 @@ class RaggedBatch:
         logits_idx[:n_seq] = cu[1:n_seq + 1] - 1
         return cls(tokens=tokens, positions=positions, slots=slots, cu_q_lens=cu, kv_lens=kv_lens,
                    page_table=table, num_seqs=np.int32(n_seq), logits_indices=logits_idx,
-                   decode_only=bool(n_seq) and bool((lens == 1).all()))
+                   decode_only=bool(n_seq) and bool((lens == 1).all()),
+                   has_decodes=bool((lens == 1).any()))

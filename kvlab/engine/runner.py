@@ -102,6 +102,8 @@ class ModelRunner:
                           page_buckets=self.page_buckets)
         if self.fixed_shapes:   # one program for every step: decodes take the mixed path too
             batch = dataclasses.replace(batch, decode_only=False)
+        if self.fixed_shapes or not getattr(self.attention, "splits_prefill_only_steps", False):
+            batch = dataclasses.replace(batch, has_decodes=True)   # one compilation, not one per value
         return batch
 
     # ---- page copies for swapping (page counts padded to powers of two: few compilations) ----

@@ -76,6 +76,9 @@ class PallasAttention:
     interpret: bool = False
     num_sms: int | None = None
     name: str = "pallas"
+    # The engine's runner keeps ``RaggedBatch.has_decodes`` exact for this backend (a compilation
+    # per value): a step with prefills and no decodes runs the Hopper prefill alone.
+    splits_prefill_only_steps = True
 
     def check(self, *, num_q_heads: int, num_kv_heads: int, head_dim: int, page_size: int, dtype) -> None:
         """Raise a ValueError naming the limit if the kernels cannot serve this model and cache
@@ -137,23 +140,16 @@ class PallasAttention:
                                              decode_only=True)
         pre = self.prefill_kernel(dtype=q.dtype, head_dim=head_dim, page_size=storage.page_size,
                                   options=options)
-        if self.prefill is None and self.fuse_mixed and self.decode_heavy(batch):
-            pre = PrefillConfig()       # one fused launch beats the Hopper prefill + a decode launch
+        if isinstance(pre, MosaicPrefillConfig) and not batch.has_decodes:
+            return self.prefill_rows(q, storage, layer, batch, options)      # no decode launch at all
+        if self.prefill is None and self.fuse_mixed:
+            pre = PrefillConfig()       # decodes too: one fused launch beats Hopper prefill + decode launch
         if self.fuse_mixed and isinstance(pre, PrefillConfig):
             return triton_calls.mixed_step(*args, st_prefill=triton_calls.static_for(pre, **statics),
                                            st_decode=st_dec, prefill_config=pre, num_splits=splits)
         out = self.prefill_rows(q, storage, layer, batch, options)
         return triton_calls.paged_decode(*args, st=st_dec, config=self.decode, num_splits=splits,
                                          decode_only=False, out=out)
-
-    @staticmethod
-    def decode_heavy(batch: RaggedBatch) -> bool:
-        """From the static shapes: more sequence slots than 128-token query blocks in the token
-        bucket, the shape of a chunked-prefill step among many decodes. With the automatic prefill
-        choice (``prefill=None``) such a step runs the fused Triton launch: the Hopper prefill cannot
-        share a launch with the decode programs, and two launches measured 7% slower than their
-        parts where the fused launch is 3% faster (docs/benchmarks.md)."""
-        return batch.num_seq_slots > -(-batch.num_tokens // MosaicPrefillConfig().cta_rows)
 
     def prefill_rows(self, q: jax.Array, storage, layer, batch: RaggedBatch, options: AttentionOptions):
         """The prefill kernel alone: q [T, Hq, D] -> [T, Hq, D] with the rows of every sequence of
