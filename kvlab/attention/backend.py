@@ -3,7 +3,10 @@
 A backend is a callable ``backend(q, storage, layer, batch, options) -> out`` with
 q: [T, Hq, D], storage: ``PagedKVStorage`` or ``BlockedKVStorage`` (all layers), layer: int
 scalar, batch: ``RaggedBatch``; and ``backend.write_kv(storage, layer, k, v, slots) -> storage``
-puts a layer's new K/V into the cache before the attention reads it.
+puts a layer's new K/V into the cache before the attention reads it. A backend whose class sets
+``splits_prefill_only_steps = True`` gets the batch's static ``has_decodes`` flag exact (one
+compilation per value); for any other backend the engine's runner fixes it to True, so no extra
+variant compiles.
 The GPU kernels (``kvlab.attention.pallas.PallasAttention``) sit beside ``ReferenceAttention``
 behind the same two calls.
 """

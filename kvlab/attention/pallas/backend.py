@@ -99,8 +99,8 @@ class PallasAttention:
                        options: AttentionOptions) -> PrefillConfig | MosaicPrefillConfig:
         """The prefill kernel (its config) that serves this combination; raises a ValueError naming
         the limit when a ``MosaicPrefillConfig`` was asked for and cannot serve it."""
-        why = mosaic_prefill.unsupported_reason(MosaicPrefillConfig(), dtype=dtype, head_dim=head_dim,
-                                                page_size=page_size, options=options)
+        why = mosaic_prefill.unsupported_reason(dtype=dtype, head_dim=head_dim, page_size=page_size,
+                                                options=options)
         if isinstance(self.prefill, MosaicPrefillConfig):
             if why is None and not (self.interpret or _is_hopper()):
                 why = ("the Mosaic GPU prefill needs a Hopper GPU (compute capability 9.x), not "
@@ -141,27 +141,30 @@ class PallasAttention:
         pre = self.prefill_kernel(dtype=q.dtype, head_dim=head_dim, page_size=storage.page_size,
                                   options=options)
         if isinstance(pre, MosaicPrefillConfig) and not batch.has_decodes:
-            return self.prefill_rows(q, storage, layer, batch, options)      # no decode launch at all
+            return self._prefill_rows(q, storage, layer, batch, options, pre)   # no decode launch at all
         if self.prefill is None and self.fuse_mixed:
             pre = PrefillConfig()       # decodes too: one fused launch beats Hopper prefill + decode launch
         if self.fuse_mixed and isinstance(pre, PrefillConfig):
             return triton_calls.mixed_step(*args, st_prefill=triton_calls.static_for(pre, **statics),
                                            st_decode=st_dec, prefill_config=pre, num_splits=splits)
-        out = self.prefill_rows(q, storage, layer, batch, options)
+        out = self._prefill_rows(q, storage, layer, batch, options, pre)
         return triton_calls.paged_decode(*args, st=st_dec, config=self.decode, num_splits=splits,
                                          decode_only=False, out=out)
 
     def prefill_rows(self, q: jax.Array, storage, layer, batch: RaggedBatch, options: AttentionOptions):
         """The prefill kernel alone: q [T, Hq, D] -> [T, Hq, D] with the rows of every sequence of
         more than one query token; padding rows zeros, rows of single-token sequences unwritten."""
+        pre = self.prefill_kernel(dtype=q.dtype, head_dim=q.shape[2], page_size=storage.page_size,
+                                  options=options)
+        return self._prefill_rows(q, storage, layer, batch, options, pre)
+
+    def _prefill_rows(self, q, storage, layer, batch: RaggedBatch, options: AttentionOptions, pre):
         layout = layout_of(storage)
         kv = layout.arrays(storage)
-        num_q_heads, head_dim = q.shape[1], q.shape[2]
-        pre = self.prefill_kernel(dtype=q.dtype, head_dim=head_dim, page_size=storage.page_size,
-                                  options=options)
+        num_q_heads = q.shape[1]
         meta = jnp.stack([jnp.asarray(layer, jnp.int32), jnp.asarray(batch.num_seqs, jnp.int32)])
         if isinstance(pre, MosaicPrefillConfig):
-            programs = mosaic_prefill.num_programs(q.shape[0], batch.num_seq_slots, pre)
+            programs = triton_calls.plan_length(q.shape[0], batch.num_seq_slots, pre.cta_rows)
             seq, q_first, total = triton_calls.prefill_plan(batch.cu_q_lens, meta[1], block_q=pre.cta_rows,
                                                             num_programs=programs, include_decodes=False)
             return mosaic_prefill.ragged_prefill(

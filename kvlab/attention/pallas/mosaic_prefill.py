@@ -66,8 +66,7 @@ class MosaicPrefillConfig:
         return COMPUTE_WGS * self.block_q
 
 
-def unsupported_reason(config: MosaicPrefillConfig, *, dtype, head_dim: int, page_size: int,
-                       options) -> str | None:
+def unsupported_reason(*, dtype, head_dim: int, page_size: int, options) -> str | None:
     """Why this kernel cannot serve the combination (None when it can)."""
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         return f"the Mosaic GPU prefill takes bfloat16 or float16, not {jnp.dtype(dtype).name}"
@@ -134,6 +133,7 @@ def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, plan, *, 
         # first), then blocks of padding rows to zero. Round k gives item k * G + c to CTA c on
         # even rounds and to CTA G - 1 - c on odd ones (a snake: each CTA gets heavy and light items).
         num_items = (total + pl.cdiv(num_tokens - pad_start, 2 * bq)) * num_q_heads
+
         def snake_slot(k):
             return jnp.where(lax.rem(k, 2) == 0, cta, grid - 1 - cta)
 
@@ -358,8 +358,3 @@ def _interpret_params():
     """Mosaic GPU's interpret mode (simulated shared memory, warpgroups, barriers and TMA on a CPU)."""
     from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
     return InterpretGPUParams()
-
-
-def num_programs(num_tokens: int, num_seqs_padded: int, config: MosaicPrefillConfig) -> int:
-    """Plan length: every query block plus enough idle programs to zero the padding rows."""
-    return math.ceil(num_tokens / config.cta_rows) + num_seqs_padded

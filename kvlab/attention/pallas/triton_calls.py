@@ -40,6 +40,12 @@ def prefill_block_q(config, group: int) -> int:
     return max(1, config.block_m // next_pow2(group))
 
 
+def plan_length(num_tokens: int, num_seqs_padded: int, block_q: int) -> int:
+    """Programs a prefill plan needs at most: every query block of the token bucket, plus one
+    partial block per sequence slot, which also leaves enough idle programs to zero the padding."""
+    return -(-num_tokens // block_q) + num_seqs_padded
+
+
 def prefill_plan(cu_q_lens, num_seqs, *, block_q: int, num_programs: int, include_decodes: bool):
     """Map program i to (sequence, first query token of its block), heaviest blocks (the last
     blocks of causal sequences) first. Returns (seq [G], q_first [G], num_active []) for
@@ -145,7 +151,7 @@ def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st: St
     decode kernel to write."""
     num_tokens, num_q_heads, _ = q.shape
     block_q = prefill_block_q(config, st.group)
-    num_programs = -(-num_tokens // block_q) + kv_lens.shape[0]
+    num_programs = plan_length(num_tokens, kv_lens.shape[0], block_q)
     seq, q_first, total = prefill_plan(cu_q_lens, meta[1], block_q=block_q, num_programs=num_programs,
                                        include_decodes=include_decodes)
 
@@ -170,7 +176,7 @@ def mixed_step(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st_prefill
     num_tokens, num_q_heads, head_dim = q.shape
     num_seqs_padded = kv_lens.shape[0]
     block_q = prefill_block_q(prefill_config, st_prefill.group)
-    num_prefill = -(-num_tokens // block_q) + num_seqs_padded
+    num_prefill = plan_length(num_tokens, num_seqs_padded, block_q)
     seq, q_first, total = prefill_plan(cu_q_lens, meta[1], block_q=block_q, num_programs=num_prefill,
                                        include_decodes=False)
     run_decode = functools.partial(decode_program, st_decode, num_splits=num_splits,
