@@ -43,14 +43,15 @@ from kvlab.kvcache.storage import PagedKVStorage
 
 
 def attention_fn(backend, opts):
-    """backend(q, storage, layer 0, batch, opts) as a function of arrays only (for ``timed``)."""
+    """backend(q, storage, layer 0, batch, opts) as a function of arrays only (for ``timed``): one
+    layer's ``run`` with its step's ``plan`` (the plan's few jnp ops are timed with it)."""
     return lambda q, store, batch: backend(q, store, 0, batch, opts)
 
 
 def prefill_name(backend, q, store, opts) -> str:
-    """Which prefill kernel the backend runs for this combination."""
+    """Which prefill kernel (its config class) the backend resolves for this combination."""
     cfg = backend.prefill_kernel(dtype=q.dtype, head_dim=q.shape[2], page_size=store.page_size, options=opts)
-    return "mosaic" if isinstance(cfg, MosaicPrefillConfig) else "triton"
+    return type(cfg).__name__
 
 
 def check() -> None:
@@ -155,19 +156,22 @@ def prefill(flops_ceiling, *, tune):
     except Exception as e:  # noqa: BLE001
         print(f"  Mosaic GPU attention unavailable: {type(e).__name__}: {e}"[:200])
     del q4, k4, v4
-    configs = [MosaicPrefillConfig(), PrefillConfig()]
+    def hopper(cfg):
+        return (f"kvlab Hopper prefill (Mosaic GPU, paged KV) bkv={cfg.block_kv} stages={cfg.stages} "
+                f"persistent={cfg.persistent}", cfg)
+
+    def triton(cfg):
+        return (f"kvlab Triton prefill (paged KV) bm={cfg.block_m} bk={cfg.block_k} w={cfg.num_warps} "
+                f"st={cfg.num_stages}", cfg)
+
+    configs = [hopper(MosaicPrefillConfig()), triton(PrefillConfig())]
     if tune:
-        configs += [MosaicPrefillConfig(persistent=True), MosaicPrefillConfig(block_kv=64, stages=3)]
-        configs += [PrefillConfig(block_m=m, block_k=k, num_warps=w, num_stages=st)
+        configs += [hopper(MosaicPrefillConfig(persistent=True)),
+                    hopper(MosaicPrefillConfig(block_kv=64, stages=3))]
+        configs += [triton(PrefillConfig(block_m=m, block_k=k, num_warps=w, num_stages=st))
                     for m, k, w, st in ((64, 64, 4, 3), (128, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 3),
                                         (128, 32, 4, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 32, 4, 3))]
-    for cfg in configs:
-        if isinstance(cfg, MosaicPrefillConfig):
-            what = (f"kvlab Hopper prefill (Mosaic GPU, paged KV) bkv={cfg.block_kv} stages={cfg.stages} "
-                    f"persistent={cfg.persistent}")
-        else:
-            what = (f"kvlab Triton prefill (paged KV) bm={cfg.block_m} bk={cfg.block_k} w={cfg.num_warps} "
-                    f"st={cfg.num_stages}")
+    for what, cfg in configs:
         backend = PallasAttention(prefill=cfg)
         record("prefill", what, timed(lambda q_, s_, b_, be=backend: be.prefill_rows(q_, s_, 0, b_, opts),
                                       q, store, batch), flops=flops, ceiling=flops_ceiling, peer=peer)
@@ -190,13 +194,15 @@ def mixed(ceiling):
     kv_bytes = 2 * sum(kv_lens) * hkv * d * 2
     t_dec = record("mixed", f"decode kernel alone: {n_dec} decodes at ctx 2048",
                    timed(attention_fn(PallasAttention(), opts), q[chunk:], store, dec_batch))
-    for name, pre in (("Hopper (Mosaic GPU)", MosaicPrefillConfig()), ("Triton", PrefillConfig())):
+    # (name, prefill kernel, whether it fuses with the decode programs into one launch)
+    for name, pre, fuses in (("Hopper (Mosaic GPU)", MosaicPrefillConfig(), False),
+                             ("Triton", PrefillConfig(), True)):
         be = PallasAttention(prefill=pre)
         t_pre = record("mixed", f"{name} prefill kernel alone: {chunk}-token chunk after 1024 cached",
                        timed(lambda q_, s_, b_, be=be: be.prefill_rows(q_, s_, 0, b_, opts), q[:chunk], store,
                              pre_batch))
         launches = [("two launches", PallasAttention(prefill=pre, fuse_mixed=False))]
-        if isinstance(pre, PrefillConfig):
+        if fuses:
             launches.insert(0, ("one fused launch", be))
         for how, step_be in launches:
             record("mixed", f"kvlab mixed step, {name} prefill, {how}",

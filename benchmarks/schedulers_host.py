@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from kvlab.bench import LinearStepCost, markdown_table, simulate
-from kvlab.engine.runner import pack_plan, pow2_buckets
+from kvlab.engine.runner import pack_batch
 from kvlab.kvcache import HostTier, PagedKVCache, RadixKVCache
 from kvlab.schedulers import (
     FCFS,
@@ -33,6 +33,7 @@ from kvlab.schedulers import (
     SamplingParams,
     SwapPreemption,
 )
+from kvlab.schedulers.shapes import StepShape
 from kvlab.workloads import (
     long_prompt_mix,
     poisson_arrivals,
@@ -94,7 +95,6 @@ def host_cost_table(num_running: int, steps: int) -> list[dict]:
     """Host time per step with ``num_running`` decoding sequences of ~1k tokens."""
     rows = []
     rng = np.random.default_rng(5)
-    buckets = pow2_buckets(16, 8192)
     for sname, make in [("continuous", lambda: ContinuousScheduler(max_num_seqs=num_running,
                                                                    max_num_batched_tokens=8192)),
                         ("chunked", lambda: ChunkedScheduler(max_num_seqs=num_running,
@@ -112,16 +112,19 @@ def host_cost_table(num_running: int, steps: int) -> list[dict]:
                                   SamplingParams(max_tokens=10 * steps, ignore_eos=True)))
             while sched.waiting or any(r.num_computed_tokens < r.num_tokens - 1 for r in sched.running):
                 plan = sched.schedule()
-                sched.update(plan, rng.integers(3, 32000, len(plan.seqs)))
+                sched.update(plan, rng.integers(3, 32000, plan.num_rows))
             t_sched = t_pack = t_update = 0.0
             for _ in range(steps):
                 t0 = time.perf_counter()
                 plan = sched.schedule()
                 t1 = time.perf_counter()
-                pack_plan(plan, kv, token_buckets=buckets, seq_buckets=(num_running,),
-                          page_buckets=pow2_buckets(1, 2048 // kv.page_size))
+                limits = StepShape(tokens=sched.max_num_batched_tokens, rows=num_running,
+                                   pages=2048 // kv.page_size)
+                used = StepShape(tokens=plan.num_tokens, rows=plan.num_rows,
+                                 pages=int(plan.table.num_pages.max()))
+                pack_batch(plan, sched.shapes.pad(used, limits))
                 t2 = time.perf_counter()
-                sched.update(plan, rng.integers(3, 32000, len(plan.seqs)))
+                sched.update(plan, rng.integers(3, 32000, plan.num_rows))
                 t3 = time.perf_counter()
                 assert len(plan.seqs) == num_running
                 t_sched, t_pack, t_update = t_sched + t1 - t0, t_pack + t2 - t1, t_update + t3 - t2

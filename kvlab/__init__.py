@@ -28,12 +28,17 @@ from kvlab.schedulers import (
     LongestPrefixMatch,
     PersistentScheduler,
     Priority,
+    RecomputePreemption,
+    ReserveAdmission,
     SamplingParams,
+    StaticBatchAdmission,
+    SwapPreemption,
 )
 
 __version__ = "0.1.0"
 __all__ = ["FCFS", "LFU", "LRU", "BlockedKVCache", "ChunkedScheduler", "CircularKVCache", "Completion",
            "ContiguousKVCache", "ContinuousScheduler", "DecodeConfig", "Engine", "HostTier",
            "LongestPrefixMatch", "PagedKVCache", "PallasAttention", "PersistentScheduler", "PrefillConfig",
-           "Priority", "PriorityLRU", "RadixKVCache", "ReferenceAttention", "Sampler", "SamplingParams",
-           "StreamEvent", "models"]
+           "Priority", "PriorityLRU", "RadixKVCache", "RecomputePreemption", "ReferenceAttention",
+           "ReserveAdmission", "Sampler", "SamplingParams", "StaticBatchAdmission", "StreamEvent",
+           "SwapPreemption", "models"]

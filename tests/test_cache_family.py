@@ -35,9 +35,9 @@ ALL_CACHES = {
 }
 
 
-def run(cache, seq, tokens, *, salt=None, priority=0, keep=False):
+def run(cache, seq, tokens, *, salt=None, priority=0, keep=False, readmission=False):
     """Admit, compute and (unless keep) free one sequence the way a scheduler does."""
-    hit = cache.admit(seq, tokens, salt=salt, priority=priority)
+    hit = cache.admit(seq, tokens, salt=salt, priority=priority, readmission=readmission)
     cache.allocate(seq, len(tokens))
     cache.commit(seq, tokens, len(tokens))
     if not keep:
@@ -264,3 +264,55 @@ def test_circular_and_contiguous_bad_arguments(tiny_model):
         prefix = PagedKVCache(num_pages=8, page_size=4, prefix_caching=True)
         prefix.admit("a", [1, 2])
         prefix.admit("a", [1, 2])
+
+
+@pytest.mark.parametrize("kind", PREFIX_CACHES)
+def test_readmissions_are_counted_apart(kind):
+    cache = PREFIX_CACHES[kind](32)
+    prompt = list(range(10, 26))
+    run(cache, "a", prompt)
+    cache.admit("b", prompt + [1, 2], readmission=True)      # waits: rolled back, not counted
+    cache.free("b")
+    assert run(cache, "b", prompt + [1, 2], readmission=True) == 16
+    s = cache.stats()
+    assert (s.prompt_tokens, s.prefix_hit_tokens, s.hit_rate) == (16, 0, 0.0)
+    assert (s.readmitted_prompt_tokens, s.readmitted_hit_tokens) == (18, 16)
+    assert run(cache, "c", prompt) == 12
+    s = cache.stats()
+    assert (s.prompt_tokens, s.prefix_hit_tokens) == (32, 12) and s.readmitted_prompt_tokens == 18
+    assert_cheap_stats_agree(cache)
+
+
+@pytest.mark.parametrize("kind", ALL_CACHES)
+def test_reset_prefix_cache_is_refused_while_sequences_live(kind):
+    cache = ALL_CACHES[kind](64)
+    prompt = list(range(1, 10))
+    run(cache, "a", prompt, keep=True)
+    before, table = cache.stats(), cache.pages("a")
+    assert cache.reset_prefix_cache() is False
+    assert cache.stats() == before and cache.pages("a") == table
+    cache.free("a")
+    cached = cache.match_prefix(prompt)
+    assert cached == (8 if kind in PREFIX_CACHES else 9 if kind == "radix-1" else 0)
+    evictions = cache.stats().evictions
+    assert cache.reset_prefix_cache() is True
+    s = cache.stats()
+    assert s.pages_cached == 0 and s.pages_free == s.pages_total and s.evictions == evictions
+    assert cache.match_prefix(prompt) == 0 and run(cache, "b", prompt) == 0
+    run(cache, "c", prompt)                                  # indexes again after a reset
+    assert cache.match_prefix(prompt) == cached
+
+
+@pytest.mark.parametrize("kind", ALL_CACHES)
+def test_caches_without_a_host_tier_cannot_swap(kind):
+    cache = ALL_CACHES[kind](64)
+    run(cache, "a", [1, 2, 3], keep=True)
+    assert cache.host_tier is None
+    assert not cache.can_swap_out("a") and not cache.can_swap_in("a")
+    with pytest.raises(RuntimeError, match="no host tier"):
+        cache.swap_out("a")
+    with pytest.raises(RuntimeError, match="no host tier"):
+        cache.swap_in("a")
+    step = cache.max_step_tokens
+    assert step is None if kind != "circular" else step == 16
+

@@ -16,7 +16,7 @@ from test_engine_property import reference, run_trace
 
 import kvlab
 from kvlab.engine import DenseReferenceDecoder
-from kvlab.schedulers import Request, SamplingParams, ScheduledSeq, StepPlan
+from kvlab.schedulers import Request, SamplingParams, ScheduledSeq, StepPlan, StepTable
 
 SYSTEM = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27]
 
@@ -89,14 +89,14 @@ def first_token_logits(engine, request: Request) -> tuple[np.ndarray, int]:
     cache, runner = engine.cache, engine.runner
     hit = cache.admit(request.request_id, request.tokens)
     cache.allocate(request.request_id, request.num_tokens)
-    plan = StepPlan([ScheduledSeq(request, hit, request.num_tokens - hit)])
-    batch = runner.build_batch(plan, cache)
+    seqs = [ScheduledSeq(request, hit, request.num_tokens - hit)]
+    batch, _ = runner.pack(StepPlan(seqs, table=StepTable.build(cache, seqs)))
 
     @jax.jit
     def forward(state, storage, batch):
         return nnx.merge(runner.graphdef, state)(batch, storage, runner.attention, runner.options)
 
-    logits, engine.storage = forward(runner.state, engine.storage, batch)
+    logits, engine.executor.storage = forward(runner.state, engine.storage, batch)
     cache.free(request.request_id)
     return np.asarray(logits[0]), hit
 
@@ -149,11 +149,16 @@ def test_circular_window_larger_than_context_is_rejected(tiny_model):
                      max_model_len=64)
 
 
-def test_prompt_longer_than_a_circular_step_is_rejected(tiny_model):
-    engine = kvlab.Engine(tiny_model, cache=kvlab.CircularKVCache(num_pages=64, page_size=4, window=8,
-                                                                  max_step_tokens=8))
+def test_prompt_longer_than_a_circular_step_is_rejected_unless_chunked(tiny_model):
+    """Whole-prompt prefill cannot put 10 tokens through a cache taking 8 a step; the default
+    (chunked) scheduler splits the prompt and serves it."""
+    def engine(scheduler):
+        return kvlab.Engine(tiny_model, cache=kvlab.CircularKVCache(num_pages=64, page_size=4, window=8,
+                                                                    max_step_tokens=8), scheduler=scheduler)
     with pytest.raises(ValueError, match="max_step_tokens=8"):
-        engine.add_request(list(range(3, 13)))
+        engine(kvlab.ContinuousScheduler()).add_request(list(range(3, 13)))
+    out = engine(None).generate([list(range(3, 13))], SamplingParams(max_tokens=2, ignore_eos=True))[0]
+    assert len(out.token_ids) == 2
 
 
 def test_salted_requests_do_not_share(tiny_model):

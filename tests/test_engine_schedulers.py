@@ -80,7 +80,6 @@ def test_persistent_scheduler_compiles_once(tiny_model):
     engine = kvlab.Engine(tiny_model, cache=kvlab.PagedKVCache(num_pages=64, page_size=8), scheduler=sched,
                           max_model_len=128)
     rng = np.random.default_rng(0)
-    before = kvlab.engine.runner._step._cache_size()
     for _ in range(4):
         prompts = [rng.integers(3, 255, int(rng.integers(1, 70))).tolist()
                    for _ in range(int(rng.integers(1, 9)))]
@@ -88,7 +87,7 @@ def test_persistent_scheduler_compiles_once(tiny_model):
         outs = engine.generate(prompts, params)
         assert all(len(o.token_ids) > 0 for o in outs)
     assert engine.runner.steps > 40
-    assert engine.num_compilations <= 1 and kvlab.engine.runner._step._cache_size() - before <= 1
+    assert engine.num_compilations == 1
 
 
 def test_chunked_prefill_lets_the_circular_cache_take_long_prompts(tiny_model):

@@ -80,3 +80,58 @@ def test_config_families_are_read(tmp_path):
     save_random_hf_model("qwen2-bias-tied", tmp_path)
     model, _ = kvlab.models.load(str(tmp_path))
     assert model.config.attention_bias and model.config.tie_word_embeddings
+
+
+def test_checkpoint_without_tokenizer_loads_token_ids_only(tmp_path):
+    """No tokenizer.json (vLLM's skip_tokenizer_init): the model loads with tokenizer None and the
+    engine maps token ids to token ids, with no text."""
+    import kvlab
+
+    hf_model = save_random_hf_model("llama2", tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    (tmp_path / "tokenizer_config.json").unlink()
+    model, tokenizer = kvlab.models.load(str(tmp_path))
+    assert tokenizer is None and kvlab.models.load_tokenizer(str(tmp_path)) is None
+    tokens = np.arange(3, 23)
+    with torch.no_grad():
+        want = hf_model(torch.tensor(tokens)[None]).logits[0].numpy()
+    got = np.asarray(model.dense_logits(jnp.asarray(tokens)))
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-4
+    engine = kvlab.Engine(model, cache=kvlab.PagedKVCache(num_pages=16, page_size=8))
+    done = engine.generate([[5, 6, 7]], kvlab.SamplingParams(max_tokens=4, ignore_eos=True))[0]
+    assert len(done.token_ids) == 4 and all(0 <= t < 256 for t in done.token_ids)
+    assert done.text is None
+
+
+def test_tokenizer_loads_alone_from_a_directory(tmp_path):
+    import kvlab
+
+    save_random_hf_model("llama2", tmp_path)
+    tokenizer = kvlab.models.load_tokenizer(str(tmp_path))
+    assert tokenizer.encode("w5 w7") == [5, 7] and tokenizer.eos_token_ids == (2,)
+
+
+@pytest.mark.parametrize("relative", ["missing-dir/", "missing.gguf", "./missing", "sub/dir"])
+def test_a_path_that_does_not_exist_is_reported_as_such(tmp_path, monkeypatch, relative):
+    import kvlab
+
+    monkeypatch.chdir(tmp_path)
+    for loader in (kvlab.models.load, kvlab.models.load_tokenizer):
+        with pytest.raises(FileNotFoundError, match="does not exist") as error:
+            loader(relative)
+        message = str(error.value)
+        assert "unknown model" not in message and "smollm2-135m" in message
+        assert str(tmp_path) in message                             # where it looked
+    with pytest.raises(FileNotFoundError, match=f"'{tmp_path}/absent' does not exist"):
+        kvlab.models.load(str(tmp_path / "absent"))
+
+
+def test_an_unknown_name_and_a_file_that_is_no_model(tmp_path, monkeypatch):
+    import kvlab
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"unknown model 'smollm3'.*\['smollm2-135m'\]"):
+        kvlab.models.load("smollm3")
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 8)
+    with pytest.raises(ValueError, match="is a file but not a .gguf file"):
+        kvlab.models.load("weights.bin")

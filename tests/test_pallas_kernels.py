@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from kernel_cases import OPTIONS, build_case, ragged_lengths, relative_error
 
 import kvlab
-from kvlab.attention import AttentionOptions
+from kvlab.attention import AttentionOptions, ReferenceAttention, query_spec
 from kvlab.attention.pallas import (
     DecodeConfig,
     MosaicPrefillConfig,
@@ -27,7 +27,10 @@ from kvlab.attention.pallas import (
     PrefillConfig,
     choose_num_splits,
 )
-from kvlab.attention.pallas.triton_calls import prefill_plan
+from kvlab.attention.pallas import hopper as hopper_module
+from kvlab.attention.pallas import prefill as prefill_module
+from kvlab.attention.pallas.launches import DecodeLaunch, FusedLaunch
+from kvlab.attention.pallas.plan import prefill_plan
 from kvlab.engine import DenseReferenceDecoder
 from kvlab.kvcache.storage import BlockedKVStorage, PagedKVStorage
 
@@ -106,7 +109,7 @@ def test_mosaic_prefill_matches_the_reference(q_lens, kv_lens, page, blocked, dt
 def test_prefill_kernel_choice_and_its_limits():
     plain = AttentionOptions(sm_scale=0.125)
     pick = functools.partial(PallasAttention().prefill_kernel, head_dim=128, page_size=16, options=plain)
-    assert isinstance(pick(dtype=jnp.bfloat16), PrefillConfig)          # no Hopper GPU here: Triton
+    assert pick(dtype=jnp.bfloat16) == PrefillConfig()                   # no Hopper GPU here: Triton
     forced = PallasAttention(interpret=True, prefill=MosaicPrefillConfig())
     chosen = forced.prefill_kernel(dtype=jnp.bfloat16, head_dim=128, page_size=16, options=plain)
     assert chosen is forced.prefill
@@ -132,6 +135,66 @@ def test_prefill_kernel_choice_and_its_limits():
     assert not prefill.has_decodes                           # prefills alone: the Hopper kernel alone
     with pytest.raises(ValueError, match="block_kv must be a power of two and a multiple of 64"):
         MosaicPrefillConfig(block_kv=96)
+
+
+def _step_batches():
+    """(q, storage, batches): a mixed step, a step of prefills alone, a step of decodes alone."""
+    shapes = dict(page_size=16, num_q_heads=2, num_kv_heads=1, head_dim=64, dtype=jnp.bfloat16,
+                  token_bucket=32, seq_bucket=2, page_bucket=4)
+    q, storage, mixed = build_case([9, 1], [20, 40], seed=0, **shapes)
+    prefills = build_case([9, 3], [20, 40], seed=0, **shapes)[2]
+    decodes = build_case([1, 1], [20, 40], seed=0, **shapes)[2]
+    assert (mixed.has_decodes, prefills.has_decodes, decodes.decode_only) == (True, False, True)
+    return q, storage, dict(mixed=mixed, prefills=prefills, decodes=decodes)
+
+
+def test_plan_picks_the_launches_of_each_kind_of_step(monkeypatch):
+    q, storage, batches = _step_batches()
+    opts = AttentionOptions(sm_scale=0.125)
+
+    def launches(backend, kind):
+        return backend.plan(batches[kind], storage, opts, query_spec(q)).launches
+
+    dec = DecodeLaunch(DecodeConfig())
+    fused = (FusedLaunch(prefill=PrefillConfig(), decode=dec),)
+    auto, two = PallasAttention(interpret=True), PallasAttention(interpret=True, fuse_mixed=False)
+    assert launches(auto, "decodes") == (dec,)
+    assert launches(auto, "mixed") == launches(auto, "prefills") == fused     # no Hopper GPU: Triton
+    assert launches(two, "mixed") == launches(two, "prefills") == (PrefillConfig(), dec)
+    forced = PallasAttention(interpret=True, prefill=MosaicPrefillConfig())
+    assert launches(forced, "mixed") == (MosaicPrefillConfig(), dec)
+    assert launches(forced, "prefills") == (MosaicPrefillConfig(),)          # no decode launch at all
+    assert launches(forced, "decodes") == (dec,)
+    # On a Hopper GPU (compiled): the Hopper kernel alone for prefills, the fused launch with decodes.
+    monkeypatch.setattr(prefill_module, "is_hopper", lambda: True)
+    monkeypatch.setattr(hopper_module, "is_hopper", lambda: True)
+    gpu, gpu_two = PallasAttention(), PallasAttention(fuse_mixed=False)
+    assert launches(gpu, "prefills") == (MosaicPrefillConfig(),)
+    assert launches(gpu, "mixed") == fused
+    assert launches(gpu_two, "mixed") == (MosaicPrefillConfig(), dec)
+    assert launches(gpu, "decodes") == (dec,)
+    plan = gpu.plan(batches["prefills"], storage, opts, query_spec(q))
+    assert int(plan.meta[2]) == int(plan.work.total) == 2                   # 9 and 3 tokens: a block each
+    f32 = PallasAttention().plan(batches["prefills"], jax.tree.map(lambda a: a.astype(jnp.float32), storage),
+                                 opts, query_spec(q.astype(jnp.float32)))
+    assert f32.launches == fused                                             # the Hopper kernel: no f32
+
+
+def test_specialize_keeps_only_the_flags_a_backend_compiles_for(monkeypatch):
+    _, _, b = _step_batches()
+
+    def flags(backend, kind):
+        out = backend.specialize(b[kind])
+        return out.decode_only, out.has_decodes
+
+    assert flags(ReferenceAttention(), "decodes") == flags(ReferenceAttention(), "prefills") == (False, True)
+    for backend in (PallasAttention(), PallasAttention(prefill=PrefillConfig())):   # Triton only here
+        assert flags(backend, "decodes") == (True, True)
+        assert flags(backend, "prefills") == (False, True)
+    assert flags(PallasAttention(prefill=MosaicPrefillConfig()), "prefills") == (False, False)
+    monkeypatch.setattr(prefill_module, "is_hopper", lambda: True)
+    assert flags(PallasAttention(), "prefills") == (False, False)            # the Hopper kernel may run
+    assert flags(PallasAttention(interpret=True), "prefills") == (False, True)
 
 
 @pytest.mark.parametrize("kind", [PagedKVStorage, BlockedKVStorage])

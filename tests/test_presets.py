@@ -57,7 +57,7 @@ def test_custom_compositions_of_every_cache_and_scheduler(cache):
             assert r.finished == len(reqs) and r.stats.pages_used == 0, (scheduler, policy)
             assert (r.stats.hit_rate > 0.2) == (cache != "contiguous"), (scheduler, policy)
     swap = custom.custom(4096, cache=cache if cache != "contiguous" else "paged", preemption="swap")
-    assert swap.cache.host_tier is not None and swap.scheduler.preemption.swaps
+    assert swap.cache.host_tier is not None and isinstance(swap.scheduler.preemption, kvlab.SwapPreemption)
 
 
 def test_custom_composition_names_its_choices():
@@ -103,7 +103,7 @@ def test_static_batching_admits_a_batch_only_when_the_last_one_ended():
         plan = sched.schedule()
         step += 1
         batches.append({s.request.request_id for s in plan.seqs})
-        for out in sched.update(plan, [7] * len(plan.seqs)):
+        for out in sched.update(plan, [7] * plan.num_rows):
             if out.finished:
                 finished_at[out.request.request_id] = step
     first_seen = {rid: min(i + 1 for i, b in enumerate(batches) if rid in b) for rid in finished_at}

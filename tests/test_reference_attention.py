@@ -133,3 +133,45 @@ def test_bad_options_are_rejected():
         AttentionOptions(sm_scale=1.0, sliding_window=0)
     with pytest.raises(ValueError, match="soft_cap"):
         AttentionOptions(sm_scale=1.0, soft_cap=-1.0)
+
+
+def test_the_model_plans_once_per_step_and_runs_per_layer():
+    """``LlamaModel`` asks the backend for one plan before the layer scan and runs it in every layer
+    (the scan traces its body once: one ``run``); the reference backend's plan/run gives the same
+    logits as its one-shot call in every layer."""
+    import dataclasses
+
+    from kvlab.attention import ReferenceAttention, query_spec
+    from kvlab.kvcache.storage import PagedKVStorage
+    from kvlab.models import LlamaModel, ModelConfig
+
+    calls = []
+
+    @dataclasses.dataclass(frozen=True)
+    class Counting(ReferenceAttention):
+        def plan(self, *args):
+            calls.append("plan")
+            return super().plan(*args)
+
+        def run(self, *args):
+            calls.append("run")
+            return super().run(*args)
+
+    @dataclasses.dataclass(frozen=True)
+    class OneShot(ReferenceAttention):            # a fresh plan inside every layer
+        def run(self, q, storage, layer, plan):
+            fresh = super().plan(plan.batch, storage, plan.options, query_spec(q))
+            return super().run(q, storage, layer, fresh)
+
+    config = ModelConfig.tiny()
+    model = LlamaModel(config, seed=0)
+    batch = jax.device_put(RaggedBatch.build(q_tokens=[[3, 4, 5], [6]], q_starts=[0, 7],
+                                             page_lists=[[0], [1, 2]], page_size=4, token_bucket=16,
+                                             seq_bucket=2, page_bucket=2))
+    storage = PagedKVStorage.zeros(num_layers=config.num_layers, num_pages=3, page_size=4,
+                                   num_kv_heads=config.num_kv_heads, head_dim=config.head_dim,
+                                   dtype=jnp.float32)
+    logits, _ = model(batch, storage, Counting())
+    assert calls == ["plan", "run"]
+    want, _ = model(batch, storage, OneShot())
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(want), rtol=1e-6, atol=1e-6)

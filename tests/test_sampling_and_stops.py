@@ -8,13 +8,15 @@ import numpy as np
 
 import kvlab
 from kvlab.engine import Sampler
+from kvlab.engine.sampling import SamplingArrays
 
 
 def run_sampler(logits, temperature, top_k, top_p, seed):
+    """Row i draws from seed ``seed``, token index i: independent draws of one distribution."""
     n = logits.shape[0]
-    return np.asarray(jax.jit(Sampler())(
-        jnp.asarray(logits, jnp.float32), jnp.full(n, temperature, jnp.float32),
-        jnp.full(n, top_k, jnp.int32), jnp.full(n, top_p, jnp.float32), jax.random.key(seed)))
+    params = [kvlab.SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)] * n
+    arrays = SamplingArrays.pack(n, list(range(n)), params, seeds=[seed] * n, counters=list(range(n)))
+    return np.asarray(jax.jit(Sampler())(jnp.asarray(logits, jnp.float32), arrays))
 
 
 def test_greedy_and_degenerate_filters_pick_the_argmax():

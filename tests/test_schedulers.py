@@ -105,7 +105,7 @@ def drive(sched, cache, reqs, rng, max_steps=2000):
             admitted = [s.request for s in plan.seqs if s.request in waiting_before]
             if any(r in sched.waiting for r in overdue):
                 assert all(r in overdue for r in admitted), "a newer request jumped an overdue one"
-        sched.update(plan, rng.integers(3, 99, len(plan.seqs)))
+        sched.update(plan, rng.integers(3, 99, plan.num_rows))
         step += 1
     assert not sched.has_unfinished(), "requests left unfinished"
     for rid, req in added.items():
@@ -151,7 +151,7 @@ def test_chunked_prefill_never_stalls_a_decode():
         if "long" in by_id:
             chunks += 1
             done = by_id["long"].start + by_id["long"].num_new_tokens == 100
-        sched.update(plan, [7] * len(plan.seqs))
+        sched.update(plan, [7] * plan.num_rows)
         if done:
             break
     assert chunks == 7      # 100 prompt tokens in chunks of 15 beside one decode
@@ -178,8 +178,48 @@ def test_priority_preempts_the_lowest_priority_first():
         plan = sched.schedule()
         if plan.preempted and first is None:
             first = plan.preempted[0].request_id
-        sched.update(plan, [7] * len(plan.seqs))
+        sched.update(plan, [7] * plan.num_rows)
     assert first == "low"
+
+
+@given(st.permutations([0, 1, 2, 3]), st.permutations(range(4)))
+@settings(max_examples=40, deadline=None)
+def test_priority_preemption_takes_the_lowest_priority_whatever_the_order(priorities, arrivals):
+    """Under KV pressure the lowest-priority running request is preempted, whatever the arrival
+    order and whether it was already planned in this step; a higher one never preempts itself
+    while a lower one keeps running (vLLM's priority scheduling tests)."""
+    sched = ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=64, policy=Priority())
+    sched.attach(PagedKVCache(num_pages=8, page_size=4))      # 4 x 8 tokens: full after the prefill
+    for i in np.argsort(arrivals):
+        sched.add(Request(f"p{priorities[i]}", [3] * 8, SamplingParams(max_tokens=8, ignore_eos=True),
+                          priority=priorities[i], arrival_time=float(arrivals[i])))
+    plan = sched.schedule()
+    assert len(plan.seqs) == 4
+    sched.update(plan, [7] * plan.num_rows)
+    plan = sched.schedule()                       # every request needs a new page: one must go
+    assert [r.request_id for r in plan.preempted][:1] == ["p0"]
+    running = {s.request.request_id for s in plan.seqs}
+    for gone in plan.preempted:
+        assert all(gone.priority <= sched_req.priority for sched_req in sched.running)
+        assert gone.request_id not in running
+    assert plan.num_tokens == len(plan.seqs) and sched.cache.stats().pages_free >= 0
+
+
+def test_a_planned_victim_leaves_the_plan_and_gives_its_budget_back():
+    """The low-priority request decodes first (it is older) and is already planned when the
+    high-priority one needs its page: it is preempted and taken out of the plan."""
+    sched = ContinuousScheduler(max_num_seqs=2, max_num_batched_tokens=64, policy=Priority())
+    cache = PagedKVCache(num_pages=4, page_size=4)
+    sched.attach(cache)
+    sched.add(Request("low", [3] * 7, SamplingParams(max_tokens=8, ignore_eos=True), arrival_time=0.0))
+    sched.add(Request("high", [3] * 8, SamplingParams(max_tokens=8, ignore_eos=True), arrival_time=1.0,
+                      priority=1))
+    plan = sched.schedule()
+    sched.update(plan, [7] * plan.num_rows)       # "low" decodes into its page; "high" needs a third
+    plan = sched.schedule()
+    assert [r.request_id for r in plan.preempted] == ["low"]
+    assert [(s.request.request_id, s.row) for s in plan.seqs] == [("high", 0)]
+    assert plan.num_tokens == 1 and cache.stats().pages_used == 3
 
 
 def test_reserve_admission_never_preempts_where_optimistic_does():
@@ -217,7 +257,7 @@ def test_starvation_guard_bounds_the_wait_that_shortest_first_would_stretch():
             plan = sched.schedule()
             if any(s.request.request_id == "long" for s in plan.seqs):
                 return step
-            sched.update(plan, [7] * len(plan.seqs))
+            sched.update(plan, [7] * plan.num_rows)
         return None
     assert wait_of_long(ShortestPromptFirst()) is None           # starved for 60 steps
     assert wait_of_long(StarvationGuard(ShortestPromptFirst(), max_wait_steps=10)) <= 11
@@ -261,13 +301,13 @@ def test_aborting_a_swapped_request_frees_its_host_pages(cache_kind):
         sched.add(Request(f"r{i}", SHARED[:5] + [20 + i], SamplingParams(max_tokens=16, ignore_eos=True)))
     while not sched.swapped:
         plan = sched.schedule()
-        sched.update(plan, [7] * len(plan.seqs))
+        sched.update(plan, [7] * plan.num_rows)
     victim = sched.swapped[0]
     assert cache.host_tier.allocator.num_free < cache.host_tier.num_pages
     sched.abort(victim.request_id)
     assert victim.finish_reason == "abort" and victim not in sched.swapped
     while sched.has_unfinished():
         plan = sched.schedule()
-        sched.update(plan, [7] * len(plan.seqs))
+        sched.update(plan, [7] * plan.num_rows)
     assert cache.host_tier.allocator.num_free == cache.host_tier.num_pages
     assert cache.stats().pages_used == 0

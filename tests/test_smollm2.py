@@ -83,3 +83,14 @@ def test_greedy_continuation_matches_transformers_through_the_engine(smollm2, hf
     assert got.token_ids == want[:len(got.token_ids)]
     assert got.finish_reason == "stop" or len(got.token_ids) == 24
     assert "Paris" in got.text
+
+
+def test_tokenizer_loads_alone_without_the_weights(smollm2):
+    import kvlab
+
+    _, tok = smollm2
+    alone = kvlab.models.load_tokenizer("smollm2-135m")
+    text = "Hello world, this is kvlab. Üñíçødé 😀 2024"
+    assert alone.encode(text) == tok.encode(text) and alone.decode(tok.encode(text)) == text
+    assert alone.eos_token_ids == tok.eos_token_ids and alone.bos_token_id == tok.bos_token_id
+    assert alone.chat_template == tok.chat_template and alone.special_token_ids == tok.special_token_ids

@@ -92,17 +92,18 @@ def test_simulated_clock_gives_exact_latencies():
     reqs = [SyntheticRequest([3, 4, 5], 3, arrival=0.5), SyntheticRequest([6, 7], 2, arrival=10.0)]
     r = simulate(ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=64),
                  PagedKVCache(num_pages=8, page_size=4), reqs, step_cost=cost)
-    a, b = r.requests
-    assert a.token_times == [1.5, 2.5, 3.5] and b.token_times == [11.0, 12.0]   # idle until 10.0
+    a, b = r.records()
+    assert a.token_times == (1.5, 2.5, 3.5) and b.token_times == (11.0, 12.0)   # idle until 10.0
     m = r.summary()
     assert m["ttft_mean_s"] == pytest.approx(1.0) and m["itl_p50_s"] == pytest.approx(1.0)
     assert r.clock == 12.0 and r.steps == 5
     # Padding as the runner pads: 3 tokens cost as 16, a fixed-shape scheduler pays its budget.
     per_token = LinearStepCost(fixed_s=0.0, per_token_s=1.0, per_kv_token_s=0.0)
-    from kvlab.schedulers import PersistentScheduler, ScheduledSeq, StepPlan
-    plan = StepPlan([ScheduledSeq(a, 0, 3)])
+    from kvlab.schedulers import PersistentScheduler, Request, SamplingParams, ScheduledSeq, StepPlan
+    plan = StepPlan([ScheduledSeq(Request("a", [3, 4, 5], SamplingParams()), 0, 3)])
     assert per_token(plan, ContinuousScheduler()) == 16
     assert per_token(plan, PersistentScheduler(num_slots=2, tokens_per_step=64)) == 64
+    assert per_token(plan, PersistentScheduler(num_slots=2, tokens_per_step=768)) == 1024   # runner's pad
 
 
 @pytest.mark.parametrize("script, expected", [

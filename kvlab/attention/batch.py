@@ -1,5 +1,6 @@
-"""The flattened inputs of one engine step (FlashInfer's "plan"): built once on the host per
-step, shared by every layer.
+"""The flattened inputs of one engine step: built once on the host per step, shared by every layer
+(the host half of FlashInfer's plan; a backend's ``plan`` derives the rest inside the step, and its
+``specialize`` fixes the static flags it does not compile for).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ class RaggedBatch:
     num_seqs: [] int32 real sequences; logits_indices: [S] int32 row whose logits are sampled;
     decode_only: static: every real sequence has exactly one new token (kernels pick their path).
     has_decodes: static: some real sequence has exactly one new token (True when unknown: a
-    backend may then run its decode path for nothing, never skip it).
+    backend may then run its decode path for nothing, never skip it). ``build`` sets both exact;
+    ``backend.specialize(batch)`` fixes those the backend does not compile separate programs for.
     """
 
     tokens: jax.Array

@@ -75,24 +75,41 @@ def ragged_paged_attention(
     kv_lens: [S] int32; page_table: [S, max_pages] int32; num_seqs: int scalar (<= S).
     Returns [T, Hq, D] in q's dtype. Scores are accumulated in float32 (float64 for f64 inputs).
     """
-    return attend_pages(q, lambda pages: (k_pages[layer, pages], v_pages[layer, pages]),
-                        k_pages.shape[2], k_pages.shape[3], cu_q_lens, kv_lens, page_table,
-                        num_seqs, options)
+    pages, visible = visible_keys(cu_q_lens, kv_lens, page_table, num_seqs, page_size=k_pages.shape[2],
+                                  num_tokens=q.shape[0], options=options)
+    return attend_gathered(q, lambda p: (k_pages[layer, p], v_pages[layer, p]), pages, visible,
+                           num_kv_heads=k_pages.shape[3], options=options)
 
 
-def attend_pages(q, gather, page_size: int, num_kv_heads: int, cu_q_lens, kv_lens, page_table,
-                 num_seqs, options: AttentionOptions) -> jax.Array:
-    """``ragged_paged_attention`` for any KV layout: ``gather(pages [T, P]) -> (k, v)``, each
-    ``[T, P, page_size, Hkv, D]``, reads the pages of one layer (see ``storage.gather_pages``)."""
+def visible_keys(cu_q_lens, kv_lens, page_table, num_seqs, *, page_size: int, num_tokens: int,
+                 options: AttentionOptions) -> tuple[jax.Array, jax.Array]:
+    """The layer-independent half of the reference: per query row its sequence's pages
+    ``[T, max_pages]`` and which of their ``max_pages * page_size`` keys it sees ``[T, K]`` bool
+    (causal, window, sinks; nothing for padding rows)."""
+    max_keys = page_table.shape[1] * page_size
+    seq, pos, valid = token_positions(cu_q_lens, kv_lens, num_tokens)
+    valid = valid & (seq < num_seqs)
+    key = jnp.arange(max_keys, dtype=jnp.int32)[None, :]
+    visible = (key < kv_lens[seq][:, None]) & (key <= pos[:, None]) & valid[:, None]
+    if options.sliding_window is not None:
+        in_window = pos[:, None] - key < options.sliding_window
+        if options.num_sink_tokens:
+            in_window = in_window | (key < options.num_sink_tokens)
+        visible = visible & in_window
+    return page_table[seq], visible
+
+
+def attend_gathered(q, gather, pages, visible, *, num_kv_heads: int, options: AttentionOptions) -> jax.Array:
+    """The per-layer half: ``gather(pages [T, P]) -> (k, v)``, each ``[T, P, page_size, Hkv, D]``,
+    reads one layer's pages in any KV layout (see ``storage.gather_pages``); ``pages`` and
+    ``visible`` come from ``visible_keys``. q: [T, Hq, D] -> [T, Hq, D] in q's dtype."""
     num_tokens, num_q_heads, head_dim = q.shape
     if num_q_heads % num_kv_heads:
         raise ValueError(f"query heads ({num_q_heads}) must be a multiple of KV heads ({num_kv_heads})")
-    max_keys = page_table.shape[1] * page_size
+    max_keys = visible.shape[1]
     acc = jnp.promote_types(q.dtype, jnp.float32)
 
-    seq, pos, valid = token_positions(cu_q_lens, kv_lens, num_tokens)
-    valid = valid & (seq < num_seqs)
-    k, v = gather(page_table[seq])                               # [T, P, page_size, Hkv, D]
+    k, v = gather(pages)                                         # [T, P, page_size, Hkv, D]
     k = k.reshape(num_tokens, max_keys, num_kv_heads, head_dim)
     v = v.reshape(num_tokens, max_keys, num_kv_heads, head_dim)
 
@@ -101,15 +118,7 @@ def attend_pages(q, gather, page_size: int, num_kv_heads: int, cu_q_lens, kv_len
     if options.soft_cap is not None:
         scores = options.soft_cap * jnp.tanh(scores / options.soft_cap)
 
-    key = jnp.arange(max_keys, dtype=jnp.int32)[None, :]
-    visible = (key < kv_lens[seq][:, None]) & (key <= pos[:, None]) & valid[:, None]
-    if options.sliding_window is not None:
-        in_window = pos[:, None] - key < options.sliding_window
-        if options.num_sink_tokens:
-            in_window = in_window | (key < options.num_sink_tokens)
-        visible = visible & in_window
     visible = visible[:, None, None, :]                          # [T, 1, 1, K]
-
     scores = jnp.where(visible, scores, -jnp.inf)
     row_max = jnp.max(scores, axis=-1, keepdims=True)
     row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)

@@ -53,12 +53,32 @@ def _contiguous(kv_tokens, page_size, prefix_caching, max_model_len, host):
                              page_size=page_size)
 
 
+def _continuous(max_num_seqs, token_budget, **parts):
+    return ContinuousScheduler(max_num_seqs=max_num_seqs, max_num_batched_tokens=token_budget, **parts)
+
+
+def _chunked(max_num_seqs, token_budget, **parts):
+    return ChunkedScheduler(max_num_seqs=max_num_seqs, max_num_batched_tokens=token_budget, **parts)
+
+
+def _persistent(max_num_seqs, token_budget, **parts):
+    return PersistentScheduler(num_slots=max_num_seqs, tokens_per_step=token_budget, **parts)
+
+
+def _host_tier(tokens: int, page_size: int) -> HostTier:
+    return HostTier(max(1, tokens // page_size))
+
+
+def _no_host_tier(tokens: int, page_size: int) -> None:
+    return None
+
+
 CACHES = {"paged": _paged, "blocked": _blocked, "radix": _radix, "contiguous": _contiguous}
-SCHEDULERS = {"continuous": ContinuousScheduler, "chunked": ChunkedScheduler,
-              "persistent": PersistentScheduler}
+SCHEDULERS = {"continuous": _continuous, "chunked": _chunked, "persistent": _persistent}
 POLICIES = {"fcfs": FCFS, "lpm": LongestPrefixMatch, "shortest": ShortestPromptFirst}
 ADMISSIONS = {"optimistic": OptimisticAdmission, "reserve": ReserveAdmission}
-PREEMPTIONS = {"recompute": RecomputePreemption, "swap": SwapPreemption}
+# preemption name -> (strategy, the host tier it needs: built from (tokens, page_size))
+PREEMPTIONS = {"recompute": (RecomputePreemption, _no_host_tier), "swap": (SwapPreemption, _host_tier)}
 
 
 def _pick(table: dict, kind: str, name: str):
@@ -77,18 +97,12 @@ def custom(kv_tokens: int, *, cache: str = "paged", scheduler: str = "chunked", 
     ``max_model_len`` sizes the contiguous cache's slots."""
     if prefix_caching is None:
         prefix_caching = cache != "contiguous"
-    host = None
-    if _pick(PREEMPTIONS, "preemption", preemption) is SwapPreemption:
-        host = HostTier(max(1, (kv_tokens if host_tokens is None else host_tokens) // page_size))
+    strategy, tier = _pick(PREEMPTIONS, "preemption", preemption)
+    host = tier(kv_tokens if host_tokens is None else host_tokens, page_size)
     kv = _pick(CACHES, "cache", cache)(kv_tokens, page_size, prefix_caching, max_model_len, host)
-    sched_cls = _pick(SCHEDULERS, "scheduler", scheduler)
-    parts = dict(policy=_pick(POLICIES, "policy", policy)(),
-                 admission=_pick(ADMISSIONS, "admission", admission)(),
-                 preemption=_pick(PREEMPTIONS, "preemption", preemption)())
-    if sched_cls is PersistentScheduler:
-        sched = sched_cls(num_slots=max_num_seqs, tokens_per_step=token_budget, **parts)
-    else:
-        sched = sched_cls(max_num_seqs=max_num_seqs, max_num_batched_tokens=token_budget, **parts)
+    sched = _pick(SCHEDULERS, "scheduler", scheduler)(
+        max_num_seqs, token_budget, policy=_pick(POLICIES, "policy", policy)(),
+        admission=_pick(ADMISSIONS, "admission", admission)(), preemption=strategy())
     from kvlab.bench.presets import Preset  # presets lists this composition: imported late
 
     return Preset(name="custom", cache=kv, scheduler=sched)

@@ -82,18 +82,19 @@ def _sample(engine, now: float) -> CacheSample:
     sched = engine.scheduler
     return CacheSample(time=now, pages_used=s.pages_used, pages_cached=s.pages_cached,
                        pages_total=s.pages_total, hit_rate=s.hit_rate,
-                       running=len(getattr(sched, "running", ())), waiting=len(getattr(sched, "waiting", ())))
+                       running=sched.num_running, waiting=sched.num_waiting)
 
 
 def _drive(engine, feeder, *, sleep, stats_every: int, progress, exclude_compile_time: bool) -> EngineRun:
-    """The loop both entry points share. ``feeder.due(now)`` yields (spec, callback) pairs to send;
+    """The loop both entry points (and the simulator) share. ``feeder.due(now)`` yields
+    (request id, spec, callback) triples to send;
     ``feeder.next_arrival()`` is the next scheduled send (None: nothing more will come unless a
     running request finishes)."""
     if stats_every < 1:
         raise ValueError(f"stats_every must be >= 1, got {stats_every}")
-    base, runner = engine.clock, engine.runner
+    base, executor = engine.clock, engine.executor
     if exclude_compile_time:
-        engine.clock = lambda: base() - runner.compile_seconds      # the engine stamps tokens with it
+        engine.clock = lambda: base() - executor.compile_seconds    # the engine stamps tokens with it
     try:
         return _drive_on(engine, feeder, sleep=sleep, stats_every=stats_every, progress=progress)
     finally:
@@ -108,11 +109,11 @@ def _drive_on(engine, feeder, *, sleep, stats_every: int, progress) -> EngineRun
     before = engine.cache.stats(detailed=False)
     while True:
         now = clock() - start
-        for spec, on_done in feeder.due(now):
+        for rid, spec, on_done in feeder.due(now):
             params = SamplingParams(max_tokens=spec.max_tokens, ignore_eos=True)
             try:
-                rid = engine.add_request(spec.prompt_token_ids, params, arrival_time=start + spec.arrival,
-                                         keep_completion=True)
+                rid = engine.add_request(spec.prompt_token_ids, params, rid,
+                                         arrival_time=start + spec.arrival, keep_completion=True)
             except ValueError as e:
                 rejected.append((f"rejected-{len(rejected)}", str(e)))
                 continue
@@ -153,15 +154,18 @@ def _drive_on(engine, feeder, *, sleep, stats_every: int, progress) -> EngineRun
 
 
 class _OpenLoop:
+    """Request i of the workload is sent as ``r{i}`` at its arrival (ties in workload order)."""
+
     def __init__(self, requests):
-        self.pending = sorted(requests, key=lambda r: r.arrival, reverse=True)
+        self.pending = sorted(enumerate(requests), key=lambda x: (x[1].arrival, x[0]), reverse=True)
 
     def due(self, now):
-        while self.pending and self.pending[-1].arrival <= now:
-            yield self.pending.pop(), None
+        while self.pending and self.pending[-1][1].arrival <= now:
+            i, spec = self.pending.pop()
+            yield f"r{i}", spec, None
 
     def next_arrival(self):
-        return self.pending[-1].arrival if self.pending else None
+        return self.pending[-1][1].arrival if self.pending else None
 
 
 class _ClosedLoop:
@@ -174,7 +178,8 @@ class _ClosedLoop:
         while self.ready and self.ready[-1][0] <= now:
             t, i = self.ready.pop()
             turn = len(self.replies[i])
-            yield self.sessions[i].request(turn, self.replies[i], arrival=t), self._done_cb(i)
+            spec = self.sessions[i].request(turn, self.replies[i], arrival=t)
+            yield f"s{i}-t{turn}", spec, self._done_cb(i)
 
     def _done_cb(self, i):
         def on_done(t, tokens):
@@ -190,7 +195,7 @@ class _ClosedLoop:
 
 def run_workload(engine, requests: list[SyntheticRequest], *, sleep=time.sleep, stats_every: int = 1,
                  progress=None, exclude_compile_time: bool = True) -> EngineRun:
-    """Open loop: each request is sent at its ``arrival`` (seconds from the start).
+    """Open loop: request ``i`` is sent as ``r{i}`` at its ``arrival`` (seconds from the start).
     progress: optional ``progress(num_finished)`` called as requests finish."""
     return _drive(engine, _OpenLoop(requests), sleep=sleep, stats_every=stats_every, progress=progress,
                   exclude_compile_time=exclude_compile_time)

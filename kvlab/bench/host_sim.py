@@ -1,10 +1,12 @@
-"""Run a scheduler and a KV cache with no model and no device: each step's tokens are random, every
-request generates exactly its ``max_tokens``. What the cache and scheduler do - admissions, prefix
-hits, preemptions, memory - is exactly what they would do in the engine.
+"""Run a scheduler and a KV cache with no model and no device: the engine's own loop, with a
+``SimulatedExecutor`` in place of the model. Each step's tokens are random and every request
+generates exactly its ``max_tokens``; what the cache and scheduler do - admissions, prefix hits,
+preemptions, memory - is exactly what they do in a real engine, plan for plan.
 
 Time is either the step count, or - given a ``step_cost`` - a simulated clock: each step lasts what
-the cost model says for its plan, requests arrive at their ``arrival`` times, and the requests'
-token timestamps give TTFT and inter-token latency as a real run would.
+the cost model says for its plan (padded by the scheduler's own padding policy, as the model
+runner pads it), requests arrive at their ``arrival`` times, and the requests' token timestamps
+give TTFT and inter-token latency as a real run would.
 
 Examples:
     >>> from kvlab.kvcache import PagedKVCache
@@ -25,7 +27,7 @@ import numpy as np
 
 from kvlab.engine.metrics import summarize
 from kvlab.kvcache.base import KVCacheStats
-from kvlab.schedulers.request import Request, SamplingParams
+from kvlab.schedulers.shapes import StepShape
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,11 +54,13 @@ class LinearStepCost:
                    per_kv_token_s=kv_bytes / 2.93e12, per_swapped_token_s=kv_bytes / 25e9)
 
     def __call__(self, plan, scheduler) -> float:
-        n = plan.num_tokens
-        if scheduler.fixed_shapes:
-            n = scheduler.max_num_batched_tokens
-        else:
-            n = max(16, 1 << (n - 1).bit_length()) if n else 0
+        """Seconds for ``plan``, its tokens padded by ``scheduler.shapes`` as the runner pads them."""
+        n = 0
+        if plan.seqs:
+            limits = StepShape(tokens=scheduler.max_num_batched_tokens, rows=scheduler.max_num_seqs,
+                               pages=1)
+            used = StepShape(tokens=plan.num_tokens, rows=plan.num_rows, pages=1)
+            n = scheduler.shapes.pad(used, limits).tokens
         kv = sum(s.start + s.num_new_tokens for s in plan.seqs)
         swapped = len(plan.swap_out) + len(plan.swap_in)
         if swapped:
@@ -65,68 +69,83 @@ class LinearStepCost:
                 + self.per_swapped_token_s * swapped)
 
 
+class SimClock:
+    """A clock that moves only when told: by a step's cost, or by ``sleep`` to the next arrival."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+
+
+class SimulatedExecutor:
+    """Runs plans on a cost model: the clock advances by ``step_cost(plan, ...)`` (or 1.0 a step
+    without one) and every row gets a random token in [3, vocab_size)."""
+
+    def __init__(self, clock: SimClock, scheduler, *, step_cost=None, seed: int = 0,
+                 vocab_size: int = 32000):
+        self.clock, self.step_cost, self.scheduler = clock, step_cost, scheduler
+        self.rng = np.random.default_rng(seed)
+        self.vocab_size, self.max_model_len, self.eos_token_ids = vocab_size, 2 ** 31 - 1, ()
+        self.num_compilations, self.compile_seconds, self.steps = 0, 0.0, 0
+
+    def execute(self, plan) -> np.ndarray:
+        cost = 1.0 if self.step_cost is None else self.step_cost(plan, self.scheduler)
+        self.clock.sleep(cost)
+        self.steps += 1
+        return self.rng.integers(3, self.vocab_size, plan.num_rows)
+
+
 @dataclasses.dataclass(frozen=True)
 class SimResult:
     steps: int
     finished: int
     preemptions: int
     stats: KVCacheStats
-    host_seconds: float          # scheduling + cache bookkeeping, all steps
+    host_seconds: float          # the whole simulated run: scheduling, cache bookkeeping, loop
     clock: float                 # simulated seconds (or steps, without a cost model)
-    requests: list = dataclasses.field(repr=False, default_factory=list)
+    requests: list = dataclasses.field(repr=False, default_factory=list)   # RequestRecords, by request id
 
     @property
     def host_ms_per_step(self) -> float:
         return 1e3 * self.host_seconds / max(1, self.steps)
 
     def summary(self) -> dict[str, float]:
-        """TTFT / ITL percentiles and throughput over the simulated clock (see engine metrics)."""
-        return summarize(self.requests, self.clock)
+        """``kvlab.engine.metrics.summarize`` over the simulated clock."""
+        return summarize(self.requests, self.clock) if self.clock > 0 else {"requests": 0.0}
 
     def records(self) -> list:
-        """One ``kvlab.bench.metrics.RequestRecord`` per request (for ``metrics.summarize`` with
-        an SLO, per-tag reports, TPOT and end-to-end latency)."""
-        from kvlab.bench.metrics import RequestRecord
-
-        return [RequestRecord.of(r) for r in self.requests]
+        """One ``RequestRecord`` per request (for ``summarize`` with an SLO, per-tag reports)."""
+        return list(self.requests)
 
 
 def simulate(scheduler, cache, requests, *, arrivals_per_step: int | None = None, step_cost=None,
              seed: int = 0, vocab_size: int = 32000) -> SimResult:
     """Drive ``scheduler`` over ``cache`` with ``requests`` (``SyntheticRequest``s) until all
-    finish. Without ``step_cost``: arrivals_per_step None queues everything at step 0, k queues k
-    requests per step. With ``step_cost`` (e.g. ``LinearStepCost``): requests arrive at their
-    ``arrival`` times on the simulated clock."""
-    rng = np.random.default_rng(seed)
-    scheduler.attach(cache)
-    reqs = [Request(f"r{i}", list(r.prompt_token_ids),
-                    SamplingParams(max_tokens=r.max_tokens, ignore_eos=True),
-                    arrival_time=r.arrival if step_cost is not None else 0.0)
-            for i, r in enumerate(requests)]
-    pending = sorted(reqs, key=lambda r: r.arrival_time, reverse=True)
-    steps = finished = 0
-    clock, host = 0.0, 0.0
-    while pending or scheduler.has_unfinished():
-        if step_cost is None:
-            batch = len(pending) if arrivals_per_step is None else arrivals_per_step
-            arrived = [pending.pop() for _ in range(min(batch, len(pending)))]
-        else:
-            if not scheduler.has_unfinished() and pending[-1].arrival_time > clock:
-                clock = pending[-1].arrival_time            # idle until the next arrival
-            arrived = []
-            while pending and pending[-1].arrival_time <= clock:
-                arrived.append(pending.pop())
-        t0 = time.perf_counter()
-        for r in arrived:
-            scheduler.add(r)
-        plan = scheduler.schedule()
-        t1 = time.perf_counter()
-        if plan.is_empty and scheduler.has_unfinished() and not pending:
-            raise RuntimeError("the scheduler planned nothing although requests wait")
-        clock += step_cost(plan, scheduler) if step_cost is not None else 1.0
-        tokens = rng.integers(3, vocab_size, len(plan.seqs))
-        t2 = time.perf_counter()
-        finished += sum(o.finished for o in scheduler.update(plan, tokens, now=clock))
-        host += (t1 - t0) + (time.perf_counter() - t2)
-        steps += 1
-    return SimResult(steps, finished, scheduler.num_preemptions, cache.stats(), host, clock, reqs)
+    finish, through the engine's loop (``kvlab.bench.harness.run_workload``) with a
+    ``SimulatedExecutor``. Without ``step_cost``: the clock counts steps; arrivals_per_step None
+    queues everything at step 0, k queues k requests per step. With ``step_cost`` (e.g.
+    ``LinearStepCost``): requests arrive at their ``arrival`` times on the simulated clock."""
+    from kvlab.bench.harness import run_workload
+    from kvlab.engine.engine import Engine
+
+    clock = SimClock()
+    executor = SimulatedExecutor(clock, scheduler, step_cost=step_cost, seed=seed,
+                                 vocab_size=vocab_size)
+    engine = Engine(cache=cache, scheduler=scheduler, executor=executor, clock=clock)
+    k = arrivals_per_step
+    timed = [dataclasses.replace(r, arrival=(r.arrival if step_cost is not None
+                                             else 0.0 if k is None else float(i // k)))
+             for i, r in enumerate(requests)]
+    t0 = time.perf_counter()
+    run = run_workload(engine, timed, sleep=clock.sleep, exclude_compile_time=False)
+    host = time.perf_counter() - t0
+    if run.rejected:
+        raise ValueError(f"{len(run.rejected)} requests refused, the first: {run.rejected[0][1]}")
+    records = sorted(run.records, key=lambda r: int(r.request_id[1:]))     # workload order
+    return SimResult(run.steps, len(records), scheduler.num_preemptions, cache.stats(), host, clock(),
+                     records)

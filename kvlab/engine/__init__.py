@@ -1,9 +1,10 @@
 """Engine: the composition loop, the jitted step runner, sampling and metrics."""
 
 from kvlab.engine.engine import Completion, Engine, StreamEvent
-from kvlab.engine.metrics import summarize
+from kvlab.engine.executor import Executor, ModelExecutor
+from kvlab.engine.metrics import SLO, RequestRecord, summarize
 from kvlab.engine.runner import DenseReferenceDecoder, ModelRunner
 from kvlab.engine.sampling import Sampler
 
-__all__ = ["Completion", "DenseReferenceDecoder", "Engine", "ModelRunner", "Sampler", "StreamEvent",
-           "summarize"]
+__all__ = ["Completion", "DenseReferenceDecoder", "Engine", "Executor", "ModelExecutor", "ModelRunner",
+           "RequestRecord", "SLO", "Sampler", "StreamEvent", "summarize"]

@@ -20,17 +20,21 @@ import time
 from collections.abc import Iterator
 
 from kvlab.attention.select import default_attention
-from kvlab.engine.metrics import summarize
-from kvlab.engine.runner import ModelRunner
+from kvlab.engine.defaults import default_cache
+from kvlab.engine.executor import ModelExecutor
+from kvlab.engine.metrics import RequestRecord, summarize
 from kvlab.engine.sampling import Sampler
 from kvlab.models.tokenizer import IncrementalDecoder
-from kvlab.schedulers.continuous import ContinuousScheduler
+from kvlab.schedulers.chunked import ChunkedScheduler
 from kvlab.schedulers.request import Request, SamplingParams
+from kvlab.schedulers.stopping import OutputText
 
 
 @dataclasses.dataclass
 class Completion:
-    """A finished request: its tokens, text (when the engine has a tokenizer) and timings."""
+    """A finished request: its tokens, text (when the engine has a tokenizer), why it finished
+    (``finish_reason``: "stop", "length" or "abort"; ``stop_reason``: the stop token id or stop
+    string that matched, None for EOS and length) and the request with its timings."""
 
     request_id: str
     prompt_token_ids: list[int]
@@ -38,6 +42,7 @@ class Completion:
     text: str | None
     finish_reason: str
     request: Request
+    stop_reason: int | str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,47 +59,64 @@ class StreamEvent:
 class Engine:
     """Generate with any composition of cache, scheduler, attention backend and sampler.
 
-    model: a ``LlamaModel``; cache: a ``KVCache``; scheduler: a ``Scheduler`` (default
-    ``ContinuousScheduler()``); attention: a backend (default: ``PallasAttention()`` on a GPU,
-    ``ReferenceAttention()``
-    elsewhere; see ``kvlab.attention.select``);
-    tokenizer: needed for text prompts, text output and stop strings.
+    model: a ``LlamaModel``; cache: a ``KVCache`` (default: a ``PagedKVCache`` sized from the
+    device's free memory, see ``kvlab.engine.defaults``); scheduler: a ``Scheduler`` (default
+    ``ChunkedScheduler()``, vLLM's chunked prefill); attention: a backend (default:
+    ``PallasAttention()`` on a GPU, ``ReferenceAttention()`` elsewhere; see
+    ``kvlab.attention.select``); tokenizer: needed for text prompts, text output and stop strings.
     clock: a zero-argument callable giving seconds, which stamps arrivals and generated tokens
     (default ``time.perf_counter``; a benchmark harness may pass a simulated clock).
+    seed: the engine's random stream; a request without ``SamplingParams.seed`` samples from a
+    stream derived from it and the request's number.
+    executor: instead of a model, what runs the plans (``kvlab.bench.host_sim.SimulatedExecutor``
+    for a simulation with no device); the loop is the same.
     """
 
-    def __init__(self, model, *, cache, scheduler=None, attention=None, sampler=None,
-                 tokenizer=None, max_model_len: int | None = None, seed: int = 0, clock=time.perf_counter):
-        self.model = model
+    def __init__(self, model=None, *, cache=None, scheduler=None, attention=None, sampler=None,
+                 tokenizer=None, max_model_len: int | None = None, seed: int = 0,
+                 clock=time.perf_counter, executor=None):
         self.clock = clock
-        self.config = model.config
-        self.cache = cache
-        self.scheduler = scheduler or ContinuousScheduler()
-        self.scheduler.attach(cache)
+        self.scheduler = scheduler or ChunkedScheduler()
         self.tokenizer = tokenizer
-        self.max_model_len = min(max_model_len or self.config.max_position_embeddings,
-                                 self.config.max_position_embeddings)
-        self.attention_options = cache.attention_options(model.attention_options, self.max_model_len)
-        self.storage = cache.init_storage(num_layers=self.config.num_layers,
-                                          num_kv_heads=self.config.num_kv_heads,
-                                          head_dim=self.config.head_dim, dtype=model.dtype)
-        self.host_storage = None if cache.host_tier is None else cache.host_tier.init_storage(
-            num_layers=self.config.num_layers, page_size=cache.page_size,
-            num_kv_heads=self.config.num_kv_heads, head_dim=self.config.head_dim, dtype=model.dtype)
-        attention = attention or default_attention()
-        attention.check(num_q_heads=self.config.num_heads, num_kv_heads=self.config.num_kv_heads,
-                        head_dim=self.config.head_dim, page_size=cache.page_size, dtype=model.dtype)
-        self.runner = ModelRunner(
-            model, attention=attention, sampler=sampler or Sampler(),
-            max_num_seqs=self.scheduler.max_num_seqs,
-            max_num_batched_tokens=self.scheduler.max_num_batched_tokens,
-            max_pages_per_seq=cache.max_table_pages(self.max_model_len),
-            options=self.attention_options,
-            fixed_shapes=self.scheduler.fixed_shapes, seed=seed, clock=clock)
+        self.seed = seed
+        if executor is None:
+            if model is None:
+                raise TypeError("Engine needs a model (or, for a simulation, an executor)")
+            limit = model.config.max_position_embeddings
+            max_model_len = min(max_model_len or limit, limit)
+            cache = cache or default_cache(model, max_model_len=max_model_len,
+                                           max_num_seqs=self.scheduler.max_num_seqs)
+            self.scheduler.attach(cache)
+            executor = ModelExecutor(
+                model, cache, attention=attention or default_attention(), sampler=sampler or Sampler(),
+                shapes=self.scheduler.shapes, max_num_seqs=self.scheduler.max_num_seqs,
+                max_num_batched_tokens=self.scheduler.max_num_batched_tokens,
+                max_model_len=max_model_len, clock=clock)
+        else:
+            if cache is None:
+                raise TypeError("an engine with an executor needs its cache")
+            self.scheduler.attach(cache)
+        self.model, self.cache, self.executor = model, cache, executor
+        self.config = None if model is None else model.config
+        self.max_model_len = executor.max_model_len
         self._ids = itertools.count()
-        self._decoders: dict[str, IncrementalDecoder] = {}   # unfinished requests only
         self._wanted: set[str] = set()                        # ids whose Completion generate() awaits
         self._done: dict[str, Completion] = {}
+
+    @property
+    def runner(self):
+        """The model runner (engines with a model)."""
+        return self.executor.runner
+
+    @property
+    def attention_options(self):
+        """The attention options the step runs with (the model's, with a window a cache imposes)."""
+        return self.executor.runner.options
+
+    @property
+    def storage(self):
+        """The device KV storage pytree (engines with a model)."""
+        return self.executor.storage
 
     # ---- requests --------------------------------------------------------------------------------
     def _tokenize(self, prompt) -> list[int]:
@@ -118,24 +140,27 @@ class Engine:
         ids = self._tokenize(prompt)
         if not ids:
             raise ValueError("empty prompt: at least one token is needed")
-        bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
+        vocab = self.executor.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
-            raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.config.vocab_size})")
+            raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
         if len(ids) >= self.max_model_len:
             raise ValueError(f"prompt of {len(ids)} tokens leaves no room to generate within the "
                              f"model's context of {self.max_model_len} tokens")
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer")
-        rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         eos = () if self.tokenizer is None else self.tokenizer.eos_token_ids
-        request = Request(rid, ids, params, eos_token_ids=eos or self.config.eos_token_ids,
+        number = next(self._ids)
+        rid = request_id if request_id is not None else f"req-{number}"
+        request = Request(rid, ids, params, eos_token_ids=eos or self.executor.eos_token_ids,
                           max_total_tokens=self.max_model_len, cache_salt=cache_salt, priority=priority,
-                          arrival_time=self.clock() if arrival_time is None else arrival_time)
+                          arrival_time=self.clock() if arrival_time is None else arrival_time,
+                          seed=params.seed if params.seed is not None else _derived_seed(self.seed, number))
+        if self.tokenizer is not None:
+            request.output_text = OutputText(IncrementalDecoder(self.tokenizer), params.stop)
         self.scheduler.add(request)
         if keep_completion:
             self._wanted.add(rid)
-        if self.tokenizer is not None:
-            self._decoders[rid] = IncrementalDecoder(self.tokenizer)
         return rid
 
     def pop_completion(self, request_id: str) -> Completion | None:
@@ -157,34 +182,18 @@ class Engine:
     def step(self) -> list[StreamEvent]:
         """Schedule and run one step; returns the progress of every request that ran."""
         plan = self.scheduler.schedule()
-        if plan.is_empty:
+        if plan.is_empty and not (plan.swap_out or plan.swap_in):
             if self.scheduler.has_unfinished():
                 raise RuntimeError("the scheduler planned nothing although requests wait; the cache "
                                    "cannot hold the next request")
             return []
-        if plan.swap_out:       # device -> host, before the freed pages are written again
-            device, host = zip(*plan.swap_out)
-            self.host_storage[list(host)] = self.runner.read_pages(self.storage, device)
-        if plan.swap_in:        # host -> device, before the step reads them
-            host, device = zip(*plan.swap_in)
-            self.storage = self.runner.write_pages(self.storage, device, self.host_storage[list(host)])
-        tokens, self.storage = self.runner.run(plan, self.cache, self.storage)
+        tokens = self.executor.execute(plan)
         events = []
         for out in self.scheduler.update(plan, tokens, now=self.clock()):
             req = out.request
             if not out.new_token_ids and not out.finished:    # a prefill chunk: nothing to report
                 continue
-            text = ""
-            decoder = self._decoders.get(req.request_id)
-            if decoder is not None:
-                text = decoder.push(out.new_token_ids)
-                hit = self._stop_string(req, decoder)
-                if hit is not None:
-                    if not req.is_finished:
-                        self.scheduler.finish(req.request_id, "stop")
-                    emitted = len(decoder.text) - len(text)
-                    text = decoder.text[emitted:hit] if hit > emitted else ""
-                    decoder.text = decoder.text[:hit]
+            text = "" if req.output_text is None else req.output_text.take_new(req.is_finished)
             events.append(StreamEvent(req.request_id, out.new_token_ids, text, req.is_finished,
                                       req.finish_reason))
             if req.is_finished:
@@ -193,17 +202,10 @@ class Engine:
 
     def _retire(self, req: Request) -> None:
         """Forget a finished request, keeping its Completion only if generate() waits for it."""
-        decoder = self._decoders.pop(req.request_id, None)
         if req.request_id in self._wanted:
             self._done[req.request_id] = Completion(
-                req.request_id, req.prompt_token_ids, list(req.output_token_ids),
-                decoder.text if decoder else None, req.finish_reason or "", req)
-
-    @staticmethod
-    def _stop_string(req: Request, decoder: IncrementalDecoder) -> int | None:
-        """Index in the decoded text where the first stop string begins, if any."""
-        hits = [i for i in (decoder.text.find(s) for s in req.params.stop) if i >= 0]
-        return min(hits) if hits else None
+                req.request_id, req.prompt_token_ids, list(req.output_token_ids), req.text,
+                req.finish_reason or "", req, req.stop_reason)
 
     def stream(self, prompts, params: SamplingParams | None = None) -> Iterator[StreamEvent]:
         """Queue prompts and yield every request's progress step by step until all finish."""
@@ -242,16 +244,26 @@ class Engine:
     # ---- metrics ---------------------------------------------------------------------------------
     @property
     def num_compilations(self) -> int:
-        return self.runner.num_compilations
+        return self.executor.num_compilations
 
     def metrics(self, completions: list[Completion], wall_seconds: float) -> dict[str, float]:
-        """TTFT / ITL / throughput summary of finished completions, plus cache and compile counts."""
-        m = summarize([c.request for c in completions], wall_seconds)
+        """TTFT / ITL / throughput summary of finished completions (``kvlab.engine.metrics
+        .summarize``), plus cache and compile counts."""
+        m = summarize([RequestRecord.of(c.request) for c in completions], wall_seconds)
         m["compilations"] = float(self.num_compilations)
-        m["steps"] = float(self.runner.steps)
+        m["steps"] = float(self.executor.steps)
         stats = self.cache.stats()
         m["prefix_hit_rate"] = stats.hit_rate
         m["kv_memory_waste"] = stats.memory.waste
         m["evictions"] = float(stats.evictions)
         return m
 
+
+
+def _derived_seed(engine_seed: int, number: int) -> int:
+    """A request's own seed from the engine's and its number (a 32-bit mix, no collisions in
+    practice between neighbouring numbers)."""
+    x = (engine_seed * 0x9E3779B1 + number * 0x85EBCA77 + 0x165667B1) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x2C1B3C6D) & 0xFFFFFFFF
+    return x ^ (x >> 12)

@@ -1,12 +1,18 @@
-"""ModelRunner: packs a StepPlan into bucketed arrays and runs the one jitted step.
+"""ModelRunner: packs a StepPlan into padded arrays and runs the one jitted step.
 
-The step takes the model state, the KV storage (donated: updated in place), the ragged batch and
-the per-sequence sampling parameters, and returns the sampled tokens: one device-to-host transfer
-per step. Token count, sequence count and pages per sequence are padded to powers of two, so the
-number of compilations is bounded by the product of the bucket counts, times two for the
-batch's static ``decode_only`` flag (the kernels' decode-only path; ``num_compilations`` counts
-the compilations a runner triggered); with ``fixed_shapes`` every step uses the largest buckets
-and the mixed path, so the step compiles once.
+The step takes the model state, the KV storage (donated: updated in place), the device copy of
+the cache's block table, the packed batch and the per-row sampling parameters, and returns the
+sampled tokens: one device-to-host transfer per step. The runner reads nothing but the plan: the
+plan's ``StepTable`` brings the step's positions, write slots and block-table rows, plus the
+table entries written since the last plan, which are the only part of the table that travels to
+the device (a small scatter into the device copy; the whole table only after the cache resized
+it). Inside the step each row's page-table row is gathered from the device copy.
+
+Shapes come from the scheduler's padding policy (``kvlab.schedulers.shapes``): with
+``BucketedShapes`` the number of compilations is bounded by the product of the bucket counts,
+times the static batch flags the attention backend keeps (``backend.specialize``); with
+``FixedShapes`` every step has one shape and compiles once. ``num_compilations`` counts the
+distinct step signatures this runner ran (a public count: a set of shape keys).
 """
 
 from __future__ import annotations
@@ -20,15 +26,16 @@ import numpy as np
 from flax import nnx
 
 from kvlab.attention.batch import RaggedBatch
-from kvlab.schedulers.base import StepPlan
+from kvlab.engine.device_table import DeviceBlockTable
+from kvlab.engine.sampling import SamplingArrays
+from kvlab.schedulers.plan import StepPlan
+from kvlab.schedulers.shapes import StepShape, next_pow2
 
 
-def _step_impl(graphdef, attention, sampler, options, state, storage, batch: RaggedBatch, temperature,
-               top_k, top_p, key, step):
+def _step_impl(graphdef, attention, sampler, options, state, storage, batch: RaggedBatch, sampling):
     model = nnx.merge(graphdef, state)
     logits, storage = model(batch, storage, attention, options)
-    tokens = sampler(logits, temperature, top_k, top_p, jax.random.fold_in(key, step))
-    return tokens, storage
+    return sampler(logits, sampling), storage
 
 
 # One jitted step shared by every runner: engines over the same model structure, backend, sampler
@@ -46,70 +53,75 @@ def _write_pages(storage, pages, data):
     return storage.write_pages(pages, data)
 
 
-def pow2_buckets(lo: int, hi: int) -> tuple[int, ...]:
-    """Powers of two from ``lo`` up to the first one >= ``hi``."""
-    out, b = [], max(1, lo)
-    while True:
-        out.append(b)
-        if b >= hi:
-            return tuple(out)
-        b *= 2
-
-
-def pick_bucket(buckets: tuple[int, ...], n: int) -> int:
-    for b in buckets:
-        if b >= n:
-            return b
-    raise ValueError(f"{n} exceeds the largest bucket {buckets[-1]}")
-
-
-def pack_plan(plan: StepPlan, cache, *, token_buckets, seq_buckets, page_buckets) -> RaggedBatch:
-    """The host half of a step: a plan and the cache's page tables as one padded RaggedBatch."""
-    seqs = plan.seqs
-    pages = [cache.pages(s.request.request_id) for s in seqs]
-    return RaggedBatch.build(
-        q_tokens=[s.token_ids for s in seqs], q_starts=[s.start for s in seqs], page_lists=pages,
-        page_size=cache.page_size, token_bucket=pick_bucket(token_buckets, plan.num_tokens),
-        seq_bucket=pick_bucket(seq_buckets, len(seqs)),
-        page_bucket=pick_bucket(page_buckets, max(len(p) for p in pages)))
+def pack_batch(plan: StepPlan, shape: StepShape) -> tuple[RaggedBatch, np.ndarray]:
+    """The host half of a step: the plan as a padded ``RaggedBatch`` (its ``page_table`` left
+    None: the step gathers it on the device) and the block-table row of every batch row [rows]."""
+    t = plan.table
+    n_tok = plan.num_tokens
+    row = np.fromiter((s.row for s in plan.seqs), np.int64, len(plan.seqs))
+    lens = np.fromiter((s.num_new_tokens for s in plan.seqs), np.int64, len(plan.seqs))
+    q_lens = np.zeros(shape.rows, np.int64)
+    q_lens[row] = lens
+    cu = np.zeros(shape.rows + 1, np.int32)
+    cu[1:] = np.cumsum(q_lens)
+    kv_lens = np.zeros(shape.rows, np.int32)
+    kv_lens[row] = np.fromiter((s.start for s in plan.seqs), np.int64, len(plan.seqs)) + lens
+    cache_rows = np.zeros(shape.rows, np.int32)
+    cache_rows[row] = t.rows
+    logits_idx = np.zeros(shape.rows, np.int32)
+    logits_idx[row] = cu[row + 1] - 1
+    tokens, positions = np.zeros(shape.tokens, np.int32), np.zeros(shape.tokens, np.int32)
+    slots = np.full(shape.tokens, -1, np.int32)
+    tokens[:n_tok], positions[:n_tok], slots[:n_tok] = plan.token_ids(), t.positions, t.slots
+    batch = RaggedBatch(tokens=tokens, positions=positions, slots=slots, cu_q_lens=cu, kv_lens=kv_lens,
+                        page_table=None, num_seqs=np.int32(plan.num_rows), logits_indices=logits_idx,
+                        decode_only=bool((lens == 1).all()) and len(lens) == plan.num_rows,
+                        has_decodes=bool((lens == 1).any()))
+    return batch, cache_rows
 
 
 class ModelRunner:
-    """Runs steps of ``model`` with an attention backend and a sampler."""
+    """Runs steps of ``model`` with an attention backend and a sampler.
 
-    def __init__(self, model, *, attention, sampler, max_num_seqs: int,
-                 max_num_batched_tokens: int, max_pages_per_seq: int, options=None,
-                 fixed_shapes: bool = False, seed: int = 0, clock=time.perf_counter):
+    shapes: the scheduler's padding policy; limits: the largest step (tokens, rows, page-table
+    columns); options: the attention options the step runs with.
+    """
+
+    def __init__(self, model, *, attention, sampler, shapes, limits: StepShape, options=None,
+                 clock=time.perf_counter):
         self.graphdef, self.state = nnx.split(model)
         self.clock = clock              # times the calls that compile (``compile_seconds``)
         self.attention = attention
         self.options = options or model.attention_options
         self.sampler = sampler
-        self.token_buckets = pow2_buckets(16, max_num_batched_tokens)
-        self.seq_buckets = pow2_buckets(1, max_num_seqs)
-        self.page_buckets = pow2_buckets(1, max_pages_per_seq)
-        if fixed_shapes:   # one shape for every step: the largest buckets (persistent batching)
-            self.token_buckets, self.seq_buckets, self.page_buckets = (
-                self.token_buckets[-1:], self.seq_buckets[-1:], self.page_buckets[-1:])
-        self.fixed_shapes = fixed_shapes
-        self.num_compilations = 0
+        self.shapes = shapes
+        self.limits = limits
+        self.table = DeviceBlockTable(num_cols=shapes.pad_limit(limits).pages,
+                                      num_rows=next_pow2(2 * limits.rows))
+        self._compiled: set[tuple] = set()
         self.compile_seconds = 0.0      # time of the calls that compiled, on ``clock``
-        self.key = jax.random.key(seed)
         self.steps = 0
 
-    def build_batch(self, plan: StepPlan, cache) -> RaggedBatch:
-        batch = pack_plan(plan, cache, token_buckets=self.token_buckets, seq_buckets=self.seq_buckets,
-                          page_buckets=self.page_buckets)
-        if self.fixed_shapes:   # one program for every step: decodes take the mixed path too
-            batch = dataclasses.replace(batch, decode_only=False)
-        if self.fixed_shapes or not getattr(self.attention, "splits_prefill_only_steps", False):
-            batch = dataclasses.replace(batch, has_decodes=True)   # one compilation, not one per value
-        return batch
+    @property
+    def num_compilations(self) -> int:
+        """Distinct step signatures run so far (each compiled once unless shared)."""
+        return len(self._compiled)
+
+    def build_batch(self, plan: StepPlan) -> tuple[RaggedBatch, np.ndarray, StepShape]:
+        """Pack ``plan`` at its padded shape, with the static flags the step compiles for."""
+        pages = int(plan.table.num_pages.max())
+        shape = self.shapes.pad(StepShape(tokens=plan.num_tokens, rows=plan.num_rows, pages=pages),
+                                self.limits)
+        batch, cache_rows = pack_batch(plan, shape)
+        batch = self.attention.specialize(batch)
+        decode_only, has_decodes = self.shapes.static_flags(decode_only=batch.decode_only,
+                                                            has_decodes=batch.has_decodes)
+        return dataclasses.replace(batch, decode_only=decode_only, has_decodes=has_decodes), cache_rows, shape
 
     # ---- page copies for swapping (page counts padded to powers of two: few compilations) ----
     @staticmethod
     def _padded(pages, fill: int) -> np.ndarray:
-        out = np.full(max(1, 1 << (len(pages) - 1).bit_length()), fill, np.int32)
+        out = np.full(next_pow2(len(pages)), fill, np.int32)
         out[:len(pages)] = pages
         return out
 
@@ -124,24 +136,31 @@ class ModelRunner:
         full[:len(pages)] = data
         return _write_pages(storage, padded, full)
 
-    def run(self, plan: StepPlan, cache, storage):
-        """Run one step; returns (sampled token ids as a NumPy array [len(plan.seqs)], storage)."""
-        batch = self.build_batch(plan, cache)
-        n_slots = batch.num_seq_slots
-        temperature = np.zeros(n_slots, np.float32)
-        top_k = np.zeros(n_slots, np.int32)
-        top_p = np.ones(n_slots, np.float32)
-        for i, s in enumerate(plan.seqs):
-            p = s.request.params
-            temperature[i], top_k[i], top_p[i] = p.temperature, p.top_k, p.top_p
-        cached, t0 = _step._cache_size(), self.clock()
+    def pack(self, plan: StepPlan) -> tuple[RaggedBatch, StepShape]:
+        """The step's whole ``RaggedBatch`` (its page table gathered from the synced device copy
+        of the block table) and its padded shape."""
+        batch, cache_rows, shape = self.build_batch(plan)
+        self.table.sync(plan.table)
+        batch = dataclasses.replace(batch, page_table=self.table.page_table(
+            cache_rows, batch.kv_lens, page_size=plan.table.page_size, num_cols=shape.pages))
+        return batch, shape
+
+    def run(self, plan: StepPlan, storage):
+        """Run one step; returns (sampled token ids as a NumPy array [>= plan.num_rows], storage)."""
+        batch, shape = self.pack(plan)
+        sampling = SamplingArrays.pack(
+            shape.rows, [s.row for s in plan.seqs], [s.request.params for s in plan.seqs],
+            seeds=[s.request.seed for s in plan.seqs],
+            counters=[len(s.request.output_token_ids) for s in plan.seqs])
+        key = (shape, batch.decode_only, batch.has_decodes)
+        t0 = self.clock()
         tokens, storage = _step(self.graphdef, self.attention, self.sampler, self.options, self.state,
-                                storage, batch, temperature, top_k, top_p, self.key, np.int32(self.steps))
-        if _step._cache_size() > cached:      # this call traced a new shape; the launch is asynchronous,
-            self.num_compilations += 1        # so its time is the trace and the compilation
+                                storage, batch, sampling)
+        if key not in self._compiled:    # a new signature: the launch is asynchronous, so this
+            self._compiled.add(key)      # call's time is the trace and the compilation
             self.compile_seconds += self.clock() - t0
         self.steps += 1
-        return np.asarray(tokens)[:len(plan.seqs)], storage
+        return np.asarray(tokens), storage
 
 
 class DenseReferenceDecoder:

@@ -2,6 +2,7 @@
 
 from kvlab.kvcache.base import KVCache, KVCacheStats
 from kvlab.kvcache.block_hash import BuiltinBlockHasher, Sha256BlockHasher
+from kvlab.kvcache.block_table import BlockTable, TableChanges
 from kvlab.kvcache.blocked import BlockedKVCache
 from kvlab.kvcache.circular import CircularKVCache
 from kvlab.kvcache.contiguous import ContiguousKVCache
@@ -13,7 +14,7 @@ from kvlab.kvcache.pool import OutOfPagesError, PageAllocator
 from kvlab.kvcache.radix import RadixKVCache
 from kvlab.kvcache.storage import BlockedKVStorage, PagedKVStorage
 
-__all__ = ["BlockedKVCache", "BlockedKVStorage", "BuiltinBlockHasher", "CircularKVCache",
+__all__ = ["BlockTable", "BlockedKVCache", "BlockedKVStorage", "BuiltinBlockHasher", "CircularKVCache",
            "ContiguousKVCache", "HostTier", "KVCache", "KVCacheStats", "LFU", "LRU", "MemoryBreakdown",
            "MemoryLedger", "OutOfPagesError", "PageAllocator", "PagedKVCache", "PagedKVStorage",
-           "PriorityLRU", "RadixKVCache", "Sha256BlockHasher"]
+           "PriorityLRU", "RadixKVCache", "Sha256BlockHasher", "TableChanges"]

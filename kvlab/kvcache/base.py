@@ -2,14 +2,29 @@
 
 Life of a sequence, as a scheduler drives it (host side only; no device needed):
 
-    hit = cache.admit(seq_id, token_ids, salt=..., priority=...)  # reuse a cached prefix
+    hit = cache.admit(seq_id, token_ids, salt=..., priority=..., readmission=...)
     if cache.can_allocate(seq_id, n): cache.allocate(seq_id, n)   # grow to n tokens (per step)
+    else: cache.free(seq_id)                                      # roll the admission back
     ... the step computes tokens hit..n-1 and writes their KV ...
     cache.commit(seq_id, token_ids, num_computed)                 # their KV is in the cache now
     cache.free(seq_id)                                            # finished, aborted or preempted
 
-``pages(seq_id)`` is the sequence's page-table row: token ``j`` lives in page
+``admit`` attaches a cached prefix *tentatively*: the sequence *starts* at its first
+``allocate``, and only then is the reuse counted (statistics, and the eviction bookkeeping of the
+reused blocks: recency, reuse counts, priority). ``free`` before that rolls the admission back
+and leaves the cache exactly as it was, so a request that waits may be admitted every step.
+``match_prefix`` has no side effects at all. An allocation that cannot succeed raises
+``OutOfPagesError`` and changes nothing (no cached block is evicted for it).
+
+``block_table`` is the cache's persistent page table (a ``BlockTable``): one int32 row per live
+sequence, updated in place as pages change, recording the cells it writes for an incremental
+device copy. ``pages(seq_id)`` is that row's entries in use: token ``j`` lives in page
 ``pages[j // page_size]`` at offset ``j % page_size`` (the attention contract's layout).
+
+Optional parts with defaults: ``host_tier`` and swapping (``can_swap_out`` / ``swap_out`` /
+``can_swap_in`` / ``swap_in``: preemption by swap), ``max_step_tokens`` (a cap on the new tokens
+of one sequence per step), ``reset_prefix_cache``, and the checks ``validate_request``,
+``attention_options``, ``max_table_pages``.
 """
 
 from __future__ import annotations
@@ -17,6 +32,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 
+from kvlab.kvcache.block_table import BlockTable
 from kvlab.kvcache.ledger import MemoryBreakdown
 
 
@@ -26,8 +42,13 @@ class KVCacheStats:
 
     pages_used: held by live sequences; pages_cached: holding reusable prefixes that no live
     sequence uses (evictable); pages_used + pages_free + pages_cached == pages_total.
-    prompt_tokens / prefix_hit_tokens: tokens of admitted sequences and how many of them were
-    served from the cache. memory: time-averaged breakdown of the slots (see ``MemoryLedger``).
+    prompt_tokens / prefix_hit_tokens: tokens of sequences admitted for the first time and how
+    many of them were served from the cache; readmitted_prompt_tokens / readmitted_hit_tokens: the
+    same for re-admissions of preempted sequences (``admit(..., readmission=True)``), kept apart
+    so that recomputation does not flatter the hit rate. Each admission is counted once, when the
+    sequence starts (its first ``allocate``). evictions: cached pages evicted to make room (a
+    ``reset_prefix_cache`` is not counted). memory: time-averaged breakdown of the slots (see
+    ``MemoryLedger``).
     """
 
     pages_total: int
@@ -39,6 +60,8 @@ class KVCacheStats:
     pages_cached: int = 0
     prompt_tokens: int = 0
     prefix_hit_tokens: int = 0
+    readmitted_prompt_tokens: int = 0
+    readmitted_hit_tokens: int = 0
     evictions: int = 0
     memory: MemoryBreakdown = dataclasses.field(default_factory=MemoryBreakdown)
 
@@ -50,11 +73,12 @@ class KVCacheStats:
 
     @property
     def usage(self) -> float:
+        """Pages held by live sequences over all pages."""
         return self.pages_used / self.pages_total
 
     @property
     def hit_rate(self) -> float:
-        """Prefix hit tokens over admitted prompt tokens."""
+        """Prefix hit tokens over prompt tokens, first admissions only."""
         return 0.0 if self.prompt_tokens == 0 else self.prefix_hit_tokens / self.prompt_tokens
 
 
@@ -63,23 +87,35 @@ class KVCache(abc.ABC):
 
     Sequences are named by the caller's ids. The device half is created by ``init_storage`` and
     lives in the engine's step as an explicit pytree.
+
+    Attributes every cache has:
+        page_size: tokens per page (a power of two).
+        block_table: the ``BlockTable`` - ``array [rows, width]`` int32, ``num_pages [rows]``,
+            ``row_of(seq_id)``, ``drain_changes()`` - kept current in place (module docstring).
+        max_step_tokens: the most new tokens one sequence may compute in one step, or None for
+            no limit (a circular cache's ring only holds so many).
+        host_tier: the ``HostTier`` that preemption by swap moves sequences to, or None (then
+            ``can_swap_out`` / ``can_swap_in`` are False and ``swap_out`` / ``swap_in`` raise).
     """
 
     page_size: int
-    max_step_tokens: int | None = None   # most new tokens a sequence may compute in one step
-    host_tier = None                     # a HostTier where preemption by swap moves sequences
+    block_table: BlockTable
+    max_step_tokens: int | None = None
+    host_tier = None
 
     @property
     @abc.abstractmethod
     def capacity_tokens(self) -> int:
         """Tokens the whole cache can hold."""
 
-    def admit(self, seq_id, token_ids, *, salt=None, priority: int = 0) -> int:
+    def admit(self, seq_id, token_ids, *, salt=None, priority: int = 0, readmission: bool = False) -> int:
         """Start a sequence that will hold ``token_ids`` (its prompt, or prompt + output when it
         is recomputed). Caches with prefix reuse attach the longest cached prefix, leaving at least
         the last token to compute, and return its length; the others return 0. ``salt`` names a
         namespace (tenant, LoRA id): prefixes are shared only within one salt. ``priority`` is
-        the retention priority of the blocks this sequence leaves behind."""
+        the retention priority of the blocks this sequence leaves behind. ``readmission``: a
+        preempted sequence comes back (counted apart, see ``KVCacheStats``). The attachment is
+        tentative until the first ``allocate``; ``free`` before that undoes it exactly."""
         return 0
 
     @abc.abstractmethod
@@ -88,7 +124,8 @@ class KVCache(abc.ABC):
 
     @abc.abstractmethod
     def allocate(self, seq_id, num_tokens: int) -> None:
-        """Grow (or create) ``seq_id`` to hold ``num_tokens`` tokens in total."""
+        """Grow (or create) ``seq_id`` to hold ``num_tokens`` tokens in total. Raises
+        ``OutOfPagesError`` - having changed nothing - when the pages cannot be found."""
 
     @abc.abstractmethod
     def pages_needed(self, seq_id, num_tokens: int) -> int:
@@ -104,16 +141,22 @@ class KVCache(abc.ABC):
         return None
 
     def match_prefix(self, token_ids, *, salt=None) -> int:
-        """How many leading tokens of ``token_ids`` are cached now (no side effects)."""
+        """How many leading tokens of ``token_ids`` are cached now (no side effects: no
+        recency, count or structure changes)."""
         return 0
 
     @abc.abstractmethod
     def free(self, seq_id) -> None:
-        """Release ``seq_id``; prefix caches keep reusable blocks until evicted."""
+        """Release ``seq_id``; prefix caches keep reusable blocks until evicted. Freeing a
+        sequence that never allocated rolls its admission back (see ``admit``)."""
 
-    @abc.abstractmethod
     def pages(self, seq_id) -> list[int]:
-        """The page-table row of ``seq_id`` (see the module docstring)."""
+        """The page-table row of ``seq_id``: ``block_table``'s entries in use for it ([] if it
+        has no row). A copy, O(its pages): a step should read ``block_table`` instead."""
+        table = self.block_table
+        if seq_id not in table:
+            return []
+        return table.pages(table.row_of(seq_id)).tolist()
 
     @abc.abstractmethod
     def stats(self, *, detailed: bool = True) -> KVCacheStats:
@@ -124,6 +167,39 @@ class KVCache(abc.ABC):
     @abc.abstractmethod
     def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype):
         """Create the device arrays (a pytree) for a model of these shapes."""
+
+    # ---- prefix cache control ------------------------------------------------------------------
+    def reset_prefix_cache(self) -> bool:
+        """Drop every cached (unreferenced, evictable) prefix block and its index entries, so
+        nothing cached before is reused after. Refused - returns False and changes nothing -
+        while any sequence is live (admitted, running or swapped out: it holds or may hold
+        pages), as vLLM refuses; True otherwise. Not counted in ``evictions``. Caches without
+        prefix reuse have nothing to drop."""
+        return len(self.block_table) == 0
+
+    # ---- swapping to a host tier (preemption by swap) ------------------------------------------
+    def can_swap_out(self, seq_id) -> bool:
+        """Whether running ``seq_id`` can move to the host tier now (False without one)."""
+        return False
+
+    def swap_out(self, seq_id) -> list[tuple[int, int]]:
+        """Move ``seq_id``'s pages to the host tier and release them on the device; returns the
+        ``(device page, host page)`` copies the engine must make before the step runs. The
+        sequence keeps its ``block_table`` row (its entries are meaningless until ``swap_in``)."""
+        raise self._no_host_tier()
+
+    def can_swap_in(self, seq_id) -> bool:
+        """Whether swapped-out ``seq_id`` can come back to the device now (False without a tier)."""
+        return False
+
+    def swap_in(self, seq_id) -> list[tuple[int, int]]:
+        """Bring swapped-out ``seq_id`` back onto fresh device pages (its row is rewritten);
+        returns the ``(host page, device page)`` copies the engine must make before the step."""
+        raise self._no_host_tier()
+
+    def _no_host_tier(self) -> RuntimeError:
+        return RuntimeError(f"{type(self).__name__} has no host tier, so it cannot swap sequences; "
+                            f"give it one (host_tier=HostTier(num_pages=...)) or preempt by recompute")
 
     # ---- checks and hooks with defaults ---------------------------------------------------------
     def validate_request(self, *, prompt_tokens: int, max_tokens: int) -> None:

@@ -94,7 +94,8 @@ class BlockIndex:
         return True
 
     def touch(self, page: int, clock: int, priority: int) -> None:
-        """A sequence reuses ``page``: it is no longer evictable."""
+        """A sequence starts using ``page``: it counts as a use (recency, reuse count, priority)
+        and the page is no longer evictable."""
         b = self.blocks[page]
         b.last_access, b.hits, b.priority = clock, b.hits + 1, max(b.priority, priority)
         self.evictable.discard(page)
@@ -104,6 +105,14 @@ class BlockIndex:
         b = self.blocks[page]
         b.last_access = clock
         self.evictable.add(page, b)
+
+    def clear(self) -> list[int]:
+        """Forget every block (none may be in use); returns their pages (the caller drops the
+        page references)."""
+        pages = list(self.blocks)
+        self.by_hash, self.blocks = {}, {}
+        self.evictable = EvictableSet(self.evictable.policy)
+        return pages
 
     def evict(self) -> int:
         """Forget the policy's victim and return its page (the caller drops the page reference)."""

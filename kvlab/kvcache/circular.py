@@ -4,12 +4,13 @@ StreamingLLM attention sinks.
 Each sequence owns a fixed set of pages: ``sink_pages`` for its first tokens (kept forever) and a
 ring of ``ring_pages`` that later tokens cycle through. Logical page ``i`` of the sequence maps to
 sink page ``i`` while ``i < sink_pages`` and to ring page ``(i - sink_pages) % ring_pages`` after,
-so ``pages(seq)`` is an ordinary page-table row (longer than the pages behind it) and any kernel
-of the attention contract reads it unchanged. Pages that hold overwritten tokens are only read
-for keys outside the window, which the window mask hides. The ring is large enough when a step of
-``q`` new tokens never overwrites a key some query of that step still sees:
-``ring_pages * page_size >= window + q - 1``; so steps are limited to ``max_step_tokens`` new
-tokens per sequence (a whole prompt, under whole-prompt prefill). Memory per sequence is constant,
+so the sequence's ``block_table`` row holds that logical -> physical mapping - an ordinary
+page-table row, longer than the pages behind it, written a few entries at a time as the sequence
+grows - and any kernel of the attention contract reads it unchanged. Pages that hold overwritten
+tokens are only read for keys outside the window, which the window mask hides. The ring is large
+enough when a step of ``q`` new tokens never overwrites a key some query of that step still
+sees: ``ring_pages * page_size >= window + q - 1``; so steps are limited to ``max_step_tokens``
+new tokens per sequence (a whole prompt, under whole-prompt prefill). Memory per sequence is constant,
 reserved at admission (a running sequence never needs another page, so it is never preempted),
 however long it runs.
 """
@@ -18,7 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from kvlab.kvcache.base import KVCache, KVCacheStats
+from kvlab.kvcache.block_table import BlockTable
 from kvlab.kvcache.ledger import MemoryBreakdown, MemoryLedger
 from kvlab.kvcache.pool import OutOfPagesError, PageAllocator
 from kvlab.kvcache.pooled import check_power_of_two
@@ -62,7 +66,8 @@ class CircularKVCache(KVCache):
                              f"{self.sink_pages} + ring {self.ring_pages} for window {window} and "
                              f"steps of {self.max_step_tokens} tokens) but the cache has {num_pages}")
         self.allocator = PageAllocator(num_pages)
-        self._pages: dict[object, list[int]] = {}
+        self.block_table = BlockTable()
+        self._own: dict[object, np.ndarray] = {}     # seq -> its sink + ring pages (physical)
         self._tokens: dict[object, int] = {}
         self.ledger = MemoryLedger(num_pages * page_size)
 
@@ -92,7 +97,7 @@ class CircularKVCache(KVCache):
         return -(-max_model_len // self.page_size)
 
     def pages_needed(self, seq_id, num_tokens: int) -> int:
-        return 0 if seq_id in self._pages else self.pages_per_seq
+        return 0 if seq_id in self._own else self.pages_per_seq
 
     def num_available_pages(self) -> int:
         return self.allocator.num_free
@@ -108,29 +113,34 @@ class CircularKVCache(KVCache):
         if num_tokens - have > self.max_step_tokens:
             raise ValueError(f"sequence {seq_id!r} grows by {num_tokens - have} tokens in one step; "
                              f"this circular cache allows max_step_tokens={self.max_step_tokens}")
-        if seq_id not in self._pages:
+        if seq_id not in self._own:
             if self.allocator.num_free < self.pages_per_seq:
                 raise OutOfPagesError(f"sequence {seq_id!r} needs {self.pages_per_seq} pages, "
                                       f"{self.allocator.num_free} free")
-            self._pages[seq_id] = self.allocator.allocate(self.pages_per_seq)
+            self._own[seq_id] = np.asarray(self.allocator.allocate(self.pages_per_seq), np.int32)
+            self.block_table.add(seq_id)
         self._tokens[seq_id] = num_tokens
+        self._map_pages(seq_id, -(-num_tokens // self.page_size))
         self.ledger.update(seq_id, allocated=self.tokens_per_seq,
                            stored=min(num_tokens, self.tokens_per_seq))
 
-    def free(self, seq_id) -> None:
-        pages = self._pages.pop(seq_id, None)
-        self._tokens.pop(seq_id, None)
-        if pages:
-            self.allocator.decref(reversed(pages))
-            self.ledger.end(seq_id)
+    def _map_pages(self, seq_id, n: int) -> None:
+        """Extend the sequence's row to ``n`` logical pages: page ``i`` maps to sink page ``i``
+        or ring page ``(i - sink_pages) % ring_pages`` (only the new entries are written)."""
+        row = self.block_table.row_of(seq_id)
+        have = int(self.block_table.num_pages[row])
+        if n > have:
+            s, i = self.sink_pages, np.arange(have, n)
+            logical = np.where(i < s, i, s + (i - s) % self.ring_pages)
+            self.block_table.append(row, self._own[seq_id][logical])
 
-    def pages(self, seq_id) -> list[int]:
-        own = self._pages.get(seq_id)
-        if own is None:
-            return []
-        s, r = self.sink_pages, self.ring_pages
-        n = -(-self._tokens[seq_id] // self.page_size)
-        return own[:min(n, s)] + [own[s + (i - s) % r] for i in range(s, n)]
+    def free(self, seq_id) -> None:
+        own = self._own.pop(seq_id, None)
+        self._tokens.pop(seq_id, None)
+        if own is not None:
+            self.allocator.decref(reversed(own.tolist()))
+            self.block_table.remove(seq_id)
+            self.ledger.end(seq_id)
 
     def tick(self, dt: float = 1.0) -> None:
         self.ledger.tick(dt)
@@ -139,7 +149,7 @@ class CircularKVCache(KVCache):
         a = self.allocator
         stored = sum(min(n, self.tokens_per_seq) for n in self._tokens.values()) if detailed else 0
         return KVCacheStats(pages_total=a.num_pages, pages_used=a.num_used, pages_free=a.num_free,
-                            page_size=self.page_size, num_seqs=len(self._pages), tokens_stored=stored,
+                            page_size=self.page_size, num_seqs=len(self._own), tokens_stored=stored,
                             memory=self.ledger.breakdown() if detailed else MemoryBreakdown())
 
     def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype) -> PagedKVStorage:

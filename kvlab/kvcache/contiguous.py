@@ -2,8 +2,9 @@
 region of ``max_seq_len`` tokens (HF transformers' static cache, FasterTransformer/Orca-style
 pre-allocation), whatever its real length.
 
-The region is ``max_seq_len / page_size`` consecutive pages, so the same attention contract and
-kernels read it; what differs is the accounting. Empty slots of a region are *reserved* (they will
+The region is ``max_seq_len / page_size`` consecutive pages - the sequence's ``block_table`` row
+lists them in order, as far as it has grown - so the same attention contract and kernels read
+it; what differs is the accounting. Empty slots of a region are *reserved* (they will
 be filled before the sequence ends) or *internal fragmentation* (never filled); a pool remainder
 too small for a region is *external fragmentation*. Regions are taken whole at admission, so a
 running sequence never needs memory and is never preempted.
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 from collections import deque
 
+import numpy as np
+
 from kvlab.kvcache.base import KVCache, KVCacheStats
+from kvlab.kvcache.block_table import BlockTable
 from kvlab.kvcache.ledger import MemoryBreakdown, MemoryLedger
 from kvlab.kvcache.pool import OutOfPagesError
 from kvlab.kvcache.pooled import check_power_of_two
@@ -47,6 +51,7 @@ class ContiguousKVCache(KVCache):
         self.num_slots = num_slots
         self.external_tokens = external_tokens
         self.pages_per_slot = max_seq_len // page_size
+        self.block_table = BlockTable()
         self._free_slots: deque[int] = deque(range(num_slots))
         self._slot: dict[object, int] = {}
         self._tokens: dict[object, int] = {}
@@ -91,7 +96,13 @@ class ContiguousKVCache(KVCache):
                 raise OutOfPagesError(f"no free region for sequence {seq_id!r} "
                                       f"({self.num_slots} regions, all taken)")
             self._slot[seq_id] = self._free_slots.popleft()
+            self.block_table.add(seq_id)
         self._tokens[seq_id] = num_tokens
+        row = self.block_table.row_of(seq_id)
+        have, n = int(self.block_table.num_pages[row]), -(-num_tokens // self.page_size)
+        if n > have:
+            first = self._slot[seq_id] * self.pages_per_slot
+            self.block_table.append(row, np.arange(first + have, first + n, dtype=np.int32))
         self.ledger.update(seq_id, allocated=self.max_seq_len, stored=num_tokens)
 
     def free(self, seq_id) -> None:
@@ -99,14 +110,8 @@ class ContiguousKVCache(KVCache):
         self._tokens.pop(seq_id, None)
         if slot is not None:
             self._free_slots.append(slot)
+            self.block_table.remove(seq_id)
             self.ledger.end(seq_id)
-
-    def pages(self, seq_id) -> list[int]:
-        slot = self._slot.get(seq_id)
-        if slot is None:
-            return []
-        first = slot * self.pages_per_slot
-        return list(range(first, first + -(-self._tokens[seq_id] // self.page_size)))
 
     def tick(self, dt: float = 1.0) -> None:
         self.ledger.tick(dt)

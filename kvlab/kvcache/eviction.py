@@ -54,12 +54,20 @@ class EvictableSet:
 
     A binary heap with lazy deletion: ``discard`` only forgets the entry, ``pop`` skips stale
     heap items; the heap is rebuilt when stale items outnumber live ones. O(log n) per operation.
+
+    Tentative holds: a sequence admitted but not yet running holds its prefix's entries
+    (``hold``) without using them. A held entry is not evictable; one that becomes evictable
+    while held (``add``) is *parked*; when the last hold goes (``unhold``) a parked entry comes
+    back with its original place in the order (same key, same tie-breaking version), so an
+    admission rolled back leaves the order exactly as if it never happened.
     """
 
     def __init__(self, policy):
         self.policy = policy
         self._heap: list = []
         self._live: dict = {}            # id -> (version, entry)
+        self._parked: dict = {}          # id -> (version, entry): evictable once unheld
+        self._holds: dict = {}           # id -> tentative holds
         self._counter = itertools.count()
 
     def __len__(self) -> int:
@@ -69,15 +77,52 @@ class EvictableSet:
         return item_id in self._live
 
     def add(self, item_id, entry) -> None:
-        """Make ``item_id`` evictable, ordered by the policy's key of ``entry`` (read now)."""
+        """Make ``item_id`` evictable, ordered by the policy's key of ``entry`` (read now; the
+        entry must not change while it is in the set). Parked instead while held."""
         version = next(self._counter)
+        if item_id in self._holds:
+            self._parked[item_id] = (version, entry)
+        else:
+            self._push(item_id, version, entry)
+
+    def _push(self, item_id, version: int, entry) -> None:
         self._live[item_id] = (version, entry)
         heapq.heappush(self._heap, (*self.policy.key(entry), version, item_id))
         if len(self._heap) > 2 * len(self._live) + 64:
             self._compact()
 
     def discard(self, item_id) -> None:
+        """``item_id`` is in use (or gone): not evictable, not parked."""
         self._live.pop(item_id, None)
+        self._parked.pop(item_id, None)
+
+    def holds(self, item_id) -> int:
+        """Tentative holds on ``item_id``."""
+        return self._holds.get(item_id, 0)
+
+    def hold(self, item_id) -> None:
+        """A tentative user: ``item_id`` stops being evictable until its last ``unhold``."""
+        self._holds[item_id] = self._holds.get(item_id, 0) + 1
+        live = self._live.pop(item_id, None)
+        if live is not None:
+            self._parked[item_id] = live
+
+    def unhold(self, item_id) -> None:
+        """Drop one tentative hold; after the last, a parked entry is evictable again in its
+        original place."""
+        n = self._holds[item_id] - 1
+        if n:
+            self._holds[item_id] = n
+            return
+        del self._holds[item_id]
+        parked = self._parked.pop(item_id, None)
+        if parked is not None:
+            self._push(item_id, *parked)
+
+    def copy_holds(self, source, target) -> None:
+        """``target`` is held as often as ``source`` (a radix node split in two)."""
+        if source in self._holds:
+            self._holds[target] = self._holds[source]
 
     def pop(self):
         """Remove and return the id of the entry to evict first; KeyError when empty."""
@@ -88,6 +133,11 @@ class EvictableSet:
                 del self._live[item_id]
                 return item_id
         raise KeyError("nothing is evictable")
+
+    def order(self) -> list:
+        """The evictable ids in the order ``pop`` would return them (no side effects)."""
+        keyed = sorted((*self.policy.key(e), v, i) for i, (v, e) in self._live.items())
+        return [k[-1] for k in keyed]
 
     def _compact(self) -> None:
         self._heap = [(*self.policy.key(e), v, i) for i, (v, e) in self._live.items()]

@@ -6,17 +6,20 @@ With ``prefix_caching=True``: every full page is indexed by a hash chained to it
 (``block_hash``); a new sequence reuses the longest indexed run of its leading pages, but never
 its last token (that one must be recomputed to get logits); a finished sequence's indexed pages
 keep their contents and become evictable, ordered by the eviction policy (LRU by default), and
-are evicted lazily - only when an allocation finds no free page.
+are evicted lazily - only when an allocation finds no free page. A sequence admitted but not yet
+started holds its reused blocks tentatively (``EvictableSet.hold``); their recency, reuse count
+and priority are updated when it starts, and a rollback restores them untouched.
 """
 
 from __future__ import annotations
 
 from kvlab.kvcache.block_hash import BlockIndex, Sha256BlockHasher, chain_hashes
 from kvlab.kvcache.eviction import LRU
-from kvlab.kvcache.pooled import PagePoolCache, SeqState
+from kvlab.kvcache.pooled import SeqState
+from kvlab.kvcache.swap import SwappablePoolCache
 
 
-class PagedKVCache(PagePoolCache):
+class PagedKVCache(SwappablePoolCache):
     """Paged KV cache, prefix caching optional.
 
     num_pages, page_size: the pool (page_size a power of two); eviction: a policy object from
@@ -66,24 +69,40 @@ class PagedKVCache(PagePoolCache):
         pages = self.index.lookup(seq.block_hashes[:usable])
         self.allocator.incref(pages)
         for p in pages:
-            self.index.touch(p, self.clock, seq.priority)
-        seq.pages = pages
+            self.index.evictable.hold(p)
+        self.block_table.append(seq.row, pages)
         seq.num_indexed = len(pages)
         return len(pages) * self.page_size
+
+    def _attached(self, seq: SeqState) -> list[int]:
+        return self._row(seq)[:seq.hit_tokens // self.page_size].tolist()
+
+    def _start_reuse(self, seq: SeqState) -> None:
+        if self.index is None:
+            return
+        for p in self._attached(seq):
+            self.index.touch(p, self.clock, seq.priority)
+            self.index.evictable.unhold(p)
+
+    def _rollback_reuse(self, seq: SeqState) -> None:
+        if self.index is None:
+            return
+        for p in self._attached(seq):
+            self.index.evictable.unhold(p)
 
     def commit(self, seq_id, token_ids, num_computed: int) -> None:
         seq = self._seqs.get(seq_id)
         if self.index is None or seq is None:
             return
-        full = min(num_computed // self.page_size, len(seq.pages))
+        full = min(num_computed // self.page_size, self._num_pages(seq))
         if full <= seq.num_indexed:
             return
         if len(seq.block_hashes) < full:            # blocks past the admitted tokens (decoded)
             parent = seq.block_hashes[-1] if seq.block_hashes else self.hasher.root(seq.salt)
             seq.block_hashes += chain_hashes(self.hasher, parent, token_ids, self.page_size,
                                              len(seq.block_hashes), full)
-        for i in range(seq.num_indexed, full):
-            page = seq.pages[i]
+        pages = self._row(seq)[seq.num_indexed:full].tolist()
+        for i, page in enumerate(pages, start=seq.num_indexed):
             if self.index.insert(seq.block_hashes[i], page, i, self.clock, seq.priority):
                 self.allocator.incref([page])      # the index's own reference
         seq.num_indexed = full
@@ -91,8 +110,9 @@ class PagedKVCache(PagePoolCache):
     def _after_release(self, pages: list[int]) -> None:
         if self.index is None:
             return
-        for p in pages:
-            if self.allocator.refcount(p) == 1 and p in self.index.blocks:
+        holds = self.index.evictable.holds
+        for p in pages:    # no sequence but tentative ones uses it: evictable (parked if held)
+            if p in self.index.blocks and self.allocator.refcount(p) == 1 + holds(p):
                 self.index.release(p, self.clock)
 
     def _num_reclaimable(self) -> int:
@@ -100,6 +120,10 @@ class PagedKVCache(PagePoolCache):
 
     def _num_cached_pages(self) -> int:
         return self._num_reclaimable()
+
+    def _drop_cached(self) -> None:
+        if self.index is not None:
+            self.allocator.decref(self.index.clear())
 
     def _reclaim(self, n: int) -> None:
         while n > 0 and self._num_reclaimable():

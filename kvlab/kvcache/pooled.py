@@ -1,12 +1,18 @@
 """PagePoolCache: the host bookkeeping shared by the caches that hand out pages of one pool
-(paged, blocked, radix): a page-table row per sequence, growth page by page, eviction hooks for
-the prefix caches, counters and the memory ledger.
+(paged, blocked, radix): a ``BlockTable`` row per sequence (the one record of its pages), growth
+page by page, hooks for the prefix caches, counters and the memory ledger. Swapping to a host
+tier is added by ``swap.SwappablePoolCache``.
 
 Reference counting: a sequence holds one reference on each page of its row; a prefix cache holds
 one reference on each page it indexes. A page whose only reference is the cache's is *cached*
 (reusable, evictable); a page with no reference is free. The memory ledger charges a shared page
 to the sequence that computed it; once that one ends, the page's other users are not charged for
 it (a small undercount of *stored* while prefixes are shared).
+
+Admission is tentative until the sequence starts (its first ``allocate``): ``_reuse_prefix``
+attaches the cached prefix and holds its blocks without touching their eviction bookkeeping;
+``_start_reuse`` makes the use real (recency, reuse counts, priority); ``_rollback_reuse`` undoes
+the hold when the sequence is freed before it started.
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ from __future__ import annotations
 import dataclasses
 
 from kvlab.kvcache.base import KVCache, KVCacheStats
+from kvlab.kvcache.block_table import BlockTable
 from kvlab.kvcache.ledger import MemoryBreakdown, MemoryLedger
 from kvlab.kvcache.pool import OutOfPagesError, PageAllocator
 from kvlab.kvcache.storage import PagedKVStorage
 
 
 def check_power_of_two(name: str, value: int) -> None:
+    """Raise ValueError unless ``value`` is a power of two >= 1."""
     if not isinstance(value, int) or value < 1 or value & (value - 1):
         raise ValueError(f"{name} must be a power of two >= 1 (the attention kernels split "
                          f"positions into page and offset with shifts), got {value!r}")
@@ -27,21 +35,23 @@ def check_power_of_two(name: str, value: int) -> None:
 
 @dataclasses.dataclass(eq=False)
 class SeqState:
-    """Host state of one sequence. ``num_tokens``: slots it may use (allocated); ``hit_tokens``:
-    the prefix reused at admission; ``started``: it allocated at least once (counted in stats)."""
+    """Host state of one sequence (its pages are its ``block_table`` row ``row``).
+    ``num_tokens``: slots it may use (allocated); ``hit_tokens``: the prefix reused at admission;
+    ``started``: it allocated at least once (its admission counted)."""
 
-    pages: list[int] = dataclasses.field(default_factory=list)
+    row: int
     num_tokens: int = 0
     salt: object = None
     priority: int = 0
+    readmission: bool = False
     query_tokens: int = 0
     hit_tokens: int = 0
     shared_pages: int = 0             # pages it uses but another sequence computed (accounting)
     started: bool = False
     block_hashes: list = dataclasses.field(default_factory=list)   # hash-chained caches
     num_indexed: int = 0              # leading full pages already in the prefix index
-    host_pages: dict = dataclasses.field(default_factory=dict)     # row index -> host page (swapped)
-    node: object = None               # radix: deepest tree node this sequence locks
+    host_pages: list = dataclasses.field(default_factory=list)     # swapped out: host page per entry
+    node: object = None               # radix: deepest tree node this sequence locks (or holds)
     tokens: object = None             # radix: the token sequence, for indexing at free
     num_computed: int = 0
 
@@ -54,11 +64,12 @@ class PagePoolCache(KVCache):
         self.page_size = page_size
         self.allocator = PageAllocator(num_pages)
         self.host_tier = host_tier
+        self.block_table = BlockTable()
         self._seqs: dict[object, SeqState] = {}
         self.ledger = MemoryLedger(num_pages * page_size)
         self.clock = 0                    # logical time of last use, for eviction policies
-        self._prompt_tokens = 0
-        self._hit_tokens = 0
+        self._prompt_tokens = self._hit_tokens = 0
+        self._readmitted_prompt_tokens = self._readmitted_hit_tokens = 0
         self.evictions = 0
 
     @classmethod
@@ -72,8 +83,16 @@ class PagePoolCache(KVCache):
 
     # ---- hooks for prefix caches ---------------------------------------------------------------
     def _reuse_prefix(self, seq: SeqState, token_ids) -> int:
-        """Attach cached pages to ``seq.pages`` (taking references); return the tokens reused."""
+        """Attach cached pages to ``seq``'s row (taking references and tentative holds, leaving
+        the eviction bookkeeping alone); return the tokens reused."""
         return 0
+
+    def _start_reuse(self, seq: SeqState) -> None:
+        """``seq`` starts: its attached prefix counts as used now (recency, counts, priority)."""
+
+    def _rollback_reuse(self, seq: SeqState) -> None:
+        """``seq`` is freed before it started: drop its holds (page references are dropped by
+        the caller), restoring the blocks' eviction state exactly."""
 
     def _num_reclaimable(self) -> int:
         """Pages that eviction could free now."""
@@ -85,26 +104,40 @@ class PagePoolCache(KVCache):
     def _num_cached_pages(self) -> int:
         return 0
 
+    def _drop_cached(self) -> None:
+        """Forget every cached block and drop its page reference (no sequence is live)."""
+
     def _before_release(self, seq_id, seq: SeqState) -> None:
-        """Called by ``free`` before the sequence's page references are dropped."""
+        """Called by ``free`` before a started sequence's page references are dropped."""
 
     def _after_release(self, pages: list[int]) -> None:
-        """Called by ``free`` with the pages that still have references (cache-held)."""
+        """Called by ``free`` and ``swap_out`` with the pages that still have references."""
+
+    # ---- rows ----------------------------------------------------------------------------------
+    def _new_seq(self, seq_id, **fields) -> SeqState:
+        seq = self._seqs[seq_id] = SeqState(row=self.block_table.add(seq_id), **fields)
+        return seq
+
+    def _num_pages(self, seq: SeqState) -> int:
+        return int(self.block_table.num_pages[seq.row])
+
+    def _row(self, seq: SeqState):
+        """The sequence's pages: a view of its block-table row."""
+        return self.block_table.pages(seq.row)
 
     # ---- contract --------------------------------------------------------------------------------
-    def admit(self, seq_id, token_ids, *, salt=None, priority: int = 0) -> int:
+    def admit(self, seq_id, token_ids, *, salt=None, priority: int = 0, readmission: bool = False) -> int:
         if seq_id in self._seqs:
             raise ValueError(f"sequence {seq_id!r} is already in the cache; free it first")
-        seq = SeqState(salt=salt, priority=priority, query_tokens=len(token_ids))
-        self.clock += 1
+        seq = self._new_seq(seq_id, salt=salt, priority=priority, readmission=readmission,
+                            query_tokens=len(token_ids))
         hit = self._reuse_prefix(seq, token_ids)
         seq.num_tokens = seq.hit_tokens = hit
         seq.shared_pages = hit // self.page_size
-        self._seqs[seq_id] = seq
         return hit
 
     def _pages_needed(self, seq: SeqState | None, num_tokens: int) -> int:
-        have = len(seq.pages) if seq is not None else 0
+        have = self._num_pages(seq) if seq is not None else 0
         return max(0, -(-num_tokens // self.page_size) - have)
 
     def pages_needed(self, seq_id, num_tokens: int) -> int:
@@ -115,103 +148,88 @@ class PagePoolCache(KVCache):
 
     def can_allocate(self, seq_id, num_tokens: int) -> bool:
         seq = self._seqs.get(seq_id)
-        if seq is not None and num_tokens <= len(seq.pages) * self.page_size:
+        if seq is not None and num_tokens <= self._num_pages(seq) * self.page_size:
             return True                                   # fits its last page (most decodes)
         return self._pages_needed(seq, num_tokens) <= self.num_available_pages()
 
+    def _check_room(self, seq_id, need: int) -> None:
+        """Raise OutOfPagesError, changing nothing, unless ``need`` pages can be found."""
+        if need > self.allocator.num_free and need > self.num_available_pages():
+            raise OutOfPagesError(f"sequence {seq_id!r} needs {need} more pages; "
+                                  f"{self.allocator.num_free} free, {self._num_reclaimable()} evictable")
+
+    def _take_pages(self, n: int) -> list[int]:
+        """``n`` fresh pages, evicting cached ones if needed (room checked by the caller)."""
+        if n > self.allocator.num_free:
+            self._reclaim(n - self.allocator.num_free)
+        return self.allocator.allocate(n)
+
     def allocate(self, seq_id, num_tokens: int) -> None:
-        seq = self._seqs.get(seq_id)
-        if seq is not None and num_tokens < seq.num_tokens:
-            raise ValueError(f"sequence {seq_id!r} holds {seq.num_tokens} tokens; allocate only "
-                             f"grows (asked for {num_tokens})")
-        need = self._pages_needed(seq, num_tokens)
+        seq, have = self._seqs.get(seq_id), 0
+        if seq is not None:
+            if num_tokens < seq.num_tokens:
+                raise ValueError(f"sequence {seq_id!r} holds {seq.num_tokens} tokens; allocate only "
+                                 f"grows (asked for {num_tokens})")
+            if seq.host_pages:
+                raise ValueError(f"sequence {seq_id!r} is swapped out; swap it in first")
+            have = self._num_pages(seq)
+        need = max(0, -(-num_tokens // self.page_size) - have)
         if need:
-            if need > self.allocator.num_free:
-                self._reclaim(need - self.allocator.num_free)
-            if need > self.allocator.num_free:
-                raise OutOfPagesError(f"sequence {seq_id!r} needs {need} more pages for {num_tokens} "
-                                      f"tokens, {self.allocator.num_free} free")
+            self._check_room(seq_id, need)
         if seq is None:
-            seq = self._seqs[seq_id] = SeqState()
+            seq = self._new_seq(seq_id)
+        if not seq.started:
+            self._start(seq)
         if need:
-            seq.pages.extend(self.allocator.allocate(need))
+            self.block_table.append(seq.row, self._take_pages(need))
         seq.num_tokens = num_tokens
-        if not seq.started:               # count the admission once it really runs
-            seq.started = True
+        self._update_ledger(seq_id, seq, have + need)
+
+    def _start(self, seq: SeqState) -> None:
+        """The sequence really runs: its reuse and its admission count now, once."""
+        seq.started = True
+        self.clock += 1
+        self._start_reuse(seq)
+        if seq.readmission:
+            self._readmitted_prompt_tokens += seq.query_tokens
+            self._readmitted_hit_tokens += seq.hit_tokens
+        else:
             self._prompt_tokens += seq.query_tokens
             self._hit_tokens += seq.hit_tokens
+
+    def _update_ledger(self, seq_id, seq: SeqState, num_pages: int) -> None:
         # The memory ledger charges each page to the sequence that computed it.
         shared = seq.shared_pages * self.page_size
-        self.ledger.update(seq_id, allocated=len(seq.pages) * self.page_size - shared,
-                           stored=num_tokens - shared)
+        self.ledger.update(seq_id, allocated=num_pages * self.page_size - shared,
+                           stored=seq.num_tokens - shared)
 
     def free(self, seq_id) -> None:
         seq = self._seqs.pop(seq_id, None)
         if seq is None:
             return
-        self.clock += 1
-        self._before_release(seq_id, seq)
-        freed = set(self.allocator.decref(reversed([p for p in seq.pages if p >= 0])))
-        self._after_release([p for p in seq.pages if p >= 0 and p not in freed])
-        if seq.host_pages:                # aborted while swapped out: its host pages go back too
-            self.host_tier.allocator.decref(list(seq.host_pages.values()))
+        if not seq.started:                 # a rolled-back admission: as if it never happened
+            self._rollback_reuse(seq)
+            self.allocator.decref(reversed(self._row(seq).tolist()))
+        else:
+            self.clock += 1
+            self._before_release(seq_id, seq)
+            if seq.host_pages:              # aborted while swapped out: its host pages go back
+                self.host_tier.allocator.decref(seq.host_pages)
+            else:
+                pages = self._row(seq).tolist()
+                freed = set(self.allocator.decref(reversed(pages)))
+                self._after_release([p for p in pages if p not in freed])
+        self.block_table.remove(seq_id)
         self.ledger.end(seq_id)
 
-    def pages(self, seq_id) -> list[int]:
-        seq = self._seqs.get(seq_id)
-        return seq.pages if seq is not None else []
-
-    # ---- swapping to a host tier (preemption by swap) --------------------------------------------
-    def _before_swap_out(self, seq: SeqState) -> None:
-        """Prefix caches index what the sequence computed and let go of their hold on it: the
-        sequence comes back with private copies of all its pages."""
-        seq.num_indexed = 0
-
-    def can_swap_out(self, seq_id) -> bool:
-        seq = self._seqs.get(seq_id)
-        return (self.host_tier is not None and seq is not None and not seq.host_pages
-                and len(seq.pages) <= self.host_tier.allocator.num_free)
-
-    def swap_out(self, seq_id) -> list[tuple[int, int]]:
-        """Copy all the sequence's pages to the host tier and drop its device references (shared
-        pages stay with their other holders or in the prefix cache). Returns the (device page,
-        host page) copies the engine must make before this step runs."""
-        seq = self._seqs[seq_id]
-        self.clock += 1
-        self._before_swap_out(seq)
-        hosts = self.host_tier.allocator.allocate(len(seq.pages))
-        copies = list(zip(seq.pages, hosts))
-        freed = set(self.allocator.decref(reversed(seq.pages)))
-        self._after_release([p for p in seq.pages if p not in freed])
-        seq.host_pages = dict(enumerate(hosts))
-        seq.pages = [-1] * len(hosts)
-        seq.shared_pages = 0
-        self.ledger.update(seq_id, allocated=0, stored=0)
-        return copies
-
-    def can_swap_in(self, seq_id) -> bool:
-        seq = self._seqs.get(seq_id)
-        return seq is not None and len(seq.host_pages) <= self.num_available_pages()
-
-    def swap_in(self, seq_id) -> list[tuple[int, int]]:
-        """Bring a swapped sequence back; returns the (host page, device page) copies."""
-        seq = self._seqs[seq_id]
-        n = len(seq.host_pages)
-        if n > self.allocator.num_free:
-            self._reclaim(n - self.allocator.num_free)
-        devices = self.allocator.allocate(n)
-        copies = []
-        for (i, h), d in zip(sorted(seq.host_pages.items()), devices):
-            seq.pages[i] = d
-            copies.append((h, d))
-        self.host_tier.allocator.decref([h for h, _ in copies])
-        seq.host_pages = {}
-        shared = seq.shared_pages * self.page_size
-        self.ledger.update(seq_id, allocated=len(seq.pages) * self.page_size - shared,
-                           stored=seq.num_tokens - shared)
-        return copies
+    def reset_prefix_cache(self) -> bool:
+        if self._seqs:
+            return False
+        self._drop_cached()
+        return True
 
     def num_tokens(self, seq_id) -> int:
+        """Tokens ``seq_id`` holds slots for (0 if unknown)."""
         seq = self._seqs.get(seq_id)
         return seq.num_tokens if seq is not None else 0
 
@@ -220,11 +238,13 @@ class PagePoolCache(KVCache):
         self.ledger.tick(dt)
 
     def _tokens_stored(self) -> int:
-        """Tokens held by live sequences, each shared page counted once."""
-        full, partial = set(), 0
+        """Tokens on the device for live sequences, each shared page counted once."""
+        full, partial, array = set(), 0, self.block_table.array
         for seq in self._seqs.values():
+            if seq.host_pages:
+                continue
             n_full = seq.num_tokens // self.page_size
-            full.update(seq.pages[:n_full])
+            full.update(array[seq.row, :n_full].tolist())
             partial += seq.num_tokens - n_full * self.page_size
         return len(full) * self.page_size + partial
 
@@ -235,7 +255,8 @@ class PagePoolCache(KVCache):
                             pages_free=a.num_free, pages_cached=cached, page_size=self.page_size,
                             num_seqs=len(self._seqs), tokens_stored=self._tokens_stored() if detailed else 0,
                             prompt_tokens=self._prompt_tokens, prefix_hit_tokens=self._hit_tokens,
-                            evictions=self.evictions,
+                            readmitted_prompt_tokens=self._readmitted_prompt_tokens,
+                            readmitted_hit_tokens=self._readmitted_hit_tokens, evictions=self.evictions,
                             memory=self.ledger.breakdown() if detailed else MemoryBreakdown())
 
     def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype) -> PagedKVStorage:

@@ -7,17 +7,20 @@ or preempted, as SGLang's ``cache_finished_req``); decode steps do not touch the
 decoding sequence costs no tree work. Where another sequence inserted the same tokens first, the
 sequence switches to the tree's pages and frees its duplicates. A preempted sequence finds its own
 tokens when it is readmitted. Memory held by unlocked nodes is reclaimed lazily, only when an
-allocation finds no free page.
+allocation finds no free page. A sequence admitted but not started only holds its matched path
+(``RadixTree.hold_path``: no split, no recency or reuse count); it locks it when it starts, so
+an admission rolled back leaves the tree exactly as it was.
 """
 
 from __future__ import annotations
 
 from kvlab.kvcache.eviction import LRU
-from kvlab.kvcache.pooled import PagePoolCache, SeqState
+from kvlab.kvcache.pooled import SeqState
 from kvlab.kvcache.radix_tree import RadixTree
+from kvlab.kvcache.swap import SwappablePoolCache
 
 
-class RadixKVCache(PagePoolCache):
+class RadixKVCache(SwappablePoolCache):
     """Radix-tree prefix cache over ``num_pages`` pages of ``page_size`` tokens (1 = token
     granularity, as SGLang's default). eviction: ``LRU()`` (default), ``LFU()``, ``PriorityLRU()``.
 
@@ -39,40 +42,51 @@ class RadixKVCache(PagePoolCache):
 
     def _reuse_prefix(self, seq: SeqState, token_ids) -> int:
         usable = (len(token_ids) - 1) // self.page_size * self.page_size
-        seq.node, hit, pages = self.tree.match_and_lock(seq.salt, token_ids[:usable], self.clock,
-                                                        seq.priority)
+        node, hit, pages = self.tree.match_path(seq.salt, token_ids[:usable])
+        self.tree.hold_path(node)
         self.allocator.incref(pages)
-        seq.pages = list(pages)
-        seq.num_indexed = len(pages)
+        self.block_table.append(seq.row, pages)
+        seq.node, seq.tokens, seq.num_indexed = node, token_ids, len(pages)
         return hit
+
+    def _start_reuse(self, seq: SeqState) -> None:
+        if seq.tokens is None:             # allocated without admit: nothing held
+            return
+        self.tree.unhold_path(seq.node)
+        seq.node, hit, _ = self.tree.match_and_lock(seq.salt, seq.tokens[:seq.hit_tokens],
+                                                    self.clock, seq.priority)
+        assert hit == seq.hit_tokens, "a held prefix changed before its sequence started"
+
+    def _rollback_reuse(self, seq: SeqState) -> None:
+        self.tree.unhold_path(seq.node)
 
     def commit(self, seq_id, token_ids, num_computed: int) -> None:
         seq = self._seqs.get(seq_id)
-        if seq is None:
+        if seq is None or not seq.started:
             return
         seq.tokens, seq.num_computed = token_ids, num_computed
-        if min(num_computed // self.page_size, len(seq.pages)) - seq.num_indexed > 1:
+        if min(num_computed // self.page_size, self._num_pages(seq)) - seq.num_indexed > 1:
             self._index(seq)
 
     def _index(self, seq: SeqState) -> None:
         """Insert the sequence's computed full pages that are not in the tree yet."""
         p = self.page_size
-        full = min(seq.num_computed // p, len(seq.pages))
+        full = min(seq.num_computed // p, self._num_pages(seq))
         if full <= seq.num_indexed or seq.tokens is None or seq.node is None:
             return
         lo = seq.num_indexed
-        seq.node, tree_pages, taken = self.tree.insert(seq.node, seq.tokens[lo * p:full * p],
-                                                       seq.pages[lo:full], self.clock, seq.priority)
+        own = self._row(seq)[lo:full].tolist()
+        seq.node, tree_pages, taken = self.tree.insert(seq.node, seq.tokens[lo * p:full * p], own,
+                                                       self.clock, seq.priority)
         self.allocator.incref(tree_pages[len(tree_pages) - taken:])   # the tree's own reference
         # Where another sequence put the same tokens in the tree first, switch to its pages and
         # free the duplicates (SGLang does the same): equal tokens at equal positions, equal KV.
-        for i, tree_page in enumerate(tree_pages[:len(tree_pages) - taken], start=lo):
-            own = seq.pages[i]
-            if own != tree_page:
+        for i, tree_page in enumerate(tree_pages[:len(tree_pages) - taken]):
+            if own[i] != tree_page:
                 self.allocator.incref([tree_page])
-                seq.pages[i] = tree_page
+                self.block_table.write(seq.row, lo + i, [tree_page])
                 seq.shared_pages += 1
-                self.allocator.decref([own])
+                self.allocator.decref([own[i]])
         seq.num_indexed = full
 
     def _before_release(self, seq_id, seq: SeqState) -> None:
@@ -93,6 +107,9 @@ class RadixKVCache(PagePoolCache):
 
     def _num_cached_pages(self) -> int:
         return self.tree.num_cached_pages
+
+    def _drop_cached(self) -> None:
+        self.allocator.decref(self.tree.clear())
 
     def _reclaim(self, n: int) -> None:
         while n > 0 and len(self.tree.evictable):

@@ -7,6 +7,12 @@ and compares whole runs at C speed. A partial match splits a node at a page boun
 in the order of the given policy, and evicting a leaf may make its parent an evictable leaf.
 Separate roots per salt keep namespaces apart.
 
+A sequence admitted but not started yet *holds* its matched path (``hold_path``): the nodes are
+protected (``lock_ref`` counts holds too) but nothing else changes - no split, no recency, no
+reuse count; ``unhold_path`` restores them exactly. When the sequence starts, the hold becomes a
+real lock (``match_and_lock``: split at the match's end, recency, reuse counts, priority). A node
+is *really* unlocked when its ``lock_ref`` equals its holds: then it is evictable once unheld.
+
 Examples:
     >>> from kvlab.kvcache.eviction import LRU
     >>> tree = RadixTree(page_size=2, policy=LRU())
@@ -70,10 +76,12 @@ class RadixTree:
         child.parent.children[child.key[:p]] = upper
         child.key, child.pages, child.parent = child.key[m:], child.pages[m // p:], upper
         upper.children[child.key[:p]] = child
+        self.evictable.copy_holds(child, upper)
         return upper
 
-    def match(self, salt, token_ids) -> tuple[int, list[int]]:
-        """Longest cached page-aligned prefix of ``token_ids``: (tokens, pages). No side effects."""
+    def match_path(self, salt, token_ids) -> tuple[RadixNode | None, int, list[int]]:
+        """Longest cached page-aligned prefix of ``token_ids``: (the deepest node it reaches,
+        possibly matched only in part; tokens; pages). No side effects."""
         node, i, pages, p = self.roots.get(salt), 0, [], self.page_size
         while node is not None and len(token_ids) - i >= p:
             child = node.children.get(tuple(token_ids[i:i + p]))
@@ -82,12 +90,37 @@ class RadixTree:
             m = self._common(child.key, token_ids, i)
             pages += child.pages[:m // p]
             i += m
-            node = child if m == len(child.key) else None
-        return i, pages
+            node = child
+            if m < len(child.key):
+                break
+        return node, i, pages
+
+    def match(self, salt, token_ids) -> tuple[int, list[int]]:
+        """Longest cached page-aligned prefix of ``token_ids``: (tokens, pages). No side effects."""
+        return self.match_path(salt, token_ids)[1:]
+
+    def hold_path(self, node: RadixNode | None) -> None:
+        """A tentative user (admitted, not started) protects the path ending at ``node``."""
+        while node is not None and node.parent is not None:
+            node.lock_ref += 1
+            if node.lock_ref == 1:
+                self.num_cached_pages -= len(node.pages)
+            self.evictable.hold(node)
+            node = node.parent
+
+    def unhold_path(self, node: RadixNode | None) -> None:
+        """Undo ``hold_path``: the nodes are as they were (evictable ones in their old place)."""
+        while node is not None and node.parent is not None:
+            node.lock_ref -= 1
+            if node.lock_ref == 0:
+                self.num_cached_pages += len(node.pages)
+            self.evictable.unhold(node)
+            node = node.parent
 
     def match_and_lock(self, salt, token_ids, clock: int, priority: int):
-        """Like ``match`` but splits a partly matched node and locks the matched path for a new
-        sequence. Returns (deepest node, tokens, pages)."""
+        """Like ``match`` but splits a partly matched node and locks the matched path for a
+        sequence that starts (a use: recency, reuse count, priority). Returns (deepest node,
+        tokens, pages)."""
         node, i, pages, p = self.root(salt), 0, [], self.page_size
         while len(token_ids) - i >= p:
             child = node.children.get(tuple(token_ids[i:i + p]))
@@ -131,6 +164,7 @@ class RadixTree:
         node.lock_ref += 1
         if node.lock_ref == 1:
             self.num_cached_pages -= len(node.pages)
+        if node.lock_ref - self.evictable.holds(node) == 1:     # first real lock
             self.evictable.discard(node)
 
     def _lock_path(self, node: RadixNode, clock: int, priority: int, hit: bool) -> None:
@@ -142,14 +176,15 @@ class RadixTree:
 
     def unlock(self, node: RadixNode, clock: int | None = None) -> None:
         """A sequence whose path ends at ``node`` let go of it."""
+        holds = self.evictable.holds
         while node.parent is not None:
             node.lock_ref -= 1
             if clock is not None:
                 node.last_access = clock
             if node.lock_ref == 0:
                 self.num_cached_pages += len(node.pages)
-                if not node.children:
-                    self.evictable.add(node, node)
+            if node.lock_ref == holds(node) and not node.children:
+                self.evictable.add(node, node)          # parked while tentatively held
             node = node.parent
 
     def evict(self) -> list[int]:
@@ -158,6 +193,20 @@ class RadixTree:
         parent = node.parent
         del parent.children[node.key[:self.page_size]]
         self.num_cached_pages -= len(node.pages)
-        if parent.parent is not None and not parent.children and parent.lock_ref == 0:
+        if (parent.parent is not None and not parent.children
+                and parent.lock_ref == self.evictable.holds(parent)):
             self.evictable.add(parent, parent)
         return node.pages
+
+    def clear(self) -> list[int]:
+        """Forget every node (none may be locked or held); returns their pages (the caller
+        drops their references)."""
+        pages, stack = [], list(self.roots.values())
+        while stack:
+            node = stack.pop()
+            pages += node.pages
+            stack.extend(node.children.values())
+        self.roots = {}
+        self.evictable = EvictableSet(self.evictable.policy)
+        self.num_cached_pages = 0
+        return pages

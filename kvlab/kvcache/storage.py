@@ -2,18 +2,85 @@
 
 The host half (a ``KVCache``) decides which page and offset each new token goes to; these pytrees
 only hold the arrays, are passed into the jitted step donated, and come back updated in place.
-Two layouts share one interface (``write`` new tokens of a layer, ``gather_pages`` of a layer):
+Two layouts share one contract (``KVStorage``: ``write`` new tokens of a layer, ``gather_pages``
+of a layer, whole-page copies, and the kernels' view: ``arrays`` addressed by ``layout``):
   * ``PagedKVStorage``: per-layer page pools, k and v ``[L, N, P, Hkv, D]`` (vLLM);
   * ``BlockedKVStorage``: one block spans all layers, ``[N, L, 2, P, Hkv, D]`` (LMDeploy
     TurboMind), so a block's whole KV is one contiguous run of memory - one copy to move or offload.
+A new layout is a new storage class with its own ``layout`` object (``kvlab.kvcache.layouts``);
+the attention kernels ask the storage, so nothing in them changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
+
+from kvlab.kvcache.layouts import BlockedLayout, KVLayout, PagedLayout
+
+
+class KVStorage(Protocol):
+    """The device half of a KV cache: a pytree of arrays holding every layer's K and V pages.
+
+    Shapes: new tokens ``k_new, v_new [T, Hkv, D]`` go to flat ``slots [T]`` (``page * page_size +
+    offset``, negative: padding, dropped); ``gather_pages(layer, pages [...])`` returns K and V each
+    ``[*pages.shape, P, Hkv, D]``; ``read_pages(pages [n])`` returns host-tier records
+    ``[n, L, 2, P, Hkv, D]``. Kernels read ``arrays`` (a tuple, any shapes) through ``layout``
+    and put results back with ``with_arrays``.
+    """
+
+    @property
+    def page_size(self) -> int:
+        """Tokens per page."""
+        ...
+
+    @property
+    def num_pages(self) -> int:
+        """Pages in the pool."""
+        ...
+
+    @property
+    def num_kv_heads(self) -> int:
+        """KV heads per token."""
+        ...
+
+    @property
+    def dtype(self):
+        """Element type of the K/V arrays."""
+        ...
+
+    @property
+    def layout(self) -> KVLayout:
+        """How kernels address a token's K/V row in ``arrays`` (static, hashable)."""
+        ...
+
+    @property
+    def arrays(self) -> tuple[jax.Array, ...]:
+        """The cache arrays, in the order ``layout`` addresses them."""
+        ...
+
+    def with_arrays(self, arrays) -> KVStorage:
+        """The same storage holding ``arrays`` (same shapes, as returned by a kernel)."""
+        ...
+
+    def gather_pages(self, layer, pages: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """K and V of ``pages`` (any int shape) in one layer: each ``[*pages.shape, P, Hkv, D]``."""
+        ...
+
+    def write(self, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array) -> KVStorage:
+        """Scatter one layer's new tokens into their slots."""
+        ...
+
+    def read_pages(self, pages: jax.Array) -> jax.Array:
+        """Whole pages, all layers, as host-tier records ``[n, L, 2, P, Hkv, D]``."""
+        ...
+
+    def write_pages(self, pages: jax.Array, data: jax.Array) -> KVStorage:
+        """Inverse of ``read_pages``; out-of-range page ids are dropped."""
+        ...
 
 
 @jax.tree_util.register_dataclass
@@ -52,6 +119,25 @@ class PagedKVStorage:
     @property
     def num_kv_heads(self) -> int:
         return self.k.shape[3]
+
+    @property
+    def dtype(self):
+        """Element type of k and v."""
+        return self.k.dtype
+
+    @property
+    def layout(self) -> PagedLayout:
+        """Per-layer page pools: row ``((layer * N + page) * P + offset) * Hkv + head``."""
+        return PagedLayout(num_pages=self.num_pages, page_size=self.page_size, num_kv_heads=self.num_kv_heads)
+
+    @property
+    def arrays(self) -> tuple[jax.Array, jax.Array]:
+        """(k, v), as ``PagedLayout`` addresses them."""
+        return self.k, self.v
+
+    def with_arrays(self, arrays) -> PagedKVStorage:
+        """The storage holding ``arrays`` = (k, v)."""
+        return PagedKVStorage(k=arrays[0], v=arrays[1])
 
     def gather_pages(self, layer, pages: jax.Array) -> tuple[jax.Array, jax.Array]:
         """K and V of ``pages`` (any int shape) in one layer: each ``[*pages.shape, P, Hkv, D]``."""
@@ -115,6 +201,26 @@ class BlockedKVStorage:
     @property
     def num_kv_heads(self) -> int:
         return self.blocks.shape[4]
+
+    @property
+    def dtype(self):
+        """Element type of the blocks."""
+        return self.blocks.dtype
+
+    @property
+    def layout(self) -> BlockedLayout:
+        """One block spans all layers: K at index 0 of axis 2, V at 1."""
+        return BlockedLayout(num_layers=self.blocks.shape[1], page_size=self.page_size,
+                             num_kv_heads=self.num_kv_heads)
+
+    @property
+    def arrays(self) -> tuple[jax.Array]:
+        """(blocks,), as ``BlockedLayout`` addresses it."""
+        return (self.blocks,)
+
+    def with_arrays(self, arrays) -> BlockedKVStorage:
+        """The storage holding ``arrays`` = (blocks,)."""
+        return BlockedKVStorage(blocks=arrays[0])
 
     def gather_pages(self, layer, pages: jax.Array) -> tuple[jax.Array, jax.Array]:
         """K and V of ``pages`` (any int shape) in one layer: each ``[*pages.shape, P, Hkv, D]``."""

@@ -7,8 +7,9 @@ from kvlab.models.config import (
     UnsupportedModelError,
 )
 from kvlab.models.llama import LlamaModel
-from kvlab.models.loading import CheckpointError, load
+from kvlab.models.loading import CheckpointError, load, load_tokenizer
 from kvlab.models.tokenizer import IncrementalDecoder, Tokenizer
 
 __all__ = ["CheckpointError", "IncrementalDecoder", "LinearRopeScaling", "Llama3RopeScaling",
-           "LlamaModel", "ModelConfig", "Tokenizer", "UnsupportedModelError", "load"]
+           "LlamaModel", "ModelConfig", "Tokenizer", "UnsupportedModelError", "load",
+           "load_tokenizer"]

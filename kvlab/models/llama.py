@@ -24,6 +24,7 @@ from einops import rearrange
 from flax import nnx
 
 from kvlab.attention.batch import RaggedBatch
+from kvlab.attention.protocol import AttentionBackend
 from kvlab.attention.reference import AttentionOptions
 from kvlab.models.config import ModelConfig
 
@@ -160,15 +161,20 @@ class LlamaModel(nnx.Module):
         return jnp.einsum("te,ev->tv", h, self.lm_head[...], preferred_element_type=jnp.float32)
 
     # ------------------------------------------------------------------------------------------
-    def __call__(self, batch: RaggedBatch, storage, attention, options: AttentionOptions | None = None):
+    def __call__(self, batch: RaggedBatch, storage, attention: AttentionBackend,
+                 options: AttentionOptions | None = None):
         """Serving forward. Returns (logits [S, V] float32 at ``batch.logits_indices``, storage).
-        ``options`` overrides the model's attention options (a windowed cache imposes its window)."""
+        ``options`` overrides the model's attention options (a windowed cache imposes its window).
+        The backend plans once for the step, before the layer scan, and runs once per layer."""
         options = options or self.attention_options
+        c = self.config
         x = self.embed[...][batch.tokens]
+        query = jax.ShapeDtypeStruct((batch.num_tokens, c.num_heads, c.head_dim), self.dtype)
+        plan = attention.plan(batch, storage, options, query)
 
         def mix(q, k, v, layer, store):
             store = attention.write_kv(store, layer, k, v, batch.slots)
-            return attention(q, store, layer, batch, options), store
+            return attention.run(q, store, layer, plan), store
 
         h, storage = self._layers(x, batch.positions, mix, storage)
         return self._logits(h[batch.logits_indices]), storage

@@ -1,8 +1,9 @@
 """``kvlab.models.load``: a bundled model name or a local transformers directory -> (model, tokenizer).
 
-HF directories need ``config.json``, ``*.safetensors`` (sharded or not) and ``tokenizer.json``.
-Weights are read with ``safetensors`` into NumPy, renamed to kvlab's names, transposed to the
-``x @ w`` layout and stacked over layers.
+HF directories need ``config.json`` and ``*.safetensors`` (sharded or not); ``tokenizer.json`` is
+optional (without it the tokenizer is None: token ids in, token ids out). Weights are read with
+``safetensors`` into NumPy, renamed to kvlab's names, transposed to the ``x @ w`` layout and
+stacked over layers. ``load_tokenizer`` reads the tokenizer alone, without the weights.
 """
 
 from __future__ import annotations
@@ -73,35 +74,80 @@ def hf_weights_to_kvlab(config: ModelConfig, tensors: dict[str, np.ndarray]) -> 
     return out
 
 
-def load_hf_directory(path: Path, dtype=jnp.float32) -> tuple[LlamaModel, Tokenizer]:
+def _read_hf_config(path: Path) -> dict:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise CheckpointError(f"{path} has no config.json")
     try:
-        hf_config = json.loads(cfg_file.read_text())
+        return json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
-    config = ModelConfig.from_hf_dict(hf_config)
+
+
+def load_hf_directory(path: Path, dtype=jnp.float32) -> tuple[LlamaModel, Tokenizer | None]:
+    """A transformers checkpoint directory -> (model, tokenizer, or None without tokenizer.json)."""
+    config = ModelConfig.from_hf_dict(_read_hf_config(path))
     weights = hf_weights_to_kvlab(config, _read_safetensors(path))
-    tokenizer = Tokenizer.from_hf_directory(path, eos_token_ids=config.eos_token_ids)
+    tokenizer = None
+    if (path / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.from_hf_directory(path, eos_token_ids=config.eos_token_ids)
     return LlamaModel(config, dtype=dtype, weights=weights), tokenizer
 
 
-def load(name_or_path: str, dtype=jnp.float32) -> tuple[LlamaModel, Tokenizer]:
+def _resolve(name_or_path: str) -> tuple[str, Path]:
+    """("bundled" | "gguf" | "hf", path) for a bundled name or an existing path; else a clear error."""
+    from kvlab.models import bundled
+
+    if name_or_path in bundled.BUNDLED_MODELS:
+        return "bundled", bundled.locate(name_or_path)
+    path = Path(name_or_path).expanduser()
+    names = sorted(bundled.BUNDLED_MODELS)
+    expected = (f"expected one of the bundled names {names}, a local transformers directory "
+                f"(config.json + *.safetensors, optionally tokenizer.json) or a .gguf file")
+    if not path.exists():
+        looks_like_path = ("/" in name_or_path or "\\" in name_or_path or path.is_absolute()
+                           or name_or_path.startswith(("~", ".")) or path.suffix == ".gguf")
+        if looks_like_path:
+            raise FileNotFoundError(f"model path {name_or_path!r} does not exist (no file or directory "
+                                    f"at {path.absolute()}); {expected}")
+        raise ValueError(f"unknown model {name_or_path!r}: no bundled model has that name and no file "
+                         f"or directory of that name exists here; {expected}")
+    if path.is_dir():
+        return "hf", path
+    if path.suffix == ".gguf":
+        return "gguf", path
+    raise ValueError(f"{name_or_path!r} is a file but not a .gguf file; {expected}")
+
+
+def load(name_or_path: str, dtype=jnp.float32) -> tuple[LlamaModel, Tokenizer | None]:
     """Load a model and its tokenizer.
 
     name_or_path: a bundled name (``"smollm2-135m"``), a local HF directory, or a ``.gguf`` file.
     dtype: parameter and activation dtype (e.g. ``jnp.float32``, ``jnp.bfloat16``).
-    """
-    from kvlab.models import bundled, gguf_file
 
-    if name_or_path in bundled.BUNDLED_MODELS:
-        return gguf_file.load_gguf(bundled.locate(name_or_path), dtype=dtype)
-    path = Path(name_or_path)
-    if path.is_file() and path.suffix == ".gguf":
-        return gguf_file.load_gguf(path, dtype=dtype)
-    if path.is_dir():
+    An HF directory without ``tokenizer.json`` loads with tokenizer None (vLLM's
+    ``skip_tokenizer_init``): the engine then takes prompts as token ids and returns token ids
+    only (no text, no stop strings). A path that does not exist raises ``FileNotFoundError``; a
+    bare name that is neither bundled nor an existing path raises ``ValueError`` ("unknown
+    model"); both list the bundled names.
+    """
+    from kvlab.models import gguf_file
+
+    kind, path = _resolve(name_or_path)
+    if kind == "hf":
         return load_hf_directory(path, dtype=dtype)
-    raise ValueError(f"unknown model {name_or_path!r}: expected one of the bundled names "
-                     f"{sorted(bundled.BUNDLED_MODELS)}, a local transformers directory "
-                     f"(config.json + *.safetensors + tokenizer.json) or a .gguf file")
+    return gguf_file.load_gguf(path, dtype=dtype)
+
+
+def load_tokenizer(name_or_path: str) -> Tokenizer | None:
+    """The tokenizer of a model (same names and paths as ``load``) without reading its weights;
+    None for an HF directory without ``tokenizer.json``."""
+    from kvlab.models import gguf_file
+
+    kind, path = _resolve(name_or_path)
+    if kind == "hf":
+        if not (path / "tokenizer.json").is_file():
+            return None
+        config = ModelConfig.from_hf_dict(_read_hf_config(path))
+        return Tokenizer.from_hf_directory(path, eos_token_ids=config.eos_token_ids)
+    return Tokenizer.from_gguf_metadata(gguf_file.read_gguf(path)[1])

@@ -12,6 +12,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -54,18 +55,27 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Number of token ids, added tokens included."""
         return self.backend.get_vocab_size(with_added_tokens=True)
 
+    @functools.cached_property
+    def special_token_ids(self) -> frozenset[int]:
+        """Ids of the special tokens: those ``decode(..., skip_special_tokens=True)`` drops."""
+        return frozenset(i for i, t in self.backend.get_added_tokens_decoder().items() if t.special)
+
     def token_text(self, token_id: int) -> str | None:
+        """The vocabulary string of one token id (None if out of range)."""
         return self.backend.id_to_token(token_id)
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (with BOS first if the model adds one)."""
         ids = self.backend.encode(text, add_special_tokens=False).ids
         if self.add_bos and self.bos_token_id is not None:
             ids = [self.bos_token_id, *ids]
         return ids
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        """Text of ``ids``; bytes that do not form UTF-8 characters decode as U+FFFD."""
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
@@ -95,6 +105,8 @@ class Tokenizer:
     # ---- constructors ----------------------------------------------------------------------------
     @classmethod
     def from_hf_directory(cls, path: Path, eos_token_ids: tuple[int, ...]) -> Tokenizer:
+        """From a transformers directory: ``tokenizer.json``, plus BOS, ``add_bos_token`` and the
+        chat template from ``tokenizer_config.json`` (or ``chat_template.jinja``) when present."""
         file = Path(path) / "tokenizer.json"
         if not file.is_file():
             raise FileNotFoundError(f"{path} has no tokenizer.json")
@@ -142,18 +154,80 @@ class Tokenizer:
 
 
 class IncrementalDecoder:
-    """Streams text for a growing list of token ids; holds back incomplete UTF-8 sequences."""
+    """Streams the text of a growing list of token ids, decoding only a small window per push.
 
-    def __init__(self, tokenizer: Tokenizer):
+    ``push(ids)`` returns the newly completed text and appends it to ``text``; ``text`` holds all
+    text so far, and a caller may cut it by assignment (an engine cuts it at a stop string). Text
+    that may still change is held back: an incomplete UTF-8 sequence (the decoded window ends in
+    U+FFFD) until the tokens that complete it arrive. ``flush()`` releases what is held back once
+    the request ends, so that the pieces of ``push`` and ``flush`` add up to
+    ``tokenizer.decode(ids, skip_special_tokens)``.
+
+    Each push decodes a window of the previous emission's tokens (the context, decoded alone too,
+    so decoders that treat a first token specially still see it in place) plus the tokens held back
+    plus the new ones: the scheme of HF ``tokenizers.decoders.DecodeStream``, TGI and vLLM's
+    ``detokenize_incrementally``, so its cost does not grow with the length of the request. With
+    ``skip_special_tokens`` special tokens never enter the window (decode would drop them anyway),
+    so a run of them, e.g. EOS under ``ignore_eos``, costs nothing.
+
+    Streamed text is never taken back. With byte-level BPE (``decode`` replaces invalid bytes
+    with U+FFFD one sequence at a time) the pieces always add up to ``decode``; a ByteFallback
+    decoder (``<0xNN>`` tokens) judges a whole run of byte tokens at once, so garbage output, a
+    stray byte right after a complete character, turns that character into U+FFFD in ``decode``
+    after it was streamed (HF's DecodeStream streams the same pieces).
+
+    Examples:
+        >>> from kvlab.models import load_tokenizer
+        >>> tok = load_tokenizer("smollm2-135m")                       # doctest: +SKIP
+        >>> decoder = IncrementalDecoder(tok)                          # doctest: +SKIP
+        >>> [decoder.push([t]) for t in tok.encode("Hi 😀")]           # doctest: +SKIP
+        ['Hi', '', ' 😀']
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True):
         self.tokenizer = tokenizer
-        self.ids: list[int] = []
+        self.skip_special_tokens = skip_special_tokens
+        self.ids: list[int] = []        # every id pushed
         self.text = ""
+        self._skip = tokenizer.special_token_ids if skip_special_tokens else frozenset()
+        self._window: list[int] = []    # context tokens, then the tokens held back
+        self._context = 0               # how many of the window's tokens are context
+        self._context_text = ""         # decode(window[:context])
 
     def push(self, token_ids) -> str:
-        """Add tokens; return the newly completed text."""
-        self.ids.extend(int(t) for t in token_ids)
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
+        """Add tokens; return the newly completed text (also appended to ``text``)."""
+        new = [int(t) for t in token_ids]
+        self.ids.extend(new)
+        kept = [t for t in new if t not in self._skip]
+        if not kept:
             return ""
-        new, self.text = text[len(self.text):], text
+        self._window.extend(kept)
+        full = self._decode(self._window)
+        if len(full) <= len(self._context_text) or full.endswith("\ufffd"):
+            return ""                   # nothing new yet, or a character still incomplete
+        return self._emit(full)
+
+    def flush(self) -> str:
+        """Release the text held back, incomplete characters as U+FFFD (as ``decode`` shows
+        them); call it when the request ends. Returns it (also appended to ``text``)."""
+        if len(self._window) == self._context:
+            return ""
+        return self._emit(self._decode(self._window))
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+
+    def _emit(self, full: str) -> str:
+        """The window decodes to ``full``: emit what follows the context's text, and make the
+        tokens after the context the next context."""
+        if full.startswith(self._context_text):
+            new = full[len(self._context_text):]
+        else:   # a decoder whose text of a prefix changes when tokens follow: skip what matches
+            same = next((i for i, (a, b) in enumerate(zip(full, self._context_text)) if a != b),
+                        min(len(full), len(self._context_text)))
+            new = full[same:]
+        del self._window[:self._context]
+        self._context = len(self._window)
+        self._context_text = self._decode(self._window)
+        self.text += new
         return new

@@ -33,21 +33,37 @@ def lifetime_tokens(request) -> int:
     return n if request.max_total_tokens is None else min(n, request.max_total_tokens)
 
 
+def check_recomputable(request, recompute_limit: int | None) -> None:
+    """A request that may be preempted is recomputed later: under whole-prompt prefill its
+    prompt + output so far (at most ``lifetime_tokens - 1``) must fit one step's budget."""
+    longest = lifetime_tokens(request)
+    if recompute_limit is not None and longest - 1 > recompute_limit:
+        raise ValueError(f"request {request.request_id!r} may grow to {longest} tokens but "
+                         f"max_num_batched_tokens={recompute_limit}: a preempted request is "
+                         f"recomputed in one step, so prompt + max_tokens - 1 must fit the budget; "
+                         f"lower max_tokens, raise the budget, or chunk (ChunkedScheduler)")
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimisticAdmission:
     """Admit when this step's pages are free; preempt later if memory runs out."""
 
-    preempts: bool = dataclasses.field(default=True, init=False)
-
     def admits(self, cache, request, running) -> bool:
         return True
+
+    def check(self, request, recompute_limit: int | None) -> None:
+        """Raise ValueError if ``request`` could not be served under this strategy:
+        ``recompute_limit`` is the most tokens a preempted request may recompute in one step
+        (None: no limit, prefills are chunked)."""
+        check_recomputable(request, recompute_limit)
 
 
 @dataclasses.dataclass(frozen=True)
 class ReserveAdmission:
     """Admit only if every running request and this one can grow to their lifetime length."""
 
-    preempts: bool = dataclasses.field(default=False, init=False)
+    def check(self, request, recompute_limit: int | None) -> None:
+        """Nothing is ever preempted, so nothing is ever recomputed: every request passes."""
 
     def admits(self, cache, request, running) -> bool:
         growth = sum(cache.pages_needed(r.request_id, lifetime_tokens(r)) for r in running)
@@ -61,7 +77,8 @@ class StaticBatchAdmission:
     token, nobody joins. With ``max_num_seqs`` as the batch size this is request-level (static)
     batching; slots freed early stay empty until the whole batch ends."""
 
-    preempts: bool = dataclasses.field(default=True, init=False)
-
     def admits(self, cache, request, running) -> bool:
         return all(not r.output_token_ids for r in running)
+
+    def check(self, request, recompute_limit: int | None) -> None:
+        check_recomputable(request, recompute_limit)

@@ -1,70 +1,32 @@
-"""The scheduler contract: ``add``, ``schedule -> StepPlan``, ``update``, ``abort``."""
+"""The scheduler contract: ``add``, ``schedule -> StepPlan``, ``update``, ``abort``.
+
+A scheduler owns the request queues and drives the KV cache it is attached to (admission,
+growth, preemption, release). Its consumers (the engine, the harness, the simulator) read only
+what this contract declares: the limits, the padding policy ``shapes``, and the counters.
+"""
 
 from __future__ import annotations
 
 import abc
-import dataclasses
 
+from kvlab.schedulers.plan import ScheduledSeq, StepOutput, StepPlan, StepTable
 from kvlab.schedulers.request import Request
 
-
-@dataclasses.dataclass(frozen=True)
-class ScheduledSeq:
-    """One sequence in a step: ``num_new_tokens`` tokens starting at position ``start``."""
-
-    request: Request
-    start: int
-    num_new_tokens: int
-
-    @property
-    def token_ids(self) -> list[int]:
-        """The tokens computed this step (a slice: a decode copies one token, not the sequence)."""
-        r, start, end = self.request, self.start, self.start + self.num_new_tokens
-        n = len(r.prompt_token_ids)
-        if start >= n:
-            return r.output_token_ids[start - n:end - n]
-        if end <= n:
-            return r.prompt_token_ids[start:end]
-        return r.prompt_token_ids[start:] + r.output_token_ids[:end - n]
-
-
-@dataclasses.dataclass(frozen=True)
-class StepPlan:
-    """What runs this step (preemptions already applied to the cache). ``swap_out`` copies must be
-    made before the step runs, and so must ``swap_in`` ones (a plan never has both)."""
-
-    seqs: list[ScheduledSeq]
-    preempted: list[Request] = dataclasses.field(default_factory=list)
-    swap_out: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (device, host) page
-    swap_in: list[tuple[int, int]] = dataclasses.field(default_factory=list)   # (host, device) page
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(s.num_new_tokens for s in self.seqs)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.seqs
-
-
-@dataclasses.dataclass(frozen=True)
-class StepOutput:
-    """A request's progress after one step."""
-
-    request: Request
-    new_token_ids: list[int]
-    finished: bool
+__all__ = ["ScheduledSeq", "Scheduler", "StepOutput", "StepPlan", "StepTable"]
 
 
 class Scheduler(abc.ABC):
     """Decides each step which sequences run and how many tokens each computes.
 
-    ``max_num_seqs`` and ``max_num_batched_tokens`` bound every plan; ``fixed_shapes`` asks the
-    runner to pad every step to the same shapes."""
+    ``max_num_seqs`` and ``max_num_batched_tokens`` bound every plan (rows and tokens);
+    ``shapes`` is the padding policy the executor applies to its plans (``BucketedShapes`` or
+    ``FixedShapes``, see ``kvlab.schedulers.shapes``); ``num_preemptions`` counts preemptions."""
 
     max_num_seqs: int
     max_num_batched_tokens: int
-    fixed_shapes: bool = False
+    shapes: object
+    cache: object = None              # the attached KVCache
+    num_preemptions: int = 0
 
     @abc.abstractmethod
     def attach(self, cache) -> None:
@@ -80,17 +42,28 @@ class Scheduler(abc.ABC):
 
     @abc.abstractmethod
     def update(self, plan: StepPlan, sampled_tokens, now: float | None = None) -> list[StepOutput]:
-        """Apply a step's sampled tokens (one per planned sequence, in order); ``now`` is the
-        time stamped on the new tokens (default: ``time.perf_counter()``; simulations pass
-        their clock)."""
+        """Apply a step's sampled tokens (``sampled_tokens[row]`` for each planned sequence; at
+        least ``plan.num_rows`` of them); ``now`` is the time stamped on the new tokens
+        (default: ``time.perf_counter()``; simulations pass their clock). Finished requests
+        (``kvlab.schedulers.stopping.check_stop``) release everything they hold."""
 
     @abc.abstractmethod
     def finish(self, request_id: str, reason: str) -> Request:
-        """End a request now (stop string, abort); frees what it holds."""
+        """End a request now with ``reason`` (an abort); frees everything it holds."""
 
     @abc.abstractmethod
     def has_unfinished(self) -> bool:
         """Whether any request is waiting or running."""
+
+    @property
+    @abc.abstractmethod
+    def num_running(self) -> int:
+        """Requests holding a batch row now."""
+
+    @property
+    @abc.abstractmethod
+    def num_waiting(self) -> int:
+        """Requests queued (new, or preempted by recompute) or swapped out."""
 
     def abort(self, request_id: str) -> Request:
         """Abort a waiting or running request; its pages return to the pool."""

@@ -4,8 +4,10 @@
 Each step, within ``max_num_batched_tokens`` tokens and ``max_num_seqs`` sequences:
   1. every running request continues, decodes first, then requests in the middle of a chunked
      prefill (their next chunk), oldest first within each. When its pages cannot be allocated, the
-     policy's victim among the running requests not yet scheduled this step is preempted by
-     recompute (its pages are freed; it waits again with the tokens it generated);
+     policy's victim among all running requests (one already planned this step leaves the plan)
+     is preempted by the preemption strategy (recompute: its pages are freed and it waits again
+     with the tokens it generated; swap: its pages go to the host tier), until the pages fit or
+     the request is itself the victim;
   2. if nothing was preempted, waiting requests are admitted in the policy's order (stopping at
      the first that does not fit): the cache attaches a cached prefix, the admission strategy
      agrees, and the rest of the prompt - whole, or a chunk of at most ``max_chunk_tokens`` - is
@@ -20,10 +22,12 @@ import math
 import time
 
 from kvlab.schedulers.admission import OptimisticAdmission, lifetime_tokens
-from kvlab.schedulers.base import ScheduledSeq, Scheduler, StepOutput, StepPlan
+from kvlab.schedulers.base import Scheduler
+from kvlab.schedulers.plan import ScheduledSeq, StepOutput, StepPlan, StepTable
 from kvlab.schedulers.policies import FCFS
 from kvlab.schedulers.preemption import RecomputePreemption
 from kvlab.schedulers.request import Request, RequestStatus
+from kvlab.schedulers.shapes import BucketedShapes
 
 
 class IterationScheduler(Scheduler):
@@ -44,6 +48,7 @@ class IterationScheduler(Scheduler):
         self.policy = policy or FCFS()
         self.admission = admission or OptimisticAdmission()
         self.preemption = preemption or RecomputePreemption()
+        self.shapes = BucketedShapes()
         self.cache = None
         self.waiting: list[Request] = []
         self.running: list[Request] = []
@@ -54,15 +59,21 @@ class IterationScheduler(Scheduler):
         self.step_count = 0
 
     @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting) + len(self.swapped)
+
+    @property
     def chunked(self) -> bool:
         return self.max_chunk_tokens is not None
 
     def attach(self, cache) -> None:
         if self.cache is not None and self.cache is not cache:
             raise ValueError("this scheduler is already attached to another cache")
-        if self.preemption.swaps and cache.host_tier is None:
-            raise ValueError("SwapPreemption needs a cache with a host tier, e.g. "
-                             "PagedKVCache(..., host_tier=HostTier(num_pages=...))")
+        self.preemption.check(cache)
         self.cache = cache
 
     def _cache(self):
@@ -86,11 +97,7 @@ class IterationScheduler(Scheduler):
                 raise ValueError(f"request {rid!r}: prompt of {n} tokens exceeds max_num_batched_tokens="
                                  f"{self.max_num_batched_tokens} (whole-prompt prefill must fit in one "
                                  f"step; a ChunkedScheduler splits it)")
-            if self.admission.preempts and longest - 1 > self.max_num_batched_tokens:
-                raise ValueError(f"request {rid!r} may grow to {longest} tokens but max_num_batched_tokens="
-                                 f"{self.max_num_batched_tokens}: a preempted request is recomputed in "
-                                 f"one step, so prompt + max_tokens - 1 must fit the budget; lower "
-                                 f"max_tokens, raise the budget, or chunk (ChunkedScheduler)")
+        self.admission.check(request, None if self.chunked else self.max_num_batched_tokens)
         first_step = n if not self.chunked else min(n, self._chunk_limit())
         cache.validate_request(prompt_tokens=first_step, max_tokens=longest)
         if any(r.request_id == rid for r in self.waiting + self.running + self.swapped):
@@ -109,16 +116,14 @@ class IterationScheduler(Scheduler):
         request.num_preemptions += 1
         request.queued_step = self.step_count
         self.num_preemptions += 1
-        if self.preemption.swaps and self.cache.can_swap_out(request.request_id):
-            self._swap_out += self.cache.swap_out(request.request_id)
+        done = self.preemption.preempt(request, self.cache)
+        request.status = done.status
+        self._swap_out += done.swap_out
+        if done.status is RequestStatus.SWAPPED:
             self.num_swapped_out += 1
-            request.status = RequestStatus.SWAPPED
             self.swapped.append(request)
-            return
-        self.cache.free(request.request_id)
-        request.status = RequestStatus.WAITING
-        request.num_computed_tokens = 0
-        self.waiting.append(request)
+        else:
+            self.waiting.append(request)
 
     def _on_enter(self, request: Request) -> None:
         """A request starts running (the persistent scheduler gives it a slot)."""
@@ -126,79 +131,81 @@ class IterationScheduler(Scheduler):
     def _on_leave(self, request: Request) -> None:
         """A request stops running: finished, aborted or preempted."""
 
-    def _order_plan(self, seqs: list[ScheduledSeq]) -> list[ScheduledSeq]:
-        return seqs
+    def _assign_rows(self, seqs: list[ScheduledSeq]) -> list[ScheduledSeq]:
+        """The plan's sequences with their batch rows, in row order (here: rows 0..n-1)."""
+        return [ScheduledSeq(s.request, s.start, s.num_new_tokens, i) for i, s in enumerate(seqs)]
 
     def schedule(self) -> StepPlan:
         cache = self._cache()
         cache.tick()
         self.step_count += 1
-        budget, limit = self.max_num_batched_tokens, self._chunk_limit()
-        seqs: list[ScheduledSeq] = []
-        preempted: list[Request] = []
-        scheduled: set[int] = set()
-        # 1. running requests continue: decodes first (never stalled by a prefill), then the
-        #    chunks of prefills in progress; oldest first within each.
+        step = _StepBuilder(self.max_num_batched_tokens, self._chunk_limit())
+        self._continue_running(step)
+        swap_in = [] if step.preempted else self._swap_in(step)
+        if not step.preempted and not self.swapped:
+            for req in self.policy.order(self.waiting, cache, self.step_count):
+                if len(self.running) >= self.max_num_seqs or step.budget <= 0:
+                    break
+                if not self._admit(req, step):
+                    break
+        swap_out, self._swap_out = self._swap_out, []
+        seqs = self._assign_rows(step.seqs)
+        return StepPlan(seqs=seqs, preempted=step.preempted, swap_out=swap_out, swap_in=swap_in,
+                        table=StepTable.build(cache, seqs) if seqs else None)
+
+    def _continue_running(self, step: _StepBuilder) -> None:
+        """Running requests continue: decodes first (never stalled by a prefill), then chunks of
+        prefills in progress, oldest first within each. Where pages run out, the policy's victim
+        among *all* running requests is preempted - even one already planned this step, which
+        is then taken out of the plan - until the allocation fits or the request itself is the
+        victim."""
+        cache = self.cache
         self.running.sort(key=lambda r: (r.num_tokens - r.num_computed_tokens > 1, r.arrival_time))
         for req in list(self.running):
             if req.status is not RequestStatus.RUNNING:      # preempted earlier in this loop
                 continue
             n = req.num_tokens - req.num_computed_tokens
-            if n > 1:
-                n = min(n, limit, budget)
-            elif budget < 1:
-                n = 0
+            n = min(n, step.limit, step.budget) if n > 1 else min(n, step.budget)
             if n <= 0:
                 continue
             target = req.num_computed_tokens + n
-            while not cache.can_allocate(req.request_id, target):
-                candidates = [r for r in self.running if id(r) not in scheduled]
-                victim = self.policy.victim(candidates)
+            while req.status is RequestStatus.RUNNING and not cache.can_allocate(req.request_id, target):
+                victim = self.policy.victim(self.running)
+                step.unplan(victim)
                 self._preempt(victim)
-                preempted.append(victim)
-                if victim is req:
-                    break
+                step.preempted.append(victim)
             if req.status is RequestStatus.RUNNING:
                 cache.allocate(req.request_id, target)
-                seqs.append(ScheduledSeq(req, req.num_computed_tokens, n))
-                scheduled.add(id(req))
-                budget -= n
-        # 2. swapped requests come back first (oldest first), then waiting requests are admitted
-        #    in policy order (head-of-line: stop at the first that won't fit).
-        swap_in: list[tuple[int, int]] = []
-        if not preempted:
-            self.swapped.sort(key=lambda r: r.arrival_time)
-            while self.swapped and len(self.running) < self.max_num_seqs and budget > 0:
-                req = self.swapped[0]
-                n = min(req.num_tokens - req.num_computed_tokens, limit, budget)
-                target = req.num_computed_tokens + n
-                if not cache.can_swap_in(req.request_id):
-                    break
-                swap_in += cache.swap_in(req.request_id)
-                self.swapped.pop(0)
-                self.running.append(req)
-                self._on_enter(req)
-                req.status = RequestStatus.RUNNING
-                if cache.can_allocate(req.request_id, target):      # else it runs next step
-                    cache.allocate(req.request_id, target)
-                    seqs.append(ScheduledSeq(req, req.num_computed_tokens, n))
-                    budget -= n
-        if not preempted and not self.swapped:
-            for req in self.policy.order(self.waiting, cache, self.step_count):
-                if len(self.running) >= self.max_num_seqs or budget <= 0:
-                    break
-                if not self._admit(req, budget, limit, seqs):
-                    break
-                budget -= seqs[-1].num_new_tokens
-        swap_out, self._swap_out = self._swap_out, []
-        return StepPlan(seqs=self._order_plan(seqs), preempted=preempted, swap_out=swap_out,
-                        swap_in=swap_in)
+                step.plan(ScheduledSeq(req, req.num_computed_tokens, n))
 
-    def _admit(self, req: Request, budget: int, limit: float, seqs: list[ScheduledSeq]) -> bool:
+    def _swap_in(self, step: _StepBuilder) -> list[tuple[int, int]]:
+        """Swapped requests come back first, oldest first, while rows and pages allow."""
+        cache, copies = self.cache, []
+        self.swapped.sort(key=lambda r: r.arrival_time)
+        while self.swapped and len(self.running) < self.max_num_seqs and step.budget > 0:
+            req = self.swapped[0]
+            n = min(req.num_tokens - req.num_computed_tokens, step.limit, step.budget)
+            target = req.num_computed_tokens + n
+            if not cache.can_swap_in(req.request_id):
+                break
+            copies += cache.swap_in(req.request_id)
+            self.swapped.pop(0)
+            self.running.append(req)
+            self._on_enter(req)
+            req.status = RequestStatus.RUNNING
+            if cache.can_allocate(req.request_id, target):      # else it runs next step
+                cache.allocate(req.request_id, target)
+                step.plan(ScheduledSeq(req, req.num_computed_tokens, n))
+        return copies
+
+    def _admit(self, req: Request, step: _StepBuilder) -> bool:
+        """Admit ``req`` into this step if the cache, the budget and the admission strategy allow;
+        else leave everything as it was (the cache rolls the prefix attach back)."""
         cache, rid, total = self.cache, req.request_id, req.num_tokens
-        hit = cache.admit(rid, req.tokens, salt=req.cache_salt, priority=req.priority)
-        n = min(total - hit, limit, budget) if self.chunked else total - hit
-        if (n > budget or not cache.can_allocate(rid, hit + n)
+        hit = cache.admit(rid, req.tokens, salt=req.cache_salt, priority=req.priority,
+                          readmission=req.num_preemptions > 0)
+        n = min(total - hit, step.limit, step.budget) if self.chunked else total - hit
+        if (n > step.budget or not cache.can_allocate(rid, hit + n)
                 or not self.admission.admits(cache, req, self.running)):
             cache.free(rid)                     # roll back: the prefix goes back to the cache
             return False
@@ -208,16 +215,16 @@ class IterationScheduler(Scheduler):
         self._on_enter(req)
         req.status = RequestStatus.RUNNING
         req.num_computed_tokens = hit
-        seqs.append(ScheduledSeq(req, hit, n))
+        step.plan(ScheduledSeq(req, hit, n))
         return True
 
     def update(self, plan: StepPlan, sampled_tokens, now: float | None = None) -> list[StepOutput]:
-        if len(sampled_tokens) < len(plan.seqs):
-            raise ValueError(f"{len(plan.seqs)} sequences were planned, {len(sampled_tokens)} tokens given")
+        if len(sampled_tokens) < plan.num_rows:
+            raise ValueError(f"the plan uses {plan.num_rows} batch rows, {len(sampled_tokens)} tokens given")
         now = time.perf_counter() if now is None else now
         outputs = []
-        for seq, token in zip(plan.seqs, sampled_tokens):
-            req = seq.request
+        for seq in plan.seqs:
+            req, token = seq.request, sampled_tokens[seq.row]
             if req.is_finished:  # aborted between schedule and update
                 continue
             req.num_computed_tokens = seq.start + seq.num_new_tokens
@@ -250,3 +257,24 @@ class IterationScheduler(Scheduler):
                 self._release(req)
                 return req
         raise KeyError(f"no waiting or running request {request_id!r}")
+
+
+class _StepBuilder:
+    """The plan being built: its sequences, the token budget left, the preempted requests."""
+
+    def __init__(self, budget: int, limit: float):
+        self.budget, self.limit = budget, limit
+        self.seqs: list[ScheduledSeq] = []
+        self.preempted: list[Request] = []
+
+    def plan(self, seq: ScheduledSeq) -> None:
+        self.seqs.append(seq)
+        self.budget -= seq.num_new_tokens
+
+    def unplan(self, request: Request) -> None:
+        """Take ``request`` out of the plan (it is being preempted), giving its tokens back."""
+        for seq in self.seqs:
+            if seq.request is request:
+                self.seqs.remove(seq)
+                self.budget += seq.num_new_tokens
+                return

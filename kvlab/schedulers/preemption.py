@@ -22,12 +22,41 @@ from __future__ import annotations
 
 import dataclasses
 
+from kvlab.schedulers.request import RequestStatus
+
+
+@dataclasses.dataclass(frozen=True)
+class Preempted:
+    """What a preemption did: the request's new ``status`` (WAITING: recompute; SWAPPED: its KV
+    waits in the host tier) and the (device page, host page) copies the step must make first."""
+
+    status: RequestStatus
+    swap_out: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+
 
 @dataclasses.dataclass(frozen=True)
 class RecomputePreemption:
-    swaps: bool = dataclasses.field(default=False, init=False)
+    """Free the victim's pages; it waits again and is prefilled anew."""
+
+    def check(self, cache) -> None:
+        """Raise ValueError if ``cache`` cannot serve this strategy (every cache can)."""
+
+    def preempt(self, request, cache) -> Preempted:
+        cache.free(request.request_id)
+        request.num_computed_tokens = 0
+        return Preempted(RequestStatus.WAITING)
 
 
 @dataclasses.dataclass(frozen=True)
 class SwapPreemption:
-    swaps: bool = dataclasses.field(default=True, init=False)
+    """Copy the victim's pages to the cache's host tier; recompute when the tier is full."""
+
+    def check(self, cache) -> None:
+        if cache.host_tier is None:
+            raise ValueError("SwapPreemption needs a cache with a host tier, e.g. "
+                             "PagedKVCache(..., host_tier=HostTier(num_pages=...))")
+
+    def preempt(self, request, cache) -> Preempted:
+        if not cache.can_swap_out(request.request_id):
+            return RecomputePreemption().preempt(request, cache)
+        return Preempted(RequestStatus.SWAPPED, cache.swap_out(request.request_id))

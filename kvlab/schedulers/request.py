@@ -7,21 +7,30 @@ import enum
 import time
 from collections.abc import Sequence
 
+from kvlab.schedulers.stopping import OutputText, check_stop
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SamplingParams:
     """How to pick tokens and when to stop.
 
     temperature 0 is greedy; top_k 0 and top_p 1.0 disable those filters. ``stop`` strings end
-    generation when they appear in the text (they are not included in the output).
+    generation when they appear in the text (they are not included in the output);
+    ``stop_token_ids`` end it when one of them is sampled (it is kept in the output, as EOS is).
+    Neither EOS, stop tokens nor stop strings end a request before ``min_tokens`` output tokens.
+    ``seed``: the request's own random stream (its draws depend on the seed and the token's index
+    only, not on the batch it runs in); None: one derived from the engine's seed and the request.
     """
 
     max_tokens: int = 16
+    min_tokens: int = 0
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    seed: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -32,10 +41,19 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(f"min_tokens must be an integer in [0, max_tokens={self.max_tokens}], "
+                             f"got {self.min_tokens!r}")
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
+        object.__setattr__(self, "stop", tuple(self.stop))
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        if any(t < 0 for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be token ids >= 0, got {self.stop_token_ids}")
+        if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed < 2 ** 32):
+            raise ValueError(f"seed must be None or an integer in [0, 2**32), got {self.seed!r}")
 
 
 class RequestStatus(enum.Enum):
@@ -60,7 +78,10 @@ class Request:
     arrival_time: float = dataclasses.field(default_factory=time.perf_counter)
     output_token_ids: list[int] = dataclasses.field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
-    finish_reason: str | None = None
+    finish_reason: str | None = None     # "stop", "length" or "abort"
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it
+    output_text: OutputText | None = None  # detokenized output (engines with a tokenizer)
+    seed: int = 0                        # its random stream (``SamplingParams.seed`` or the engine's)
     num_computed_tokens: int = 0
     num_preemptions: int = 0
     token_times: list[float] = dataclasses.field(default_factory=list)
@@ -82,16 +103,18 @@ class Request:
     def is_finished(self) -> bool:
         return self.status is RequestStatus.FINISHED
 
+    @property
+    def text(self) -> str | None:
+        """The output text so far (None without a tokenizer)."""
+        return None if self.output_text is None else self.output_text.text
+
     def append_token(self, token: int, now: float) -> None:
-        """Record a sampled token and decide whether the request is done."""
+        """Record a sampled token and decide whether the request is done (``check_stop``)."""
         self.output_token_ids.append(int(token))
         self.token_times.append(now)
-        if not self.params.ignore_eos and token in self.eos_token_ids:
-            self.finish_reason = "stop"
-        elif len(self.output_token_ids) >= self.params.max_tokens:
-            self.finish_reason = "length"
-        elif self.max_total_tokens is not None and self.num_tokens >= self.max_total_tokens:
-            self.finish_reason = "length"
+        if self.output_text is not None:
+            self.output_text.push([int(token)])
+        check_stop(self)
 
 
 class TokenView(Sequence):

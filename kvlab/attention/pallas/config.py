@@ -1,4 +1,6 @@
-"""Tile configurations of the Pallas kernels, the split-K heuristic and the supported limits.
+"""The decode kernel's tiles, the split-K heuristic and the supported limits of the Pallas kernels
+(the prefill kernels' tiles are their strategy objects: ``prefill.PrefillConfig``,
+``hopper.MosaicPrefillConfig``).
 
 Configs are frozen (hashable: they are static arguments of the compiled step). Tile sizes count
 tokens, never pages: a KV tile of ``block_k`` tokens may span several pages or part of one, so
@@ -17,6 +19,7 @@ MAX_GQA_RATIO = 16
 
 
 def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
@@ -37,27 +40,13 @@ class DecodeConfig:
     num_stages: int = 3
 
     def __post_init__(self):
-        _check_pow2("block_k", self.block_k, 16)
+        check_pow2("block_k", self.block_k, 16)
         if self.num_splits is not None and self.num_splits < 1:
             raise ValueError(f"num_splits must be None (automatic) or >= 1, got {self.num_splits}")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class PrefillConfig:
-    """Ragged prefill / mixed steps: ``block_m`` rows (query tokens x the heads of one KV group)
-    per program, KV tiles of ``block_k`` tokens; fully masked tiles are skipped."""
-
-    block_m: int = 128
-    block_k: int = 64
-    num_warps: int = 4
-    num_stages: int = 2
-
-    def __post_init__(self):
-        _check_pow2("block_m", self.block_m, 16)
-        _check_pow2("block_k", self.block_k, 16)
-
-
-def _check_pow2(name: str, value: int, lo: int) -> None:
+def check_pow2(name: str, value: int, lo: int) -> None:
+    """Raise a ValueError unless ``value`` is a power of two >= ``lo`` (a tile size)."""
     if value < lo or value & (value - 1):
         raise ValueError(f"{name} must be a power of two >= {lo}, got {value}")
 

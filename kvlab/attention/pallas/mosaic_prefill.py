@@ -14,14 +14,15 @@ never computed (their slots are released at once). Rows are written through a st
 a whole ``block_q`` rows in one TMA store, the last rows of a sequence one row per store, so no
 row of another sequence is ever touched. Programs left idle by the plan zero the padding rows.
 
-What this kernel does not serve (``unsupported_reason`` names it) goes to the Triton kernels:
-float32 (wgmma would round to tf32), head dims other than 64 and 128, page sizes below 8 or that
-do not tile ``block_kv``, sliding windows and attention sinks.
+What this kernel does not serve (``hopper.unsupported_reason`` names it) goes to the
+Triton kernels: float32 (wgmma would round to tf32), head dims other than 64 and 128, page sizes
+below 8 or that do not tile ``block_kv``, sliding windows and attention sinks. Its tiles and its
+place in a step are ``hopper.MosaicPrefillConfig``; this module, which imports the Mosaic
+GPU lowering, is imported only when such a step is traced.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
@@ -32,51 +33,10 @@ from jax.experimental import pallas as pl
 from jax.experimental.mosaic.gpu import LoweringSemantics
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from kvlab.attention.pallas.hopper import COMPUTE_WGS, MosaicPrefillConfig
+
 LOG2E = 1.4426950408889634
-COMPUTE_WGS = 2
 LANE = LoweringSemantics.Lane      # layouts per op (the dialect's layout inference rejects this kernel)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class MosaicPrefillConfig:
-    """Tiles of the Hopper prefill kernel: ``block_q`` query tokens per compute warpgroup (two per
-    CTA), KV tiles of ``block_kv`` tokens in a ring of ``stages`` slots.
-
-    ``persistent``: one CTA per SM looping over the work items (True), or one CTA per work item,
-    balanced by the hardware's block scheduler (False). The grid is sized for the worst case of
-    the static shapes (every sequence slot a prefill), so with many sequence slots per query block
-    most CTAs would be idle and launch for nothing; None chooses persistent exactly then (more
-    sequence slots than query blocks of the token bucket)."""
-
-    block_q: int = 64
-    block_kv: int = 128
-    stages: int = 2
-    persistent: bool | None = None
-
-    def __post_init__(self):
-        if self.block_q != 64:
-            raise ValueError(f"block_q must be 64 (one wgmma M tile per warpgroup), got {self.block_q}")
-        if self.block_kv % 64 or self.block_kv & (self.block_kv - 1):
-            raise ValueError(f"block_kv must be a power of two and a multiple of 64, got {self.block_kv}")
-        if self.stages < 2:
-            raise ValueError(f"stages must be >= 2, got {self.stages}")
-
-    @property
-    def cta_rows(self) -> int:
-        return COMPUTE_WGS * self.block_q
-
-
-def unsupported_reason(*, dtype, head_dim: int, page_size: int, options) -> str | None:
-    """Why this kernel cannot serve the combination (None when it can)."""
-    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
-        return f"the Mosaic GPU prefill takes bfloat16 or float16, not {jnp.dtype(dtype).name}"
-    if head_dim not in (64, 128):
-        return f"the Mosaic GPU prefill takes head_dim 64 or 128, not {head_dim}"
-    if page_size < 8 or page_size & (page_size - 1):
-        return f"the Mosaic GPU prefill takes page sizes that are powers of two >= 8, not {page_size}"
-    if options.sliding_window is not None or options.num_sink_tokens:
-        return "the Mosaic GPU prefill has no sliding window or attention sinks"
-    return None
 
 
 def _tile_copies(config, page_size: int):
@@ -89,9 +49,9 @@ def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, plan, *, 
                    config: MosaicPrefillConfig, num_ctas: int = 132, interpret=False):
     """Rows of the sequences with more than one query token; q: [T, Hq, D]; kv_arrays: the
     storage's arrays (``layout.tma_arrays``); meta: [3] int32 (layer, num_seqs, plan blocks);
-    plan: (seq [G], q_first [G]) from ``triton_calls.prefill_plan`` with ``block_q =
-    config.cta_rows``. Returns [T, Hq, D]: padding rows zeros, rows of single-token sequences
-    unwritten (the decode kernel writes them in place)."""
+    plan: (seq [G], q_first [G]), the work list of ``config.work`` (blocks of ``config.cta_rows``).
+    Returns [T, Hq, D]: padding rows zeros, rows of single-token sequences unwritten (the decode
+    kernel writes them in place)."""
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = layout.num_kv_heads
     group = num_q_heads // num_kv_heads
@@ -355,6 +315,11 @@ def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, plan, *, 
 
 
 def _interpret_params():
-    """Mosaic GPU's interpret mode (simulated shared memory, warpgroups, barriers and TMA on a CPU)."""
+    """Mosaic GPU's interpret mode (simulated shared memory, warpgroups, barriers and TMA on a CPU).
+
+    JAX 0.10.2 and 0.11 (through the sources of August 2026) export no public name for these
+    parameters (``plgpu.kernel(interpret=True)`` would take Pallas' generic interpreter, which has no
+    barriers or TMA), so this is kvlab's one private JAX import, loaded only in interpret mode;
+    later JAX releases document ``jax.experimental.pallas.mosaic_gpu.InterpretGPUParams``."""
     from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
     return InterpretGPUParams()

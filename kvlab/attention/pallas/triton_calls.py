@@ -1,5 +1,6 @@
 """The ``pallas_call`` launches of the Triton-lowered attention programs, and the jnp glue around
-them: the prefill plan (program -> sequence and query block) and the split-K merge.
+them (the split-K merge). Their per-step inputs (the prefill work list, the decode rows) come from
+the step's plan (``plan.py``), computed once for all layers.
 
 * ``paged_decode``: grid (sequence, KV head, split), decode programs only.
 * ``ragged_prefill``: grid (query block, KV head), prefill programs only.
@@ -23,6 +24,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from kvlab.attention.pallas.config import next_pow2
+from kvlab.attention.pallas.plan import PrefillWork
 from kvlab.attention.pallas.triton_attention import (
     NEG,
     Static,
@@ -33,33 +35,8 @@ from kvlab.attention.pallas.triton_attention import (
 
 
 def decode_rows(group: int) -> int:
+    """Rows of a decode program: the group's query heads, padded to a 16-row matrix tile."""
     return max(16, next_pow2(group))
-
-
-def prefill_block_q(config, group: int) -> int:
-    return max(1, config.block_m // next_pow2(group))
-
-
-def plan_length(num_tokens: int, num_seqs_padded: int, block_q: int) -> int:
-    """Programs a prefill plan needs at most: every query block of the token bucket, plus one
-    partial block per sequence slot, which also leaves enough idle programs to zero the padding."""
-    return -(-num_tokens // block_q) + num_seqs_padded
-
-
-def prefill_plan(cu_q_lens, num_seqs, *, block_q: int, num_programs: int, include_decodes: bool):
-    """Map program i to (sequence, first query token of its block), heaviest blocks (the last
-    blocks of causal sequences) first. Returns (seq [G], q_first [G], num_active []) for
-    G = ``num_programs``; single-token sequences are left out unless ``include_decodes``."""
-    num_seqs_padded = cu_q_lens.shape[0] - 1
-    q_lens = cu_q_lens[1:] - cu_q_lens[:-1]
-    take = (jnp.arange(num_seqs_padded) < num_seqs) & (q_lens > (0 if include_decodes else 1))
-    blocks = jnp.where(take, -(-q_lens // block_q), 0)
-    ends = jnp.cumsum(blocks)
-    total = ends[-1]
-    i = jnp.maximum(total - 1 - jnp.arange(num_programs, dtype=jnp.int32), 0)          # heaviest first
-    seq = jnp.minimum(jnp.searchsorted(ends, i, side="right"), num_seqs_padded - 1).astype(jnp.int32)
-    q_first = ((i - (ends[seq] - blocks[seq])) * block_q).astype(jnp.int32)
-    return seq, q_first, total.astype(jnp.int32)
 
 
 def merge_splits(o, lse, valid):
@@ -71,13 +48,6 @@ def merge_splits(o, lse, valid):
     return jnp.where(valid[:, None, None], out, 0.0)
 
 
-def _decode_valid(cu_q_lens, num_seqs, decode_only: bool):
-    valid = jnp.arange(cu_q_lens.shape[0] - 1) < num_seqs
-    if not decode_only:
-        valid = valid & (cu_q_lens[1:] - cu_q_lens[:-1] == 1)
-    return valid
-
-
 def _params(config):
     return plgpu.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages)
 
@@ -87,18 +57,19 @@ def _partial_shapes(num_seqs_padded, num_splits, num_q_heads, head_dim):
             jax.ShapeDtypeStruct((num_seqs_padded, num_splits, num_q_heads), jnp.float32)]
 
 
-def _merge_into(out, o, lse, cu_q_lens, num_seqs, decode_only: bool):
-    """Merge split partials and write each single-token sequence's row of ``out`` [T, Hq, D]."""
-    valid = _decode_valid(cu_q_lens, num_seqs, decode_only)
-    rows = jnp.where(valid, cu_q_lens[:-1], out.shape[0])
-    return out.at[rows].set(merge_splits(o, lse, valid).astype(out.dtype), mode="drop")
+def _merge_into(out, o, lse, slot_rows):
+    """Merge split partials and write each single-token sequence's row of ``out`` [T, Hq, D]
+    (slot_rows: [S] from ``plan.decode_rows``, out of range for slots without a decode)."""
+    valid = slot_rows < out.shape[0]
+    return out.at[slot_rows].set(merge_splits(o, lse, valid).astype(out.dtype), mode="drop")
 
 
-def paged_decode(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st: Static, config, num_splits: int,
-                 decode_only: bool, out=None):
-    """Decode rows. q: [T, Hq, D]; meta: [2] int32 (layer, num_seqs). Returns ``out`` ([T, Hq, D],
-    zeros if None; updated in place) with the row of each single-token sequence replaced by its
-    attention. One split writes the rows from the kernel; more go through ``merge_splits``."""
+def paged_decode(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, slot_rows, *, st: Static, config,
+                 num_splits: int, decode_only: bool, out=None):
+    """Decode rows. q: [T, Hq, D]; meta: [2+] int32 (layer, num_seqs, ...); slot_rows: [S] int32,
+    each slot's decode row (``plan.decode_rows``). Returns ``out`` ([T, Hq, D], zeros if None; updated in
+    place) with the row of each single-token sequence replaced by its attention. One split writes
+    the rows from the kernel; more go through ``merge_splits``."""
     num_seqs_padded = kv_lens.shape[0]
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = num_q_heads // st.group
@@ -122,7 +93,7 @@ def paged_decode(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st: Stat
         return call(out_shape=jax.ShapeDtypeStruct(out.shape, out.dtype),
                     input_output_aliases={n_in: 0})(*args, out)
     o, lse = call(out_shape=_partial_shapes(num_seqs_padded, num_splits, num_q_heads, head_dim))(*args)
-    return _merge_into(out, o, lse, cu_q_lens, meta[1], decode_only)
+    return _merge_into(out, o, lse, slot_rows)
 
 
 def _prefill_or_padding(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv, o_ref, *, prog, seq, q_first,
@@ -143,17 +114,14 @@ def _prefill_or_padding(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv, o_ref
                              kv_head=kv_head, block_q=block_q, group_pad=group_pad)
 
 
-def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st: Static, config,
-                   include_decodes: bool):
-    """Rows of the sequences with more than one query token (all if ``include_decodes``).
-    q: [T, Hq, D]; meta: [2] int32 (layer, num_seqs). Returns [T, Hq, D] in q's dtype; padding
-    rows are zeros, rows of single-token sequences (without ``include_decodes``) are left for the
-    decode kernel to write."""
-    num_tokens, num_q_heads, _ = q.shape
-    block_q = prefill_block_q(config, st.group)
-    num_programs = plan_length(num_tokens, kv_lens.shape[0], block_q)
-    seq, q_first, total = prefill_plan(cu_q_lens, meta[1], block_q=block_q, num_programs=num_programs,
-                                       include_decodes=include_decodes)
+def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, work: PrefillWork, *, st: Static,
+                   config):
+    """Rows of the sequences in ``work`` (built with ``config.block_q(st.group)``). q: [T, Hq, D];
+    meta: [3] int32 (layer, num_seqs, work.total). Returns [T, Hq, D] in q's dtype; padding rows are
+    zeros, rows of single-token sequences are left for the decode kernel to write."""
+    num_q_heads = q.shape[1]
+    block_q = config.block_q(st.group)
+    num_programs = work.seq.shape[0]
 
     def kernel(q_ref, cu_ref, kv_len_ref, pt_ref, meta_ref, seq_ref, first_ref, *refs):
         prog = pl.program_id(0)
@@ -165,20 +133,19 @@ def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st: St
         kernel, grid=(num_programs, num_q_heads // st.group),
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         compiler_params=_params(config), interpret=st.interpret, name="kvlab_ragged_prefill",
-    )(q, cu_q_lens, kv_lens, page_table, jnp.stack([meta[0], meta[1], total]), seq, q_first, *kv_arrays)
+    )(q, cu_q_lens, kv_lens, page_table, meta, work.seq, work.q_first, *kv_arrays)
 
 
-def mixed_step(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st_prefill: Static, st_decode: Static,
-               prefill_config, num_splits: int):
-    """Prefill and decode programs in one launch. Returns the step's attention [T, Hq, D] (padding
-    rows zeros). With one split the decode programs write their rows themselves; with more, their
-    partials are merged after the launch."""
-    num_tokens, num_q_heads, head_dim = q.shape
+def mixed_step(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, work: PrefillWork, slot_rows, *,
+               st_prefill: Static, st_decode: Static, prefill_config, num_splits: int):
+    """Prefill and decode programs in one launch; meta: [3] int32 (layer, num_seqs, work.total),
+    work: the prefill work list, slot_rows: [S] the decode rows (both from the step's plan). Returns
+    the step's attention [T, Hq, D] (padding rows zeros). With one split the decode programs write
+    their rows themselves; with more, their partials are merged after the launch."""
+    num_q_heads, head_dim = q.shape[1], q.shape[2]
     num_seqs_padded = kv_lens.shape[0]
-    block_q = prefill_block_q(prefill_config, st_prefill.group)
-    num_prefill = plan_length(num_tokens, num_seqs_padded, block_q)
-    seq, q_first, total = prefill_plan(cu_q_lens, meta[1], block_q=block_q, num_programs=num_prefill,
-                                       include_decodes=False)
+    block_q = prefill_config.block_q(st_prefill.group)
+    num_prefill = work.seq.shape[0]
     run_decode = functools.partial(decode_program, st_decode, num_splits=num_splits,
                                    rows=decode_rows(st_decode.group), decode_only=False)
     direct = num_splits == 1
@@ -208,14 +175,16 @@ def mixed_step(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, *, st_prefill
         kernel, grid=(num_prefill + num_seqs_padded * num_splits, num_q_heads // st_prefill.group),
         out_shape=out_shapes, compiler_params=_params(prefill_config),
         interpret=st_prefill.interpret, name="kvlab_mixed_step",
-    )(q, cu_q_lens, kv_lens, page_table, jnp.stack([meta[0], meta[1], total]), seq, q_first, *kv_arrays)
+    )(q, cu_q_lens, kv_lens, page_table, meta, work.seq, work.q_first, *kv_arrays)
     if direct:
         return res[0]
     out, o, lse = res
-    return _merge_into(out, o, lse, cu_q_lens, meta[1], False)
+    return _merge_into(out, o, lse, slot_rows)
 
 
-def static_for(config, *, layout, n_kv: int, group: int, page_size: int, options, interpret: bool) -> Static:
-    return Static(layout=layout, n_kv=n_kv, group=group, block_k=config.block_k, page_size=page_size,
-                  options=options, interpret=interpret)
+def static_for(config, storage, plan) -> Static:
+    """What a program of a kernel with tiles ``config`` knows at trace time, for ``storage`` (its
+    layout) and the step's ``plan`` (GQA group, options, interpret mode)."""
+    return Static(layout=storage.layout, n_kv=len(storage.arrays), group=plan.group, block_k=config.block_k,
+                  page_size=storage.page_size, options=plan.options, interpret=plan.interpret)
 

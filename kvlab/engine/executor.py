@@ -1,0 +1,79 @@
+"""Executors: what runs a ``StepPlan`` for the engine's loop.
+
+The engine's loop is the same whatever executes the plans: ``ModelExecutor`` runs the model on
+the device (the KV storage, the host tier's arrays and the jitted step); a simulator
+(``kvlab.bench.host_sim.SimulatedExecutor``) charges each plan to a cost model on a simulated
+clock and draws random tokens. Both read only the plan.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import numpy as np
+
+from kvlab.engine.runner import ModelRunner
+from kvlab.schedulers.plan import StepPlan
+from kvlab.schedulers.shapes import StepShape
+
+
+class Executor(Protocol):
+    """Runs plans. ``vocab_size``, ``max_model_len`` and ``eos_token_ids`` describe the model it
+    serves; ``num_compilations``, ``compile_seconds`` and ``steps`` count its work."""
+
+    vocab_size: int
+    max_model_len: int
+    eos_token_ids: tuple[int, ...]
+    num_compilations: int
+    compile_seconds: float
+    steps: int
+
+    def execute(self, plan: StepPlan) -> np.ndarray:
+        """Make the plan's swap copies, run its step, return the sampled tokens [>= num_rows]."""
+
+
+class ModelExecutor:
+    """A model on the device: KV storage from ``cache.init_storage`` (and the host tier's arrays
+    when the cache has one), steps through a ``ModelRunner``."""
+
+    def __init__(self, model, cache, *, attention, sampler, shapes, max_num_seqs: int,
+                 max_num_batched_tokens: int, max_model_len: int, clock=time.perf_counter):
+        c = model.config
+        self.vocab_size, self.max_model_len, self.eos_token_ids = c.vocab_size, max_model_len, c.eos_token_ids
+        options = cache.attention_options(model.attention_options, max_model_len)
+        attention.check(num_q_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
+                        page_size=cache.page_size, dtype=model.dtype)
+        self.storage = cache.init_storage(num_layers=c.num_layers, num_kv_heads=c.num_kv_heads,
+                                          head_dim=c.head_dim, dtype=model.dtype)
+        self.host_storage = None if cache.host_tier is None else cache.host_tier.init_storage(
+            num_layers=c.num_layers, page_size=cache.page_size, num_kv_heads=c.num_kv_heads,
+            head_dim=c.head_dim, dtype=model.dtype)
+        limits = StepShape(tokens=max_num_batched_tokens, rows=max_num_seqs,
+                           pages=cache.max_table_pages(max_model_len))
+        self.runner = ModelRunner(model, attention=attention, sampler=sampler, shapes=shapes,
+                                  limits=limits, options=options, clock=clock)
+
+    @property
+    def num_compilations(self) -> int:
+        return self.runner.num_compilations
+
+    @property
+    def compile_seconds(self) -> float:
+        return self.runner.compile_seconds
+
+    @property
+    def steps(self) -> int:
+        return self.runner.steps
+
+    def execute(self, plan: StepPlan) -> np.ndarray:
+        if plan.swap_out:       # device -> host, before the freed pages are written again
+            device, host = zip(*plan.swap_out)
+            self.host_storage[list(host)] = self.runner.read_pages(self.storage, device)
+        if plan.swap_in:        # host -> device, before the step reads them
+            host, device = zip(*plan.swap_in)
+            self.storage = self.runner.write_pages(self.storage, device, self.host_storage[list(host)])
+        if plan.is_empty:
+            return np.zeros(0, np.int32)
+        tokens, self.storage = self.runner.run(plan, self.storage)
+        return tokens

@@ -1,0 +1,141 @@
+"""How a kernel addresses one token's K or V row in a KV storage: the storage's addressing layout.
+
+Kernels take the whole cache arrays plus a layer index (a slice passed into a kernel is a copy).
+They see the arrays as rows of ``head_dim`` elements, ``[num_rows, D]`` (a free reshape), and a
+layout turns (layer, page, offset in page, KV head) into a row number. One int vector per tile then
+addresses the whole ``[tokens, D]`` tile, which keeps the kernels' address arithmetic to about one
+operation per element instead of one per array dimension.
+
+Each storage pytree (``kvlab.kvcache.storage``) names its own layout (``storage.layout``) and
+hands out its arrays in the order the layout addresses them (``storage.arrays``), so a new storage
+layout is a new storage class with a new layout object, and nothing in the kernels changes.
+Layouts are frozen and hashable (static arguments of the jitted step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+
+class KVLayout(Protocol):
+    """Addressing of a storage's arrays (``storage.arrays``, each viewed as ``[rows, D]``).
+
+    ``k_rows``/``v_rows`` take any broadcastable int arrays and return the row numbers, in the
+    array ``k_ref(refs)``/``v_ref(refs)`` picks from the refs of ``storage.arrays``; the ``tma_*``
+    pair serves TMA copies (Mosaic GPU), whose descriptors have at most 5 dimensions.
+    """
+
+    page_size: int
+    num_kv_heads: int
+
+    def k_rows(self, layer, pages, offsets, head):
+        """Row numbers of the K of the tokens at ``pages``/``offsets`` (any shape) of ``layer``."""
+        ...
+
+    def v_rows(self, layer, pages, offsets, head):
+        """Row numbers of the V of the tokens at ``pages``/``offsets`` (any shape) of ``layer``."""
+        ...
+
+    def k_ref(self, refs):
+        """The ref (of the refs of ``storage.arrays``) that ``k_rows`` index."""
+        ...
+
+    def v_ref(self, refs):
+        """The ref (of the refs of ``storage.arrays``) that ``v_rows`` index."""
+        ...
+
+    def tma_arrays(self, arrays):
+        """``storage.arrays`` as a TMA copy addresses them (at most 5 dimensions each)."""
+        ...
+
+    def tma_tile(self, refs, which: int, layer, page, rows, head):
+        """The ``[rows, D]`` box of K (``which=0``) or V (1) at (layer, page, rows, head), in the
+        refs of ``tma_arrays``."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PagedLayout:
+    """``PagedKVStorage``: k and v each ``[L, N, P, Hkv, D]``; row ``((l*N + page)*P + off)*Hkv + h``.
+
+    Examples:
+        >>> PagedLayout(num_pages=4, page_size=8, num_kv_heads=2).k_rows(1, 3, 5, 1)
+        123
+    """
+
+    num_pages: int
+    page_size: int
+    num_kv_heads: int
+
+    def k_rows(self, layer, pages, offsets, head):
+        """Row numbers (in ``k_ref``) of the K of tokens at ``pages``/``offsets`` (any shape)."""
+        return ((layer * self.num_pages + pages) * self.page_size + offsets) * self.num_kv_heads + head
+
+    def v_rows(self, layer, pages, offsets, head):
+        """Row numbers (in ``v_ref``: the V array, same shape as K) of the V of those tokens."""
+        return self.k_rows(layer, pages, offsets, head)
+
+    @staticmethod
+    def k_ref(refs):
+        """K is the first array."""
+        return refs[0]
+
+    @staticmethod
+    def v_ref(refs):
+        """V is the second array."""
+        return refs[1]
+
+    @staticmethod
+    def tma_arrays(arrays):
+        """The arrays as a TMA copy addresses them (5 dimensions already)."""
+        return arrays
+
+    @staticmethod
+    def tma_tile(refs, which: int, layer, page, rows, head):
+        """The ``[rows, D]`` box of K (``which=0``) or V (1) at (layer, page, rows, head)."""
+        return refs[which].at[layer, page, rows, head]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockedLayout:
+    """``BlockedKVStorage``: one array ``[N, L, 2, P, Hkv, D]`` (K at index 0 of axis 2, V at 1).
+
+    Examples:
+        >>> layout = BlockedLayout(num_layers=2, page_size=8, num_kv_heads=1)
+        >>> layout.k_rows(1, 3, 5, 0), layout.v_rows(1, 3, 5, 0)
+        (117, 125)
+    """
+
+    num_layers: int
+    page_size: int
+    num_kv_heads: int
+
+    def k_rows(self, layer, pages, offsets, head):
+        """Row numbers of the K of tokens at ``pages``/``offsets`` (any shape) of ``layer``."""
+        return (((pages * self.num_layers + layer) * 2 * self.page_size + offsets) * self.num_kv_heads
+                + head)
+
+    def v_rows(self, layer, pages, offsets, head):
+        """V sits one page of rows after K in the same block."""
+        return self.k_rows(layer, pages, offsets, head) + self.page_size * self.num_kv_heads
+
+    @staticmethod
+    def k_ref(refs):
+        """K and V share the one array."""
+        return refs[0]
+
+    @staticmethod
+    def v_ref(refs):
+        """K and V share the one array."""
+        return refs[0]
+
+    @staticmethod
+    def tma_arrays(arrays):
+        """``[N * L * 2, P, Hkv, D]``: a TMA descriptor has at most 5 dimensions."""
+        blocks = arrays[0]
+        return (blocks.reshape(-1, *blocks.shape[3:]),)
+
+    def tma_tile(self, refs, which: int, layer, page, rows, head):
+        """The ``[rows, D]`` box of K (``which=0``) or V (1) at (layer, page, rows, head)."""
+        return refs[0].at[(page * self.num_layers + layer) * 2 + which, rows, head]

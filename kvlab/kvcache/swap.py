@@ -1,0 +1,74 @@
+"""SwappablePoolCache: preemption by swap for the pool caches (vLLM's swap space, TensorRT-LLM's
+host offload tier). A running sequence's pages are copied to a ``HostTier`` and released on the
+device; it keeps its ``block_table`` row (entries -1 while it is away) and comes back onto fresh
+device pages, its row rewritten. The engine makes the page copies the methods return.
+
+Examples:
+    >>> from kvlab.kvcache import HostTier, PagedKVCache
+    >>> cache = PagedKVCache(num_pages=4, page_size=4, host_tier=HostTier(num_pages=8))
+    >>> cache.admit("a", [1] * 6); cache.allocate("a", 6)
+    0
+    >>> cache.swap_out("a"), cache.pages("a"), cache.stats().pages_free
+    ([(0, 0), (1, 1)], [-1, -1], 4)
+    >>> cache.allocate("b", 4); cache.swap_in("a"), cache.pages("a")
+    ([(0, 3), (1, 1)], [3, 1])
+"""
+
+from __future__ import annotations
+
+from kvlab.kvcache.pooled import PagePoolCache, SeqState
+
+
+class SwappablePoolCache(PagePoolCache):
+    """A ``PagePoolCache`` whose running sequences can move to and from ``host_tier``."""
+
+    def _before_swap_out(self, seq: SeqState) -> None:
+        """Prefix caches index what the sequence computed and let go of their hold on it: the
+        sequence comes back with private copies of all its pages."""
+        seq.num_indexed = 0
+
+    def can_swap_out(self, seq_id) -> bool:
+        seq = self._seqs.get(seq_id)
+        return (self.host_tier is not None and seq is not None and seq.started and not seq.host_pages
+                and self._num_pages(seq) <= self.host_tier.allocator.num_free)
+
+    def swap_out(self, seq_id) -> list[tuple[int, int]]:
+        """Copy all the sequence's pages to the host tier and drop its device references (shared
+        pages stay with their other holders or in the prefix cache). Returns the (device page,
+        host page) copies the engine must make before this step runs."""
+        if self.host_tier is None:
+            raise self._no_host_tier()
+        seq = self._seqs[seq_id]
+        if not seq.started or seq.host_pages:
+            raise ValueError(f"sequence {seq_id!r} is not running on the device; nothing to swap out")
+        self.clock += 1
+        self._before_swap_out(seq)
+        pages = self._row(seq).tolist()
+        hosts = self.host_tier.allocator.allocate(len(pages))
+        freed = set(self.allocator.decref(reversed(pages)))
+        self._after_release([p for p in pages if p not in freed])
+        seq.host_pages = hosts
+        self.block_table.write(seq.row, 0, [-1] * len(pages))
+        seq.shared_pages = 0
+        self.ledger.update(seq_id, allocated=0, stored=0)
+        return list(zip(pages, hosts))
+
+    def can_swap_in(self, seq_id) -> bool:
+        seq = self._seqs.get(seq_id)
+        return (self.host_tier is not None and seq is not None
+                and len(seq.host_pages) <= self.num_available_pages())
+
+    def swap_in(self, seq_id) -> list[tuple[int, int]]:
+        """Bring a swapped sequence back; returns the (host page, device page) copies. Raises
+        ``OutOfPagesError`` - having changed nothing - when the pages cannot be found."""
+        if self.host_tier is None:
+            raise self._no_host_tier()
+        seq = self._seqs[seq_id]
+        hosts = seq.host_pages
+        self._check_room(seq_id, len(hosts))
+        devices = self._take_pages(len(hosts))
+        self.block_table.write(seq.row, 0, devices)
+        self.host_tier.allocator.decref(hosts)
+        seq.host_pages = []
+        self._update_ledger(seq_id, seq, len(devices))
+        return list(zip(hosts, devices))

@@ -1,0 +1,110 @@
+"""What a scheduler hands the executor each step: a self-contained ``StepPlan``.
+
+A plan carries everything the step needs, so the executor never asks the cache anything:
+which requests run, how many tokens each computes, the batch row each sits in (persistent slots
+are real rows), and a ``StepTable``: the positions and KV write slots of the step's tokens and
+the block-table rows of its sequences, read from the cache's persistent ``BlockTable`` together
+with the table entries written since the previous plan (what a device copy of the table must
+apply; only those travel).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+
+from kvlab.schedulers.request import Request
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduledSeq:
+    """One sequence in a step: ``num_new_tokens`` tokens from position ``start``, in batch ``row``."""
+
+    request: Request
+    start: int
+    num_new_tokens: int
+    row: int = 0
+
+    @property
+    def token_ids(self) -> list[int]:
+        """The tokens computed this step (a slice: a decode copies one token, not the sequence)."""
+        return self.request.tokens[self.start:self.start + self.num_new_tokens]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTable:
+    """The cache's side of a step, all NumPy.
+
+    page_size: tokens per page; rows: [n] int32 block-table row of each planned sequence (plan
+    order); num_pages: [n] int32 pages each holds; positions, slots: [T] int32 absolute position
+    and KV write slot (``page * page_size + offset``) of every token of the step, sequences in plan
+    order; table: the block table ``[R, W]`` itself (the cache's array: read, never written);
+    changes: the ``TableChanges`` since the previous plan.
+    """
+
+    page_size: int
+    rows: np.ndarray
+    num_pages: np.ndarray
+    positions: np.ndarray
+    slots: np.ndarray
+    table: np.ndarray
+    changes: object
+
+    @classmethod
+    def build(cls, cache, seqs: list[ScheduledSeq]) -> StepTable:
+        """Read the step's rows, positions and slots from ``cache.block_table`` (vectorized)."""
+        bt = cache.block_table
+        rows = np.fromiter((bt.row_of(s.request.request_id) for s in seqs), np.int32, len(seqs))
+        lens = np.fromiter((s.num_new_tokens for s in seqs), np.int64, len(seqs))
+        starts = np.fromiter((s.start for s in seqs), np.int64, len(seqs))
+        first = np.cumsum(lens) - lens
+        token_seq = np.repeat(np.arange(len(seqs)), lens)
+        positions = (starts[token_seq] + np.arange(int(lens.sum())) - first[token_seq])
+        p = cache.page_size
+        table = bt.array
+        slots = table[rows[token_seq], positions // p] * p + positions % p
+        return cls(page_size=p, rows=rows, num_pages=bt.num_pages[rows].astype(np.int32),
+                   positions=positions.astype(np.int32), slots=slots.astype(np.int32),
+                   table=table, changes=bt.drain_changes())
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """What runs this step (preemptions already applied to the cache). ``swap_out`` copies must be
+    made before the step runs, and so must ``swap_in`` ones. Sequences are in ascending ``row``
+    order; ``table`` is None only for an empty plan."""
+
+    seqs: list[ScheduledSeq]
+    preempted: list[Request] = dataclasses.field(default_factory=list)
+    swap_out: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (device, host) page
+    swap_in: list[tuple[int, int]] = dataclasses.field(default_factory=list)   # (host, device) page
+    table: StepTable | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.seqs)
+
+    @property
+    def num_rows(self) -> int:
+        """Batch rows the step needs (one past the highest row in use)."""
+        return self.seqs[-1].row + 1 if self.seqs else 0
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.seqs
+
+    def token_ids(self) -> np.ndarray:
+        """[T] int32: the new tokens of every sequence, in plan order."""
+        return np.fromiter(itertools.chain.from_iterable(s.token_ids for s in self.seqs), np.int32,
+                           self.num_tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOutput:
+    """A request's progress after one step."""
+
+    request: Request
+    new_token_ids: list[int]
+    finished: bool

@@ -1,0 +1,111 @@
+"""When a request ends: every stop condition in one place.
+
+``check_stop(request)`` runs after each sampled token and records ``finish_reason`` ("stop" or
+"length") and ``stop_reason`` (the stop token id or stop string that matched; None for EOS and
+length), in vLLM's order: once ``min_tokens`` are out, a stop token id, then EOS (unless
+``ignore_eos``), then a stop string in the detokenized text; then ``max_tokens``; then the
+model's context (prompt + output reached ``max_total_tokens``). Aborts are the scheduler's
+(``Scheduler.abort``).
+
+``OutputText`` is a request's detokenized output: text grows by the new tokens only (the
+detokenizer is incremental), stop strings are searched only where new text could complete one,
+and streamed text holds back the last ``len(longest stop) - 1`` characters until the request
+ends, so a stop string is never half streamed: the streamed pieces always add up to the final text.
+
+Examples:
+    >>> class Chars:                      # a detokenizer: token t is the character chr(t)
+    ...     def __init__(self): self.text = ""
+    ...     def push(self, ids): new = "".join(map(chr, ids)); self.text += new; return new
+    ...     def flush(self): return ""
+    >>> out = OutputText(Chars(), stops=("END",))
+    >>> [out.push([t]) or out.take_new(False) for t in b"abcEN"]    # "EN" may start "END"
+    ['', '', 'a', 'b', 'c']
+    >>> out.push([ord("D")]), out.find_stop(), out.take_new(True), out.text
+    (None, 'END', '', 'abc')
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Detokenizer(Protocol):
+    """Incremental detokenizer (``kvlab.models.IncrementalDecoder``): ``push(ids) -> new text``;
+    ``text``: all text so far (assignable: a stop string cuts it)."""
+
+    text: str
+
+    def push(self, token_ids) -> str: ...
+
+    def flush(self) -> str:
+        """Release held-back text (an incomplete character as U+FFFD)."""
+
+
+class OutputText:
+    """A request's output text, its stop-string search and what has been streamed of it."""
+
+    def __init__(self, decoder: Detokenizer, stops: tuple[str, ...] = ()):
+        self.decoder = decoder
+        self.stops = stops
+        self._holdback = max((len(s) for s in stops), default=1) - 1
+        self._searched = 0           # text before this offset holds no stop string
+        self._streamed = 0           # characters handed out by take_new
+
+    @property
+    def text(self) -> str:
+        return self.decoder.text
+
+    def push(self, token_ids) -> None:
+        self.decoder.push(token_ids)
+
+    def finish(self) -> None:
+        """The request ended (not at a stop string): text held back by the decoder comes out."""
+        self.decoder.flush()
+
+    def find_stop(self) -> str | None:
+        """The first stop string in the text, if any; the text is cut where it begins."""
+        text = self.decoder.text
+        lo = max(0, self._searched - self._holdback)
+        hits = [(i, s) for s in self.stops if (i := text.find(s, lo)) >= 0]
+        self._searched = len(text)
+        if not hits:
+            return None
+        i, s = min(hits)
+        self.decoder.text = text[:i]
+        return s
+
+    def take_new(self, finished: bool) -> str:
+        """Text not streamed yet: all of it once finished, else all but the held-back tail."""
+        text = self.decoder.text
+        end = len(text) if finished else max(self._streamed, len(text) - self._holdback)
+        new, self._streamed = text[self._streamed:end], end
+        return new
+
+
+def check_stop(request) -> None:
+    """Decide whether ``request`` (a ``Request`` that just got a token) is done; sets
+    ``finish_reason`` / ``stop_reason``. See the module docstring for the order."""
+    params, out = request.params, request.output_token_ids
+    token = out[-1]
+    if len(out) >= params.min_tokens:
+        if token in params.stop_token_ids:
+            return _finish(request, "stop", token)
+        if not params.ignore_eos and token in request.eos_token_ids:
+            return _finish(request, "stop", None)
+        if request.output_text is not None and params.stop:
+            hit = request.output_text.find_stop()
+            if hit is not None:
+                request.finish_reason, request.stop_reason = "stop", hit     # text already cut
+                return None
+    if len(out) >= params.max_tokens:
+        return _finish(request, "length", None)
+    if request.max_total_tokens is not None and request.num_tokens >= request.max_total_tokens:
+        return _finish(request, "length", None)
+    return None
+
+
+def _finish(request, finish_reason: str, stop_reason) -> None:
+    request.finish_reason = finish_reason
+    request.stop_reason = stop_reason
+    if request.output_text is not None:
+        request.output_text.finish()
