@@ -24,8 +24,6 @@ Examples:
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,11 +38,16 @@ def _scatter(table, rows, cols, pages):
     return table.at[rows, cols].set(pages, mode="drop")
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _page_table(table, cache_rows, kv_lens, page_size: int, num_cols: int):
-    rows = table[cache_rows][:, :num_cols]
+def gather_page_table(table, cache_rows, kv_lens, page_size: int, num_cols: int):
+    """The step's page table ``[S, num_cols]`` from the device copy ``table [R, W]``: row s is
+    block-table row ``cache_rows[s]``; entries past ``ceil(kv_lens[s] / page_size)`` (stale, or
+    past the width) read page 0. Traced inside the jitted step."""
+    rows = table[cache_rows]
+    if num_cols > rows.shape[1]:
+        rows = jnp.pad(rows, ((0, 0), (0, num_cols - rows.shape[1])))
+    rows = rows[:, :num_cols]
     in_use = jnp.arange(num_cols)[None, :] < (kv_lens[:, None] + page_size - 1) // page_size
-    return jnp.where(in_use, rows, 0)           # entries past a row's pages (stale): page 0
+    return jnp.where(in_use, rows, 0)
 
 
 class DeviceBlockTable:
@@ -70,12 +73,6 @@ class DeviceBlockTable:
             pages[:len(changes.rows)] = changes.pages
             self.array = _scatter(self.array, rows, cols, pages)
         return self.array
-
-    def page_table(self, cache_rows: np.ndarray, kv_lens: np.ndarray, *, page_size: int,
-                   num_cols: int) -> jax.Array:
-        """The step's page table ``[S, num_cols]`` int32, gathered on the device: row s is block-table
-        row ``cache_rows[s]``; entries past ``ceil(kv_lens[s] / page_size)`` read page 0."""
-        return _page_table(self.array, cache_rows, kv_lens, page_size, num_cols)
 
     def _whole(self, host: np.ndarray) -> np.ndarray:
         out = np.zeros((self.num_rows, self.num_cols), np.int32)

@@ -26,13 +26,16 @@ import numpy as np
 from flax import nnx
 
 from kvlab.attention.batch import RaggedBatch
-from kvlab.engine.device_table import DeviceBlockTable
+from kvlab.engine.device_table import DeviceBlockTable, gather_page_table
 from kvlab.engine.sampling import SamplingArrays
 from kvlab.schedulers.plan import StepPlan
 from kvlab.schedulers.shapes import StepShape, next_pow2
 
 
-def _step_impl(graphdef, attention, sampler, options, state, storage, batch: RaggedBatch, sampling):
+def _step_impl(graphdef, attention, sampler, options, num_page_cols, state, storage, table, cache_rows,
+               batch: RaggedBatch, sampling):
+    batch = dataclasses.replace(batch, page_table=gather_page_table(table, cache_rows, batch.kv_lens,
+                                                                    storage.page_size, num_page_cols))
     model = nnx.merge(graphdef, state)
     logits, storage = model(batch, storage, attention, options)
     return sampler(logits, sampling), storage
@@ -40,7 +43,8 @@ def _step_impl(graphdef, attention, sampler, options, state, storage, batch: Rag
 
 # One jitted step shared by every runner: engines over the same model structure, backend, sampler
 # and attention options (static, hashable) reuse each other's compilations, e.g. across a sweep.
-_step = jax.jit(_step_impl, static_argnums=(0, 1, 2, 3), donate_argnums=(5,))
+# The block table's device copy is read, never donated (the next step's scatter makes a new one).
+_step = jax.jit(_step_impl, static_argnums=(0, 1, 2, 3, 4), donate_argnums=(6,))
 
 
 @jax.jit
@@ -138,24 +142,25 @@ class ModelRunner:
 
     def pack(self, plan: StepPlan) -> tuple[RaggedBatch, StepShape]:
         """The step's whole ``RaggedBatch`` (its page table gathered from the synced device copy
-        of the block table) and its padded shape."""
+        of the block table, as the step gathers it) and its padded shape."""
         batch, cache_rows, shape = self.build_batch(plan)
-        self.table.sync(plan.table)
-        batch = dataclasses.replace(batch, page_table=self.table.page_table(
-            cache_rows, batch.kv_lens, page_size=plan.table.page_size, num_cols=shape.pages))
-        return batch, shape
+        table = self.table.sync(plan.table)
+        page_table = jax.jit(gather_page_table, static_argnums=(3, 4))(
+            table, cache_rows, batch.kv_lens, plan.table.page_size, shape.pages)
+        return dataclasses.replace(batch, page_table=page_table), shape
 
     def run(self, plan: StepPlan, storage):
         """Run one step; returns (sampled token ids as a NumPy array [>= plan.num_rows], storage)."""
-        batch, shape = self.pack(plan)
+        batch, cache_rows, shape = self.build_batch(plan)
+        table = self.table.sync(plan.table)
         sampling = SamplingArrays.pack(
             shape.rows, [s.row for s in plan.seqs], [s.request.params for s in plan.seqs],
             seeds=[s.request.seed for s in plan.seqs],
             counters=[len(s.request.output_token_ids) for s in plan.seqs])
         key = (shape, batch.decode_only, batch.has_decodes)
         t0 = self.clock()
-        tokens, storage = _step(self.graphdef, self.attention, self.sampler, self.options, self.state,
-                                storage, batch, sampling)
+        tokens, storage = _step(self.graphdef, self.attention, self.sampler, self.options, shape.pages,
+                                self.state, storage, table, cache_rows, batch, sampling)
         if key not in self._compiled:    # a new signature: the launch is asynchronous, so this
             self._compiled.add(key)      # call's time is the trace and the compilation
             self.compile_seconds += self.clock() - t0
