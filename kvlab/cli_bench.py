@@ -176,7 +176,7 @@ def print_table(rows: list[dict], console, title: str, keys: list[str]) -> None:
 def _plots(rows, runs, varied: list[str], out: pathlib.Path) -> None:
     from kvlab.bench import plots
 
-    plots.plot_latencies(runs, out / "latencies.png")
+    plots.plot_latencies({name: run.records for name, run in runs.items()}, out / "latencies.png")
     plots.plot_kv_usage(runs, out / "kv_usage.png")
     for x in [f for f in varied if all(isinstance(r[f], (int, float)) for r in rows)]:
         series = [{**r, "series": " ".join([r["preset"], r.get("pass", "")]

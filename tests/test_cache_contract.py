@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cache_helpers import radix_nodes
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -31,15 +32,6 @@ def hash_eviction_state(cache) -> tuple:
     """Eviction order and per-block bookkeeping (reuse counts, recency, priority) of a hash cache."""
     blocks = sorted((p, b.hits, b.last_access, b.priority) for p, b in cache.index.blocks.items())
     return tuple(cache.index.evictable.order()), tuple(blocks)
-
-
-def radix_nodes(cache):
-    stack = list(cache.tree.roots.values())
-    while stack:
-        node = stack.pop()
-        stack.extend(node.children.values())
-        if node.parent is not None:
-            yield node
 
 
 def radix_eviction_state(cache) -> tuple:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+from cache_helpers import radix_nodes
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -31,16 +32,6 @@ STEMS = [[7, 7, 1, 2, 3, 4, 5, 6], [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]]
 prompts = st.builds(lambda stem, cut, tail: STEMS[stem][:cut] + tail,
                     st.integers(0, 1), st.integers(0, 10), st.lists(st.integers(0, 3), max_size=5)
                     ).filter(bool)
-
-
-def radix_nodes(cache):
-    """Every node of a radix cache's tree but the roots."""
-    stack = list(cache.tree.roots.values())
-    while stack:
-        node = stack.pop()
-        stack.extend(node.children.values())
-        if node.parent is not None:
-            yield node
 
 
 def hash_snapshot(cache) -> tuple:

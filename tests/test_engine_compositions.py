@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from conftest import examples
+from conftest import THOROUGH, examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,7 +78,7 @@ def alone(model, prompt, max_tokens, seed, circular: bool):
     return engine.generate([prompt], params_of(max_tokens, seed))[0].token_ids
 
 
-@settings(max_examples=examples(30))
+@settings(max_examples=examples(24))
 @given(compositions())
 def test_any_composition_equals_one_request_at_a_time(tiny_model, composition):
     cache_kind, sched_kind, admission, swap, reqs = composition
@@ -116,7 +116,7 @@ def record_plans(scheduler):
     return plans
 
 
-@settings(max_examples=examples(9))
+@settings(max_examples=12 if THOROUGH else 4)
 @given(st.sampled_from(["paged-prefix", "radix", "blocked"]),
        st.sampled_from(["continuous", "chunked", "persistent"]),
        st.lists(st.tuples(st.lists(st.integers(3, 255), min_size=1, max_size=24), st.integers(1, 8)),
@@ -164,7 +164,7 @@ class CharTokenizer:
         return "".join(chr(0x3b1 + int(t)) for t in ids)
 
 
-@settings(max_examples=examples(12))
+@settings(max_examples=12 if THOROUGH else 4)
 @given(st.lists(st.integers(3, 255), min_size=1, max_size=12), st.integers(0, 10), st.integers(2, 4),
        st.sampled_from(["continuous", "chunked"]))
 def test_stop_strings_that_span_steps(tiny_model, prompt, at, length, sched_kind):

@@ -222,6 +222,20 @@ def test_a_planned_victim_leaves_the_plan_and_gives_its_budget_back():
     assert plan.num_tokens == 1 and cache.stats().pages_used == 3
 
 
+def test_a_partly_held_radix_node_does_not_block_admission_forever():
+    """A waiting request whose prefix ends inside a cached radix node holds that node whole until
+    it starts (no split while it might still be rolled back); the node's unmatched tail still
+    counts as reclaimable, so a reserving admission that fits is not refused forever (found by
+    the trace test: continuous, FCFS, radix page 1, ReserveAdmission)."""
+    for first_output in (1, 2):          # 2: the first request's decoded token is a child node
+        reqs = [dict(prompt=SHARED[:4] + [3] * 11, max_tokens=first_output, arrival=0, priority=0,
+                     abort_at=None),
+                dict(prompt=SHARED + [3] * 17, max_tokens=12, arrival=0, priority=0, abort_at=None)]
+        sched = make_scheduler("continuous", FCFS(), ReserveAdmission())
+        reasons, _ = drive(sched, CACHES["radix"](), reqs, np.random.default_rng(0))
+        assert reasons == {"r0": "length", "r1": "length"}
+
+
 def test_reserve_admission_never_preempts_where_optimistic_does():
     def run(admission):
         sched = ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=64, admission=admission)

@@ -39,11 +39,10 @@ def _cdf(ax, xs, label):
 
 
 def plot_latencies(runs: dict, path) -> pathlib.Path:
-    """TTFT and inter-token latency CDFs (ms) of named runs ({name: EngineRun or list of
-    RequestRecord}), side by side."""
+    """TTFT and inter-token latency CDFs (ms) of named runs ({name: list of RequestRecord},
+    e.g. an ``EngineRun``'s ``records``), side by side."""
     fig, (ax_ttft, ax_itl) = _figure(2)
-    for name, run in runs.items():
-        records = getattr(run, "records", run)
+    for name, records in runs.items():
         _cdf(ax_ttft, [r.ttft for r in records], name)
         _cdf(ax_itl, [x for r in records for x in r.itls], name)
     for ax, what in ((ax_ttft, "time to first token"), (ax_itl, "inter-token latency")):

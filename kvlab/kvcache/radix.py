@@ -36,6 +36,23 @@ class RadixKVCache(SwappablePoolCache):
     def __init__(self, *, num_pages: int, page_size: int = 1, eviction=None, host_tier=None):
         super().__init__(num_pages=num_pages, page_size=page_size, host_tier=host_tier)
         self.tree = RadixTree(page_size, eviction or LRU())
+        self._pending: dict[int, SeqState] = {}     # admitted, not started: they hold, unsplit
+
+    def num_available_pages(self) -> int:
+        """Free and evictable pages, plus the unmatched tail of a node a pending admission holds
+        whole (it is split off, and evictable, the moment the sequence starts)."""
+        return super().num_available_pages() + sum(self._held_tail(s) for s in self._pending.values())
+
+    def _held_tail(self, seq: SeqState) -> int:
+        node = seq.node
+        # lock_ref 1: only this hold, so no sequence uses the node or anything below it, and once
+        # split the tail (and, leaf by leaf, everything under it) is evictable.
+        if node is None or node.parent is None or node.lock_ref != 1:
+            return 0
+        end, n = 0, node
+        while n is not None:
+            end, n = end + len(n.key), n.parent
+        return (end - seq.hit_tokens) // self.page_size
 
     def match_prefix(self, token_ids, *, salt=None) -> int:
         return self.tree.match(salt, token_ids)[0]
@@ -47,17 +64,21 @@ class RadixKVCache(SwappablePoolCache):
         self.allocator.incref(pages)
         self.block_table.append(seq.row, pages)
         seq.node, seq.tokens, seq.num_indexed = node, token_ids, len(pages)
+        seq.hit_tokens = hit
+        self._pending[id(seq)] = seq
         return hit
 
     def _start_reuse(self, seq: SeqState) -> None:
         if seq.tokens is None:             # allocated without admit: nothing held
             return
+        self._pending.pop(id(seq), None)
         self.tree.unhold_path(seq.node)
         seq.node, hit, _ = self.tree.match_and_lock(seq.salt, seq.tokens[:seq.hit_tokens],
                                                     self.clock, seq.priority)
         assert hit == seq.hit_tokens, "a held prefix changed before its sequence started"
 
     def _rollback_reuse(self, seq: SeqState) -> None:
+        self._pending.pop(id(seq), None)
         self.tree.unhold_path(seq.node)
 
     def commit(self, seq_id, token_ids, num_computed: int) -> None:
