@@ -47,6 +47,9 @@ def _step_impl(graphdef, attention, sampler, options, num_page_cols, state, stor
 _step = jax.jit(_step_impl, static_argnums=(0, 1, 2, 3, 4), donate_argnums=(6,))
 
 
+_gather_page_table = jax.jit(gather_page_table, static_argnums=(3, 4))   # ``pack``: outside a step
+
+
 @jax.jit
 def _read_pages(storage, pages):
     return storage.read_pages(pages)
@@ -145,8 +148,7 @@ class ModelRunner:
         of the block table, as the step gathers it) and its padded shape."""
         batch, cache_rows, shape = self.build_batch(plan)
         table = self.table.sync(plan.table)
-        page_table = jax.jit(gather_page_table, static_argnums=(3, 4))(
-            table, cache_rows, batch.kv_lens, plan.table.page_size, shape.pages)
+        page_table = _gather_page_table(table, cache_rows, batch.kv_lens, plan.table.page_size, shape.pages)
         return dataclasses.replace(batch, page_table=page_table), shape
 
     def run(self, plan: StepPlan, storage):
