@@ -20,7 +20,8 @@ import time
 import numpy as np
 
 from kvlab.bench import LinearStepCost, markdown_table, simulate
-from kvlab.engine.runner import pack_batch
+from kvlab.engine.runner import fill_inputs
+from kvlab.engine.step_inputs import InputLayout
 from kvlab.kvcache import HostTier, PagedKVCache, RadixKVCache
 from kvlab.schedulers import (
     FCFS,
@@ -122,7 +123,8 @@ def host_cost_table(num_running: int, steps: int) -> list[dict]:
                                    pages=2048 // kv.page_size)
                 used = StepShape(tokens=plan.num_tokens, rows=plan.num_rows,
                                  pages=int(plan.table.num_pages.max()))
-                pack_batch(plan, sched.shapes.pad(used, limits))
+                shape = sched.shapes.pad(used, limits)
+                fill_inputs(plan, InputLayout(tokens=shape.tokens, rows=shape.rows, changes=1024).allocate())
                 t2 = time.perf_counter()
                 sched.update(plan, rng.integers(3, 32000, plan.num_rows))
                 t3 = time.perf_counter()

@@ -3,12 +3,15 @@ keep it: a decode step writes one cell per sequence that needs a page, whatever 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from kvlab.engine.device_table import DeviceBlockTable, apply_changes
 from kvlab.kvcache import BlockTable, CircularKVCache, ContiguousKVCache, PagedKVCache, RadixKVCache
 
 
@@ -119,6 +122,34 @@ class BlockTableMachine(RuleBasedStateMachine):
 
 TestBlockTable = BlockTableMachine.TestCase
 TestBlockTable.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+STEP = st.lists(st.tuples(st.integers(0, 11), st.lists(st.integers(0, 99), max_size=5)), max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(STEP, max_size=8), removals=st.lists(st.integers(0, 11), max_size=8))
+def test_the_device_copy_follows_the_host_table(steps, removals):
+    """Staged changes applied as the step applies them (few fit: the rest take the overflow
+    scatter; new rows or width: a whole re-read) keep every row in use equal to the host's."""
+    table = BlockTable(rows=2, width=2)
+    device = DeviceBlockTable(num_cols=32, num_rows=2, change_capacity=4)
+    for i, step in enumerate(steps):
+        for seq, pages in step:
+            if seq not in table:
+                table.add(seq)
+            row = table.row_of(seq)
+            table.append(row, pages[:32 - int(table.num_pages[row])])
+        if i < len(removals) and removals[i] in table:
+            table.remove(removals[i])
+        buffers = np.zeros((3, device.change_capacity), np.int32)
+        array = device.stage(SimpleNamespace(table=table.array, changes=table.drain_changes()), *buffers)
+        device.array = apply_changes(array, buffers)
+        copy = np.asarray(device.array)
+        for seq in range(12):
+            if seq in table:
+                row = table.row_of(seq)
+                assert copy[row, :table.num_pages[row]].tolist() == table.pages(row).tolist()
 
 
 DECODING = {

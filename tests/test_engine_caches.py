@@ -94,7 +94,7 @@ def first_token_logits(engine, request: Request) -> tuple[np.ndarray, int]:
 
     @jax.jit
     def forward(state, storage, batch):
-        return nnx.merge(runner.graphdef, state)(batch, storage, runner.attention, runner.options)
+        return nnx.merge(runner.statics.graphdef, state)(batch, storage, runner.attention, runner.options)
 
     logits, engine.executor.storage = forward(runner.state, engine.storage, batch)
     cache.free(request.request_id)

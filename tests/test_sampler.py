@@ -118,28 +118,40 @@ def test_greedy_rows_take_the_exact_argmax_beside_sampling_rows():
     np.testing.assert_array_equal(all_greedy, best)
 
 
-def primitives(jaxpr, into_cond: bool) -> set[str]:
-    """Primitive names of a jaxpr and its sub-jaxprs (those of ``cond`` only if ``into_cond``)."""
+def primitives(jaxpr) -> set[str]:
+    """Primitive names of a jaxpr and its sub-jaxprs."""
     names = set()
     for eqn in jaxpr.eqns:
         names.add(eqn.primitive.name)
-        if eqn.primitive.name == "cond" and not into_cond:
-            continue
         for value in eqn.params.values():
             for sub in value if isinstance(value, (tuple, list)) else (value,):
                 sub = getattr(sub, "jaxpr", sub)                     # ClosedJaxpr -> Jaxpr
                 if hasattr(sub, "eqns"):
-                    names |= primitives(sub, into_cond)
+                    names |= primitives(sub)
     return names
 
 
-def test_the_sort_and_draws_sit_behind_the_no_sampling_cond():
-    jaxpr = jax.make_jaxpr(Sampler())(jnp.zeros((4, 10), jnp.float32), arrays(4, temperature=0.0)).jaxpr
-    outside, everywhere = primitives(jaxpr, into_cond=False), primitives(jaxpr, into_cond=True)
-    assert "cond" in outside and "argmax" in outside
-    assert "sort" in everywhere and "sort" not in outside
-    drawing = {p for p in everywhere if "random" in p or "threefry" in p}
-    assert drawing and not drawing & outside
+def test_a_greedy_step_has_no_sort_and_no_draws():
+    """None (the runner's greedy step) compiles to the argmax alone; arrays bring the sampling."""
+    greedy = primitives(jax.make_jaxpr(Sampler())(jnp.zeros((4, 10), jnp.float32), None).jaxpr)
+    sampled = primitives(jax.make_jaxpr(Sampler())(jnp.zeros((4, 10), jnp.float32), arrays(4)).jaxpr)
+    assert "argmax" in greedy and "sort" not in greedy and "cond" not in greedy
+    assert not {p for p in greedy if "random" in p or "threefry" in p}
+    assert "sort" in sampled and {p for p in sampled if "random" in p or "threefry" in p}
+
+
+def test_the_runner_passes_none_when_no_row_samples():
+    from kvlab.engine.runner import sampling_arrays
+    from kvlab.schedulers import Request
+    from kvlab.schedulers.plan import ScheduledSeq, StepPlan
+    greedy = Request("g", [1, 2], SamplingParams(), seed=5)
+    hot = Request("h", [3], SamplingParams(temperature=0.7, top_k=3), seed=9)
+    hot.output_token_ids += [4, 4]
+    assert sampling_arrays(StepPlan([ScheduledSeq(greedy, 0, 2, 0)]), 4) is None
+    arrays = sampling_arrays(StepPlan([ScheduledSeq(greedy, 0, 2, 0), ScheduledSeq(hot, 2, 1, 2)]), 4)
+    assert arrays.temperature.tolist() == pytest.approx([0.0, 0.0, 0.7, 0.0])
+    assert arrays.top_k.tolist() == [0, 0, 3, 0] and arrays.seed.tolist() == [5, 0, 9, 0]
+    assert arrays.counter.tolist() == [0, 0, 2, 0] and arrays.top_p.tolist() == [1.0] * 4
 
 
 def test_top_k_one_and_tiny_top_p_are_greedy():

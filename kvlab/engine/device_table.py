@@ -1,12 +1,13 @@
-"""The device copy of a cache's block table, updated incrementally.
+"""The device copy of a cache's block table, updated incrementally inside the step.
 
 The cache keeps its ``BlockTable`` on the host (NumPy) and records the entries it writes; each
-plan brings the entries written since the previous plan (``StepTable.changes``). ``sync`` scatters
-just those into the device copy (padded to a power of two, out-of-range padding dropped), so a
-decode step moves a few bytes per sequence instead of the whole page table. The device copy has
-a fixed shape (``num_rows`` x ``num_cols``) so the step never recompiles for it; it is re-read
-whole only when the cache reallocated its table, and grows (doubling) only when the cache holds
-more rows than it has.
+plan brings the entries written since the previous plan (``StepTable.changes``). ``stage`` puts
+them in the step's input buffer (up to ``change_capacity`` cells, padding rows out of range) and
+the jitted step applies them (``apply_changes``) to the donated table before it gathers its
+page table from it, so a decode step moves a few bytes per sequence and no extra dispatch. The
+table has a fixed shape (``num_rows`` x ``num_cols``) so the step never recompiles for it; it is
+re-read whole only when the cache reallocated its table, grows (doubling) only when the cache
+holds more rows than it has, and more changes than fit are scattered by a call of their own.
 
 Examples:
     >>> import numpy as np
@@ -31,11 +32,15 @@ import numpy as np
 from kvlab.schedulers.shapes import next_pow2
 
 
-# Not donated: donating would make the host wait until the previous step's gather has read the
-# table; a fresh copy of a few MiB costs the device microseconds and the host nothing.
-@jax.jit
-def _scatter(table, rows, cols, pages):
-    return table.at[rows, cols].set(pages, mode="drop")
+def apply_changes(table, changes):
+    """``table [R, W]`` with ``changes [3, C]`` (rows, cols, pages) written; rows out of range
+    (padding) are dropped. Traced inside the step, or run alone by ``_scatter``."""
+    return table.at[changes[0], changes[1]].set(changes[2], mode="drop")
+
+
+# Not donated: it runs outside a step (a resize, an overflow, ``sync``); donating would make the
+# host wait until the previous step has read the table.
+_scatter = jax.jit(apply_changes)
 
 
 def gather_page_table(table, cache_rows, kv_lens, page_size: int, num_cols: int):
@@ -51,28 +56,47 @@ def gather_page_table(table, cache_rows, kv_lens, page_size: int, num_cols: int)
 
 
 class DeviceBlockTable:
-    """A ``[num_rows, num_cols]`` int32 device array mirroring the host block table."""
+    """A ``[num_rows, num_cols]`` int32 device array mirroring the host block table.
 
-    def __init__(self, *, num_cols: int, num_rows: int):
-        self.num_cols, self.num_rows = num_cols, num_rows
+    ``array`` is the current copy; a step that applied staged changes hands its output back
+    (the runner sets ``array``). change_capacity: cells a step's input buffer has room for.
+    """
+
+    def __init__(self, *, num_cols: int, num_rows: int, change_capacity: int = 64):
+        self.num_cols, self.num_rows, self.change_capacity = num_cols, num_rows, change_capacity
         self.array = None
 
-    def sync(self, step_table) -> jax.Array:
-        """Apply ``step_table.changes`` (or re-read ``step_table.table`` whole) and return the array."""
+    def stage(self, step_table, rows: np.ndarray, cols: np.ndarray, pages: np.ndarray) -> jax.Array:
+        """Bring the copy up to ``step_table`` except for the changes written into ``rows``,
+        ``cols``, ``pages`` (``[change_capacity]`` views of the step's input buffer: the step
+        applies them); returns the array the step reads."""
         host, changes = step_table.table, step_table.changes
         if host.shape[0] > self.num_rows:
             self.num_rows = next_pow2(host.shape[0])
             self.array = None
+        rows[:] = self.num_rows                                  # padding: out of range, dropped
         if self.array is None or changes.resized:
             self.array = jax.device_put(self._whole(host))
-        elif len(changes.rows):
-            n = next_pow2(len(changes.rows), 64)
-            rows = np.full(n, self.num_rows, np.int32)          # padding: out of range, dropped
-            cols, pages = np.zeros(n, np.int32), np.zeros(n, np.int32)
-            rows[:len(changes.rows)], cols[:len(changes.rows)] = changes.rows, changes.cols
-            pages[:len(changes.rows)] = changes.pages
-            self.array = _scatter(self.array, rows, cols, pages)
+        elif len(changes.rows) > self.change_capacity:
+            self.array = _scatter(self.array, self._padded(changes))
+        else:
+            n = len(changes.rows)
+            rows[:n], cols[:n], pages[:n] = changes.rows, changes.cols, changes.pages
         return self.array
+
+    def sync(self, step_table) -> jax.Array:
+        """Apply ``step_table.changes`` now (outside a step) and return the array."""
+        rows, cols, pages = np.zeros((3, self.change_capacity), np.int32)
+        array = self.stage(step_table, rows, cols, pages)
+        self.array = _scatter(array, np.stack([rows, cols, pages]))
+        return self.array
+
+    def _padded(self, changes) -> np.ndarray:
+        n = len(changes.rows)
+        out = np.zeros((3, next_pow2(n, 64)), np.int32)
+        out[0] = self.num_rows
+        out[:, :n] = changes.rows, changes.cols, changes.pages
+        return out
 
     def _whole(self, host: np.ndarray) -> np.ndarray:
         out = np.zeros((self.num_rows, self.num_cols), np.int32)

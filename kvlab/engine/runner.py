@@ -1,12 +1,14 @@
-"""ModelRunner: packs a StepPlan into padded arrays and runs the one jitted step.
+"""ModelRunner: packs a StepPlan into one input buffer and runs the one jitted step.
 
-The step takes the model state, the KV storage (donated: updated in place), the device copy of
-the cache's block table, the packed batch and the per-row sampling parameters, and returns the
-sampled tokens: one device-to-host transfer per step. The runner reads nothing but the plan: the
-plan's ``StepTable`` brings the step's positions, write slots and block-table rows, plus the
-table entries written since the last plan, which are the only part of the table that travels to
-the device (a small scatter into the device copy; the whole table only after the cache resized
-it). Inside the step each row's page-table row is gathered from the device copy.
+A step is one dispatch with one host-to-device transfer and one device-to-host transfer: the
+runner writes the plan's batch (tokens, positions, write slots, query offsets, KV lengths,
+block-table rows) and the block-table cells changed since the previous plan into a single int32
+buffer (``kvlab.engine.step_inputs``); the jitted step unpacks it, applies the changes to the
+device copy of the cache's block table (donated, like the KV storage), gathers each row's page
+table from it, runs the model and samples. The runner reads nothing but the plan. Steps in which
+no row samples compile without the sampling path (``Sampler`` with None). The weights travel as
+a flat list of arrays and the static parts as one ``StepStatics`` hashed once, so dispatching a
+step costs the launch, not Python.
 
 Shapes come from the scheduler's padding policy (``kvlab.schedulers.shapes``): with
 ``BucketedShapes`` the number of compilations is bounded by the product of the bucket counts,
@@ -26,25 +28,52 @@ import numpy as np
 from flax import nnx
 
 from kvlab.attention.batch import RaggedBatch
-from kvlab.engine.device_table import DeviceBlockTable, gather_page_table
+from kvlab.engine.device_table import DeviceBlockTable, apply_changes, gather_page_table
 from kvlab.engine.sampling import SamplingArrays
+from kvlab.engine.step_inputs import InputLayout, InputViews
 from kvlab.schedulers.plan import StepPlan
 from kvlab.schedulers.shapes import StepShape, next_pow2
 
 
-def _step_impl(graphdef, attention, sampler, options, num_page_cols, state, storage, table, cache_rows,
-               batch: RaggedBatch, sampling):
-    batch = dataclasses.replace(batch, page_table=gather_page_table(table, cache_rows, batch.kv_lens,
-                                                                    storage.page_size, num_page_cols))
-    model = nnx.merge(graphdef, state)
-    logits, storage = model(batch, storage, attention, options)
-    return sampler(logits, sampling), storage
+class StepStatics:
+    """The static part of a step: model structure (``graphdef`` and the tree of its state's
+    leaves), attention backend, sampler, attention options.
+
+    Hashed once: jit hashes its static arguments on every call, and a model's ``GraphDef``
+    hashes in time proportional to the model (tens to hundreds of microseconds a step).
+    Equal bundles (the same model structure and parts) share compilations, e.g. across a sweep.
+    """
+
+    __slots__ = ("graphdef", "state_tree", "attention", "sampler", "options", "_key", "_hash")
+
+    def __init__(self, graphdef, state_tree, attention, sampler, options):
+        self.graphdef, self.state_tree = graphdef, state_tree
+        self.attention, self.sampler, self.options = attention, sampler, options
+        self._key = (graphdef, state_tree, attention, sampler, options)
+        self._hash = hash(self._key)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        return self is other or (isinstance(other, StepStatics) and self._hash == other._hash
+                                 and self._key == other._key)
 
 
-# One jitted step shared by every runner: engines over the same model structure, backend, sampler
-# and attention options (static, hashable) reuse each other's compilations, e.g. across a sweep.
-# The block table's device copy is read, never donated (the next step's scatter makes a new one).
-_step = jax.jit(_step_impl, static_argnums=(0, 1, 2, 3, 4), donate_argnums=(6,))
+def _step_impl(statics: StepStatics, spec: StepSpec, weights, storage, table, inputs, sampling):
+    batch, cache_rows, changes = spec.layout.unpack(inputs)
+    table = apply_changes(table, changes)
+    page_table = gather_page_table(table, cache_rows, batch.kv_lens, storage.page_size, spec.page_cols)
+    batch = dataclasses.replace(batch, page_table=page_table, decode_only=spec.decode_only,
+                                has_decodes=spec.has_decodes)
+    model = nnx.merge(statics.graphdef, jax.tree.unflatten(statics.state_tree, weights))
+    logits, storage = model(batch, storage, statics.attention, statics.options)
+    return statics.sampler(logits, sampling), storage, table
+
+
+# One jitted step shared by every runner: engines with equal statics reuse each other's
+# compilations. The KV storage and the block table's device copy are donated (updated in place).
+_step = jax.jit(_step_impl, static_argnums=(0, 1), donate_argnums=(3, 4))
 
 
 _gather_page_table = jax.jit(gather_page_table, static_argnums=(3, 4))   # ``pack``: outside a step
@@ -60,31 +89,45 @@ def _write_pages(storage, pages, data):
     return storage.write_pages(pages, data)
 
 
-def pack_batch(plan: StepPlan, shape: StepShape) -> tuple[RaggedBatch, np.ndarray]:
-    """The host half of a step: the plan as a padded ``RaggedBatch`` (its ``page_table`` left
-    None: the step gathers it on the device) and the block-table row of every batch row [rows]."""
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """What a step compiles for besides the statics: its input layout, page-table columns and
+    the batch's static flags."""
+
+    layout: InputLayout
+    page_cols: int
+    decode_only: bool
+    has_decodes: bool
+
+
+def fill_inputs(plan: StepPlan, views: InputViews) -> tuple[bool, bool]:
+    """The host half of a step: write the plan's batch into ``views`` (its rows padded as the
+    layout says); returns the exact (decode_only, has_decodes) flags."""
     t = plan.table
     n_tok = plan.num_tokens
-    row = np.fromiter((s.row for s in plan.seqs), np.int64, len(plan.seqs))
-    lens = np.fromiter((s.num_new_tokens for s in plan.seqs), np.int64, len(plan.seqs))
-    q_lens = np.zeros(shape.rows, np.int64)
+    row, lens = plan.rows, t.num_new_tokens
+    q_lens = np.zeros(len(views.kv_lens), np.int64)
     q_lens[row] = lens
-    cu = np.zeros(shape.rows + 1, np.int32)
-    cu[1:] = np.cumsum(q_lens)
-    kv_lens = np.zeros(shape.rows, np.int32)
-    kv_lens[row] = np.fromiter((s.start for s in plan.seqs), np.int64, len(plan.seqs)) + lens
-    cache_rows = np.zeros(shape.rows, np.int32)
-    cache_rows[row] = t.rows
-    logits_idx = np.zeros(shape.rows, np.int32)
-    logits_idx[row] = cu[row + 1] - 1
-    tokens, positions = np.zeros(shape.tokens, np.int32), np.zeros(shape.tokens, np.int32)
-    slots = np.full(shape.tokens, -1, np.int32)
-    tokens[:n_tok], positions[:n_tok], slots[:n_tok] = plan.token_ids(), t.positions, t.slots
-    batch = RaggedBatch(tokens=tokens, positions=positions, slots=slots, cu_q_lens=cu, kv_lens=kv_lens,
-                        page_table=None, num_seqs=np.int32(plan.num_rows), logits_indices=logits_idx,
-                        decode_only=bool((lens == 1).all()) and len(lens) == plan.num_rows,
-                        has_decodes=bool((lens == 1).any()))
-    return batch, cache_rows
+    views.cu_q_lens[1:] = np.cumsum(q_lens)
+    views.kv_lens[row] = t.starts + lens
+    views.cache_rows[row] = t.rows
+    views.logits_indices[row] = views.cu_q_lens[row + 1] - 1
+    views.tokens[:n_tok] = plan.token_ids()
+    views.positions[:n_tok], views.slots[:n_tok] = t.positions, t.slots
+    views.num_seqs[0] = plan.num_rows
+    decodes = lens == 1
+    return bool(decodes.all()) and len(lens) == plan.num_rows, bool(decodes.any())
+
+
+def sampling_arrays(plan: StepPlan, num_rows: int) -> SamplingArrays | None:
+    """The step's per-row sampling parameters, or None when every sequence is greedy (the step
+    then compiles without the sampling path)."""
+    requests = [s.request for s in plan.seqs]
+    if not any(r.params.temperature > 0 for r in requests):
+        return None
+    values = np.array([(r.params.temperature, r.params.top_k, r.params.top_p, r.seed, len(r.output_token_ids))
+                       for r in requests], np.float64)
+    return SamplingArrays.from_rows(num_rows, plan.rows, values)
 
 
 class ModelRunner:
@@ -96,15 +139,20 @@ class ModelRunner:
 
     def __init__(self, model, *, attention, sampler, shapes, limits: StepShape, options=None,
                  clock=time.perf_counter):
-        self.graphdef, self.state = nnx.split(model)
+        graphdef, self.state = nnx.split(model)
+        # The weights travel as a flat list of arrays: flattening an nnx State calls back into
+        # Python for every variable, on every step.
+        self.weights, state_tree = jax.tree.flatten(self.state)
         self.clock = clock              # times the calls that compile (``compile_seconds``)
         self.attention = attention
         self.options = options or model.attention_options
         self.sampler = sampler
+        self.statics = StepStatics(graphdef, state_tree, attention, sampler, self.options)
         self.shapes = shapes
         self.limits = limits
         self.table = DeviceBlockTable(num_cols=shapes.pad_limit(limits).pages,
-                                      num_rows=next_pow2(2 * limits.rows))
+                                      num_rows=next_pow2(2 * limits.rows),
+                                      change_capacity=next_pow2(4 * limits.rows, 64))
         self._compiled: set[tuple] = set()
         self.compile_seconds = 0.0      # time of the calls that compiled, on ``clock``
         self.steps = 0
@@ -114,16 +162,19 @@ class ModelRunner:
         """Distinct step signatures run so far (each compiled once unless shared)."""
         return len(self._compiled)
 
-    def build_batch(self, plan: StepPlan) -> tuple[RaggedBatch, np.ndarray, StepShape]:
-        """Pack ``plan`` at its padded shape, with the static flags the step compiles for."""
-        pages = int(plan.table.num_pages.max())
-        shape = self.shapes.pad(StepShape(tokens=plan.num_tokens, rows=plan.num_rows, pages=pages),
-                                self.limits)
-        batch, cache_rows = pack_batch(plan, shape)
-        batch = self.attention.specialize(batch)
+    def _prepare(self, plan: StepPlan) -> tuple[InputViews, StepSpec, StepShape]:
+        """Fill the step's input buffer for ``plan``; its padded shape and compiled spec."""
+        shape = self.shapes.pad(StepShape(tokens=plan.num_tokens, rows=plan.num_rows,
+                                          pages=int(plan.table.num_pages.max())), self.limits)
+        layout = InputLayout(tokens=shape.tokens, rows=shape.rows, changes=self.table.change_capacity)
+        views = layout.allocate()
+        decode_only, has_decodes = fill_inputs(plan, views)
+        batch, _, _ = layout.unpack(views.buffer)                # NumPy views: the flags alone
+        batch = self.attention.specialize(dataclasses.replace(batch, decode_only=decode_only,
+                                                              has_decodes=has_decodes))
         decode_only, has_decodes = self.shapes.static_flags(decode_only=batch.decode_only,
                                                             has_decodes=batch.has_decodes)
-        return dataclasses.replace(batch, decode_only=decode_only, has_decodes=has_decodes), cache_rows, shape
+        return views, StepSpec(layout, shape.pages, decode_only, has_decodes), shape
 
     # ---- page copies for swapping (page counts padded to powers of two: few compilations) ----
     @staticmethod
@@ -144,25 +195,24 @@ class ModelRunner:
         return _write_pages(storage, padded, full)
 
     def pack(self, plan: StepPlan) -> tuple[RaggedBatch, StepShape]:
-        """The step's whole ``RaggedBatch`` (its page table gathered from the synced device copy
-        of the block table, as the step gathers it) and its padded shape."""
-        batch, cache_rows, shape = self.build_batch(plan)
+        """The step's whole ``RaggedBatch`` as the step sees it (its page table gathered from the
+        synced device copy of the block table) and its padded shape."""
+        views, spec, shape = self._prepare(plan)
+        batch, cache_rows, _ = spec.layout.unpack(views.buffer)
         table = self.table.sync(plan.table)
         page_table = _gather_page_table(table, cache_rows, batch.kv_lens, plan.table.page_size, shape.pages)
-        return dataclasses.replace(batch, page_table=page_table), shape
+        return dataclasses.replace(batch, page_table=page_table, decode_only=spec.decode_only,
+                                   has_decodes=spec.has_decodes), shape
 
     def run(self, plan: StepPlan, storage):
         """Run one step; returns (sampled token ids as a NumPy array [>= plan.num_rows], storage)."""
-        batch, cache_rows, shape = self.build_batch(plan)
-        table = self.table.sync(plan.table)
-        sampling = SamplingArrays.pack(
-            shape.rows, [s.row for s in plan.seqs], [s.request.params for s in plan.seqs],
-            seeds=[s.request.seed for s in plan.seqs],
-            counters=[len(s.request.output_token_ids) for s in plan.seqs])
-        key = (shape, batch.decode_only, batch.has_decodes)
+        views, spec, shape = self._prepare(plan)
+        table = self.table.stage(plan.table, views.change_rows, views.change_cols, views.change_pages)
+        sampling = sampling_arrays(plan, shape.rows)
+        key = (spec, sampling is None)
         t0 = self.clock()
-        tokens, storage = _step(self.graphdef, self.attention, self.sampler, self.options, shape.pages,
-                                self.state, storage, table, cache_rows, batch, sampling)
+        tokens, storage, self.table.array = _step(self.statics, spec, self.weights, storage, table,
+                                                  views.buffer, sampling)
         if key not in self._compiled:    # a new signature: the launch is asynchronous, so this
             self._compiled.add(key)      # call's time is the trace and the compilation
             self.compile_seconds += self.clock() - t0

@@ -66,29 +66,32 @@ class SamplingArrays:
             raise ValueError(f"rows must lie in [0, num_rows={num_rows}), got {sorted(rows)}")
         if len(np.unique(row)) != n:
             raise ValueError(f"each row may hold one sequence; rows {sorted(rows)} repeat one")
-        temperature = np.asarray([p.temperature for p in params], np.float64).reshape(n)
-        top_k = np.asarray([p.top_k for p in params], np.int64).reshape(n)
-        top_p = np.asarray([p.top_p for p in params], np.float64).reshape(n)
-        seed = np.asarray(seeds, np.int64).reshape(n)
-        counter = np.asarray(counters, np.int64).reshape(n)
-        for name, values, ok, allowed in (
+        values = np.array([(p.temperature, p.top_k, p.top_p, s, c)
+                           for p, s, c in zip(params, seeds, counters)], np.float64).reshape(n, 5)
+        temperature, top_k, top_p, seed, counter = values.T
+        for name, column, ok, allowed in (
                 ("temperature", temperature, temperature >= 0, ">= 0 (0 = greedy)"),
-                ("top_k", top_k, (top_k >= 0) & (top_k < _INT32_LIMIT), "an integer in [0, 2**31) (0 = off)"),
+                ("top_k", top_k, (top_k >= 0) & (top_k < _INT32_LIMIT) & (top_k == np.floor(top_k)),
+                 "an integer in [0, 2**31) (0 = off)"),
                 ("top_p", top_p, (top_p > 0) & (top_p <= 1), "in (0, 1]"),
-                ("seed", seed, (seed >= 0) & (seed < _UINT32_LIMIT), "an integer in [0, 2**32)"),
+                ("seed", seed, (seed >= 0) & (seed < _UINT32_LIMIT) & (seed == np.floor(seed)),
+                 "an integer in [0, 2**32)"),
                 ("counter", counter, (counter >= 0) & (counter < _INT32_LIMIT), "an integer in [0, 2**31)")):
             if not ok.all():
                 i = int(np.argmin(ok))
-                raise ValueError(f"{name} must be {allowed}, got {values[i]} (sequence {i}, row {row[i]})")
+                raise ValueError(f"{name} must be {allowed}, got {column[i]} (sequence {i}, row {row[i]})")
+        return cls.from_rows(num_rows, row, values)
 
-        def padded(values, fill, dtype):
-            out = np.full(num_rows, fill, dtype)
-            out[row] = values
-            return out
-
-        return cls(temperature=padded(temperature, 0.0, np.float32), top_k=padded(top_k, 0, np.int32),
-                   top_p=padded(top_p, 1.0, np.float32), seed=padded(seed, 0, np.uint32),
-                   counter=padded(counter, 0, np.int32))
+    @classmethod
+    def from_rows(cls, num_rows: int, rows: np.ndarray, values: np.ndarray) -> SamplingArrays:
+        """Unchecked ``pack``: ``rows [n]`` distinct ints in [0, num_rows); ``values [n, 5]``:
+        temperature, top_k, top_p, seed, counter per sequence (already valid)."""
+        out = np.zeros((5, num_rows), np.float64)
+        out[2] = 1.0                                                   # top_p off
+        out[:, rows] = values.T
+        return cls(temperature=out[0].astype(np.float32), top_k=out[1].astype(np.int32),
+                   top_p=out[2].astype(np.float32), seed=out[3].astype(np.uint32),
+                   counter=out[4].astype(np.int32))
 
 
 def filter_logits(logits, temperature, top_k, top_p):
@@ -119,22 +122,21 @@ def row_keys(seed, counter):
 
 @dataclasses.dataclass(frozen=True)
 class Sampler:
-    """Picks one token per row: ``sampler(logits [S, V] float32, params: SamplingArrays) -> [S] int32``.
+    """Picks one token per row: ``sampler(logits [S, V] float32, params) -> [S] int32``.
 
-    Rows with temperature 0 take the exact argmax; when no row samples, the step skips the sort
-    and the draws altogether (``lax.cond``). A sampling row draws from softmax(filtered logits /
-    temperature) with its own key (``row_keys``), so its token depends on its seed, counter and
-    logits row only.
+    params: a ``SamplingArrays``, or None when every row is greedy: then the step is just the
+    argmax (no sort, no draws; the engine passes None for steps without a sampling row, so
+    greedy steps never pay for sampling). Rows with temperature 0 take the exact argmax; a
+    sampling row draws from softmax(filtered logits / temperature) with its own key
+    (``row_keys``), so its token depends on its seed, counter and logits row only.
     """
 
-    def __call__(self, logits, params: SamplingArrays):
-        temperature = params.temperature
+    def __call__(self, logits, params: SamplingArrays | None):
         greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-        def sample(_):
-            masked = filter_logits(logits, temperature, params.top_k, params.top_p)
-            keys = row_keys(params.seed, params.counter)
-            drawn = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, masked)
-            return jnp.where(temperature > 0, drawn.astype(jnp.int32), greedy)
-
-        return jax.lax.cond(jnp.any(temperature > 0), sample, lambda _: greedy, None)
+        if params is None:
+            return greedy
+        temperature = params.temperature
+        masked = filter_logits(logits, temperature, params.top_k, params.top_p)
+        keys = row_keys(params.seed, params.counter)
+        drawn = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, masked)
+        return jnp.where(temperature > 0, drawn.astype(jnp.int32), greedy)

@@ -82,17 +82,18 @@ class MemoryLedger:
 
     def update(self, seq_id, *, allocated: int, stored: int) -> None:
         """``seq_id`` now holds ``allocated`` slots of which ``stored`` hold tokens."""
-        r = self._seqs.get(seq_id)
+        now, r = self.now, self._seqs.get(seq_id)
         if r is None:
-            r = self._seqs[seq_id] = _SeqRecord(self.now)
-        r.stored_integral = r.stored_total(self.now)
-        r.stored_since = self.now
+            r = self._seqs[seq_id] = _SeqRecord(now)
+        r.stored_integral += r.stored * (now - r.stored_since)
+        r.stored_since = now
         if allocated != r.allocated:      # a run per allocation change, not per step
-            if self.now > r.alloc_since:
-                r.runs.append((r.allocated, self.now - r.alloc_since))
-            r.allocated, r.alloc_since = allocated, self.now
+            if now > r.alloc_since:
+                r.runs.append((r.allocated, now - r.alloc_since))
+            r.allocated, r.alloc_since = allocated, now
         r.stored = stored
-        r.peak = max(r.peak, stored)
+        if stored > r.peak:
+            r.peak = stored
 
     def end(self, seq_id) -> None:
         """``seq_id`` released its slots; its peak length resolves reserved vs internal."""

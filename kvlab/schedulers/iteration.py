@@ -18,8 +18,11 @@ last token samples the next one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+
+import numpy as np
 
 from kvlab.schedulers.admission import OptimisticAdmission, lifetime_tokens
 from kvlab.schedulers.base import Scheduler
@@ -132,8 +135,9 @@ class IterationScheduler(Scheduler):
         """A request stops running: finished, aborted or preempted."""
 
     def _assign_rows(self, seqs: list[ScheduledSeq]) -> list[ScheduledSeq]:
-        """The plan's sequences with their batch rows, in row order (here: rows 0..n-1)."""
-        return [ScheduledSeq(s.request, s.start, s.num_new_tokens, i) for i, s in enumerate(seqs)]
+        """The plan's sequences with their batch rows, in row order (here: rows 0..n-1, which
+        the step builder already gave them)."""
+        return seqs
 
     def schedule(self) -> StepPlan:
         cache = self._cache()
@@ -176,7 +180,7 @@ class IterationScheduler(Scheduler):
                 step.preempted.append(victim)
             if req.status is RequestStatus.RUNNING:
                 cache.allocate(req.request_id, target)
-                step.plan(ScheduledSeq(req, req.num_computed_tokens, n))
+                step.plan(req, req.num_computed_tokens, n)
 
     def _swap_in(self, step: _StepBuilder) -> list[tuple[int, int]]:
         """Swapped requests come back first, oldest first, while rows and pages allow."""
@@ -195,7 +199,7 @@ class IterationScheduler(Scheduler):
             req.status = RequestStatus.RUNNING
             if cache.can_allocate(req.request_id, target):      # else it runs next step
                 cache.allocate(req.request_id, target)
-                step.plan(ScheduledSeq(req, req.num_computed_tokens, n))
+                step.plan(req, req.num_computed_tokens, n)
         return copies
 
     def _admit(self, req: Request, step: _StepBuilder) -> bool:
@@ -215,28 +219,30 @@ class IterationScheduler(Scheduler):
         self._on_enter(req)
         req.status = RequestStatus.RUNNING
         req.num_computed_tokens = hit
-        step.plan(ScheduledSeq(req, hit, n))
+        step.plan(req, hit, n)
         return True
 
     def update(self, plan: StepPlan, sampled_tokens, now: float | None = None) -> list[StepOutput]:
         if len(sampled_tokens) < plan.num_rows:
             raise ValueError(f"the plan uses {plan.num_rows} batch rows, {len(sampled_tokens)} tokens given")
         now = time.perf_counter() if now is None else now
-        outputs = []
+        tokens = np.asarray(sampled_tokens).tolist()
+        outputs, cache, finished = [], self.cache, RequestStatus.FINISHED
         for seq in plan.seqs:
-            req, token = seq.request, sampled_tokens[seq.row]
-            if req.is_finished:  # aborted between schedule and update
+            req = seq.request
+            if req.status is finished:  # aborted between schedule and update
                 continue
-            req.num_computed_tokens = seq.start + seq.num_new_tokens
-            if req.num_computed_tokens < req.num_tokens:      # a prefill chunk: nothing sampled
-                self.cache.commit(req.request_id, req.tokens, req.num_computed_tokens)
+            computed = req.num_computed_tokens = seq.start + seq.num_new_tokens
+            if computed < len(req.prompt_token_ids) + len(req.output_token_ids):
+                cache.commit(req.request_id, req.tokens, computed)   # a prefill chunk: nothing sampled
                 outputs.append(StepOutput(req, [], False))
                 continue
-            req.append_token(int(token), now)
-            self.cache.commit(req.request_id, req.tokens, req.num_computed_tokens)
+            token = tokens[seq.row]
+            req.append_token(token, now)
+            cache.commit(req.request_id, req.tokens, computed)
             if req.finish_reason is not None:
                 self._release(req)
-            outputs.append(StepOutput(req, [int(token)], req.is_finished))
+            outputs.append(StepOutput(req, [token], req.status is finished))
         return outputs
 
     def _release(self, req: Request) -> None:
@@ -267,14 +273,16 @@ class _StepBuilder:
         self.seqs: list[ScheduledSeq] = []
         self.preempted: list[Request] = []
 
-    def plan(self, seq: ScheduledSeq) -> None:
-        self.seqs.append(seq)
-        self.budget -= seq.num_new_tokens
+    def plan(self, request: Request, start: int, num_new_tokens: int) -> None:
+        """Add a sequence in the next batch row."""
+        self.seqs.append(ScheduledSeq(request, start, num_new_tokens, len(self.seqs)))
+        self.budget -= num_new_tokens
 
     def unplan(self, request: Request) -> None:
-        """Take ``request`` out of the plan (it is being preempted), giving its tokens back."""
-        for seq in self.seqs:
+        """Take ``request`` out of the plan (it is being preempted), giving its tokens back; the
+        sequences after it move up one row."""
+        for i, seq in enumerate(self.seqs):
             if seq.request is request:
-                self.seqs.remove(seq)
                 self.budget += seq.num_new_tokens
+                self.seqs[i:] = [dataclasses.replace(s, row=s.row - 1) for s in self.seqs[i + 1:]]
                 return

@@ -11,6 +11,7 @@ apply; only those travel).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 
 import numpy as np
@@ -30,7 +31,14 @@ class ScheduledSeq:
     @property
     def token_ids(self) -> list[int]:
         """The tokens computed this step (a slice: a decode copies one token, not the sequence)."""
-        return self.request.tokens[self.start:self.start + self.num_new_tokens]
+        request, start, end = self.request, self.start, self.start + self.num_new_tokens
+        prompt = request.prompt_token_ids
+        n = len(prompt)
+        if start >= n:
+            return request.output_token_ids[start - n:end - n]
+        if end <= n:
+            return prompt[start:end]
+        return prompt[start:] + request.output_token_ids[:end - n]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +46,8 @@ class StepTable:
     """The cache's side of a step, all NumPy.
 
     page_size: tokens per page; rows: [n] int32 block-table row of each planned sequence (plan
-    order); num_pages: [n] int32 pages each holds; positions, slots: [T] int32 absolute position
+    order); num_pages: [n] int32 pages each holds; starts, num_new_tokens: [n] int64 position of
+    each sequence's first new token and how many it computes; positions, slots: [T] int32 absolute position
     and KV write slot (``page * page_size + offset``) of every token of the step, sequences in plan
     order; table: the block table ``[R, W]`` itself (the cache's array: read, never written);
     changes: the ``TableChanges`` since the previous plan.
@@ -47,6 +56,8 @@ class StepTable:
     page_size: int
     rows: np.ndarray
     num_pages: np.ndarray
+    starts: np.ndarray
+    num_new_tokens: np.ndarray
     positions: np.ndarray
     slots: np.ndarray
     table: np.ndarray
@@ -66,7 +77,8 @@ class StepTable:
         table = bt.array
         slots = table[rows[token_seq], positions // p] * p + positions % p
         return cls(page_size=p, rows=rows, num_pages=bt.num_pages[rows].astype(np.int32),
-                   positions=positions.astype(np.int32), slots=slots.astype(np.int32),
+                   starts=starts, num_new_tokens=lens, positions=positions.astype(np.int32),
+                   slots=slots.astype(np.int32),
                    table=table, changes=bt.drain_changes())
 
 
@@ -82,9 +94,14 @@ class StepPlan:
     swap_in: list[tuple[int, int]] = dataclasses.field(default_factory=list)   # (host, device) page
     table: StepTable | None = None
 
-    @property
+    @functools.cached_property
     def num_tokens(self) -> int:
         return sum(s.num_new_tokens for s in self.seqs)
+
+    @functools.cached_property
+    def rows(self) -> np.ndarray:
+        """[n] int64: the batch row of each sequence, in plan order."""
+        return np.fromiter((s.row for s in self.seqs), np.int64, len(self.seqs))
 
     @property
     def num_rows(self) -> int:
