@@ -1,9 +1,12 @@
 """``kvlab bench`` and ``kvlab sweep``: serve a workload with seed-system presets (or a ``custom``
 composition) on a real model and clock, print the comparison, and write a results folder with the
-table (CSV/JSON) and PNG plots.
+table (CSV/JSON, each with the run's whole configuration, ``kvlab.bench.report.RunConfig``) and
+PNG plots.
 
 ``--set FIELD=VALUE`` fixes a preset field (``page_size=32``, ``cache=radix`` for ``custom``);
 ``kvlab sweep --vary FIELD=V1,V2`` varies one (repeat it for a grid). ``rate`` is a field too.
+The default sizes serve a small workload on a CPU in a few minutes; the help of each size says
+what to give on a GPU.
 """
 
 from __future__ import annotations
@@ -16,8 +19,20 @@ import itertools
 import pathlib
 import sys
 
-WORKLOADS = ("sharegpt", "shared-prefix", "long-prompt", "few-shot", "tree-of-thought", "sessions",
-             "long-document")
+from kvlab.bench.report import print_table  # noqa: F401  (``kvlab demo`` imports it from here)
+
+# workload -> the size flags it reads (besides --seed, --rate and --output-cap)
+WORKLOAD_SIZES = {
+    "sharegpt": ("num_requests", "max_prompt", "max_total"),
+    "shared-prefix": ("num_requests", "prompts_per_group", "system_tokens", "question_tokens",
+                      "output_tokens"),
+    "long-prompt": ("num_requests", "max_prompt"),
+    "few-shot": ("num_requests", "prompts_per_group", "system_tokens", "question_tokens", "output_tokens"),
+    "tree-of-thought": ("depth", "branching", "system_tokens", "output_tokens"),
+    "sessions": ("num_requests", "turns", "system_tokens", "max_prompt"),
+    "long-document": ("num_requests", "doc_tokens", "question_tokens"),
+}
+WORKLOADS = tuple(WORKLOAD_SIZES)
 
 
 def _value(text: str):
@@ -96,11 +111,11 @@ def preset_names(names: list[str]) -> list[str]:
     return names
 
 
-def preset_factory(name: str, fields: dict, *, kv_tokens: int, max_num_seqs: int, token_budget: int | None,
-                   max_model_len: int):
-    """A zero-argument callable building a fresh preset ``name`` with these fields (which win over
-    the keyword defaults; a ``None`` token budget leaves the preset's own); an unknown field
-    raises, naming the preset's fields."""
+def preset_fields(name: str, fields: dict, *, kv_tokens: int, max_num_seqs: int, token_budget: int | None,
+                  max_model_len: int) -> tuple[dict, dict]:
+    """(the keyword arguments given to preset ``name``, all its fields with their values): ``fields``
+    win over the keyword defaults, a ``None`` token budget leaves the preset's own, and the second
+    dict adds the preset's own defaults for the rest. An unknown field raises, naming the preset's."""
     from kvlab.bench import presets
 
     fn = presets.PRESETS[preset_names([name])[0]]
@@ -114,6 +129,17 @@ def preset_factory(name: str, fields: dict, *, kv_tokens: int, max_num_seqs: int
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise ValueError(f"the {name} preset has no field(s) {unknown}; its fields: {', '.join(accepted)}")
+    every = {k: kwargs.get(k, p.default) for k, p in accepted.items()}
+    return kwargs, {k: v for k, v in every.items() if v is not inspect.Parameter.empty}
+
+
+def preset_factory(name: str, fields: dict, **sizes):
+    """A zero-argument callable building a fresh preset ``name`` with these fields (``preset_fields``
+    takes the same arguments)."""
+    from kvlab.bench import presets
+
+    kwargs, _ = preset_fields(name, fields, **sizes)
+    fn = presets.PRESETS[preset_names([name])[0]]
     return lambda: fn(**kwargs)
 
 
@@ -121,7 +147,8 @@ def serve_presets(model, names: list[str], workload, console, *, fields: dict, k
                   max_num_seqs: int, token_budget: int | None, max_model_len: int, warmup: int,
                   point: dict | None = None, slo=None, **engine_kwargs):
     """Serve ``workload`` with each named preset (``kvlab.bench.compare.serve``), printing what a
-    preset lacks; returns the table rows and {label: EngineRun} of every pass."""
+    preset lacks; returns the table rows (each ending with every field of its preset, given or
+    default, as ``preset.FIELD``) and {label: EngineRun} of every pass."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from kvlab.bench.compare import rows, serve
@@ -131,8 +158,9 @@ def serve_presets(model, names: list[str], workload, console, *, fields: dict, k
     for name in names:
         console.print(f"serving the {workload.name} workload with the {name} preset "
                       + " ".join(f"{k}={v}" for k, v in point.items()))
-        make = preset_factory(name, fields, kv_tokens=kv_tokens, max_num_seqs=max_num_seqs,
-                              token_budget=token_budget, max_model_len=max_model_len)
+        sizes = dict(kv_tokens=kv_tokens, max_num_seqs=max_num_seqs, token_budget=token_budget,
+                     max_model_len=max_model_len)
+        make, every = preset_factory(name, fields, **sizes), preset_fields(name, fields, **sizes)[1]
         with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("requests"), TimeElapsedColumn(), console=console, transient=True,
                       disable=not console.is_terminal) as bar:          # a log gets no bar lines
@@ -145,45 +173,11 @@ def serve_presets(model, names: list[str], workload, console, *, fields: dict, k
                                    progress=on_progress, **engine_kwargs)
         for line in preset.missing:
             console.print(f"  [yellow]{name} lacks[/yellow]: {line}")
-        table_rows += rows(name, served, point=point, slo=slo)
+        table_rows += [{**r, **{f"preset.{k}": v for k, v in every.items()}}
+                       for r in rows(name, served, point=point, slo=slo)]
         for label, run in served:
-            runs[" ".join([name, label, *(f"{k}={v}" for k, v in point.items())]).strip()] = run
+            runs[" ".join(filter(None, [name, label, *(f"{k}={v}" for k, v in point.items())]))] = run
     return table_rows, runs
-
-
-def print_table(rows: list[dict], console, title: str, keys: list[str]) -> None:
-    """A rich table: the ``keys`` columns as they are, then the serving metrics."""
-    from rich.table import Table
-
-    metrics = [("output_tokens_per_s", "output tok/s", "{:.1f}"), ("ttft_p50_s", "TTFT P50 (ms)", "ms"),
-               ("ttft_p99_s", "TTFT P99 (ms)", "ms"), ("itl_p50_s", "ITL P50 (ms)", "ms"),
-               ("itl_p99_s", "ITL P99 (ms)", "ms"), ("goodput_req_per_s", "goodput (req/s)", "{:.2f}"),
-               ("preemptions", "preempt.", "{:.0f}"), ("compilations", "compiles", "{:.0f}"),
-               ("hit_rate", "hit rate", "{:.1%}"),
-               ("kv_usage_peak", "KV peak", "{:.0%}")]
-    metrics = [m for m in metrics if m[0] in rows[0]]
-    table = Table(title=title)
-    for k in keys:
-        table.add_column(k)
-    for _, name, _ in metrics:
-        table.add_column(name, justify="right")
-    for r in rows:
-        table.add_row(*[str(r.get(k, "")) for k in keys],
-                      *[(f"{1e3 * r[k]:.1f}" if fmt == "ms" else fmt.format(r[k])) for k, _, fmt in metrics])
-    console.print(table)
-
-
-def _plots(rows, runs, varied: list[str], out: pathlib.Path) -> None:
-    from kvlab.bench import plots
-
-    plots.plot_latencies({name: run.records for name, run in runs.items()}, out / "latencies.png")
-    plots.plot_kv_usage(runs, out / "kv_usage.png")
-    for x in [f for f in varied if all(isinstance(r[f], (int, float)) for r in rows)]:
-        series = [{**r, "series": " ".join([r["preset"], r.get("pass", "")]
-                                           + [f"{k}={r[k]}" for k in varied if k != x]).strip()}
-                  for r in rows]
-        for y in ("output_tokens_per_s", "ttft_p99_s", "itl_p99_s", "hit_rate"):
-            plots.plot_sweep(series, x=x, y=y, hue="series", path=out / f"{y}_vs_{x}.png")
 
 
 def run(args) -> int:
@@ -192,6 +186,7 @@ def run(args) -> int:
 
     import kvlab
     from kvlab.bench import SLO
+    from kvlab.bench.report import run_config
     from kvlab.bench.sweep import write_results
 
     console = Console(width=None if sys.stdout.isatty() else 200)     # a log keeps the whole table
@@ -202,78 +197,110 @@ def run(args) -> int:
         grid.setdefault("rate", args.rates)
     if args.command == "sweep" and not grid:
         raise ValueError("kvlab sweep needs something to vary: --vary FIELD=V1,V2 or --rates R1,R2")
-    fixed_rate = fixed.pop("rate", args.rate)
+    fixed_rate = fixed.get("rate", args.rate)
+    fields = {k: v for k, v in fixed.items() if k != "rate"}
     slo = SLO(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot) if args.slo_ttft or args.slo_tpot else None
     model, _ = kvlab.models.load(args.model, dtype=jnp.dtype(args.dtype))
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
-    all_rows, runs = [], {}
+    all_rows, runs, config = [], {}, None
     for point in points:
         workload = _workload(args, model.config.vocab_size, point.get("rate", fixed_rate))
-        fields = {**fixed, **{k: v for k, v in point.items() if k != "rate"}}
+        config = config or run_config(args, fixed=fixed, grid=grid, workload=workload,
+                                      sizes=WORKLOAD_SIZES[args.workload])
         point_rows, point_runs = serve_presets(
-            model, names, workload, console, fields=fields,
-            kv_tokens=args.kv_tokens, max_num_seqs=args.max_num_seqs, token_budget=args.token_budget,
+            model, names, workload, console,
+            fields={**fields, **{k: v for k, v in point.items() if k != "rate"}},
+            kv_tokens=args.kv_tokens, max_num_seqs=args.max_num_seqs, token_budget=args.token_budget or None,
             max_model_len=args.max_model_len, warmup=args.warmup, point=point, slo=slo)
         all_rows += point_rows
         runs.update(point_runs)
     keys = ["preset", *grid] + (["pass"] if "pass" in all_rows[0] else [])
     print_table(all_rows, console, f"kvlab {args.command}: {workload.name} on {args.model}", keys)
     if args.out:
+        from kvlab.bench.plots import run_figures, save_figures
+
         out = pathlib.Path(args.out)
-        write_results(all_rows, out)
-        _plots(all_rows, runs, list(grid), out)
+        write_results(all_rows, out, config=config.as_dict())
+        device = config.env["device"]
+        subtitle = (f"{args.workload} on {pathlib.Path(args.model).name} ({args.dtype}, "
+                    f"{device['kind']})")
+        save_figures(run_figures(all_rows, runs, list(grid), subtitle=subtitle), out)
         console.print(f"results in {out}/ (results.csv, results.json, *.png)")
     return 0
 
 
+GPU = "; on a GPU: "          # each size flag's help ends with the size a GPU run would use
+
+
 def add_parsers(sub) -> None:
+    """The ``bench`` and ``sweep`` subcommands (every flag with its help and default)."""
     for name, help_ in (("bench", "serve a workload with seed-system presets and compare them"),
                         ("sweep", "the same over a grid of fields (rate, kv_tokens, page_size, cache, ...)")):
-        p = sub.add_parser(name, help=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        p.add_argument("--preset", type=lambda s: s.split(","), default=["vllm"],
+        p = sub.add_parser(name, help=help_, description=help_ + ". The default sizes finish in a few "
+                           "minutes on a CPU; each size's help says what to give on a GPU.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.add_argument("--preset", type=lambda s: s.split(","), default="vllm",
                        help="comma-separated: vllm, sglang, tgi, lmdeploy, trtllm, deepspeed, static, "
                             "custom; or all (the six seed systems)")
-        p.add_argument("--workload", choices=WORKLOADS, default="sharegpt")
+        p.add_argument("--workload", choices=WORKLOADS, default="sharegpt", help="the request trace")
         p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                        help="a preset field, e.g. page_size=32 (custom: cache=radix, scheduler=chunked, "
-                            "policy=lpm, admission=reserve, preemption=swap)")
+                            "policy=lpm, admission=reserve, preemption=swap); repeat for more")
         if name == "bench":
             p.add_argument("--rate", type=float, default=None,
-                           help="Poisson arrivals (req/s); default: all at once")
+                           help="Poisson arrival rate (requests/s); none: every request at time 0")
         else:
             p.add_argument("--vary", action="append", default=[], metavar="FIELD=V1,V2",
                            help="a field to vary (repeat for a grid), e.g. kv_tokens=4096,8192")
             p.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=None,
-                           help="comma-separated Poisson rates (req/s), same as --vary rate=...")
+                           help="comma-separated Poisson rates (requests/s), same as --vary rate=...")
             p.set_defaults(rate=None)
-        p.add_argument("--num-requests", type=int, default=32, help="requests, sessions or documents")
-        p.add_argument("--max-prompt", type=int, default=1024)
-        p.add_argument("--max-total", type=int, default=2048)
-        p.add_argument("--output-cap", type=int, default=0, help="cap every request's output (0: none)")
-        p.add_argument("--prompts-per-group", type=int, default=8, help="shared-prefix / few-shot")
-        p.add_argument("--system-tokens", type=int, default=512,
-                       help="shared prefix: system prompt, few-shot header, tree root, session system")
-        p.add_argument("--question-tokens", type=int, default=64)
-        p.add_argument("--output-tokens", type=int, default=64)
-        p.add_argument("--turns", default="2-6", help="sessions: turns per session, N or LO-HI (each "
+        p.add_argument("--num-requests", type=int, default=8,
+                       help=f"requests, sessions or documents{GPU}256 or more")
+        p.add_argument("--max-prompt", type=int, default=512,
+                       help=f"longest prompt (tokens): sharegpt, long-prompt, a session's user turn"
+                            f"{GPU}1024+")
+        p.add_argument("--max-total", type=int, default=1024,
+                       help=f"sharegpt: longest prompt + output (tokens){GPU}2048")
+        p.add_argument("--output-cap", type=int, default=0,
+                       help="cap every request's output (tokens; 0: none)")
+        p.add_argument("--prompts-per-group", type=int, default=4,
+                       help="shared-prefix / few-shot: requests per shared prefix")
+        p.add_argument("--system-tokens", type=int, default=128,
+                       help="shared prefix (tokens): system prompt, few-shot header, tree root, session "
+                            f"system{GPU}512-2048")
+        p.add_argument("--question-tokens", type=int, default=32,
+                       help=f"the part after the shared prefix (tokens){GPU}64-128")
+        p.add_argument("--output-tokens", type=int, default=16,
+                       help="shared-prefix, few-shot, tree-of-thought: output per request (tokens)"
+                            f"{GPU}64-256")
+        p.add_argument("--turns", default="2-4", help="sessions: turns per session, N or LO-HI (each "
                        "session ends early when its context would pass --max-model-len)")
-        p.add_argument("--depth", type=int, default=3, help="tree-of-thought")
-        p.add_argument("--branching", type=int, default=3, help="tree-of-thought")
-        p.add_argument("--doc-tokens", type=int, default=1536,
-                       help="long-document (TGI v3 uses ~10k; needs --max-model-len above it)")
-        p.add_argument("--kv-tokens", type=int, default=16384, help="KV capacity given to every preset")
-        p.add_argument("--max-num-seqs", type=int, default=32)
-        p.add_argument("--token-budget", type=int, default=None,
-                       help="tokens per step for every preset (default: each preset's own)")
-        p.add_argument("--max-model-len", type=int, default=2048)
+        p.add_argument("--depth", type=int, default=3, help="tree-of-thought: levels of the tree")
+        p.add_argument("--branching", type=int, default=3, help="tree-of-thought: children per node")
+        p.add_argument("--doc-tokens", type=int, default=384,
+                       help=f"long-document: tokens per document{GPU}10000 (TGI v3's, with --max-model-len "
+                            "above it)")
+        p.add_argument("--kv-tokens", type=int, default=4096,
+                       help=f"KV capacity given to every preset (tokens){GPU}16384 or more")
+        p.add_argument("--max-num-seqs", type=int, default=8,
+                       help=f"most sequences running at once, every preset{GPU}32-256")
+        p.add_argument("--token-budget", type=int, default=256,
+                       help=f"tokens per step for every preset; 0: each preset's own (2048-8192){GPU}0")
+        p.add_argument("--max-model-len", type=int, default=1024,
+                       help=f"longest sequence (prompt + output, tokens){GPU}2048 or more")
         p.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO (s) for goodput")
         p.add_argument("--slo-tpot", type=float, default=None, help="TPOT SLO (s) for goodput")
-        p.add_argument("--model", default="smollm2-135m")
-        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--model", default="smollm2-135m",
+                       help="bundled name, local transformers directory or .gguf file")
+        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                       help="weights and KV dtype (bfloat16 on a GPU)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the workload and its arrivals")
         p.add_argument("--warmup", type=int, default=1,
                        help="the most warm-up passes before each measured run, stopping after one that "
                             "compiles nothing (a shape first met in the measured run is compiled off "
                             "its clock, and counted)")
-        p.add_argument("--no-warmup", dest="warmup", action="store_const", const=0, help="--warmup 0")
-        p.add_argument("--out", help="results folder (table and plots)")
+        p.add_argument("--no-warmup", dest="warmup", action="store_const", const=0, default=argparse.SUPPRESS,
+                       help="the same as --warmup 0")
+        p.add_argument("--out", help="results folder: results.csv, results.json (each with the run's whole "
+                                     "configuration) and PNG plots; none: the table is only printed")

@@ -40,7 +40,12 @@ def test_rejected_requests_leave_others_intact(engine, tiny_model, prompt, param
 
 def test_sampling_params_are_checked():
     for kwargs, message in [({"max_tokens": 0}, "max_tokens"), ({"temperature": -1}, "temperature"),
-                            ({"top_p": 0.0}, "top_p"), ({"top_k": -2}, "top_k"), ({"stop": ("",)}, "stop")]:
+                            ({"top_p": 0.0}, "top_p"), ({"top_k": -2}, "top_k"), ({"stop": ("",)}, "stop"),
+                            ({"temperature": float("nan")}, "finite"),
+                            ({"temperature": float("inf")}, "finite"), ({"top_p": float("nan")}, "top_p"),
+                            ({"min_p": 1.5}, "min_p"), ({"n": 0}, "n must"),
+                            ({"logprobs": 21}, "logprobs"), ({"top_k": 1.5}, "top_k"),
+                            ({"max_tokens": True}, "max_tokens")]:
         with pytest.raises(ValueError, match=message):
             kvlab.SamplingParams(**kwargs)
 
@@ -54,8 +59,10 @@ def test_prompt_longer_than_the_step_budget(tiny_model):
 
 def test_cache_too_small_for_one_request(tiny_model):
     engine = kvlab.Engine(tiny_model, cache=kvlab.PagedKVCache(num_pages=1, page_size=4))
-    with pytest.raises(ValueError, match="cache holds 4"):
+    with pytest.raises(ValueError, match=r"prompt of 5 tokens alone fills this cache \(4 tokens\)"):
         engine.add_request([1, 2, 3, 4, 5])
+    with pytest.raises(ValueError, match="lower max_tokens to at most 1"):
+        engine.add_request([1, 2, 3], kvlab.SamplingParams(max_tokens=5))
 
 
 def test_abort_frees_pages_and_others_continue(engine, tiny_model):

@@ -238,7 +238,7 @@ def test_circular_and_contiguous_bad_arguments(tiny_model):
         CircularKVCache(num_pages=6, page_size=6, window=16)
     cache = CircularKVCache(num_pages=16, page_size=4, window=8, max_step_tokens=8)
     with pytest.raises(ValueError, match="max_step_tokens=8"):
-        cache.validate_request(prompt_tokens=9, max_tokens=20)
+        cache.validate_request(prompt_tokens=9, step_tokens=9, total_tokens=20)
     cache.allocate("a", 4)
     with pytest.raises(ValueError, match="grows by 9 tokens"):
         cache.allocate("a", 13)
@@ -251,7 +251,7 @@ def test_circular_and_contiguous_bad_arguments(tiny_model):
         ContiguousKVCache(num_slots=2, max_seq_len=100, page_size=16)
     static = ContiguousKVCache(num_slots=1, max_seq_len=64, page_size=16)
     with pytest.raises(ValueError, match="max_seq_len=64"):
-        static.validate_request(prompt_tokens=10, max_tokens=65)
+        static.validate_request(prompt_tokens=10, step_tokens=10, total_tokens=65)
     static.allocate("a", 10)
     assert not static.can_allocate("b", 1)
     with pytest.raises(OutOfPagesError, match="no free region"):

@@ -25,7 +25,7 @@ def arrays(num_rows, temperature=1.0, top_k=0, top_p=1.0, seed=0, counter=0) -> 
 
 
 def sample(logits, params: SamplingArrays) -> np.ndarray:
-    return np.asarray(SAMPLE(jnp.asarray(logits, jnp.float32), params))
+    return np.asarray(SAMPLE(jnp.asarray(logits, jnp.float32), params).tokens)
 
 
 def chi_square(draws, probs) -> float:
@@ -237,7 +237,7 @@ def test_pack_places_rows_and_pads_greedy():
     np.testing.assert_allclose(packed.top_p, [1, 1, 1, 1, 0.8, 1])
     assert packed.seed.tolist() == [0, 9, 0, 0, 2 ** 32 - 1, 0]
     assert packed.counter.tolist() == [0, 0, 0, 0, 12, 0]
-    assert len(jax.tree_util.tree_leaves(packed)) == 5              # a pytree of its five arrays
+    assert len(jax.tree_util.tree_leaves(packed)) == 6              # a pytree of its six arrays
 
 
 @pytest.mark.parametrize("kwargs, message", [

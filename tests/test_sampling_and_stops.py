@@ -16,7 +16,7 @@ def run_sampler(logits, temperature, top_k, top_p, seed):
     n = logits.shape[0]
     params = [kvlab.SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)] * n
     arrays = SamplingArrays.pack(n, list(range(n)), params, seeds=[seed] * n, counters=list(range(n)))
-    return np.asarray(jax.jit(Sampler())(jnp.asarray(logits, jnp.float32), arrays))
+    return np.asarray(jax.jit(Sampler())(jnp.asarray(logits, jnp.float32), arrays).tokens)
 
 
 def test_greedy_and_degenerate_filters_pick_the_argmax():

@@ -40,11 +40,16 @@ def test_hit_rate_grows_with_capacity_and_results_are_written(tmp_path):
         assert by[(name, 16384)]["hit_rate"] > by[(name, 2048)]["hit_rate"]
         assert by[(name, 16384)]["requests"] == 32 and by[(name, 16384)]["ttft_p99_s"] > 0
         assert 0.0 <= by[(name, 16384)]["slo_attainment"] <= 1.0
-    folder = write_results(rows, tmp_path / "out")
+    config = {"workload": {"name": "shared-prefix", "seed": 3, "rate": 50.0},
+              "vary": {"kv_tokens": [2048, 16384]}}
+    folder = write_results(rows, tmp_path / "out", config=config)
     with open(folder / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == 4 and table[0]["preset"] == "vllm"
     assert float(table[3]["hit_rate"]) == pytest.approx(rows[3]["hit_rate"])
-    assert json.loads((folder / "results.json").read_text())[1]["kv_tokens"] == 16384
+    assert all((r["workload.seed"], r["workload.rate"], r["vary.kv_tokens"]) == ("3", "50.0", "2048,16384")
+               for r in table)                                     # the configuration on every row
+    saved = json.loads((folder / "results.json").read_text())
+    assert saved["config"] == config and saved["results"][1]["kv_tokens"] == 16384
     with pytest.raises(ValueError, match="no rows"):
         write_results([], tmp_path / "empty")

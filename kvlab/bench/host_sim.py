@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from kvlab.engine.metrics import summarize
+from kvlab.engine.sampling import Sampled
 from kvlab.kvcache.base import KVCacheStats
 from kvlab.schedulers.shapes import StepShape
 
@@ -93,11 +94,11 @@ class SimulatedExecutor:
         self.vocab_size, self.max_model_len, self.eos_token_ids = vocab_size, 2 ** 31 - 1, ()
         self.num_compilations, self.compile_seconds, self.steps = 0, 0.0, 0
 
-    def execute(self, plan) -> np.ndarray:
+    def execute(self, plan) -> Sampled:
         cost = 1.0 if self.step_cost is None else self.step_cost(plan, self.scheduler)
         self.clock.sleep(cost)
         self.steps += 1
-        return self.rng.integers(3, self.vocab_size, plan.num_rows)
+        return Sampled(self.rng.integers(3, self.vocab_size, plan.num_rows).astype(np.int32))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,8 @@
 (with ``base`` filled in) and returns the rows: the parameters followed by the metrics ``run``
 returned. ``simulate_preset`` is a ready-made ``run`` on the host simulator (no model, no device):
 a preset, a workload and a step-cost model give the serving metrics of ``kvlab.bench.metrics``
-and the cache's hit rate and memory waste. ``write_results`` saves rows as CSV and JSON.
+and the cache's hit rate and memory waste. ``write_results`` saves rows as CSV and JSON, with the
+run's configuration (``kvlab.bench.report.RunConfig``) beside them.
 
 Examples:
     >>> from kvlab.workloads import shared_prefix
@@ -25,6 +26,7 @@ import pathlib
 
 from kvlab.bench import metrics, presets
 from kvlab.bench.host_sim import simulate
+from kvlab.bench.report import flat_columns
 
 
 def sweep(run, grid: dict[str, list], *, base: dict | None = None, progress: bool = True) -> list[dict]:
@@ -61,15 +63,22 @@ def simulate_preset(*, preset: str, requests, kv_tokens: int, step_cost=None, sl
     return out
 
 
-def write_results(rows: list[dict], folder) -> pathlib.Path:
-    """``results.csv`` and ``results.json`` in ``folder`` (created); returns the folder."""
+def write_results(rows: list[dict], folder, *, config: dict | None = None) -> pathlib.Path:
+    """``results.csv`` and ``results.json`` in ``folder`` (created); returns the folder.
+
+    ``config``: the run's configuration, a nested dict (``RunConfig.as_dict()``). The CSV has one
+    row per result with the config's flat columns (``model.name``, ``workload.seed``, ...,
+    ``kvlab.bench.report.flat_columns``) repeated on each; the columns are the union of the rows' keys
+    (a field one preset lacks is an empty cell). The JSON is ``{"config": config, "results": rows}``."""
     if not rows:
         raise ValueError("no rows to write")
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    columns = flat_columns(config or {})
+    table = [{**r, **columns} for r in rows]
     with open(folder / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in table for k in r)))
         writer.writeheader()
-        writer.writerows(rows)
-    (folder / "results.json").write_text(json.dumps(rows, indent=1))
+        writer.writerows(table)
+    (folder / "results.json").write_text(json.dumps({"config": config or {}, "results": rows}, indent=1))
     return folder

@@ -1,6 +1,7 @@
 """Engine: the composition loop, the jitted step runner, sampling and metrics."""
 
-from kvlab.engine.engine import Completion, Engine, StreamEvent
+from kvlab.engine.completions import Completion, StreamEvent
+from kvlab.engine.engine import Engine
 from kvlab.engine.executor import Executor, ModelExecutor
 from kvlab.engine.metrics import SLO, RequestRecord, summarize
 from kvlab.engine.runner import DenseReferenceDecoder, ModelRunner

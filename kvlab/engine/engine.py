@@ -15,45 +15,18 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 from collections.abc import Iterator
 
 from kvlab.attention.select import default_attention
+from kvlab.engine.completions import Completion, CompletionBook, StreamEvent
 from kvlab.engine.defaults import default_cache
 from kvlab.engine.executor import ModelExecutor
+from kvlab.engine.intake import Intake, as_prompt_list, params_per_prompt
 from kvlab.engine.metrics import RequestRecord, summarize
 from kvlab.engine.sampling import Sampler
-from kvlab.models.tokenizer import IncrementalDecoder
 from kvlab.schedulers.chunked import ChunkedScheduler
 from kvlab.schedulers.request import Request, SamplingParams
-from kvlab.schedulers.stopping import OutputText
-
-
-@dataclasses.dataclass
-class Completion:
-    """A finished request: its tokens, text (when the engine has a tokenizer), why it finished
-    (``finish_reason``: "stop", "length" or "abort"; ``stop_reason``: the stop token id or stop
-    string that matched, None for EOS and length) and the request with its timings."""
-
-    request_id: str
-    prompt_token_ids: list[int]
-    token_ids: list[int]
-    text: str | None
-    finish_reason: str
-    request: Request
-    stop_reason: int | str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class StreamEvent:
-    """Progress of one request in one step: new tokens, new text, whether it finished."""
-
-    request_id: str
-    new_token_ids: list[int]
-    new_text: str
-    finished: bool
-    finish_reason: str | None
 
 
 class Engine:
@@ -86,6 +59,7 @@ class Engine:
             max_model_len = min(max_model_len or limit, limit)
             cache = cache or default_cache(model, max_model_len=max_model_len,
                                            max_num_seqs=self.scheduler.max_num_seqs)
+            cache.bind(self)
             self.scheduler.attach(cache)
             executor = ModelExecutor(
                 model, cache, attention=attention or default_attention(), sampler=sampler or Sampler(),
@@ -95,13 +69,18 @@ class Engine:
         else:
             if cache is None:
                 raise TypeError("an engine with an executor needs its cache")
+            cache.bind(self)
             self.scheduler.attach(cache)
         self.model, self.cache, self.executor = model, cache, executor
         self.config = None if model is None else model.config
         self.max_model_len = executor.max_model_len
-        self._ids = itertools.count()
-        self._wanted: set[str] = set()                        # ids whose Completion generate() awaits
-        self._done: dict[str, Completion] = {}
+        eos = executor.eos_token_ids
+        self.intake = Intake(tokenizer=tokenizer, vocab_size=executor.vocab_size,
+                             max_model_len=self.max_model_len, eos_token_ids=eos, seed=seed)
+        self.completions = CompletionBook()
+        self._samples: dict[str, list[str]] = {}    # request id -> its live samples' ids (<id>#<j>)
+        self._parent: dict[str, str] = {}           # a sample's id -> its request's id
+        self.last_run: RunTimes | None = None
 
     @property
     def runner(self):
@@ -119,61 +98,46 @@ class Engine:
         return self.executor.storage
 
     # ---- requests --------------------------------------------------------------------------------
-    def _tokenize(self, prompt) -> list[int]:
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ValueError("text prompts need a tokenizer: Engine(..., tokenizer=tok)")
-            return self.tokenizer.encode(prompt)
-        return [int(t) for t in prompt]
-
     def add_request(self, prompt, params: SamplingParams | None = None, request_id: str | None = None,
                     *, cache_salt: str | None = None, priority: int = 0, arrival_time: float | None = None,
                     keep_completion: bool = False) -> str:
-        """Queue a prompt (text or token ids). Raises ValueError for bad input; nothing else changes.
+        """Queue a prompt (text or token ids); returns its id. Raises ValueError for bad input;
+        nothing else changes. ``max_tokens`` beyond the model's context is clamped (a warning).
+        With ``params.n`` > 1 its n samples run as requests ``<id>#<j>``.
 
         cache_salt: a namespace (tenant, adapter): cached prefixes are shared only between requests
         with the same salt. priority: retention priority of the prefix blocks it leaves behind
         (used by ``PriorityLRU`` eviction). arrival_time: when the request arrived on the engine's
         clock (default: now). keep_completion: keep its ``Completion`` when it finishes, for
         ``pop_completion``."""
-        params = params or SamplingParams()
-        ids = self._tokenize(prompt)
-        if not ids:
-            raise ValueError("empty prompt: at least one token is needed")
-        vocab = self.executor.vocab_size
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
-        if len(ids) >= self.max_model_len:
-            raise ValueError(f"prompt of {len(ids)} tokens leaves no room to generate within the "
-                             f"model's context of {self.max_model_len} tokens")
-        if params.stop and self.tokenizer is None:
-            raise ValueError("stop strings need a tokenizer")
-        eos = () if self.tokenizer is None else self.tokenizer.eos_token_ids
-        number = next(self._ids)
-        rid = request_id if request_id is not None else f"req-{number}"
-        request = Request(rid, ids, params, eos_token_ids=eos or self.executor.eos_token_ids,
-                          max_total_tokens=self.max_model_len, cache_salt=cache_salt, priority=priority,
-                          arrival_time=self.clock() if arrival_time is None else arrival_time,
-                          seed=params.seed if params.seed is not None else _derived_seed(self.seed, number))
-        if self.tokenizer is not None:
-            request.output_text = OutputText(IncrementalDecoder(self.tokenizer), params.stop)
-        self.scheduler.add(request)
+        requests = self.intake.requests(
+            prompt, params or SamplingParams(), request_id, cache_salt=cache_salt, priority=priority,
+            arrival=self.clock() if arrival_time is None else arrival_time)
+        added = []
+        try:
+            for request in requests:
+                self.scheduler.add(request)
+                added.append(request.request_id)
+        except Exception:
+            for rid in added:
+                self.scheduler.abort(rid)
+            raise
+        rid = request_id if request_id is not None else requests[0].request_id.split("#")[0]
+        self._samples[rid] = list(added)
+        self._parent.update((member, rid) for member in added)
         if keep_completion:
-            self._wanted.add(rid)
+            self.completions.expect(rid, added)
         return rid
 
     def pop_completion(self, request_id: str) -> Completion | None:
-        """The ``Completion`` of a request queued with ``keep_completion=True``, once it finished
-        (then forgotten); None while it runs."""
-        done = self._done.pop(request_id, None)
-        if done is not None:
-            self._wanted.discard(request_id)
-        return done
+        """The ``Completion`` of a request queued with ``keep_completion=True``, once it (all its
+        samples) finished, then forgotten; None while it runs."""
+        return self.completions.pop(request_id)
 
     def abort(self, request_id: str) -> None:
-        """Abort a queued or running request; its pages return to the pool at once."""
-        self._retire(self.scheduler.abort(request_id))
+        """Abort a queued or running request (all its samples); its pages return to the pool at once."""
+        for rid in list(self._samples.get(request_id, [request_id])):
+            self._retire(self.scheduler.abort(rid))
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -187,9 +151,12 @@ class Engine:
                 raise RuntimeError("the scheduler planned nothing although requests wait; the cache "
                                    "cannot hold the next request")
             return []
-        tokens = self.executor.execute(plan)
+        sampled = self.executor.execute(plan)
+        outputs = self.scheduler.update(plan, sampled.tokens, now=self.clock())
+        if sampled.logprobs is not None:
+            _record_logprobs(plan, sampled.logprobs)
         events = []
-        for out in self.scheduler.update(plan, tokens, now=self.clock()):
+        for out in outputs:
             req = out.request
             if not out.new_token_ids and not out.finished:    # a prefill chunk: nothing to report
                 continue
@@ -201,55 +168,78 @@ class Engine:
         return events
 
     def _retire(self, req: Request) -> None:
-        """Forget a finished request, keeping its Completion only if generate() waits for it."""
-        if req.request_id in self._wanted:
-            self._done[req.request_id] = Completion(
-                req.request_id, req.prompt_token_ids, list(req.output_token_ids), req.text,
-                req.finish_reason or "", req, req.stop_reason)
+        """A request finished: its completion is kept if awaited; it leaves its prompt's samples."""
+        self.completions.retire(req)
+        parent = self._parent.pop(req.request_id, None)
+        live = self._samples.get(parent)
+        if live is not None and req.request_id in live:
+            live.remove(req.request_id)
+            if not live:
+                del self._samples[parent]
 
-    def stream(self, prompts, params: SamplingParams | None = None) -> Iterator[StreamEvent]:
+    def stream(self, prompts, params=None) -> Iterator[StreamEvent]:
         """Queue prompts and yield every request's progress step by step until all finish."""
-        self._add_all(prompts, params)
+        self._add_all(prompts, params, keep=False)
         while self.has_unfinished():
             yield from self.step()
 
-    def _add_all(self, prompts, params) -> list[str]:
+    def _add_all(self, prompts, params, keep: bool) -> list[str]:
         """Queue all prompts, or none: a bad prompt aborts the ones already queued."""
+        prompts = as_prompt_list(prompts)
         ids = []
         try:
-            for p in prompts:
-                ids.append(self.add_request(p, params))
+            for prompt, p in zip(prompts, params_per_prompt(params, len(prompts))):
+                ids.append(self.add_request(prompt, p, keep_completion=keep))
         except Exception:
             for rid in ids:
                 self.abort(rid)
+                self.completions.forget(rid)
             raise
         return ids
 
-    def generate(self, prompts, params: SamplingParams | None = None, progress=None) -> list[Completion]:
-        """Generate for a list of prompts (texts or token-id lists); results in prompt order.
+    def generate(self, prompts, params=None, progress=None) -> list[Completion]:
+        """Generate for prompts - a text, a list of token ids, or a list of either - with one
+        ``SamplingParams`` for all or a list of them, one per prompt; results in prompt order.
 
         progress: an optional callable ``progress(num_finished, num_total)`` called after each step.
+        The run's wall time and the compilation time inside it are kept for ``metrics``.
         """
-        ids = self._add_all(prompts, params)
-        self._wanted.update(ids)
+        t0, compile0 = time.perf_counter(), self.executor.compile_seconds
+        ids = self._add_all(prompts, params, keep=True)
         try:
             while self.has_unfinished():
                 self.step()
                 if progress is not None:
-                    progress(sum(rid in self._done for rid in ids), len(ids))
-            return [self._done.pop(rid) for rid in ids]
+                    progress(sum(self.completions.done(rid) for rid in ids), len(ids))
+            done = [self.completions.pop(rid) for rid in ids]
         finally:
-            self._wanted.difference_update(ids)
+            for rid in ids:
+                self.completions.forget(rid)
+        self.last_run = RunTimes(wall_seconds=time.perf_counter() - t0,
+                                 compile_seconds=self.executor.compile_seconds - compile0)
+        return done
 
     # ---- metrics ---------------------------------------------------------------------------------
     @property
     def num_compilations(self) -> int:
         return self.executor.num_compilations
 
-    def metrics(self, completions: list[Completion], wall_seconds: float) -> dict[str, float]:
+    def metrics(self, completions: list[Completion], wall_seconds: float | None = None) -> dict[str, float]:
         """TTFT / ITL / throughput summary of finished completions (``kvlab.engine.metrics
-        .summarize``), plus cache and compile counts."""
-        m = summarize([RequestRecord.of(c.request) for c in completions], wall_seconds)
+        .summarize``; all samples of each), plus cache and compile counts.
+
+        wall_seconds: the time the completions took; default: the last ``generate`` call's own
+        measurement, less the compilation inside it (reported apart as ``compile_seconds``, so
+        a first call's throughput is not the compiler's)."""
+        compile_s = 0.0
+        if wall_seconds is None:
+            if self.last_run is None:
+                raise ValueError("no generate() call measured yet: pass wall_seconds")
+            compile_s = self.last_run.compile_seconds
+            wall_seconds = self.last_run.wall_seconds - compile_s
+        records = [RequestRecord.of(s.request) for c in completions for s in (c.samples or [c])]
+        m = summarize(records, wall_seconds)
+        m["compile_seconds"] = compile_s
         m["compilations"] = float(self.num_compilations)
         m["steps"] = float(self.executor.steps)
         stats = self.cache.stats()
@@ -259,11 +249,23 @@ class Engine:
         return m
 
 
+@dataclasses.dataclass(frozen=True)
+class RunTimes:
+    """The wall time of a ``generate`` call and the compilation time inside it (seconds)."""
 
-def _derived_seed(engine_seed: int, number: int) -> int:
-    """A request's own seed from the engine's and its number (a 32-bit mix, no collisions in
-    practice between neighbouring numbers)."""
-    x = (engine_seed * 0x9E3779B1 + number * 0x85EBCA77 + 0x165667B1) & 0xFFFFFFFF
-    x ^= x >> 15
-    x = (x * 0x2C1B3C6D) & 0xFFFFFFFF
-    return x ^ (x >> 12)
+    wall_seconds: float
+    compile_seconds: float
+
+
+def _record_logprobs(plan, logprobs) -> None:
+    """Append each sampled token's ``{token: log-prob}`` (the sampled token, then its top k) to the
+    requests that asked and got a token this step."""
+    for seq in plan.seqs:
+        req, k = seq.request, seq.request.params.logprobs
+        if k is None or req.logprobs is None or len(req.logprobs) >= len(req.output_token_ids):
+            continue
+        r = seq.row
+        entry = {req.output_token_ids[-1]: float(logprobs.sampled[r])}
+        for token, value in zip(logprobs.top_ids[r, :k].tolist(), logprobs.top[r, :k].tolist()):
+            entry.setdefault(token, value)
+        req.logprobs.append(entry)

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from kvlab.engine.runner import ModelRunner
+from kvlab.engine.sampling import Sampled
 from kvlab.schedulers.plan import StepPlan
 from kvlab.schedulers.shapes import StepShape
 
@@ -29,8 +30,9 @@ class Executor(Protocol):
     compile_seconds: float
     steps: int
 
-    def execute(self, plan: StepPlan) -> np.ndarray:
-        """Make the plan's swap copies, run its step, return the sampled tokens [>= num_rows]."""
+    def execute(self, plan: StepPlan) -> Sampled:
+        """Make the plan's swap copies, run its step, return what it sampled (tokens
+        [>= num_rows], and log-probabilities when a row asked)."""
 
 
 class ModelExecutor:
@@ -66,7 +68,7 @@ class ModelExecutor:
     def steps(self) -> int:
         return self.runner.steps
 
-    def execute(self, plan: StepPlan) -> np.ndarray:
+    def execute(self, plan: StepPlan) -> Sampled:
         if plan.swap_out:       # device -> host, before the freed pages are written again
             device, host = zip(*plan.swap_out)
             self.host_storage[list(host)] = self.runner.read_pages(self.storage, device)
@@ -74,6 +76,6 @@ class ModelExecutor:
             host, device = zip(*plan.swap_in)
             self.storage = self.runner.write_pages(self.storage, device, self.host_storage[list(host)])
         if plan.is_empty:
-            return np.zeros(0, np.int32)
-        tokens, self.storage = self.runner.run(plan, self.storage)
-        return tokens
+            return Sampled(np.zeros(0, np.int32))
+        sampled, self.storage = self.runner.run(plan, self.storage)
+        return sampled

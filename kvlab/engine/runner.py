@@ -29,8 +29,9 @@ from flax import nnx
 
 from kvlab.attention.batch import RaggedBatch
 from kvlab.engine.device_table import DeviceBlockTable, apply_changes, gather_page_table
-from kvlab.engine.sampling import SamplingArrays
+from kvlab.engine.sampling import Sampled, SamplingArrays
 from kvlab.engine.step_inputs import InputLayout, InputViews
+from kvlab.schedulers.params import MAX_LOGPROBS
 from kvlab.schedulers.plan import StepPlan
 from kvlab.schedulers.shapes import StepShape, next_pow2
 
@@ -68,7 +69,7 @@ def _step_impl(statics: StepStatics, spec: StepSpec, weights, storage, table, in
                                 has_decodes=spec.has_decodes)
     model = nnx.merge(statics.graphdef, jax.tree.unflatten(statics.state_tree, weights))
     logits, storage = model(batch, storage, statics.attention, statics.options)
-    return statics.sampler(logits, sampling), storage, table
+    return statics.sampler(logits, sampling).pack(), storage, table
 
 
 # One jitted step shared by every runner: engines with equal statics reuse each other's
@@ -120,14 +121,32 @@ def fill_inputs(plan: StepPlan, views: InputViews) -> tuple[bool, bool]:
 
 
 def sampling_arrays(plan: StepPlan, num_rows: int) -> SamplingArrays | None:
-    """The step's per-row sampling parameters, or None when every sequence is greedy (the step
-    then compiles without the sampling path)."""
+    """The step's per-row sampling parameters, or None when every sequence is greedy, none has
+    tokens banned (EOS and stop ids before ``min_tokens``) and none asks for log-probabilities
+    (the step then compiles to the argmax alone). Shapes that vary are rounded up to powers of
+    two (the banned ids per row, the top log-probabilities) to bound compilations."""
     requests = [s.request for s in plan.seqs]
-    if not any(r.params.temperature > 0 for r in requests):
+    bans = [_banned(r) for r in requests]
+    asked = [r.params.logprobs for r in requests if r.params.logprobs is not None]
+    if not any(r.params.temperature > 0 for r in requests) and not any(bans) and not asked:
         return None
-    values = np.array([(r.params.temperature, r.params.top_k, r.params.top_p, r.seed, len(r.output_token_ids))
-                       for r in requests], np.float64)
-    return SamplingArrays.from_rows(num_rows, plan.rows, values)
+    values = np.array([(r.params.temperature, r.params.top_k, r.params.top_p, r.seed,
+                        len(r.output_token_ids), r.params.min_p) for r in requests], np.float64)
+    banned = None
+    if any(bans):
+        banned = np.full((len(bans), next_pow2(max(map(len, bans)))), -1, np.int32)
+        for i, ids in enumerate(bans):
+            banned[i, :len(ids)] = ids
+    logprobs = None if not asked else min(next_pow2(max(asked)), MAX_LOGPROBS) if max(asked) else 0
+    return SamplingArrays.from_rows(num_rows, plan.rows, values, banned=banned, logprobs=logprobs)
+
+
+def _banned(request) -> tuple[int, ...]:
+    """Token ids ``request`` may not sample now: its stop ids and EOS before ``min_tokens``."""
+    params = request.params
+    if len(request.output_token_ids) >= params.min_tokens:
+        return ()
+    return params.stop_token_ids + (() if params.ignore_eos else tuple(request.eos_token_ids))
 
 
 class ModelRunner:
@@ -204,20 +223,22 @@ class ModelRunner:
         return dataclasses.replace(batch, page_table=page_table, decode_only=spec.decode_only,
                                    has_decodes=spec.has_decodes), shape
 
-    def run(self, plan: StepPlan, storage):
-        """Run one step; returns (sampled token ids as a NumPy array [>= plan.num_rows], storage)."""
+    def run(self, plan: StepPlan, storage) -> tuple[Sampled, object]:
+        """Run one step; returns (what it sampled: tokens [>= plan.num_rows] and log-probabilities
+        when asked, as NumPy arrays; the storage)."""
         views, spec, shape = self._prepare(plan)
         table = self.table.stage(plan.table, views.change_rows, views.change_cols, views.change_pages)
         sampling = sampling_arrays(plan, shape.rows)
-        key = (spec, sampling is None)
+        key = (spec, None if sampling is None else jax.tree.structure(sampling),
+               None if sampling is None or sampling.banned is None else sampling.banned.shape)
         t0 = self.clock()
-        tokens, storage, self.table.array = _step(self.statics, spec, self.weights, storage, table,
+        packed, storage, self.table.array = _step(self.statics, spec, self.weights, storage, table,
                                                   views.buffer, sampling)
         if key not in self._compiled:    # a new signature: the launch is asynchronous, so this
             self._compiled.add(key)      # call's time is the trace and the compilation
             self.compile_seconds += self.clock() - t0
         self.steps += 1
-        return np.asarray(tokens), storage
+        return Sampled.unpack(np.asarray(packed)), storage
 
 
 class DenseReferenceDecoder:

@@ -13,7 +13,7 @@ Examples:
     >>> arrays.temperature.tolist(), arrays.seed.tolist()           # rows 1 and 3 are padding
     ([0.0, 0.0, 0.800000011920929, 0.0], [0, 0, 7, 0])
     >>> logits = jnp.array([[0.0, 1.0, 0.0]] * 4)
-    >>> tokens = Sampler()(logits, arrays)                           # [4] int32
+    >>> tokens = Sampler()(logits, arrays).tokens                    # [4] int32
     >>> tokens[jnp.array([0, 1, 3])].tolist()                       # greedy rows: the argmax
     [1, 1, 1]
 """
@@ -34,11 +34,15 @@ _INT32_LIMIT = 2 ** 31
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class SamplingArrays:
-    """Per-row sampling parameters of one step (a JAX pytree; every field is a [S] array).
+    """Per-row sampling parameters of one step (a JAX pytree).
 
-    temperature: float32, 0 = greedy (exact argmax). top_k: int32, 0 = off. top_p: float32 in
-    (0, 1], 1 = off. seed: uint32, the request's random stream. counter: int32, the index of the
-    token being sampled within its request (the number of output tokens it has so far).
+    temperature: [S] float32, 0 = greedy (exact argmax). top_k: [S] int32, 0 = off. top_p: [S]
+    float32 in (0, 1], 1 = off. min_p: [S] float32 in [0, 1], 0 = off. seed: [S] uint32, the
+    request's random stream. counter: [S] int32, the index of the token being sampled within its
+    request (the number of output tokens it has so far). banned: [S, K] int32 token ids that
+    cannot be picked now (-1 = none; EOS and stop ids before ``min_tokens``), or None.
+    Static: ``draws``, whether any row samples (else the argmax alone, no sort); ``logprobs``,
+    None (no log-probabilities returned) or k, the top count returned per row.
     """
 
     temperature: jax.Array
@@ -46,6 +50,10 @@ class SamplingArrays:
     top_p: jax.Array
     seed: jax.Array
     counter: jax.Array
+    min_p: jax.Array | None = None
+    banned: jax.Array | None = None
+    draws: bool = dataclasses.field(default=True, metadata=dict(static=True))
+    logprobs: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @classmethod
     def pack(cls, num_rows: int, rows: Sequence[int], params: Sequence, *, seeds: Sequence[int],
@@ -53,7 +61,7 @@ class SamplingArrays:
         """Host-side: NumPy arrays for ``num_rows`` batch rows from per-sequence values.
 
         rows[i]: the batch row of sequence i; params[i]: its sampling parameters (anything with
-        ``temperature``, ``top_k`` and ``top_p``, e.g. ``SamplingParams``); seeds[i]: its seed in
+        ``temperature``, ``top_k``, ``top_p`` and ``min_p``, e.g. ``SamplingParams``); seeds[i]: its seed in
         [0, 2**32); counters[i]: the index of the token it samples now (>= 0). Rows no sequence
         occupies are padding: greedy, no filters, seed 0, counter 0.
         """
@@ -66,14 +74,16 @@ class SamplingArrays:
             raise ValueError(f"rows must lie in [0, num_rows={num_rows}), got {sorted(rows)}")
         if len(np.unique(row)) != n:
             raise ValueError(f"each row may hold one sequence; rows {sorted(rows)} repeat one")
-        values = np.array([(p.temperature, p.top_k, p.top_p, s, c)
-                           for p, s, c in zip(params, seeds, counters)], np.float64).reshape(n, 5)
-        temperature, top_k, top_p, seed, counter = values.T
+        values = np.array([(p.temperature, p.top_k, p.top_p, s, c, p.min_p)
+                           for p, s, c in zip(params, seeds, counters)], np.float64).reshape(n, 6)
+        temperature, top_k, top_p, seed, counter, min_p = values.T
         for name, column, ok, allowed in (
-                ("temperature", temperature, temperature >= 0, ">= 0 (0 = greedy)"),
+                ("temperature", temperature, np.isfinite(temperature) & (temperature >= 0),
+                 "a finite number >= 0 (0 = greedy)"),
                 ("top_k", top_k, (top_k >= 0) & (top_k < _INT32_LIMIT) & (top_k == np.floor(top_k)),
                  "an integer in [0, 2**31) (0 = off)"),
                 ("top_p", top_p, (top_p > 0) & (top_p <= 1), "in (0, 1]"),
+                ("min_p", min_p, (min_p >= 0) & (min_p <= 1), "in [0, 1]"),
                 ("seed", seed, (seed >= 0) & (seed < _UINT32_LIMIT) & (seed == np.floor(seed)),
                  "an integer in [0, 2**32)"),
                 ("counter", counter, (counter >= 0) & (counter < _INT32_LIMIT), "an integer in [0, 2**31)")):
@@ -83,22 +93,41 @@ class SamplingArrays:
         return cls.from_rows(num_rows, row, values)
 
     @classmethod
-    def from_rows(cls, num_rows: int, rows: np.ndarray, values: np.ndarray) -> SamplingArrays:
-        """Unchecked ``pack``: ``rows [n]`` distinct ints in [0, num_rows); ``values [n, 5]``:
-        temperature, top_k, top_p, seed, counter per sequence (already valid)."""
-        out = np.zeros((5, num_rows), np.float64)
+    def from_rows(cls, num_rows: int, rows: np.ndarray, values: np.ndarray, *, banned=None,
+                  logprobs: int | None = None) -> SamplingArrays:
+        """Unchecked ``pack``: ``rows [n]`` distinct ints in [0, num_rows); ``values [n, 5 or 6]``:
+        temperature, top_k, top_p, seed, counter (and min_p) per sequence (already valid);
+        ``banned [n, K]`` token ids (-1 padding) or None; ``logprobs``: the static top count."""
+        out = np.zeros((6, num_rows), np.float64)
         out[2] = 1.0                                                   # top_p off
-        out[:, rows] = values.T
+        out[:values.shape[1], rows] = values.T
+        ban = None
+        if banned is not None:
+            ban = np.full((num_rows, banned.shape[1]), -1, np.int32)
+            ban[rows] = banned
         return cls(temperature=out[0].astype(np.float32), top_k=out[1].astype(np.int32),
                    top_p=out[2].astype(np.float32), seed=out[3].astype(np.uint32),
-                   counter=out[4].astype(np.int32))
+                   counter=out[4].astype(np.int32), min_p=out[5].astype(np.float32), banned=ban,
+                   draws=bool((out[0] > 0).any()), logprobs=logprobs)
 
 
-def filter_logits(logits, temperature, top_k, top_p):
-    """Temperature-scaled logits [S, V] with every token outside the top-k / top-p set at -inf.
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TokenLogprobs:
+    """Log-probabilities of a step's rows (from the raw logits): ``sampled [S]`` float32 of the
+    picked token, ``top_ids [S, k]`` int32 and ``top [S, k]`` float32 the k most likely."""
 
-    top_k keeps the k largest (0 = all); top_p then keeps the smallest prefix of the descending
-    order whose probability mass (after top-k) reaches top_p, always at least one token. Ties
+    sampled: jax.Array
+    top_ids: jax.Array
+    top: jax.Array
+
+
+def filter_logits(logits, temperature, top_k, top_p, min_p=None):
+    """Temperature-scaled logits [S, V] with every token outside the kept set at -inf.
+
+    min_p (0 = off) drops tokens less likely than min_p times the most likely; top_k keeps the k
+    largest (0 = all); top_p then keeps the smallest prefix of the descending order whose
+    probability mass (after min_p and top-k) reaches top_p, always at least one token. Ties
     with the last kept value are kept.
     """
     vocab = logits.shape[-1]
@@ -106,11 +135,29 @@ def filter_logits(logits, temperature, top_k, top_p):
     ordered = jnp.sort(scaled, axis=-1)[:, ::-1]                      # descending
     k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
     kth = jnp.take_along_axis(ordered, (k - 1)[:, None], axis=-1)
-    probs = jax.nn.softmax(jnp.where(ordered >= kth, ordered, -jnp.inf), axis=-1)
+    floor = kth
+    if min_p is not None:                   # p_i >= min_p * p_max  <=>  s_i >= s_max + log(min_p)
+        floor = jnp.maximum(kth, ordered[:, :1] + jnp.log(jnp.maximum(min_p, 1e-30))[:, None])
+    probs = jax.nn.softmax(jnp.where(ordered >= floor, ordered, -jnp.inf), axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs                       # mass above each token
-    keep = (before < top_p[:, None]) & (ordered >= kth)
+    keep = (before < top_p[:, None]) & (ordered >= floor)
     threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
     return jnp.where(scaled >= threshold, scaled, -jnp.inf)
+
+
+def ban_tokens(logits, banned):
+    """``logits [S, V]`` with ``banned [S, K]`` token ids (-1 = none) at -inf."""
+    rows = jnp.arange(logits.shape[0])[:, None]
+    cols = jnp.where(banned >= 0, banned, logits.shape[1])             # -1 -> out of range: dropped
+    return logits.at[rows, cols].set(-jnp.inf, mode="drop")
+
+
+def token_logprobs(logits, tokens, k: int) -> TokenLogprobs:
+    """Log-probabilities (log-softmax of ``logits [S, V]``) of ``tokens [S]`` and the top k."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    top, top_ids = jax.lax.top_k(logp, k) if k else (logp[:, :0], jnp.zeros((logp.shape[0], 0), jnp.int32))
+    sampled = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+    return TokenLogprobs(sampled=sampled, top_ids=top_ids.astype(jnp.int32), top=top)
 
 
 def row_keys(seed, counter):
@@ -120,23 +167,61 @@ def row_keys(seed, counter):
         jnp.asarray(seed).astype(jnp.uint32), jnp.asarray(counter).astype(jnp.int32))
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Sampled:
+    """What a step hands back to the host: ``tokens [>= rows]`` int32 and, when some row asked,
+    its ``logprobs`` (a ``TokenLogprobs`` of NumPy arrays), else None."""
+
+    tokens: np.ndarray
+    logprobs: TokenLogprobs | None = None
+
+    def pack(self):
+        """Inside the step: one array for one transfer - ``tokens`` alone, or ``[S, 2 + 2k]``
+        float32 (token and top ids bit-cast) with the log-probabilities."""
+        if self.logprobs is None:
+            return self.tokens
+        lp, as_float = self.logprobs, lambda x: jax.lax.bitcast_convert_type(x, jnp.float32)
+        return jnp.concatenate([as_float(self.tokens)[:, None], lp.sampled[:, None],
+                                as_float(lp.top_ids), lp.top], axis=1)
+
+    @classmethod
+    def unpack(cls, packed: np.ndarray) -> Sampled:
+        """On the host: the inverse of ``pack`` (NumPy)."""
+        if packed.ndim == 1:
+            return cls(packed)
+        k = (packed.shape[1] - 2) // 2
+        ints = packed.view(np.int32)
+        return cls(ints[:, 0], TokenLogprobs(sampled=packed[:, 1], top_ids=ints[:, 2:2 + k],
+                                             top=packed[:, 2 + k:]))
+
+
 @dataclasses.dataclass(frozen=True)
 class Sampler:
-    """Picks one token per row: ``sampler(logits [S, V] float32, params) -> [S] int32``.
+    """Picks one token per row: ``sampler(logits [S, V] float32, params) -> Sampled`` (tokens
+    [S] int32, and ``TokenLogprobs`` when asked).
 
-    params: a ``SamplingArrays``, or None when every row is greedy: then the step is just the
-    argmax (no sort, no draws; the engine passes None for steps without a sampling row, so
-    greedy steps never pay for sampling). Rows with temperature 0 take the exact argmax; a
-    sampling row draws from softmax(filtered logits / temperature) with its own key
-    (``row_keys``), so its token depends on its seed, counter and logits row only.
+    params: a ``SamplingArrays``, or None when every row is greedy and nothing else is asked:
+    then the step is just the argmax (the engine passes None for such steps, so greedy steps
+    never pay for sampling). Banned tokens are masked first (greedy rows too). Rows with
+    temperature 0 take the exact argmax; a sampling row draws from softmax(filtered logits /
+    temperature) with its own key (``row_keys``), so its token depends on its seed, counter and
+    logits row only. Log-probabilities, when asked, come from the raw logits.
     """
 
-    def __call__(self, logits, params: SamplingArrays | None):
-        greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    def __call__(self, logits, params: SamplingArrays | None) -> Sampled:
         if params is None:
-            return greedy
-        temperature = params.temperature
-        masked = filter_logits(logits, temperature, params.top_k, params.top_p)
-        keys = row_keys(params.seed, params.counter)
-        drawn = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, masked)
-        return jnp.where(temperature > 0, drawn.astype(jnp.int32), greedy)
+            return Sampled(jnp.argmax(logits, axis=-1).astype(jnp.int32))
+        raw = logits
+        if params.banned is not None:
+            logits = ban_tokens(logits, params.banned)
+        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        if params.draws:
+            temperature = params.temperature
+            masked = filter_logits(logits, temperature, params.top_k, params.top_p, params.min_p)
+            keys = row_keys(params.seed, params.counter)
+            drawn = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, masked)
+            tokens = jnp.where(temperature > 0, drawn.astype(jnp.int32), tokens)
+        if params.logprobs is None:
+            return Sampled(tokens)
+        return Sampled(tokens, token_logprobs(raw, tokens, params.logprobs))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import weakref
 
 from kvlab.kvcache.block_table import BlockTable
 from kvlab.kvcache.ledger import MemoryBreakdown
@@ -102,6 +103,7 @@ class KVCache(abc.ABC):
     block_table: BlockTable
     max_step_tokens: int | None = None
     host_tier = None
+    _owner = None               # a weak reference to the engine whose storage the pages index
 
     @property
     @abc.abstractmethod
@@ -168,6 +170,25 @@ class KVCache(abc.ABC):
     def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype):
         """Create the device arrays (a pytree) for a model of these shapes."""
 
+    # ---- ownership -------------------------------------------------------------------------------
+    def bind(self, owner) -> None:
+        """Give this cache to ``owner`` (an engine: its executor keeps the device storage that
+        this cache's pages index). A cache serves one owner at a time: binding it to a second
+        while the first is alive raises ValueError (the second would start from empty KV
+        storage while the cache records the first's prefixes as cached: wrong tokens). Once the
+        first owner is gone, its cached prefixes went with its storage and are dropped; a live
+        sequence then is an error too."""
+        previous = None if self._owner is None else self._owner()
+        if previous is owner:
+            return
+        if previous is not None:
+            raise ValueError(f"this {type(self).__name__} already serves another engine, which "
+                             f"keeps its KV storage; give each engine its own cache")
+        if not self.reset_prefix_cache():
+            raise ValueError(f"this {type(self).__name__} still holds live sequences of an engine "
+                             f"that is gone; give the new engine a new cache")
+        self._owner = weakref.ref(owner)
+
     # ---- prefix cache control ------------------------------------------------------------------
     def reset_prefix_cache(self) -> bool:
         """Drop every cached (unreferenced, evictable) prefix block and its index entries, so
@@ -202,13 +223,21 @@ class KVCache(abc.ABC):
                             f"give it one (host_tier=HostTier(num_pages=...)) or preempt by recompute")
 
     # ---- checks and hooks with defaults ---------------------------------------------------------
-    def validate_request(self, *, prompt_tokens: int, max_tokens: int) -> None:
-        """Raise ValueError if a sequence of ``prompt_tokens`` growing to ``max_tokens`` could
-        never be served, even alone."""
-        if max_tokens > self.capacity_tokens:
-            raise ValueError(f"a request may need {max_tokens} tokens of KV cache (prompt "
-                             f"{prompt_tokens} + output) but the cache holds {self.capacity_tokens}; "
-                             f"lower max_tokens or enlarge the cache")
+    def validate_request(self, *, prompt_tokens: int, step_tokens: int, total_tokens: int) -> None:
+        """Raise ValueError if a request could never be served, even alone: its prompt has
+        ``prompt_tokens`` tokens, one step computes at most ``step_tokens`` of them (the whole
+        prompt, or a chunk), and it may grow to ``total_tokens`` (prompt + max_tokens, capped by
+        the model's context)."""
+        capacity = self.capacity_tokens
+        if total_tokens <= capacity:
+            return
+        if prompt_tokens >= capacity:
+            raise ValueError(f"the prompt of {prompt_tokens} tokens alone fills this cache "
+                             f"({capacity} tokens); give the cache more pages")
+        raise ValueError(f"a request may grow to {total_tokens} tokens (prompt {prompt_tokens} + "
+                         f"{total_tokens - prompt_tokens} new) but the cache holds {capacity}; "
+                         f"lower max_tokens to at most {capacity - prompt_tokens} or give the "
+                         f"cache more pages")
 
     def attention_options(self, options, max_model_len: int):
         """The attention options this cache serves ``options`` with (a windowed cache imposes

@@ -80,11 +80,13 @@ class CircularKVCache(KVCache):
         """Slots each sequence holds, whatever its length."""
         return self.pages_per_seq * self.page_size
 
-    def validate_request(self, *, prompt_tokens: int, max_tokens: int) -> None:
-        if prompt_tokens > self.max_step_tokens:
-            raise ValueError(f"a prompt of {prompt_tokens} tokens is computed in one step, but this "
-                             f"circular cache takes at most max_step_tokens={self.max_step_tokens} "
-                             f"new tokens per sequence per step; raise max_step_tokens")
+    def validate_request(self, *, prompt_tokens: int, step_tokens: int, total_tokens: int) -> None:
+        if step_tokens > self.max_step_tokens:
+            raise ValueError(f"{step_tokens} tokens of a {prompt_tokens}-token prompt would be "
+                             f"computed in one step, but this circular cache takes at most "
+                             f"max_step_tokens={self.max_step_tokens} new tokens per sequence per "
+                             f"step; use a ChunkedScheduler (its chunks respect that limit) or "
+                             f"raise max_step_tokens")
 
     def attention_options(self, options, max_model_len: int):
         if self.window > max_model_len:

@@ -67,10 +67,13 @@ class ContiguousKVCache(KVCache):
     def capacity_tokens(self) -> int:
         return self.num_slots * self.max_seq_len
 
-    def validate_request(self, *, prompt_tokens: int, max_tokens: int) -> None:
-        if max_tokens > self.max_seq_len:
-            raise ValueError(f"a request may need {max_tokens} tokens (prompt {prompt_tokens} + "
-                             f"output) but each static region holds max_seq_len={self.max_seq_len}")
+    def validate_request(self, *, prompt_tokens: int, step_tokens: int, total_tokens: int) -> None:
+        if total_tokens > self.max_seq_len:
+            room = ("lower max_tokens to at most " f"{self.max_seq_len - prompt_tokens} or raise max_seq_len"
+                    if prompt_tokens < self.max_seq_len else "raise max_seq_len")
+            raise ValueError(f"a request may grow to {total_tokens} tokens (prompt {prompt_tokens} + "
+                             f"{total_tokens - prompt_tokens} new) but each static region holds "
+                             f"max_seq_len={self.max_seq_len}; {room}")
 
     def max_table_pages(self, max_model_len: int) -> int:
         return -(-min(max_model_len, self.max_seq_len) // self.page_size)

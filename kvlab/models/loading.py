@@ -1,4 +1,5 @@
-"""``kvlab.models.load``: a bundled model name or a local transformers directory -> (model, tokenizer).
+"""``kvlab.models.load``: a bundled model name, a local transformers directory or a GGUF file ->
+(model, tokenizer).
 
 HF directories need ``config.json`` and ``*.safetensors`` (sharded or not); ``tokenizer.json`` is
 optional (without it the tokenizer is None: token ids in, token ids out). Weights are read with
@@ -31,6 +32,10 @@ _HF_LAYER_NAMES = {
 }
 
 
+GGUF_MAGIC = b"GGUF"            # the first four bytes of every GGUF file
+_HF_FILES = "config.json + *.safetensors, optionally tokenizer.json"
+
+
 class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated or corrupt."""
 
@@ -41,7 +46,8 @@ def _read_safetensors(directory: Path) -> dict:
 
     files = sorted(directory.glob("*.safetensors"))
     if not files:
-        raise CheckpointError(f"no *.safetensors files in {directory}")
+        raise CheckpointError(f"no *.safetensors files in {directory} (a transformers checkpoint "
+                              f"directory holds {_HF_FILES})")
     tensors: dict[str, np.ndarray] = {}
     for f in files:
         try:
@@ -94,6 +100,49 @@ def load_hf_directory(path: Path, dtype=jnp.float32) -> tuple[LlamaModel, Tokeni
     return LlamaModel(config, dtype=dtype, weights=weights), tokenizer
 
 
+def _expected() -> str:
+    """What ``load`` accepts, for error messages: the bundled names and the two path kinds."""
+    from kvlab.models import bundled
+
+    return (f"expected one of the bundled names {sorted(bundled.BUNDLED_MODELS)}, a local transformers "
+            f"directory ({_HF_FILES}) or a GGUF file (llama.cpp's format, usually *.gguf)")
+
+
+def _is_gguf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(GGUF_MAGIC)) == GGUF_MAGIC
+
+
+def _missing(name_or_path: str, path: Path) -> Exception:
+    """The error for a name that is neither bundled nor an existing path: FileNotFoundError when it
+    looks like a path, ValueError ("unknown model") for a bare name; both say the path does not
+    exist, where it looked, and what is accepted."""
+    where = f"no file or directory at {path.absolute()}"
+    looks_like_path = ("/" in name_or_path or "\\" in name_or_path or path.is_absolute()
+                       or name_or_path.startswith(("~", ".")) or path.suffix == ".gguf")
+    if looks_like_path:
+        return FileNotFoundError(f"model path {name_or_path!r} does not exist ({where}); {_expected()}")
+    return ValueError(f"unknown model {name_or_path!r}: no bundled model has that name and the path "
+                      f"{name_or_path!r} does not exist ({where}); {_expected()}")
+
+
+def _not_a_checkpoint(name_or_path: str, path: Path) -> Exception:
+    """The error for an existing path that is neither a GGUF file nor a transformers directory."""
+    if path.is_dir():
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        hint = f"; it holds {ggufs}: pass one of those files" if ggufs else ""
+        return CheckpointError(f"{name_or_path!r} is a directory but not a transformers checkpoint: it has "
+                               f"no config.json{hint}; {_expected()}")
+    hint = ""
+    if path.suffix in (".safetensors", ".json"):
+        hint = f" (for a transformers checkpoint pass its directory, {str(path.parent)!r})"
+    elif path.suffix == ".gguf":
+        return CheckpointError(f"{name_or_path!r} ends in .gguf but does not start with the GGUF magic "
+                               f"bytes {GGUF_MAGIC!r}: not a GGUF file, or a corrupt one")
+    return ValueError(f"{name_or_path!r} is a file but not a .gguf file (it does not start with the GGUF "
+                      f"magic bytes {GGUF_MAGIC!r}){hint}; {_expected()}")
+
+
 def _resolve(name_or_path: str) -> tuple[str, Path]:
     """("bundled" | "gguf" | "hf", path) for a bundled name or an existing path; else a clear error."""
     from kvlab.models import bundled
@@ -101,22 +150,13 @@ def _resolve(name_or_path: str) -> tuple[str, Path]:
     if name_or_path in bundled.BUNDLED_MODELS:
         return "bundled", bundled.locate(name_or_path)
     path = Path(name_or_path).expanduser()
-    names = sorted(bundled.BUNDLED_MODELS)
-    expected = (f"expected one of the bundled names {names}, a local transformers directory "
-                f"(config.json + *.safetensors, optionally tokenizer.json) or a .gguf file")
     if not path.exists():
-        looks_like_path = ("/" in name_or_path or "\\" in name_or_path or path.is_absolute()
-                           or name_or_path.startswith(("~", ".")) or path.suffix == ".gguf")
-        if looks_like_path:
-            raise FileNotFoundError(f"model path {name_or_path!r} does not exist (no file or directory "
-                                    f"at {path.absolute()}); {expected}")
-        raise ValueError(f"unknown model {name_or_path!r}: no bundled model has that name and no file "
-                         f"or directory of that name exists here; {expected}")
-    if path.is_dir():
+        raise _missing(name_or_path, path)
+    if path.is_dir() and (path / "config.json").is_file():
         return "hf", path
-    if path.suffix == ".gguf":
+    if path.is_file() and _is_gguf(path):
         return "gguf", path
-    raise ValueError(f"{name_or_path!r} is a file but not a .gguf file; {expected}")
+    raise _not_a_checkpoint(name_or_path, path)
 
 
 def load(name_or_path: str, dtype=jnp.float32) -> tuple[LlamaModel, Tokenizer | None]:
@@ -127,9 +167,12 @@ def load(name_or_path: str, dtype=jnp.float32) -> tuple[LlamaModel, Tokenizer | 
 
     An HF directory without ``tokenizer.json`` loads with tokenizer None (vLLM's
     ``skip_tokenizer_init``): the engine then takes prompts as token ids and returns token ids
-    only (no text, no stop strings). A path that does not exist raises ``FileNotFoundError``; a
-    bare name that is neither bundled nor an existing path raises ``ValueError`` ("unknown
-    model"); both list the bundled names.
+    only (no text, no stop strings). A GGUF file is recognised by its magic bytes, whatever its
+    name. A path that does not exist raises ``FileNotFoundError``; a bare name that is neither
+    bundled nor an existing path raises ``ValueError`` ("unknown model"); an existing path that is
+    neither a GGUF file nor a directory with ``config.json`` raises ``ValueError`` (a
+    ``CheckpointError`` for a directory or a ``*.gguf`` file); each says what was expected and
+    lists the bundled names.
     """
     from kvlab.models import gguf_file
 

@@ -102,7 +102,7 @@ class IterationScheduler(Scheduler):
                                  f"step; a ChunkedScheduler splits it)")
         self.admission.check(request, None if self.chunked else self.max_num_batched_tokens)
         first_step = n if not self.chunked else min(n, self._chunk_limit())
-        cache.validate_request(prompt_tokens=first_step, max_tokens=longest)
+        cache.validate_request(prompt_tokens=n, step_tokens=first_step, total_tokens=longest)
         if any(r.request_id == rid for r in self.waiting + self.running + self.swapped):
             raise ValueError(f"request id {rid!r} is already queued")
         request.status = RequestStatus.WAITING

@@ -7,53 +7,10 @@ import enum
 import time
 from collections.abc import Sequence
 
+from kvlab.schedulers.params import SamplingParams
 from kvlab.schedulers.stopping import OutputText, check_stop
 
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SamplingParams:
-    """How to pick tokens and when to stop.
-
-    temperature 0 is greedy; top_k 0 and top_p 1.0 disable those filters. ``stop`` strings end
-    generation when they appear in the text (they are not included in the output);
-    ``stop_token_ids`` end it when one of them is sampled (it is kept in the output, as EOS is).
-    Neither EOS, stop tokens nor stop strings end a request before ``min_tokens`` output tokens.
-    ``seed``: the request's own random stream (its draws depend on the seed and the token's index
-    only, not on the batch it runs in); None: one derived from the engine's seed and the request.
-    """
-
-    max_tokens: int = 16
-    min_tokens: int = 0
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
-    ignore_eos: bool = False
-    seed: int | None = None
-
-    def __post_init__(self):
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
-            raise ValueError(f"min_tokens must be an integer in [0, max_tokens={self.max_tokens}], "
-                             f"got {self.min_tokens!r}")
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
-        object.__setattr__(self, "stop", tuple(self.stop))
-        if any(not s for s in self.stop):
-            raise ValueError("stop strings must be non-empty")
-        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
-        if any(t < 0 for t in self.stop_token_ids):
-            raise ValueError(f"stop_token_ids must be token ids >= 0, got {self.stop_token_ids}")
-        if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed < 2 ** 32):
-            raise ValueError(f"seed must be None or an integer in [0, 2**32), got {self.seed!r}")
+__all__ = ["Request", "RequestStatus", "SamplingParams", "TokenView"]
 
 
 class RequestStatus(enum.Enum):
@@ -85,6 +42,7 @@ class Request:
     num_computed_tokens: int = 0
     num_preemptions: int = 0
     token_times: list[float] = dataclasses.field(default_factory=list)
+    logprobs: list[dict[int, float]] | None = None  # per output token, when params.logprobs is set
 
     @property
     def num_tokens(self) -> int:

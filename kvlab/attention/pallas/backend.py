@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from kvlab.attention.batch import RaggedBatch
 from kvlab.attention.pallas.config import DecodeConfig, check_supported, choose_num_splits
-from kvlab.attention.pallas.device import num_sms
+from kvlab.attention.pallas.device import check_pallas_device, num_sms
 from kvlab.attention.pallas.launches import DecodeLaunch
 from kvlab.attention.pallas.plan import Launch, PallasPlan, decode_rows
 from kvlab.attention.pallas.prefill import AutoPrefill, Combination, PrefillKernel, PrefillStrategy
@@ -60,6 +60,7 @@ class PallasAttention:
         (the engine calls it when it is built)."""
         check_supported(q_dtype=dtype, kv_dtype=dtype, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
                         head_dim=head_dim, page_size=page_size)
+        check_pallas_device(interpret=self.interpret)
 
     def specialize(self, batch: RaggedBatch) -> RaggedBatch:
         """``decode_only`` kept exact (a step of decodes alone runs the decode kernel alone);

@@ -17,3 +17,17 @@ def num_sms(default: int = 132) -> int:
     mode on a CPU sizes its grids as for an H100)."""
     dev = jax.devices()[0]
     return int(dev.core_count) if dev.platform == "gpu" else default
+
+
+def check_pallas_device(*, interpret: bool = False, platform: str | None = None) -> None:
+    """Raise a ValueError if the Pallas kernels (compiled, ``interpret=False``) cannot run on
+    ``platform`` (default: jax's default backend): they are Triton / Mosaic GPU kernels and need
+    an NVIDIA GPU. Interpret mode runs anywhere."""
+    platform = platform or jax.default_backend()
+    if interpret or platform == "gpu":
+        return
+    raise ValueError(
+        f"the Pallas attention kernels need an NVIDIA GPU, and JAX's default backend here is "
+        f"{platform!r}; on a CPU use the reference backend (--attention reference, or "
+        f"attention=kvlab.ReferenceAttention()) or run the kernels in Pallas interpret mode "
+        f"(kvlab.PallasAttention(interpret=True): slow, for tests)")

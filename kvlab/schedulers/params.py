@@ -1,0 +1,98 @@
+"""SamplingParams: how a request picks its tokens, what it returns and when it stops (vLLM's
+names and meanings, checked when built: a bad value raises a ValueError saying what is allowed).
+
+Examples:
+    >>> SamplingParams(temperature=0.7, top_p=0.9, min_p=0.05, seed=1, logprobs=3).sampling
+    True
+    >>> SamplingParams(temperature=float("nan"))
+    Traceback (most recent call last):
+    ...
+    ValueError: temperature must be a finite number >= 0 (0 = greedy), got nan
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+MAX_LOGPROBS = 20          # top log-probabilities a request may ask for per token (vLLM's default cap)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplingParams:
+    """How to pick tokens, what to return and when to stop.
+
+    Picking: ``temperature`` 0 is greedy (the exact argmax); above 0 a token is drawn from the
+    softmax of logits / temperature after the filters: ``top_k`` (0 = off) keeps the k most
+    likely, ``top_p`` (1 = off) the smallest set reaching that probability mass, ``min_p`` (0 =
+    off) drops tokens less likely than min_p times the most likely one. ``seed``: the request's
+    own random stream (its draws depend on the seed and the token's index only, not on the batch
+    it runs in); None: one derived from the engine's seed and the request. ``n``: independent
+    samples of the same prompt (sample j uses seed + j when a seed is given).
+    Returning: ``logprobs`` (None = off): the log-probability of each sampled token and of the
+    ``logprobs`` most likely tokens at that position (0: the sampled token's alone; at most
+    ``MAX_LOGPROBS``), from the model's raw logits (before temperature and filters).
+    Stopping: ``max_tokens`` new tokens at most (clamped by the engine to the model's context);
+    ``stop`` strings end generation when they appear in the text (they are not included in the
+    output); ``stop_token_ids`` end it when one of them is sampled (it is kept in the output, as
+    EOS is). Before ``min_tokens`` output tokens, EOS (unless ``ignore_eos``) and the stop token
+    ids cannot be sampled at all, and stop strings do not end the request.
+    """
+
+    n: int = 1
+    max_tokens: int = 16
+    min_tokens: int = 0
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int | None = None
+    logprobs: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self):
+        _check(_is_int(self.n) and self.n >= 1, "n", "an integer >= 1", self.n)
+        _check(_is_int(self.max_tokens) and self.max_tokens >= 1, "max_tokens", "an integer >= 1",
+               self.max_tokens)
+        _check(_is_int(self.min_tokens) and 0 <= self.min_tokens <= self.max_tokens, "min_tokens",
+               f"an integer in [0, max_tokens={self.max_tokens}]", self.min_tokens)
+        _check(_finite(self.temperature) and self.temperature >= 0, "temperature",
+               "a finite number >= 0 (0 = greedy)", self.temperature)
+        _check(_is_int(self.top_k) and self.top_k >= 0, "top_k", "an integer >= 0 (0 = off)", self.top_k)
+        _check(_finite(self.top_p) and 0.0 < self.top_p <= 1.0, "top_p", "in (0, 1] (1 = off)", self.top_p)
+        _check(_finite(self.min_p) and 0.0 <= self.min_p <= 1.0, "min_p", "in [0, 1] (0 = off)", self.min_p)
+        _check(self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2 ** 32), "seed",
+               "None or an integer in [0, 2**32)", self.seed)
+        _check(self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS),
+               "logprobs", f"None or an integer in [0, {MAX_LOGPROBS}]", self.logprobs)
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        _check(all(isinstance(s, str) and s for s in stop), "stop", "non-empty strings", self.stop)
+        object.__setattr__(self, "stop", stop)
+        ids = tuple(self.stop_token_ids)
+        _check(all(_is_int(t) and t >= 0 for t in ids), "stop_token_ids", "token ids >= 0",
+               self.stop_token_ids)
+        object.__setattr__(self, "stop_token_ids", ids)
+
+    @property
+    def sampling(self) -> bool:
+        """Whether tokens are drawn (temperature > 0), not the argmax."""
+        return self.temperature > 0
+
+    def with_seed(self, seed: int | None) -> SamplingParams:
+        """The same parameters for one of ``n`` samples: n = 1 and the given seed."""
+        return dataclasses.replace(self, n=1, seed=seed)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check(ok: bool, name: str, allowed: str, value) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
