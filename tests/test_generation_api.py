@@ -150,3 +150,34 @@ def test_llm_front_door_chat_and_generate():
                                                  tok.encode_chat("Hi", system="Be brief.")]
     assert llm.generate("Once upon a time", params)[0].prompt_token_ids == tok.encode("Once upon a time")
     assert isinstance(llm.engine, kvlab.Engine) and llm.engine.cache.stats().pages_used == 0
+
+
+def penalized_greedy(model, prompt, max_tokens, rep, presence, frequency) -> list[int]:
+    """The reference decode with vLLM's penalties applied to each step's logits (NumPy)."""
+    ref, out = DenseReferenceDecoder(model), []
+    for _ in range(max_tokens):
+        logits = np.array(ref.next_logits(list(prompt) + out), np.float64)
+        counts = np.bincount(out, minlength=len(logits))
+        seen = counts > 0
+        seen[list(prompt)] = True
+        logits = np.where(seen, np.where(logits > 0, logits / rep, logits * rep), logits)
+        out.append(int(np.argmax(logits - frequency * counts - presence * (counts > 0))))
+    return out
+
+
+def test_penalties_match_the_reference_through_prefix_hits_and_preemption(tiny_model):
+    cache = kvlab.PagedKVCache(num_pages=14, page_size=4, prefix_caching=True)
+    engine = kvlab.Engine(tiny_model, cache=cache,
+                          scheduler=kvlab.ChunkedScheduler(max_num_seqs=4, max_num_batched_tokens=16))
+    prompts = [[3, 4, 5, 6, 7, 8, 9, 10, 3, 4], [3, 4, 5, 6, 7, 8, 9, 10, 11], [20, 21, 22]]
+    settings = [(1.5, 0.0, 0.0), (1.0, 2.0, 0.0), (1.2, 0.0, 1.5)]
+    params = [kvlab.SamplingParams(max_tokens=12, ignore_eos=True, repetition_penalty=r,
+                                   presence_penalty=p, frequency_penalty=f) for r, p, f in settings]
+    plain = kvlab.SamplingParams(max_tokens=12, ignore_eos=True)
+    for _ in range(2):                                  # the second round hits the cached prefixes
+        out = engine.generate(prompts + [[30, 31]], params + [plain])
+        for prompt, setting, c in zip(prompts, settings, out):
+            assert c.token_ids == penalized_greedy(tiny_model, prompt, 12, *setting)
+        assert out[3].token_ids == DenseReferenceDecoder(tiny_model).greedy([30, 31], 12)
+    assert engine.scheduler.num_preemptions > 0, "the cache was meant to force preemptions"
+    assert engine.cache.stats().prefix_hit_tokens > 0

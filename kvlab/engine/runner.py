@@ -29,6 +29,7 @@ from flax import nnx
 
 from kvlab.attention.batch import RaggedBatch
 from kvlab.engine.device_table import DeviceBlockTable, apply_changes, gather_page_table
+from kvlab.engine.penalties import PenaltyCounts, count_step_tokens
 from kvlab.engine.sampling import Sampled, SamplingArrays
 from kvlab.engine.step_inputs import InputLayout, InputViews
 from kvlab.schedulers.params import MAX_LOGPROBS
@@ -61,20 +62,26 @@ class StepStatics:
                                  and self._key == other._key)
 
 
-def _step_impl(statics: StepStatics, spec: StepSpec, weights, storage, table, inputs, sampling):
+def _step_impl(statics: StepStatics, spec: StepSpec, weights, storage, table, inputs, sampling, counts):
     batch, cache_rows, changes = spec.layout.unpack(inputs)
     table = apply_changes(table, changes)
     page_table = gather_page_table(table, cache_rows, batch.kv_lens, storage.page_size, spec.page_cols)
     batch = dataclasses.replace(batch, page_table=page_table, decode_only=spec.decode_only,
                                 has_decodes=spec.has_decodes)
+    if counts is not None:                      # penalties: count this step's tokens, then read
+        p = sampling.penalties
+        counts = count_step_tokens(counts, batch, cache_rows, p.prompt_len, p.penalized)
+        p = dataclasses.replace(p, output=counts.output[cache_rows], prompt=counts.prompt[cache_rows])
+        sampling = dataclasses.replace(sampling, penalties=p)
     model = nnx.merge(statics.graphdef, jax.tree.unflatten(statics.state_tree, weights))
     logits, storage = model(batch, storage, statics.attention, statics.options)
-    return statics.sampler(logits, sampling).pack(), storage, table
+    return statics.sampler(logits, sampling).pack(), storage, table, counts
 
 
 # One jitted step shared by every runner: engines with equal statics reuse each other's
-# compilations. The KV storage and the block table's device copy are donated (updated in place).
-_step = jax.jit(_step_impl, static_argnums=(0, 1), donate_argnums=(3, 4))
+# compilations. The KV storage, the block table's device copy and the penalty counts are
+# donated (updated in place).
+_step = jax.jit(_step_impl, static_argnums=(0, 1), donate_argnums=(3, 4, 7))
 
 
 _gather_page_table = jax.jit(gather_page_table, static_argnums=(3, 4))   # ``pack``: outside a step
@@ -128,7 +135,8 @@ def sampling_arrays(plan: StepPlan, num_rows: int) -> SamplingArrays | None:
     requests = [s.request for s in plan.seqs]
     bans = [_banned(r) for r in requests]
     asked = [r.params.logprobs for r in requests if r.params.logprobs is not None]
-    if not any(r.params.temperature > 0 for r in requests) and not any(bans) and not asked:
+    penalized = any(r.params.penalized for r in requests)
+    if not any(r.params.temperature > 0 for r in requests) and not any(bans) and not asked and not penalized:
         return None
     values = np.array([(r.params.temperature, r.params.top_k, r.params.top_p, r.seed,
                         len(r.output_token_ids), r.params.min_p) for r in requests], np.float64)
@@ -138,7 +146,11 @@ def sampling_arrays(plan: StepPlan, num_rows: int) -> SamplingArrays | None:
         for i, ids in enumerate(bans):
             banned[i, :len(ids)] = ids
     logprobs = None if not asked else min(next_pow2(max(asked)), MAX_LOGPROBS) if max(asked) else 0
-    return SamplingArrays.from_rows(num_rows, plan.rows, values, banned=banned, logprobs=logprobs)
+    penalties = None if not penalized else np.array(
+        [(r.params.repetition_penalty, r.params.presence_penalty, r.params.frequency_penalty,
+          len(r.prompt_token_ids)) for r in requests], np.float64)
+    return SamplingArrays.from_rows(num_rows, plan.rows, values, banned=banned, logprobs=logprobs,
+                                    penalties=penalties)
 
 
 def _banned(request) -> tuple[int, ...]:
@@ -172,6 +184,7 @@ class ModelRunner:
         self.table = DeviceBlockTable(num_cols=shapes.pad_limit(limits).pages,
                                       num_rows=next_pow2(2 * limits.rows),
                                       change_capacity=next_pow2(4 * limits.rows, 64))
+        self.penalty_counts = PenaltyCounts(model.config.vocab_size)
         self._compiled: set[tuple] = set()
         self.compile_seconds = 0.0      # time of the calls that compiled, on ``clock``
         self.steps = 0
@@ -229,11 +242,17 @@ class ModelRunner:
         views, spec, shape = self._prepare(plan)
         table = self.table.stage(plan.table, views.change_rows, views.change_cols, views.change_pages)
         sampling = sampling_arrays(plan, shape.rows)
+        counts = None
+        if sampling is not None and sampling.penalties is not None:
+            counts = self.penalty_counts.prepare(plan, self.table.num_rows)
         key = (spec, None if sampling is None else jax.tree.structure(sampling),
-               None if sampling is None or sampling.banned is None else sampling.banned.shape)
+               None if sampling is None or sampling.banned is None else sampling.banned.shape,
+               None if counts is None else counts.output.shape)
         t0 = self.clock()
-        packed, storage, self.table.array = _step(self.statics, spec, self.weights, storage, table,
-                                                  views.buffer, sampling)
+        packed, storage, self.table.array, counts = _step(self.statics, spec, self.weights, storage, table,
+                                                          views.buffer, sampling, counts)
+        if counts is not None:
+            self.penalty_counts.counts = counts
         if key not in self._compiled:    # a new signature: the launch is asynchronous, so this
             self._compiled.add(key)      # call's time is the trace and the compilation
             self.compile_seconds += self.clock() - t0

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kvlab.engine.penalties import apply_penalties
+
 _UINT32_LIMIT = 2 ** 32
 _INT32_LIMIT = 2 ** 31
 
@@ -41,6 +43,7 @@ class SamplingArrays:
     request's random stream. counter: [S] int32, the index of the token being sampled within its
     request (the number of output tokens it has so far). banned: [S, K] int32 token ids that
     cannot be picked now (-1 = none; EOS and stop ids before ``min_tokens``), or None.
+    penalties: the rows' ``RowPenalties`` when some row is penalized, else None.
     Static: ``draws``, whether any row samples (else the argmax alone, no sort); ``logprobs``,
     None (no log-probabilities returned) or k, the top count returned per row.
     """
@@ -52,6 +55,7 @@ class SamplingArrays:
     counter: jax.Array
     min_p: jax.Array | None = None
     banned: jax.Array | None = None
+    penalties: RowPenalties | None = None
     draws: bool = dataclasses.field(default=True, metadata=dict(static=True))
     logprobs: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
@@ -94,10 +98,11 @@ class SamplingArrays:
 
     @classmethod
     def from_rows(cls, num_rows: int, rows: np.ndarray, values: np.ndarray, *, banned=None,
-                  logprobs: int | None = None) -> SamplingArrays:
+                  logprobs: int | None = None, penalties: np.ndarray | None = None) -> SamplingArrays:
         """Unchecked ``pack``: ``rows [n]`` distinct ints in [0, num_rows); ``values [n, 5 or 6]``:
         temperature, top_k, top_p, seed, counter (and min_p) per sequence (already valid);
-        ``banned [n, K]`` token ids (-1 padding) or None; ``logprobs``: the static top count."""
+        ``banned [n, K]`` token ids (-1 padding) or None; ``logprobs``: the static top count;
+        ``penalties [n, 4]``: repetition, presence, frequency, prompt length, or None."""
         out = np.zeros((6, num_rows), np.float64)
         out[2] = 1.0                                                   # top_p off
         out[:values.shape[1], rows] = values.T
@@ -108,7 +113,35 @@ class SamplingArrays:
         return cls(temperature=out[0].astype(np.float32), top_k=out[1].astype(np.int32),
                    top_p=out[2].astype(np.float32), seed=out[3].astype(np.uint32),
                    counter=out[4].astype(np.int32), min_p=out[5].astype(np.float32), banned=ban,
+                   penalties=None if penalties is None else _row_penalties(num_rows, rows, penalties),
                    draws=bool((out[0] > 0).any()), logprobs=logprobs)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class RowPenalties:
+    """Per row: ``repetition``, ``presence``, ``frequency`` [S] float32 (1, 0, 0 = off),
+    ``prompt_len`` [S] int32, ``penalized`` [S] bool; inside the step also the rows' token counts
+    ``output [S, V]`` int32 and ``prompt [S, V]`` bool (``kvlab.engine.penalties``)."""
+
+    repetition: jax.Array
+    presence: jax.Array
+    frequency: jax.Array
+    prompt_len: jax.Array
+    penalized: jax.Array
+    output: jax.Array | None = None
+    prompt: jax.Array | None = None
+
+
+def _row_penalties(num_rows: int, rows: np.ndarray, values: np.ndarray) -> RowPenalties:
+    out = np.zeros((4, num_rows), np.float64)
+    out[0] = 1.0                                                       # repetition off
+    out[:, rows] = values.T
+    penalized = np.zeros(num_rows, bool)
+    penalized[rows] = (values[:, 0] != 1.0) | (values[:, 1] != 0.0) | (values[:, 2] != 0.0)
+    return RowPenalties(repetition=out[0].astype(np.float32), presence=out[1].astype(np.float32),
+                        frequency=out[2].astype(np.float32), prompt_len=out[3].astype(np.int32),
+                        penalized=penalized)
 
 
 @jax.tree_util.register_dataclass
@@ -203,7 +236,8 @@ class Sampler:
 
     params: a ``SamplingArrays``, or None when every row is greedy and nothing else is asked:
     then the step is just the argmax (the engine passes None for such steps, so greedy steps
-    never pay for sampling). Banned tokens are masked first (greedy rows too). Rows with
+    never pay for sampling). Penalties (``RowPenalties``) apply first, then banned tokens are
+    masked (greedy rows too). Rows with
     temperature 0 take the exact argmax; a sampling row draws from softmax(filtered logits /
     temperature) with its own key (``row_keys``), so its token depends on its seed, counter and
     logits row only. Log-probabilities, when asked, come from the raw logits.
@@ -213,6 +247,10 @@ class Sampler:
         if params is None:
             return Sampled(jnp.argmax(logits, axis=-1).astype(jnp.int32))
         raw = logits
+        if params.penalties is not None:
+            p = params.penalties
+            logits = apply_penalties(logits, p.output, p.prompt, repetition=p.repetition,
+                                     presence=p.presence, frequency=p.frequency)
         if params.banned is not None:
             logits = ban_tokens(logits, params.banned)
         tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)

@@ -32,7 +32,11 @@ class SamplingParams:
     off) drops tokens less likely than min_p times the most likely one. ``seed``: the request's
     own random stream (its draws depend on the seed and the token's index only, not on the batch
     it runs in); None: one derived from the engine's seed and the request. ``n``: independent
-    samples of the same prompt (sample j uses seed + j when a seed is given).
+    samples of the same prompt (sample j uses seed + j when a seed is given). Penalties, applied
+    to the logits before all of that (greedy rows too): ``repetition_penalty`` (1 = off) divides
+    positive and multiplies negative logits of tokens seen in the prompt or the output;
+    ``presence_penalty`` and ``frequency_penalty`` (0 = off, in [-2, 2]) subtract a constant from
+    every token generated so far, and that constant times its count.
     Returning: ``logprobs`` (None = off): the log-probability of each sampled token and of the
     ``logprobs`` most likely tokens at that position (0: the sampled token's alone; at most
     ``MAX_LOGPROBS``), from the model's raw logits (before temperature and filters).
@@ -50,6 +54,9 @@ class SamplingParams:
     top_k: int = 0
     top_p: float = 1.0
     min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     seed: int | None = None
     logprobs: int | None = None
     stop: tuple[str, ...] = ()
@@ -67,6 +74,11 @@ class SamplingParams:
         _check(_is_int(self.top_k) and self.top_k >= 0, "top_k", "an integer >= 0 (0 = off)", self.top_k)
         _check(_finite(self.top_p) and 0.0 < self.top_p <= 1.0, "top_p", "in (0, 1] (1 = off)", self.top_p)
         _check(_finite(self.min_p) and 0.0 <= self.min_p <= 1.0, "min_p", "in [0, 1] (0 = off)", self.min_p)
+        _check(_finite(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty",
+               "a finite number > 0 (1 = off)", self.repetition_penalty)
+        for name, value in (("presence_penalty", self.presence_penalty),
+                            ("frequency_penalty", self.frequency_penalty)):
+            _check(_finite(value) and -2.0 <= value <= 2.0, name, "in [-2, 2] (0 = off)", value)
         _check(self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2 ** 32), "seed",
                "None or an integer in [0, 2**32)", self.seed)
         _check(self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS),
@@ -78,6 +90,12 @@ class SamplingParams:
         _check(all(_is_int(t) and t >= 0 for t in ids), "stop_token_ids", "token ids >= 0",
                self.stop_token_ids)
         object.__setattr__(self, "stop_token_ids", ids)
+
+    @property
+    def penalized(self) -> bool:
+        """Whether a repetition, presence or frequency penalty applies."""
+        return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
+                or self.frequency_penalty != 0.0)
 
     @property
     def sampling(self) -> bool:
