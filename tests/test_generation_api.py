@@ -181,3 +181,25 @@ def test_penalties_match_the_reference_through_prefix_hits_and_preemption(tiny_m
         assert out[3].token_ids == DenseReferenceDecoder(tiny_model).greedy([30, 31], 12)
     assert engine.scheduler.num_preemptions > 0, "the cache was meant to force preemptions"
     assert engine.cache.stats().prefix_hit_tokens > 0
+
+
+def test_prompt_logprobs_match_the_reference_across_chunks(tiny_model):
+    cache = kvlab.PagedKVCache(num_pages=32, page_size=4, prefix_caching=True)
+    engine = kvlab.Engine(tiny_model, cache=cache,
+                          scheduler=kvlab.ChunkedScheduler(max_num_seqs=4, max_num_batched_tokens=8))
+    prompt = [3, 9, 4, 7, 5, 11, 2, 8, 6, 10, 12]
+    engine.generate([prompt], GREEDY)                  # cached now: the next must not reuse it
+    hits = cache.stats().prefix_hit_tokens
+    asking = kvlab.SamplingParams(max_tokens=2, prompt_logprobs=2, ignore_eos=True)
+    out = engine.generate([prompt, [4, 5, 6]], [asking, GREEDY])
+    entries = out[0].prompt_logprobs
+    assert cache.stats().prefix_hit_tokens == hits and out[1].prompt_logprobs is None
+    assert len(entries) == len(prompt) and entries[0] is None
+    ref = DenseReferenceDecoder(tiny_model)
+    for p in range(1, len(prompt)):
+        logp = np.asarray(jax.nn.log_softmax(jnp.asarray(ref.next_logits(prompt[:p]))))
+        assert list(entries[p])[0] == prompt[p]
+        assert entries[p][prompt[p]] == pytest.approx(float(logp[prompt[p]]), abs=1e-4)
+        for t in np.argsort(-logp)[:2]:
+            assert entries[p][int(t)] == pytest.approx(float(logp[t]), abs=1e-4)
+    assert out[0].token_ids == ref.greedy(prompt, 2)

@@ -141,7 +141,7 @@ def test_a_greedy_step_has_no_sort_and_no_draws():
 
 
 def test_the_runner_passes_none_when_no_row_samples():
-    from kvlab.engine.runner import sampling_arrays
+    from kvlab.engine.plan_sampling import sampling_arrays
     from kvlab.schedulers import Request
     from kvlab.schedulers.plan import ScheduledSeq, StepPlan
     greedy = Request("g", [1, 2], SamplingParams(), seed=5)

@@ -218,9 +218,10 @@ def run_figures(rows: list[dict], runs: dict, varied: list[str], *, subtitle: st
     ``EngineRun`` in ``runs`` ({series name: run}), and for each numeric varied field ``x`` the
     ``SWEEP_METRICS`` against it (``{y}_vs_{x}.png``), a line per preset, pass and other field."""
     tail = f": {subtitle}" if subtitle else ""
-    figures = {"latencies.png": latency_figure({n: r.records for n, r in runs.items()},
-                                               title=f"Latency distributions{tail}"),
-               "kv_usage.png": kv_usage_figure(runs, title=f"KV cache over time{tail}")}
+    figures = {} if not runs else {      # no engine runs (rows alone): no empty distributions
+        "latencies.png": latency_figure({n: r.records for n, r in runs.items()},
+                                        title=f"Latency distributions{tail}"),
+        "kv_usage.png": kv_usage_figure(runs, title=f"KV cache over time{tail}")}
     for x in [f for f in varied if all(isinstance(r[f], (int, float)) for r in rows)]:
         series = [{**r, "run": " ".join(filter(None, [r["preset"], r.get("pass", ""),
                                                       *(f"{k}={r[k]}" for k in varied if k != x)]))}

@@ -22,7 +22,8 @@ class Completion:
     """A finished request: its tokens, text (when the engine has a tokenizer), why it finished
     (``finish_reason``: "stop", "length" or "abort"; ``stop_reason``: the stop token id or stop
     string that matched, None for EOS and length), ``logprobs`` (one ``{token id: log-prob}`` per
-    output token, the sampled token first, when ``SamplingParams.logprobs`` was set) and the
+    output token, the sampled token first, when ``SamplingParams.logprobs`` was set;
+    ``prompt_logprobs`` likewise per prompt token, None for the first) and the
     request with its timings (``metrics``). With ``SamplingParams(n=...)`` above 1, ``samples``
     holds all n completions of the prompt (this one first); otherwise it is empty."""
 
@@ -35,6 +36,7 @@ class Completion:
     stop_reason: int | str | None = None
     logprobs: list[dict[int, float]] | None = None
     samples: list[Completion] = dataclasses.field(default_factory=list)
+    prompt_logprobs: list[dict[int, float] | None] | None = None
 
     @property
     def metrics(self) -> RequestRecord:
@@ -87,7 +89,8 @@ class CompletionBook:
         if req.request_id in self._owner:
             self._finished[req.request_id] = Completion(
                 req.request_id, req.prompt_token_ids, list(req.output_token_ids), req.text,
-                req.finish_reason or "", req, req.stop_reason, req.logprobs)
+                req.finish_reason or "", req, req.stop_reason, req.logprobs,
+                prompt_logprobs=req.prompt_logprobs)
 
     def done(self, request_id: str) -> bool:
         members = self._members.get(request_id)

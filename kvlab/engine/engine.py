@@ -155,6 +155,8 @@ class Engine:
         outputs = self.scheduler.update(plan, sampled.tokens, now=self.clock())
         if sampled.logprobs is not None:
             _record_logprobs(plan, sampled.logprobs)
+        if sampled.prompt_logprobs is not None:
+            _record_prompt_logprobs(plan, sampled.prompt_logprobs)
         events = []
         for out in outputs:
             req = out.request
@@ -269,3 +271,20 @@ def _record_logprobs(plan, logprobs) -> None:
         for token, value in zip(logprobs.top_ids[r, :k].tolist(), logprobs.top[r, :k].tolist()):
             entry.setdefault(token, value)
         req.logprobs.append(entry)
+
+
+def _record_prompt_logprobs(plan, logprobs) -> None:
+    """Fill each asking request's ``prompt_logprobs[p + 1]`` (the log-probability of prompt token
+    p + 1 after tokens ..p, and the top k there) from its query tokens at positions p."""
+    at = 0
+    for seq in plan.seqs:
+        req, n = seq.request, seq.num_new_tokens
+        k, filled = req.params.prompt_logprobs, req.prompt_logprobs
+        if k is not None and filled is not None:
+            prompt = req.prompt_token_ids
+            for i, pos in enumerate(range(seq.start, min(seq.start + n, len(prompt) - 1)), start=at):
+                entry = {prompt[pos + 1]: float(logprobs.sampled[i])}
+                for token, value in zip(logprobs.top_ids[i, :k].tolist(), logprobs.top[i, :k].tolist()):
+                    entry.setdefault(token, value)
+                filled[pos + 1] = entry
+        at += n

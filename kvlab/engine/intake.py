@@ -98,7 +98,10 @@ class Intake:
         for j, name in enumerate(names):
             seed = (_derived_seed(self.seed, number, j) if params.seed is None
                     else (params.seed + j) % 2 ** 32)
-            out.append(self._request(name, ids, params.with_seed(seed), arrival, cache_salt, priority))
+            salt = cache_salt
+            if params.prompt_logprobs is not None:   # every prompt token computed: no cached prefix
+                salt = f"{cache_salt or ''}\x00prompt-logprobs:{name}:{number}"
+            out.append(self._request(name, ids, params.with_seed(seed), arrival, salt, priority))
         return out
 
     def _request(self, rid, ids, params, arrival, cache_salt, priority) -> Request:
@@ -110,6 +113,8 @@ class Intake:
             request.output_text = OutputText(IncrementalDecoder(self.tokenizer), params.stop)
         if params.logprobs is not None:
             request.logprobs = []
+        if params.prompt_logprobs is not None:
+            request.prompt_logprobs = [None] * len(ids)
         return request
 
     def _clamped(self, params: SamplingParams, prompt_len: int) -> SamplingParams:

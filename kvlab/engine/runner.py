@@ -24,15 +24,16 @@ import functools
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from kvlab.attention.batch import RaggedBatch
 from kvlab.engine.device_table import DeviceBlockTable, apply_changes, gather_page_table
 from kvlab.engine.penalties import PenaltyCounts, count_step_tokens
-from kvlab.engine.sampling import Sampled, SamplingArrays
+from kvlab.engine.plan_sampling import sampling_arrays
+from kvlab.engine.sampling import Sampled, token_logprobs
 from kvlab.engine.step_inputs import InputLayout, InputViews
-from kvlab.schedulers.params import MAX_LOGPROBS
 from kvlab.schedulers.plan import StepPlan
 from kvlab.schedulers.shapes import StepShape, next_pow2
 
@@ -74,8 +75,17 @@ def _step_impl(statics: StepStatics, spec: StepSpec, weights, storage, table, in
         p = dataclasses.replace(p, output=counts.output[cache_rows], prompt=counts.prompt[cache_rows])
         sampling = dataclasses.replace(sampling, penalties=p)
     model = nnx.merge(statics.graphdef, jax.tree.unflatten(statics.state_tree, weights))
-    logits, storage = model(batch, storage, statics.attention, statics.options)
-    return statics.sampler(logits, sampling).pack(), storage, table, counts
+    prompt = None
+    if sampling is None or sampling.prompt_logprobs is None:
+        logits, storage = model(batch, storage, statics.attention, statics.options)
+    else:                                   # logits at every query token: the prompt's log-probs
+        every = jnp.arange(batch.tokens.shape[0], dtype=jnp.int32)
+        logits, storage = model(dataclasses.replace(batch, logits_indices=every), storage,
+                                statics.attention, statics.options)
+        following = jnp.maximum(sampling.prompt_next, 0)
+        prompt = Sampled(following, token_logprobs(logits, following, sampling.prompt_logprobs)).pack()
+        logits = logits[batch.logits_indices]
+    return statics.sampler(logits, sampling).pack(), prompt, storage, table, counts
 
 
 # One jitted step shared by every runner: engines with equal statics reuse each other's
@@ -125,40 +135,6 @@ def fill_inputs(plan: StepPlan, views: InputViews) -> tuple[bool, bool]:
     views.num_seqs[0] = plan.num_rows
     decodes = lens == 1
     return bool(decodes.all()) and len(lens) == plan.num_rows, bool(decodes.any())
-
-
-def sampling_arrays(plan: StepPlan, num_rows: int) -> SamplingArrays | None:
-    """The step's per-row sampling parameters, or None when every sequence is greedy, none has
-    tokens banned (EOS and stop ids before ``min_tokens``) and none asks for log-probabilities
-    (the step then compiles to the argmax alone). Shapes that vary are rounded up to powers of
-    two (the banned ids per row, the top log-probabilities) to bound compilations."""
-    requests = [s.request for s in plan.seqs]
-    bans = [_banned(r) for r in requests]
-    asked = [r.params.logprobs for r in requests if r.params.logprobs is not None]
-    penalized = any(r.params.penalized for r in requests)
-    if not any(r.params.temperature > 0 for r in requests) and not any(bans) and not asked and not penalized:
-        return None
-    values = np.array([(r.params.temperature, r.params.top_k, r.params.top_p, r.seed,
-                        len(r.output_token_ids), r.params.min_p) for r in requests], np.float64)
-    banned = None
-    if any(bans):
-        banned = np.full((len(bans), next_pow2(max(map(len, bans)))), -1, np.int32)
-        for i, ids in enumerate(bans):
-            banned[i, :len(ids)] = ids
-    logprobs = None if not asked else min(next_pow2(max(asked)), MAX_LOGPROBS) if max(asked) else 0
-    penalties = None if not penalized else np.array(
-        [(r.params.repetition_penalty, r.params.presence_penalty, r.params.frequency_penalty,
-          len(r.prompt_token_ids)) for r in requests], np.float64)
-    return SamplingArrays.from_rows(num_rows, plan.rows, values, banned=banned, logprobs=logprobs,
-                                    penalties=penalties)
-
-
-def _banned(request) -> tuple[int, ...]:
-    """Token ids ``request`` may not sample now: its stop ids and EOS before ``min_tokens``."""
-    params = request.params
-    if len(request.output_token_ids) >= params.min_tokens:
-        return ()
-    return params.stop_token_ids + (() if params.ignore_eos else tuple(request.eos_token_ids))
 
 
 class ModelRunner:
@@ -241,7 +217,7 @@ class ModelRunner:
         when asked, as NumPy arrays; the storage)."""
         views, spec, shape = self._prepare(plan)
         table = self.table.stage(plan.table, views.change_rows, views.change_cols, views.change_pages)
-        sampling = sampling_arrays(plan, shape.rows)
+        sampling = sampling_arrays(plan, shape.rows, shape.tokens)
         counts = None
         if sampling is not None and sampling.penalties is not None:
             counts = self.penalty_counts.prepare(plan, self.table.num_rows)
@@ -249,15 +225,19 @@ class ModelRunner:
                None if sampling is None or sampling.banned is None else sampling.banned.shape,
                None if counts is None else counts.output.shape)
         t0 = self.clock()
-        packed, storage, self.table.array, counts = _step(self.statics, spec, self.weights, storage, table,
-                                                          views.buffer, sampling, counts)
+        packed, prompt, storage, self.table.array, counts = _step(
+            self.statics, spec, self.weights, storage, table, views.buffer, sampling, counts)
         if counts is not None:
             self.penalty_counts.counts = counts
         if key not in self._compiled:    # a new signature: the launch is asynchronous, so this
             self._compiled.add(key)      # call's time is the trace and the compilation
             self.compile_seconds += self.clock() - t0
         self.steps += 1
-        return Sampled.unpack(np.asarray(packed)), storage
+        sampled = Sampled.unpack(np.asarray(packed))
+        if prompt is not None:
+            prompt_logprobs = Sampled.unpack(np.asarray(prompt)).logprobs
+            sampled = dataclasses.replace(sampled, prompt_logprobs=prompt_logprobs)
+        return sampled, storage
 
 
 class DenseReferenceDecoder:

@@ -43,7 +43,9 @@ class SamplingArrays:
     request's random stream. counter: [S] int32, the index of the token being sampled within its
     request (the number of output tokens it has so far). banned: [S, K] int32 token ids that
     cannot be picked now (-1 = none; EOS and stop ids before ``min_tokens``), or None.
-    penalties: the rows' ``RowPenalties`` when some row is penalized, else None.
+    penalties: the rows' ``RowPenalties`` when some row is penalized, else None. prompt_next:
+    [T] int32, for each query token of a request asking prompt log-probabilities, the prompt
+    token that follows it (-1: none); ``prompt_logprobs`` (static) its top count, or None.
     Static: ``draws``, whether any row samples (else the argmax alone, no sort); ``logprobs``,
     None (no log-probabilities returned) or k, the top count returned per row.
     """
@@ -56,8 +58,10 @@ class SamplingArrays:
     min_p: jax.Array | None = None
     banned: jax.Array | None = None
     penalties: RowPenalties | None = None
+    prompt_next: jax.Array | None = None
     draws: bool = dataclasses.field(default=True, metadata=dict(static=True))
     logprobs: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+    prompt_logprobs: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @classmethod
     def pack(cls, num_rows: int, rows: Sequence[int], params: Sequence, *, seeds: Sequence[int],
@@ -208,6 +212,7 @@ class Sampled:
 
     tokens: np.ndarray
     logprobs: TokenLogprobs | None = None
+    prompt_logprobs: TokenLogprobs | None = None    # [T] rows: the step's query tokens (host only)
 
     def pack(self):
         """Inside the step: one array for one transfer - ``tokens`` alone, or ``[S, 2 + 2k]``

@@ -13,6 +13,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 MAX_LOGPROBS = 20          # top log-probabilities a request may ask for per token (vLLM's default cap)
@@ -39,7 +40,9 @@ class SamplingParams:
     every token generated so far, and that constant times its count.
     Returning: ``logprobs`` (None = off): the log-probability of each sampled token and of the
     ``logprobs`` most likely tokens at that position (0: the sampled token's alone; at most
-    ``MAX_LOGPROBS``), from the model's raw logits (before temperature and filters).
+    ``MAX_LOGPROBS``), from the model's raw logits (before temperature and filters);
+    ``prompt_logprobs`` the same for every prompt token after the first (the request then reuses
+    no cached prefix: every prompt token is computed, as vLLM does).
     Stopping: ``max_tokens`` new tokens at most (clamped by the engine to the model's context);
     ``stop`` strings end generation when they appear in the text (they are not included in the
     output); ``stop_token_ids`` end it when one of them is sampled (it is kept in the output, as
@@ -59,6 +62,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     seed: int | None = None
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
@@ -83,6 +87,9 @@ class SamplingParams:
                "None or an integer in [0, 2**32)", self.seed)
         _check(self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS),
                "logprobs", f"None or an integer in [0, {MAX_LOGPROBS}]", self.logprobs)
+        _check(self.prompt_logprobs is None
+               or (_is_int(self.prompt_logprobs) and 0 <= self.prompt_logprobs <= MAX_LOGPROBS),
+               "prompt_logprobs", f"None or an integer in [0, {MAX_LOGPROBS}]", self.prompt_logprobs)
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         _check(all(isinstance(s, str) and s for s in stop), "stop", "non-empty strings", self.stop)
         object.__setattr__(self, "stop", stop)
@@ -90,6 +97,13 @@ class SamplingParams:
         _check(all(_is_int(t) and t >= 0 for t in ids), "stop_token_ids", "token ids >= 0",
                self.stop_token_ids)
         object.__setattr__(self, "stop_token_ids", ids)
+
+    @functools.cached_property
+    def plain(self) -> bool:
+        """Greedy, with no penalty and no log-probabilities: the step's argmax is all it needs
+        (until ``min_tokens``, EOS and stop ids are banned on top)."""
+        return (self.temperature == 0 and not self.penalized and self.logprobs is None
+                and self.prompt_logprobs is None)
 
     @property
     def penalized(self) -> bool:

@@ -43,6 +43,7 @@ class Request:
     num_preemptions: int = 0
     token_times: list[float] = dataclasses.field(default_factory=list)
     logprobs: list[dict[int, float]] | None = None  # per output token, when params.logprobs is set
+    prompt_logprobs: list[dict[int, float] | None] | None = None  # per prompt token (None first)
 
     @property
     def num_tokens(self) -> int:
