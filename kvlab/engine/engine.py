@@ -266,11 +266,7 @@ def _record_logprobs(plan, logprobs) -> None:
         req, k = seq.request, seq.request.params.logprobs
         if k is None or req.logprobs is None or len(req.logprobs) >= len(req.output_token_ids):
             continue
-        r = seq.row
-        entry = {req.output_token_ids[-1]: float(logprobs.sampled[r])}
-        for token, value in zip(logprobs.top_ids[r, :k].tolist(), logprobs.top[r, :k].tolist()):
-            entry.setdefault(token, value)
-        req.logprobs.append(entry)
+        req.logprobs.append(_entry(logprobs, seq.row, req.output_token_ids[-1], k))
 
 
 def _record_prompt_logprobs(plan, logprobs) -> None:
@@ -283,8 +279,13 @@ def _record_prompt_logprobs(plan, logprobs) -> None:
         if k is not None and filled is not None:
             prompt = req.prompt_token_ids
             for i, pos in enumerate(range(seq.start, min(seq.start + n, len(prompt) - 1)), start=at):
-                entry = {prompt[pos + 1]: float(logprobs.sampled[i])}
-                for token, value in zip(logprobs.top_ids[i, :k].tolist(), logprobs.top[i, :k].tolist()):
-                    entry.setdefault(token, value)
-                filled[pos + 1] = entry
+                filled[pos + 1] = _entry(logprobs, i, prompt[pos + 1], k)
         at += n
+
+
+def _entry(logprobs, i: int, token: int, k: int) -> dict[int, float]:
+    """Row ``i`` of ``logprobs`` as ``{token: log-prob}``: ``token`` first, then the top ``k``."""
+    entry = {token: float(logprobs.sampled[i])}
+    for top, value in zip(logprobs.top_ids[i, :k].tolist(), logprobs.top[i, :k].tolist()):
+        entry.setdefault(top, value)
+    return entry
