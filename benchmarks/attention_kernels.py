@@ -18,7 +18,9 @@ import argparse
 import functools
 import json
 import pathlib
+import statistics
 import sys
+import time
 import traceback
 
 import jax
@@ -89,6 +91,27 @@ def check() -> None:
                 ROWS.append(dict(section="check", what=what, ms=0.0, note=f"rel err {err:.2e} {status}"))
 
 
+# Tile variants timed by ``--tune``: (block_k, num_splits, num_warps, num_stages); num_splits None:
+# the heuristic's choice. TUNE_BATCH for shapes whose batch fills the GPU, TUNE_SPLIT for few long
+# sequences (split-K).
+TUNE_BATCH = [(64, None, 4, 3), (32, None, 4, 3), (32, None, 4, 4)]
+TUNE_SPLIT = [(64, 8, 4, 3), (64, 8, 4, 4), (32, 8, 4, 3)]
+
+
+def queued(fn, x, *rest, calls: int = 8, rounds: int = 5) -> float:
+    """Median seconds per call of ``x = fn(x, *rest)`` chained ``calls`` times in one jitted
+    function (no loop, so no per-call host synchronisation: the launches queue back to back and the
+    figure is the device's time per call, launch gaps included). Diagnostic beside ``timed``."""
+    chain = jax.jit(lambda x, *r: functools.reduce(lambda acc, _: fn(acc, *r), range(calls), x))
+    jax.block_until_ready(chain(x, *rest))
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        jax.block_until_ready(chain(x, *rest))
+        times.append((time.perf_counter() - t) / calls)
+    return statistics.median(times)
+
+
 def decode(ceiling, *, batch_size, ctx, tune, section):
     hq, hkv, d, page = 32, 8, 128, 16
     q, store, batch, lists = paged_setup([1] * batch_size, [ctx] * batch_size, hq=hq, hkv=hkv, d=d, page=page)
@@ -102,33 +125,66 @@ def decode(ceiling, *, batch_size, ctx, tune, section):
     lengths = jnp.full((batch_size,), ctx, jnp.int32)
     qb = q.reshape(batch_size, hq, d)
     peer = None
-    for splits, ppcb in ((16, 8), (8, 8), (16, 4), (4, 16)) if tune else ((16, 8),):
+    for splits, ppcb in ((16, 8), (8, 8)) if tune else ((16, 8),):
         f = functools.partial(jpa.paged_attention, k_splits=splits, pages_per_compute_block=ppcb)
         s = record(section, f"JAX Pallas paged_attention k_splits={splits} ppcb={ppcb}",
                    timed(f, qb, kp, vp, tables, lengths), bytes_=kv_bytes, ceiling=ceiling)
         peer = s if peer is None else min(peer, s)
     del kp, vp
     # Peer 2: cuDNN dense decode over contiguous K/V.
+    cudnn = None
     try:
         kd, vd = rand(5, (batch_size, ctx, hkv, d)), rand(6, (batch_size, ctx, hkv, d))
         f = functools.partial(jax.nn.dot_product_attention, implementation="cudnn")
-        record(section, "cuDNN dense decode (contiguous KV)", timed(f, qb[:, None], kd, vd), bytes_=kv_bytes,
-               ceiling=ceiling)
+        cudnn = record(section, "cuDNN dense decode (contiguous KV)", timed(f, qb[:, None], kd, vd),
+                       bytes_=kv_bytes, ceiling=ceiling)
         del kd, vd
     except Exception as e:  # noqa: BLE001 - a missing peer is reported, not fatal
         print(f"  cuDNN decode unavailable: {type(e).__name__}: {e}"[:200])
-    configs = [DecodeConfig()]
+    ref = None
+    if tune:     # every variant is checked against the reference (float32) once
+        f32 = jax.tree.map(lambda a: a.astype(jnp.float32), store)
+        with jax.default_matmul_precision("highest"):
+            ref = ReferenceAttention()(q.astype(jnp.float32), f32, 0, batch, opts)
+        del f32
+    configs = [("kvlab decode, tuned table (decode=None)", PallasAttention())]
     if tune:
-        configs += [DecodeConfig(block_k=bk, num_splits=n, num_warps=w, num_stages=st)
-                    for bk, n, w, st in ((32, None, 4, 3), (64, None, 4, 3), (64, None, 8, 3),
-                                         (64, None, 4, 4),
-                                         (128, None, 4, 3), (128, None, 8, 3), (64, 2, 4, 2), (64, 4, 4, 2),
-                                         (64, 16, 4, 2))]
-    for cfg in configs:
-        backend = PallasAttention(decode=cfg)
-        record(section, f"kvlab decode bk={cfg.block_k} splits={backend.num_splits(batch, store)} "
-               f"w={cfg.num_warps} st={cfg.num_stages}", timed(attention_fn(backend, opts), q, store, batch),
-               bytes_=kv_bytes, ceiling=ceiling, peer=peer)
+        for bk, n, w, st in TUNE_SPLIT if batch_size * hkv < 132 else TUNE_BATCH:
+            cfg = DecodeConfig(block_k=bk, num_splits=n, num_warps=w, num_stages=st)
+            configs.append(("kvlab decode", PallasAttention(decode=cfg)))
+        configs.append(("kvlab decode, tuned table again", PallasAttention()))     # the spread of a setting
+    for name, backend in configs:
+        cfg = backend.decode_config(batch, store)
+        splits = backend.num_splits(batch, store)
+        what = f"{name} bk={cfg.block_k} splits={splits} w={cfg.num_warps} st={cfg.num_stages}"
+        fn = attention_fn(backend, opts)
+        try:
+            seconds = timed(fn, q, store, batch)
+            note = f"x cuDNN {cudnn / seconds:.3f}" if cudnn else ""
+            if ref is not None:
+                out = jax.jit(fn)(q, store, batch).astype(jnp.float32)
+                err = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
+                note += f"; rel err {err:.1e}" + ("" if err < 1e-2 else " FAIL")
+            record(section, what, seconds, bytes_=kv_bytes, ceiling=ceiling, peer=peer, note=note)
+        except Exception as e:  # noqa: BLE001 - one variant that does not compile is reported
+            print(f"  {what}: {type(e).__name__}: {e}"[:300], flush=True)
+    if tune:     # launches queued back to back: the device's time per call, without the timed loop's
+        # per-iteration host round trip (each output is the next call's query)
+        record(section, "back to back: JAX Pallas paged_attention k_splits=16 ppcb=8 (x8)",
+               queued(functools.partial(jpa.paged_attention, k_splits=16, pages_per_compute_block=8), qb,
+                      jnp.transpose(store.k[0], (2, 0, 1, 3)), jnp.transpose(store.v[0], (2, 0, 1, 3)),
+                      tables, lengths), bytes_=kv_bytes, ceiling=ceiling)
+        try:
+            kd, vd = rand(5, (batch_size, ctx, hkv, d)), rand(6, (batch_size, ctx, hkv, d))
+            f = functools.partial(jax.nn.dot_product_attention, implementation="cudnn")
+            record(section, "back to back: cuDNN dense decode (x8)", queued(f, qb[:, None], kd, vd),
+                   bytes_=kv_bytes, ceiling=ceiling)
+            del kd, vd
+        except Exception as e:  # noqa: BLE001
+            print(f"  cuDNN decode unavailable: {type(e).__name__}: {e}"[:200])
+        record(section, "back to back: kvlab decode, tuned table (x8)",
+               queued(attention_fn(PallasAttention(), opts), q, store, batch), bytes_=kv_bytes,
+               ceiling=ceiling)
 
 
 def prefill(flops_ceiling, *, tune):

@@ -5,6 +5,10 @@ copy bandwidth measured in the same run), both as the engine's inter-token laten
 included) and as the model's step alone on the device.
 
     python benchmarks/engine_llama1b.py [--batches 1 32 256] [--prompt-len 256] [--max-tokens 256]
+                                        [--steps-ahead 0 1]
+
+``--steps-ahead 0 1`` runs the engine's serial loop beside the one that plans a step while the
+previous one runs (the default, 1), in the same run.
 
 Prompts are random token ids (the weights are random too, so text would mean nothing); every
 request decodes exactly ``--max-tokens`` tokens (``ignore_eos``). A warm-up pass of the same shapes
@@ -36,7 +40,8 @@ def copy_bandwidth() -> float:
     return 2 * x.nbytes * 10 / (time.perf_counter() - t)
 
 
-def run(model, attention, batch: int, prompt_len: int, max_tokens: int, page_size: int = 16) -> dict:
+def run(model, attention, batch: int, prompt_len: int, max_tokens: int, page_size: int = 16,
+        steps_ahead: int = 1) -> dict:
     rng = np.random.default_rng(batch)
     prompts = [rng.integers(0, model.config.vocab_size, prompt_len).tolist() for _ in range(batch)]
     tokens = batch * (prompt_len + max_tokens)
@@ -44,7 +49,8 @@ def run(model, attention, batch: int, prompt_len: int, max_tokens: int, page_siz
     engine = kvlab.Engine(model, cache=cache,
                           scheduler=kvlab.ContinuousScheduler(max_num_seqs=batch,
                                                               max_num_batched_tokens=4096),
-                          attention=attention, max_model_len=prompt_len + max_tokens + page_size)
+                          attention=attention, max_model_len=prompt_len + max_tokens + page_size,
+                          steps_ahead=steps_ahead)
     params = kvlab.SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     engine.generate(prompts, params)                                        # warm-up: compiles
     compiles = engine.num_compilations
@@ -53,7 +59,8 @@ def run(model, attention, batch: int, prompt_len: int, max_tokens: int, page_siz
     wall = time.perf_counter() - t0
     m = engine.metrics(outs, wall)
     itl = m["itl_p50_s"]
-    return {"attention": attention.name, "batch": batch, "decode_tok_per_s": batch / itl,
+    return {"attention": attention.name, "batch": batch, "steps_ahead": steps_ahead,
+            "decode_tok_per_s": batch / itl,
             "decode_step_ms": 1e3 * itl, "output_tok_per_s": m["output_tokens_per_s"], "wall_s": wall,
             "compilations_in_timed_run": engine.num_compilations - compiles}
 
@@ -105,6 +112,8 @@ def main():
     ap.add_argument("--reference-up-to", type=int, default=32,
                     help="largest batch also run with the reference attention (it gathers all pages "
                          "per query row, so memory grows with batch x context)")
+    ap.add_argument("--steps-ahead", type=int, nargs="+", default=[1],
+                    help="engine loops to run: 1 plans a step while the previous one runs, 0 is serial")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     dev = jax.devices()[0]
@@ -119,25 +128,29 @@ def main():
         if b <= args.reference_up_to:
             backends.append(kvlab.ReferenceAttention())
         for be in backends:
-            try:
-                r = run(model, be, b, args.prompt_len, args.max_tokens)
-            except Exception as e:  # noqa: BLE001 - e.g. the reference out of memory: report, go on
-                print(f"{be.name} at batch {b} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
-                continue
-            r["roofline_step_ms"] = roofline_ms(config, b, args.prompt_len, args.max_tokens, bw)
-            r["device_step_ms"] = device_step_ms(model, be, b, args.prompt_len + args.max_tokens // 2)
-            rows.append(r)
-            print(r, flush=True)
+            device_ms = None
+            for ahead in args.steps_ahead:
+                try:
+                    r = run(model, be, b, args.prompt_len, args.max_tokens, steps_ahead=ahead)
+                except Exception as e:  # noqa: BLE001 - e.g. the reference out of memory: report, go on
+                    print(f"{be.name} at batch {b} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                    continue
+                r["roofline_step_ms"] = roofline_ms(config, b, args.prompt_len, args.max_tokens, bw)
+                if device_ms is None:
+                    device_ms = device_step_ms(model, be, b, args.prompt_len + args.max_tokens // 2)
+                r["device_step_ms"] = device_ms
+                rows.append(r)
+                print(r, flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev.device_kind, "jax": jax.__version__, "copy_TBps": bw / 1e12,
                        "rows": rows},
                       f, indent=1)
-    print("\n| attention | batch | decode tok/s | engine step (ms) | model step on device (ms) |"
-          " roofline (ms) | device / roofline | output tok/s (incl. prefill) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| attention | batch | steps ahead | decode tok/s | engine step (ms) |"
+          " model step on device (ms) | roofline (ms) | device / roofline | output tok/s (incl. prefill) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['attention']} | {r['batch']} | {r['decode_tok_per_s']:.0f} | "
+        print(f"| {r['attention']} | {r['batch']} | {r['steps_ahead']} | {r['decode_tok_per_s']:.0f} | "
               f"{r['decode_step_ms']:.2f} | "
               f"{r['device_step_ms']:.2f} | {r['roofline_step_ms']:.2f} | "
               f"{r['device_step_ms'] / r['roofline_step_ms']:.2f} | {r['output_tok_per_s']:.0f} |")

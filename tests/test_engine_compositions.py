@@ -57,7 +57,7 @@ def compositions(draw):
         sampled = cache != "circular" and draw(st.booleans())
         reqs.append((prompt, draw(st.integers(1, 10)), draw(st.integers(0, 4)),
                      draw(st.integers(0, 2 ** 32 - 1)) if sampled else None))
-    return cache, sched, admission, swap, reqs
+    return cache, sched, admission, swap, reqs, draw(st.sampled_from([0, 1]))   # steps ahead
 
 
 def params_of(max_tokens, seed):
@@ -81,11 +81,12 @@ def alone(model, prompt, max_tokens, seed, circular: bool):
 @settings(max_examples=examples(24))
 @given(compositions())
 def test_any_composition_equals_one_request_at_a_time(tiny_model, composition):
-    cache_kind, sched_kind, admission, swap, reqs = composition
+    cache_kind, sched_kind, admission, swap, reqs, steps_ahead = composition
     host = kvlab.HostTier if swap else (lambda n: None)
     cache = CACHES[cache_kind](host)
     sched = scheduler(sched_kind, admission, kvlab.SwapPreemption() if swap else None)
-    engine = kvlab.Engine(tiny_model, cache=cache, scheduler=sched, max_model_len=128)
+    engine = kvlab.Engine(tiny_model, cache=cache, scheduler=sched, max_model_len=128,
+                          steps_ahead=steps_ahead)
     pending = sorted(enumerate(reqs), key=lambda x: (x[1][2], x[0]))
     ids, got, step = {}, {}, 0
     while pending or engine.has_unfinished():
@@ -122,8 +123,8 @@ def record_plans(scheduler):
        st.lists(st.tuples(st.lists(st.integers(3, 255), min_size=1, max_size=24), st.integers(1, 8)),
                 min_size=1, max_size=6))
 def test_the_simulator_plans_what_the_engine_plans(tiny_model, cache_kind, sched_kind, reqs):
-    """The simulator is the engine's loop with a cost model instead of the model: on the same
-    trace (a cache small enough to preempt) it makes the very same step plans."""
+    """The simulator is the engine's serial loop with a cost model instead of the model: on the
+    same trace (a cache small enough to preempt) it makes the very same step plans."""
     workload = [SyntheticRequest(list(p), n) for p, n in reqs]
     runs = []
     for simulated in (False, True):
@@ -132,7 +133,8 @@ def test_the_simulator_plans_what_the_engine_plans(tiny_model, cache_kind, sched
         if simulated:
             simulate(sched, cache, workload)
         else:
-            run_workload(kvlab.Engine(tiny_model, cache=cache, scheduler=sched, max_model_len=128),
+            run_workload(kvlab.Engine(tiny_model, cache=cache, scheduler=sched, max_model_len=128,
+                                      steps_ahead=0),
                          [dataclasses.replace(r) for r in workload])
         runs.append(plans)
     assert runs[0] == runs[1] and runs[0]

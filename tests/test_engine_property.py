@@ -24,7 +24,7 @@ def traces(draw):
     num_pages = draw(st.sampled_from([6, 11, 24]))  # small: forces preemption
     page_size = draw(st.sampled_from([4, 8]))
     max_num_seqs = draw(st.sampled_from([2, 4]))
-    return reqs, num_pages, page_size, max_num_seqs
+    return reqs, num_pages, page_size, max_num_seqs, draw(st.sampled_from([0, 1]))   # steps ahead
 
 
 _references: dict = {}
@@ -58,11 +58,12 @@ def run_trace(engine, reqs):
 @settings(max_examples=examples(25))
 @given(traces())
 def test_engine_equals_one_request_at_a_time(tiny_model, trace):
-    reqs, num_pages, page_size, max_num_seqs = trace
+    reqs, num_pages, page_size, max_num_seqs, steps_ahead = trace
     cache = kvlab.PagedKVCache(num_pages=max(num_pages, -(-(30 + 12) // page_size)), page_size=page_size)
     engine = kvlab.Engine(tiny_model, cache=cache,
                           scheduler=kvlab.ContinuousScheduler(max_num_seqs=max_num_seqs,
-                                                              max_num_batched_tokens=64))
+                                                              max_num_batched_tokens=64),
+                          steps_ahead=steps_ahead)
     outputs = run_trace(engine, reqs)
     for (prompt, max_tokens, _), got in zip(reqs, outputs):
         assert got == reference(tiny_model, prompt, max_tokens)

@@ -18,9 +18,12 @@ from kvlab.attention.pallas import DecodeConfig, MosaicPrefillConfig, PallasAtte
 
 pytestmark = pytest.mark.gpu
 
-# (options, dtype, page size, fused, decode splits, blocked layout, Hq, Hkv, D)
+# (options, dtype, page size, fused, decode splits, blocked layout, Hq, Hkv, D); decode splits
+# None: the tuned tiles for this GPU (``decode=None``; 16 sequence slots: the split-K class), "batch":
+# the tuned tiles of the class whose batch fills the GPU (told it has 64 SMs).
 COMBOS = [("plain", "bfloat16", 16, True, None, False, 32, 8, 128),
           ("plain", "float32", 8, False, 4, False, 8, 8, 64),
+          ("plain", "bfloat16", 16, False, "batch", False, 32, 8, 128),
           ("window+sinks", "bfloat16", 32, True, 4, True, 12, 4, 128),
           ("window", "float16", 128, True, None, False, 16, 2, 256),
           ("softcap", "bfloat16", 64, False, None, True, 7, 7, 64)]
@@ -28,7 +31,8 @@ COMBOS = [("plain", "bfloat16", 16, True, None, False, 32, 8, 128),
 
 @functools.cache
 def compiled(fused, splits, options):
-    be = PallasAttention(fuse_mixed=fused, decode=DecodeConfig(num_splits=splits))
+    decode = None if splits in (None, "batch") else DecodeConfig(num_splits=splits)
+    be = PallasAttention(fuse_mixed=fused, decode=decode, num_sms=64 if splits == "batch" else None)
     return jax.jit(lambda q, storage, batch: be(q, storage, 1, batch, options))
 
 

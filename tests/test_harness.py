@@ -32,8 +32,10 @@ def model():
 
 def engine_on(model, clock, **sched):
     sched = dict(dict(max_num_seqs=4, max_num_batched_tokens=64), **sched)
+    # The fake step is over when it is launched (as the simulator's), so the serial loop: planning
+    # ahead would stamp a step's tokens after the next step's time.
     engine = kvlab.Engine(model, cache=kvlab.PagedKVCache(num_pages=32, page_size=8), clock=clock,
-                          scheduler=kvlab.ContinuousScheduler(**sched), max_model_len=128)
+                          scheduler=kvlab.ContinuousScheduler(**sched), max_model_len=128, steps_ahead=0)
     run = engine.runner.run
 
     def timed_run(*a, **k):          # the "fake model": every step takes STEP seconds on the clock

@@ -147,8 +147,8 @@ def test_the_runner_passes_none_when_no_row_samples():
     greedy = Request("g", [1, 2], SamplingParams(), seed=5)
     hot = Request("h", [3], SamplingParams(temperature=0.7, top_k=3), seed=9)
     hot.output_token_ids += [4, 4]
-    assert sampling_arrays(StepPlan([ScheduledSeq(greedy, 0, 2, 0)]), 4) is None
-    arrays = sampling_arrays(StepPlan([ScheduledSeq(greedy, 0, 2, 0), ScheduledSeq(hot, 2, 1, 2)]), 4)
+    assert sampling_arrays(StepPlan([ScheduledSeq.of(greedy, 0, 2, 0)]), 4) is None
+    arrays = sampling_arrays(StepPlan([ScheduledSeq.of(greedy, 0, 2, 0), ScheduledSeq.of(hot, 2, 1, 2)]), 4)
     assert arrays.temperature.tolist() == pytest.approx([0.0, 0.0, 0.7, 0.0])
     assert arrays.top_k.tolist() == [0, 0, 3, 0] and arrays.seed.tolist() == [5, 0, 9, 0]
     assert arrays.counter.tolist() == [0, 0, 2, 0] and arrays.top_p.tolist() == [1.0] * 4

@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from kvlab.engine.executor import Ready
 from kvlab.engine.metrics import summarize
 from kvlab.engine.sampling import Sampled
 from kvlab.kvcache.base import KVCacheStats
@@ -94,11 +95,12 @@ class SimulatedExecutor:
         self.vocab_size, self.max_model_len, self.eos_token_ids = vocab_size, 2 ** 31 - 1, ()
         self.num_compilations, self.compile_seconds, self.steps = 0, 0.0, 0
 
-    def execute(self, plan) -> Sampled:
+    def launch(self, plan) -> Ready:
+        """The step is over when this returns (the clock moved by its cost)."""
         cost = 1.0 if self.step_cost is None else self.step_cost(plan, self.scheduler)
         self.clock.sleep(cost)
         self.steps += 1
-        return Sampled(self.rng.integers(3, self.vocab_size, plan.num_rows).astype(np.int32))
+        return Ready(Sampled(self.rng.integers(3, self.vocab_size, plan.num_rows).astype(np.int32)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +139,9 @@ def simulate(scheduler, cache, requests, *, arrivals_per_step: int | None = None
     clock = SimClock()
     executor = SimulatedExecutor(clock, scheduler, step_cost=step_cost, seed=seed,
                                  vocab_size=vocab_size)
-    engine = Engine(cache=cache, scheduler=scheduler, executor=executor, clock=clock)
+    # The serial loop: a simulated step is over when launched, so planning ahead would only
+    # stamp its tokens after the next step's cost.
+    engine = Engine(cache=cache, scheduler=scheduler, executor=executor, clock=clock, steps_ahead=0)
     k = arrivals_per_step
     timed = [dataclasses.replace(r, arrival=(r.arrival if step_cost is not None
                                              else 0.0 if k is None else float(i // k)))

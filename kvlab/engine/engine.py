@@ -14,6 +14,7 @@ Examples:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from collections.abc import Iterator
@@ -43,11 +44,22 @@ class Engine:
     stream derived from it and the request's number.
     executor: instead of a model, what runs the plans (``kvlab.bench.host_sim.SimulatedExecutor``
     for a simulation with no device); the loop is the same.
+    steps_ahead: how many steps run on the device while the host plans the next one. 1 (the
+    default) overlaps: ``step()`` plans and launches step N+1, then reads step N's tokens, so
+    scheduling and packing hide behind the device's work; a token step N samples reaches step
+    N+1 on the device, and a request that step N ends has computed one token more, which is
+    dropped (its pages are freed after). 0 runs each step to completion before planning the next
+    (the serial loop, for debugging); greedy outputs are the same either way.
     """
 
     def __init__(self, model=None, *, cache=None, scheduler=None, attention=None, sampler=None,
                  tokenizer=None, max_model_len: int | None = None, seed: int = 0,
-                 clock=time.perf_counter, executor=None):
+                 clock=time.perf_counter, executor=None, steps_ahead: int = 1):
+        if steps_ahead not in (0, 1):
+            raise ValueError(f"steps_ahead must be 0 (serial) or 1 (plan a step while the previous "
+                             f"one runs), got {steps_ahead!r}")
+        self.steps_ahead = steps_ahead
+        self._in_flight: collections.deque = collections.deque()    # (plan, StepFuture), oldest first
         self.clock = clock
         self.scheduler = scheduler or ChunkedScheduler()
         self.tokenizer = tokenizer
@@ -140,18 +152,30 @@ class Engine:
             self._retire(self.scheduler.abort(rid))
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        """Whether a request waits or runs, or a launched step has not been read yet."""
+        return self.scheduler.has_unfinished() or bool(self._in_flight)
 
     # ---- stepping --------------------------------------------------------------------------------
     def step(self) -> list[StreamEvent]:
-        """Schedule and run one step; returns the progress of every request that ran."""
+        """Plan and launch one step, then read the oldest step beyond ``steps_ahead`` (with
+        ``steps_ahead=1``: the step launched by the previous call); returns the progress of every
+        request that step ran."""
         plan = self.scheduler.schedule()
-        if plan.is_empty and not (plan.swap_out or plan.swap_in):
-            if self.scheduler.has_unfinished():
-                raise RuntimeError("the scheduler planned nothing although requests wait; the cache "
-                                   "cannot hold the next request")
-            return []
-        sampled = self.executor.execute(plan)
+        launched = not plan.is_empty or bool(plan.swap_out or plan.swap_in)
+        if launched:
+            self._in_flight.append((plan, self.executor.launch(plan)))
+        elif not self._in_flight and self.scheduler.has_unfinished():
+            raise RuntimeError("the scheduler planned nothing although requests wait; the cache "
+                               "cannot hold the next request")
+        events = []
+        while self._in_flight and (len(self._in_flight) > self.steps_ahead or not launched):
+            events += self._read(*self._in_flight.popleft())
+            launched = True                  # a step with nothing to plan reads one step
+        return events
+
+    def _read(self, plan, future) -> list[StreamEvent]:
+        """Apply a launched step's tokens; the progress of the requests it ran."""
+        sampled = future.result()
         outputs = self.scheduler.update(plan, sampled.tokens, now=self.clock())
         if sampled.logprobs is not None:
             _record_logprobs(plan, sampled.logprobs)

@@ -19,6 +19,12 @@ from kvlab.schedulers.plan import StepPlan
 from kvlab.schedulers.shapes import StepShape
 
 
+class StepFuture(Protocol):
+    """A launched step's outcome: ``result()`` waits for it and returns what it sampled."""
+
+    def result(self) -> Sampled: ...
+
+
 class Executor(Protocol):
     """Runs plans. ``vocab_size``, ``max_model_len`` and ``eos_token_ids`` describe the model it
     serves; ``num_compilations``, ``compile_seconds`` and ``steps`` count its work."""
@@ -30,9 +36,21 @@ class Executor(Protocol):
     compile_seconds: float
     steps: int
 
-    def execute(self, plan: StepPlan) -> Sampled:
-        """Make the plan's swap copies, run its step, return what it sampled (tokens
-        [>= num_rows], and log-probabilities when a row asked)."""
+    def launch(self, plan: StepPlan) -> StepFuture:
+        """Make the plan's swap copies and start its step without waiting for it; the future's
+        ``result()`` gives what it sampled (tokens [>= num_rows], and log-probabilities when a
+        row asked). Steps run in launch order; a plan may hold tokens that the steps launched
+        before it sample (``FUTURE_TOKEN``)."""
+
+
+class Ready:
+    """A ``StepFuture`` whose result is already known."""
+
+    def __init__(self, sampled: Sampled):
+        self.sampled = sampled
+
+    def result(self) -> Sampled:
+        return self.sampled
 
 
 class ModelExecutor:
@@ -68,7 +86,7 @@ class ModelExecutor:
     def steps(self) -> int:
         return self.runner.steps
 
-    def execute(self, plan: StepPlan) -> Sampled:
+    def launch(self, plan: StepPlan) -> StepFuture:
         if plan.swap_out:       # device -> host, before the freed pages are written again
             device, host = zip(*plan.swap_out)
             self.host_storage[list(host)] = self.runner.read_pages(self.storage, device)
@@ -76,6 +94,6 @@ class ModelExecutor:
             host, device = zip(*plan.swap_in)
             self.storage = self.runner.write_pages(self.storage, device, self.host_storage[list(host)])
         if plan.is_empty:
-            return Sampled(np.zeros(0, np.int32))
-        sampled, self.storage = self.runner.run(plan, self.storage)
-        return sampled
+            return Ready(Sampled(np.zeros(0, np.int32)))
+        future, self.storage = self.runner.run(plan, self.storage)
+        return future

@@ -22,17 +22,19 @@ def sampling_arrays(plan: StepPlan, num_rows: int, num_tokens: int = 0) -> Sampl
     (the step then compiles to the argmax alone). Shapes that vary are rounded up to powers of
     two (the banned ids per row, the top log-probabilities) to bound compilations."""
     requests = [s.request for s in plan.seqs]
-    if all(r.params.plain and len(r.output_token_ids) >= r.params.min_tokens for r in requests):
+    counters = [s.sample_index or 0 for s in plan.seqs]     # the output token each row samples
+    bans = [_banned(s.request) if s.samples and s.sample_index < s.request.params.min_tokens
+            else () for s in plan.seqs]
+    if all(r.params.plain for r in requests) and not any(bans):
         return None                                     # the common greedy step: one pass
-    bans = [_banned(r) for r in requests]
     asked = [r.params.logprobs for r in requests if r.params.logprobs is not None]
     penalized = any(r.params.penalized for r in requests)
     prompt_next, prompt_k = _prompt_next(plan, num_tokens)
     if (not any(r.params.temperature > 0 for r in requests) and not any(bans) and not asked
             and not penalized and prompt_k is None):
         return None
-    values = np.array([(r.params.temperature, r.params.top_k, r.params.top_p, r.seed,
-                        len(r.output_token_ids), r.params.min_p) for r in requests], np.float64)
+    values = np.array([(r.params.temperature, r.params.top_k, r.params.top_p, r.seed, i,
+                        r.params.min_p) for r, i in zip(requests, counters)], np.float64)
     banned = None
     if any(bans):
         banned = np.full((len(bans), next_pow2(max(map(len, bans)))), -1, np.int32)
@@ -68,8 +70,6 @@ def _prompt_next(plan: StepPlan, num_tokens: int) -> tuple[np.ndarray | None, in
 
 
 def _banned(request) -> tuple[int, ...]:
-    """Token ids ``request`` may not sample now: its stop ids and EOS before ``min_tokens``."""
-    params = request.params
-    if len(request.output_token_ids) >= params.min_tokens:
-        return ()
-    return params.stop_token_ids + (() if params.ignore_eos else tuple(request.eos_token_ids))
+    """Token ids ``request`` may not sample before ``min_tokens``: its stop ids and EOS."""
+    return request.params.stop_token_ids + (() if request.params.ignore_eos
+                                            else tuple(request.eos_token_ids))

@@ -1,6 +1,9 @@
-"""ModelRunner: packs a StepPlan into one input buffer and runs the one jitted step.
+"""ModelRunner: packs a StepPlan into one input buffer and launches the one jitted step.
 
-A step is one dispatch with one host-to-device transfer and one device-to-host transfer: the
+A step is one dispatch with one host-to-device transfer and one device-to-host transfer, and the
+runner does not wait for it (``run`` returns a ``StepResult``; its tokens start travelling to the
+host at once, and a plan made before they arrive reads them on the device: future tokens,
+``kvlab.engine.future_tokens``). The
 runner writes the plan's batch (tokens, positions, write slots, query offsets, KV lengths,
 block-table rows) and the block-table cells changed since the previous plan into a single int32
 buffer (``kvlab.engine.step_inputs``); the jitted step unpacks it, applies the changes to the
@@ -30,6 +33,7 @@ from flax import nnx
 
 from kvlab.attention.batch import RaggedBatch
 from kvlab.engine.device_table import DeviceBlockTable, apply_changes, gather_page_table
+from kvlab.engine.future_tokens import LastTokens, mark_future, record_sampled, resolve_future
 from kvlab.engine.penalties import PenaltyCounts, count_step_tokens
 from kvlab.engine.plan_sampling import sampling_arrays
 from kvlab.engine.sampling import Sampled, token_logprobs
@@ -63,8 +67,10 @@ class StepStatics:
                                  and self._key == other._key)
 
 
-def _step_impl(statics: StepStatics, spec: StepSpec, weights, storage, table, inputs, sampling, counts):
+def _step_impl(statics: StepStatics, spec: StepSpec, weights, storage, table, last, inputs, sampling,
+               counts):
     batch, cache_rows, changes = spec.layout.unpack(inputs)
+    batch = dataclasses.replace(batch, tokens=resolve_future(batch.tokens, last))
     table = apply_changes(table, changes)
     page_table = gather_page_table(table, cache_rows, batch.kv_lens, storage.page_size, spec.page_cols)
     batch = dataclasses.replace(batch, page_table=page_table, decode_only=spec.decode_only,
@@ -85,13 +91,15 @@ def _step_impl(statics: StepStatics, spec: StepSpec, weights, storage, table, in
         following = jnp.maximum(sampling.prompt_next, 0)
         prompt = Sampled(following, token_logprobs(logits, following, sampling.prompt_logprobs)).pack()
         logits = logits[batch.logits_indices]
-    return statics.sampler(logits, sampling).pack(), prompt, storage, table, counts
+    sampled = statics.sampler(logits, sampling)
+    last = record_sampled(last, cache_rows, batch.kv_lens, sampled.tokens)
+    return sampled.pack(), prompt, storage, table, last, counts
 
 
 # One jitted step shared by every runner: engines with equal statics reuse each other's
-# compilations. The KV storage, the block table's device copy and the penalty counts are
-# donated (updated in place).
-_step = jax.jit(_step_impl, static_argnums=(0, 1), donate_argnums=(3, 4, 7))
+# compilations. The KV storage, the block table's device copy, the rows' last tokens and the
+# penalty counts are donated (updated in place).
+_step = jax.jit(_step_impl, static_argnums=(0, 1), donate_argnums=(3, 4, 5, 8))
 
 
 _gather_page_table = jax.jit(gather_page_table, static_argnums=(3, 4))   # ``pack``: outside a step
@@ -131,6 +139,7 @@ def fill_inputs(plan: StepPlan, views: InputViews) -> tuple[bool, bool]:
     views.cache_rows[row] = t.rows
     views.logits_indices[row] = views.cu_q_lens[row + 1] - 1
     views.tokens[:n_tok] = plan.token_ids()
+    mark_future(views.tokens[:n_tok], lens=lens, rows=t.rows)
     views.positions[:n_tok], views.slots[:n_tok] = t.positions, t.slots
     views.num_seqs[0] = plan.num_rows
     decodes = lens == 1
@@ -160,6 +169,7 @@ class ModelRunner:
         self.table = DeviceBlockTable(num_cols=shapes.pad_limit(limits).pages,
                                       num_rows=next_pow2(2 * limits.rows),
                                       change_capacity=next_pow2(4 * limits.rows, 64))
+        self.last_tokens = LastTokens()
         self.penalty_counts = PenaltyCounts(model.config.vocab_size)
         self._compiled: set[tuple] = set()
         self.compile_seconds = 0.0      # time of the calls that compiled, on ``clock``
@@ -212,11 +222,13 @@ class ModelRunner:
         return dataclasses.replace(batch, page_table=page_table, decode_only=spec.decode_only,
                                    has_decodes=spec.has_decodes), shape
 
-    def run(self, plan: StepPlan, storage) -> tuple[Sampled, object]:
-        """Run one step; returns (what it sampled: tokens [>= plan.num_rows] and log-probabilities
-        when asked, as NumPy arrays; the storage)."""
+    def run(self, plan: StepPlan, storage) -> tuple[StepResult, object]:
+        """Launch one step without waiting for it; returns (its ``StepResult``, whose ``result()``
+        gives what it sampled: tokens [>= plan.num_rows] and log-probabilities when asked, as
+        NumPy arrays; the storage, as the step leaves it)."""
         views, spec, shape = self._prepare(plan)
         table = self.table.stage(plan.table, views.change_rows, views.change_cols, views.change_pages)
+        last = self.last_tokens.fit(self.table.num_rows)
         sampling = sampling_arrays(plan, shape.rows, shape.tokens)
         counts = None
         if sampling is not None and sampling.penalties is not None:
@@ -225,19 +237,34 @@ class ModelRunner:
                None if sampling is None or sampling.banned is None else sampling.banned.shape,
                None if counts is None else counts.output.shape)
         t0 = self.clock()
-        packed, prompt, storage, self.table.array, counts = _step(
-            self.statics, spec, self.weights, storage, table, views.buffer, sampling, counts)
+        inputs, sampling = jax.device_put((views.buffer, sampling))    # the step's one transfer in
+        packed, prompt, storage, self.table.array, self.last_tokens.array, counts = _step(
+            self.statics, spec, self.weights, storage, table, last, inputs, sampling, counts)
         if counts is not None:
             self.penalty_counts.counts = counts
         if key not in self._compiled:    # a new signature: the launch is asynchronous, so this
             self._compiled.add(key)      # call's time is the trace and the compilation
             self.compile_seconds += self.clock() - t0
         self.steps += 1
-        sampled = Sampled.unpack(np.asarray(packed))
-        if prompt is not None:
-            prompt_logprobs = Sampled.unpack(np.asarray(prompt)).logprobs
-            sampled = dataclasses.replace(sampled, prompt_logprobs=prompt_logprobs)
-        return sampled, storage
+        return StepResult(packed, prompt), storage
+
+
+class StepResult:
+    """What a launched step will hand back: its packed sampled tokens (and log-probabilities)
+    start travelling to the host at once (``copy_to_host_async``); ``result()`` waits for them."""
+
+    def __init__(self, packed, prompt=None):
+        self._arrays = (packed,) if prompt is None else (packed, prompt)
+        for array in self._arrays:
+            array.copy_to_host_async()
+
+    def result(self) -> Sampled:
+        """The step's ``Sampled`` (NumPy), once the device has finished the step."""
+        host = jax.device_get(self._arrays)
+        sampled = Sampled.unpack(host[0])
+        if len(host) > 1:
+            sampled = dataclasses.replace(sampled, prompt_logprobs=Sampled.unpack(host[1]).logprobs)
+        return sampled
 
 
 class DenseReferenceDecoder:

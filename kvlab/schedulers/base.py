@@ -38,12 +38,19 @@ class Scheduler(abc.ABC):
 
     @abc.abstractmethod
     def schedule(self) -> StepPlan:
-        """Plan the next step and allocate its cache pages."""
+        """Plan the next step and allocate its cache pages. It may be called again before the
+        previous plan's ``update`` (an engine plans step N+1 while step N runs): build the plan
+        with ``StepPlan.of`` (it marks the plan's tokens computed and its samples pending), count
+        a request's tokens as ``num_planned_tokens`` (its pending tokens are computed by the next
+        plan, their ids filled in on the device) and plan nothing for a request whose pending
+        tokens end it (``Request.ends_by_length``)."""
 
     @abc.abstractmethod
     def update(self, plan: StepPlan, sampled_tokens, now: float | None = None) -> list[StepOutput]:
-        """Apply a step's sampled tokens (``sampled_tokens[row]`` for each planned sequence; at
-        least ``plan.num_rows`` of them); ``now`` is the time stamped on the new tokens
+        """Apply a step's sampled tokens (``sampled_tokens[row]`` for each planned sequence that
+        samples; at least ``plan.num_rows`` of them), plans in the order they were made; a
+        request preempted or finished since its plan was made takes the token without
+        committing it to the cache (or ignores it); ``now`` is the time stamped on the new tokens
         (default: ``time.perf_counter()``; simulations pass their clock). Finished requests
         (``kvlab.schedulers.stopping.check_stop``) release everything they hold."""
 

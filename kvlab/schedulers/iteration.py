@@ -26,7 +26,7 @@ import numpy as np
 
 from kvlab.schedulers.admission import OptimisticAdmission, lifetime_tokens
 from kvlab.schedulers.base import Scheduler
-from kvlab.schedulers.plan import ScheduledSeq, StepOutput, StepPlan, StepTable
+from kvlab.schedulers.plan import ScheduledSeq, StepOutput, StepPlan
 from kvlab.schedulers.policies import FCFS
 from kvlab.schedulers.preemption import RecomputePreemption
 from kvlab.schedulers.request import Request, RequestStatus
@@ -153,9 +153,8 @@ class IterationScheduler(Scheduler):
                 if not self._admit(req, step):
                     break
         swap_out, self._swap_out = self._swap_out, []
-        seqs = self._assign_rows(step.seqs)
-        return StepPlan(seqs=seqs, preempted=step.preempted, swap_out=swap_out, swap_in=swap_in,
-                        table=StepTable.build(cache, seqs) if seqs else None)
+        return StepPlan.of(cache, self._assign_rows(step.seqs), preempted=step.preempted,
+                           swap_out=swap_out, swap_in=swap_in)
 
     def _continue_running(self, step: _StepBuilder) -> None:
         """Running requests continue: decodes first (never stalled by a prefill), then chunks of
@@ -164,11 +163,11 @@ class IterationScheduler(Scheduler):
         is then taken out of the plan - until the allocation fits or the request itself is the
         victim."""
         cache = self.cache
-        self.running.sort(key=lambda r: (r.num_tokens - r.num_computed_tokens > 1, r.arrival_time))
+        self.running.sort(key=lambda r: (r.num_planned_tokens - r.num_computed_tokens > 1, r.arrival_time))
         for req in list(self.running):
-            if req.status is not RequestStatus.RUNNING:      # preempted earlier in this loop
-                continue
-            n = req.num_tokens - req.num_computed_tokens
+            if req.status is not RequestStatus.RUNNING or req.ends_by_length:   # preempted earlier
+                continue                   # in this loop, or its pending token is its last one
+            n = req.num_planned_tokens - req.num_computed_tokens
             n = min(n, step.limit, step.budget) if n > 1 else min(n, step.budget)
             if n <= 0:
                 continue
@@ -227,19 +226,22 @@ class IterationScheduler(Scheduler):
             raise ValueError(f"the plan uses {plan.num_rows} batch rows, {len(sampled_tokens)} tokens given")
         now = time.perf_counter() if now is None else now
         tokens = np.asarray(sampled_tokens).tolist()
-        outputs, cache, finished = [], self.cache, RequestStatus.FINISHED
+        outputs, cache = [], self.cache
+        finished, running = RequestStatus.FINISHED, RequestStatus.RUNNING
         for seq in plan.seqs:
             req = seq.request
-            if req.status is finished:  # aborted between schedule and update
+            if req.status is finished:  # aborted, or ended by a token read after this plan was made
                 continue
-            computed = req.num_computed_tokens = seq.start + seq.num_new_tokens
-            if computed < len(req.prompt_token_ids) + len(req.output_token_ids):
-                cache.commit(req.request_id, req.tokens, computed)   # a prefill chunk: nothing sampled
+            computed = seq.start + seq.num_new_tokens
+            if not seq.samples:         # a prefill chunk: nothing sampled
+                if req.status is running:
+                    cache.commit(req.request_id, req.tokens, computed)
                 outputs.append(StepOutput(req, [], False))
                 continue
             token = tokens[seq.row]
             req.append_token(token, now)
-            cache.commit(req.request_id, req.tokens, computed)
+            if req.status is running:   # not preempted since this plan was made
+                cache.commit(req.request_id, req.tokens, computed)
             if req.finish_reason is not None:
                 self._release(req)
             outputs.append(StepOutput(req, [token], req.status is finished))
@@ -275,7 +277,7 @@ class _StepBuilder:
 
     def plan(self, request: Request, start: int, num_new_tokens: int) -> None:
         """Add a sequence in the next batch row."""
-        self.seqs.append(ScheduledSeq(request, start, num_new_tokens, len(self.seqs)))
+        self.seqs.append(ScheduledSeq.of(request, start, num_new_tokens, len(self.seqs)))
         self.budget -= num_new_tokens
 
     def unplan(self, request: Request) -> None:

@@ -21,8 +21,9 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
+
 from kvlab.schedulers.iteration import IterationScheduler
-from kvlab.schedulers.plan import ScheduledSeq
 from kvlab.schedulers.shapes import FixedShapes
 
 
@@ -49,6 +50,5 @@ class PersistentScheduler(IterationScheduler):
         self.slots[slot] = None
 
     def _assign_rows(self, seqs):
-        rows = [ScheduledSeq(s.request, s.start, s.num_new_tokens, self.slot_of[s.request.request_id])
-                for s in seqs]
+        rows = [dataclasses.replace(s, row=self.slot_of[s.request.request_id]) for s in seqs]
         return sorted(rows, key=lambda s: s.row)

@@ -21,24 +21,53 @@ from kvlab.schedulers.request import Request
 
 @dataclasses.dataclass(frozen=True)
 class ScheduledSeq:
-    """One sequence in a step: ``num_new_tokens`` tokens from position ``start``, in batch ``row``."""
+    """One sequence in a step: ``num_new_tokens`` tokens from position ``start``, in batch ``row``.
+
+    sample_index: the index, among the request's output tokens, of the token this step samples
+    (None: a prefill chunk that samples nothing).
+    """
 
     request: Request
     start: int
     num_new_tokens: int
     row: int = 0
+    sample_index: int | None = None
+
+    @classmethod
+    def of(cls, request: Request, start: int, num_new_tokens: int, row: int = 0) -> ScheduledSeq:
+        """``num_new_tokens`` of ``request``'s tokens from ``start`` in batch ``row``; it samples
+        when it reaches the request's last planned token (``num_planned_tokens``)."""
+        samples = start + num_new_tokens == request.num_planned_tokens
+        index = len(request.output_token_ids) + request.num_pending if samples else None
+        return cls(request, start, num_new_tokens, row, index)
+
+    @property
+    def samples(self) -> bool:
+        return self.sample_index is not None
 
     @property
     def token_ids(self) -> list[int]:
-        """The tokens computed this step (a slice: a decode copies one token, not the sequence)."""
-        request, start, end = self.request, self.start, self.start + self.num_new_tokens
-        prompt = request.prompt_token_ids
+        """The tokens computed this step (a slice: a decode copies one token, not the sequence);
+        ``FUTURE_TOKEN`` (-1) where a token is still pending (sampled by a step the host has not
+        read yet: the device fills it in)."""
+        start, end, known = self.start, self.start + self.num_new_tokens, self.request.num_tokens
+        if end > known:
+            return self._known(start, known) + [FUTURE_TOKEN] * (end - max(start, known))
+        return self._known(start, end)
+
+    def _known(self, start: int, end: int) -> list[int]:
+        prompt, output = self.request.prompt_token_ids, self.request.output_token_ids
         n = len(prompt)
+        if start >= end:
+            return []
         if start >= n:
-            return request.output_token_ids[start - n:end - n]
+            return output[start - n:end - n]
         if end <= n:
             return prompt[start:end]
-        return prompt[start:] + request.output_token_ids[:end - n]
+        return prompt[start:] + output[:end - n]
+
+
+FUTURE_TOKEN = -1     # a token a step in flight samples; resolved on the device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +123,17 @@ class StepPlan:
     swap_in: list[tuple[int, int]] = dataclasses.field(default_factory=list)   # (host, device) page
     table: StepTable | None = None
 
+    @classmethod
+    def of(cls, cache, seqs: list[ScheduledSeq], **copies) -> StepPlan:
+        """The plan of ``seqs`` (in row order; their ``StepTable`` read from ``cache``; ``copies``:
+        ``preempted``, ``swap_out``, ``swap_in``). Marks its tokens computed and its samples
+        pending on the requests (``num_computed_tokens``, ``num_pending``), so the next plan may
+        be made before this one's ``update`` (an engine that plans ahead)."""
+        for seq in seqs:
+            seq.request.num_computed_tokens = seq.start + seq.num_new_tokens
+            seq.request.num_pending += seq.samples
+        return cls(seqs=seqs, table=StepTable.build(cache, seqs) if seqs else None, **copies)
+
     @functools.cached_property
     def num_tokens(self) -> int:
         return sum(s.num_new_tokens for s in self.seqs)
@@ -113,7 +153,8 @@ class StepPlan:
         return not self.seqs
 
     def token_ids(self) -> np.ndarray:
-        """[T] int32: the new tokens of every sequence, in plan order."""
+        """[T] int32: the new tokens of every sequence, in plan order (``FUTURE_TOKEN`` where
+        pending)."""
         return np.fromiter(itertools.chain.from_iterable(s.token_ids for s in self.seqs), np.int32,
                            self.num_tokens)
 

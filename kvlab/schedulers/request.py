@@ -22,7 +22,10 @@ class RequestStatus(enum.Enum):
 
 @dataclasses.dataclass(eq=False)
 class Request:
-    """One generation request. ``num_computed_tokens`` counts tokens whose KV is in the cache."""
+    """One generation request. ``num_computed_tokens`` counts tokens whose KV is in the cache or
+    is being written by a planned step (the scheduler advances it when it plans a step);
+    ``num_pending`` counts tokens that planned steps sample but the host has not read yet (an
+    engine that plans step N+1 while step N runs has one such token per decoding request)."""
 
     request_id: str
     prompt_token_ids: list[int]
@@ -40,6 +43,7 @@ class Request:
     output_text: OutputText | None = None  # detokenized output (engines with a tokenizer)
     seed: int = 0                        # its random stream (``SamplingParams.seed`` or the engine's)
     num_computed_tokens: int = 0
+    num_pending: int = 0
     num_preemptions: int = 0
     token_times: list[float] = dataclasses.field(default_factory=list)
     logprobs: list[dict[int, float]] | None = None  # per output token, when params.logprobs is set
@@ -48,6 +52,21 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_planned_tokens(self) -> int:
+        """Tokens it will have once the planned steps are read: ``num_tokens + num_pending``."""
+        return self.num_tokens + self.num_pending
+
+    @property
+    def ends_by_length(self) -> bool:
+        """Whether its pending tokens already reach ``max_tokens`` or the context, so no step
+        needs to be planned for it (the last pending token will end it)."""
+        if self.num_pending == 0:
+            return False
+        if len(self.output_token_ids) + self.num_pending >= self.params.max_tokens:
+            return True
+        return self.max_total_tokens is not None and self.num_planned_tokens >= self.max_total_tokens
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -68,7 +87,9 @@ class Request:
         return None if self.output_text is None else self.output_text.text
 
     def append_token(self, token: int, now: float) -> None:
-        """Record a sampled token and decide whether the request is done (``check_stop``)."""
+        """Record a sampled token (a pending one, when steps were planned ahead) and decide
+        whether the request is done (``check_stop``)."""
+        self.num_pending = max(0, self.num_pending - 1)
         self.output_token_ids.append(int(token))
         self.token_times.append(now)
         if self.output_text is not None:

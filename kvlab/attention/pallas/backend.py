@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from kvlab.attention.batch import RaggedBatch
+from kvlab.attention.pallas import tuned
 from kvlab.attention.pallas.config import DecodeConfig, check_supported, choose_num_splits
 from kvlab.attention.pallas.device import check_pallas_device, num_sms
 from kvlab.attention.pallas.launches import DecodeLaunch
@@ -34,19 +35,24 @@ class PallasAttention:
     """Ragged paged attention through Pallas kernels (Triton lowering; the Hopper prefill with
     the Mosaic GPU lowering).
 
-    decode: the decode kernel's tiles. prefill: the prefill strategy (``prefill.PrefillStrategy``):
-    ``PrefillConfig`` (the Triton kernel), ``MosaicPrefillConfig`` (the Hopper kernel: wgmma, TMA,
-    warp specialization; a clear error where it cannot serve the model), or None, meaning
-    ``AutoPrefill()``: the Hopper kernel on a Hopper GPU for steps of prefills alone wherever it
-    serves the combination, the Triton kernel otherwise (see ``prefill_kernel``). kv_write_kernel:
-    write new K/V with the Pallas scatter kernel (True) or XLA's scatter (False); fuse_mixed: with
-    the Triton prefill, a step with prefill chunks runs prefill and decode programs in one launch
-    (True) or as two kernels, one after the other (False; the Hopper prefill always runs as its own
-    launch); interpret: run the kernels in Pallas interpret mode (any device, slow: for tests on
-    CPU); num_sms: SM count for the split-K heuristic and persistent grids (None: ask the device).
+    decode: the decode kernel's tiles (``DecodeConfig``, always used when given), or None: the
+    tuned tiles of ``decode_table`` for this device kind and the step's static shapes
+    (``decode_config``; see ``tuned.py``), the generic ``DecodeConfig()`` on devices the table does
+    not list. decode_table: that table (``tuned.TUNED``; one's own for experiments). prefill: the
+    prefill strategy (``prefill.PrefillStrategy``): ``PrefillConfig`` (the Triton kernel),
+    ``MosaicPrefillConfig`` (the Hopper kernel: wgmma, TMA, warp specialization; a clear error
+    where it cannot serve the model), or None, meaning ``AutoPrefill()``: the Hopper kernel on a
+    Hopper GPU for steps of prefills alone wherever it serves the combination, the Triton kernel
+    otherwise (see ``prefill_kernel``). kv_write_kernel: write new K/V with the Pallas scatter
+    kernel (True) or XLA's scatter (False); fuse_mixed: with the Triton prefill, a step with
+    prefill chunks runs prefill and decode programs in one launch (True) or as two kernels, one
+    after the other (False; the Hopper prefill always runs as its own launch); interpret: run the
+    kernels in Pallas interpret mode (any device, slow: for tests on CPU); num_sms: SM count for
+    the split-K heuristic and persistent grids (None: ask the device).
     """
 
-    decode: DecodeConfig = DecodeConfig()
+    decode: DecodeConfig | None = None
+    decode_table: tuple[tuned.DecodeTiles, ...] = tuned.TUNED
     prefill: PrefillStrategy | None = None
     kv_write_kernel: bool = True
     fuse_mixed: bool = True
@@ -76,7 +82,7 @@ class PallasAttention:
         _, num_q_heads, head_dim = query.shape
         check_supported(q_dtype=query.dtype, kv_dtype=storage.dtype, num_q_heads=num_q_heads,
                         num_kv_heads=storage.num_kv_heads, head_dim=head_dim, page_size=storage.page_size)
-        decode = DecodeLaunch(self.decode)
+        decode = DecodeLaunch(self.decode_config(batch, storage))
         if batch.decode_only:
             launches = (decode,)
         else:
@@ -125,13 +131,26 @@ class PallasAttention:
                                      options=options)
         return self.run(q, storage, layer, self._plan((kernel,), batch, storage, options, query_spec(q)))
 
+    def decode_config(self, batch: RaggedBatch, storage) -> DecodeConfig:
+        """The decode kernel's tiles for this batch's (static) shapes: ``decode`` when given, else
+        the tuned tiles for this device kind and shape class (``tuned.tuned_decode``)."""
+        if self.decode is not None:
+            return self.decode
+        return tuned.tuned_decode(tuned.device_kind(), self._decode_shape(batch, storage), self.decode_table)
+
     def num_splits(self, batch: RaggedBatch, storage) -> int:
         """The decode kernel's split-K factor for this batch's (static) shapes."""
-        return choose_num_splits(self.decode, num_seqs=batch.num_seq_slots, num_kv_heads=storage.num_kv_heads,
+        shape = self._decode_shape(batch, storage)
+        return choose_num_splits(self.decode_config(batch, storage), num_seqs=shape.num_seqs,
+                                 num_kv_heads=shape.num_kv_heads, max_kv_len=shape.max_kv_len,
+                                 num_sms=shape.num_sms)
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _decode_shape(self, batch: RaggedBatch, storage) -> tuned.DecodeShape:
+        return tuned.DecodeShape(num_seqs=batch.num_seq_slots, num_kv_heads=storage.num_kv_heads,
                                  max_kv_len=batch.page_table.shape[1] * storage.page_size,
                                  num_sms=self.num_sms or num_sms())
 
-    # ---- internals ---------------------------------------------------------------------------
     def _strategy(self) -> PrefillStrategy:
         return AutoPrefill() if self.prefill is None else self.prefill
 

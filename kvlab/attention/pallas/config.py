@@ -29,13 +29,16 @@ class DecodeConfig:
 
     Rows of a program are the query heads of one KV group (padded to at least 16, the smallest
     matrix tile), so each KV tile is read once per group. ``num_splits=None`` lets
-    ``choose_num_splits`` pick from the batch and context sizes.
+    ``choose_num_splits`` pick from the batch and context sizes: about ``waves`` programs per SM
+    (``waves`` x SMs programs in all), at most ``max_splits``, and at least
+    ``min_tiles_per_split`` KV tiles per split.
     """
 
     block_k: int = 64
     num_splits: int | None = None
     max_splits: int = 16
     min_tiles_per_split: int = 4
+    waves: int = 2
     num_warps: int = 4
     num_stages: int = 3
 
@@ -43,6 +46,8 @@ class DecodeConfig:
         check_pow2("block_k", self.block_k, 16)
         if self.num_splits is not None and self.num_splits < 1:
             raise ValueError(f"num_splits must be None (automatic) or >= 1, got {self.num_splits}")
+        if self.waves < 1 or self.max_splits < 1 or self.min_tiles_per_split < 1:
+            raise ValueError("waves, max_splits and min_tiles_per_split must be >= 1")
 
 
 def check_pow2(name: str, value: int, lo: int) -> None:
@@ -53,13 +58,13 @@ def check_pow2(name: str, value: int, lo: int) -> None:
 
 def choose_num_splits(config: DecodeConfig, *, num_seqs: int, num_kv_heads: int, max_kv_len: int,
                       num_sms: int) -> int:
-    """Split-K factor: enough programs for about two waves over the SMs when the batch alone
-    does not fill them (few long sequences), none when it does (many short ones), and never so
-    many that a split gets fewer than ``min_tiles_per_split`` KV tiles. A power of two."""
+    """Split-K factor: enough programs for about ``config.waves`` programs per SM when the batch
+    alone does not fill them (few long sequences), none when it does (many short ones), and never
+    so many that a split gets fewer than ``min_tiles_per_split`` KV tiles. A power of two."""
     if config.num_splits is not None:
         return config.num_splits
     programs = max(1, num_seqs * num_kv_heads)
-    want = -(-2 * num_sms // programs)
+    want = -(-config.waves * num_sms // programs)
     tiles = -(-max_kv_len // config.block_k)
     cap = max(1, min(config.max_splits, tiles // config.min_tiles_per_split))
     splits = 1

@@ -154,19 +154,22 @@ def _init_carry(rows: int, head_dim: int):
 
 
 def decode_program(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv_refs, o_ref, lse_ref, *, seq, kv_head,
-                   split,
-                   layer, num_seqs, num_splits: int, rows: int, decode_only: bool):
+                   split, layer, num_seqs, num_splits: int, rows: int, decode_only: bool, fill: bool = False):
     """The single query token of sequence ``seq``, heads of KV group ``kv_head``, split ``split``:
     writes o_ref[seq, split, heads] (normalized, float32) and lse_ref[seq, split, heads] (log2);
     with ``lse_ref=None`` (one split) the final rows instead: o_ref[token, heads] ([T, Hq, D], its
-    dtype), nothing for an inactive slot."""
+    dtype), nothing for an inactive slot. ``fill`` (one split, a step of decodes alone whose output
+    the launch creates; the grid spans max(S, T) slots): program ``seq`` writes row ``seq`` whole,
+    zeros when inactive, so no memset precedes the launch."""
     num_tokens, head_dim = q_ref.shape[0], q_ref.shape[2]
     group = st.group
-    q_start = cu_ref[seq]
+    slot = jnp.minimum(seq, kv_len_ref.shape[0] - 1) if fill else seq      # slots past S: padding rows
+    q_start = cu_ref[slot]
     active = seq < num_seqs
     if not decode_only:
         active = active & (cu_ref[seq + 1] - q_start == 1)
-    kv_len = jnp.where(active, kv_len_ref[seq], 0)
+    kv_len = jnp.where(active, kv_len_ref[slot], 0)
+    row, write = (seq, seq < num_tokens) if fill else (q_start, active)
 
     r = jnp.arange(rows, dtype=jnp.int32)
     row_ok = r < group
@@ -182,18 +185,18 @@ def decode_program(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv_refs, o_ref
     pos = kv_len - 1
     acc, m, l_sum = _attend_positions(
         st, q, kv_refs, pt_ref, first_pos=pos, last_pos=pos, tiles=share if num_splits > 1 else None,
-        sinks=split == 0, layer=layer, seq=seq, head=kv_head, kv_len=kv_len,
+        sinks=split == 0, layer=layer, seq=slot, head=kv_head, kv_len=kv_len,
         row_pos=jnp.zeros((rows,), jnp.int32) + pos, carry=_init_carry(rows, head_dim))
     has = l_sum > 0
-    out = acc / jnp.where(has, l_sum, 1.0)[:, None]
+    out = acc / jnp.where(has, l_sum, 1.0)[:, None]              # zeros where no key is visible
     # Masked-out rows store to distinct (possibly out-of-range) places: interpret mode applies a
     # masked store as a scatter, where duplicate indices would race with the real rows.
     heads = kv_head * group + r
     h, _ = cols(heads, head_dim, st.interpret)
     if lse_ref is None:
-        t, _ = cols(jnp.zeros((rows,), jnp.int32) + q_start, head_dim, st.interpret)
+        t, _ = cols(jnp.zeros((rows,), jnp.int32) + row, head_dim, st.interpret)
         plgpu.store(o_ref.at[t, h, d], out.astype(o_ref.dtype),
-                    mask=jnp.broadcast_to((row_ok & active)[:, None], out.shape))
+                    mask=jnp.broadcast_to((row_ok & write)[:, None], out.shape))
         return
     lse = jnp.where(has, m + jnp.log2(jnp.where(has, l_sum, 1.0)), NEG)
     plgpu.store(o_ref.at[seq, split, h, d], out, mask=jnp.broadcast_to(row_ok[:, None], out.shape))

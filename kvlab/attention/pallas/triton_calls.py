@@ -11,7 +11,8 @@ the step's plan (``plan.py``), computed once for all layers.
 Each returns the step's whole output ``[T, Hq, D]``: the kernels write every row themselves
 (prefill programs left idle by the plan zero the padding rows; the decode kernel writes into the
 prefill's output in place when launched after it), so no memset, select or scatter of rows
-surrounds a launch (only the split-K merge when a decode uses more than one split).
+surrounds a launch (only the split-K merge when a decode uses more than one split; a step of
+decodes alone with one split needs no memset either).
 """
 
 from __future__ import annotations
@@ -67,31 +68,38 @@ def _merge_into(out, o, lse, slot_rows):
 def paged_decode(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, slot_rows, *, st: Static, config,
                  num_splits: int, decode_only: bool, out=None):
     """Decode rows. q: [T, Hq, D]; meta: [2+] int32 (layer, num_seqs, ...); slot_rows: [S] int32,
-    each slot's decode row (``plan.decode_rows``). Returns ``out`` ([T, Hq, D], zeros if None; updated in
-    place) with the row of each single-token sequence replaced by its attention. One split writes
-    the rows from the kernel; more go through ``merge_splits``."""
-    num_seqs_padded = kv_lens.shape[0]
+    each slot's decode row (``plan.decode_rows``). Returns ``out`` ([T, Hq, D], updated in place;
+    made by the launch if None) with the row of each single-token sequence replaced by its
+    attention, other rows zeros if ``out`` is None. One split writes the rows from the kernel (all
+    of them, zeros included, for a step of decodes alone: no memset); more go through
+    ``merge_splits``."""
+    num_seqs_padded, num_tokens = kv_lens.shape[0], q.shape[0]
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = num_q_heads // st.group
-    out = jnp.zeros_like(q) if out is None else out
     direct = num_splits == 1
+    fill = direct and out is None and decode_only
+    if out is None and not fill:
+        out = jnp.zeros_like(q)
+    slots = max(num_seqs_padded, num_tokens) if fill else num_seqs_padded
     n_in = 5 + len(kv_arrays)
 
     def kernel(q_ref, cu_ref, kv_len_ref, pt_ref, meta_ref, *refs):
-        outs = refs[st.n_kv + direct:]          # after the cache arrays (and the aliased ``out``)
+        outs = refs[st.n_kv + (direct and not fill):]   # after the cache arrays (and the aliased ``out``)
         decode_program(st, q_ref, cu_ref, kv_len_ref, pt_ref, refs[:st.n_kv], outs[0],
                        outs[1] if not direct else None,
                        seq=pl.program_id(0), kv_head=pl.program_id(1), split=pl.program_id(2),
                        layer=meta_ref[0], num_seqs=meta_ref[1], num_splits=num_splits,
-                       rows=decode_rows(st.group), decode_only=decode_only)
+                       rows=decode_rows(st.group), decode_only=decode_only, fill=fill)
 
-    call = functools.partial(pl.pallas_call, kernel, grid=(num_seqs_padded, num_kv_heads, num_splits),
+    call = functools.partial(pl.pallas_call, kernel, grid=(slots, num_kv_heads, num_splits),
                              compiler_params=_params(config), interpret=st.interpret,
                              name="kvlab_paged_decode")
     args = (q, cu_q_lens, kv_lens, page_table, meta, *kv_arrays)
+    out_shape = jax.ShapeDtypeStruct(q.shape, q.dtype)
+    if fill:
+        return call(out_shape=out_shape)(*args)
     if direct:
-        return call(out_shape=jax.ShapeDtypeStruct(out.shape, out.dtype),
-                    input_output_aliases={n_in: 0})(*args, out)
+        return call(out_shape=out_shape, input_output_aliases={n_in: 0})(*args, out)
     o, lse = call(out_shape=_partial_shapes(num_seqs_padded, num_splits, num_q_heads, head_dim))(*args)
     return _merge_into(out, o, lse, slot_rows)
 

@@ -1,0 +1,83 @@
+"""Tuned decode tiles: a small table keyed by device kind and shape class, used when
+``PallasAttention(decode=None)`` (the default) leaves the tiles to the backend; an explicit
+``DecodeConfig`` always wins.
+
+The decode kernel is bound by HBM bandwidth, and which tiles reach it depends on the GPU (how many
+programs an SM holds at once against how many bytes each keeps in flight) and on the shape: a
+batch whose (sequence, KV head) programs fill the SMs runs one split each (``DecodeShape.fills_gpu``),
+few long sequences split their context (flash-decoding) and merge the splits. The figures behind
+each entry are in docs/benchmarks.md (``benchmarks/attention_kernels.py --tune``).
+
+Everything here is static (device kind, static shapes), so the chosen config is a static argument
+of the compiled step like an explicit one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from kvlab.attention.pallas.config import DecodeConfig
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecodeShape:
+    """The static shape class of a decode launch: sequence slots, KV heads, the longest context
+    the page table holds (tokens) and the GPU's SM count."""
+
+    num_seqs: int
+    num_kv_heads: int
+    max_kv_len: int
+    num_sms: int
+
+    @property
+    def fills_gpu(self) -> bool:
+        """One program per (sequence, KV head) already gives every SM one: no split-K needed."""
+        return self.num_seqs * self.num_kv_heads >= self.num_sms
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecodeTiles:
+    """The decode tiles of one device kind: ``device`` is matched as a substring of
+    ``jax.Device.device_kind`` ("" matches any device); ``batch`` serves shapes that fill the GPU,
+    ``split`` the few long sequences that need split-K."""
+
+    device: str
+    batch: DecodeConfig
+    split: DecodeConfig
+
+    def matches(self, device_kind: str) -> bool:
+        return self.device.lower() in device_kind.lower()
+
+    def pick(self, shape: DecodeShape) -> DecodeConfig:
+        return self.batch if shape.fills_gpu else self.split
+
+
+GENERIC = DecodeTiles(device="", batch=DecodeConfig(), split=DecodeConfig())
+
+# First match wins; GENERIC serves devices not listed (and interpret mode on a CPU).
+TUNED: tuple[DecodeTiles, ...] = (
+    # H200 (4.0 TB/s copy), 2026-11-30: at B=64, ctx 4096 16-token tiles, 2 warps, 4 stages took
+    # 0.267 ms (101% of copy, 1.02x cuDNN's dense decode; the 64-token tiles 0.307 ms, 88%). Few
+    # long sequences: no setting beat the generic tiles' 8 splits (B=4, ctx 32k: 0.151-0.158 ms,
+    # 32-token tiles with 16 splits 0.154-0.166 ms).
+    DecodeTiles(device="H200", batch=DecodeConfig(block_k=16, num_warps=2, num_stages=4),
+                split=DecodeConfig()),
+    # H100 (2.9 TB/s copy): the generic 64-token tiles (91-93% of copy in its runs).
+    DecodeTiles(device="H100", batch=DecodeConfig(), split=DecodeConfig()),
+)
+
+
+def device_kind() -> str:
+    """``device_kind`` of JAX's default device (e.g. "NVIDIA H200"; "cpu" on a CPU)."""
+    return jax.devices()[0].device_kind
+
+
+def tuned_decode(kind: str, shape: DecodeShape, table: tuple[DecodeTiles, ...] = TUNED) -> DecodeConfig:
+    """The decode tiles for device kind ``kind`` and ``shape``: the first entry of ``table`` whose
+    device matches, ``GENERIC`` (``DecodeConfig()``) where none does."""
+    for entry in table:
+        if entry.matches(kind):
+            return entry.pick(shape)
+    return GENERIC.pick(shape)
