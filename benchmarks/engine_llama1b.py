@@ -24,6 +24,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 import kvlab
 from kvlab.models import LlamaModel, ModelConfig
@@ -83,7 +84,11 @@ def device_step_ms(model, attention, batch: int, ctx: int, page_size: int = 16, 
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     storage = PagedKVStorage(k=jax.random.normal(keys[0], shape, jnp.bfloat16),
                              v=jax.random.normal(keys[1], shape, jnp.bfloat16))
-    step = jax.jit(lambda st, b: model(b, st, attention)[::-1], donate_argnums=0)
+    graphdef, weights = nnx.split(model)           # weights as arguments, as the engine's step has them
+    jitted = jax.jit(lambda w, st, b: nnx.merge(graphdef, w)(b, st, attention)[::-1], donate_argnums=1)
+
+    def step(st, b):
+        return jitted(weights, st, b)
     storage = step(storage, rb)[0]
     times = []
     for _ in range(3):

@@ -119,3 +119,21 @@ def test_host_benchmark_scripts_run(capsys, script, expected):
     module.main(["--quick"])
     out = capsys.readouterr().out
     assert all(e in out for e in expected)
+
+
+def test_the_transformers_peer_benchmark_counts_every_requests_own_tokens(capsys):
+    """``benchmarks/engine_vs_hf.py`` on a tiny shape (CPU): kvlab and transformers' static
+    ``generate`` both produce exactly the workload's output tokens, and the table compares them."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        module = importlib.import_module("engine_vs_hf")
+    finally:
+        sys.path.pop(0)
+    rows = module.main(["--shape", "tiny", "--workload", "sharegpt", "--num-requests", "6", "--batch", "4",
+                        "--step-tokens", "256", "--max-prompt", "48", "--max-total", "96",
+                        "--systems", "kvlab,hf-static"])
+    wanted = sum(r.max_tokens for r in kvlab.workloads.sharegpt_like(6, seed=0, vocab_size=256,
+                                                                      max_prompt=48, max_total=96))
+    assert [r["output_tokens"] for r in rows] == [wanted, wanted]
+    assert all(r["tok_per_s"] > 0 for r in rows)
+    assert "| kvlab |" in capsys.readouterr().out
