@@ -136,3 +136,21 @@ def test_a_decode_step_moves_only_its_input_buffer_in_and_its_tokens_out(tiny_mo
 def test_steps_ahead_must_be_zero_or_one(tiny_model):
     with pytest.raises(ValueError, match="steps_ahead must be 0"):
         engine(tiny_model, 2)
+
+
+@pytest.mark.parametrize("cache", [lambda: kvlab.PagedKVCache(num_pages=64, page_size=4, prefix_caching=True),
+                                   lambda: kvlab.RadixKVCache(num_pages=256, page_size=1)])
+def test_planning_ahead_reuses_prefixes_as_the_serial_loop_does(tiny_model, cache):
+    """A plan's tokens are committed to the cache when it is made, so the plan after it may reuse
+    them although the step computing them has not been read yet."""
+    system = list(range(40, 72))
+    prompts = [system + [80 + i, 90 + i] for i in range(6)]
+    params = kvlab.SamplingParams(max_tokens=4, ignore_eos=True)
+    runs = []
+    for steps_ahead in (0, 1):
+        eng = kvlab.Engine(tiny_model, cache=cache(), steps_ahead=steps_ahead,
+                           scheduler=kvlab.ChunkedScheduler(max_num_seqs=4, max_num_batched_tokens=40))
+        runs.append(([c.token_ids for c in eng.generate(prompts, params)], eng.cache.stats().hit_rate))
+        assert eng.cache.stats().pages_used == 0
+    (serial, serial_hits), (ahead, ahead_hits) = runs
+    assert ahead == serial and ahead_hits == serial_hits > 0.3

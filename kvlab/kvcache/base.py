@@ -138,7 +138,8 @@ class KVCache(abc.ABC):
         """Pages an allocation could get now: free ones plus evictable cached ones."""
 
     def commit(self, seq_id, token_ids, num_computed: int) -> None:
-        """The KV of ``token_ids[:num_computed]`` is now in the cache (prefix caches index it).
+        """The KV of ``token_ids[:num_computed]`` is in the cache, or being written by a step
+        already launched (steps run in order), so prefix caches may index it.
         ``token_ids`` may be any sliceable sequence; only the new part is read."""
         return None
 

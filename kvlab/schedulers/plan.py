@@ -128,10 +128,14 @@ class StepPlan:
         """The plan of ``seqs`` (in row order; their ``StepTable`` read from ``cache``; ``copies``:
         ``preempted``, ``swap_out``, ``swap_in``). Marks its tokens computed and its samples
         pending on the requests (``num_computed_tokens``, ``num_pending``), so the next plan may
-        be made before this one's ``update`` (an engine that plans ahead)."""
+        be made before this one's ``update`` (an engine that plans ahead), and commits the known
+        ones to the cache now, as vLLM caches a block when it schedules it: a later plan may
+        reuse them because the device runs steps in order."""
         for seq in seqs:
-            seq.request.num_computed_tokens = seq.start + seq.num_new_tokens
-            seq.request.num_pending += seq.samples
+            req = seq.request
+            req.num_computed_tokens = seq.start + seq.num_new_tokens
+            req.num_pending += seq.samples
+            cache.commit(req.request_id, req.tokens, min(req.num_computed_tokens, req.num_tokens))
         return cls(seqs=seqs, table=StepTable.build(cache, seqs) if seqs else None, **copies)
 
     @functools.cached_property
