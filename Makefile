@@ -42,9 +42,12 @@ test-thorough: $(VENV)/.installed-dev
 docs: $(VENV)/.installed-dev
 	$(BIN)/mkdocs build --strict
 
-# GPU-marked tests, on a machine with an NVIDIA GPU and a CUDA build of JAX.
+# GPU-marked tests, on a machine with an NVIDIA GPU and a CUDA build of JAX. Compiling the kernels
+# is CPU work: four worker processes share the GPU, each allowed a fifth of its memory.
+GPU_WORKERS ?= 4
 gpu-test: $(VENV)/.installed-dev
-	JAX_PLATFORMS=cuda $(BIN)/python -m pytest -q -m gpu
+	JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 $(BIN)/python -m pytest -q -m gpu \
+		-n $(GPU_WORKERS) --durations=5
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check kvlab tests benchmarks notebooks

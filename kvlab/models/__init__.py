@@ -6,10 +6,11 @@ from kvlab.models.config import (
     ModelConfig,
     UnsupportedModelError,
 )
+from kvlab.models.layer_loop import LayerLoop, ScanLayers, UnrolledLayers, default_layer_loop
 from kvlab.models.llama import LlamaModel
 from kvlab.models.loading import CheckpointError, load, load_tokenizer
 from kvlab.models.tokenizer import IncrementalDecoder, Tokenizer
 
-__all__ = ["CheckpointError", "IncrementalDecoder", "LinearRopeScaling", "Llama3RopeScaling",
-           "LlamaModel", "ModelConfig", "Tokenizer", "UnsupportedModelError", "load",
-           "load_tokenizer"]
+__all__ = ["CheckpointError", "IncrementalDecoder", "LayerLoop", "LinearRopeScaling",
+           "Llama3RopeScaling", "LlamaModel", "ModelConfig", "ScanLayers", "Tokenizer",
+           "UnrolledLayers", "UnsupportedModelError", "default_layer_loop", "load", "load_tokenizer"]

@@ -1,4 +1,5 @@
-"""A Llama-family decoder in Flax NNX: RMSNorm, RoPE, GQA, SwiGLU, stacked layers under lax.scan.
+"""A Llama-family decoder in Flax NNX: RMSNorm, RoPE, GQA, SwiGLU, stacked layer weights run by a
+layer loop (``kvlab.models.layer_loop``: a ``lax.scan``, or unrolled on GPUs).
 
 Two forward passes share one layer body:
   * ``model(batch, storage, attention)`` - the serving path: a flat ragged batch of scheduled
@@ -27,6 +28,7 @@ from kvlab.attention.batch import RaggedBatch
 from kvlab.attention.protocol import AttentionBackend
 from kvlab.attention.reference import AttentionOptions
 from kvlab.models.config import ModelConfig
+from kvlab.models.layer_loop import LayerLoop, default_layer_loop
 
 
 # name -> shape function of the stacked per-layer weights (x @ w layout: [in, out]).
@@ -90,11 +92,13 @@ class LlamaModel(nnx.Module):
     """Llama/SmolLM2/Qwen2/Mistral decoder with stacked layer weights.
 
     Built with random weights (``seed``) or from a dict of arrays named as ``weight_shapes``.
+    ``layer_loop`` runs the layers (default: ``default_layer_loop()``, unrolled on GPUs).
     """
 
     def __init__(self, config: ModelConfig, *, dtype=jnp.float32, seed: int = 0,
-                 weights: dict[str, np.ndarray] | None = None):
+                 weights: dict[str, np.ndarray] | None = None, layer_loop: LayerLoop | None = None):
         self.config = config
+        self.layer_loop = layer_loop or default_layer_loop()
         self.dtype = jnp.dtype(dtype)
         shapes = weight_shapes(config)
         if weights is not None:
@@ -151,8 +155,7 @@ class LlamaModel(nnx.Module):
             h_in = h_in + (jax.nn.silu(h @ w["w_gate"]) * (h @ w["w_up"])) @ w["w_down"]
             return (h_in, state), None
 
-        layer_ids = jnp.arange(c.num_layers, dtype=jnp.int32)
-        (x, mix_state), _ = jax.lax.scan(body, (x, mix_state), (stacked, layer_ids))
+        x, mix_state = self.layer_loop.run(body, (x, mix_state), stacked, c.num_layers)
         return rms_norm(x, self.final_norm[...], c.rms_norm_eps), mix_state
 
     def _logits(self, h: jax.Array) -> jax.Array:
@@ -165,7 +168,7 @@ class LlamaModel(nnx.Module):
                  options: AttentionOptions | None = None):
         """Serving forward. Returns (logits [S, V] float32 at ``batch.logits_indices``, storage).
         ``options`` overrides the model's attention options (a windowed cache imposes its window).
-        The backend plans once for the step, before the layer scan, and runs once per layer."""
+        The backend plans once for the step, before the layer loop, and runs once per layer."""
         options = options or self.attention_options
         c = self.config
         x = self.embed[...][batch.tokens]
