@@ -5,7 +5,9 @@ copy bandwidth measured in the same run), both as the engine's inter-token laten
 included) and as the model's step alone on the device.
 
     python benchmarks/engine_llama1b.py [--batches 1 32 256] [--prompt-len 256] [--max-tokens 256]
-                                        [--steps-ahead 0 1]
+                                        [--steps-ahead 0 1] [--shape llama-3-8b]
+
+``--shape llama-3-8b`` runs the Llama-3-8B shape instead (random bf16 weights, 16 GB).
 
 ``--steps-ahead 0 1`` runs the engine's serial loop beside the one that plans a step while the
 previous one runs (the default, 1), in the same run.
@@ -28,6 +30,9 @@ from flax import nnx
 
 import kvlab
 from kvlab.models import LlamaModel, ModelConfig
+
+SHAPES = {"llama-3.2-1b": ModelConfig.llama_3_2_1b, "llama-3-8b": ModelConfig.llama_3_8b,
+          "tiny": ModelConfig.tiny}
 
 
 def copy_bandwidth() -> float:
@@ -119,13 +124,14 @@ def main():
                          "per query row, so memory grows with batch x context)")
     ap.add_argument("--steps-ahead", type=int, nargs="+", default=[1],
                     help="engine loops to run: 1 plans a step while the previous one runs, 0 is serial")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.2-1b")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     dev = jax.devices()[0]
-    config = ModelConfig.llama_3_2_1b()
+    config = SHAPES[args.shape]()
     model = LlamaModel(config, dtype=jnp.bfloat16, seed=0)
     bw = copy_bandwidth()
-    print(f"{dev.device_kind}, JAX {jax.__version__}, Llama-3.2-1B shape (random bf16 weights, "
+    print(f"{dev.device_kind}, JAX {jax.__version__}, {args.shape} shape (random bf16 weights, "
           f"{config.num_params() / 1e9:.2f}B params), copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
     rows = []
     for b in args.batches:
@@ -149,6 +155,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev.device_kind, "jax": jax.__version__, "copy_TBps": bw / 1e12,
+                       "shape": args.shape,
                        "rows": rows},
                       f, indent=1)
     print("\n| attention | batch | steps ahead | decode tok/s | engine step (ms) |"

@@ -15,6 +15,7 @@ import jax
 from kvlab.attention.batch import RaggedBatch
 from kvlab.attention.protocol import query_spec
 from kvlab.attention.reference import AttentionOptions, attend_gathered, visible_keys
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
 
 
 @jax.tree_util.register_dataclass
@@ -52,7 +53,8 @@ class ReferenceAttention:
 
     name: str = "reference"
 
-    def check(self, *, num_q_heads: int, num_kv_heads: int, head_dim: int, page_size: int, dtype) -> None:
+    def check(self, *, num_q_heads: int, num_kv_heads: int, head_dim: int, page_size: int, dtype,
+              kv_format: KVFormat = PLAIN) -> None:
         """Every shape and dtype is supported (see ``PallasAttention.check``)."""
 
     def specialize(self, batch: RaggedBatch) -> RaggedBatch:

@@ -16,6 +16,7 @@ import jax
 
 from kvlab.attention.batch import RaggedBatch
 from kvlab.attention.reference import AttentionOptions
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
 
 
 @jax.tree_util.register_dataclass
@@ -33,7 +34,8 @@ class OneShotAttention(abc.ABC):
     name: str = "one-shot"
 
     @abc.abstractmethod
-    def check(self, *, num_q_heads: int, num_kv_heads: int, head_dim: int, page_size: int, dtype) -> None:
+    def check(self, *, num_q_heads: int, num_kv_heads: int, head_dim: int, page_size: int, dtype,
+              kv_format: KVFormat = PLAIN) -> None:
         """Raise a ValueError naming the limit for what this backend cannot serve."""
 
     @abc.abstractmethod

@@ -25,6 +25,7 @@ import jax
 
 from kvlab.attention.batch import RaggedBatch
 from kvlab.attention.reference import AttentionOptions
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.kvcache.storage import KVStorage
 
 
@@ -48,7 +49,8 @@ class AttentionBackend(Protocol):
 
     name: str
 
-    def check(self, *, num_q_heads: int, num_kv_heads: int, head_dim: int, page_size: int, dtype) -> None:
+    def check(self, *, num_q_heads: int, num_kv_heads: int, head_dim: int, page_size: int, dtype,
+              kv_format: KVFormat = PLAIN) -> None:
         """Raise a ValueError naming the limit when this backend cannot serve the model and cache."""
         ...
 

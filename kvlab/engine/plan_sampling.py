@@ -21,6 +21,8 @@ def sampling_arrays(plan: StepPlan, num_rows: int, num_tokens: int = 0) -> Sampl
     tokens banned (EOS and stop ids before ``min_tokens``) and none asks for log-probabilities
     (the step then compiles to the argmax alone). Shapes that vary are rounded up to powers of
     two (the banned ids per row, the top log-probabilities) to bound compilations."""
+    if _plain_step(plan):
+        return None
     requests = [s.request for s in plan.seqs]
     counters = [s.sample_index or 0 for s in plan.seqs]     # the output token each row samples
     bans = [_banned(s.request) if s.samples and s.sample_index < s.request.params.min_tokens
@@ -47,6 +49,16 @@ def sampling_arrays(plan: StepPlan, num_rows: int, num_tokens: int = 0) -> Sampl
     arrays = SamplingArrays.from_rows(num_rows, plan.rows, values, banned=banned, logprobs=logprobs,
                                       penalties=penalties)
     return dataclasses.replace(arrays, prompt_next=prompt_next, prompt_logprobs=prompt_k)
+
+
+def _plain_step(plan: StepPlan) -> bool:
+    """Whether every sequence is ``plain`` and none is short of ``min_tokens`` (so none has
+    tokens banned): the common step, one pass over the rows."""
+    for seq in plan.seqs:
+        params, index = seq.request.params, seq.sample_index
+        if not params.plain or (index is not None and index < params.min_tokens):
+            return False
+    return True
 
 
 def _prompt_next(plan: StepPlan, num_tokens: int) -> tuple[np.ndarray | None, int | None]:

@@ -38,6 +38,7 @@ from kvlab.engine.penalties import PenaltyCounts, count_step_tokens
 from kvlab.engine.plan_sampling import sampling_arrays
 from kvlab.engine.sampling import Sampled, token_logprobs
 from kvlab.engine.step_inputs import InputLayout, InputViews
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.schedulers.plan import StepPlan
 from kvlab.schedulers.shapes import StepShape, next_pow2
 
@@ -269,17 +270,18 @@ class StepResult:
 
 class DenseReferenceDecoder:
     """The reference: decode one request alone with no cache, a full forward per token
-    (``options``: attention options other than the model's, e.g. a window and sinks).
+    (``options``: attention options other than the model's, e.g. a window and sinks; ``kv_format``:
+    K/V rounded through a KV format as a cache in it stores them, static scales only).
 
     Lengths are padded to multiples of 64 (causal attention ignores the padding), so the number
     of compilations grows with the length range, not with every length.
     """
 
-    def __init__(self, model, options=None):
+    def __init__(self, model, options=None, kv_format: KVFormat = PLAIN):
         graphdef, self.state = nnx.split(model)
 
         def logits_at(state, tokens, n):
-            return nnx.merge(graphdef, state).dense_logits(tokens, options)[n - 1]
+            return nnx.merge(graphdef, state).dense_logits(tokens, options, kv_format)[n - 1]
 
         self._logits_at = jax.jit(logits_at)
 

@@ -91,9 +91,11 @@ class PagedKVCache(SwappablePoolCache):
             self.index.evictable.unhold(p)
 
     def commit(self, seq_id, token_ids, num_computed: int) -> None:
-        seq = self._seqs.get(seq_id)
-        if self.index is None or seq is None:
+        if self.index is None:
             return
+        seq = self._seqs.get(seq_id)
+        if seq is None or num_computed // self.page_size <= seq.num_indexed:
+            return                                  # no page filled since (most steps)
         full = min(num_computed // self.page_size, self._num_pages(seq))
         if full <= seq.num_indexed:
             return

@@ -119,7 +119,7 @@ class PagePoolCache(KVCache):
         return seq
 
     def _num_pages(self, seq: SeqState) -> int:
-        return int(self.block_table.num_pages[seq.row])
+        return self.block_table.num_pages.item(seq.row)
 
     def _row(self, seq: SeqState):
         """The sequence's pages: a view of its block-table row."""
@@ -148,7 +148,7 @@ class PagePoolCache(KVCache):
 
     def can_allocate(self, seq_id, num_tokens: int) -> bool:
         seq = self._seqs.get(seq_id)
-        if seq is not None and num_tokens <= self._num_pages(seq) * self.page_size:
+        if seq is not None and num_tokens <= self.block_table.num_pages.item(seq.row) * self.page_size:
             return True                                   # fits its last page (most decodes)
         return self._pages_needed(seq, num_tokens) <= self.num_available_pages()
 
@@ -165,7 +165,15 @@ class PagePoolCache(KVCache):
         return self.allocator.allocate(n)
 
     def allocate(self, seq_id, num_tokens: int) -> None:
-        seq, have = self._seqs.get(seq_id), 0
+        seq, size = self._seqs.get(seq_id), self.page_size
+        if seq is not None and seq.started and not seq.host_pages and seq.num_tokens <= num_tokens:
+            have = self.block_table.num_pages.item(seq.row)
+            if num_tokens <= have * size:                 # fits its pages (most decodes)
+                seq.num_tokens = num_tokens
+                shared = seq.shared_pages * size          # as in _update_ledger
+                self.ledger.update(seq_id, allocated=have * size - shared, stored=num_tokens - shared)
+                return
+        have = 0
         if seq is not None:
             if num_tokens < seq.num_tokens:
                 raise ValueError(f"sequence {seq_id!r} holds {seq.num_tokens} tokens; allocate only "

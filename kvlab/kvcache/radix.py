@@ -86,7 +86,8 @@ class RadixKVCache(SwappablePoolCache):
         if seq is None or not seq.started:
             return
         seq.tokens, seq.num_computed = token_ids, num_computed
-        if min(num_computed // self.page_size, self._num_pages(seq)) - seq.num_indexed > 1:
+        full = num_computed // self.page_size
+        if full - seq.num_indexed > 1 and min(full, self._num_pages(seq)) - seq.num_indexed > 1:
             self._index(seq)
 
     def _index(self, seq: SeqState) -> None:

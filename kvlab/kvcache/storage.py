@@ -19,6 +19,7 @@ from typing import Protocol
 import jax
 import jax.numpy as jnp
 
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.kvcache.layouts import BlockedLayout, KVLayout, PagedLayout
 
 
@@ -50,6 +51,11 @@ class KVStorage(Protocol):
     @property
     def dtype(self):
         """Element type of the K/V arrays."""
+        ...
+
+    @property
+    def kv_format(self) -> KVFormat:
+        """How the pages encode K and V (``kvlab.kvcache.formats``; static)."""
         ...
 
     @property
@@ -124,6 +130,11 @@ class PagedKVStorage:
     def dtype(self):
         """Element type of k and v."""
         return self.k.dtype
+
+    @property
+    def kv_format(self) -> KVFormat:
+        """Plain: the model's dtype."""
+        return PLAIN
 
     @property
     def layout(self) -> PagedLayout:
@@ -206,6 +217,11 @@ class BlockedKVStorage:
     def dtype(self):
         """Element type of the blocks."""
         return self.blocks.dtype
+
+    @property
+    def kv_format(self) -> KVFormat:
+        """Plain: the model's dtype."""
+        return PLAIN
 
     @property
     def layout(self) -> BlockedLayout:

@@ -27,6 +27,7 @@ from flax import nnx
 from kvlab.attention.batch import RaggedBatch
 from kvlab.attention.protocol import AttentionBackend
 from kvlab.attention.reference import AttentionOptions
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.models.config import ModelConfig
 from kvlab.models.layer_loop import LayerLoop, default_layer_loop
 
@@ -182,12 +183,26 @@ class LlamaModel(nnx.Module):
         h, storage = self._layers(x, batch.positions, mix, storage)
         return self._logits(h[batch.logits_indices]), storage
 
-    def dense_logits(self, tokens: jax.Array, options: AttentionOptions | None = None) -> jax.Array:
-        """No-cache forward of one sequence. tokens: [N] -> logits [N, V] float32."""
+    def dense_logits(self, tokens: jax.Array, options: AttentionOptions | None = None,
+                     kv_format: KVFormat = PLAIN) -> jax.Array:
+        """No-cache forward of one sequence. tokens: [N] -> logits [N, V] float32. With a
+        ``kv_format``, every K/V row goes through its encode and decode first, as a cache in that
+        format would store it (formats whose scales are static: ``initial_layer_scales``)."""
         options = options or self.attention_options
         x = self.embed[...][tokens]
+        c = self.config
+        scales = kv_format.initial_layer_scales(num_layers=c.num_layers, num_kv_heads=c.num_kv_heads)
+        if not np.all(scales > 0):
+            raise ValueError(f"the {kv_format.name} format calibrates its scales from the first batch it "
+                             f"stores; the dense reference needs static scales (e.g. StaticScales)")
+        scales = jnp.asarray(scales)
+
+        def stored(x, scale):
+            return kv_format.decode(*kv_format.encode(x, scale), scale, x.dtype)
 
         def mix(q, k, v, layer, state):
+            if kv_format != PLAIN:
+                k, v = stored(k, scales[layer, 0]), stored(v, scales[layer, 1])
             return dense_causal_attention(q, k, v, options), state
 
         h, _ = self._layers(x, jnp.arange(tokens.shape[0], dtype=jnp.int32), mix, ())

@@ -18,8 +18,8 @@ last token samples the next one.
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import operator
 import time
 
 import numpy as np
@@ -162,24 +162,37 @@ class IterationScheduler(Scheduler):
         among *all* running requests is preempted - even one already planned this step, which
         is then taken out of the plan - until the allocation fits or the request itself is the
         victim."""
-        cache = self.cache
-        self.running.sort(key=lambda r: (r.num_planned_tokens - r.num_computed_tokens > 1, r.arrival_time))
-        for req in list(self.running):
-            if req.status is not RequestStatus.RUNNING or req.ends_by_length:   # preempted earlier
-                continue                   # in this loop, or its pending token is its last one
-            n = req.num_planned_tokens - req.num_computed_tokens
-            n = min(n, step.limit, step.budget) if n > 1 else min(n, step.budget)
+        cache, running, status = self.cache, self.running, RequestStatus.RUNNING
+        # A stable sort by (prefill in progress, arrival): by arrival, then the prefills moved
+        # after the decodes. Each request's tokens to compute stay as counted here until its
+        # turn (only a preempted one changes, and it is skipped).
+        running.sort(key=operator.attrgetter("arrival_time"))
+        order = list(running)
+        counts = [r.num_planned_tokens - r.num_computed_tokens for r in order]
+        if max(counts, default=0) > 1:
+            pairs = sorted(zip(order, counts), key=lambda p: p[1] > 1)    # stable: decodes first
+            order, counts = [r for r, _ in pairs], [n for _, n in pairs]
+            running[:] = order
+        can_allocate, allocate, plan = cache.can_allocate, cache.allocate, step.plan
+        for req, n in zip(order, counts):
+            if req.status is not status or req.ends_by_length:   # preempted earlier in this
+                continue                   # loop, or its pending token is its last one
+            if n > 1:
+                n = min(n, step.limit, step.budget)
+            elif n > step.budget:
+                n = step.budget
             if n <= 0:
                 continue
-            target = req.num_computed_tokens + n
-            while req.status is RequestStatus.RUNNING and not cache.can_allocate(req.request_id, target):
-                victim = self.policy.victim(self.running)
+            rid, start = req.request_id, req.num_computed_tokens
+            target = start + n
+            while req.status is status and not can_allocate(rid, target):
+                victim = self.policy.victim(running)
                 step.unplan(victim)
                 self._preempt(victim)
                 step.preempted.append(victim)
-            if req.status is RequestStatus.RUNNING:
-                cache.allocate(req.request_id, target)
-                step.plan(req, req.num_computed_tokens, n)
+            if req.status is status:
+                allocate(rid, target)
+                plan(req, start, n)
 
     def _swap_in(self, step: _StepBuilder) -> list[tuple[int, int]]:
         """Swapped requests come back first, oldest first, while rows and pages allow."""
@@ -226,25 +239,25 @@ class IterationScheduler(Scheduler):
             raise ValueError(f"the plan uses {plan.num_rows} batch rows, {len(sampled_tokens)} tokens given")
         now = time.perf_counter() if now is None else now
         tokens = np.asarray(sampled_tokens).tolist()
-        outputs, cache = [], self.cache
+        outputs, commit, output = [], self.cache.commit, StepOutput.of
         finished, running = RequestStatus.FINISHED, RequestStatus.RUNNING
         for seq in plan.seqs:
             req = seq.request
             if req.status is finished:  # aborted, or ended by a token read after this plan was made
                 continue
             computed = seq.start + seq.num_new_tokens
-            if not seq.samples:         # a prefill chunk: nothing sampled
+            if seq.sample_index is None:    # a prefill chunk: nothing sampled
                 if req.status is running:
-                    cache.commit(req.request_id, req.tokens, computed)
-                outputs.append(StepOutput(req, [], False))
+                    commit(req.request_id, req.tokens, computed)
+                outputs.append(output(req, [], False))
                 continue
             token = tokens[seq.row]
             req.append_token(token, now)
             if req.status is running:   # not preempted since this plan was made
-                cache.commit(req.request_id, req.tokens, computed)
+                commit(req.request_id, req.tokens, computed)
             if req.finish_reason is not None:
                 self._release(req)
-            outputs.append(StepOutput(req, [token], req.status is finished))
+            outputs.append(output(req, [token], req.status is finished))
         return outputs
 
     def _release(self, req: Request) -> None:
@@ -286,5 +299,5 @@ class _StepBuilder:
         for i, seq in enumerate(self.seqs):
             if seq.request is request:
                 self.budget += seq.num_new_tokens
-                self.seqs[i:] = [dataclasses.replace(s, row=s.row - 1) for s in self.seqs[i + 1:]]
+                self.seqs[i:] = [s.at_row(s.row - 1) for s in self.seqs[i + 1:]]
                 return

@@ -21,8 +21,6 @@ Examples:
 
 from __future__ import annotations
 
-import dataclasses
-
 from kvlab.schedulers.iteration import IterationScheduler
 from kvlab.schedulers.shapes import FixedShapes
 
@@ -50,5 +48,5 @@ class PersistentScheduler(IterationScheduler):
         self.slots[slot] = None
 
     def _assign_rows(self, seqs):
-        rows = [dataclasses.replace(s, row=self.slot_of[s.request.request_id]) for s in seqs]
+        rows = [s.at_row(self.slot_of[s.request.request_id]) for s in seqs]
         return sorted(rows, key=lambda s: s.row)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 
 import numpy as np
 
@@ -37,9 +36,23 @@ class ScheduledSeq:
     def of(cls, request: Request, start: int, num_new_tokens: int, row: int = 0) -> ScheduledSeq:
         """``num_new_tokens`` of ``request``'s tokens from ``start`` in batch ``row``; it samples
         when it reaches the request's last planned token (``num_planned_tokens``)."""
-        samples = start + num_new_tokens == request.num_planned_tokens
-        index = len(request.output_token_ids) + request.num_pending if samples else None
-        return cls(request, start, num_new_tokens, row, index)
+        # Built for every row of every step: a frozen dataclass's __init__ would set each field
+        # through object.__setattr__, several times the cost of filling its __dict__.
+        prompt = len(request.prompt_token_ids)
+        planned = prompt + len(request.output_token_ids) + request.num_pending
+        seq = object.__new__(cls)
+        fields = seq.__dict__
+        fields["request"], fields["start"], fields["num_new_tokens"] = request, start, num_new_tokens
+        fields["row"] = row
+        fields["sample_index"] = planned - prompt if start + num_new_tokens == planned else None
+        return seq
+
+    def at_row(self, row: int) -> ScheduledSeq:
+        """This sequence in batch ``row`` (``dataclasses.replace(self, row=row)``, cheaper)."""
+        seq = object.__new__(type(self))              # as in ``of``
+        seq.__dict__.update(self.__dict__)
+        seq.__dict__["row"] = row
+        return seq
 
     @property
     def samples(self) -> bool:
@@ -96,15 +109,20 @@ class StepTable:
     def build(cls, cache, seqs: list[ScheduledSeq]) -> StepTable:
         """Read the step's rows, positions and slots from ``cache.block_table`` (vectorized)."""
         bt = cache.block_table
-        rows = np.fromiter((bt.row_of(s.request.request_id) for s in seqs), np.int32, len(seqs))
-        lens = np.fromiter((s.num_new_tokens for s in seqs), np.int64, len(seqs))
-        starts = np.fromiter((s.start for s in seqs), np.int64, len(seqs))
-        first = np.cumsum(lens) - lens
-        token_seq = np.repeat(np.arange(len(seqs)), lens)
-        positions = (starts[token_seq] + np.arange(int(lens.sum())) - first[token_seq])
+        row_of = bt.row_of
+        rows = np.array([row_of(s.request.request_id) for s in seqs], np.int32)
+        lens = np.array([s.num_new_tokens for s in seqs], np.int64)
+        starts = np.array([s.start for s in seqs], np.int64)
+        if (lens == 1).all():                       # one token each (decodes)
+            positions, token_rows = starts, rows
+        else:
+            first = np.cumsum(lens) - lens
+            token_seq = np.repeat(np.arange(len(seqs)), lens)
+            positions = (starts[token_seq] + np.arange(int(lens.sum())) - first[token_seq])
+            token_rows = rows[token_seq]
         p = cache.page_size
         table = bt.array
-        slots = table[rows[token_seq], positions // p] * p + positions % p
+        slots = table[token_rows, positions // p] * p + positions % p
         return cls(page_size=p, rows=rows, num_pages=bt.num_pages[rows].astype(np.int32),
                    starts=starts, num_new_tokens=lens, positions=positions.astype(np.int32),
                    slots=slots.astype(np.int32),
@@ -131,21 +149,26 @@ class StepPlan:
         be made before this one's ``update`` (an engine that plans ahead), and commits the known
         ones to the cache now, as vLLM caches a block when it schedules it: a later plan may
         reuse them because the device runs steps in order."""
+        commit = cache.commit
         for seq in seqs:
             req = seq.request
-            req.num_computed_tokens = seq.start + seq.num_new_tokens
-            req.num_pending += seq.samples
-            cache.commit(req.request_id, req.tokens, min(req.num_computed_tokens, req.num_tokens))
+            computed = req.num_computed_tokens = seq.start + seq.num_new_tokens
+            if seq.sample_index is not None:
+                req.num_pending += 1
+            known = len(req.prompt_token_ids) + len(req.output_token_ids)
+            commit(req.request_id, req.tokens, computed if computed < known else known)
         return cls(seqs=seqs, table=StepTable.build(cache, seqs) if seqs else None, **copies)
 
     @functools.cached_property
     def num_tokens(self) -> int:
+        if self.table is not None:
+            return int(self.table.num_new_tokens.sum())
         return sum(s.num_new_tokens for s in self.seqs)
 
     @functools.cached_property
     def rows(self) -> np.ndarray:
         """[n] int64: the batch row of each sequence, in plan order."""
-        return np.fromiter((s.row for s in self.seqs), np.int64, len(self.seqs))
+        return np.array([s.row for s in self.seqs], np.int64)
 
     @property
     def num_rows(self) -> int:
@@ -159,8 +182,15 @@ class StepPlan:
     def token_ids(self) -> np.ndarray:
         """[T] int32: the new tokens of every sequence, in plan order (``FUTURE_TOKEN`` where
         pending)."""
-        return np.fromiter(itertools.chain.from_iterable(s.token_ids for s in self.seqs), np.int32,
-                           self.num_tokens)
+        out: list[int] = []
+        for s in self.seqs:
+            if s.num_new_tokens != 1:
+                out += s.token_ids
+                continue
+            prompt, output = s.request.prompt_token_ids, s.request.output_token_ids
+            i = s.start - len(prompt)             # a decode: one known token or a future one
+            out.append(prompt[s.start] if i < 0 else output[i] if i < len(output) else FUTURE_TOKEN)
+        return np.array(out, np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,3 +200,12 @@ class StepOutput:
     request: Request
     new_token_ids: list[int]
     finished: bool
+
+    @classmethod
+    def of(cls, request: Request, new_token_ids: list[int], finished: bool) -> StepOutput:
+        """``StepOutput(request, new_token_ids, finished)`` without the frozen dataclass
+        ``__init__`` (built for every row of every step)."""
+        out = object.__new__(cls)
+        fields = out.__dict__
+        fields["request"], fields["new_token_ids"], fields["finished"] = request, new_token_ids, finished
+        return out

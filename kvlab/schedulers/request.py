@@ -48,7 +48,10 @@ class Request:
     token_times: list[float] = dataclasses.field(default_factory=list)
     logprobs: list[dict[int, float]] | None = None  # per output token, when params.logprobs is set
     prompt_logprobs: list[dict[int, float] | None] | None = None  # per prompt token (None first)
+    _view: TokenView | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
+    # The properties below run for every request on every step: they read the lists directly
+    # rather than through each other.
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
@@ -56,17 +59,20 @@ class Request:
     @property
     def num_planned_tokens(self) -> int:
         """Tokens it will have once the planned steps are read: ``num_tokens + num_pending``."""
-        return self.num_tokens + self.num_pending
+        return len(self.prompt_token_ids) + len(self.output_token_ids) + self.num_pending
 
     @property
     def ends_by_length(self) -> bool:
         """Whether its pending tokens already reach ``max_tokens`` or the context, so no step
         needs to be planned for it (the last pending token will end it)."""
-        if self.num_pending == 0:
+        pending = self.num_pending
+        if pending == 0:
             return False
-        if len(self.output_token_ids) + self.num_pending >= self.params.max_tokens:
+        outputs = len(self.output_token_ids) + pending
+        if outputs >= self.params.max_tokens:
             return True
-        return self.max_total_tokens is not None and self.num_planned_tokens >= self.max_total_tokens
+        limit = self.max_total_tokens
+        return limit is not None and len(self.prompt_token_ids) + outputs >= limit
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -74,8 +80,12 @@ class Request:
 
     @property
     def tokens(self) -> TokenView:
-        """Prompt + output as a live, sliceable view (no copy of the whole sequence)."""
-        return TokenView(self.prompt_token_ids, self.output_token_ids)
+        """Prompt + output as a live, sliceable view (no copy of the whole sequence; one view is
+        kept and handed out again while the two lists are the same objects)."""
+        view, prompt, output = self._view, self.prompt_token_ids, self.output_token_ids
+        if view is None or view._prompt is not prompt or view._output is not output:
+            view = self._view = TokenView(prompt, output)
+        return view
 
     @property
     def is_finished(self) -> bool:
@@ -89,11 +99,13 @@ class Request:
     def append_token(self, token: int, now: float) -> None:
         """Record a sampled token (a pending one, when steps were planned ahead) and decide
         whether the request is done (``check_stop``)."""
-        self.num_pending = max(0, self.num_pending - 1)
-        self.output_token_ids.append(int(token))
+        pending = self.num_pending
+        self.num_pending = pending - 1 if pending > 0 else 0
+        token = int(token)
+        self.output_token_ids.append(token)
         self.token_times.append(now)
         if self.output_text is not None:
-            self.output_text.push([int(token)])
+            self.output_text.push([token])
         check_stop(self)
 
 

@@ -28,6 +28,7 @@ from kvlab.attention.pallas.plan import Launch, PallasPlan, decode_rows
 from kvlab.attention.pallas.prefill import AutoPrefill, Combination, PrefillKernel, PrefillStrategy
 from kvlab.attention.protocol import query_spec
 from kvlab.attention.reference import AttentionOptions
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -61,9 +62,11 @@ class PallasAttention:
     name: str = "pallas"
 
     # ---- the contract ----------------------------------------------------------------------
-    def check(self, *, num_q_heads: int, num_kv_heads: int, head_dim: int, page_size: int, dtype) -> None:
+    def check(self, *, num_q_heads: int, num_kv_heads: int, head_dim: int, page_size: int, dtype,
+              kv_format: KVFormat = PLAIN) -> None:
         """Raise a ValueError naming the limit if the kernels cannot serve this model and cache
         (the engine calls it when it is built)."""
+        check_plain_format(kv_format)
         check_supported(q_dtype=dtype, kv_dtype=dtype, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
                         head_dim=head_dim, page_size=page_size)
         check_pallas_device(interpret=self.interpret)
@@ -80,6 +83,7 @@ class PallasAttention:
         shape ``[T, Hq, D]`` and dtype of the queries. Raises a ValueError naming the limit for
         a combination no kernel serves (or a forced Hopper prefill cannot)."""
         _, num_q_heads, head_dim = query.shape
+        check_plain_format(storage.kv_format)
         check_supported(q_dtype=query.dtype, kv_dtype=storage.dtype, num_q_heads=num_q_heads,
                         num_kv_heads=storage.num_kv_heads, head_dim=head_dim, page_size=storage.page_size)
         decode = DecodeLaunch(self.decode_config(batch, storage))
@@ -168,3 +172,10 @@ class PallasAttention:
                           launches=launches, options=options, query=query, group=group,
                           num_splits=self.num_splits(batch, storage), num_sms=self.num_sms or num_sms(),
                           interpret=self.interpret)
+
+
+def check_plain_format(kv_format: KVFormat) -> None:
+    """The kernels read K/V stored in the model's dtype; quantized formats run on the reference."""
+    if kv_format != PLAIN:
+        raise ValueError(f"the Pallas kernels read KV stored in the model's dtype (the plain format); "
+                         f"the {kv_format.name} format runs with kvlab.ReferenceAttention() for now")

@@ -1,0 +1,107 @@
+"""The KV format contract: how K and V are stored in a cache's pages.
+
+A format turns one layer's new K or V rows ``[T, Hkv, D]`` into what the pages hold - ``data``
+``[T, Hkv, packed_dim]`` of ``data_dtype`` and per-token metadata ``meta [T, Hkv, meta_width]``
+(float16: a scale and a zero point for the integer formats, nothing for the others) - given the
+layer's per-head scales ``layer_scale [Hkv]`` (float32: fp8's scales; ones for the others), and
+back. The storage keeps one ``layer_scales [L, 2, Hkv]`` array (K at index 0, V at 1) beside the
+pages, so a format with static or calibrated scales needs no other state.
+
+Formats are frozen, hashable strategy objects (static arguments of the jitted step). The plain
+format (``Plain``) keeps the model's dtype and is the default: caches built without a format keep
+their original storage classes, unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+META_DTYPE = jnp.float16          # per-token scales and zero points (LMDeploy stores half2)
+
+
+class KVFormat(Protocol):
+    """How K/V rows are encoded in the pages. Shapes: ``x [..., Hkv, D]``; ``data [..., Hkv,
+    packed_dim(D)]``; ``meta [..., Hkv, meta_width]``; ``layer_scale [Hkv]`` float32."""
+
+    name: str
+    meta_width: int
+
+    def check(self, *, num_kv_heads: int, head_dim: int) -> None:
+        """Raise ValueError naming what is allowed if the format cannot store these shapes."""
+        ...
+
+    def data_dtype(self, model_dtype) -> jnp.dtype:
+        """Element type of the stored data."""
+        ...
+
+    def packed_dim(self, head_dim: int) -> int:
+        """Stored elements per token and head."""
+        ...
+
+    def initial_layer_scales(self, *, num_layers: int, num_kv_heads: int) -> np.ndarray:
+        """``[L, 2, Hkv]`` float32: the scales the storage starts with."""
+        ...
+
+    def calibrate(self, layer_scale: jax.Array, x: jax.Array, valid: jax.Array, which: int) -> jax.Array:
+        """The layer's scales ``[Hkv]`` for K (``which=0``) or V (1) before ``x [T, Hkv, D]`` (rows
+        with ``valid [T]`` False are padding) is written; formats without calibration return them."""
+        ...
+
+    def encode(self, x: jax.Array, layer_scale: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``x [T, Hkv, D]`` -> ``(data [T, Hkv, packed_dim], meta [T, Hkv, meta_width])``."""
+        ...
+
+    def decode(self, data: jax.Array, meta: jax.Array, layer_scale: jax.Array, dtype) -> jax.Array:
+        """Inverse of ``encode``: ``[..., Hkv, D]`` in ``dtype``; ``layer_scale`` broadcasts as ``[Hkv]``."""
+        ...
+
+
+def bytes_per_token(fmt: KVFormat, *, num_layers: int, num_kv_heads: int, head_dim: int, model_dtype) -> int:
+    """True bytes one token's K and V take in the pages, over all layers (data and metadata)."""
+    data = fmt.packed_dim(head_dim) * jnp.dtype(fmt.data_dtype(model_dtype)).itemsize
+    meta = fmt.meta_width * jnp.dtype(META_DTYPE).itemsize
+    return 2 * num_layers * num_kv_heads * (data + meta)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Plain:
+    """The model's own dtype (bf16, f16 or f32): no encoding. The default.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from kvlab.kvcache.formats import Plain, bytes_per_token
+        >>> bytes_per_token(Plain(), num_layers=2, num_kv_heads=2, head_dim=16, model_dtype=jnp.bfloat16)
+        256
+    """
+
+    name: str = "plain"
+    meta_width: int = 0
+
+    def check(self, *, num_kv_heads: int, head_dim: int) -> None:
+        """Any shape."""
+
+    def data_dtype(self, model_dtype) -> jnp.dtype:
+        return jnp.dtype(model_dtype)
+
+    def packed_dim(self, head_dim: int) -> int:
+        return head_dim
+
+    def initial_layer_scales(self, *, num_layers: int, num_kv_heads: int) -> np.ndarray:
+        return np.ones((num_layers, 2, num_kv_heads), np.float32)
+
+    def calibrate(self, layer_scale, x, valid, which):
+        return layer_scale
+
+    def encode(self, x, layer_scale):
+        return x, jnp.zeros((*x.shape[:-1], 0), META_DTYPE)
+
+    def decode(self, data, meta, layer_scale, dtype):
+        return data.astype(dtype)
+
+
+PLAIN = Plain()

@@ -1,0 +1,147 @@
+"""The device half of a cache whose pages hold a quantized KV format (``kvlab.kvcache.formats``).
+
+``QuantizedPagedKVStorage`` keeps per-layer page pools as ``PagedKVStorage`` does, for encoded
+data and per-token metadata, plus one ``layer_scales`` array:
+
+* ``k, v``: ``[L, N, P, Hkv, packed_dim]`` of the format's data dtype (uint8 for int8/int4, fp8);
+* ``k_meta, v_meta``: ``[L, N, P, Hkv, meta_width]`` float16 (int formats: scale, zero point);
+* ``layer_scales``: ``[L, 2, Hkv]`` float32 (fp8's per-layer scales, K at index 0, V at 1).
+
+A token's data row and its metadata row have the same row number (``PagedLayout``), so a kernel
+that reads a tile of data reads its scales with the same addresses. ``gather_pages`` dequantizes
+only the pages asked for (the jnp reference attention's read); ``write`` encodes new tokens as
+they are stored. Host-tier records are the pages' bytes as stored (data then metadata per layer,
+LMDeploy's order), so a quantized page moves to the host and back unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from kvlab.kvcache.formats.base import META_DTYPE, KVFormat
+from kvlab.kvcache.layouts import PagedLayout
+
+
+def _bytes(x: jax.Array, lead: int) -> jax.Array:
+    """x viewed as bytes, flattened after its first ``lead`` axes: [*x.shape[:lead], nbytes]."""
+    return jax.lax.bitcast_convert_type(x, jnp.uint8).reshape(*x.shape[:lead], -1)
+
+
+def _from_bytes(b: jax.Array, like_shape: tuple[int, ...], dtype) -> jax.Array:
+    """Inverse of ``_bytes``: uint8 ``[..., nbytes]`` -> ``like_shape`` of ``dtype``."""
+    itemsize = jnp.dtype(dtype).itemsize
+    b = b.reshape(*like_shape, itemsize) if itemsize > 1 else b.reshape(like_shape)
+    return jax.lax.bitcast_convert_type(b, dtype)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QuantizedPagedKVStorage:
+    """Encoded K/V pages of all layers (see the module docstring for shapes).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from kvlab.kvcache.formats import Int8
+        >>> s = QuantizedPagedKVStorage.zeros(Int8(), num_layers=1, num_pages=2, page_size=4,
+        ...                                   num_kv_heads=1, head_dim=8, dtype=jnp.float32)
+        >>> x = jnp.linspace(-1, 1, 8).reshape(1, 1, 8)
+        >>> s = s.write(0, x, x, jnp.array([5]))
+        >>> k, v = s.gather_pages(0, jnp.array([1]))
+        >>> s.k.dtype, k.shape, float(abs(k[0, 1] - x[0]).max()) < 0.005
+        (dtype('uint8'), (1, 4, 1, 8), True)
+    """
+
+    k: jax.Array
+    v: jax.Array
+    k_meta: jax.Array
+    v_meta: jax.Array
+    layer_scales: jax.Array
+    kv_format: Any = dataclasses.field(metadata=dict(static=True))
+    dtype: Any = dataclasses.field(metadata=dict(static=True))
+
+    @classmethod
+    def zeros(cls, kv_format: KVFormat, *, num_layers: int, num_pages: int, page_size: int,
+              num_kv_heads: int, head_dim: int, dtype) -> QuantizedPagedKVStorage:
+        kv_format.check(num_kv_heads=num_kv_heads, head_dim=head_dim)
+        rows = (num_layers, num_pages, page_size, num_kv_heads)
+        data = jnp.zeros((*rows, kv_format.packed_dim(head_dim)), kv_format.data_dtype(dtype))
+        meta = jnp.zeros((*rows, kv_format.meta_width), META_DTYPE)
+        scales = jnp.asarray(kv_format.initial_layer_scales(num_layers=num_layers, num_kv_heads=num_kv_heads))
+        return cls(k=data, v=data, k_meta=meta, v_meta=meta, layer_scales=scales, kv_format=kv_format,
+                   dtype=jnp.dtype(dtype))
+
+    @property
+    def page_size(self) -> int:
+        return self.k.shape[2]
+
+    @property
+    def num_pages(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.k.shape[3]
+
+    @property
+    def layout(self) -> PagedLayout:
+        """Data and metadata rows share ``PagedLayout``'s numbering."""
+        return PagedLayout(num_pages=self.num_pages, page_size=self.page_size, num_kv_heads=self.num_kv_heads)
+
+    @property
+    def arrays(self) -> tuple[jax.Array, ...]:
+        """(k, v, k_meta, v_meta, layer_scales)."""
+        return self.k, self.v, self.k_meta, self.v_meta, self.layer_scales
+
+    def with_arrays(self, arrays) -> QuantizedPagedKVStorage:
+        k, v, k_meta, v_meta, layer_scales = arrays
+        return dataclasses.replace(self, k=k, v=v, k_meta=k_meta, v_meta=v_meta, layer_scales=layer_scales)
+
+    def gather_pages(self, layer, pages: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Dequantized K and V of ``pages`` in one layer: each ``[*pages.shape, P, Hkv, D]``."""
+        fmt, scales = self.kv_format, self.layer_scales[layer]
+        k = fmt.decode(self.k[layer, pages], self.k_meta[layer, pages], scales[0], self.dtype)
+        v = fmt.decode(self.v[layer, pages], self.v_meta[layer, pages], scales[1], self.dtype)
+        return k, v
+
+    def write(self, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array) -> QuantizedPagedKVStorage:
+        """Encode and scatter one layer's new tokens. k_new, v_new: [T, Hkv, D]; slots: [T] flat
+        ``page * page_size + offset``, negative for padding rows (dropped). A format that
+        calibrates sets the layer's scales from the valid rows on its first write."""
+        fmt, valid = self.kv_format, slots >= 0
+        scales = self.layer_scales[layer]
+        scales = jnp.stack([fmt.calibrate(scales[0], k_new, valid, 0),
+                            fmt.calibrate(scales[1], v_new, valid, 1)])
+        page = jnp.where(valid, slots // self.page_size, self.num_pages)          # OOB -> dropped
+        offset = jnp.where(valid, slots % self.page_size, 0)
+        k_data, k_meta = fmt.encode(k_new, scales[0])
+        v_data, v_meta = fmt.encode(v_new, scales[1])
+        at = (layer, page, offset)
+        return dataclasses.replace(
+            self, k=self.k.at[at].set(k_data, mode="drop"), v=self.v.at[at].set(v_data, mode="drop"),
+            k_meta=self.k_meta.at[at].set(k_meta, mode="drop"),
+            v_meta=self.v_meta.at[at].set(v_meta, mode="drop"),
+            layer_scales=self.layer_scales.at[layer].set(scales))
+
+    # ---- host-tier records: the pages' bytes as stored -------------------------------------------
+    def read_pages(self, pages: jax.Array) -> jax.Array:
+        """Whole pages as bytes: uint8 ``[n, L, record_bytes_per_layer]`` (per layer: K data,
+        V data, K metadata, V metadata)."""
+        parts = [jnp.swapaxes(a[:, pages], 0, 1) for a in (self.k, self.v, self.k_meta, self.v_meta)]
+        return jnp.concatenate([_bytes(p, 2) for p in parts], axis=-1)
+
+    def write_pages(self, pages: jax.Array, data: jax.Array) -> QuantizedPagedKVStorage:
+        """Inverse of ``read_pages``; out-of-range page ids are dropped (padding)."""
+        out, start = [], 0
+        for arr in (self.k, self.v, self.k_meta, self.v_meta):
+            shape = (data.shape[0], arr.shape[0], *arr.shape[2:])          # [n, L, P, Hkv, X]
+            size = jnp.dtype(arr.dtype).itemsize * math.prod(shape[2:])
+            piece = _from_bytes(data[..., start:start + size], shape, arr.dtype)
+            out.append(arr.at[:, pages].set(jnp.swapaxes(piece, 0, 1), mode="drop"))
+            start += size
+        k, v, k_meta, v_meta = out
+        return dataclasses.replace(self, k=k, v=v, k_meta=k_meta, v_meta=v_meta)

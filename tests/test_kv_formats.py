@@ -1,0 +1,143 @@
+"""KV formats (``kvlab.kvcache.formats``) and the quantized storage: round-trip error bounds per
+format (hypothesis), bit packing, calibration, page records that move unchanged, bad input."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from kvlab.kvcache.formats import (
+    CalibratedScales,
+    Fp8E4M3,
+    Fp8E5M2,
+    Int4,
+    Int8,
+    PerHead,
+    PerTensor,
+    Plain,
+    StaticScales,
+    bytes_per_token,
+)
+from kvlab.kvcache.formats.integer import AsymmetricInt, pack, unpack
+from kvlab.kvcache.quantized_storage import QuantizedPagedKVStorage
+
+values = hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 3), st.sampled_from([8, 16, 64])),
+                    elements=st.floats(-50, 50, width=32))
+
+
+@settings(max_examples=30)
+@given(x=values, bits=st.sampled_from([8, 4, 2]))
+def test_integer_round_trip_is_within_half_a_step(x, bits):
+    fmt = AsymmetricInt(bits=bits)
+    data, meta = fmt.encode(jnp.asarray(x), jnp.ones(x.shape[1]))
+    assert data.dtype == jnp.uint8 and data.shape == (*x.shape[:-1], x.shape[-1] * bits // 8)
+    back = np.asarray(fmt.decode(data, meta, jnp.ones(x.shape[1]), jnp.float32))
+    scale, zero = np.asarray(meta[..., 0], np.float32), np.asarray(meta[..., 1], np.float32)
+    # half a quantisation step, plus the float16 rounding of the stored scale and zero point
+    slack = 0.5 * scale + fmt.levels * scale * 2 ** -10 + np.abs(zero) * 2 ** -10 + 1e-6
+    assert np.all(np.abs(back - x) <= slack[..., None])
+    span = x.max(axis=-1) - x.min(axis=-1)
+    np.testing.assert_allclose(scale, span / fmt.levels, rtol=2e-3, atol=1e-6)
+
+
+@settings(max_examples=30)
+@given(codes=hnp.arrays(np.uint8, st.tuples(st.integers(1, 4), st.sampled_from([8, 16, 64]))),
+       bits=st.sampled_from([8, 4, 2]))
+def test_packing_round_trips(codes, bits):
+    codes = codes & ((1 << bits) - 1)
+    packed = pack(jnp.asarray(codes), bits)
+    assert packed.shape[-1] == codes.shape[-1] * bits // 8
+    np.testing.assert_array_equal(np.asarray(unpack(packed, bits)), codes)
+
+
+def test_int4_packs_the_two_halves_of_a_row():
+    """Byte j holds element j (low nibble) and element j + D/2 (high): kernels unpack halves."""
+    codes = jnp.arange(8, dtype=jnp.uint8)
+    assert np.asarray(pack(codes, 4)).tolist() == [0 | 4 << 4, 1 | 5 << 4, 2 | 6 << 4, 3 | 7 << 4]
+
+
+@settings(max_examples=40)
+@given(x=values, element=st.sampled_from([Fp8E4M3, Fp8E5M2]), scale=st.floats(1e-3, 10))
+def test_fp8_round_trip_is_within_the_element_precision(x, element, scale):
+    fmt = element(scales=StaticScales(k=scale, v=scale))
+    layer_scale = jnp.full(x.shape[1], scale, jnp.float32)
+    data, meta = fmt.encode(jnp.asarray(x), layer_scale)
+    back = np.asarray(fmt.decode(data, meta, layer_scale, jnp.float32))
+    mantissa = 3 if element is Fp8E4M3 else 2
+    inside = np.abs(x) / scale <= fmt.max_value
+    tiny = float(jnp.finfo(fmt.element).smallest_subnormal) * scale
+    err = np.abs(back - x)
+    assert np.all(err[inside] <= np.abs(x[inside]) * 2.0 ** -(mantissa + 1) + tiny)
+    np.testing.assert_allclose(np.abs(back[~inside]), fmt.max_value * scale, rtol=1e-6)  # saturates
+
+
+def test_calibrated_fp8_scales_are_set_once_from_the_first_batch():
+    fmt = Fp8E4M3(scales=CalibratedScales(granularity=PerHead()))
+    s = QuantizedPagedKVStorage.zeros(fmt, num_layers=2, num_pages=3, page_size=4, num_kv_heads=2,
+                                      head_dim=8, dtype=jnp.float32)
+    assert float(s.layer_scales.max()) == 0.0                       # not calibrated yet
+    x = jnp.stack([jnp.full((3, 8), 2.0), jnp.full((3, 8), 8.0)], axis=1)      # [3, 2, 8]
+    x = x.at[2].set(1000.0)                                                      # a padding row
+    s = s.write(0, x, -x, jnp.array([0, 1, -1]))
+    np.testing.assert_allclose(np.asarray(s.layer_scales[0]), [[2 / 200, 8 / 200], [2 / 100, 8 / 100]])
+    assert float(s.layer_scales[1].max()) == 0.0                    # layer 1 not written yet
+    s2 = s.write(0, 10 * x, x, jnp.array([2, 3, 4]))
+    np.testing.assert_array_equal(np.asarray(s2.layer_scales[0]), np.asarray(s.layer_scales[0]))
+    per_tensor = Fp8E4M3(scales=CalibratedScales(granularity=PerTensor()))
+    t = QuantizedPagedKVStorage.zeros(per_tensor, num_layers=1, num_pages=3, page_size=4, num_kv_heads=2,
+                                      head_dim=8, dtype=jnp.float32).write(0, x, x, jnp.array([0, 1, -1]))
+    np.testing.assert_allclose(np.asarray(t.layer_scales[0, 0]), [8 / 200, 8 / 200])
+
+
+FORMATS = [Int8(), Int4(), Fp8E4M3(), Fp8E5M2(scales=StaticScales(k=0.05, v=(0.1, 0.2)))]
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+def test_storage_writes_encoded_rows_and_pages_move_as_stored(fmt):
+    dims = dict(num_layers=2, num_pages=5, page_size=4, num_kv_heads=2, head_dim=16, dtype=jnp.bfloat16)
+    s = QuantizedPagedKVStorage.zeros(fmt, **dims)
+    k = jax.random.normal(jax.random.key(1), (7, 2, 16), jnp.float32)
+    v = jax.random.normal(jax.random.key(2), (7, 2, 16), jnp.float32)
+    slots = jnp.array([0, 1, 2, 3, 4, 9, -1])
+    s = s.write(1, k, v, slots)
+    got_k, got_v = s.gather_pages(1, jnp.array([0, 1, 2]))       # [3, P, Hkv, D]
+    want_k = fmt.decode(*fmt.encode(k, s.layer_scales[1, 0]), s.layer_scales[1, 0], jnp.bfloat16)
+    want_v = fmt.decode(*fmt.encode(v, s.layer_scales[1, 1]), s.layer_scales[1, 1], jnp.bfloat16)
+    flat_k, flat_v = got_k.reshape(-1, 2, 16), got_v.reshape(-1, 2, 16)
+    for row, slot in enumerate(slots.tolist()[:-1]):
+        np.testing.assert_array_equal(np.asarray(flat_k[slot]), np.asarray(want_k[row]))
+        np.testing.assert_array_equal(np.asarray(flat_v[slot]), np.asarray(want_v[row]))
+    records = s.read_pages(jnp.array([0, 2]))
+    assert records.dtype == jnp.uint8
+    per_token = bytes_per_token(fmt, num_layers=2, num_kv_heads=2, head_dim=16, model_dtype=jnp.bfloat16)
+    assert records.size == 2 * 4 * per_token                     # two pages of four tokens, as stored
+    moved = s.write_pages(jnp.array([3, 4]), records)
+    for a, b in zip(moved.gather_pages(1, jnp.array([3, 4])), s.gather_pages(1, jnp.array([0, 2]))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_bytes_per_token_gives_the_promised_capacity_ratios():
+    dims = dict(num_layers=16, num_kv_heads=8, head_dim=64, model_dtype=jnp.bfloat16)
+    plain = bytes_per_token(Plain(), **dims)
+    assert plain == 2 * 16 * 8 * 64 * 2
+    assert plain / bytes_per_token(Fp8E4M3(), **dims) == 2
+    assert 1.8 < plain / bytes_per_token(Int8(), **dims) < 2       # + a float16 scale and zero a row
+    assert 3.5 < plain / bytes_per_token(Int4(), **dims) < 4
+
+
+def test_bad_formats_say_what_is_allowed():
+    with pytest.raises(ValueError, match="head_dim must be a multiple of 2"):
+        QuantizedPagedKVStorage.zeros(Int4(), num_layers=1, num_pages=2, page_size=4, num_kv_heads=1,
+                                      head_dim=7, dtype=jnp.float32)
+    with pytest.raises(ValueError, match="bits must be 8, 4 or 2"):
+        AsymmetricInt(bits=3)
+    with pytest.raises(ValueError, match="one per KV head"):
+        QuantizedPagedKVStorage.zeros(Fp8E4M3(scales=StaticScales(k=(0.1, 0.2, 0.3))), num_layers=1,
+                                      num_pages=2, page_size=4, num_kv_heads=2, head_dim=8, dtype=jnp.float32)
+    with pytest.raises(ValueError, match="positive"):
+        Fp8E4M3(scales=StaticScales(v=0.0)).initial_layer_scales(num_layers=1, num_kv_heads=1)
