@@ -128,6 +128,14 @@ def test_bytes_per_token_gives_the_promised_capacity_ratios():
     assert plain / bytes_per_token(Fp8E4M3(), **dims) == 2
     assert 1.8 < plain / bytes_per_token(Int8(), **dims) < 2       # + a float16 scale and zero a row
     assert 3.5 < plain / bytes_per_token(Int4(), **dims) < 4
+    from kvlab.engine.defaults import kv_bytes_per_token
+    from kvlab.models import ModelConfig
+
+    config = ModelConfig.llama_3_2_1b()
+    budget = 8 << 30                                             # the same bytes hold 2x / ~3.6x the tokens
+    tokens = {f.name: budget // kv_bytes_per_token(config, jnp.bfloat16, f)
+              for f in (Plain(), Fp8E4M3(), Int4())}
+    assert tokens["fp8-e4m3fn"] == 2 * tokens["plain"] and tokens["int4"] > 3.5 * tokens["plain"]
 
 
 def test_bad_formats_say_what_is_allowed():

@@ -17,16 +17,18 @@ Examples:
 from __future__ import annotations
 
 import jax
-import numpy as np
 
+from kvlab.kvcache.formats.base import PLAIN, KVFormat, bytes_per_token
 from kvlab.kvcache.paged import PagedKVCache
 
 HOST_KV_BYTES = 4 << 30
 
 
-def kv_bytes_per_token(config, dtype) -> int:
-    """Bytes of K and V one token takes over all layers."""
-    return 2 * config.num_layers * config.num_kv_heads * config.head_dim * np.dtype(dtype).itemsize
+def kv_bytes_per_token(config, dtype, kv_format: KVFormat = PLAIN) -> int:
+    """Bytes of K and V one token takes over all layers, stored in ``kv_format`` (data and
+    scales: a byte budget holds about 2x the tokens in fp8 or int8, 3.6x in int4)."""
+    return bytes_per_token(kv_format, num_layers=config.num_layers, num_kv_heads=config.num_kv_heads,
+                           head_dim=config.head_dim, model_dtype=dtype)
 
 
 def free_kv_bytes(memory_utilization: float = 0.9, device=None) -> int:
@@ -40,9 +42,10 @@ def free_kv_bytes(memory_utilization: float = 0.9, device=None) -> int:
 
 
 def default_cache(model, *, max_model_len: int, max_num_seqs: int, memory_utilization: float = 0.9,
-                  page_size: int = 16) -> PagedKVCache:
-    """A paged cache sized from the device's free memory (see the module docstring)."""
-    per_token = kv_bytes_per_token(model.config, model.dtype)
+                  page_size: int = 16, kv_format: KVFormat = PLAIN) -> PagedKVCache:
+    """A paged cache sized from the device's free memory (see the module docstring), its pages
+    in ``kv_format``."""
+    per_token = kv_bytes_per_token(model.config, model.dtype, kv_format)
     budget = free_kv_bytes(memory_utilization)
     tokens = min(budget // per_token, max_num_seqs * max_model_len)
     if tokens < max_model_len:
@@ -50,4 +53,4 @@ def default_cache(model, *, max_model_len: int, max_num_seqs: int, memory_utiliz
                          f"GiB free under memory_utilization={memory_utilization}, {per_token} bytes a "
                          f"token), less than one sequence of max_model_len={max_model_len}; pass a "
                          f"smaller max_model_len or your own cache=")
-    return PagedKVCache.for_tokens(int(tokens), page_size=page_size)
+    return PagedKVCache.for_tokens(int(tokens), page_size=page_size, kv_format=kv_format)

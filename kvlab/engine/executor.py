@@ -63,12 +63,11 @@ class ModelExecutor:
         self.vocab_size, self.max_model_len, self.eos_token_ids = c.vocab_size, max_model_len, c.eos_token_ids
         options = cache.attention_options(model.attention_options, max_model_len)
         attention.check(num_q_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
-                        page_size=cache.page_size, dtype=model.dtype)
+                        page_size=cache.page_size, dtype=model.dtype, kv_format=cache.kv_format)
         self.storage = cache.init_storage(num_layers=c.num_layers, num_kv_heads=c.num_kv_heads,
                                           head_dim=c.head_dim, dtype=model.dtype)
-        self.host_storage = None if cache.host_tier is None else cache.host_tier.init_storage(
-            num_layers=c.num_layers, page_size=cache.page_size, num_kv_heads=c.num_kv_heads,
-            head_dim=c.head_dim, dtype=model.dtype)
+        self.host_storage = (None if cache.host_tier is None
+                             else cache.host_tier.init_storage(self.storage.page_record))
         limits = StepShape(tokens=max_num_batched_tokens, rows=max_num_seqs,
                            pages=cache.max_table_pages(max_model_len))
         self.runner = ModelRunner(model, attention=attention, sampler=sampler, shapes=shapes,

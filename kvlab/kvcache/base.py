@@ -34,6 +34,7 @@ import dataclasses
 import weakref
 
 from kvlab.kvcache.block_table import BlockTable
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.kvcache.ledger import MemoryBreakdown
 
 
@@ -97,12 +98,15 @@ class KVCache(abc.ABC):
             no limit (a circular cache's ring only holds so many).
         host_tier: the ``HostTier`` that preemption by swap moves sequences to, or None (then
             ``can_swap_out`` / ``can_swap_in`` are False and ``swap_out`` / ``swap_in`` raise).
+        kv_format: how the pages store K and V (``kvlab.kvcache.formats``; ``Plain()``, the
+            model's dtype, unless the cache was built with another).
     """
 
     page_size: int
     block_table: BlockTable
     max_step_tokens: int | None = None
     host_tier = None
+    kv_format: KVFormat = PLAIN
     _owner = None               # a weak reference to the engine whose storage the pages index
 
     @property

@@ -10,8 +10,9 @@ default (TurboMind's prefix caching).
 
 from __future__ import annotations
 
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.kvcache.paged import PagedKVCache
-from kvlab.kvcache.storage import BlockedKVStorage
+from kvlab.kvcache.quantized_storage import blocked_storage
 
 
 class BlockedKVCache(PagedKVCache):
@@ -28,9 +29,10 @@ class BlockedKVCache(PagedKVCache):
     """
 
     def __init__(self, *, num_blocks: int, block_tokens: int = 64, prefix_caching: bool = True,
-                 eviction=None, block_hasher=None, host_tier=None):
+                 eviction=None, block_hasher=None, host_tier=None, kv_format: KVFormat = PLAIN):
         super().__init__(num_pages=num_blocks, page_size=block_tokens, prefix_caching=prefix_caching,
-                         eviction=eviction, block_hasher=block_hasher, host_tier=host_tier)
+                         eviction=eviction, block_hasher=block_hasher, host_tier=host_tier,
+                         kv_format=kv_format)
 
     @classmethod
     def for_tokens(cls, tokens: int, *, block_tokens: int = 64, **kwargs) -> BlockedKVCache:
@@ -41,7 +43,7 @@ class BlockedKVCache(PagedKVCache):
     def block_tokens(self) -> int:
         return self.page_size
 
-    def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype) -> BlockedKVStorage:
-        return BlockedKVStorage.zeros(num_layers=num_layers, num_pages=self.allocator.num_pages,
-                                      page_size=self.page_size, num_kv_heads=num_kv_heads,
-                                      head_dim=head_dim, dtype=dtype)
+    def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype):
+        return blocked_storage(self.kv_format, num_layers=num_layers, num_pages=self.allocator.num_pages,
+                               page_size=self.page_size, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                               dtype=dtype)

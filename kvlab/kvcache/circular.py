@@ -23,10 +23,11 @@ import numpy as np
 
 from kvlab.kvcache.base import KVCache, KVCacheStats
 from kvlab.kvcache.block_table import BlockTable
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.kvcache.ledger import MemoryBreakdown, MemoryLedger
 from kvlab.kvcache.pool import OutOfPagesError, PageAllocator
 from kvlab.kvcache.pooled import check_power_of_two
-from kvlab.kvcache.storage import PagedKVStorage
+from kvlab.kvcache.quantized_storage import paged_storage
 
 
 class CircularKVCache(KVCache):
@@ -46,8 +47,9 @@ class CircularKVCache(KVCache):
     """
 
     def __init__(self, *, num_pages: int, page_size: int = 16, window: int, num_sink_tokens: int = 0,
-                 max_step_tokens: int | None = None):
+                 max_step_tokens: int | None = None, kv_format: KVFormat = PLAIN):
         check_power_of_two("page_size", page_size)
+        self.kv_format = kv_format
         if window < 1:
             raise ValueError(f"window must be >= 1 token, got {window}")
         if num_sink_tokens < 0:
@@ -154,7 +156,7 @@ class CircularKVCache(KVCache):
                             page_size=self.page_size, num_seqs=len(self._own), tokens_stored=stored,
                             memory=self.ledger.breakdown() if detailed else MemoryBreakdown())
 
-    def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype) -> PagedKVStorage:
-        return PagedKVStorage.zeros(num_layers=num_layers, num_pages=self.allocator.num_pages,
+    def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype):
+        return paged_storage(self.kv_format, num_layers=num_layers, num_pages=self.allocator.num_pages,
                                     page_size=self.page_size, num_kv_heads=num_kv_heads,
                                     head_dim=head_dim, dtype=dtype)

@@ -18,10 +18,11 @@ import numpy as np
 
 from kvlab.kvcache.base import KVCache, KVCacheStats
 from kvlab.kvcache.block_table import BlockTable
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.kvcache.ledger import MemoryBreakdown, MemoryLedger
 from kvlab.kvcache.pool import OutOfPagesError
 from kvlab.kvcache.pooled import check_power_of_two
-from kvlab.kvcache.storage import PagedKVStorage
+from kvlab.kvcache.quantized_storage import paged_storage
 
 
 class ContiguousKVCache(KVCache):
@@ -38,8 +39,10 @@ class ContiguousKVCache(KVCache):
         ([16], 32)
     """
 
-    def __init__(self, *, num_slots: int, max_seq_len: int, page_size: int = 16, external_tokens: int = 0):
+    def __init__(self, *, num_slots: int, max_seq_len: int, page_size: int = 16, external_tokens: int = 0,
+                 kv_format: KVFormat = PLAIN):
         check_power_of_two("page_size", page_size)
+        self.kv_format = kv_format
         if max_seq_len < 1 or max_seq_len % page_size:
             raise ValueError(f"max_seq_len must be a positive multiple of page_size={page_size}, "
                              f"got {max_seq_len}")
@@ -127,7 +130,7 @@ class ContiguousKVCache(KVCache):
                             tokens_stored=sum(self._tokens.values()) if detailed else 0,
                             memory=self.ledger.breakdown() if detailed else MemoryBreakdown())
 
-    def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype) -> PagedKVStorage:
-        return PagedKVStorage.zeros(num_layers=num_layers, num_pages=self.num_slots * self.pages_per_slot,
-                                    page_size=self.page_size, num_kv_heads=num_kv_heads,
-                                    head_dim=head_dim, dtype=dtype)
+    def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype):
+        return paged_storage(self.kv_format, num_layers=num_layers,
+                             num_pages=self.num_slots * self.pages_per_slot, page_size=self.page_size,
+                             num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype)

@@ -2,12 +2,14 @@
 space, TensorRT-LLM's host offload tier).
 
 Host bookkeeping is a page allocator of its own; the host arrays are NumPy, one record per page
-holding that page's K and V of every layer, ``[num_pages, L, 2, P, Hkv, D]`` - the blocked
-layout, so a page moves as one contiguous copy each way.
+holding that page's K and V of every layer as the device storage describes it (its
+``page_record``: ``[L, 2, P, Hkv, D]`` for plain pages, the stored bytes of a quantized page), so a
+page moves as one contiguous copy each way, quantized pages unchanged.
 
 Examples:
     >>> tier = HostTier(num_pages=4)
-    >>> store = tier.init_storage(num_layers=2, page_size=8, num_kv_heads=1, head_dim=4, dtype="float32")
+    >>> import jax
+    >>> store = tier.init_storage(jax.ShapeDtypeStruct((2, 2, 8, 1, 4), "float32"))
     >>> store.shape, tier.allocator.num_free
     ((4, 2, 2, 8, 1, 4), 4)
 """
@@ -29,8 +31,7 @@ class HostTier:
     def num_pages(self) -> int:
         return self.allocator.num_pages
 
-    def init_storage(self, *, num_layers: int, page_size: int, num_kv_heads: int, head_dim: int,
-                     dtype) -> np.ndarray:
-        """The host arrays: [num_pages, L, 2, P, Hkv, D] (dtype as on the device)."""
-        shape = (self.num_pages, num_layers, 2, page_size, num_kv_heads, head_dim)
-        return np.zeros(shape, np.dtype(dtype))
+    def init_storage(self, page_record) -> np.ndarray:
+        """The host arrays: ``[num_pages, *page_record.shape]`` of its dtype (``page_record``: the
+        device storage's, a ``jax.ShapeDtypeStruct``)."""
+        return np.zeros((self.num_pages, *page_record.shape), np.dtype(page_record.dtype))

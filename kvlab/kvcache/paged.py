@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from kvlab.kvcache.block_hash import BlockIndex, Sha256BlockHasher, chain_hashes
 from kvlab.kvcache.eviction import LRU
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.kvcache.pooled import SeqState
 from kvlab.kvcache.swap import SwappablePoolCache
 
@@ -39,8 +40,8 @@ class PagedKVCache(SwappablePoolCache):
     """
 
     def __init__(self, *, num_pages: int, page_size: int = 16, prefix_caching: bool = False,
-                 eviction=None, block_hasher=None, host_tier=None):
-        super().__init__(num_pages=num_pages, page_size=page_size, host_tier=host_tier)
+                 eviction=None, block_hasher=None, host_tier=None, kv_format: KVFormat = PLAIN):
+        super().__init__(num_pages=num_pages, page_size=page_size, host_tier=host_tier, kv_format=kv_format)
         self.prefix_caching = prefix_caching
         self.hasher = block_hasher or Sha256BlockHasher()
         self.index = BlockIndex(eviction or LRU()) if prefix_caching else None

@@ -21,9 +21,10 @@ import dataclasses
 
 from kvlab.kvcache.base import KVCache, KVCacheStats
 from kvlab.kvcache.block_table import BlockTable
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.kvcache.ledger import MemoryBreakdown, MemoryLedger
 from kvlab.kvcache.pool import OutOfPagesError, PageAllocator
-from kvlab.kvcache.storage import PagedKVStorage
+from kvlab.kvcache.quantized_storage import paged_storage
 
 
 def check_power_of_two(name: str, value: int) -> None:
@@ -59,9 +60,10 @@ class SeqState:
 class PagePoolCache(KVCache):
     """Sequences grow page by page from one reference-counted pool of ``num_pages`` pages."""
 
-    def __init__(self, *, num_pages: int, page_size: int, host_tier=None):
+    def __init__(self, *, num_pages: int, page_size: int, host_tier=None, kv_format: KVFormat = PLAIN):
         check_power_of_two("page_size", page_size)
         self.page_size = page_size
+        self.kv_format = kv_format
         self.allocator = PageAllocator(num_pages)
         self.host_tier = host_tier
         self.block_table = BlockTable()
@@ -267,7 +269,7 @@ class PagePoolCache(KVCache):
                             readmitted_hit_tokens=self._readmitted_hit_tokens, evictions=self.evictions,
                             memory=self.ledger.breakdown() if detailed else MemoryBreakdown())
 
-    def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype) -> PagedKVStorage:
-        return PagedKVStorage.zeros(num_layers=num_layers, num_pages=self.allocator.num_pages,
-                                    page_size=self.page_size, num_kv_heads=num_kv_heads,
-                                    head_dim=head_dim, dtype=dtype)
+    def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype):
+        return paged_storage(self.kv_format, num_layers=num_layers, num_pages=self.allocator.num_pages,
+                             page_size=self.page_size, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                             dtype=dtype)

@@ -1,4 +1,5 @@
-"""The device half of a cache whose pages hold a quantized KV format (``kvlab.kvcache.formats``).
+"""The device halves of caches whose pages hold a quantized KV format (``kvlab.kvcache.formats``):
+``QuantizedPagedKVStorage`` (paged layout) and ``QuantizedBlockedKVStorage`` (blocked layout).
 
 ``QuantizedPagedKVStorage`` keeps per-layer page pools as ``PagedKVStorage`` does, for encoded
 data and per-token metadata, plus one ``layer_scales`` array:
@@ -23,8 +24,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kvlab.kvcache.formats.base import META_DTYPE, KVFormat
-from kvlab.kvcache.layouts import PagedLayout
+from kvlab.kvcache.formats.base import META_DTYPE, PLAIN, KVFormat
+from kvlab.kvcache.layouts import BlockedLayout, PagedLayout
+from kvlab.kvcache.storage import BlockedKVStorage, PagedKVStorage
 
 
 def _bytes(x: jax.Array, lead: int) -> jax.Array:
@@ -37,6 +39,21 @@ def _from_bytes(b: jax.Array, like_shape: tuple[int, ...], dtype) -> jax.Array:
     itemsize = jnp.dtype(dtype).itemsize
     b = b.reshape(*like_shape, itemsize) if itemsize > 1 else b.reshape(like_shape)
     return jax.lax.bitcast_convert_type(b, dtype)
+
+
+def encode_rows(fmt: KVFormat, scales: jax.Array, k_new: jax.Array, v_new: jax.Array, valid: jax.Array):
+    """One layer's new rows ``[T, Hkv, D]`` encoded: (the layer's scales ``[2, Hkv]`` after
+    calibration, (K data, K meta), (V data, V meta)); ``valid [T]`` marks the real rows."""
+    scales = jnp.stack([fmt.calibrate(scales[0], k_new, valid, 0), fmt.calibrate(scales[1], v_new, valid, 1)])
+    return scales, fmt.encode(k_new, scales[0]), fmt.encode(v_new, scales[1])
+
+
+def paged_storage(kv_format: KVFormat, **dims):
+    """The storage of a paged-layout cache in ``kv_format``: ``PagedKVStorage`` for the plain
+    format, ``QuantizedPagedKVStorage`` otherwise. ``dims``: ``PagedKVStorage.zeros``'s."""
+    if kv_format == PLAIN:
+        return PagedKVStorage.zeros(**dims)
+    return QuantizedPagedKVStorage.zeros(kv_format, **dims)
 
 
 @jax.tree_util.register_dataclass
@@ -69,10 +86,13 @@ class QuantizedPagedKVStorage:
               num_kv_heads: int, head_dim: int, dtype) -> QuantizedPagedKVStorage:
         kv_format.check(num_kv_heads=num_kv_heads, head_dim=head_dim)
         rows = (num_layers, num_pages, page_size, num_kv_heads)
-        data = jnp.zeros((*rows, kv_format.packed_dim(head_dim)), kv_format.data_dtype(dtype))
-        meta = jnp.zeros((*rows, kv_format.meta_width), META_DTYPE)
+        def data():                        # separate buffers: the step donates each one
+            return jnp.zeros((*rows, kv_format.packed_dim(head_dim)), kv_format.data_dtype(dtype))
+
+        def meta():
+            return jnp.zeros((*rows, kv_format.meta_width), META_DTYPE)
         scales = jnp.asarray(kv_format.initial_layer_scales(num_layers=num_layers, num_kv_heads=num_kv_heads))
-        return cls(k=data, v=data, k_meta=meta, v_meta=meta, layer_scales=scales, kv_format=kv_format,
+        return cls(k=data(), v=data(), k_meta=meta(), v_meta=meta(), layer_scales=scales, kv_format=kv_format,
                    dtype=jnp.dtype(dtype))
 
     @property
@@ -112,14 +132,10 @@ class QuantizedPagedKVStorage:
         """Encode and scatter one layer's new tokens. k_new, v_new: [T, Hkv, D]; slots: [T] flat
         ``page * page_size + offset``, negative for padding rows (dropped). A format that
         calibrates sets the layer's scales from the valid rows on its first write."""
-        fmt, valid = self.kv_format, slots >= 0
-        scales = self.layer_scales[layer]
-        scales = jnp.stack([fmt.calibrate(scales[0], k_new, valid, 0),
-                            fmt.calibrate(scales[1], v_new, valid, 1)])
-        page = jnp.where(valid, slots // self.page_size, self.num_pages)          # OOB -> dropped
-        offset = jnp.where(valid, slots % self.page_size, 0)
-        k_data, k_meta = fmt.encode(k_new, scales[0])
-        v_data, v_meta = fmt.encode(v_new, scales[1])
+        scales, (k_data, k_meta), (v_data, v_meta) = encode_rows(self.kv_format, self.layer_scales[layer],
+                                                                 k_new, v_new, slots >= 0)
+        page = jnp.where(slots >= 0, slots // self.page_size, self.num_pages)     # OOB -> dropped
+        offset = jnp.where(slots >= 0, slots % self.page_size, 0)
         at = (layer, page, offset)
         return dataclasses.replace(
             self, k=self.k.at[at].set(k_data, mode="drop"), v=self.v.at[at].set(v_data, mode="drop"),
@@ -128,6 +144,13 @@ class QuantizedPagedKVStorage:
             layer_scales=self.layer_scales.at[layer].set(scales))
 
     # ---- host-tier records: the pages' bytes as stored -------------------------------------------
+    @property
+    def page_record(self) -> jax.ShapeDtypeStruct:
+        """One page's host-tier record: uint8 ``[L, bytes per layer]``."""
+        arrays = (self.k, self.v, self.k_meta, self.v_meta)
+        per_layer = sum(a.dtype.itemsize * math.prod(a.shape[2:]) for a in arrays)
+        return jax.ShapeDtypeStruct((self.k.shape[0], per_layer), jnp.uint8)
+
     def read_pages(self, pages: jax.Array) -> jax.Array:
         """Whole pages as bytes: uint8 ``[n, L, record_bytes_per_layer]`` (per layer: K data,
         V data, K metadata, V metadata)."""
@@ -145,3 +168,111 @@ class QuantizedPagedKVStorage:
             start += size
         k, v, k_meta, v_meta = out
         return dataclasses.replace(self, k=k, v=v, k_meta=k_meta, v_meta=v_meta)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QuantizedBlockedKVStorage:
+    """Encoded K/V of all layers per block (LMDeploy TurboMind's blocked layout with its quantized
+    KV): ``blocks [N, L, 2, P, Hkv, packed_dim]`` of the format's data dtype, ``meta [N, L, 2, P, Hkv,
+    meta_width]`` float16, ``layer_scales [L, 2, Hkv]`` float32. A block's host record holds, per
+    layer, its K and V data and then their scales and zero points.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from kvlab.kvcache.formats import Int4
+        >>> s = QuantizedBlockedKVStorage.zeros(Int4(), num_layers=2, num_pages=3, page_size=4,
+        ...                                     num_kv_heads=1, head_dim=8, dtype=jnp.float32)
+        >>> s.blocks.shape, s.page_record.shape     # per layer: 2 x 4 rows x (4 B int4 + 4 B meta)
+        ((3, 2, 2, 4, 1, 4), (2, 64))
+    """
+
+    blocks: jax.Array
+    meta: jax.Array
+    layer_scales: jax.Array
+    kv_format: Any = dataclasses.field(metadata=dict(static=True))
+    dtype: Any = dataclasses.field(metadata=dict(static=True))
+
+    @classmethod
+    def zeros(cls, kv_format: KVFormat, *, num_layers: int, num_pages: int, page_size: int,
+              num_kv_heads: int, head_dim: int, dtype) -> QuantizedBlockedKVStorage:
+        kv_format.check(num_kv_heads=num_kv_heads, head_dim=head_dim)
+        rows = (num_pages, num_layers, 2, page_size, num_kv_heads)
+        scales = kv_format.initial_layer_scales(num_layers=num_layers, num_kv_heads=num_kv_heads)
+        return cls(blocks=jnp.zeros((*rows, kv_format.packed_dim(head_dim)), kv_format.data_dtype(dtype)),
+                   meta=jnp.zeros((*rows, kv_format.meta_width), META_DTYPE),
+                   layer_scales=jnp.asarray(scales), kv_format=kv_format, dtype=jnp.dtype(dtype))
+
+    @property
+    def page_size(self) -> int:
+        return self.blocks.shape[3]
+
+    @property
+    def num_pages(self) -> int:
+        return self.blocks.shape[0]
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.blocks.shape[4]
+
+    @property
+    def layout(self) -> BlockedLayout:
+        """Data and metadata rows share ``BlockedLayout``'s numbering."""
+        return BlockedLayout(num_layers=self.blocks.shape[1], page_size=self.page_size,
+                             num_kv_heads=self.num_kv_heads)
+
+    @property
+    def arrays(self) -> tuple[jax.Array, ...]:
+        """(blocks, meta, layer_scales)."""
+        return self.blocks, self.meta, self.layer_scales
+
+    def with_arrays(self, arrays) -> QuantizedBlockedKVStorage:
+        blocks, meta, layer_scales = arrays
+        return dataclasses.replace(self, blocks=blocks, meta=meta, layer_scales=layer_scales)
+
+    def gather_pages(self, layer, pages: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Dequantized K and V of ``pages`` in one layer: each ``[*pages.shape, P, Hkv, D]``."""
+        fmt, scales = self.kv_format, self.layer_scales[layer]
+        data, meta = self.blocks[pages, layer], self.meta[pages, layer]          # [..., 2, P, Hkv, X]
+        return (fmt.decode(data[..., 0, :, :, :], meta[..., 0, :, :, :], scales[0], self.dtype),
+                fmt.decode(data[..., 1, :, :, :], meta[..., 1, :, :, :], scales[1], self.dtype))
+
+    def write(self, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array) -> QuantizedBlockedKVStorage:
+        """Encode and scatter one layer's new tokens (see ``QuantizedPagedKVStorage.write``)."""
+        scales, (k_data, k_meta), (v_data, v_meta) = encode_rows(self.kv_format, self.layer_scales[layer],
+                                                                 k_new, v_new, slots >= 0)
+        block = jnp.where(slots >= 0, slots // self.page_size, self.num_pages)
+        offset = jnp.where(slots >= 0, slots % self.page_size, 0)
+        at = (block, layer, slice(None), offset)
+        return dataclasses.replace(
+            self, blocks=self.blocks.at[at].set(jnp.stack([k_data, v_data], axis=1), mode="drop"),
+            meta=self.meta.at[at].set(jnp.stack([k_meta, v_meta], axis=1), mode="drop"),
+            layer_scales=self.layer_scales.at[layer].set(scales))
+
+    @property
+    def page_record(self) -> jax.ShapeDtypeStruct:
+        """One block's host record: uint8 ``[L, bytes per layer]`` (data, then metadata)."""
+        per_layer = sum(a.dtype.itemsize * math.prod(a.shape[2:]) for a in (self.blocks, self.meta))
+        return jax.ShapeDtypeStruct((self.blocks.shape[1], per_layer), jnp.uint8)
+
+    def read_pages(self, pages: jax.Array) -> jax.Array:
+        """Whole blocks as bytes: uint8 ``[n, L, bytes per layer]``."""
+        return jnp.concatenate([_bytes(self.blocks[pages], 2), _bytes(self.meta[pages], 2)], axis=-1)
+
+    def write_pages(self, pages: jax.Array, data: jax.Array) -> QuantizedBlockedKVStorage:
+        """Inverse of ``read_pages``; out-of-range block ids are dropped (padding)."""
+        out, start = [], 0
+        for arr in (self.blocks, self.meta):
+            shape = (data.shape[0], *arr.shape[1:])
+            size = arr.dtype.itemsize * math.prod(arr.shape[2:])
+            piece = _from_bytes(data[..., start:start + size], shape, arr.dtype)
+            out.append(arr.at[pages].set(piece, mode="drop"))
+            start += size
+        return dataclasses.replace(self, blocks=out[0], meta=out[1])
+
+
+def blocked_storage(kv_format: KVFormat, **dims):
+    """``BlockedKVStorage`` for the plain format, ``QuantizedBlockedKVStorage`` otherwise."""
+    if kv_format == PLAIN:
+        return BlockedKVStorage.zeros(**dims)
+    return QuantizedBlockedKVStorage.zeros(kv_format, **dims)

@@ -15,6 +15,7 @@ an admission rolled back leaves the tree exactly as it was.
 from __future__ import annotations
 
 from kvlab.kvcache.eviction import LRU
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.kvcache.pooled import SeqState
 from kvlab.kvcache.radix_tree import RadixTree
 from kvlab.kvcache.swap import SwappablePoolCache
@@ -33,8 +34,9 @@ class RadixKVCache(SwappablePoolCache):
         (3, 3)
     """
 
-    def __init__(self, *, num_pages: int, page_size: int = 1, eviction=None, host_tier=None):
-        super().__init__(num_pages=num_pages, page_size=page_size, host_tier=host_tier)
+    def __init__(self, *, num_pages: int, page_size: int = 1, eviction=None, host_tier=None,
+                 kv_format: KVFormat = PLAIN):
+        super().__init__(num_pages=num_pages, page_size=page_size, host_tier=host_tier, kv_format=kv_format)
         self.tree = RadixTree(page_size, eviction or LRU())
         self._pending: dict[int, SeqState] = {}     # admitted, not started: they hold, unsplit
 

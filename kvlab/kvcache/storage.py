@@ -80,8 +80,13 @@ class KVStorage(Protocol):
         """Scatter one layer's new tokens into their slots."""
         ...
 
+    @property
+    def page_record(self) -> jax.ShapeDtypeStruct:
+        """Shape and dtype of one page's host-tier record (what ``read_pages`` returns per page)."""
+        ...
+
     def read_pages(self, pages: jax.Array) -> jax.Array:
-        """Whole pages, all layers, as host-tier records ``[n, L, 2, P, Hkv, D]``."""
+        """Whole pages, all layers, as host-tier records ``[n, *page_record.shape]``."""
         ...
 
     def write_pages(self, pages: jax.Array, data: jax.Array) -> KVStorage:
@@ -153,6 +158,12 @@ class PagedKVStorage:
     def gather_pages(self, layer, pages: jax.Array) -> tuple[jax.Array, jax.Array]:
         """K and V of ``pages`` (any int shape) in one layer: each ``[*pages.shape, P, Hkv, D]``."""
         return self.k[layer, pages], self.v[layer, pages]
+
+    @property
+    def page_record(self) -> jax.ShapeDtypeStruct:
+        """One page's host-tier record: ``[L, 2, P, Hkv, D]``."""
+        L, _, P, H, D = self.k.shape
+        return jax.ShapeDtypeStruct((L, 2, P, H, D), self.k.dtype)
 
     def read_pages(self, pages: jax.Array) -> jax.Array:
         """Whole pages, all layers, as host-tier records: [n, L, 2, P, Hkv, D]."""
@@ -250,6 +261,11 @@ class BlockedKVStorage:
         kv = jnp.stack([k_new, v_new], axis=1).astype(self.blocks.dtype)      # [T, 2, Hkv, D]
         blocks = self.blocks.at[block, layer, :, offset].set(kv, mode="drop")
         return BlockedKVStorage(blocks=blocks)
+
+    @property
+    def page_record(self) -> jax.ShapeDtypeStruct:
+        """One block's host-tier record: ``[L, 2, P, Hkv, D]``."""
+        return jax.ShapeDtypeStruct(self.blocks.shape[1:], self.blocks.dtype)
 
     def read_pages(self, pages: jax.Array) -> jax.Array:
         """Whole blocks as host-tier records: [n, L, 2, P, Hkv, D] (one contiguous run each)."""
