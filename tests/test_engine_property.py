@@ -1,5 +1,6 @@
 """Engine property tests: any request trace gives the same greedy tokens as decoding each request
-alone with no cache; pages never leak; compilations stay bounded; the cache is donated."""
+alone with no cache (its K/V through the same KV format, drawn); pages never leak; compilations stay
+bounded; the cache is donated."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ from hypothesis import strategies as st
 
 import kvlab
 from kvlab.engine import DenseReferenceDecoder
+from kvlab.kvcache.formats import PLAIN, Fp8E4M3, Int4, Int8, StaticScales
 from kvlab.models import LlamaModel, ModelConfig
+
+# KV formats an engine may store its pages in (fp8 with static scales: the dense reference's own)
+KV_FORMATS = [PLAIN, Int8(), Int4(), Fp8E4M3(scales=StaticScales(k=0.02, v=0.02))]
 
 
 @st.composite
@@ -24,16 +29,19 @@ def traces(draw):
     num_pages = draw(st.sampled_from([6, 11, 24]))  # small: forces preemption
     page_size = draw(st.sampled_from([4, 8]))
     max_num_seqs = draw(st.sampled_from([2, 4]))
-    return reqs, num_pages, page_size, max_num_seqs, draw(st.sampled_from([0, 1]))   # steps ahead
+    kv_format = draw(st.sampled_from(KV_FORMATS))
+    return reqs, num_pages, page_size, max_num_seqs, draw(st.sampled_from([0, 1])), kv_format   # steps ahead
 
 
 _references: dict = {}
 
 
-def reference(model, prompt, max_tokens):
-    key = (id(model), tuple(prompt), max_tokens)
+def reference(model, prompt, max_tokens, kv_format=PLAIN):
+    """Greedy tokens of a one-request dense decode whose K/V go through ``kv_format``."""
+    key = (id(model), tuple(prompt), max_tokens, kv_format)
     if key not in _references:
-        dec = _references.setdefault(("decoder", id(model)), DenseReferenceDecoder(model))
+        dec = _references.setdefault(("decoder", id(model), kv_format),
+                                     DenseReferenceDecoder(model, kv_format=kv_format))
         _references[key] = dec.greedy(prompt, max_tokens, model.config.eos_token_ids)
     return _references[key]
 
@@ -58,15 +66,16 @@ def run_trace(engine, reqs):
 @settings(max_examples=examples(25))
 @given(traces())
 def test_engine_equals_one_request_at_a_time(tiny_model, trace):
-    reqs, num_pages, page_size, max_num_seqs, steps_ahead = trace
-    cache = kvlab.PagedKVCache(num_pages=max(num_pages, -(-(30 + 12) // page_size)), page_size=page_size)
+    reqs, num_pages, page_size, max_num_seqs, steps_ahead, kv_format = trace
+    cache = kvlab.PagedKVCache(num_pages=max(num_pages, -(-(30 + 12) // page_size)), page_size=page_size,
+                               kv_format=kv_format)
     engine = kvlab.Engine(tiny_model, cache=cache,
                           scheduler=kvlab.ContinuousScheduler(max_num_seqs=max_num_seqs,
                                                               max_num_batched_tokens=64),
                           steps_ahead=steps_ahead)
     outputs = run_trace(engine, reqs)
     for (prompt, max_tokens, _), got in zip(reqs, outputs):
-        assert got == reference(tiny_model, prompt, max_tokens)
+        assert got == reference(tiny_model, prompt, max_tokens, kv_format)
     stats = cache.stats()
     assert stats.pages_used == 0 and stats.pages_free == stats.pages_total, "pages leaked"
 

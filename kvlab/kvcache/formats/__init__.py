@@ -1,6 +1,6 @@
 """KV formats: how a cache's pages store K and V (plain, fp8, int8, int4), as strategy objects."""
 
-from kvlab.kvcache.formats.base import META_DTYPE, KVFormat, Plain, bytes_per_token
+from kvlab.kvcache.formats.base import META_DTYPE, PLAIN, KVFormat, Plain, bytes_per_token
 from kvlab.kvcache.formats.fp8 import (
     CalibratedScales,
     Fp8,
@@ -12,5 +12,5 @@ from kvlab.kvcache.formats.fp8 import (
 )
 from kvlab.kvcache.formats.integer import AsymmetricInt, Int4, Int8
 
-__all__ = ["META_DTYPE", "AsymmetricInt", "CalibratedScales", "Fp8", "Fp8E4M3", "Fp8E5M2", "Int4", "Int8",
-           "KVFormat", "PerHead", "PerTensor", "Plain", "StaticScales", "bytes_per_token"]
+__all__ = ["META_DTYPE", "PLAIN", "AsymmetricInt", "CalibratedScales", "Fp8", "Fp8E4M3", "Fp8E5M2", "Int4",
+           "Int8", "KVFormat", "PerHead", "PerTensor", "Plain", "StaticScales", "bytes_per_token"]
