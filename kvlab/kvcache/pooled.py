@@ -172,8 +172,7 @@ class PagePoolCache(KVCache):
             have = self.block_table.num_pages.item(seq.row)
             if num_tokens <= have * size:                 # fits its pages (most decodes)
                 seq.num_tokens = num_tokens
-                shared = seq.shared_pages * size          # as in _update_ledger
-                self.ledger.update(seq_id, allocated=have * size - shared, stored=num_tokens - shared)
+                self._update_ledger(seq_id, seq, have)
                 return
         have = 0
         if seq is not None:
