@@ -103,7 +103,7 @@ def preset_names(names: list[str]) -> list[str]:
     """The names with ``all`` expanded to the six seed systems; unknown names raise."""
     from kvlab.bench import presets
 
-    seeds = [p for p in presets.PRESETS if p not in ("custom", "static")]
+    seeds = list(presets.SEEDS)
     names = [n for p in names for n in (seeds if p == "all" else [p])]
     unknown = [p for p in names if p not in presets.PRESETS]
     if unknown:

@@ -23,7 +23,7 @@ from kvlab.kvcache.formats import (
     StaticScales,
     bytes_per_token,
 )
-from kvlab.kvcache.formats.integer import AsymmetricInt, pack, unpack
+from kvlab.kvcache.formats.integer import AsymmetricInt
 from kvlab.kvcache.quantized_storage import QuantizedPagedKVStorage
 
 values = hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 3), st.sampled_from([8, 16, 64])),
@@ -45,20 +45,33 @@ def test_integer_round_trip_is_within_half_a_step(x, bits):
     np.testing.assert_allclose(scale, span / fmt.levels, rtol=2e-3, atol=1e-6)
 
 
+def _codes_as_rows(codes, bits):
+    """Rows whose min is 0 and max 2**bits - 1: scale 1 and zero 0, so encoding keeps the codes."""
+    codes = codes & ((1 << bits) - 1)
+    codes[:, 0], codes[:, 1] = 0, (1 << bits) - 1
+    return codes
+
+
 @settings(max_examples=30)
 @given(codes=hnp.arrays(np.uint8, st.tuples(st.integers(1, 4), st.sampled_from([8, 16, 64]))),
        bits=st.sampled_from([8, 4, 2]))
-def test_packing_round_trips(codes, bits):
-    codes = codes & ((1 << bits) - 1)
-    packed = pack(jnp.asarray(codes), bits)
-    assert packed.shape[-1] == codes.shape[-1] * bits // 8
-    np.testing.assert_array_equal(np.asarray(unpack(packed, bits)), codes)
+def test_tile_packing_round_trips(codes, bits):
+    """encode_tile/decode_tile (what the kernels run) on the format's parts of a row."""
+    fmt = AsymmetricInt(bits=bits)
+    codes = _codes_as_rows(codes, bits)
+    parts = tuple(jnp.split(jnp.asarray(codes, jnp.float32), fmt.tile_parts, axis=-1))
+    data, (scale, zero) = fmt.encode_tile(parts, jnp.float32(1))
+    assert data.dtype == jnp.uint8 and data.shape[-1] == codes.shape[-1] * bits // 8
+    assert np.all(np.asarray(scale) == 1) and np.all(np.asarray(zero) == 0)
+    back = jnp.concatenate(fmt.decode_tile(data, (scale, zero), jnp.float32(1), jnp.float32), axis=-1)
+    np.testing.assert_array_equal(np.asarray(back), codes)
 
 
 def test_int4_packs_the_two_halves_of_a_row():
     """Byte j holds element j (low nibble) and element j + D/2 (high): kernels unpack halves."""
-    codes = jnp.arange(8, dtype=jnp.uint8)
-    assert np.asarray(pack(codes, 4)).tolist() == [0 | 4 << 4, 1 | 5 << 4, 2 | 6 << 4, 3 | 7 << 4]
+    codes = _codes_as_rows(np.array([[0, 15, 2, 3, 4, 5, 6, 7]], np.uint8), 4)
+    data, _ = Int4().encode(jnp.asarray(codes, jnp.float32)[:, None, :], jnp.ones(1))
+    assert np.asarray(data).reshape(-1).tolist() == [0 | 4 << 4, 15 | 5 << 4, 2 | 6 << 4, 3 | 7 << 4]
 
 
 @settings(max_examples=40)

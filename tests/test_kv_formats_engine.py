@@ -1,6 +1,7 @@
 """Quantized KV formats in the engine (jnp reference attention): every cache layout, prefix reuse
 and swap to the host tier give the same greedy tokens as a one-request-at-a-time dense decode whose
-K/V go through the same format; every page is freed; the kernels refuse formats they cannot read."""
+K/V go through the same format; every page is freed. The Pallas kernels (interpret mode) serve a
+quantized cache with the same tokens, and refuse, naming the limit, a format they cannot read."""
 
 from __future__ import annotations
 
@@ -84,7 +85,16 @@ def test_calibrated_fp8_sets_every_layer_scale_once(model):
         dense(model, cache.kv_format)
 
 
-def test_the_kernels_refuse_a_format_they_cannot_read(model):
-    cache = kvlab.PagedKVCache(num_pages=48, page_size=16, kv_format=Int8())
-    with pytest.raises(ValueError, match="ReferenceAttention"):
+def test_the_kernels_serve_a_quantized_cache_and_refuse_what_they_cannot_read(model):
+    prompts, params = PROMPTS[:2], kvlab.SamplingParams(max_tokens=4, ignore_eos=True)
+    cache = kvlab.PagedKVCache(num_pages=48, page_size=8, prefix_caching=True, kv_format=Int8())
+    kernels = kvlab.PallasAttention(interpret=True)
+    engine = kvlab.Engine(model, cache=cache, attention=kernels, max_model_len=96)
+    outs = [c.token_ids for c in engine.generate(prompts, params)]
+    ref = DenseReferenceDecoder(model, kv_format=Int8())
+    assert outs == [ref.greedy(p, params.max_tokens) for p in prompts]
+    assert cache.stats().pages_used == 0
+    # the tiny model's head_dim 16 in two int4 halves of 8: too narrow for the kernels' matmuls
+    cache = kvlab.PagedKVCache(num_pages=48, page_size=16, kv_format=Int4())
+    with pytest.raises(ValueError, match="int4 KV in 2 parts.*head_dim must be >= 32, got 16"):
         kvlab.Engine(model, cache=cache, attention=kvlab.PallasAttention(interpret=True), max_model_len=96)

@@ -69,7 +69,9 @@ def write_results(rows: list[dict], folder, *, config: dict | None = None) -> pa
     ``config``: the run's configuration, a nested dict (``RunConfig.as_dict()``). The CSV has one
     row per result with the config's flat columns (``model.name``, ``workload.seed``, ...,
     ``kvlab.bench.report.flat_columns``) repeated on each; the columns are the union of the rows' keys
-    (a field one preset lacks is an empty cell). The JSON is ``{"config": config, "results": rows}``."""
+    (a field one preset lacks is an empty cell). The JSON is ``{"config": config, "results": rows}``;
+    a value JSON has no type for (a preset's ``kv_format`` object) is written as its ``str``, as in the
+    CSV."""
     if not rows:
         raise ValueError("no rows to write")
     folder = pathlib.Path(folder)
@@ -80,5 +82,6 @@ def write_results(rows: list[dict], folder, *, config: dict | None = None) -> pa
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in table for k in r)))
         writer.writeheader()
         writer.writerows(table)
-    (folder / "results.json").write_text(json.dumps({"config": config or {}, "results": rows}, indent=1))
+    (folder / "results.json").write_text(json.dumps({"config": config or {}, "results": rows}, indent=1,
+                                                           default=str))
     return folder

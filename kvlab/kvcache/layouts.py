@@ -45,6 +45,20 @@ class KVLayout(Protocol):
         """The ref (of the refs of ``storage.arrays``) that ``v_rows`` index."""
         ...
 
+    def k_meta_ref(self, refs):
+        """The ref of the per-token metadata of K (rows numbered as ``k_rows``), or None where the
+        pages hold plain values (a format with ``meta_width`` 0 never asks)."""
+        ...
+
+    def v_meta_ref(self, refs):
+        """The ref of the per-token metadata of V (rows numbered as ``v_rows``), or None."""
+        ...
+
+    def scales_ref(self, refs):
+        """The ref of the storage's ``layer_scales [L, 2, Hkv]`` viewed as ``[L * 2, Hkv]`` (row
+        ``2 * layer`` K, ``2 * layer + 1`` V), or None where the storage keeps no scales."""
+        ...
+
     def tma_arrays(self, arrays):
         """``storage.arrays`` as a TMA copy addresses them (at most 5 dimensions each)."""
         ...
@@ -85,6 +99,8 @@ class PagedLayout:
     def v_ref(refs):
         """V is the second array."""
         return refs[1]
+
+    k_meta_ref = v_meta_ref = scales_ref = staticmethod(lambda refs: None)   # plain pages
 
     @staticmethod
     def tma_arrays(arrays):
@@ -130,6 +146,8 @@ class BlockedLayout:
         """K and V share the one array."""
         return refs[0]
 
+    k_meta_ref = v_meta_ref = scales_ref = staticmethod(lambda refs: None)   # plain pages
+
     @staticmethod
     def tma_arrays(arrays):
         """``[N * L * 2, P, Hkv, D]``: a TMA descriptor has at most 5 dimensions."""
@@ -139,3 +157,57 @@ class BlockedLayout:
     def tma_tile(self, refs, which: int, layer, page, rows, head):
         """The ``[rows, D]`` box of K (``which=0``) or V (1) at (layer, page, rows, head)."""
         return refs[0].at[(page * self.num_layers + layer) * 2 + which, rows, head]
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedLayout:
+    """A quantized storage's arrays: the data arrays of ``rows`` (a ``PagedLayout`` or
+    ``BlockedLayout``, ``num_data`` arrays), then the same number of metadata arrays with the same
+    row numbering (none for a format without metadata, which never asks for them), then
+    ``layer_scales [L, 2, Hkv]``.
+
+    Examples:
+        >>> layout = QuantizedLayout(PagedLayout(num_pages=4, page_size=8, num_kv_heads=2), num_data=2)
+        >>> refs = ("k", "v", "k_meta", "v_meta", "scales")
+        >>> layout.k_rows(1, 3, 5, 1), layout.v_meta_ref(refs), layout.scales_ref(refs)
+        (123, 'v_meta', 'scales')
+    """
+
+    rows: PagedLayout | BlockedLayout
+    num_data: int
+
+    @property
+    def page_size(self) -> int:
+        return self.rows.page_size
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.rows.num_kv_heads
+
+    def k_rows(self, layer, pages, offsets, head):
+        return self.rows.k_rows(layer, pages, offsets, head)
+
+    def v_rows(self, layer, pages, offsets, head):
+        return self.rows.v_rows(layer, pages, offsets, head)
+
+    def k_ref(self, refs):
+        return self.rows.k_ref(refs)
+
+    def v_ref(self, refs):
+        return self.rows.v_ref(refs)
+
+    def k_meta_ref(self, refs):
+        return self.rows.k_ref(refs[self.num_data:])
+
+    def v_meta_ref(self, refs):
+        return self.rows.v_ref(refs[self.num_data:])
+
+    @staticmethod
+    def scales_ref(refs):
+        return refs[-1]
+
+    def tma_arrays(self, arrays):
+        return self.rows.tma_arrays(arrays)
+
+    def tma_tile(self, refs, which: int, layer, page, rows, head):
+        return self.rows.tma_tile(refs, which, layer, page, rows, head)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from kvlab.kvcache.formats.base import META_DTYPE, PLAIN, KVFormat
-from kvlab.kvcache.layouts import BlockedLayout, PagedLayout
+from kvlab.kvcache.layouts import BlockedLayout, PagedLayout, QuantizedLayout
 from kvlab.kvcache.storage import BlockedKVStorage, PagedKVStorage
 
 
@@ -41,11 +41,20 @@ def _from_bytes(b: jax.Array, like_shape: tuple[int, ...], dtype) -> jax.Array:
     return jax.lax.bitcast_convert_type(b, dtype)
 
 
-def encode_rows(fmt: KVFormat, scales: jax.Array, k_new: jax.Array, v_new: jax.Array, valid: jax.Array):
-    """One layer's new rows ``[T, Hkv, D]`` encoded: (the layer's scales ``[2, Hkv]`` after
-    calibration, (K data, K meta), (V data, V meta)); ``valid [T]`` marks the real rows."""
-    scales = jnp.stack([fmt.calibrate(scales[0], k_new, valid, 0), fmt.calibrate(scales[1], v_new, valid, 1)])
-    return scales, fmt.encode(k_new, scales[0]), fmt.encode(v_new, scales[1])
+def calibrated(fmt: KVFormat, layer_scales: jax.Array, layer, k_new: jax.Array, v_new: jax.Array,
+               slots: jax.Array) -> jax.Array:
+    """``layer_scales [L, 2, Hkv]`` with ``layer``'s scales calibrated on its new rows ``[T, Hkv,
+    D]`` (formats that calibrate do so on a layer's first write; the others keep them)."""
+    valid, scales = slots >= 0, layer_scales[layer]
+    fresh = jnp.stack([fmt.calibrate(scales[0], k_new, valid, 0), fmt.calibrate(scales[1], v_new, valid, 1)])
+    return layer_scales.at[layer].set(fresh)
+
+
+def encode_both(storage, layer, k_new: jax.Array, v_new: jax.Array):
+    """((K data, K meta), (V data, V meta)) of one layer's new rows, with the storage's format and
+    that layer's scales."""
+    scales = storage.layer_scales[layer]
+    return storage.kv_format.encode(k_new, scales[0]), storage.kv_format.encode(v_new, scales[1])
 
 
 def paged_storage(kv_format: KVFormat, **dims):
@@ -108,17 +117,21 @@ class QuantizedPagedKVStorage:
         return self.k.shape[3]
 
     @property
-    def layout(self) -> PagedLayout:
+    def layout(self) -> QuantizedLayout:
         """Data and metadata rows share ``PagedLayout``'s numbering."""
-        return PagedLayout(num_pages=self.num_pages, page_size=self.page_size, num_kv_heads=self.num_kv_heads)
+        rows = PagedLayout(num_pages=self.num_pages, page_size=self.page_size, num_kv_heads=self.num_kv_heads)
+        return QuantizedLayout(rows, num_data=2)
 
     @property
     def arrays(self) -> tuple[jax.Array, ...]:
-        """(k, v, k_meta, v_meta, layer_scales)."""
-        return self.k, self.v, self.k_meta, self.v_meta, self.layer_scales
+        """(k, v, k_meta, v_meta, layer_scales); without the metadata arrays where the format has
+        none (fp8: they are 0 wide)."""
+        meta = (self.k_meta, self.v_meta) if self.kv_format.meta_width else ()
+        return self.k, self.v, *meta, self.layer_scales
 
     def with_arrays(self, arrays) -> QuantizedPagedKVStorage:
-        k, v, k_meta, v_meta, layer_scales = arrays
+        k, v, *meta, layer_scales = arrays
+        k_meta, v_meta = meta or (self.k_meta, self.v_meta)
         return dataclasses.replace(self, k=k, v=v, k_meta=k_meta, v_meta=v_meta, layer_scales=layer_scales)
 
     def gather_pages(self, layer, pages: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -128,20 +141,26 @@ class QuantizedPagedKVStorage:
         v = fmt.decode(self.v[layer, pages], self.v_meta[layer, pages], scales[1], self.dtype)
         return k, v
 
+    def calibrate(self, layer, k_new: jax.Array, v_new: jax.Array,
+                  slots: jax.Array) -> QuantizedPagedKVStorage:
+        """The storage with ``layer``'s scales calibrated for writing these rows (``write`` and the
+        KV write kernel call it first)."""
+        return dataclasses.replace(self, layer_scales=calibrated(self.kv_format, self.layer_scales, layer,
+                                                                 k_new, v_new, slots))
+
     def write(self, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array) -> QuantizedPagedKVStorage:
         """Encode and scatter one layer's new tokens. k_new, v_new: [T, Hkv, D]; slots: [T] flat
         ``page * page_size + offset``, negative for padding rows (dropped). A format that
         calibrates sets the layer's scales from the valid rows on its first write."""
-        scales, (k_data, k_meta), (v_data, v_meta) = encode_rows(self.kv_format, self.layer_scales[layer],
-                                                                 k_new, v_new, slots >= 0)
+        self = self.calibrate(layer, k_new, v_new, slots)
+        (k_data, k_meta), (v_data, v_meta) = encode_both(self, layer, k_new, v_new)
         page = jnp.where(slots >= 0, slots // self.page_size, self.num_pages)     # OOB -> dropped
         offset = jnp.where(slots >= 0, slots % self.page_size, 0)
         at = (layer, page, offset)
         return dataclasses.replace(
             self, k=self.k.at[at].set(k_data, mode="drop"), v=self.v.at[at].set(v_data, mode="drop"),
             k_meta=self.k_meta.at[at].set(k_meta, mode="drop"),
-            v_meta=self.v_meta.at[at].set(v_meta, mode="drop"),
-            layer_scales=self.layer_scales.at[layer].set(scales))
+            v_meta=self.v_meta.at[at].set(v_meta, mode="drop"))
 
     # ---- host-tier records: the pages' bytes as stored -------------------------------------------
     @property
@@ -216,19 +235,22 @@ class QuantizedBlockedKVStorage:
         return self.blocks.shape[4]
 
     @property
-    def layout(self) -> BlockedLayout:
+    def layout(self) -> QuantizedLayout:
         """Data and metadata rows share ``BlockedLayout``'s numbering."""
-        return BlockedLayout(num_layers=self.blocks.shape[1], page_size=self.page_size,
+        rows = BlockedLayout(num_layers=self.blocks.shape[1], page_size=self.page_size,
                              num_kv_heads=self.num_kv_heads)
+        return QuantizedLayout(rows, num_data=1)
 
     @property
     def arrays(self) -> tuple[jax.Array, ...]:
-        """(blocks, meta, layer_scales)."""
-        return self.blocks, self.meta, self.layer_scales
+        """(blocks, meta, layer_scales); without ``meta`` where the format has none (fp8)."""
+        meta = (self.meta,) if self.kv_format.meta_width else ()
+        return self.blocks, *meta, self.layer_scales
 
     def with_arrays(self, arrays) -> QuantizedBlockedKVStorage:
-        blocks, meta, layer_scales = arrays
-        return dataclasses.replace(self, blocks=blocks, meta=meta, layer_scales=layer_scales)
+        blocks, *meta, layer_scales = arrays
+        return dataclasses.replace(self, blocks=blocks, meta=meta[0] if meta else self.meta,
+                                   layer_scales=layer_scales)
 
     def gather_pages(self, layer, pages: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Dequantized K and V of ``pages`` in one layer: each ``[*pages.shape, P, Hkv, D]``."""
@@ -237,17 +259,22 @@ class QuantizedBlockedKVStorage:
         return (fmt.decode(data[..., 0, :, :, :], meta[..., 0, :, :, :], scales[0], self.dtype),
                 fmt.decode(data[..., 1, :, :, :], meta[..., 1, :, :, :], scales[1], self.dtype))
 
+    def calibrate(self, layer, k_new: jax.Array, v_new: jax.Array,
+                  slots: jax.Array) -> QuantizedBlockedKVStorage:
+        """See ``QuantizedPagedKVStorage.calibrate``."""
+        return dataclasses.replace(self, layer_scales=calibrated(self.kv_format, self.layer_scales, layer,
+                                                                 k_new, v_new, slots))
+
     def write(self, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array) -> QuantizedBlockedKVStorage:
         """Encode and scatter one layer's new tokens (see ``QuantizedPagedKVStorage.write``)."""
-        scales, (k_data, k_meta), (v_data, v_meta) = encode_rows(self.kv_format, self.layer_scales[layer],
-                                                                 k_new, v_new, slots >= 0)
+        self = self.calibrate(layer, k_new, v_new, slots)
+        (k_data, k_meta), (v_data, v_meta) = encode_both(self, layer, k_new, v_new)
         block = jnp.where(slots >= 0, slots // self.page_size, self.num_pages)
         offset = jnp.where(slots >= 0, slots % self.page_size, 0)
         at = (block, layer, slice(None), offset)
         return dataclasses.replace(
             self, blocks=self.blocks.at[at].set(jnp.stack([k_data, v_data], axis=1), mode="drop"),
-            meta=self.meta.at[at].set(jnp.stack([k_meta, v_meta], axis=1), mode="drop"),
-            layer_scales=self.layer_scales.at[layer].set(scales))
+            meta=self.meta.at[at].set(jnp.stack([k_meta, v_meta], axis=1), mode="drop"))
 
     @property
     def page_record(self) -> jax.ShapeDtypeStruct:

@@ -80,6 +80,12 @@ class KVStorage(Protocol):
         """Scatter one layer's new tokens into their slots."""
         ...
 
+    def calibrate(self, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array) -> KVStorage:
+        """The storage with ``layer``'s format scales set for writing these tokens (a format that
+        calibrates on a layer's first write); what a kernel that encodes the new tokens itself
+        calls before it writes. ``write`` includes it."""
+        ...
+
     @property
     def page_record(self) -> jax.ShapeDtypeStruct:
         """Shape and dtype of one page's host-tier record (what ``read_pages`` returns per page)."""
@@ -176,6 +182,10 @@ class PagedKVStorage:
         return PagedKVStorage(k=self.k.at[:, pages].set(data[:, :, 0], mode="drop"),
                               v=self.v.at[:, pages].set(data[:, :, 1], mode="drop"))
 
+    def calibrate(self, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array) -> PagedKVStorage:
+        """Plain pages keep no scales: the storage itself."""
+        return self
+
     def write(self, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array) -> PagedKVStorage:
         """Scatter new tokens into their slots of one layer.
 
@@ -252,6 +262,10 @@ class BlockedKVStorage:
     def gather_pages(self, layer, pages: jax.Array) -> tuple[jax.Array, jax.Array]:
         """K and V of ``pages`` (any int shape) in one layer: each ``[*pages.shape, P, Hkv, D]``."""
         return self.blocks[pages, layer, 0], self.blocks[pages, layer, 1]
+
+    def calibrate(self, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array) -> BlockedKVStorage:
+        """Plain pages keep no scales: the storage itself."""
+        return self
 
     def write(self, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array) -> BlockedKVStorage:
         """Scatter new tokens of one layer. k_new, v_new: [T, Hkv, D]; slots: [T] flat

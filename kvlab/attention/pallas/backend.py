@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from kvlab.attention.batch import RaggedBatch
 from kvlab.attention.pallas import tuned
 from kvlab.attention.pallas.config import DecodeConfig, check_supported, choose_num_splits
-from kvlab.attention.pallas.device import check_pallas_device, num_sms
+from kvlab.attention.pallas.device import check_fp8_device, check_pallas_device, num_sms
 from kvlab.attention.pallas.launches import DecodeLaunch
 from kvlab.attention.pallas.plan import Launch, PallasPlan, decode_rows
 from kvlab.attention.pallas.prefill import AutoPrefill, Combination, PrefillKernel, PrefillStrategy
@@ -66,7 +66,7 @@ class PallasAttention:
               kv_format: KVFormat = PLAIN) -> None:
         """Raise a ValueError naming the limit if the kernels cannot serve this model and cache
         (the engine calls it when it is built)."""
-        check_plain_format(kv_format)
+        check_kernel_format(kv_format, head_dim=head_dim, interpret=self.interpret)
         check_supported(q_dtype=dtype, kv_dtype=dtype, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
                         head_dim=head_dim, page_size=page_size)
         check_pallas_device(interpret=self.interpret)
@@ -83,7 +83,7 @@ class PallasAttention:
         shape ``[T, Hq, D]`` and dtype of the queries. Raises a ValueError naming the limit for
         a combination no kernel serves (or a forced Hopper prefill cannot)."""
         _, num_q_heads, head_dim = query.shape
-        check_plain_format(storage.kv_format)
+        check_kernel_format(storage.kv_format, head_dim=head_dim, interpret=self.interpret)
         check_supported(q_dtype=query.dtype, kv_dtype=storage.dtype, num_q_heads=num_q_heads,
                         num_kv_heads=storage.num_kv_heads, head_dim=head_dim, page_size=storage.page_size)
         decode = DecodeLaunch(self.decode_config(batch, storage))
@@ -95,12 +95,16 @@ class PallasAttention:
         return self._plan(launches, batch, storage, options, query)
 
     def write_kv(self, storage, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array):
-        """Scatter one layer's new K/V [T, Hkv, D] into ``slots`` [T]; returns the storage."""
+        """Scatter one layer's new K/V [T, Hkv, D] into ``slots`` [T], encoded in the storage's KV
+        format (in the kernel; a format that calibrates sets the layer's scales first); returns the
+        storage."""
         if not self.kv_write_kernel:
             return storage.write(layer, k_new, v_new, slots)
         from kvlab.attention.pallas import triton_kv_write  # the Triton lowering, on first use
+        storage = storage.calibrate(layer, k_new, v_new, slots)
         arrays = triton_kv_write.write_kv(storage.arrays, k_new, v_new, slots, layer, layout=storage.layout,
-                                          page_size=storage.page_size, interpret=self.interpret)
+                                          page_size=storage.page_size, kv_format=storage.kv_format,
+                                          interpret=self.interpret)
         return storage.with_arrays(arrays)
 
     def run(self, q: jax.Array, storage, layer, plan: PallasPlan) -> jax.Array:
@@ -121,18 +125,19 @@ class PallasAttention:
         return self.run(q, storage, layer, self.plan(batch, storage, options, query_spec(q)))
 
     # ---- the kernels it picks ----------------------------------------------------------------
-    def prefill_kernel(self, *, dtype, head_dim: int, page_size: int,
-                       options: AttentionOptions) -> PrefillKernel:
+    def prefill_kernel(self, *, dtype, head_dim: int, page_size: int, options: AttentionOptions,
+                       kv_format: KVFormat = PLAIN) -> PrefillKernel:
         """The prefill kernel (its config) that serves this combination; raises a ValueError naming
         the limit when a ``MosaicPrefillConfig`` was asked for and cannot serve it."""
         return self._strategy().resolve(Combination(dtype=dtype, head_dim=head_dim, page_size=page_size,
-                                                    options=options, interpret=self.interpret))
+                                                    options=options, interpret=self.interpret,
+                                                    kv_format=kv_format))
 
     def prefill_rows(self, q: jax.Array, storage, layer, batch: RaggedBatch, options: AttentionOptions):
         """The prefill kernel alone: q [T, Hq, D] -> [T, Hq, D] with the rows of every sequence of
         more than one query token; padding rows zeros, rows of single-token sequences unwritten."""
         kernel = self.prefill_kernel(dtype=q.dtype, head_dim=q.shape[2], page_size=storage.page_size,
-                                     options=options)
+                                     options=options, kv_format=storage.kv_format)
         return self.run(q, storage, layer, self._plan((kernel,), batch, storage, options, query_spec(q)))
 
     def decode_config(self, batch: RaggedBatch, storage) -> DecodeConfig:
@@ -160,7 +165,7 @@ class PallasAttention:
 
     def _combination(self, query: jax.ShapeDtypeStruct, storage, options: AttentionOptions) -> Combination:
         return Combination(dtype=query.dtype, head_dim=query.shape[2], page_size=storage.page_size,
-                           options=options, interpret=self.interpret)
+                           options=options, interpret=self.interpret, kv_format=storage.kv_format)
 
     def _plan(self, launches: tuple[Launch, ...], batch: RaggedBatch, storage, options: AttentionOptions,
               query: jax.ShapeDtypeStruct) -> PallasPlan:
@@ -174,8 +179,15 @@ class PallasAttention:
                           interpret=self.interpret)
 
 
-def check_plain_format(kv_format: KVFormat) -> None:
-    """The kernels read K/V stored in the model's dtype; quantized formats run on the reference."""
-    if kv_format != PLAIN:
-        raise ValueError(f"the Pallas kernels read KV stored in the model's dtype (the plain format); "
-                         f"the {kv_format.name} format runs with kvlab.ReferenceAttention() for now")
+def check_kernel_format(kv_format: KVFormat, *, head_dim: int, interpret: bool) -> None:
+    """Raise a ValueError naming the limit where the kernels cannot read ``kv_format``: each of
+    its parts of the head dimension feeds a matrix multiply of at least 16 columns, and fp8
+    elements need an NVIDIA GPU of compute capability 8.9 or newer (Ada, Hopper)."""
+    width = head_dim // kv_format.tile_parts
+    if width < 16:
+        raise ValueError(f"the Pallas kernels read {kv_format.name} KV in {kv_format.tile_parts} parts of "
+                         f"the head dimension, each at least 16 wide: head_dim must be >= "
+                         f"{16 * kv_format.tile_parts}, got {head_dim}")
+    element = jnp.dtype(kv_format.data_dtype(jnp.bfloat16))
+    if element.itemsize == 1 and jnp.issubdtype(element, jnp.floating):
+        check_fp8_device(kv_format.name, interpret=interpret)

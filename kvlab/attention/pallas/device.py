@@ -31,3 +31,17 @@ def check_pallas_device(*, interpret: bool = False, platform: str | None = None)
         f"{platform!r}; on a CPU use the reference backend (--attention reference, or "
         f"attention=kvlab.ReferenceAttention()) or run the kernels in Pallas interpret mode "
         f"(kvlab.PallasAttention(interpret=True): slow, for tests)")
+
+
+def check_fp8_device(format_name: str, *, interpret: bool = False) -> None:
+    """Raise a ValueError if the default device is an NVIDIA GPU older than compute capability 8.9
+    (fp8 conversions need Ada or Hopper); interpret mode and other platforms pass (the platform
+    check is ``check_pallas_device``'s)."""
+    dev = jax.devices()[0]
+    if interpret or dev.platform != "gpu":
+        return
+    major, minor = (int(x) for x in str(dev.compute_capability).split(".")[:2])
+    if (major, minor) < (8, 9):
+        raise ValueError(f"the {format_name} KV format needs fp8 conversions, which NVIDIA GPUs have from "
+                         f"compute capability 8.9 (Ada, Hopper); this {dev.device_kind} has "
+                         f"{dev.compute_capability}: use an int8 or int4 format, or the reference backend")

@@ -16,6 +16,7 @@ from kvlab.attention.batch import RaggedBatch
 from kvlab.attention.pallas.device import is_hopper
 from kvlab.attention.pallas.launches import DecodeLaunch
 from kvlab.attention.pallas.plan import Launch, PallasPlan, PrefillWork
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
 
 if TYPE_CHECKING:
     from kvlab.attention.pallas.prefill import Combination
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
 COMPUTE_WGS = 2         # compute warpgroups per CTA (a third one produces)
 
 
-def unsupported_reason(*, dtype, head_dim: int, page_size: int, options) -> str | None:
+def unsupported_reason(*, dtype, head_dim: int, page_size: int, options,
+                       kv_format: KVFormat = PLAIN) -> str | None:
     """Why the Hopper kernel cannot serve the combination (None when it can).
 
     Examples:
@@ -32,6 +34,8 @@ def unsupported_reason(*, dtype, head_dim: int, page_size: int, options) -> str 
         ...                    options=AttentionOptions(sm_scale=1.0))
         'the Mosaic GPU prefill takes bfloat16 or float16, not float32'
     """
+    if kv_format != PLAIN:
+        return f"the Mosaic GPU prefill reads plain KV, not {kv_format.name} (the Triton prefill reads it)"
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         return f"the Mosaic GPU prefill takes bfloat16 or float16, not {jnp.dtype(dtype).name}"
     if head_dim not in (64, 128):
@@ -80,7 +84,8 @@ class MosaicPrefillConfig:
     def resolve(self, combination: Combination) -> MosaicPrefillConfig:
         """This kernel, or a ValueError naming why it cannot serve ``combination``."""
         c = combination
-        why = unsupported_reason(dtype=c.dtype, head_dim=c.head_dim, page_size=c.page_size, options=c.options)
+        why = unsupported_reason(dtype=c.dtype, head_dim=c.head_dim, page_size=c.page_size, options=c.options,
+                                 kv_format=c.kv_format)
         if why is None and not (c.interpret or is_hopper()):
             why = ("the Mosaic GPU prefill needs a Hopper GPU (compute capability 9.x), not "
                    f"{jax.devices()[0]}")

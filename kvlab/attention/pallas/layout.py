@@ -9,6 +9,8 @@ class with its layout, and nothing here or in the kernels changes.
 
 from __future__ import annotations
 
+import math
+
 from kvlab.kvcache.layouts import BlockedLayout, KVLayout, PagedLayout
 
 __all__ = ["BlockedLayout", "KVLayout", "PagedLayout", "as_rows"]
@@ -16,4 +18,4 @@ __all__ = ["BlockedLayout", "KVLayout", "PagedLayout", "as_rows"]
 
 def as_rows(arrays):
     """The cache arrays (``storage.arrays``) as ``[num_rows, D]`` views (what the kernels index)."""
-    return tuple(a.reshape(-1, a.shape[-1]) for a in arrays)
+    return tuple(a.reshape(math.prod(a.shape[:-1]), a.shape[-1]) for a in arrays)   # rows may be 0 wide

@@ -29,18 +29,21 @@ from kvlab.attention.pallas.launches import DecodeLaunch, FusedLaunch
 from kvlab.attention.pallas.layout import as_rows
 from kvlab.attention.pallas.plan import Launch, PallasPlan, PrefillWork
 from kvlab.attention.reference import AttentionOptions
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Combination:
     """What the choice of a prefill kernel depends on: the query dtype, head_dim, page size, the
-    static options, and whether kernels run in interpret mode (any device) or compiled."""
+    static options, whether kernels run in interpret mode (any device) or compiled, and the
+    cache's KV format."""
 
     dtype: object
     head_dim: int
     page_size: int
     options: AttentionOptions
     interpret: bool
+    kv_format: KVFormat = PLAIN
 
 
 class PrefillStrategy(Protocol):
@@ -133,7 +136,8 @@ class AutoPrefill:
     def resolve(self, combination: Combination) -> PrefillKernel:
         """``MosaicPrefillConfig()`` on a Hopper GPU where it serves, else ``PrefillConfig()``."""
         c = combination
-        why = unsupported_reason(dtype=c.dtype, head_dim=c.head_dim, page_size=c.page_size, options=c.options)
+        why = unsupported_reason(dtype=c.dtype, head_dim=c.head_dim, page_size=c.page_size, options=c.options,
+                                 kv_format=c.kv_format)
         hopper = why is None and not c.interpret and is_hopper()
         return MosaicPrefillConfig() if hopper else PrefillConfig()
 

@@ -11,6 +11,12 @@ addressed token by token through the page table, so tiles are independent of the
 the causal mask or the sliding window hide entirely are never loaded, tiles they do not touch run
 without mask arithmetic, and sink tiles get a loop of their own.
 
+Quantized KV (``kvlab.kvcache.formats``) is dequantized right after a tile is loaded, by the
+format's own ``decode_tile`` (the code the jnp reference runs): the tile's bytes, its per-token
+metadata and the layer's scale in, ``tile_parts`` contiguous parts of the head dimension out, so
+queries, scores and accumulators are kept in the same parts (int4: two halves, ``q . k = q_lo .
+k_lo + q_hi . k_hi``) and no dequantized copy of the cache is ever made.
+
 * decode program (sequence, KV head, split): flash-decoding; a split covers a share of the
   sequence's own KV tiles and writes a normalized partial output plus its log-sum-exp.
 * prefill program (query block, KV head): ``block_q`` query tokens of one sequence x the group's
@@ -19,84 +25,55 @@ without mask arithmetic, and sink tiles get a loop of their own.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kvlab.attention.reference import AttentionOptions
-
-LOG2E = 1.4426950408889634
-NEG = -1e30          # finite "minus infinity": keeps exp2(m_old - m_new) free of inf - inf
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Static:
-    """What a program knows at trace time."""
-
-    layout: object
-    n_kv: int               # number of cache arrays the layout passes
-    group: int              # query heads per KV head
-    block_k: int
-    page_size: int
-    options: AttentionOptions
-    interpret: bool
+from kvlab.attention.pallas.triton_tiles import (
+    LOG2E,
+    NEG,
+    Static,
+    cols,
+    dot,
+    exp2,
+    layer_scales,
+    load_parts,
+    load_raw_tile,
+    row_index,
+    store_parts,
+)
 
 
-def cols(rows, width: int, interpret: bool):
-    """Index a [n] row vector and all ``width`` columns: (rows, :) for the Triton lowering, and
-    broadcast int arrays (rows[:, None], iota[None, :]) in interpret mode, whose discharge rules
-    do not mix array indexers with slices."""
-    if interpret:
-        return rows[:, None], jnp.arange(width, dtype=jnp.int32)[None, :]
-    return rows, slice(None)
-
-
-def exp2(x, interpret: bool):
-    """2**x in float32: one ``ex2.approx.ftz`` instruction on the GPU (relative error about 2**-22;
-    results below 2**-126 flush to zero, which a softmax weight can lose). ``jnp.exp2`` would call
-    libdevice's ``exp2f``, whose subnormal handling doubles the exponent work of a tile; interpret
-    mode uses ``jnp.exp2``."""
-    if interpret:
-        return jnp.exp2(x)
-    [y] = plgpu.elementwise_inline_asm("ex2.approx.ftz.f32 $0, $1;", args=[x], constraints="=f,f", pack=1,
-                                       result_shape_dtypes=[jax.ShapeDtypeStruct(x.shape, jnp.float32)])
-    return y
-
-
-def _dot(a, b, *, contract_b: int):
-    """a [M, K] x b (contracted on axis ``contract_b``) in float32; exact float32 for f32 inputs."""
-    precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
-    return lax.dot_general(a, b, (((1,), (contract_b,)), ((), ())), precision=precision,
-                           preferred_element_type=jnp.float32)
-
-
-def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, row_pos, lo, hi, carry,
+def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, row_pos, scales, lo, hi, carry,
                   masked: bool):
-    """Online softmax of q [M, D] over KV tiles ``lo <= t < hi``; carry (acc [M, D], m [M], l [M]).
+    """Online softmax of q (``st.parts`` parts [M, D / parts]) over KV tiles ``lo <= t < hi``;
+    carry (acc (parts [M, D / parts]), m [M], l [M]); scales: the layer's (K, V) scales.
     ``masked=False`` is for tiles every row sees whole."""
     o = st.options
-    bk, width = st.block_k, q.shape[1]
+    bk = st.block_k
     max_pages = pt_ref.shape[1]
 
     def page_ids(t):
         key = t * bk + jnp.arange(bk, dtype=jnp.int32)
         return plgpu.load(pt_ref.at[seq, jnp.minimum(lax.div(key, st.page_size), max_pages - 1)])
 
+    def raw_tile(t, pages):
+        """Tile t's K and V as stored: ((data, meta), (data, meta))."""
+        offsets = lax.rem(t * bk + jnp.arange(bk, dtype=jnp.int32), st.page_size)
+        return (load_raw_tile(st, kv_refs, 0, st.layout.k_rows(layer, pages, offsets, head)),
+                load_raw_tile(st, kv_refs, 1, st.layout.v_rows(layer, pages, offsets, head)))
+
     def body(t, carry):
         acc, m_old, l_old, pages = carry
         next_pages = page_ids(t + 1)            # prefetched: the next tile's K/V addresses are ready
+        raw = raw_tile(t, pages)
         key = t * bk + jnp.arange(bk, dtype=jnp.int32)                                    # [bk]
-        offsets = lax.rem(key, st.page_size)
-        k_rows, d = cols(st.layout.k_rows(layer, pages, offsets, head), width, st.interpret)
-        v_rows, _ = cols(st.layout.v_rows(layer, pages, offsets, head), width, st.interpret)
-        k = plgpu.load(st.layout.k_ref(kv_refs).at[k_rows, d])                              # [bk, D]
-        v = plgpu.load(st.layout.v_ref(kv_refs).at[v_rows, d])
-        s = _dot(q, k.astype(q.dtype), contract_b=1)                                       # [M, bk]
+        k = st.kv_format.decode_tile(*raw[0], scales[0], q[0].dtype)
+        v = st.kv_format.decode_tile(*raw[1], scales[1], q[0].dtype)
+        s = functools.reduce(jnp.add, [dot(qj, kj, contract_b=1) for qj, kj in zip(q, k)])    # [M, bk]
         if o.soft_cap is not None:
             s = jnp.tanh(s * (o.sm_scale / o.soft_cap)) * (o.soft_cap * LOG2E)
         else:
@@ -114,7 +91,7 @@ def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, r
         if masked:
             p = jnp.where(visible, p, 0.0)
         alpha = exp2(m_old - m_new, st.interpret)
-        acc = acc * alpha[:, None] + _dot(p.astype(v.dtype), v, contract_b=0)
+        acc = tuple(a * alpha[:, None] + dot(p.astype(vj.dtype), vj, contract_b=0) for a, vj in zip(acc, v))
         return acc, m_new, l_old * alpha + jnp.sum(p, axis=1), next_pages
 
     *carry, _ = lax.fori_loop(lo, hi, body, (*carry, page_ids(lo)))
@@ -148,9 +125,9 @@ def _attend_positions(st: Static, q, kv_refs, pt_ref, *, first_pos, last_pos, ca
     return attend(lo=f_hi, hi=hi, carry=carry, masked=True)
 
 
-def _init_carry(rows: int, head_dim: int):
-    return (jnp.zeros((rows, head_dim), jnp.float32), jnp.full((rows,), NEG, jnp.float32),
-            jnp.zeros((rows,), jnp.float32))
+def _init_carry(st: Static, rows: int, head_dim: int):
+    acc = tuple(jnp.zeros((rows, head_dim // st.parts), jnp.float32) for _ in range(st.parts))
+    return acc, jnp.full((rows,), NEG, jnp.float32), jnp.zeros((rows,), jnp.float32)
 
 
 def decode_program(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv_refs, o_ref, lse_ref, *, seq, kv_head,
@@ -173,9 +150,8 @@ def decode_program(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv_refs, o_ref
 
     r = jnp.arange(rows, dtype=jnp.int32)
     row_ok = r < group
-    h, d = cols(kv_head * group + jnp.minimum(r, group - 1), head_dim, st.interpret)
-    q = plgpu.load(q_ref.at[jnp.minimum(q_start, num_tokens - 1), h, d],
-                   mask=jnp.broadcast_to(row_ok[:, None], (rows, head_dim)), other=0.0)     # [rows, D]
+    q_heads = kv_head * group + jnp.minimum(r, group - 1)
+    q = load_parts(st, q_ref, (jnp.minimum(q_start, num_tokens - 1),), q_heads, head_dim, mask=row_ok)
 
     def share(lo, hi):
         per = pl.cdiv(hi - lo, num_splits)
@@ -186,20 +162,21 @@ def decode_program(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv_refs, o_ref
     acc, m, l_sum = _attend_positions(
         st, q, kv_refs, pt_ref, first_pos=pos, last_pos=pos, tiles=share if num_splits > 1 else None,
         sinks=split == 0, layer=layer, seq=slot, head=kv_head, kv_len=kv_len,
-        row_pos=jnp.zeros((rows,), jnp.int32) + pos, carry=_init_carry(rows, head_dim))
+        row_pos=jnp.zeros((rows,), jnp.int32) + pos, scales=layer_scales(st.layout, kv_refs, layer, kv_head),
+        carry=_init_carry(st, rows, head_dim))
     has = l_sum > 0
-    out = acc / jnp.where(has, l_sum, 1.0)[:, None]              # zeros where no key is visible
+    out = tuple(a / jnp.where(has, l_sum, 1.0)[:, None] for a in acc)    # zeros where no key is visible
     # Masked-out rows store to distinct (possibly out-of-range) places: interpret mode applies a
     # masked store as a scatter, where duplicate indices would race with the real rows.
     heads = kv_head * group + r
-    h, _ = cols(heads, head_dim, st.interpret)
     if lse_ref is None:
-        t, _ = cols(jnp.zeros((rows,), jnp.int32) + row, head_dim, st.interpret)
-        plgpu.store(o_ref.at[t, h, d], out.astype(o_ref.dtype),
-                    mask=jnp.broadcast_to((row_ok & write)[:, None], out.shape))
+        t = jnp.zeros((rows,), jnp.int32) + row
+        if st.interpret:
+            t = t[:, None]
+        store_parts(st, o_ref, (t,), heads, out, row_ok & write)
         return
     lse = jnp.where(has, m + jnp.log2(jnp.where(has, l_sum, 1.0)), NEG)
-    plgpu.store(o_ref.at[seq, split, h, d], out, mask=jnp.broadcast_to(row_ok[:, None], out.shape))
+    store_parts(st, o_ref, (seq, split), heads, out, row_ok)
     plgpu.store(lse_ref.at[seq, split, heads], lse, mask=row_ok)
 
 
@@ -218,19 +195,18 @@ def prefill_program(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv_refs, o_re
     tq = q_first + lax.div(r, group_pad)
     g = lax.rem(r, group_pad)
     row_ok = (tq < q_len) & (g < group)
-    t, d = cols(jnp.clip(q_start + tq, 0, num_tokens - 1), head_dim, st.interpret)
-    h, _ = cols(kv_head * group + jnp.minimum(g, group - 1), head_dim, st.interpret)
-    q = plgpu.load(q_ref.at[t, h, d], mask=jnp.broadcast_to(row_ok[:, None], (rows, head_dim)), other=0.0)
+    t = row_index(jnp.clip(q_start + tq, 0, num_tokens - 1), st.interpret)
+    q = load_parts(st, q_ref, (t,), kv_head * group + jnp.minimum(g, group - 1), head_dim, mask=row_ok)
 
     first = kv_len - q_len + q_first
     last = kv_len - q_len + jnp.minimum(q_first + block_q, q_len) - 1
     acc, _, l_sum = _attend_positions(
         st, q, kv_refs, pt_ref, first_pos=first, last_pos=last, layer=layer, seq=seq, head=kv_head,
-        kv_len=kv_len, row_pos=kv_len - q_len + tq, carry=_init_carry(rows, head_dim))
-    out = acc / jnp.where(l_sum > 0, l_sum, 1.0)[:, None]
-    t, _ = cols(q_start + tq, head_dim, st.interpret)          # distinct places for masked rows, as above
-    h, _ = cols(kv_head * group + g, head_dim, st.interpret)
-    plgpu.store(o_ref.at[t, h, d], out.astype(o_ref.dtype), mask=jnp.broadcast_to(row_ok[:, None], out.shape))
+        kv_len=kv_len, row_pos=kv_len - q_len + tq, scales=layer_scales(st.layout, kv_refs, layer, kv_head),
+        carry=_init_carry(st, rows, head_dim))
+    out = tuple(a / jnp.where(l_sum > 0, l_sum, 1.0)[:, None] for a in acc)
+    # distinct places for masked rows, as in the decode program
+    store_parts(st, o_ref, (row_index(q_start + tq, st.interpret),), kv_head * group + g, out, row_ok)
 
 
 def zero_padding_program(st: Static, o_ref, *, first_row, kv_head, block_q: int, group_pad: int):

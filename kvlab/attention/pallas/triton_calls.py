@@ -26,13 +26,8 @@ from jax.experimental.pallas import triton as plgpu
 
 from kvlab.attention.pallas.config import next_pow2
 from kvlab.attention.pallas.plan import PrefillWork
-from kvlab.attention.pallas.triton_attention import (
-    NEG,
-    Static,
-    decode_program,
-    prefill_program,
-    zero_padding_program,
-)
+from kvlab.attention.pallas.triton_attention import decode_program, prefill_program, zero_padding_program
+from kvlab.attention.pallas.triton_tiles import NEG, Static
 
 
 def decode_rows(group: int) -> int:
@@ -192,7 +187,8 @@ def mixed_step(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, work: Prefill
 
 def static_for(config, storage, plan) -> Static:
     """What a program of a kernel with tiles ``config`` knows at trace time, for ``storage`` (its
-    layout) and the step's ``plan`` (GQA group, options, interpret mode)."""
+    layout and KV format) and the step's ``plan`` (GQA group, options, interpret mode)."""
     return Static(layout=storage.layout, n_kv=len(storage.arrays), group=plan.group, block_k=config.block_k,
-                  page_size=storage.page_size, options=plan.options, interpret=plan.interpret)
+                  page_size=storage.page_size, options=plan.options, interpret=plan.interpret,
+                  kv_format=storage.kv_format)
 

@@ -7,6 +7,13 @@ layer's per-head scales ``layer_scale [Hkv]`` (float32: fp8's scales; ones for t
 back. The storage keeps one ``layer_scales [L, 2, Hkv]`` array (K at index 0, V at 1) beside the
 pages, so a format with static or calibrated scales needs no other state.
 
+The arithmetic lives in two tile functions, ``encode_tile`` and ``decode_tile``, written with
+elementwise operations and last-axis reductions only, so the same code runs in the jnp reference
+(``encode``/``decode`` call them) and inside the Pallas kernels right after a tile is loaded: the
+head dimension travels as ``tile_parts`` contiguous parts (int4 packs element ``j`` and ``j + D/2``
+into one byte, so a byte tile unpacks into two halves without an interleave), and the per-token
+metadata as a tuple of ``meta_width`` vectors.
+
 Formats are frozen, hashable strategy objects (static arguments of the jitted step). The plain
 format (``Plain``) keeps the model's dtype and is the default: caches built without a format keep
 their original storage classes, unchanged.
@@ -30,6 +37,7 @@ class KVFormat(Protocol):
 
     name: str
     meta_width: int
+    tile_parts: int                  # the head dimension in this many contiguous parts (see above)
 
     def check(self, *, num_kv_heads: int, head_dim: int) -> None:
         """Raise ValueError naming what is allowed if the format cannot store these shapes."""
@@ -60,6 +68,39 @@ class KVFormat(Protocol):
         """Inverse of ``encode``: ``[..., Hkv, D]`` in ``dtype``; ``layer_scale`` broadcasts as ``[Hkv]``."""
         ...
 
+    def encode_tile(self, parts: tuple[jax.Array, ...],
+                    layer_scale) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        """Rows in ``tile_parts`` parts, each ``[..., D / tile_parts]`` (float) -> ``(data [...,
+        packed_dim], meta)``, meta a tuple of ``meta_width`` float16 vectors ``[...]``;
+        ``layer_scale`` broadcasts against ``[..., 1]`` (a scalar in a kernel)."""
+        ...
+
+    def decode_tile(self, data: jax.Array, meta: tuple[jax.Array, ...], layer_scale,
+                    dtype) -> tuple[jax.Array, ...]:
+        """Inverse of ``encode_tile``: ``tile_parts`` parts ``[..., D / tile_parts]`` in ``dtype``."""
+        ...
+
+
+def encode_rows_by_tiles(fmt: KVFormat, x: jax.Array, layer_scale: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``KVFormat.encode`` through the format's ``encode_tile``: x ``[T, Hkv, D]``, layer_scale
+    ``[Hkv]`` -> (data ``[T, Hkv, packed_dim]``, meta ``[T, Hkv, meta_width]`` float16)."""
+    data, meta = fmt.encode_tile(tuple(jnp.split(x, fmt.tile_parts, axis=-1)), layer_scale[:, None])
+    return data, stack_meta(meta, x.shape[:-1])
+
+
+def decode_rows_by_tiles(fmt: KVFormat, data: jax.Array, meta: jax.Array, layer_scale: jax.Array,
+                         dtype) -> jax.Array:
+    """``KVFormat.decode`` through the format's ``decode_tile``: ``[..., Hkv, D]`` in ``dtype``."""
+    cols = tuple(meta[..., i] for i in range(meta.shape[-1]))
+    return jnp.concatenate(fmt.decode_tile(data, cols, jnp.asarray(layer_scale)[:, None], dtype), axis=-1)
+
+
+def stack_meta(meta: tuple[jax.Array, ...], lead: tuple[int, ...]) -> jax.Array:
+    """A tile's metadata vectors stacked on a last axis: ``[*lead, len(meta)]`` float16."""
+    if not meta:
+        return jnp.zeros((*lead, 0), META_DTYPE)
+    return jnp.stack(meta, axis=-1).astype(META_DTYPE)
+
 
 def bytes_per_token(fmt: KVFormat, *, num_layers: int, num_kv_heads: int, head_dim: int, model_dtype) -> int:
     """True bytes one token's K and V take in the pages, over all layers (data and metadata)."""
@@ -81,6 +122,7 @@ class Plain:
 
     name: str = "plain"
     meta_width: int = 0
+    tile_parts: int = 1
 
     def check(self, *, num_kv_heads: int, head_dim: int) -> None:
         """Any shape."""
@@ -102,6 +144,12 @@ class Plain:
 
     def decode(self, data, meta, layer_scale, dtype):
         return data.astype(dtype)
+
+    def encode_tile(self, parts, layer_scale):
+        return parts[0], ()
+
+    def decode_tile(self, data, meta, layer_scale, dtype):
+        return (data.astype(dtype),)
 
 
 PLAIN = Plain()

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kvlab.kvcache.formats.base import META_DTYPE
+from kvlab.kvcache.formats.base import encode_rows_by_tiles
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,6 +85,7 @@ class Fp8:
 
     scales: StaticScales | CalibratedScales = CalibratedScales()
     meta_width: int = 0
+    tile_parts: int = 1
     element = jnp.float8_e4m3fn                       # class attribute: the stored element type
 
     @property
@@ -111,12 +112,18 @@ class Fp8:
         return self.scales.calibrate(layer_scale, x, valid, which)
 
     def encode(self, x: jax.Array, layer_scale: jax.Array) -> tuple[jax.Array, jax.Array]:
-        scaled = x.astype(jnp.float32) / layer_scale[:, None]
-        data = jnp.clip(scaled, -self.max_value, self.max_value).astype(self.element)
-        return data, jnp.zeros((*x.shape[:-1], 0), META_DTYPE)
+        return encode_rows_by_tiles(self, x, layer_scale)
 
     def decode(self, data: jax.Array, meta: jax.Array, layer_scale: jax.Array, dtype) -> jax.Array:
         return (data.astype(jnp.float32) * layer_scale[..., :, None]).astype(dtype)
+
+    def encode_tile(self, parts, layer_scale):
+        """Divided by the layer's scale, saturated to the element's range, rounded to fp8."""
+        scaled = parts[0].astype(jnp.float32) * (1.0 / layer_scale)
+        return jnp.clip(scaled, -self.max_value, self.max_value).astype(self.element), ()
+
+    def decode_tile(self, data, meta, layer_scale, dtype):
+        return ((data.astype(jnp.float32) * layer_scale).astype(dtype),)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -2,10 +2,11 @@
 of one head gets its own scale and zero point, computed online when it is written; no calibration.
 
     scale = (max - min) / (2**bits - 1),  zero = min          (both rounded to float16, stored)
-    q     = clip(round((x - zero) / scale), 0, 2**bits - 1)    (unsigned, ``bits`` wide)
+    q     = clip(floor((x - zero) / scale + 1/2), 0, 2**bits - 1)    (unsigned, ``bits`` wide)
     x'    = q * scale + zero
 
-so ``|x - x'| <= scale / 2`` up to the float16 rounding of scale and zero. Narrow codes are packed
+so ``|x - x'| <= scale / 2`` up to the float16 rounding of scale and zero (rounding half up, which
+the GPU kernels compute with the same operations). Narrow codes are packed
 into bytes by splitting the head dimension: for int4, byte ``j`` holds element ``j`` in its low
 nibble and element ``j + D/2`` in its high one (a kernel unpacks two contiguous halves of the row,
 no interleave); 2-bit codes pack four quarters the same way.
@@ -14,28 +15,13 @@ no interleave); 2-bit codes pack four quarters the same way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kvlab.kvcache.formats.base import META_DTYPE
-
-
-def pack(q: jax.Array, bits: int) -> jax.Array:
-    """q: [..., D] integer codes < 2**bits -> [..., D * bits / 8] uint8 (split-halves packing)."""
-    per_byte = 8 // bits
-    parts = jnp.split(q.astype(jnp.uint8), per_byte, axis=-1)
-    out = parts[0]
-    for i, part in enumerate(parts[1:], start=1):
-        out = out | (part << (i * bits))
-    return out
-
-
-def unpack(data: jax.Array, bits: int) -> jax.Array:
-    """Inverse of ``pack``: [..., D * bits / 8] uint8 -> [..., D] uint8 codes."""
-    per_byte, mask = 8 // bits, (1 << bits) - 1
-    return jnp.concatenate([(data >> (i * bits)) & mask for i in range(per_byte)], axis=-1)
+from kvlab.kvcache.formats.base import META_DTYPE, decode_rows_by_tiles, encode_rows_by_tiles
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -75,20 +61,42 @@ class AsymmetricInt:
     def calibrate(self, layer_scale, x, valid, which):
         return layer_scale
 
+    @property
+    def tile_parts(self) -> int:
+        """Codes per byte: byte ``j`` holds element ``j + i * D / tile_parts`` in bits ``i * bits``."""
+        return 8 // self.bits
+
     def encode(self, x: jax.Array, layer_scale: jax.Array) -> tuple[jax.Array, jax.Array]:
-        x32 = x.astype(jnp.float32)
-        lo, hi = x32.min(axis=-1), x32.max(axis=-1)
+        return encode_rows_by_tiles(self, x, layer_scale)
+
+    def decode(self, data: jax.Array, meta: jax.Array, layer_scale: jax.Array, dtype) -> jax.Array:
+        return decode_rows_by_tiles(self, data, meta, layer_scale, dtype)
+
+    def encode_tile(self, parts, layer_scale):
+        """Each row's scale and zero point over all its parts, then the codes packed into bytes."""
+        parts = tuple(p.astype(jnp.float32) for p in parts)
+        lo = functools.reduce(jnp.minimum, [p.min(axis=-1) for p in parts])
+        hi = functools.reduce(jnp.maximum, [p.max(axis=-1) for p in parts])
         scale = ((hi - lo) / self.levels).astype(META_DTYPE)
         zero = lo.astype(META_DTYPE)
         s32 = scale.astype(jnp.float32)
-        safe = jnp.where(s32 > 0, s32, 1.0)
-        q = jnp.clip(jnp.round((x32 - zero.astype(jnp.float32)[..., None]) / safe[..., None]), 0, self.levels)
-        return pack(q, self.bits), jnp.stack([scale, zero], axis=-1)
+        inv = (1.0 / jnp.where(s32 > 0, s32, 1.0))[..., None]
+        z32 = zero.astype(jnp.float32)[..., None]
+        data = None
+        for i, p in enumerate(parts):
+            q = jnp.clip(jnp.floor((p - z32) * inv + 0.5), 0, self.levels).astype(jnp.uint8)
+            data = q if data is None else data | (q << (i * self.bits))
+        return data, (scale, zero)
 
-    def decode(self, data: jax.Array, meta: jax.Array, layer_scale: jax.Array, dtype) -> jax.Array:
-        q = unpack(data, self.bits).astype(jnp.float32)
-        meta = meta.astype(jnp.float32)
-        return (q * meta[..., 0:1] + meta[..., 1:2]).astype(dtype)
+    def decode_tile(self, data, meta, layer_scale, dtype):
+        """Codes unpacked part by part, then ``q * scale + zero`` per row."""
+        scale, zero = (m.astype(jnp.float32)[..., None] for m in meta)
+        mask = jnp.uint8(self.levels)
+        out = []
+        for i in range(self.tile_parts):
+            q = data if self.bits == 8 else (data >> (i * self.bits)) & mask
+            out.append((q.astype(jnp.float32) * scale + zero).astype(dtype))
+        return tuple(out)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
