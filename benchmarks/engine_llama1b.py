@@ -12,6 +12,10 @@ included) and as the model's step alone on the device.
 ``--steps-ahead 0 1`` runs the engine's serial loop beside the one that plans a step while the
 previous one runs (the default, 1), in the same run.
 
+``--kv-formats plain fp8 int8 int4`` runs each KV format in turn (the roofline counts each one's
+KV bytes), and reports the largest batch whose KV fits ``--kv-budget-gb`` at the decode phase's
+final context for each.
+
 Prompts are random token ids (the weights are random too, so text would mean nothing); every
 request decodes exactly ``--max-tokens`` tokens (``ignore_eos``). A warm-up pass of the same shapes
 compiles every step first. Decode tokens/s = batch size / median inter-token latency.
@@ -29,10 +33,16 @@ import numpy as np
 from flax import nnx
 
 import kvlab
+from kvlab.engine.defaults import kv_bytes_per_token
+from kvlab.kvcache.formats import PLAIN, Fp8E4M3, Int4, Int8, StaticScales
+from kvlab.kvcache.quantized_storage import paged_storage
 from kvlab.models import LlamaModel, ModelConfig
 
 SHAPES = {"llama-3.2-1b": ModelConfig.llama_3_2_1b, "llama-3-8b": ModelConfig.llama_3_8b,
           "tiny": ModelConfig.tiny}
+# random weights: fp8 gets static scales sized for the random K/V (|x| up to about 4-8)
+KV_FORMATS = {"plain": PLAIN, "fp8": Fp8E4M3(scales=StaticScales(k=0.02, v=0.02)), "int8": Int8(),
+              "int4": Int4()}
 
 
 def copy_bandwidth() -> float:
@@ -47,11 +57,11 @@ def copy_bandwidth() -> float:
 
 
 def run(model, attention, batch: int, prompt_len: int, max_tokens: int, page_size: int = 16,
-        steps_ahead: int = 1) -> dict:
+        steps_ahead: int = 1, kv_format=PLAIN) -> dict:
     rng = np.random.default_rng(batch)
     prompts = [rng.integers(0, model.config.vocab_size, prompt_len).tolist() for _ in range(batch)]
     tokens = batch * (prompt_len + max_tokens)
-    cache = kvlab.PagedKVCache.for_tokens(tokens + 64 * page_size, page_size=page_size)
+    cache = kvlab.PagedKVCache.for_tokens(tokens + 64 * page_size, page_size=page_size, kv_format=kv_format)
     engine = kvlab.Engine(model, cache=cache,
                           scheduler=kvlab.ContinuousScheduler(max_num_seqs=batch,
                                                               max_num_batched_tokens=4096),
@@ -65,15 +75,18 @@ def run(model, attention, batch: int, prompt_len: int, max_tokens: int, page_siz
     wall = time.perf_counter() - t0
     m = engine.metrics(outs, wall)
     itl = m["itl_p50_s"]
-    return {"attention": attention.name, "batch": batch, "steps_ahead": steps_ahead,
+    return {"attention": attention.name, "kv_format": kv_format.name, "batch": batch,
+            "steps_ahead": steps_ahead,
             "decode_tok_per_s": batch / itl,
             "decode_step_ms": 1e3 * itl, "output_tok_per_s": m["output_tokens_per_s"], "wall_s": wall,
             "compilations_in_timed_run": engine.num_compilations - compiles}
 
 
-def device_step_ms(model, attention, batch: int, ctx: int, page_size: int = 16, reps: int = 20) -> float:
+def device_step_ms(model, attention, batch: int, ctx: int, page_size: int = 16, reps: int = 20,
+                   kv_format=PLAIN) -> float:
     """The model's decode step alone (no host scheduling): ``batch`` sequences at ``ctx`` tokens,
-    random KV in randomly ordered pages, storage donated; median of back-to-back steps."""
+    random KV (plain; zero pages for a quantized format: the same work) in randomly ordered pages,
+    storage donated; median of back-to-back steps."""
     from kvlab.attention import RaggedBatch
     from kvlab.kvcache.storage import PagedKVStorage
 
@@ -87,8 +100,12 @@ def device_step_ms(model, attention, batch: int, ctx: int, page_size: int = 16, 
                                           page_bucket=per_seq))
     shape = (c.num_layers, batch * per_seq + 1, page_size, c.num_kv_heads, c.head_dim)
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
-    storage = PagedKVStorage(k=jax.random.normal(keys[0], shape, jnp.bfloat16),
-                             v=jax.random.normal(keys[1], shape, jnp.bfloat16))
+    if kv_format == PLAIN:
+        storage = PagedKVStorage(k=jax.random.normal(keys[0], shape, jnp.bfloat16),
+                                 v=jax.random.normal(keys[1], shape, jnp.bfloat16))
+    else:
+        storage = paged_storage(kv_format, num_layers=shape[0], num_pages=shape[1], page_size=page_size,
+                                num_kv_heads=shape[3], head_dim=shape[4], dtype=jnp.bfloat16)
     graphdef, weights = nnx.split(model)           # weights as arguments, as the engine's step has them
     jitted = jax.jit(lambda w, st, b: nnx.merge(graphdef, w)(b, st, attention)[::-1], donate_argnums=1)
 
@@ -106,12 +123,37 @@ def device_step_ms(model, attention, batch: int, ctx: int, page_size: int = 16, 
     return 1e3 * float(np.median(times))
 
 
-def roofline_ms(config: ModelConfig, batch: int, prompt_len: int, max_tokens: int, bw: float) -> float:
+def roofline_ms(config: ModelConfig, batch: int, prompt_len: int, max_tokens: int, bw: float,
+                kv_format=PLAIN) -> float:
     """Bytes a decode step must read at the mean context of the decode phase, over ``bw``."""
     weights = config.num_params() * 2
     ctx = prompt_len + max_tokens / 2
-    kv = batch * ctx * config.kv_bytes_per_token(2)
+    kv = batch * ctx * kv_bytes_per_token(config, jnp.bfloat16, kv_format)
     return 1e3 * (weights + kv) / bw
+
+
+def run_batch(model, config, b: int, fmt, args, bw: float) -> list[dict]:
+    """Every backend and steps-ahead setting at batch ``b`` with KV format ``fmt``."""
+    rows = []
+    backends = [kvlab.PallasAttention()]
+    if b <= args.reference_up_to:
+        backends.append(kvlab.ReferenceAttention())
+    for be in backends:
+        device_ms = None
+        for ahead in args.steps_ahead:
+            try:
+                r = run(model, be, b, args.prompt_len, args.max_tokens, steps_ahead=ahead, kv_format=fmt)
+            except Exception as e:  # noqa: BLE001 - e.g. the reference out of memory: report, go on
+                print(f"{be.name} at batch {b} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                continue
+            r["roofline_step_ms"] = roofline_ms(config, b, args.prompt_len, args.max_tokens, bw, fmt)
+            if device_ms is None:
+                ctx = args.prompt_len + args.max_tokens // 2
+                device_ms = device_step_ms(model, be, b, ctx, kv_format=fmt)
+            r["device_step_ms"] = device_ms
+            rows.append(r)
+            print(r, flush=True)
+    return rows
 
 
 def main():
@@ -125,6 +167,8 @@ def main():
     ap.add_argument("--steps-ahead", type=int, nargs="+", default=[1],
                     help="engine loops to run: 1 plans a step while the previous one runs, 0 is serial")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.2-1b")
+    ap.add_argument("--kv-formats", nargs="+", choices=sorted(KV_FORMATS), default=["plain"])
+    ap.add_argument("--kv-budget-gb", type=float, default=40.0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     dev = jax.devices()[0]
@@ -134,35 +178,25 @@ def main():
     print(f"{dev.device_kind}, JAX {jax.__version__}, {args.shape} shape (random bf16 weights, "
           f"{config.num_params() / 1e9:.2f}B params), copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
     rows = []
-    for b in args.batches:
-        backends = [kvlab.PallasAttention()]
-        if b <= args.reference_up_to:
-            backends.append(kvlab.ReferenceAttention())
-        for be in backends:
-            device_ms = None
-            for ahead in args.steps_ahead:
-                try:
-                    r = run(model, be, b, args.prompt_len, args.max_tokens, steps_ahead=ahead)
-                except Exception as e:  # noqa: BLE001 - e.g. the reference out of memory: report, go on
-                    print(f"{be.name} at batch {b} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
-                    continue
-                r["roofline_step_ms"] = roofline_ms(config, b, args.prompt_len, args.max_tokens, bw)
-                if device_ms is None:
-                    device_ms = device_step_ms(model, be, b, args.prompt_len + args.max_tokens // 2)
-                r["device_step_ms"] = device_ms
-                rows.append(r)
-                print(r, flush=True)
+    for name in args.kv_formats:
+        fmt = KV_FORMATS[name]
+        per_seq = (args.prompt_len + args.max_tokens) * kv_bytes_per_token(config, jnp.bfloat16, fmt)
+        print(f"{fmt.name}: {int(args.kv_budget_gb * 1e9 // per_seq)} sequences of "
+              f"{args.prompt_len + args.max_tokens} tokens fit {args.kv_budget_gb:g} GB of KV", flush=True)
+        for b in args.batches:
+            rows += run_batch(model, config, b, fmt, args, bw)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev.device_kind, "jax": jax.__version__, "copy_TBps": bw / 1e12,
                        "shape": args.shape,
                        "rows": rows},
                       f, indent=1)
-    print("\n| attention | batch | steps ahead | decode tok/s | engine step (ms) |"
+    print("\n| attention | KV format | batch | steps ahead | decode tok/s | engine step (ms) |"
           " model step on device (ms) | roofline (ms) | device / roofline | output tok/s (incl. prefill) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['attention']} | {r['batch']} | {r['steps_ahead']} | {r['decode_tok_per_s']:.0f} | "
+        print(f"| {r['attention']} | {r['kv_format']} | {r['batch']} | {r['steps_ahead']} | "
+              f"{r['decode_tok_per_s']:.0f} | "
               f"{r['decode_step_ms']:.2f} | "
               f"{r['device_step_ms']:.2f} | {r['roofline_step_ms']:.2f} | "
               f"{r['device_step_ms'] / r['roofline_step_ms']:.2f} | {r['output_tok_per_s']:.0f} |")

@@ -16,6 +16,7 @@ from kvlab.attention.pallas import DecodeConfig, PallasAttention, choose_num_spl
 from kvlab.attention.pallas import tuned as tuned_module
 from kvlab.attention.pallas.launches import DecodeLaunch
 from kvlab.attention.pallas.tuned import TUNED, DecodeShape, DecodeTiles, tuned_decode
+from kvlab.kvcache.formats import PLAIN
 
 H200 = next(entry for entry in TUNED if entry.device == "H200")
 LONG = DecodeShape(num_seqs=4, num_kv_heads=8, max_kv_len=32768, num_sms=132)     # B=4, ctx 32k
@@ -26,7 +27,7 @@ def static_shapes(num_seqs: int, max_kv_len: int, page_size: int = 16, num_kv_he
     """(batch, storage) stand-ins with only the static shapes the tile choice reads."""
     batch = types.SimpleNamespace(num_seq_slots=num_seqs,
                                   page_table=np.zeros((num_seqs, max_kv_len // page_size), np.int32))
-    return batch, types.SimpleNamespace(num_kv_heads=num_kv_heads, page_size=page_size)
+    return batch, types.SimpleNamespace(num_kv_heads=num_kv_heads, page_size=page_size, kv_format=PLAIN)
 
 
 def test_the_table_picks_per_device_kind_and_shape_class():

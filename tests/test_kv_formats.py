@@ -23,6 +23,7 @@ from kvlab.kvcache.formats import (
     StaticScales,
     bytes_per_token,
 )
+from kvlab.kvcache.formats.base import decode_tile
 from kvlab.kvcache.formats.integer import AsymmetricInt
 from kvlab.kvcache.quantized_storage import QuantizedPagedKVStorage
 
@@ -56,15 +57,19 @@ def _codes_as_rows(codes, bits):
 @given(codes=hnp.arrays(np.uint8, st.tuples(st.integers(1, 4), st.sampled_from([8, 16, 64]))),
        bits=st.sampled_from([8, 4, 2]))
 def test_tile_packing_round_trips(codes, bits):
-    """encode_tile/decode_tile (what the kernels run) on the format's parts of a row."""
+    """encode_tile, tile_codes and tile_affine (what the kernels run) on the format's parts."""
     fmt = AsymmetricInt(bits=bits)
     codes = _codes_as_rows(codes, bits)
     parts = tuple(jnp.split(jnp.asarray(codes, jnp.float32), fmt.tile_parts, axis=-1))
     data, (scale, zero) = fmt.encode_tile(parts, jnp.float32(1))
     assert data.dtype == jnp.uint8 and data.shape[-1] == codes.shape[-1] * bits // 8
     assert np.all(np.asarray(scale) == 1) and np.all(np.asarray(zero) == 0)
-    back = jnp.concatenate(fmt.decode_tile(data, (scale, zero), jnp.float32(1), jnp.float32), axis=-1)
+    back = jnp.concatenate(decode_tile(fmt, data, (scale, zero), jnp.float32(1), jnp.float32), axis=-1)
     np.testing.assert_array_equal(np.asarray(back), codes)
+    for dtype in (jnp.float16, jnp.float32):         # codes exact in the kernels' code types
+        got = jnp.concatenate(fmt.tile_codes(data, dtype), axis=-1)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(got, np.float32), codes)
 
 
 def test_int4_packs_the_two_halves_of_a_row():

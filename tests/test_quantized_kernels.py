@@ -61,9 +61,14 @@ def kernels(fused: bool):
 
 
 @functools.cache
-def reference():
+def _reference():
+    return jax.jit(lambda q, store, batch: ReferenceAttention()(q, store, 1, batch, OPTIONS))
+
+
+def reference(q, store, batch):
+    """The reference at full float32 matmul precision (no TF32 on a GPU)."""
     with jax.default_matmul_precision("highest"):
-        return jax.jit(lambda q, store, batch: ReferenceAttention()(q, store, 1, batch, OPTIONS))
+        return _reference()(q, store, batch)
 
 
 @settings(max_examples=8, deadline=None)
@@ -73,7 +78,7 @@ def test_kernels_read_every_format_as_the_reference_does(case, data, seed):
     q_lens, kv_lens = data.draw(ragged_lengths(max_seqs=4, max_tokens=24, max_kv=8 * PAGE))
     q, store, batch = quantized_case(fmt, make, q_lens, kv_lens, seed)
     out = kernels(fused=case % 2 == 0)(q, store, batch)
-    ref = reference()(q, store, batch)
+    ref = reference(q, store, batch)
     assert not bool(jnp.isnan(out).any())
     err = float(jnp.linalg.norm(out - ref)) / max(float(jnp.linalg.norm(ref)), 1e-30)
     assert err < 1e-5, (fmt.name, q_lens, kv_lens, err)
@@ -127,7 +132,7 @@ def test_compiled_kernels_read_and_write_every_format(case):
     run = jax.jit(lambda q, store, batch: be(q, store, 1, batch, OPTIONS))
     for q_lens, kv_lens in (([1, 1, 1, 1], [64, 3, 17, 40]), ([1, 9, 0, 5], [30, 40, 7, 64])):
         q, store, batch = quantized_case(fmt, make, q_lens, kv_lens, seed=len(q_lens) + case)
-        out, ref = run(q, store, batch), reference()(q, store, batch)
+        out, ref = run(q, store, batch), reference(q, store, batch)
         assert float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref)) < 1e-4, (fmt.name, q_lens)
     rng = np.random.default_rng(5)
     slots = jnp.asarray(rng.permutation(store.num_pages * PAGE)[:40].astype(np.int32)).at[4].set(-1)
@@ -137,3 +142,12 @@ def test_compiled_kernels_read_and_write_every_format(case):
     want = store.write(0, k, v, slots).gather_pages(0, pages)
     for a, b in zip(got, want):                  # a code one step off on a few elements at most
         assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 0.02, fmt.name
+
+
+def test_the_tuned_table_picks_tiles_per_kv_format():
+    from kvlab.attention.pallas.tuned import DecodeShape, tuned_decode
+    batch = dict(num_seqs=64, num_kv_heads=8, max_kv_len=4096, num_sms=132)
+    blocks = {name: tuned_decode("NVIDIA H200", DecodeShape(kv_format=name, **batch)).block_k
+              for name in ("plain", "fp8-e4m3fn", "int8", "int4")}
+    assert blocks == {"plain": 16, "fp8-e4m3fn": 128, "int8": 32, "int4": 32}
+    assert tuned_decode("NVIDIA H100", DecodeShape(kv_format="int8", **batch)).block_k == 64   # generic

@@ -158,7 +158,7 @@ class PallasAttention:
     def _decode_shape(self, batch: RaggedBatch, storage) -> tuned.DecodeShape:
         return tuned.DecodeShape(num_seqs=batch.num_seq_slots, num_kv_heads=storage.num_kv_heads,
                                  max_kv_len=batch.page_table.shape[1] * storage.page_size,
-                                 num_sms=self.num_sms or num_sms())
+                                 num_sms=self.num_sms or num_sms(), kv_format=storage.kv_format.name)
 
     def _strategy(self) -> PrefillStrategy:
         return AutoPrefill() if self.prefill is None else self.prefill

@@ -88,13 +88,60 @@ def layer_scales(layout, kv_refs, layer, head):
 def load_raw_tile(st: Static, kv_refs, which: int, rows):
     """K (``which=0``) or V (1) of the cache rows ``rows [bk]`` as stored: (data ``[bk,
     packed_dim]``, the format's ``meta_width`` metadata vectors ``[bk]``); the format's
-    ``decode_tile`` dequantizes them."""
+    ``tile_codes`` and ``tile_affine`` read them."""
     layout = st.layout
     data_ref = (layout.k_ref, layout.v_ref)[which](kv_refs)
     r, d = cols(rows, data_ref.shape[1], st.interpret)
     meta_of = (layout.k_meta_ref, layout.v_meta_ref)[which]
     meta = tuple(plgpu.load(meta_of(kv_refs).at[rows, c]) for c in range(st.kv_format.meta_width))
     return plgpu.load(data_ref.at[r, d]), meta
+
+
+def as_code_dtype(x, dtype):
+    """x in the codes' dtype for the matrix products (saturated to its range: a float16 query
+    beyond +-65504 would be inf)."""
+    if x.dtype == jnp.dtype(dtype):
+        return x
+    top = float(jnp.finfo(dtype).max)
+    return jnp.clip(x.astype(jnp.float32), -top, top).astype(dtype)
+
+
+def _row(x):
+    """A per-token vector [bk] as a row [1, bk] (a scalar stays a scalar)."""
+    return x if x.ndim == 0 else x[None, :]
+
+
+def per_token_applied(codes, scale, zero):
+    """A per-token map (``scale``/``zero`` vectors ``[bk]``) applied to the code tile in the
+    codes' dtype, one fused multiply-add an element: returns (parts, None, None). A per-layer map
+    (a scalar scale, no zero) is returned as it is, for the matrix products to fold in."""
+    if scale is None or scale.ndim == 0:
+        return codes, scale, zero
+    dtype = codes[0].dtype
+    s, z = scale.astype(dtype)[:, None], zero.astype(dtype)[:, None]
+    return tuple(c * s + z for c in codes), None, None
+
+
+def affine_scores(s, scale, zero, q_sum):
+    """Scores of the codes ``s = q . code [M, bk]`` -> ``q . (code * scale + zero)``; scale and
+    zero per token ``[bk]``, a scalar, or None (1, 0); q_sum ``[M]``."""
+    if scale is not None:
+        s = s * _row(scale)
+    if zero is not None:
+        s = s + q_sum[:, None] * _row(zero)
+    return s
+
+
+def affine_values(acc, alpha, p, codes, scale, zero):
+    """The online softmax's value update with V stored as ``code * scale + zero``: each part
+    ``acc * alpha + (p * scale) . code + p . zero``; p ``[M, bk]`` float32, codes parts ``[bk, w]``."""
+    weights = (p if scale is None else p * _row(scale)).astype(codes[0].dtype)
+    shift = None if zero is None else jnp.sum(p * _row(zero), axis=1)[:, None]
+    out = []
+    for a, c in zip(acc, codes):
+        a = a * alpha[:, None] + dot(weights, c, contract_b=0)
+        out.append(a if shift is None else a + shift)
+    return tuple(out)
 
 
 def exp2(x, interpret: bool):

@@ -24,12 +24,13 @@ from kvlab.attention.pallas.config import DecodeConfig
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DecodeShape:
     """The static shape class of a decode launch: sequence slots, KV heads, the longest context
-    the page table holds (tokens) and the GPU's SM count."""
+    the page table holds (tokens), the GPU's SM count and the name of the cache's KV format."""
 
     num_seqs: int
     num_kv_heads: int
     max_kv_len: int
     num_sms: int
+    kv_format: str = "plain"
 
     @property
     def fills_gpu(self) -> bool:
@@ -40,15 +41,17 @@ class DecodeShape:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DecodeTiles:
     """The decode tiles of one device kind: ``device`` is matched as a substring of
-    ``jax.Device.device_kind`` ("" matches any device); ``batch`` serves shapes that fill the GPU,
-    ``split`` the few long sequences that need split-K."""
+    ``jax.Device.device_kind`` ("" matches any device), ``formats`` against the KV format's name
+    (empty: any format); ``batch`` serves shapes that fill the GPU, ``split`` the few long
+    sequences that need split-K."""
 
     device: str
     batch: DecodeConfig
     split: DecodeConfig
+    formats: tuple[str, ...] = ()
 
-    def matches(self, device_kind: str) -> bool:
-        return self.device.lower() in device_kind.lower()
+    def matches(self, device_kind: str, kv_format: str = "plain") -> bool:
+        return self.device.lower() in device_kind.lower() and (not self.formats or kv_format in self.formats)
 
     def pick(self, shape: DecodeShape) -> DecodeConfig:
         return self.batch if shape.fills_gpu else self.split
@@ -63,7 +66,14 @@ TUNED: tuple[DecodeTiles, ...] = (
     # long sequences: no setting beat the generic tiles' 8 splits (B=4, ctx 32k: 0.151-0.158 ms,
     # 32-token tiles with 16 splits 0.154-0.166 ms).
     DecodeTiles(device="H200", batch=DecodeConfig(block_k=16, num_warps=2, num_stages=4),
-                split=DecodeConfig()),
+                split=DecodeConfig(), formats=("plain",)),
+    # Quantized KV on the H200 (benchmarks/kv_format_kernels.py --tune, 2026-12-01): fp8 took
+    # 0.185-0.189 ms with 128-token tiles at B=64, ctx 4096 (16-token: 0.265); the integer formats
+    # were best and steadiest with 32-token tiles there (0.29-0.34 ms; 64-token 0.26-0.51 ms
+    # across runs); at B=4, ctx 32k 128-token tiles were best for every format.
+    DecodeTiles(device="H200", formats=("fp8-e4m3fn", "fp8-e5m2"), batch=DecodeConfig(block_k=128),
+                split=DecodeConfig(block_k=128)),
+    DecodeTiles(device="H200", batch=DecodeConfig(block_k=32), split=DecodeConfig(block_k=128)),
     # H100 (2.9 TB/s copy): the generic 64-token tiles (91-93% of copy in its runs).
     DecodeTiles(device="H100", batch=DecodeConfig(), split=DecodeConfig()),
 )
@@ -76,8 +86,8 @@ def device_kind() -> str:
 
 def tuned_decode(kind: str, shape: DecodeShape, table: tuple[DecodeTiles, ...] = TUNED) -> DecodeConfig:
     """The decode tiles for device kind ``kind`` and ``shape``: the first entry of ``table`` whose
-    device matches, ``GENERIC`` (``DecodeConfig()``) where none does."""
+    device and KV format match, ``GENERIC`` (``DecodeConfig()``) where none does."""
     for entry in table:
-        if entry.matches(kind):
+        if entry.matches(kind, shape.kv_format):
             return entry.pick(shape)
     return GENERIC.pick(shape)

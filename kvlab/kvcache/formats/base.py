@@ -7,10 +7,15 @@ layer's per-head scales ``layer_scale [Hkv]`` (float32: fp8's scales; ones for t
 back. The storage keeps one ``layer_scales [L, 2, Hkv]`` array (K at index 0, V at 1) beside the
 pages, so a format with static or calibrated scales needs no other state.
 
-The arithmetic lives in two tile functions, ``encode_tile`` and ``decode_tile``, written with
-elementwise operations and last-axis reductions only, so the same code runs in the jnp reference
-(``encode``/``decode`` call them) and inside the Pallas kernels right after a tile is loaded: the
-head dimension travels as ``tile_parts`` contiguous parts (int4 packs element ``j`` and ``j + D/2``
+The arithmetic lives in tile functions written with elementwise operations and last-axis
+reductions only, so the same code runs in the jnp reference (``encode``/``decode`` call them) and
+inside the Pallas kernels: ``encode_tile`` (rows to bytes and metadata), and, for reading, the
+split of a stored value into an exact *code* and a per-row affine map, ``x = code * scale +
+zero``: ``tile_codes`` turns the bytes into codes (small integers or fp8 values, exact in the
+``code_dtype``) and ``tile_affine`` gives each row's (scale, zero). The reference applies the map
+(``decode_tile``); a kernel folds it into its matrix products instead (``q . k = scale * (q .
+code) + zero * sum(q)``), so a tile costs an unpack and no per-element conversion. The head
+dimension travels as ``tile_parts`` contiguous parts (int4 packs element ``j`` and ``j + D/2``
 into one byte, so a byte tile unpacks into two halves without an interleave), and the per-token
 metadata as a tuple of ``meta_width`` vectors.
 
@@ -75,10 +80,32 @@ class KVFormat(Protocol):
         ``layer_scale`` broadcasts against ``[..., 1]`` (a scalar in a kernel)."""
         ...
 
-    def decode_tile(self, data: jax.Array, meta: tuple[jax.Array, ...], layer_scale,
-                    dtype) -> tuple[jax.Array, ...]:
-        """Inverse of ``encode_tile``: ``tile_parts`` parts ``[..., D / tile_parts]`` in ``dtype``."""
+    def code_dtype(self, model_dtype) -> jnp.dtype:
+        """The float type that holds every code exactly, in which a kernel multiplies codes."""
         ...
+
+    def tile_codes(self, data: jax.Array, dtype) -> tuple[jax.Array, ...]:
+        """``data [..., packed_dim]`` as stored -> ``tile_parts`` parts ``[..., D / tile_parts]``
+        of codes in ``dtype`` (exact)."""
+        ...
+
+    def tile_affine(self, meta: tuple[jax.Array, ...], layer_scale):
+        """Each row's ``(scale, zero)`` (float32, broadcasting against the rows' leading shape
+        ``[...]``, or None for 1 and 0): ``x = code * scale + zero``."""
+        ...
+
+
+def decode_tile(fmt: KVFormat, data: jax.Array, meta: tuple[jax.Array, ...], layer_scale,
+                dtype) -> tuple[jax.Array, ...]:
+    """Inverse of ``encode_tile``: ``tile_parts`` parts ``[..., D / tile_parts]`` in ``dtype``
+    (codes times scale plus zero, in float32, rounded once)."""
+    scale, zero = fmt.tile_affine(meta, layer_scale)
+    out = []
+    for code in fmt.tile_codes(data, jnp.float32):
+        x = code if scale is None else code * scale[..., None]
+        x = x if zero is None else x + zero[..., None]
+        out.append(x.astype(dtype))
+    return tuple(out)
 
 
 def encode_rows_by_tiles(fmt: KVFormat, x: jax.Array, layer_scale: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -90,9 +117,10 @@ def encode_rows_by_tiles(fmt: KVFormat, x: jax.Array, layer_scale: jax.Array) ->
 
 def decode_rows_by_tiles(fmt: KVFormat, data: jax.Array, meta: jax.Array, layer_scale: jax.Array,
                          dtype) -> jax.Array:
-    """``KVFormat.decode`` through the format's ``decode_tile``: ``[..., Hkv, D]`` in ``dtype``."""
+    """``KVFormat.decode`` through ``decode_tile``: ``[..., Hkv, D]`` in ``dtype``."""
     cols = tuple(meta[..., i] for i in range(meta.shape[-1]))
-    return jnp.concatenate(fmt.decode_tile(data, cols, jnp.asarray(layer_scale)[:, None], dtype), axis=-1)
+    parts = decode_tile(fmt, data, cols, jnp.asarray(layer_scale, jnp.float32), dtype)
+    return jnp.concatenate(parts, axis=-1)
 
 
 def stack_meta(meta: tuple[jax.Array, ...], lead: tuple[int, ...]) -> jax.Array:
@@ -148,8 +176,20 @@ class Plain:
     def encode_tile(self, parts, layer_scale):
         return parts[0], ()
 
-    def decode_tile(self, data, meta, layer_scale, dtype):
+    def code_dtype(self, model_dtype) -> jnp.dtype:
+        return jnp.dtype(model_dtype)
+
+    def tile_codes(self, data, dtype):
         return (data.astype(dtype),)
+
+    def tile_affine(self, meta, layer_scale):
+        return None, None
 
 
 PLAIN = Plain()
+
+
+def exact_code_dtype(model_dtype) -> jnp.dtype:
+    """float32 for a float32 model, else float16 (exact for codes up to 2048 and for every fp8
+    value; a kernel's matrix products take it)."""
+    return jnp.dtype(jnp.float32 if jnp.dtype(model_dtype) == jnp.float32 else jnp.float16)

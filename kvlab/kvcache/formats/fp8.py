@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kvlab.kvcache.formats.base import encode_rows_by_tiles
+from kvlab.kvcache.formats.base import decode_rows_by_tiles, encode_rows_by_tiles, exact_code_dtype
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -115,15 +115,23 @@ class Fp8:
         return encode_rows_by_tiles(self, x, layer_scale)
 
     def decode(self, data: jax.Array, meta: jax.Array, layer_scale: jax.Array, dtype) -> jax.Array:
-        return (data.astype(jnp.float32) * layer_scale[..., :, None]).astype(dtype)
+        return decode_rows_by_tiles(self, data, meta, layer_scale, dtype)
 
     def encode_tile(self, parts, layer_scale):
         """Divided by the layer's scale, saturated to the element's range, rounded to fp8."""
         scaled = parts[0].astype(jnp.float32) * (1.0 / layer_scale)
         return jnp.clip(scaled, -self.max_value, self.max_value).astype(self.element), ()
 
-    def decode_tile(self, data, meta, layer_scale, dtype):
-        return ((data.astype(jnp.float32) * layer_scale).astype(dtype),)
+    def code_dtype(self, model_dtype) -> jnp.dtype:
+        return exact_code_dtype(model_dtype)
+
+    def tile_codes(self, data, dtype):
+        """The fp8 values themselves (exact in float16: one packed conversion per two values)."""
+        return (data.astype(dtype),)
+
+    def tile_affine(self, meta, layer_scale):
+        """The layer's scale, no zero point."""
+        return layer_scale, None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
