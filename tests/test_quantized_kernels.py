@@ -28,7 +28,8 @@ from kvlab.kvcache.formats import (
     PerHead,
     StaticScales,
 )
-from kvlab.kvcache.quantized_storage import blocked_storage, paged_storage
+from kvlab.kvcache.quantized_blocked import blocked_storage
+from kvlab.kvcache.quantized_storage import paged_storage
 
 DIMS = dict(num_q_heads=4, num_kv_heads=2, head_dim=64)
 BUCKETS = dict(token_bucket=24, seq_bucket=4, page_bucket=8)

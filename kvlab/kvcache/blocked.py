@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.kvcache.paged import PagedKVCache
-from kvlab.kvcache.quantized_storage import blocked_storage
+from kvlab.kvcache.quantized_blocked import blocked_storage
 
 
 class BlockedKVCache(PagedKVCache):

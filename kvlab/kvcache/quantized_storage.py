@@ -1,5 +1,6 @@
-"""The device halves of caches whose pages hold a quantized KV format (``kvlab.kvcache.formats``):
-``QuantizedPagedKVStorage`` (paged layout) and ``QuantizedBlockedKVStorage`` (blocked layout).
+"""The device half of paged-layout caches whose pages hold a quantized KV format
+(``kvlab.kvcache.formats``): ``QuantizedPagedKVStorage``; the blocked layout's is
+``QuantizedBlockedKVStorage`` (``quantized_blocked.py``).
 
 ``QuantizedPagedKVStorage`` keeps per-layer page pools as ``PagedKVStorage`` does, for encoded
 data and per-token metadata, plus one ``layer_scales`` array:
@@ -25,17 +26,17 @@ import jax
 import jax.numpy as jnp
 
 from kvlab.kvcache.formats.base import META_DTYPE, PLAIN, KVFormat
-from kvlab.kvcache.layouts import BlockedLayout, PagedLayout, QuantizedLayout
-from kvlab.kvcache.storage import BlockedKVStorage, PagedKVStorage
+from kvlab.kvcache.layouts import PagedLayout, QuantizedLayout
+from kvlab.kvcache.storage import PagedKVStorage
 
 
-def _bytes(x: jax.Array, lead: int) -> jax.Array:
+def as_bytes(x: jax.Array, lead: int) -> jax.Array:
     """x viewed as bytes, flattened after its first ``lead`` axes: [*x.shape[:lead], nbytes]."""
     return jax.lax.bitcast_convert_type(x, jnp.uint8).reshape(*x.shape[:lead], -1)
 
 
-def _from_bytes(b: jax.Array, like_shape: tuple[int, ...], dtype) -> jax.Array:
-    """Inverse of ``_bytes``: uint8 ``[..., nbytes]`` -> ``like_shape`` of ``dtype``."""
+def from_bytes(b: jax.Array, like_shape: tuple[int, ...], dtype) -> jax.Array:
+    """Inverse of ``as_bytes``: uint8 ``[..., nbytes]`` -> ``like_shape`` of ``dtype``."""
     itemsize = jnp.dtype(dtype).itemsize
     b = b.reshape(*like_shape, itemsize) if itemsize > 1 else b.reshape(like_shape)
     return jax.lax.bitcast_convert_type(b, dtype)
@@ -174,7 +175,7 @@ class QuantizedPagedKVStorage:
         """Whole pages as bytes: uint8 ``[n, L, record_bytes_per_layer]`` (per layer: K data,
         V data, K metadata, V metadata)."""
         parts = [jnp.swapaxes(a[:, pages], 0, 1) for a in (self.k, self.v, self.k_meta, self.v_meta)]
-        return jnp.concatenate([_bytes(p, 2) for p in parts], axis=-1)
+        return jnp.concatenate([as_bytes(p, 2) for p in parts], axis=-1)
 
     def write_pages(self, pages: jax.Array, data: jax.Array) -> QuantizedPagedKVStorage:
         """Inverse of ``read_pages``; out-of-range page ids are dropped (padding)."""
@@ -182,124 +183,8 @@ class QuantizedPagedKVStorage:
         for arr in (self.k, self.v, self.k_meta, self.v_meta):
             shape = (data.shape[0], arr.shape[0], *arr.shape[2:])          # [n, L, P, Hkv, X]
             size = jnp.dtype(arr.dtype).itemsize * math.prod(shape[2:])
-            piece = _from_bytes(data[..., start:start + size], shape, arr.dtype)
+            piece = from_bytes(data[..., start:start + size], shape, arr.dtype)
             out.append(arr.at[:, pages].set(jnp.swapaxes(piece, 0, 1), mode="drop"))
             start += size
         k, v, k_meta, v_meta = out
         return dataclasses.replace(self, k=k, v=v, k_meta=k_meta, v_meta=v_meta)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class QuantizedBlockedKVStorage:
-    """Encoded K/V of all layers per block (LMDeploy TurboMind's blocked layout with its quantized
-    KV): ``blocks [N, L, 2, P, Hkv, packed_dim]`` of the format's data dtype, ``meta [N, L, 2, P, Hkv,
-    meta_width]`` float16, ``layer_scales [L, 2, Hkv]`` float32. A block's host record holds, per
-    layer, its K and V data and then their scales and zero points.
-
-    Examples:
-        >>> import jax.numpy as jnp
-        >>> from kvlab.kvcache.formats import Int4
-        >>> s = QuantizedBlockedKVStorage.zeros(Int4(), num_layers=2, num_pages=3, page_size=4,
-        ...                                     num_kv_heads=1, head_dim=8, dtype=jnp.float32)
-        >>> s.blocks.shape, s.page_record.shape     # per layer: 2 x 4 rows x (4 B int4 + 4 B meta)
-        ((3, 2, 2, 4, 1, 4), (2, 64))
-    """
-
-    blocks: jax.Array
-    meta: jax.Array
-    layer_scales: jax.Array
-    kv_format: Any = dataclasses.field(metadata=dict(static=True))
-    dtype: Any = dataclasses.field(metadata=dict(static=True))
-
-    @classmethod
-    def zeros(cls, kv_format: KVFormat, *, num_layers: int, num_pages: int, page_size: int,
-              num_kv_heads: int, head_dim: int, dtype) -> QuantizedBlockedKVStorage:
-        kv_format.check(num_kv_heads=num_kv_heads, head_dim=head_dim)
-        rows = (num_pages, num_layers, 2, page_size, num_kv_heads)
-        scales = kv_format.initial_layer_scales(num_layers=num_layers, num_kv_heads=num_kv_heads)
-        return cls(blocks=jnp.zeros((*rows, kv_format.packed_dim(head_dim)), kv_format.data_dtype(dtype)),
-                   meta=jnp.zeros((*rows, kv_format.meta_width), META_DTYPE),
-                   layer_scales=jnp.asarray(scales), kv_format=kv_format, dtype=jnp.dtype(dtype))
-
-    @property
-    def page_size(self) -> int:
-        return self.blocks.shape[3]
-
-    @property
-    def num_pages(self) -> int:
-        return self.blocks.shape[0]
-
-    @property
-    def num_kv_heads(self) -> int:
-        return self.blocks.shape[4]
-
-    @property
-    def layout(self) -> QuantizedLayout:
-        """Data and metadata rows share ``BlockedLayout``'s numbering."""
-        rows = BlockedLayout(num_layers=self.blocks.shape[1], page_size=self.page_size,
-                             num_kv_heads=self.num_kv_heads)
-        return QuantizedLayout(rows, num_data=1)
-
-    @property
-    def arrays(self) -> tuple[jax.Array, ...]:
-        """(blocks, meta, layer_scales); without ``meta`` where the format has none (fp8)."""
-        meta = (self.meta,) if self.kv_format.meta_width else ()
-        return self.blocks, *meta, self.layer_scales
-
-    def with_arrays(self, arrays) -> QuantizedBlockedKVStorage:
-        blocks, *meta, layer_scales = arrays
-        return dataclasses.replace(self, blocks=blocks, meta=meta[0] if meta else self.meta,
-                                   layer_scales=layer_scales)
-
-    def gather_pages(self, layer, pages: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Dequantized K and V of ``pages`` in one layer: each ``[*pages.shape, P, Hkv, D]``."""
-        fmt, scales = self.kv_format, self.layer_scales[layer]
-        data, meta = self.blocks[pages, layer], self.meta[pages, layer]          # [..., 2, P, Hkv, X]
-        return (fmt.decode(data[..., 0, :, :, :], meta[..., 0, :, :, :], scales[0], self.dtype),
-                fmt.decode(data[..., 1, :, :, :], meta[..., 1, :, :, :], scales[1], self.dtype))
-
-    def calibrate(self, layer, k_new: jax.Array, v_new: jax.Array,
-                  slots: jax.Array) -> QuantizedBlockedKVStorage:
-        """See ``QuantizedPagedKVStorage.calibrate``."""
-        return dataclasses.replace(self, layer_scales=calibrated(self.kv_format, self.layer_scales, layer,
-                                                                 k_new, v_new, slots))
-
-    def write(self, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array) -> QuantizedBlockedKVStorage:
-        """Encode and scatter one layer's new tokens (see ``QuantizedPagedKVStorage.write``)."""
-        self = self.calibrate(layer, k_new, v_new, slots)
-        (k_data, k_meta), (v_data, v_meta) = encode_both(self, layer, k_new, v_new)
-        block = jnp.where(slots >= 0, slots // self.page_size, self.num_pages)
-        offset = jnp.where(slots >= 0, slots % self.page_size, 0)
-        at = (block, layer, slice(None), offset)
-        return dataclasses.replace(
-            self, blocks=self.blocks.at[at].set(jnp.stack([k_data, v_data], axis=1), mode="drop"),
-            meta=self.meta.at[at].set(jnp.stack([k_meta, v_meta], axis=1), mode="drop"))
-
-    @property
-    def page_record(self) -> jax.ShapeDtypeStruct:
-        """One block's host record: uint8 ``[L, bytes per layer]`` (data, then metadata)."""
-        per_layer = sum(a.dtype.itemsize * math.prod(a.shape[2:]) for a in (self.blocks, self.meta))
-        return jax.ShapeDtypeStruct((self.blocks.shape[1], per_layer), jnp.uint8)
-
-    def read_pages(self, pages: jax.Array) -> jax.Array:
-        """Whole blocks as bytes: uint8 ``[n, L, bytes per layer]``."""
-        return jnp.concatenate([_bytes(self.blocks[pages], 2), _bytes(self.meta[pages], 2)], axis=-1)
-
-    def write_pages(self, pages: jax.Array, data: jax.Array) -> QuantizedBlockedKVStorage:
-        """Inverse of ``read_pages``; out-of-range block ids are dropped (padding)."""
-        out, start = [], 0
-        for arr in (self.blocks, self.meta):
-            shape = (data.shape[0], *arr.shape[1:])
-            size = arr.dtype.itemsize * math.prod(arr.shape[2:])
-            piece = _from_bytes(data[..., start:start + size], shape, arr.dtype)
-            out.append(arr.at[pages].set(piece, mode="drop"))
-            start += size
-        return dataclasses.replace(self, blocks=out[0], meta=out[1])
-
-
-def blocked_storage(kv_format: KVFormat, **dims):
-    """``BlockedKVStorage`` for the plain format, ``QuantizedBlockedKVStorage`` otherwise."""
-    if kv_format == PLAIN:
-        return BlockedKVStorage.zeros(**dims)
-    return QuantizedBlockedKVStorage.zeros(kv_format, **dims)
