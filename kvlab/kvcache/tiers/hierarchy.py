@@ -1,0 +1,159 @@
+"""A chain of KV tiers, fastest first (host memory, then disk): SGLang HiCache's hierarchy below
+the GPU, TensorRT-LLM's secondary offload.
+
+The tiers are *exclusive*: a key lives in at most one of them. ``put`` stores into the first
+tier; a record a tier evicts to make room is demoted into the next tier if the chain's offload
+policy says so (``policy.offload_on_evict(priority)``) and is dropped otherwise, or when the last
+tier evicts it. Every dropped record is returned to the caller, so nothing vanishes unreported.
+``get`` searches the tiers in order and says which one hit; ``promote`` moves a record from a lower
+tier into the first (which may demote others in turn).
+
+The policy's other decision, ``offload_on_insert``, is for the GPU cache that feeds the chain
+(write-through copies a page down when it is indexed); the chain itself only demotes.
+
+Examples:
+    >>> import tempfile, jax, numpy as np
+    >>> from kvlab.kvcache.tiers import DiskTier, HostMemoryTier, TierChain
+    >>> spec = jax.ShapeDtypeStruct((4,), "float32")
+    >>> chain = TierChain(tiers=[HostMemoryTier(1, spec), DiskTier(tempfile.mkdtemp(), 1, spec)])
+    >>> chain.put(b"a", np.zeros(4, np.float32)), chain.put(b"b", np.ones(4, np.float32))
+    ([], [])
+    >>> chain.locate(b"a"), chain.locate(b"b")         # a was demoted to disk
+    (1, 0)
+    >>> record, tier = chain.get(b"a")
+    >>> tier, [d.key for d in chain.promote(b"a")], chain.locate(b"b")
+    (1, [], 1)
+    >>> [d.key for d in chain.put(b"c", np.ones(4, np.float32))]    # a -> disk, b dropped
+    [b'b']
+    >>> chain.close()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from kvlab.kvcache.tiers.array_tier import record_spec
+from kvlab.kvcache.tiers.policy import OffloadPolicy, WriteBackOnEviction
+from kvlab.kvcache.tiers.protocol import Evicted, KVTier, TierStats
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChainStats:
+    """Per-tier statistics (fastest first) and the chain's movements: ``demotions`` (records moved
+    down a tier), ``promotions`` (moved into the first tier by ``promote``), ``drops`` (records
+    evicted and not kept anywhere). Every tier eviction is a demotion or a drop."""
+
+    tiers: tuple[TierStats, ...]
+    demotions: int
+    promotions: int
+    drops: int
+
+    @property
+    def pages_used(self) -> int:
+        return sum(t.pages_used for t in self.tiers)
+
+
+class TierChain:
+    """``tiers`` (KVTier objects of one page record, fastest first) under an offload ``policy``
+    (``WriteBackOnEviction()``, the default, ``WriteThrough()``, ``AbovePriority(min_priority=...)``)."""
+
+    def __init__(self, tiers, policy=None):
+        tiers = tuple(tiers)
+        policy = WriteBackOnEviction() if policy is None else policy
+        if not tiers:
+            raise ValueError("TierChain needs at least one tier, e.g. tiers=[HostMemoryTier(...)]")
+        for i, tier in enumerate(tiers):
+            if not isinstance(tier, KVTier):
+                raise ValueError(f"TierChain tier {i} is not a KVTier (put/get/contains/discard/pop/"
+                                 f"keys/stats, num_pages, page_record): {tier!r}")
+        if len({id(t) for t in tiers}) != len(tiers):
+            raise ValueError("TierChain got the same tier object twice; each level needs its own tier")
+        first = record_spec(tiers[0].page_record, "TierChain")
+        for i, tier in enumerate(tiers[1:], 1):
+            spec = record_spec(tier.page_record, "TierChain")
+            if spec != first:
+                raise ValueError(f"TierChain tiers must hold one page record: tier 0 holds {first[0]} "
+                                 f"{first[1]}, tier {i} holds {spec[0]} {spec[1]}")
+        if not isinstance(policy, OffloadPolicy):
+            raise ValueError(f"TierChain's policy must be an offload policy (WriteBackOnEviction(), "
+                             f"WriteThrough(), AbovePriority(min_priority=...)), got {policy!r}")
+        self.tiers = tiers
+        self.policy = policy
+        self.page_record = tiers[0].page_record
+        self._spec = first
+        self._demotions = self._promotions = self._drops = 0
+
+    def _put_at(self, level: int, key, record, priority: int) -> list[Evicted]:
+        """Store into tier ``level``, demoting its victims down the chain; the records dropped."""
+        dropped = []
+        for victim in self.tiers[level].put(key, record, priority):
+            if level + 1 < len(self.tiers) and self.policy.offload_on_evict(victim.priority):
+                self._demotions += 1
+                dropped += self._put_at(level + 1, *victim)
+            else:
+                self._drops += 1
+                dropped.append(victim)
+        return dropped
+
+    def put(self, key, record, priority: int = 0) -> list[Evicted]:
+        """Store ``record`` under ``key`` in the first tier (a copy in a lower tier is discarded);
+        the records dropped from the chain to make room."""
+        record = np.asarray(record)
+        if (record.shape, record.dtype) != self._spec:      # before anything moves
+            raise ValueError(f"TierChain stores records of shape {self._spec[0]} and dtype "
+                             f"{self._spec[1]}; got shape {record.shape} and dtype {record.dtype}")
+        for tier in self.tiers[1:]:
+            tier.discard(key)
+        return self._put_at(0, key, record, priority)
+
+    def locate(self, key) -> int | None:
+        """The index of the tier holding ``key``, or None (nothing counted)."""
+        for i, tier in enumerate(self.tiers):
+            if tier.contains(key):
+                return i
+        return None
+
+    def contains(self, key) -> bool:
+        return self.locate(key) is not None
+
+    def get(self, key) -> tuple | None:
+        """``(record, tier_index)`` from the first tier holding ``key``, or None. Each tier asked
+        counts a hit or a miss; the record stays where it is (see ``promote``)."""
+        for i, tier in enumerate(self.tiers):
+            record = tier.get(key)
+            if record is not None:
+                return record, i
+        return None
+
+    def promote(self, key) -> list[Evicted]:
+        """Move ``key``'s record into the first tier (nothing to do if it is there); the records
+        dropped from the chain to make room. KeyError if no tier holds ``key``."""
+        level = self.locate(key)
+        if level is None:
+            raise KeyError(f"no tier holds {key!r}")
+        if level == 0:
+            return []
+        moved = self.tiers[level].pop(key)
+        self._promotions += 1
+        return self._put_at(0, *moved)
+
+    def discard(self, key) -> bool:
+        """Forget ``key`` in whichever tier holds it; whether one did."""
+        return any([tier.discard(key) for tier in self.tiers])
+
+    def keys(self) -> list:
+        """Every stored key, fastest tier first."""
+        return [k for tier in self.tiers for k in tier.keys()]
+
+    def stats(self) -> ChainStats:
+        return ChainStats(tiers=tuple(t.stats() for t in self.tiers), demotions=self._demotions,
+                          promotions=self._promotions, drops=self._drops)
+
+    def close(self) -> None:
+        """Close every tier that can be closed (a disk tier deletes its file)."""
+        for tier in self.tiers:
+            close = getattr(tier, "close", None)
+            if close is not None:
+                close()

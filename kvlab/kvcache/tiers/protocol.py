@@ -1,0 +1,102 @@
+"""The KV tier contract: a fixed-capacity store of page records keyed by block hash.
+
+A tier holds up to ``num_pages`` *page records*, each a NumPy array of one shape and dtype, the
+``page_record`` a tier is built with (a ``jax.ShapeDtypeStruct`` or anything with ``shape`` and
+``dtype``: the device storage's record, ``[L, 2, P, Hkv, D]`` for plain pages, the stored bytes of a
+quantized page, as ``HostTier.init_storage`` takes it). Keys are block hashes (``bytes`` from
+``Sha256BlockHasher``, ints from ``BuiltinBlockHasher``: anything hashable). A full tier makes room
+by its own eviction policy and hands the victims back to the caller, who may demote them into the
+next tier (``TierChain``) or drop them.
+
+Tiers are host-side: plain Python and NumPy, no JAX. Moving a record to or from the device is the
+caller's business.
+
+Examples:
+    >>> import jax
+    >>> from kvlab.kvcache.tiers import HostMemoryTier, KVTier
+    >>> tier = HostMemoryTier(num_pages=2, page_record=jax.ShapeDtypeStruct((4,), "float32"))
+    >>> isinstance(tier, KVTier)
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+
+
+class Evicted(NamedTuple):
+    """A record a tier gave up to make room: its key, the record (a copy, the caller's to keep)
+    and the retention priority it was stored with."""
+
+    key: Hashable
+    record: np.ndarray
+    priority: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TierStats:
+    """One tier's pages and counters since it was built. ``pages_used + pages_free == num_pages``."""
+
+    num_pages: int
+    pages_used: int
+    pages_free: int
+    bytes_per_page: int
+    puts: int            # put calls, new keys and overwrites alike
+    hits: int            # get calls that found their key
+    misses: int          # get calls that did not
+    evictions: int       # records given up to make room (each returned by a put)
+
+    @property
+    def hit_rate(self) -> float:
+        looked = self.hits + self.misses
+        return self.hits / looked if looked else 0.0
+
+
+@runtime_checkable
+class KVTier(Protocol):
+    """A store of at most ``num_pages`` page records of one shape and dtype, keyed by block hash.
+    Records go in and come out as NumPy arrays of ``page_record.shape`` and ``page_record.dtype``;
+    every record a tier returns is a copy."""
+
+    page_record: object          # shape and dtype of one record (jax.ShapeDtypeStruct or alike)
+
+    @property
+    def num_pages(self) -> int:
+        """Capacity in page records."""
+        ...
+
+    def put(self, key: Hashable, record: np.ndarray, priority: int = 0) -> list[Evicted]:
+        """Store ``record`` under ``key`` (overwriting the key's record if present; the priority
+        kept is the higher of the two) and return what was evicted to make room, chosen by the
+        tier's eviction policy (empty when there was room). ValueError for a record of another
+        shape or dtype."""
+        ...
+
+    def get(self, key: Hashable) -> np.ndarray | None:
+        """The record under ``key`` (a copy) or None; a hit counts as a use for eviction."""
+        ...
+
+    def contains(self, key: Hashable) -> bool:
+        """Whether ``key`` is stored (no use counted, no statistics)."""
+        ...
+
+    def discard(self, key: Hashable) -> bool:
+        """Forget ``key`` and free its page; whether it was stored."""
+        ...
+
+    def pop(self, key: Hashable) -> Evicted | None:
+        """Remove ``key`` and return its record and priority (a move to another tier), or None;
+        counts no hit."""
+        ...
+
+    def keys(self) -> list:
+        """The stored keys (a snapshot)."""
+        ...
+
+    def stats(self) -> TierStats:
+        """Pages used and free and the counters."""
+        ...
