@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import pathlib
 import statistics
-import sys
 import time
-import traceback
 
 import jax
 import jax.numpy as jnp
@@ -35,12 +32,12 @@ from kernel_timing import (
     paged_setup,
     rand,
     record,
+    run_sections,
     timed,
 )
 
 from kvlab.attention import AttentionOptions, RaggedBatch, ReferenceAttention
 from kvlab.attention.pallas import DecodeConfig, MosaicPrefillConfig, PallasAttention, PrefillConfig
-from kvlab.bench.report import markdown_table
 from kvlab.kvcache.storage import PagedKVStorage
 
 
@@ -320,24 +317,7 @@ def main(argv=None):
                     prefill=lambda: prefill(flops_ceiling, tune=args.tune),
                     mixed=lambda: mixed(ceiling), window=lambda: window(ceiling),
                     write=lambda: write(ceiling))
-    failed = []
-    for name, run in sections.items():
-        if name in only:
-            try:
-                run()
-            except Exception:  # noqa: BLE001 - report and go on with the other sections
-                failed.append(name)
-                print(f"  section {name} failed:\n{traceback.format_exc()[-3000:]}", flush=True)
-    cols = ["section", "what", "ms", "TB/s", "TFLOP/s", "% ceiling", "x peer", "note"]
-    table = markdown_table([{c: r.get(c, "") for c in cols} for r in ROWS])
-    print(table)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        header = f"{dev.device_kind}, JAX {jax.__version__}"
-        (args.out / "attention_kernels.md").write_text(f"{header}\n\n{table}\n")
-        (args.out / "attention_kernels.json").write_text(json.dumps(ROWS, indent=1))
-    if failed:
-        sys.exit(f"sections failed: {', '.join(failed)}")
+    run_sections(sections, only, args.out, "attention_kernels")
 
 
 if __name__ == "__main__":

@@ -133,3 +133,33 @@ def matmul_ceiling() -> float:
     s = host_timed(lambda x, y: x @ y, a, b)
     record("ceiling", "bf16 matmul 8192^3", s, flops=2 * 8192 ** 3)
     return 2 * 8192 ** 3 / s / 1e12
+
+
+def run_sections(sections: dict, only: set[str], out, name: str) -> None:
+    """Run the sections named in ``only`` (a failing one is reported and the others go on), print
+    the ``ROWS`` table, write it with the raw rows to ``out`` (``name``.md and .json) when given,
+    and exit non-zero naming the sections that failed."""
+    import json
+    import sys
+    import traceback
+
+    from kvlab.bench.report import markdown_table
+
+    failed = []
+    for section, run in sections.items():
+        if section in only:
+            try:
+                run()
+            except Exception:  # noqa: BLE001 - report and go on with the other sections
+                failed.append(section)
+                print(f"  section {section} failed:\n{traceback.format_exc()[-3000:]}", flush=True)
+    cols = ["section", "what", "ms", "TB/s", "TFLOP/s", "% ceiling", "x peer", "note"]
+    table = markdown_table([{c: r.get(c, "") for c in cols} for r in ROWS])
+    print(table)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        dev = jax.devices()[0]
+        (out / f"{name}.md").write_text(f"{dev.device_kind}, JAX {jax.__version__}\n\n{table}\n")
+        (out / f"{name}.json").write_text(json.dumps(ROWS, indent=1))
+    if failed:
+        sys.exit(f"sections failed: {', '.join(failed)}")

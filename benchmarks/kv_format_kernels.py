@@ -22,19 +22,25 @@ Prints a markdown table; ``--out`` also writes it with the raw rows (JSON).
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
-import sys
-import traceback
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from kernel_timing import ROWS, chained, copy_bandwidth, matmul_ceiling, paged_setup, rand, record, timed
+from kernel_timing import (
+    ROWS,
+    chained,
+    copy_bandwidth,
+    matmul_ceiling,
+    paged_setup,
+    rand,
+    record,
+    run_sections,
+    timed,
+)
 
 from kvlab.attention import AttentionOptions, ReferenceAttention
 from kvlab.attention.pallas import DecodeConfig, PallasAttention, PrefillConfig
-from kvlab.bench.report import markdown_table
 from kvlab.kvcache.formats import PLAIN, AsymmetricInt, Fp8E4M3, Int4, Int8, StaticScales, bytes_per_token
 from kvlab.kvcache.quantized_storage import paged_storage
 
@@ -185,24 +191,7 @@ def main(argv=None):
                     decode32k=lambda: decode(ceiling, batch_size=4, ctx=32768, tune=args.tune,
                                              section="decode32k"),
                     prefill=lambda: prefill(matmul_ceiling()), write=lambda: write(ceiling))
-    failed = []
-    for name, run in sections.items():
-        if name in only:
-            try:
-                run()
-            except Exception:  # noqa: BLE001 - report and go on with the other sections
-                failed.append(name)
-                print(f"  section {name} failed:\n{traceback.format_exc()[-3000:]}", flush=True)
-    cols = ["section", "what", "ms", "TB/s", "TFLOP/s", "% ceiling", "x peer", "note"]
-    table = markdown_table([{c: r.get(c, "") for c in cols} for r in ROWS])
-    print(table)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        header = f"{dev.device_kind}, JAX {jax.__version__}"
-        (args.out / "kv_format_kernels.md").write_text(f"{header}\n\n{table}\n")
-        (args.out / "kv_format_kernels.json").write_text(json.dumps(ROWS, indent=1))
-    if failed:
-        sys.exit(f"sections failed: {', '.join(failed)}")
+    run_sections(sections, only, args.out, "kv_format_kernels")
 
 
 if __name__ == "__main__":

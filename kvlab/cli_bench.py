@@ -99,18 +99,6 @@ def _workload(args, vocab_size: int, rate: float | None):
     return Workload.open_loop(kind, arrive(reqs))
 
 
-def preset_names(names: list[str]) -> list[str]:
-    """The names with ``all`` expanded to the six seed systems; unknown names raise."""
-    from kvlab.bench import presets
-
-    seeds = list(presets.SEEDS)
-    names = [n for p in names for n in (seeds if p == "all" else [p])]
-    unknown = [p for p in names if p not in presets.PRESETS]
-    if unknown:
-        raise ValueError(f"unknown preset(s) {unknown}; known: all, {', '.join(presets.PRESETS)}")
-    return names
-
-
 def preset_fields(name: str, fields: dict, *, kv_tokens: int, max_num_seqs: int, token_budget: int | None,
                   max_model_len: int) -> tuple[dict, dict]:
     """(the keyword arguments given to preset ``name``, all its fields with their values): ``fields``
@@ -118,7 +106,7 @@ def preset_fields(name: str, fields: dict, *, kv_tokens: int, max_num_seqs: int,
     dict adds the preset's own defaults for the rest. An unknown field raises, naming the preset's."""
     from kvlab.bench import presets
 
-    fn = presets.PRESETS[preset_names([name])[0]]
+    fn = presets.PRESETS[presets.expand_names([name])[0]]
     accepted = inspect.signature(fn).parameters
     kwargs = {"kv_tokens": kv_tokens, "max_num_seqs": max_num_seqs, **fields}
     if token_budget is not None:
@@ -139,7 +127,7 @@ def preset_factory(name: str, fields: dict, **sizes):
     from kvlab.bench import presets
 
     kwargs, _ = preset_fields(name, fields, **sizes)
-    fn = presets.PRESETS[preset_names([name])[0]]
+    fn = presets.PRESETS[presets.expand_names([name])[0]]
     return lambda: fn(**kwargs)
 
 
@@ -185,12 +173,12 @@ def run(args) -> int:
     from rich.console import Console
 
     import kvlab
-    from kvlab.bench import SLO
+    from kvlab.bench import SLO, presets
     from kvlab.bench.report import run_config
     from kvlab.bench.sweep import write_results
 
     console = Console(width=None if sys.stdout.isatty() else 200)     # a log keeps the whole table
-    names = preset_names(args.preset)
+    names = presets.expand_names(args.preset)
     fixed = _assignments(args.set, many=False)
     grid = _assignments(getattr(args, "vary", []), many=True)
     if args.command == "sweep" and args.rates:

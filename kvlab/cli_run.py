@@ -7,7 +7,6 @@ from __future__ import annotations
 import sys
 import time
 
-from kvlab import cli_bench
 from kvlab.attention.select import attention_by_name
 
 # Prompts SmolLM2-135M-Instruct answers well, each within --max-tokens 96, greedy. (Greedy decoding
@@ -94,10 +93,11 @@ def cmd_demo(args) -> int:
     import jax
     from rich.console import Console
 
+    from kvlab.bench import presets
     from kvlab.models import bundled
 
     console = Console(width=None if sys.stdout.isatty() else 160)      # a log keeps whole tables
-    compare = cli_bench.preset_names(args.compare)      # before the chat: a bad name fails fast
+    compare = presets.expand_names(args.compare)      # before the chat: a bad name fails fast
     attention = attention_by_name(args.attention)       # and a backend this machine cannot run
     params = _sampling(args)
     console.print(f"[bold]kvlab demo[/bold] on {jax.devices()[0].device_kind} ({jax.default_backend()}), "

@@ -238,3 +238,18 @@ QUANTIZED = {"vllm-fp8": vllm_fp8, "lmdeploy-kv8": lmdeploy_kv8, "lmdeploy-kv4":
 
 PRESETS = {"vllm": vllm, "sglang": sglang, "tgi": tgi, "lmdeploy": lmdeploy, "trtllm": trtllm,
            "deepspeed": deepspeed, "static": static_batching, "custom": custom, **QUANTIZED}
+
+
+def expand_names(names: list[str]) -> list[str]:
+    """The preset names with ``all`` expanded to the six seed systems (``SEEDS``); unknown names
+    raise a ValueError naming the known ones.
+
+    Examples:
+        >>> expand_names(["all", "vllm-fp8"])[-2:]
+        ['deepspeed', 'vllm-fp8']
+    """
+    names = [n for p in names for n in (SEEDS if p == "all" else [p])]
+    unknown = [p for p in names if p not in PRESETS]
+    if unknown:
+        raise ValueError(f"unknown preset(s) {unknown}; known: all, {', '.join(PRESETS)}")
+    return names

@@ -14,11 +14,11 @@ without mask arithmetic, and sink tiles get a loop of their own.
 Quantized KV (``kvlab.kvcache.formats``) is read as the format stores it: a tile's bytes become
 exact codes (``tile_codes``: an unpack, no conversion instruction for the integer formats) in the
 format's ``code_dtype`` (float16 for a 16-bit model), and each row's affine map ``x = code * scale +
-zero`` (``tile_affine``) is folded into the matrix products instead of being applied to every
-element: ``s = scale * (q . code) + zero * sum(q)`` for the scores, ``p V = (p * scale) . code +
-p . zero`` for the values. The head dimension travels in the format's ``tile_parts`` contiguous
-parts (int4: two halves, ``q . k = q_lo . k_lo + q_hi . k_hi``), and no dequantized copy of the
-cache is ever made.
+zero`` (``tile_affine``) is applied: a per-layer scale (fp8) is folded into the matrix products
+(``s = scale * (q . code)``, ``(p * scale) . code``), a per-token map (the integer formats) costs
+one multiply-add an element in the code dtype. The head dimension travels in the format's
+``tile_parts`` contiguous parts (int4: two halves, ``q . k = q_lo . k_lo + q_hi . k_hi``), and no
+dequantized copy of the cache is ever made.
 
 * decode program (sequence, KV head, split): flash-decoding; a split covers a share of the
   sequence's own KV tiles and writes a normalized partial output plus its log-sum-exp.
@@ -39,8 +39,7 @@ from kvlab.attention.pallas.triton_tiles import (
     LOG2E,
     NEG,
     Static,
-    affine_scores,
-    affine_values,
+    applied_per_element,
     as_code_dtype,
     cols,
     dot,
@@ -48,9 +47,10 @@ from kvlab.attention.pallas.triton_tiles import (
     layer_scales,
     load_parts,
     load_raw_tile,
-    per_token_applied,
     row_index,
+    scaled_scores,
     store_parts,
+    values_update,
 )
 
 
@@ -64,7 +64,6 @@ def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, r
     max_pages = pt_ref.shape[1]
     code = fmt.code_dtype(q[0].dtype)
     q = tuple(as_code_dtype(qj, code) for qj in q)
-    q_sum = functools.reduce(jnp.add, [jnp.sum(qj.astype(jnp.float32), axis=1) for qj in q])     # [M]
 
     def page_ids(t):
         key = t * bk + jnp.arange(bk, dtype=jnp.int32)
@@ -77,17 +76,17 @@ def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, r
                 load_raw_tile(st, kv_refs, 1, st.layout.v_rows(layer, pages, offsets, head)))
 
     def codes(data, meta, which):
-        """(code parts, the map left to fold: scale, zero) of a stored K (0) or V (1) tile."""
-        return per_token_applied(fmt.tile_codes(data, code), *fmt.tile_affine(meta, scales[which]))
+        """(code parts, the per-layer scale left to fold, or None) of a stored K (0) or V (1) tile."""
+        return applied_per_element(fmt.tile_codes(data, code), *fmt.tile_affine(meta, scales[which]))
 
     def body(t, carry):
         acc, m_old, l_old, pages = carry
         next_pages = page_ids(t + 1)            # prefetched: the next tile's K/V addresses are ready
         (k_data, k_meta), (v_data, v_meta) = raw_tile(t, pages)
         key = t * bk + jnp.arange(bk, dtype=jnp.int32)                                    # [bk]
-        k, k_scale, k_zero = codes(k_data, k_meta, 0)
+        k, k_scale = codes(k_data, k_meta, 0)
         s = functools.reduce(jnp.add, [dot(qj, kj, contract_b=1) for qj, kj in zip(q, k)])    # [M, bk]
-        s = affine_scores(s, k_scale, k_zero, q_sum)
+        s = scaled_scores(s, k_scale)
         if o.soft_cap is not None:
             s = jnp.tanh(s * (o.sm_scale / o.soft_cap)) * (o.soft_cap * LOG2E)
         else:
@@ -105,7 +104,7 @@ def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, r
         if masked:
             p = jnp.where(visible, p, 0.0)
         alpha = exp2(m_old - m_new, st.interpret)
-        acc = affine_values(acc, alpha, p, *codes(v_data, v_meta, 1))
+        acc = values_update(acc, alpha, p, *codes(v_data, v_meta, 1))
         return acc, m_new, l_old * alpha + jnp.sum(p, axis=1), next_pages
 
     *carry, _ = lax.fori_loop(lo, hi, body, (*carry, page_ids(lo)))

@@ -106,42 +106,34 @@ def as_code_dtype(x, dtype):
     return jnp.clip(x.astype(jnp.float32), -top, top).astype(dtype)
 
 
-def _row(x):
-    """A per-token vector [bk] as a row [1, bk] (a scalar stays a scalar)."""
-    return x if x.ndim == 0 else x[None, :]
-
-
-def per_token_applied(codes, scale, zero):
-    """A per-token map (``scale``/``zero`` vectors ``[bk]``) applied to the code tile in the
-    codes' dtype, one fused multiply-add an element: returns (parts, None, None). A per-layer map
-    (a scalar scale, no zero) is returned as it is, for the matrix products to fold in."""
-    if scale is None or scale.ndim == 0:
-        return codes, scale, zero
+def applied_per_element(codes, scale, zero):
+    """The code tile with the part of its map that cannot be folded into the products applied,
+    in the codes' dtype (one fused multiply-add an element): a per-token map (``scale`` [bk]) or
+    any zero point. Returns (parts, the scale left to fold: a scalar, or None)."""
+    if zero is None and (scale is None or scale.ndim == 0):
+        return codes, scale
     dtype = codes[0].dtype
-    s, z = scale.astype(dtype)[:, None], zero.astype(dtype)[:, None]
-    return tuple(c * s + z for c in codes), None, None
+    s = 1 if scale is None else _column(scale.astype(dtype))
+    z = 0 if zero is None else _column(zero.astype(dtype))
+    return tuple(c * s + z for c in codes), None
 
 
-def affine_scores(s, scale, zero, q_sum):
-    """Scores of the codes ``s = q . code [M, bk]`` -> ``q . (code * scale + zero)``; scale and
-    zero per token ``[bk]``, a scalar, or None (1, 0); q_sum ``[M]``."""
-    if scale is not None:
-        s = s * _row(scale)
-    if zero is not None:
-        s = s + q_sum[:, None] * _row(zero)
-    return s
+def _column(x):
+    """A per-token vector [bk] as a column [bk, 1] (a scalar stays a scalar)."""
+    return x if x.ndim == 0 else x[:, None]
 
 
-def affine_values(acc, alpha, p, codes, scale, zero):
-    """The online softmax's value update with V stored as ``code * scale + zero``: each part
-    ``acc * alpha + (p * scale) . code + p . zero``; p ``[M, bk]`` float32, codes parts ``[bk, w]``."""
-    weights = (p if scale is None else p * _row(scale)).astype(codes[0].dtype)
-    shift = None if zero is None else jnp.sum(p * _row(zero), axis=1)[:, None]
-    out = []
-    for a, c in zip(acc, codes):
-        a = a * alpha[:, None] + dot(weights, c, contract_b=0)
-        out.append(a if shift is None else a + shift)
-    return tuple(out)
+def scaled_scores(s, scale):
+    """Scores of the codes ``s = q . code [M, bk]`` times a per-layer scale (a scalar, or None: 1)."""
+    return s if scale is None else s * scale
+
+
+def values_update(acc, alpha, p, codes, scale):
+    """The online softmax's value update with V stored as ``code * scale`` (a per-layer scalar,
+    or None: 1): each part ``acc * alpha + (p * scale) . code``; p ``[M, bk]`` float32, codes
+    parts ``[bk, w]``."""
+    weights = (p if scale is None else p * scale).astype(codes[0].dtype)
+    return tuple(a * alpha[:, None] + dot(weights, c, contract_b=0) for a, c in zip(acc, codes))
 
 
 def exp2(x, interpret: bool):

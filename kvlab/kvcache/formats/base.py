@@ -13,8 +13,9 @@ inside the Pallas kernels: ``encode_tile`` (rows to bytes and metadata), and, fo
 split of a stored value into an exact *code* and a per-row affine map, ``x = code * scale +
 zero``: ``tile_codes`` turns the bytes into codes (small integers or fp8 values, exact in the
 ``code_dtype``) and ``tile_affine`` gives each row's (scale, zero). The reference applies the map
-(``decode_tile``); a kernel folds it into its matrix products instead (``q . k = scale * (q .
-code) + zero * sum(q)``), so a tile costs an unpack and no per-element conversion. The head
+(``decode_tile``); a kernel applies it in the code dtype or folds a per-layer scale into its
+matrix products (``q . k = scale * (q . code)``), so a tile costs an unpack and no per-element
+conversion instruction. The head
 dimension travels as ``tile_parts`` contiguous parts (int4 packs element ``j`` and ``j + D/2``
 into one byte, so a byte tile unpacks into two halves without an interleave), and the per-token
 metadata as a tuple of ``meta_width`` vectors.

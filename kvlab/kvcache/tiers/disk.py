@@ -33,10 +33,7 @@ from kvlab.kvcache.tiers.array_tier import ArrayTier, check_num_pages, record_sp
 
 
 def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
+    pathlib.Path(path).unlink(missing_ok=True)
 
 
 def _page_file(directory: pathlib.Path, nbytes: int) -> str:
