@@ -7,11 +7,13 @@ English prose that Python itself ships (the reference documentation in the stand
 * greedy agreement: tokens of ``--max-tokens``-token greedy completions of the demo's chat prompts
   that match plain KV's, position by position up to the first difference and in total.
 
-Every format goes through ``model.dense_logits(..., kv_format=...)``: each K/V row is encoded and
-decoded exactly as a cache in that format stores it (formats with per-token scales store nothing
-else; fp8 uses static scales of 1.0, vLLM's default when a checkpoint has none).
+Every format goes through ``model.dense_logits(..., kv_format=...)``: each query reads K/V exactly
+as a cache in that format gives them (formats with per-token scales store nothing else; fp8 uses
+static scales of 1.0, vLLM's default when a checkpoint has none; KIVI reads each page quantized
+once the query sees it whole, in groups of 32 tokens).
 
     python benchmarks/kv_format_accuracy.py [--dtype bfloat16] [--windows 8] [--window 512]
+                                            [--formats int2 kivi2 ...]
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ import numpy as np
 import kvlab
 from kvlab.cli import DEMO_PROMPTS
 from kvlab.engine import DenseReferenceDecoder
-from kvlab.kvcache.formats import PLAIN, AsymmetricInt, Fp8E4M3, Fp8E5M2, Int4, Int8, StaticScales
+from kvlab.kvcache.formats import PLAIN, AsymmetricInt, Fp8E4M3, Fp8E5M2, Int4, Int8, Kivi, StaticScales
 
 
 def formats():
     unit = StaticScales(k=1.0, v=1.0)
-    return [PLAIN, Fp8E4M3(scales=unit), Fp8E5M2(scales=unit), Int8(), Int4(), AsymmetricInt(bits=2)]
+    return [PLAIN, Fp8E4M3(scales=unit), Fp8E5M2(scales=unit), Int8(), Int4(), AsymmetricInt(bits=2),
+            Kivi(bits=4, group_size=32), Kivi(bits=2, group_size=32)]
 
 
 def text_windows(tokenizer, n: int, length: int) -> np.ndarray:
@@ -64,12 +67,14 @@ def main():
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--formats", nargs="*", default=None, help="format names to run (plain always runs)")
     args = ap.parse_args()
     model, tok = kvlab.models.load("smollm2-135m", dtype=jnp.dtype(args.dtype))
     windows = text_windows(tok, args.windows, args.window)
     prompts = [tok.encode_chat(DEMO_PROMPTS[i % len(DEMO_PROMPTS)]) for i in range(args.prompts)]
     rows, base_logits, base_tokens = [], None, None
-    for fmt in formats():
+    chosen = [f for f in formats() if f == PLAIN or args.formats is None or f.name in args.formats]
+    for fmt in chosen:
         logits = window_logits(model, fmt, windows)
         dec = DenseReferenceDecoder(model, kv_format=fmt)
         tokens = [dec.greedy(p, args.max_tokens) for p in prompts]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 
 from kvlab.attention.batch import RaggedBatch
 from kvlab.attention.protocol import query_spec
-from kvlab.attention.reference import AttentionOptions, attend_gathered, visible_keys
+from kvlab.attention.reference import AttentionOptions, attend_gathered, token_positions, visible_keys
 from kvlab.kvcache.formats.base import PLAIN, KVFormat
 
 
@@ -22,11 +23,13 @@ from kvlab.kvcache.formats.base import PLAIN, KVFormat
 @dataclasses.dataclass(frozen=True)
 class ReferencePlan:
     """The reference's per-step plan. pages: [T, max_pages] int32, the pages of each query row's
-    sequence; visible: [T, max_pages * page_size] bool, the keys each row sees."""
+    sequence; visible: [T, max_pages * page_size] bool, the keys each row sees; whole: [T,
+    max_pages] bool, the row sees the page whole (its position is at or past the page's last)."""
 
     batch: RaggedBatch
     pages: jax.Array
     visible: jax.Array
+    whole: jax.Array
     options: AttentionOptions = dataclasses.field(metadata=dict(static=True))
 
 
@@ -66,7 +69,10 @@ class ReferenceAttention:
         """Each query row's pages and visible keys, for every layer of the step."""
         pages, visible = visible_keys(batch.cu_q_lens, batch.kv_lens, batch.page_table, batch.num_seqs,
                                       page_size=storage.page_size, num_tokens=query.shape[0], options=options)
-        return ReferencePlan(batch=batch, pages=pages, visible=visible, options=options)
+        _, pos, _ = token_positions(batch.cu_q_lens, batch.kv_lens, query.shape[0])
+        page_end = (jnp.arange(pages.shape[1], dtype=jnp.int32) + 1) * storage.page_size - 1
+        return ReferencePlan(batch=batch, pages=pages, visible=visible, whole=pos[:, None] >= page_end,
+                             options=options)
 
     def write_kv(self, storage, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array):
         """k_new, v_new: [T, Hkv, D] into flat ``slots`` [T] (negative: padding) of one layer."""
@@ -74,7 +80,8 @@ class ReferenceAttention:
 
     def run(self, q: jax.Array, storage, layer, plan: ReferencePlan) -> jax.Array:
         """q: [T, Hq, D] -> [T, Hq, D]: gather the layer's pages, score, mask, normalize."""
-        return attend_gathered(q, lambda pages: storage.gather_pages(layer, pages), plan.pages, plan.visible,
+        return attend_gathered(q, lambda pages: storage.gather_pages(layer, pages, plan.whole), plan.pages,
+                               plan.visible,
                                num_kv_heads=storage.num_kv_heads, options=plan.options)
 
     def __call__(self, q: jax.Array, storage, layer, batch: RaggedBatch,

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from kvlab.engine import page_copies
 from kvlab.engine.runner import ModelRunner
 from kvlab.engine.sampling import Sampled
 from kvlab.schedulers.plan import StepPlan
@@ -37,7 +38,7 @@ class Executor(Protocol):
     steps: int
 
     def launch(self, plan: StepPlan) -> StepFuture:
-        """Make the plan's swap copies and start its step without waiting for it; the future's
+        """Make the plan's page seals and swap copies and start its step without waiting for it; the future's
         ``result()`` gives what it sampled (tokens [>= num_rows], and log-probabilities when a
         row asked). Steps run in launch order; a plan may hold tokens that the steps launched
         before it sample (``FUTURE_TOKEN``)."""
@@ -86,12 +87,14 @@ class ModelExecutor:
         return self.runner.steps
 
     def launch(self, plan: StepPlan) -> StepFuture:
+        if plan.seals:          # full staging pages, before they are written again or read sealed
+            self.storage = page_copies.seal_pages(self.storage, plan.seals)
         if plan.swap_out:       # device -> host, before the freed pages are written again
             device, host = zip(*plan.swap_out)
-            self.host_storage[list(host)] = self.runner.read_pages(self.storage, device)
+            self.host_storage[list(host)] = page_copies.read_pages(self.storage, device)
         if plan.swap_in:        # host -> device, before the step reads them
             host, device = zip(*plan.swap_in)
-            self.storage = self.runner.write_pages(self.storage, device, self.host_storage[list(host)])
+            self.storage = page_copies.write_pages(self.storage, device, self.host_storage[list(host)])
         if plan.is_empty:
             return Ready(Sampled(np.zeros(0, np.int32)))
         future, self.storage = self.runner.run(plan, self.storage)

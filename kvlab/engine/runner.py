@@ -23,7 +23,6 @@ distinct step signatures this runner ran (a public count: a set of shape keys).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 
 import jax
@@ -106,16 +105,6 @@ _step = jax.jit(_step_impl, static_argnums=(0, 1), donate_argnums=(3, 4, 5, 8))
 _gather_page_table = jax.jit(gather_page_table, static_argnums=(3, 4))   # ``pack``: outside a step
 
 
-@jax.jit
-def _read_pages(storage, pages):
-    return storage.read_pages(pages)
-
-
-@functools.partial(jax.jit, donate_argnums=(0,))
-def _write_pages(storage, pages, data):
-    return storage.write_pages(pages, data)
-
-
 @dataclasses.dataclass(frozen=True)
 class StepSpec:
     """What a step compiles for besides the statics: its input layout, page-table columns and
@@ -194,24 +183,6 @@ class ModelRunner:
         decode_only, has_decodes = self.shapes.static_flags(decode_only=batch.decode_only,
                                                             has_decodes=batch.has_decodes)
         return views, StepSpec(layout, shape.pages, decode_only, has_decodes), shape
-
-    # ---- page copies for swapping (page counts padded to powers of two: few compilations) ----
-    @staticmethod
-    def _padded(pages, fill: int) -> np.ndarray:
-        out = np.full(next_pow2(len(pages)), fill, np.int32)
-        out[:len(pages)] = pages
-        return out
-
-    def read_pages(self, storage, pages) -> np.ndarray:
-        """Whole pages as host records [n, L, 2, P, Hkv, D] (one device-to-host transfer)."""
-        return np.asarray(_read_pages(storage, self._padded(pages, 0)))[:len(pages)]
-
-    def write_pages(self, storage, pages, data: np.ndarray):
-        """Write host records into ``pages`` of the (donated) storage."""
-        padded = self._padded(pages, storage.num_pages)         # padding rows are dropped
-        full = np.zeros((len(padded),) + data.shape[1:], data.dtype)
-        full[:len(pages)] = data
-        return _write_pages(storage, padded, full)
 
     def pack(self, plan: StepPlan) -> tuple[RaggedBatch, StepShape]:
         """The step's whole ``RaggedBatch`` as the step sees it (its page table gathered from the

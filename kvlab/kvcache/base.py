@@ -23,8 +23,8 @@ device copy. ``pages(seq_id)`` is that row's entries in use: token ``j`` lives i
 
 Optional parts with defaults: ``host_tier`` and swapping (``can_swap_out`` / ``swap_out`` /
 ``can_swap_in`` / ``swap_in``: preemption by swap), ``max_step_tokens`` (a cap on the new tokens
-of one sequence per step), ``reset_prefix_cache``, and the checks ``validate_request``,
-``attention_options``, ``max_table_pages``.
+of one sequence per step), ``reset_prefix_cache``, ``drain_seals`` (KIVI's staging pages), and
+the checks ``validate_request``, ``attention_options``, ``max_table_pages``.
 """
 
 from __future__ import annotations
@@ -146,6 +146,11 @@ class KVCache(abc.ABC):
         already launched (steps run in order), so prefix caches may index it.
         ``token_ids`` may be any sliceable sequence; only the new part is read."""
         return None
+
+    def drain_seals(self) -> list[tuple[int, int]]:
+        """(staging, sealed) page pairs to seal before the next step, taken out of the cache
+        (``kvlab.kvcache.staging``; none for caches whose pages are written in place)."""
+        return []
 
     def match_prefix(self, token_ids, *, salt=None) -> int:
         """How many leading tokens of ``token_ids`` are cached now (no side effects: no

@@ -33,6 +33,7 @@ class BlockedKVCache(PagedKVCache):
         super().__init__(num_pages=num_blocks, page_size=block_tokens, prefix_caching=prefix_caching,
                          eviction=eviction, block_hasher=block_hasher, host_tier=host_tier,
                          kv_format=kv_format)
+        self.writes.check_cache("BlockedKVCache")
 
     @classmethod
     def for_tokens(cls, tokens: int, *, block_tokens: int = 64, **kwargs) -> BlockedKVCache:

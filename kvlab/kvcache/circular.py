@@ -50,6 +50,7 @@ class CircularKVCache(KVCache):
                  max_step_tokens: int | None = None, kv_format: KVFormat = PLAIN):
         check_power_of_two("page_size", page_size)
         self.kv_format = kv_format
+        kv_format.page_writes(num_pages=1, page_size=page_size).check_cache("CircularKVCache")
         if window < 1:
             raise ValueError(f"window must be >= 1 token, got {window}")
         if num_sink_tokens < 0:

@@ -43,6 +43,7 @@ class ContiguousKVCache(KVCache):
                  kv_format: KVFormat = PLAIN):
         check_power_of_two("page_size", page_size)
         self.kv_format = kv_format
+        kv_format.page_writes(num_pages=1, page_size=page_size).check_cache("ContiguousKVCache")
         if max_seq_len < 1 or max_seq_len % page_size:
             raise ValueError(f"max_seq_len must be a positive multiple of page_size={page_size}, "
                              f"got {max_seq_len}")

@@ -97,6 +97,7 @@ class PagedKVCache(SwappablePoolCache):
         seq = self._seqs.get(seq_id)
         if seq is None or num_computed // self.page_size <= seq.num_indexed:
             return                                  # no page filled since (most steps)
+        seq.num_computed = max(seq.num_computed, num_computed)
         full = min(num_computed // self.page_size, self._num_pages(seq))
         if full <= seq.num_indexed:
             return
@@ -104,11 +105,23 @@ class PagedKVCache(SwappablePoolCache):
             parent = seq.block_hashes[-1] if seq.block_hashes else self.hasher.root(seq.salt)
             seq.block_hashes += chain_hashes(self.hasher, parent, token_ids, self.page_size,
                                              len(seq.block_hashes), full)
+        self._index(seq, self.writes.sealed_prefix(seq_id, full))   # staged pages: once sealed
+
+    def _index(self, seq: SeqState, full: int) -> None:
+        """Index the sequence's pages ``num_indexed .. full - 1`` (their hashes known)."""
+        if full <= seq.num_indexed:
+            return
         pages = self._row(seq)[seq.num_indexed:full].tolist()
         for i, page in enumerate(pages, start=seq.num_indexed):
             if self.index.insert(seq.block_hashes[i], page, i, self.clock, seq.priority):
                 self.allocator.incref([page])      # the index's own reference
         seq.num_indexed = full
+
+    def _before_release(self, seq_id, seq: SeqState) -> None:
+        if self.index is not None:     # full staged pages are sealed so that they can be reused
+            full = min(len(seq.block_hashes), seq.num_computed // self.page_size)
+            self.writes.seal(seq_id, full, self.block_table, seq.row)
+            self._index(seq, self.writes.sealed_prefix(seq_id, full))
 
     def _after_release(self, pages: list[int]) -> None:
         if self.index is None:

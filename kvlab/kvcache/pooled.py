@@ -24,7 +24,6 @@ from kvlab.kvcache.block_table import BlockTable
 from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.kvcache.ledger import MemoryBreakdown, MemoryLedger
 from kvlab.kvcache.pool import OutOfPagesError, PageAllocator
-from kvlab.kvcache.quantized_storage import paged_storage
 
 
 def check_power_of_two(name: str, value: int) -> None:
@@ -65,6 +64,9 @@ class PagePoolCache(KVCache):
         self.page_size = page_size
         self.kv_format = kv_format
         self.allocator = PageAllocator(num_pages)
+        self.writes = kv_format.page_writes(num_pages=num_pages, page_size=page_size)  # in place, or staged
+        if host_tier is not None:
+            self.writes.check_host_tier()
         self.host_tier = host_tier
         self.block_table = BlockTable()
         self._seqs: dict[object, SeqState] = {}
@@ -152,7 +154,17 @@ class PagePoolCache(KVCache):
         seq = self._seqs.get(seq_id)
         if seq is not None and num_tokens <= self.block_table.num_pages.item(seq.row) * self.page_size:
             return True                                   # fits its last page (most decodes)
-        return self._pages_needed(seq, num_tokens) <= self.num_available_pages()
+        need = self._pages_needed(seq, num_tokens)
+        full = seq.num_tokens // self.page_size if seq is not None else 0
+        return need <= self.num_available_pages() and need <= self.writes.num_free(seq_id, full)
+
+    def drain_seals(self) -> list[tuple[int, int]]:
+        return self.writes.drain()
+
+    def validate_request(self, *, prompt_tokens: int, step_tokens: int, total_tokens: int) -> None:
+        super().validate_request(prompt_tokens=prompt_tokens, step_tokens=step_tokens,
+                                 total_tokens=total_tokens)
+        self.writes.check_step(step_tokens)
 
     def _check_room(self, seq_id, need: int) -> None:
         """Raise OutOfPagesError, changing nothing, unless ``need`` pages can be found."""
@@ -168,6 +180,8 @@ class PagePoolCache(KVCache):
 
     def allocate(self, seq_id, num_tokens: int) -> None:
         seq, size = self._seqs.get(seq_id), self.page_size
+        if seq is not None:         # pages filled by the steps planned so far can be sealed now
+            self.writes.seal(seq_id, seq.num_tokens // size, self.block_table, seq.row)
         if seq is not None and seq.started and not seq.host_pages and seq.num_tokens <= num_tokens:
             have = self.block_table.num_pages.item(seq.row)
             if num_tokens <= have * size:                 # fits its pages (most decodes)
@@ -185,12 +199,13 @@ class PagePoolCache(KVCache):
         need = max(0, -(-num_tokens // self.page_size) - have)
         if need:
             self._check_room(seq_id, need)
+            self.writes.check_room(seq_id, need)
         if seq is None:
             seq = self._new_seq(seq_id)
         if not seq.started:
             self._start(seq)
         if need:
-            self.block_table.append(seq.row, self._take_pages(need))
+            self.block_table.append(seq.row, self.writes.place(seq_id, have, self._take_pages(need)))
         seq.num_tokens = num_tokens
         self._update_ledger(seq_id, seq, have + need)
 
@@ -222,6 +237,7 @@ class PagePoolCache(KVCache):
         else:
             self.clock += 1
             self._before_release(seq_id, seq)
+            self.writes.release(seq_id, self.block_table, seq.row)    # staged pages: unsealed
             if seq.host_pages:              # aborted while swapped out: its host pages go back
                 self.host_tier.allocator.decref(seq.host_pages)
             else:
@@ -269,6 +285,6 @@ class PagePoolCache(KVCache):
                             memory=self.ledger.breakdown() if detailed else MemoryBreakdown())
 
     def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype):
-        return paged_storage(self.kv_format, num_layers=num_layers, num_pages=self.allocator.num_pages,
-                             page_size=self.page_size, num_kv_heads=num_kv_heads, head_dim=head_dim,
-                             dtype=dtype)
+        return self.writes.storage(self.kv_format, num_layers=num_layers, num_pages=self.allocator.num_pages,
+                                   page_size=self.page_size, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                                   dtype=dtype)

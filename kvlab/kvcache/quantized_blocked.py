@@ -81,7 +81,7 @@ class QuantizedBlockedKVStorage:
         return dataclasses.replace(self, blocks=blocks, meta=meta[0] if meta else self.meta,
                                    layer_scales=layer_scales)
 
-    def gather_pages(self, layer, pages: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def gather_pages(self, layer, pages: jax.Array, whole=None) -> tuple[jax.Array, jax.Array]:
         """Dequantized K and V of ``pages`` in one layer: each ``[*pages.shape, P, Hkv, D]``."""
         fmt, scales = self.kv_format, self.layer_scales[layer]
         data, meta = self.blocks[pages, layer], self.meta[pages, layer]          # [..., 2, P, Hkv, X]

@@ -135,7 +135,7 @@ class QuantizedPagedKVStorage:
         k_meta, v_meta = meta or (self.k_meta, self.v_meta)
         return dataclasses.replace(self, k=k, v=v, k_meta=k_meta, v_meta=v_meta, layer_scales=layer_scales)
 
-    def gather_pages(self, layer, pages: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def gather_pages(self, layer, pages: jax.Array, whole=None) -> tuple[jax.Array, jax.Array]:
         """Dequantized K and V of ``pages`` in one layer: each ``[*pages.shape, P, Hkv, D]``."""
         fmt, scales = self.kv_format, self.layer_scales[layer]
         k = fmt.decode(self.k[layer, pages], self.k_meta[layer, pages], scales[0], self.dtype)

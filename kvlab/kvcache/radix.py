@@ -37,6 +37,7 @@ class RadixKVCache(SwappablePoolCache):
     def __init__(self, *, num_pages: int, page_size: int = 1, eviction=None, host_tier=None,
                  kv_format: KVFormat = PLAIN):
         super().__init__(num_pages=num_pages, page_size=page_size, host_tier=host_tier, kv_format=kv_format)
+        self.writes.check_cache("RadixKVCache")
         self.tree = RadixTree(page_size, eviction or LRU())
         self._pending: dict[int, SeqState] = {}     # admitted, not started: they hold, unsplit
 

@@ -72,8 +72,11 @@ class KVStorage(Protocol):
         """The same storage holding ``arrays`` (same shapes, as returned by a kernel)."""
         ...
 
-    def gather_pages(self, layer, pages: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """K and V of ``pages`` (any int shape) in one layer: each ``[*pages.shape, P, Hkv, D]``."""
+    def gather_pages(self, layer, pages: jax.Array, whole=None) -> tuple[jax.Array, jax.Array]:
+        """K and V of ``pages`` (any int shape) in one layer: each ``[*pages.shape, P, Hkv, D]``.
+        ``whole`` (bool, ``pages``' shape, optional): the reading query sees the page whole; a
+        format that keeps unfilled pages in full precision (KIVI) then reads them as they will be
+        sealed. Per-token formats ignore it."""
         ...
 
     def write(self, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array) -> KVStorage:
@@ -161,7 +164,7 @@ class PagedKVStorage:
         """The storage holding ``arrays`` = (k, v)."""
         return PagedKVStorage(k=arrays[0], v=arrays[1])
 
-    def gather_pages(self, layer, pages: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def gather_pages(self, layer, pages: jax.Array, whole=None) -> tuple[jax.Array, jax.Array]:
         """K and V of ``pages`` (any int shape) in one layer: each ``[*pages.shape, P, Hkv, D]``."""
         return self.k[layer, pages], self.v[layer, pages]
 
@@ -259,7 +262,7 @@ class BlockedKVStorage:
         """The storage holding ``arrays`` = (blocks,)."""
         return BlockedKVStorage(blocks=arrays[0])
 
-    def gather_pages(self, layer, pages: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def gather_pages(self, layer, pages: jax.Array, whole=None) -> tuple[jax.Array, jax.Array]:
         """K and V of ``pages`` (any int shape) in one layer: each ``[*pages.shape, P, Hkv, D]``."""
         return self.blocks[pages, layer, 0], self.blocks[pages, layer, 1]
 

@@ -68,11 +68,18 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
 
 
-def dense_causal_attention(q, k, v, options: AttentionOptions):
-    """One sequence, no cache. q: [N, Hq, D], k, v: [N, Hkv, D] -> [N, Hq, D]."""
+def dense_causal_attention(q, k, v, options: AttentionOptions, stored=None):
+    """One sequence, no cache. q: [N, Hq, D], k, v: [N, Hkv, D] -> [N, Hq, D]. ``stored``: a KV
+    format's ``dense_view`` ``(k_stored, v_stored, stored_from [N])``: query ``i`` reads key ``j``
+    from ``k_stored``/``v_stored`` iff ``i >= stored_from[j]``."""
     n, hkv = q.shape[0], k.shape[1]
     qg = rearrange(q, "i (k g) d -> i k g d", k=hkv).astype(jnp.float32)
     scores = jnp.einsum("ikgd,jkd->kgij", qg, k.astype(jnp.float32)) * options.sm_scale
+    if stored is not None:
+        k_st, v_st, stored_from = stored
+        use = jnp.arange(n)[:, None] >= stored_from[None, :]                     # [i, j]
+        scores = jnp.where(use, jnp.einsum("ikgd,jkd->kgij", qg, k_st.astype(jnp.float32)) * options.sm_scale,
+                           scores)
     if options.soft_cap is not None:
         scores = options.soft_cap * jnp.tanh(scores / options.soft_cap)
     i = jnp.arange(n)[:, None]
@@ -85,7 +92,11 @@ def dense_causal_attention(q, k, v, options: AttentionOptions):
         mask = mask & keep
     scores = jnp.where(mask, scores, -jnp.inf)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("kgij,jkd->ikgd", probs, v.astype(jnp.float32))
+    if stored is None:
+        out = jnp.einsum("kgij,jkd->ikgd", probs, v.astype(jnp.float32))
+    else:
+        out = (jnp.einsum("kgij,jkd->ikgd", jnp.where(use, probs, 0.0), v_st.astype(jnp.float32))
+               + jnp.einsum("kgij,jkd->ikgd", jnp.where(use, 0.0, probs), v.astype(jnp.float32)))
     return rearrange(out, "i k g d -> i (k g) d").astype(q.dtype)
 
 
@@ -186,8 +197,8 @@ class LlamaModel(nnx.Module):
     def dense_logits(self, tokens: jax.Array, options: AttentionOptions | None = None,
                      kv_format: KVFormat = PLAIN) -> jax.Array:
         """No-cache forward of one sequence. tokens: [N] -> logits [N, V] float32. With a
-        ``kv_format``, every K/V row goes through its encode and decode first, as a cache in that
-        format would store it (formats whose scales are static: ``initial_layer_scales``)."""
+        ``kv_format``, each query reads K/V as a cache in that format would give them
+        (``kv_format.dense_view``; formats whose scales are static: ``initial_layer_scales``)."""
         options = options or self.attention_options
         x = self.embed[...][tokens]
         c = self.config
@@ -197,13 +208,9 @@ class LlamaModel(nnx.Module):
                              f"stores; the dense reference needs static scales (e.g. StaticScales)")
         scales = jnp.asarray(scales)
 
-        def stored(x, scale):
-            return kv_format.decode(*kv_format.encode(x, scale), scale, x.dtype)
-
         def mix(q, k, v, layer, state):
-            if kv_format != PLAIN:
-                k, v = stored(k, scales[layer, 0]), stored(v, scales[layer, 1])
-            return dense_causal_attention(q, k, v, options), state
+            stored = None if kv_format == PLAIN else kv_format.dense_view(k, v, scales[layer])
+            return dense_causal_attention(q, k, v, options, stored), state
 
         h, _ = self._layers(x, jnp.arange(tokens.shape[0], dtype=jnp.int32), mix, ())
         return self._logits(h)

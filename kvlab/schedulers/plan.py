@@ -132,13 +132,15 @@ class StepTable:
 @dataclasses.dataclass(frozen=True)
 class StepPlan:
     """What runs this step (preemptions already applied to the cache). ``swap_out`` copies must be
-    made before the step runs, and so must ``swap_in`` ones. Sequences are in ascending ``row``
+    made before the step runs, and so must ``swap_in`` ones and ``seals`` (full staging pages
+    quantized into their sealed pages: ``kvlab.kvcache.staging``). Sequences are in ascending ``row``
     order; ``table`` is None only for an empty plan."""
 
     seqs: list[ScheduledSeq]
     preempted: list[Request] = dataclasses.field(default_factory=list)
     swap_out: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (device, host) page
     swap_in: list[tuple[int, int]] = dataclasses.field(default_factory=list)   # (host, device) page
+    seals: list[tuple[int, int]] = dataclasses.field(default_factory=list)     # (staging, sealed) page
     table: StepTable | None = None
 
     @classmethod
@@ -157,7 +159,8 @@ class StepPlan:
                 req.num_pending += 1
             known = len(req.prompt_token_ids) + len(req.output_token_ids)
             commit(req.request_id, req.tokens, computed if computed < known else known)
-        return cls(seqs=seqs, table=StepTable.build(cache, seqs) if seqs else None, **copies)
+        return cls(seqs=seqs, table=StepTable.build(cache, seqs) if seqs else None, seals=cache.drain_seals(),
+                   **copies)
 
     @functools.cached_property
     def num_tokens(self) -> int:

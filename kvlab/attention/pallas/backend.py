@@ -182,7 +182,13 @@ class PallasAttention:
 def check_kernel_format(kv_format: KVFormat, *, head_dim: int, interpret: bool) -> None:
     """Raise a ValueError naming the limit where the kernels cannot read ``kv_format``: each of
     its parts of the head dimension feeds a matrix multiply of at least 16 columns, and fp8
-    elements need an NVIDIA GPU of compute capability 8.9 or newer (Ada, Hopper)."""
+    elements need an NVIDIA GPU of compute capability 8.9 or newer (Ada, Hopper). The kernels read
+    per-token formats (the ``KVFormat`` tile contract); a page-group format such as KIVI is
+    read by the reference backend."""
+    if not isinstance(kv_format, KVFormat):
+        raise ValueError(f"the Pallas kernels read per-token KV formats (plain, fp8, int8, int4); "
+                         f"{kv_format.name} KV quantizes keys over whole pages and is read by "
+                         f"ReferenceAttention() for now")
     width = head_dim // kv_format.tile_parts
     if width < 16:
         raise ValueError(f"the Pallas kernels read {kv_format.name} KV in {kv_format.tile_parts} parts of "

@@ -28,15 +28,19 @@ their original storage classes, unchanged.
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol
+import math
+from typing import Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kvlab.kvcache.staging import InPlaceWrites
+
 META_DTYPE = jnp.float16          # per-token scales and zero points (LMDeploy stores half2)
 
 
+@runtime_checkable
 class KVFormat(Protocol):
     """How K/V rows are encoded in the pages. Shapes: ``x [..., Hkv, D]``; ``data [..., Hkv,
     packed_dim(D)]``; ``meta [..., Hkv, meta_width]``; ``layer_scale [Hkv]`` float32."""
@@ -95,6 +99,21 @@ class KVFormat(Protocol):
         ``[...]``, or None for 1 and 0): ``x = code * scale + zero``."""
         ...
 
+    def token_bytes(self, *, head_dim: int, model_dtype) -> float:
+        """Bytes of one token's K and V of one KV head and layer, metadata included."""
+        ...
+
+    def dense_view(self, k: jax.Array, v: jax.Array, layer_scale: jax.Array):
+        """One sequence's rows ``k, v [N, Hkv, D]`` as a dense reference reads them from a cache
+        in this format: ``(k_stored, v_stored, stored_from [N] int32)``, query ``i`` reading key
+        ``j`` as stored iff ``i >= stored_from[j]`` (else as given); ``layer_scale [2, Hkv]``."""
+        ...
+
+    def page_writes(self, *, num_pages: int, page_size: int):
+        """The host half of writing pages (``kvlab.kvcache.staging``): ``InPlaceWrites`` for a
+        per-token format."""
+        ...
+
 
 def decode_tile(fmt: KVFormat, data: jax.Array, meta: tuple[jax.Array, ...], layer_scale,
                 dtype) -> tuple[jax.Array, ...]:
@@ -131,15 +150,33 @@ def stack_meta(meta: tuple[jax.Array, ...], lead: tuple[int, ...]) -> jax.Array:
     return jnp.stack(meta, axis=-1).astype(META_DTYPE)
 
 
-def bytes_per_token(fmt: KVFormat, *, num_layers: int, num_kv_heads: int, head_dim: int, model_dtype) -> int:
-    """True bytes one token's K and V take in the pages, over all layers (data and metadata)."""
-    data = fmt.packed_dim(head_dim) * jnp.dtype(fmt.data_dtype(model_dtype)).itemsize
-    meta = fmt.meta_width * jnp.dtype(META_DTYPE).itemsize
-    return 2 * num_layers * num_kv_heads * (data + meta)
+def bytes_per_token(fmt, *, num_layers: int, num_kv_heads: int, head_dim: int, model_dtype) -> int:
+    """True bytes one token's K and V take in the pages, over all layers (data and metadata;
+    ``fmt.token_bytes`` per layer and KV head), rounded up."""
+    return math.ceil(num_layers * num_kv_heads * fmt.token_bytes(head_dim=head_dim, model_dtype=model_dtype))
+
+
+class RowFormat:
+    """What every per-token format (each K/V row encoded on its own, when written) shares: pages
+    written in place, bytes counted per row, and a dense view that reads every row as stored."""
+
+    def page_writes(self, *, num_pages: int, page_size: int) -> InPlaceWrites:
+        return InPlaceWrites()
+
+    def token_bytes(self, *, head_dim: int, model_dtype) -> int:
+        """The packed data plus ``meta_width`` float16 values, each for K and for V."""
+        data = self.packed_dim(head_dim) * jnp.dtype(self.data_dtype(model_dtype)).itemsize
+        return 2 * (data + self.meta_width * jnp.dtype(META_DTYPE).itemsize)
+
+    def dense_view(self, k, v, layer_scale):
+        """Every row encoded and decoded, read so by every query."""
+        def stored(x, scale):
+            return self.decode(*self.encode(x, scale), scale, x.dtype)
+        return stored(k, layer_scale[0]), stored(v, layer_scale[1]), jnp.zeros(k.shape[0], jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Plain:
+class Plain(RowFormat):
     """The model's own dtype (bf16, f16 or f32): no encoding. The default.
 
     Examples:
@@ -185,6 +222,9 @@ class Plain:
 
     def tile_affine(self, meta, layer_scale):
         return None, None
+
+    def dense_view(self, k, v, layer_scale):
+        return k, v, jnp.zeros(k.shape[0], jnp.int32)
 
 
 PLAIN = Plain()

@@ -20,7 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kvlab.kvcache.formats.base import decode_rows_by_tiles, encode_rows_by_tiles, exact_code_dtype
+from kvlab.kvcache.formats.base import (
+    RowFormat,
+    decode_rows_by_tiles,
+    encode_rows_by_tiles,
+    exact_code_dtype,
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -80,7 +85,7 @@ class CalibratedScales:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Fp8:
+class Fp8(RowFormat):
     """8-bit float KV with per-layer scales; ``Fp8E4M3`` and ``Fp8E5M2`` name the element type."""
 
     scales: StaticScales | CalibratedScales = CalibratedScales()

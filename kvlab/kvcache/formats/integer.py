@@ -23,6 +23,7 @@ import numpy as np
 
 from kvlab.kvcache.formats.base import (
     META_DTYPE,
+    RowFormat,
     decode_rows_by_tiles,
     encode_rows_by_tiles,
     exact_code_dtype,
@@ -30,7 +31,7 @@ from kvlab.kvcache.formats.base import (
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class AsymmetricInt:
+class AsymmetricInt(RowFormat):
     """Per token-and-head asymmetric ``bits``-bit integers (8, 4 or 2), packed into uint8."""
 
     bits: int = 8

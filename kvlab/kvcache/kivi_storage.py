@@ -1,0 +1,141 @@
+"""The device half of a KIVI cache (``kvlab.kvcache.formats.Kivi``): sealed pages, quantized as
+KIVI stores them, and a pool of full-precision *staging* pages for pages not yet full.
+
+Page ids share one space: ``[0, N)`` are sealed pages, ``[N, N + R)`` the staging pages (staging
+page ``r`` is id ``N + r``). New tokens are always written to staging pages; once a page is full
+and the step that filled it has run, the host cache *seals* it (``seal_pages``: quantize a staging
+page into a sealed one, keys per channel over the page) and points the sequence's page table at the
+sealed id. Arrays:
+
+* ``k, v``: ``[L, N, P, Hkv, packed_dim]`` uint8 codes of sealed pages;
+* ``k_meta``: ``[L, N, Hkv, 2, D]`` float16 per-channel key scale and zero point of each page;
+* ``v_meta``: ``[L, N, P, Hkv, 2]`` float16 per-token value scale and zero point;
+* ``stage_k, stage_v``: ``[L, R, P, Hkv, D]`` in the model's dtype.
+
+``gather_pages(layer, pages, whole)`` reads sealed pages decoded and staging pages in full
+precision, except where ``whole`` says the reading query sees the page whole: then as the page
+will be stored once sealed (the format's read rule), so a page reads the same before and after
+sealing. Sealed pages are never written in place, which is why this storage has no per-token
+kernels yet (the Pallas backend refuses the format) and no host-tier records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from kvlab.kvcache.formats.base import META_DTYPE
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KiviPagedKVStorage:
+    """Sealed KIVI pages plus full-precision staging pages (shapes in the module docstring).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from kvlab.kvcache.formats import Kivi
+        >>> s = KiviPagedKVStorage.zeros(Kivi(group_size=4, staging_pages=2), num_layers=1, num_pages=3,
+        ...                              page_size=4, num_kv_heads=1, head_dim=8, dtype=jnp.float32)
+        >>> x = jnp.linspace(-1, 1, 32).reshape(4, 1, 8)
+        >>> s = s.write(0, x, x, jnp.arange(12, 16))              # staging page 0 is id 3
+        >>> k, _ = s.gather_pages(0, jnp.array([3]))             # full precision until sealed
+        >>> s = s.seal_pages(jnp.array([3]), jnp.array([1]))
+        >>> k_sealed, _ = s.gather_pages(0, jnp.array([1]))
+        >>> bool((k == x).all()), s.k.dtype, float(abs(k_sealed[0] - x).max()) < 0.1
+        (True, dtype('uint8'), True)
+    """
+
+    k: jax.Array
+    v: jax.Array
+    k_meta: jax.Array
+    v_meta: jax.Array
+    stage_k: jax.Array
+    stage_v: jax.Array
+    kv_format: Any = dataclasses.field(metadata=dict(static=True))
+
+    @classmethod
+    def zeros(cls, kv_format, *, num_layers: int, num_pages: int, page_size: int, num_kv_heads: int,
+              head_dim: int, dtype) -> KiviPagedKVStorage:
+        """``num_pages`` sealed pages and ``kv_format.staging_pages`` staging pages."""
+        kv_format.check(num_kv_heads=num_kv_heads, head_dim=head_dim)
+        kv_format.check_page_size(page_size)
+        rows = (num_layers, num_pages, page_size, num_kv_heads)
+        stage = (num_layers, kv_format.staging_pages, page_size, num_kv_heads, head_dim)
+
+        def codes():                        # separate buffers: the step donates each one
+            return jnp.zeros((*rows, kv_format.packed_dim(head_dim)), jnp.uint8)
+        return cls(k=codes(), v=codes(),
+                   k_meta=jnp.zeros((num_layers, num_pages, num_kv_heads, 2, head_dim), META_DTYPE),
+                   v_meta=jnp.zeros((*rows, 2), META_DTYPE),
+                   stage_k=jnp.zeros(stage, dtype), stage_v=jnp.zeros(stage, dtype), kv_format=kv_format)
+
+    @property
+    def page_size(self) -> int:
+        return self.k.shape[2]
+
+    @property
+    def num_sealed(self) -> int:
+        """Sealed pages ``N``: ids below it are sealed, ids from it on are staging pages."""
+        return self.k.shape[1]
+
+    @property
+    def num_pages(self) -> int:
+        """The page-id space: sealed and staging pages."""
+        return self.num_sealed + self.stage_k.shape[1]
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.k.shape[3]
+
+    @property
+    def dtype(self):
+        return self.stage_k.dtype
+
+    def calibrate(self, layer, k_new, v_new, slots) -> KiviPagedKVStorage:
+        """KIVI needs no calibration."""
+        return self
+
+    def write(self, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array) -> KiviPagedKVStorage:
+        """k_new, v_new: [T, Hkv, D] into flat ``slots`` [T] of staging pages (``page * page_size +
+        offset``, page ``>= num_sealed``); negative slots (padding) and slots of sealed pages are
+        dropped: a sealed page is never written in place."""
+        page = slots // self.page_size - self.num_sealed
+        staged = (slots >= 0) & (page >= 0)
+        at = (layer, jnp.where(staged, page, self.stage_k.shape[1]),
+              jnp.where(staged, slots % self.page_size, 0))
+        k_new, v_new = k_new.astype(self.dtype), v_new.astype(self.dtype)
+        return dataclasses.replace(self, stage_k=self.stage_k.at[at].set(k_new, mode="drop"),
+                                   stage_v=self.stage_v.at[at].set(v_new, mode="drop"))
+
+    def seal_pages(self, src: jax.Array, dst: jax.Array) -> KiviPagedKVStorage:
+        """Quantize full staging pages ``src [n]`` (ids ``>= num_sealed``) into sealed pages ``dst
+        [n]``, every layer; pairs with ``dst`` out of range (``>= num_sealed``) are padding."""
+        fmt = self.kv_format
+        r = jnp.clip(src - self.num_sealed, 0, self.stage_k.shape[1] - 1)
+        k_data, k_meta, v_data, v_meta = fmt.encode_group(self.stage_k[:, r], self.stage_v[:, r])
+
+        def put(arr, new):
+            return arr.at[:, dst].set(new, mode="drop")
+        return dataclasses.replace(self, k=put(self.k, k_data), v=put(self.v, v_data),
+                                   k_meta=put(self.k_meta, k_meta), v_meta=put(self.v_meta, v_meta))
+
+    def gather_pages(self, layer, pages: jax.Array, whole: jax.Array | None = None):
+        """K and V of ``pages`` (any int shape) in one layer, each ``[*pages.shape, P, Hkv, D]``:
+        sealed pages decoded; staging pages in full precision, or round-tripped through the
+        format where ``whole`` (bool, ``pages``' shape) says the reader sees the page whole."""
+        fmt, n = self.kv_format, self.num_sealed
+        s = jnp.clip(pages, 0, n - 1)
+        k, v = fmt.decode_group(self.k[layer, s], self.k_meta[layer, s], self.v[layer, s],
+                                self.v_meta[layer, s], self.dtype)
+        r = jnp.clip(pages - n, 0, self.stage_k.shape[1] - 1)
+        sk, sv = self.stage_k[layer, r], self.stage_v[layer, r]
+        if whole is not None:
+            qk, qv = fmt.round_trip(sk, sv, self.dtype)
+            w = whole[..., None, None, None]
+            sk, sv = jnp.where(w, qk, sk), jnp.where(w, qv, sv)
+        sealed = (pages < n)[..., None, None, None]
+        return jnp.where(sealed, k, sk), jnp.where(sealed, v, sv)
