@@ -120,8 +120,8 @@ class PagedKVCache(SwappablePoolCache):
     def _before_release(self, seq_id, seq: SeqState) -> None:
         if self.index is not None:     # full staged pages are sealed so that they can be reused
             full = min(len(seq.block_hashes), seq.num_computed // self.page_size)
-            self.writes.seal(seq_id, full, self.block_table, seq.row)
-            self._index(seq, self.writes.sealed_prefix(seq_id, full))
+            if self.writes.seal(seq_id, full, self.block_table, seq.row):      # (in-place: none)
+                self._index(seq, self.writes.sealed_prefix(seq_id, full))
 
     def _after_release(self, pages: list[int]) -> None:
         if self.index is None:
