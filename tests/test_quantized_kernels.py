@@ -150,5 +150,5 @@ def test_the_tuned_table_picks_tiles_per_kv_format():
     batch = dict(num_seqs=64, num_kv_heads=8, max_kv_len=4096, num_sms=132)
     blocks = {name: tuned_decode("NVIDIA H200", DecodeShape(kv_format=name, **batch)).block_k
               for name in ("plain", "fp8-e4m3fn", "int8", "int4")}
-    assert blocks == {"plain": 16, "fp8-e4m3fn": 128, "int8": 32, "int4": 32}
+    assert blocks == {"plain": 16, "fp8-e4m3fn": 128, "int8": 128, "int4": 128}
     assert tuned_decode("NVIDIA H100", DecodeShape(kv_format="int8", **batch)).block_k == 64   # generic

@@ -46,12 +46,13 @@ class KVLayout(Protocol):
         ...
 
     def k_meta_ref(self, refs):
-        """The ref of the per-token metadata of K (rows numbered as ``k_rows``), or None where the
-        pages hold plain values (a format with ``meta_width`` 0 never asks)."""
+        """The ref of the per-token metadata words of K (rows numbered as ``k_meta_rows`` of a
+        ``QuantizedLayout``), or None where the pages hold plain values (a format with
+        ``meta_width`` 0 never asks)."""
         ...
 
     def v_meta_ref(self, refs):
-        """The ref of the per-token metadata of V (rows numbered as ``v_rows``), or None."""
+        """The ref of the per-token metadata words of V, or None."""
         ...
 
     def scales_ref(self, refs):
@@ -89,6 +90,11 @@ class PagedLayout:
     def v_rows(self, layer, pages, offsets, head):
         """Row numbers (in ``v_ref``: the V array, same shape as K) of the V of those tokens."""
         return self.k_rows(layer, pages, offsets, head)
+
+    def head_major_rows(self, which: int, layer, pages, offsets, head):
+        """Rows of an array laid out ``[L, N, Hkv, P, ...]`` (one per K and V, ``which`` unused):
+        a head's consecutive tokens in a page are consecutive rows."""
+        return ((layer * self.num_pages + pages) * self.num_kv_heads + head) * self.page_size + offsets
 
     @staticmethod
     def k_ref(refs):
@@ -136,6 +142,12 @@ class BlockedLayout:
         """V sits one page of rows after K in the same block."""
         return self.k_rows(layer, pages, offsets, head) + self.page_size * self.num_kv_heads
 
+    def head_major_rows(self, which: int, layer, pages, offsets, head):
+        """Rows of an array laid out ``[N, L, 2, Hkv, P, ...]``: K (``which=0``) or V (1), a
+        head's consecutive tokens in a block being consecutive rows."""
+        return ((((pages * self.num_layers + layer) * 2 + which) * self.num_kv_heads + head) * self.page_size
+                + offsets)
+
     @staticmethod
     def k_ref(refs):
         """K and V share the one array."""
@@ -162,9 +174,9 @@ class BlockedLayout:
 @dataclasses.dataclass(frozen=True)
 class QuantizedLayout:
     """A quantized storage's arrays: the data arrays of ``rows`` (a ``PagedLayout`` or
-    ``BlockedLayout``, ``num_data`` arrays), then the same number of metadata arrays with the same
-    row numbering (none for a format without metadata, which never asks for them), then
-    ``layer_scales [L, 2, Hkv]``.
+    ``BlockedLayout``, ``num_data`` arrays), then the same number of metadata arrays of 32-bit
+    words, head-major within a page (``k_meta_rows``; none for a format without metadata, which
+    never asks for them), then ``layer_scales [L, 2, Hkv]``.
 
     Examples:
         >>> layout = QuantizedLayout(PagedLayout(num_pages=4, page_size=8, num_kv_heads=2), num_data=2)
@@ -195,6 +207,14 @@ class QuantizedLayout:
 
     def v_ref(self, refs):
         return self.rows.v_ref(refs)
+
+    def k_meta_rows(self, layer, pages, offsets, head):
+        """Rows of the K metadata words (head-major within a page, see ``head_major_rows``)."""
+        return self.rows.head_major_rows(0, layer, pages, offsets, head)
+
+    def v_meta_rows(self, layer, pages, offsets, head):
+        """Rows of the V metadata words."""
+        return self.rows.head_major_rows(1, layer, pages, offsets, head)
 
     def k_meta_ref(self, refs):
         return self.rows.k_ref(refs[self.num_data:])

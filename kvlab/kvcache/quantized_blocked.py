@@ -12,9 +12,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kvlab.kvcache.formats.base import META_DTYPE, PLAIN, KVFormat
+from kvlab.kvcache.formats.base import PLAIN, KVFormat, meta_words
 from kvlab.kvcache.layouts import BlockedLayout, QuantizedLayout
-from kvlab.kvcache.quantized_storage import as_bytes, calibrated, encode_both, from_bytes
+from kvlab.kvcache.quantized_storage import (
+    as_bytes,
+    calibrated,
+    encode_both,
+    from_bytes,
+    meta_word_rows,
+    token_meta,
+)
 from kvlab.kvcache.storage import BlockedKVStorage
 
 
@@ -22,9 +29,10 @@ from kvlab.kvcache.storage import BlockedKVStorage
 @dataclasses.dataclass(frozen=True)
 class QuantizedBlockedKVStorage:
     """Encoded K/V of all layers per block (LMDeploy TurboMind's blocked layout with its quantized
-    KV): ``blocks [N, L, 2, P, Hkv, packed_dim]`` of the format's data dtype, ``meta [N, L, 2, P, Hkv,
-    meta_width]`` float16, ``layer_scales [L, 2, Hkv]`` float32. A block's host record holds, per
-    layer, its K and V data and then their scales and zero points.
+    KV): ``blocks [N, L, 2, P, Hkv, packed_dim]`` of the format's data dtype, ``meta [N, L, 2, Hkv, P,
+    meta_words]`` uint32 (each token's float16 scale and zero point as one word, head-major within
+    a block, as in ``QuantizedPagedKVStorage``), ``layer_scales [L, 2, Hkv]`` float32. A block's
+    host record holds its data of every layer and then their scales and zero points.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -48,7 +56,8 @@ class QuantizedBlockedKVStorage:
         rows = (num_pages, num_layers, 2, page_size, num_kv_heads)
         scales = kv_format.initial_layer_scales(num_layers=num_layers, num_kv_heads=num_kv_heads)
         return cls(blocks=jnp.zeros((*rows, kv_format.packed_dim(head_dim)), kv_format.data_dtype(dtype)),
-                   meta=jnp.zeros((*rows, kv_format.meta_width), META_DTYPE),
+                   meta=jnp.zeros((num_pages, num_layers, 2, num_kv_heads, page_size, meta_words(kv_format)),
+                                  jnp.uint32),
                    layer_scales=jnp.asarray(scales), kv_format=kv_format, dtype=jnp.dtype(dtype))
 
     @property
@@ -65,7 +74,7 @@ class QuantizedBlockedKVStorage:
 
     @property
     def layout(self) -> QuantizedLayout:
-        """Data and metadata rows share ``BlockedLayout``'s numbering."""
+        """Data rows in ``BlockedLayout``'s numbering; metadata words head-major within a block."""
         rows = BlockedLayout(num_layers=self.blocks.shape[1], page_size=self.page_size,
                              num_kv_heads=self.num_kv_heads)
         return QuantizedLayout(rows, num_data=1)
@@ -84,9 +93,9 @@ class QuantizedBlockedKVStorage:
     def gather_pages(self, layer, pages: jax.Array, whole=None) -> tuple[jax.Array, jax.Array]:
         """Dequantized K and V of ``pages`` in one layer: each ``[*pages.shape, P, Hkv, D]``."""
         fmt, scales = self.kv_format, self.layer_scales[layer]
-        data, meta = self.blocks[pages, layer], self.meta[pages, layer]          # [..., 2, P, Hkv, X]
-        return (fmt.decode(data[..., 0, :, :, :], meta[..., 0, :, :, :], scales[0], self.dtype),
-                fmt.decode(data[..., 1, :, :, :], meta[..., 1, :, :, :], scales[1], self.dtype))
+        data, meta = self.blocks[pages, layer], self.meta[pages, layer]          # [..., 2, P|Hkv, ...]
+        return (fmt.decode(data[..., 0, :, :, :], token_meta(meta[..., 0, :, :, :]), scales[0], self.dtype),
+                fmt.decode(data[..., 1, :, :, :], token_meta(meta[..., 1, :, :, :]), scales[1], self.dtype))
 
     def calibrate(self, layer, k_new: jax.Array, v_new: jax.Array,
                   slots: jax.Array) -> QuantizedBlockedKVStorage:
@@ -101,9 +110,12 @@ class QuantizedBlockedKVStorage:
         block = jnp.where(slots >= 0, slots // self.page_size, self.num_pages)
         offset = jnp.where(slots >= 0, slots % self.page_size, 0)
         at = (block, layer, slice(None), offset)
+        heads = jnp.arange(self.num_kv_heads)[None, None, :]
+        meta_at = (block[:, None, None], layer, jnp.arange(2)[None, :, None], heads, offset[:, None, None])
+        words = jnp.stack([meta_word_rows(k_meta), meta_word_rows(v_meta)], axis=1)    # [T, 2, Hkv, W]
         return dataclasses.replace(
             self, blocks=self.blocks.at[at].set(jnp.stack([k_data, v_data], axis=1), mode="drop"),
-            meta=self.meta.at[at].set(jnp.stack([k_meta, v_meta], axis=1), mode="drop"))
+            meta=self.meta.at[meta_at].set(words, mode="drop"))
 
     @property
     def page_record(self) -> jax.ShapeDtypeStruct:

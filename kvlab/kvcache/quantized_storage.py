@@ -6,11 +6,12 @@
 data and per-token metadata, plus one ``layer_scales`` array:
 
 * ``k, v``: ``[L, N, P, Hkv, packed_dim]`` of the format's data dtype (uint8 for int8/int4, fp8);
-* ``k_meta, v_meta``: ``[L, N, P, Hkv, meta_width]`` float16 (int formats: scale, zero point);
+* ``k_meta, v_meta``: ``[L, N, Hkv, P, meta_words]`` uint32, head-major within a page: each
+  token's float16 scale and zero point as one word (``pack_meta_word``), so the words of one
+  head's consecutive tokens are contiguous and a kernel reads a tile's metadata in coalesced
+  4-byte loads (``QuantizedLayout.k_meta_rows``); 0 wide for fp8;
 * ``layer_scales``: ``[L, 2, Hkv]`` float32 (fp8's per-layer scales, K at index 0, V at 1).
-
-A token's data row and its metadata row have the same row number (``PagedLayout``), so a kernel
-that reads a tile of data reads its scales with the same addresses. ``gather_pages`` dequantizes
+ ``gather_pages`` dequantizes
 only the pages asked for (the jnp reference attention's read); ``write`` encodes new tokens as
 they are stored. Host-tier records are the pages' bytes as stored (data then metadata per layer,
 LMDeploy's order), so a quantized page moves to the host and back unchanged.
@@ -25,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kvlab.kvcache.formats.base import META_DTYPE, PLAIN, KVFormat
+from kvlab.kvcache.formats.base import PLAIN, KVFormat, meta_words, pack_meta_word, unpack_meta_word
 from kvlab.kvcache.layouts import PagedLayout, QuantizedLayout
 from kvlab.kvcache.storage import PagedKVStorage
 
@@ -56,6 +57,22 @@ def encode_both(storage, layer, k_new: jax.Array, v_new: jax.Array):
     that layer's scales."""
     scales = storage.layer_scales[layer]
     return storage.kv_format.encode(k_new, scales[0]), storage.kv_format.encode(v_new, scales[1])
+
+
+def meta_word_rows(meta: jax.Array) -> jax.Array:
+    """Per-token metadata ``[..., meta_width]`` float16 -> words ``[..., meta_words]`` uint32."""
+    if meta.shape[-1] == 0:
+        return jnp.zeros(meta.shape, jnp.uint32)
+    return pack_meta_word((meta[..., 0], meta[..., 1]))[..., None]
+
+
+def token_meta(words: jax.Array) -> jax.Array:
+    """A page's head-major words ``[..., Hkv, P, meta_words]`` -> per-token metadata ``[..., P,
+    Hkv, meta_width]`` float16 (what ``KVFormat.decode`` takes)."""
+    words = jnp.swapaxes(words, -3, -2)
+    if words.shape[-1] == 0:
+        return jnp.zeros(words.shape, jnp.float16)
+    return jnp.stack(unpack_meta_word(words[..., 0]), axis=-1)
 
 
 def paged_storage(kv_format: KVFormat, **dims):
@@ -99,8 +116,9 @@ class QuantizedPagedKVStorage:
         def data():                        # separate buffers: the step donates each one
             return jnp.zeros((*rows, kv_format.packed_dim(head_dim)), kv_format.data_dtype(dtype))
 
-        def meta():
-            return jnp.zeros((*rows, kv_format.meta_width), META_DTYPE)
+        def meta():                        # head-major words
+            shape = (num_layers, num_pages, num_kv_heads, page_size, meta_words(kv_format))
+            return jnp.zeros(shape, jnp.uint32)
         scales = jnp.asarray(kv_format.initial_layer_scales(num_layers=num_layers, num_kv_heads=num_kv_heads))
         return cls(k=data(), v=data(), k_meta=meta(), v_meta=meta(), layer_scales=scales, kv_format=kv_format,
                    dtype=jnp.dtype(dtype))
@@ -119,7 +137,7 @@ class QuantizedPagedKVStorage:
 
     @property
     def layout(self) -> QuantizedLayout:
-        """Data and metadata rows share ``PagedLayout``'s numbering."""
+        """Data rows in ``PagedLayout``'s numbering; metadata words head-major within a page."""
         rows = PagedLayout(num_pages=self.num_pages, page_size=self.page_size, num_kv_heads=self.num_kv_heads)
         return QuantizedLayout(rows, num_data=2)
 
@@ -138,8 +156,8 @@ class QuantizedPagedKVStorage:
     def gather_pages(self, layer, pages: jax.Array, whole=None) -> tuple[jax.Array, jax.Array]:
         """Dequantized K and V of ``pages`` in one layer: each ``[*pages.shape, P, Hkv, D]``."""
         fmt, scales = self.kv_format, self.layer_scales[layer]
-        k = fmt.decode(self.k[layer, pages], self.k_meta[layer, pages], scales[0], self.dtype)
-        v = fmt.decode(self.v[layer, pages], self.v_meta[layer, pages], scales[1], self.dtype)
+        k = fmt.decode(self.k[layer, pages], token_meta(self.k_meta[layer, pages]), scales[0], self.dtype)
+        v = fmt.decode(self.v[layer, pages], token_meta(self.v_meta[layer, pages]), scales[1], self.dtype)
         return k, v
 
     def calibrate(self, layer, k_new: jax.Array, v_new: jax.Array,
@@ -158,10 +176,12 @@ class QuantizedPagedKVStorage:
         page = jnp.where(slots >= 0, slots // self.page_size, self.num_pages)     # OOB -> dropped
         offset = jnp.where(slots >= 0, slots % self.page_size, 0)
         at = (layer, page, offset)
+        heads = jnp.arange(self.num_kv_heads)[None, :]
+        meta_at = (layer, page[:, None], heads, offset[:, None])                  # [T, Hkv] words
         return dataclasses.replace(
             self, k=self.k.at[at].set(k_data, mode="drop"), v=self.v.at[at].set(v_data, mode="drop"),
-            k_meta=self.k_meta.at[at].set(k_meta, mode="drop"),
-            v_meta=self.v_meta.at[at].set(v_meta, mode="drop"))
+            k_meta=self.k_meta.at[meta_at].set(meta_word_rows(k_meta), mode="drop"),
+            v_meta=self.v_meta.at[meta_at].set(meta_word_rows(v_meta), mode="drop"))
 
     # ---- host-tier records: the pages' bytes as stored -------------------------------------------
     @property

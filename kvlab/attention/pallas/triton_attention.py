@@ -72,8 +72,10 @@ def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, r
     def raw_tile(t, pages):
         """Tile t's K and V as stored: ((data, meta), (data, meta))."""
         offsets = lax.rem(t * bk + jnp.arange(bk, dtype=jnp.int32), st.page_size)
-        return (load_raw_tile(st, kv_refs, 0, st.layout.k_rows(layer, pages, offsets, head)),
-                load_raw_tile(st, kv_refs, 1, st.layout.v_rows(layer, pages, offsets, head)))
+        lay, at = st.layout, (layer, pages, offsets, head)
+        meta_rows = (lay.k_meta_rows(*at), lay.v_meta_rows(*at)) if fmt.meta_width else (None, None)
+        return (load_raw_tile(st, kv_refs, 0, lay.k_rows(*at), meta_rows[0]),
+                load_raw_tile(st, kv_refs, 1, lay.v_rows(*at), meta_rows[1]))
 
     def codes(data, meta, which):
         """(code parts, the per-layer scale left to fold, or None) of a stored K (0) or V (1) tile."""

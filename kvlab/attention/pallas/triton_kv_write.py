@@ -21,7 +21,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from kvlab.attention.pallas.layout import as_rows
 from kvlab.attention.pallas.triton_tiles import cols, layer_scales, part_cols
-from kvlab.kvcache.formats.base import PLAIN, KVFormat
+from kvlab.kvcache.formats.base import PLAIN, KVFormat, pack_meta_word
 
 
 def _write_kernel(k_new_ref, v_new_ref, slots_ref, meta_ref, *refs, layout, kv_format: KVFormat, n_kv: int,
@@ -53,8 +53,11 @@ def _write_kernel(k_new_ref, v_new_ref, slots_ref, meta_ref, *refs, layout, kv_f
         r, d = cols(rows, data_ref.shape[1], interpret)
         mask = jnp.broadcast_to(ok[:, None], data.shape)
         plgpu.store(data_ref.at[r, d], data.astype(data_ref.dtype), mask=mask)
-        for c, m in enumerate(meta):
-            plgpu.store((layout.k_meta_ref, layout.v_meta_ref)[which](out_refs).at[rows, c], m, mask=ok)
+        if meta:                        # one word a token, head-major within the page
+            meta_rows = (layout.k_meta_rows, layout.v_meta_rows)[which](layer, pages, offsets, head)
+            meta_ref = (layout.k_meta_ref, layout.v_meta_ref)[which](out_refs)
+            plgpu.store(meta_ref.at[jnp.where(ok, meta_rows, meta_ref.shape[0] + t), 0], pack_meta_word(meta),
+                        mask=ok)
 
 
 def write_kv(kv_arrays, k_new, v_new, slots, layer, *, layout, page_size: int, kv_format: KVFormat = PLAIN,

@@ -15,7 +15,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from kvlab.attention.reference import AttentionOptions
-from kvlab.kvcache.formats.base import PLAIN, KVFormat
+from kvlab.kvcache.formats.base import PLAIN, KVFormat, unpack_meta_word
 
 LOG2E = 1.4426950408889634
 NEG = -1e30          # finite "minus infinity": keeps exp2(m_old - m_new) free of inf - inf
@@ -85,15 +85,18 @@ def layer_scales(layout, kv_refs, layer, head):
     return ref[2 * layer, head], ref[2 * layer + 1, head]
 
 
-def load_raw_tile(st: Static, kv_refs, which: int, rows):
+def load_raw_tile(st: Static, kv_refs, which: int, rows, meta_rows):
     """K (``which=0``) or V (1) of the cache rows ``rows [bk]`` as stored: (data ``[bk,
-    packed_dim]``, the format's ``meta_width`` metadata vectors ``[bk]``); the format's
-    ``tile_codes`` and ``tile_affine`` read them."""
+    packed_dim]``, the format's ``meta_width`` metadata vectors ``[bk]`` from their words at
+    ``meta_rows [bk]``: one 4-byte load a token); the format's ``tile_codes`` and ``tile_affine``
+    read them."""
     layout = st.layout
     data_ref = (layout.k_ref, layout.v_ref)[which](kv_refs)
     r, d = cols(rows, data_ref.shape[1], st.interpret)
-    meta_of = (layout.k_meta_ref, layout.v_meta_ref)[which]
-    meta = tuple(plgpu.load(meta_of(kv_refs).at[rows, c]) for c in range(st.kv_format.meta_width))
+    meta = ()
+    if st.kv_format.meta_width:
+        meta_ref = (layout.k_meta_ref, layout.v_meta_ref)[which](kv_refs)
+        meta = unpack_meta_word(plgpu.load(meta_ref.at[meta_rows, 0]))
     return plgpu.load(data_ref.at[r, d]), meta
 
 

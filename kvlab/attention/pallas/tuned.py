@@ -67,13 +67,12 @@ TUNED: tuple[DecodeTiles, ...] = (
     # 32-token tiles with 16 splits 0.154-0.166 ms).
     DecodeTiles(device="H200", batch=DecodeConfig(block_k=16, num_warps=2, num_stages=4),
                 split=DecodeConfig(), formats=("plain",)),
-    # Quantized KV on the H200 (benchmarks/kv_format_kernels.py --tune, 2026-12-01): fp8 took
-    # 0.185-0.189 ms with 128-token tiles at B=64, ctx 4096 (16-token: 0.265); the integer formats
-    # were best and steadiest with 32-token tiles there (0.29-0.34 ms; 64-token 0.26-0.51 ms
-    # across runs); at B=4, ctx 32k 128-token tiles were best for every format.
-    DecodeTiles(device="H200", formats=("fp8-e4m3fn", "fp8-e5m2"), batch=DecodeConfig(block_k=128),
-                split=DecodeConfig(block_k=128)),
-    DecodeTiles(device="H200", batch=DecodeConfig(block_k=32), split=DecodeConfig(block_k=128)),
+    # Quantized KV on the H200 (benchmarks/kv_format_kernels.py --tune, 2026-12-01): 128-token
+    # tiles were best for every format at both shapes once the integer formats' scales and zero
+    # points travel as one word a token, head-major within a page (B=64, ctx 4096: fp8 0.19-0.21
+    # ms, int8 0.265, int4 0.243, int2 0.240, against 0.30-0.33 with 32-token tiles; B=4, ctx 32k:
+    # 0.11-0.14 ms).
+    DecodeTiles(device="H200", batch=DecodeConfig(block_k=128), split=DecodeConfig(block_k=128)),
     # H100 (2.9 TB/s copy): the generic 64-token tiles (91-93% of copy in its runs).
     DecodeTiles(device="H100", batch=DecodeConfig(), split=DecodeConfig()),
 )

@@ -150,6 +150,25 @@ def stack_meta(meta: tuple[jax.Array, ...], lead: tuple[int, ...]) -> jax.Array:
     return jnp.stack(meta, axis=-1).astype(META_DTYPE)
 
 
+def meta_words(fmt: KVFormat) -> int:
+    """32-bit words of metadata a token's row takes in the pages (two float16 values a word)."""
+    return fmt.meta_width // 2
+
+
+def pack_meta_word(meta: tuple[jax.Array, ...]) -> jax.Array:
+    """A (scale, zero) pair of float16 vectors ``[...]`` as one uint32 word each (scale in the low
+    half): a kernel loads a token's metadata with one 4-byte load."""
+    lo, hi = (jax.lax.bitcast_convert_type(m.astype(META_DTYPE), jnp.uint16).astype(jnp.uint32) for m in meta)
+    return lo | (hi << 16)
+
+
+def unpack_meta_word(word: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Inverse of ``pack_meta_word``: uint32 ``[...]`` -> (scale, zero) float16 ``[...]``."""
+    def half(bits):
+        return jax.lax.bitcast_convert_type(bits.astype(jnp.uint16), META_DTYPE)
+    return half(word & jnp.uint32(0xFFFF)), half(word >> 16)
+
+
 def bytes_per_token(fmt, *, num_layers: int, num_kv_heads: int, head_dim: int, model_dtype) -> int:
     """True bytes one token's K and V take in the pages, over all layers (data and metadata;
     ``fmt.token_bytes`` per layer and KV head), rounded up."""
