@@ -39,7 +39,6 @@ from kvlab.attention.pallas.triton_tiles import (
     LOG2E,
     NEG,
     Static,
-    applied_per_element,
     as_code_dtype,
     cols,
     dot,
@@ -48,22 +47,23 @@ from kvlab.attention.pallas.triton_tiles import (
     load_parts,
     load_raw_tile,
     row_index,
-    scaled_scores,
     store_parts,
-    values_update,
+    tile_codes_and_map,
 )
 
 
 def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, row_pos, scales, lo, hi, carry,
-                  masked: bool):
+                  masked: bool, fold_rows: bool):
     """Online softmax of q (``st.parts`` parts [M, D / parts]) over KV tiles ``lo <= t < hi``;
     carry (acc (parts [M, D / parts]), m [M], l [M]); scales: the layer's (K, V) scales.
-    ``masked=False`` is for tiles every row sees whole."""
+    ``masked=False`` is for tiles every row sees whole; ``fold_rows``: fold per-token maps into the
+    products (``tile_codes_and_map``)."""
     o, fmt = st.options, st.kv_format
     bk = st.block_k
     max_pages = pt_ref.shape[1]
     code = fmt.code_dtype(q[0].dtype)
     q = tuple(as_code_dtype(qj, code) for qj in q)
+    q_sum = functools.reduce(jnp.add, [jnp.sum(qj.astype(jnp.float32), axis=1) for qj in q])    # [M]
 
     def page_ids(t):
         key = t * bk + jnp.arange(bk, dtype=jnp.int32)
@@ -78,17 +78,17 @@ def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, r
                 load_raw_tile(st, kv_refs, 1, lay.v_rows(*at), meta_rows[1]))
 
     def codes(data, meta, which):
-        """(code parts, the per-layer scale left to fold, or None) of a stored K (0) or V (1) tile."""
-        return applied_per_element(fmt.tile_codes(data, code), *fmt.tile_affine(meta, scales[which]))
+        """(code parts, their map folded into the products) of a stored K (0) or V (1) tile."""
+        return tile_codes_and_map(fmt, data, meta, scales[which], code, fold_rows=fold_rows)
 
     def body(t, carry):
         acc, m_old, l_old, pages = carry
         next_pages = page_ids(t + 1)            # prefetched: the next tile's K/V addresses are ready
         (k_data, k_meta), (v_data, v_meta) = raw_tile(t, pages)
         key = t * bk + jnp.arange(bk, dtype=jnp.int32)                                    # [bk]
-        k, k_scale = codes(k_data, k_meta, 0)
+        k, k_map = codes(k_data, k_meta, 0)
         s = functools.reduce(jnp.add, [dot(qj, kj, contract_b=1) for qj, kj in zip(q, k)])    # [M, bk]
-        s = scaled_scores(s, k_scale)
+        s = k_map.scores(s, q_sum)
         if o.soft_cap is not None:
             s = jnp.tanh(s * (o.sm_scale / o.soft_cap)) * (o.soft_cap * LOG2E)
         else:
@@ -106,7 +106,8 @@ def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, r
         if masked:
             p = jnp.where(visible, p, 0.0)
         alpha = exp2(m_old - m_new, st.interpret)
-        acc = values_update(acc, alpha, p, *codes(v_data, v_meta, 1))
+        v, v_map = codes(v_data, v_meta, 1)
+        acc = v_map.values_update(acc, alpha, p, v)
         return acc, m_new, l_old * alpha + jnp.sum(p, axis=1), next_pages
 
     *carry, _ = lax.fori_loop(lo, hi, body, (*carry, page_ids(lo)))
@@ -178,7 +179,7 @@ def decode_program(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv_refs, o_ref
         st, q, kv_refs, pt_ref, first_pos=pos, last_pos=pos, tiles=share if num_splits > 1 else None,
         sinks=split == 0, layer=layer, seq=slot, head=kv_head, kv_len=kv_len,
         row_pos=jnp.zeros((rows,), jnp.int32) + pos, scales=layer_scales(st.layout, kv_refs, layer, kv_head),
-        carry=_init_carry(st, rows, head_dim))
+        carry=_init_carry(st, rows, head_dim), fold_rows=True)
     has = l_sum > 0
     out = tuple(a / jnp.where(has, l_sum, 1.0)[:, None] for a in acc)    # zeros where no key is visible
     # Masked-out rows store to distinct (possibly out-of-range) places: interpret mode applies a
@@ -218,7 +219,7 @@ def prefill_program(st: Static, q_ref, cu_ref, kv_len_ref, pt_ref, kv_refs, o_re
     acc, _, l_sum = _attend_positions(
         st, q, kv_refs, pt_ref, first_pos=first, last_pos=last, layer=layer, seq=seq, head=kv_head,
         kv_len=kv_len, row_pos=kv_len - q_len + tq, scales=layer_scales(st.layout, kv_refs, layer, kv_head),
-        carry=_init_carry(st, rows, head_dim))
+        carry=_init_carry(st, rows, head_dim), fold_rows=False)
     out = tuple(a / jnp.where(l_sum > 0, l_sum, 1.0)[:, None] for a in acc)
     # distinct places for masked rows, as in the decode program
     store_parts(st, o_ref, (row_index(q_start + tq, st.interpret),), kv_head * group + g, out, row_ok)

@@ -109,34 +109,78 @@ def as_code_dtype(x, dtype):
     return jnp.clip(x.astype(jnp.float32), -top, top).astype(dtype)
 
 
-def applied_per_element(codes, scale, zero):
-    """The code tile with the part of its map that cannot be folded into the products applied,
-    in the codes' dtype (one fused multiply-add an element): a per-token map (``scale`` [bk]) or
-    any zero point. Returns (parts, the scale left to fold: a scalar, or None)."""
-    if zero is None and (scale is None or scale.ndim == 0):
-        return codes, scale
-    dtype = codes[0].dtype
-    s = 1 if scale is None else _column(scale.astype(dtype))
-    z = 0 if zero is None else _column(zero.astype(dtype))
-    return tuple(c * s + z for c in codes), None
+@dataclasses.dataclass(frozen=True)
+class TileMap:
+    """How a tile's codes map to values, ``x = code * scale`` with ``scale`` a per-layer scalar
+    (or None: 1), applied to the products: scores ``s = scale * (q . code)`` and values
+    ``(p * scale) . code``."""
+
+    scale: object = None
+
+    def scores(self, s, q_sum):
+        """Scores ``[M, bk]`` from the products with the codes ``s = q . code``."""
+        return s if self.scale is None else s * self.scale
+
+    def values_update(self, acc, alpha, p, codes):
+        """The online softmax's value update: each part ``acc * alpha + (p * scale) . code``;
+        p ``[M, bk]`` float32, codes parts ``[bk, w]``."""
+        weights = (p if self.scale is None else p * self.scale).astype(codes[0].dtype)
+        return tuple(a * alpha[:, None] + dot(weights, c, contract_b=0) for a, c in zip(acc, codes))
+
+
+@dataclasses.dataclass(frozen=True)
+class RowMap:
+    """A per-token map on codes that carry a constant ``bias`` (the exponent trick's 1024):
+    ``x = (code - bias) * scale + zero``, ``scale``/``zero`` ``[bk]`` float32, all folded into the
+    products so that no element is touched after unpacking:
+    scores ``scale * (q . code - bias * sum(q)) + zero * sum(q)``; values
+    ``w . code - bias * sum(w) + p . zero`` with ``w = p * scale`` rounded once to the codes'
+    type (the bias term uses the same rounded ``w``, so it cancels exactly)."""
+
+    scale: object
+    zero: object
+    bias: float
+
+    def scores(self, s, q_sum):
+        if self.bias:
+            s = s - self.bias * q_sum[:, None]
+        s = s * self.scale[None, :]
+        return s if self.zero is None else s + q_sum[:, None] * self.zero[None, :]
+
+    def values_update(self, acc, alpha, p, codes):
+        weights = (p * self.scale[None, :]).astype(codes[0].dtype)
+        shift = 0.0
+        if self.bias:
+            shift = -self.bias * jnp.sum(weights.astype(jnp.float32), axis=1)
+        if self.zero is not None:
+            shift = shift + jnp.sum(p * self.zero[None, :], axis=1)
+        return tuple(a * alpha[:, None] + dot(weights, c, contract_b=0) + _column(shift)
+                     for a, c in zip(acc, codes))
+
+
+def tile_codes_and_map(fmt: KVFormat, data, meta, layer_scale, dtype, *, fold_rows: bool):
+    """A stored tile as (code parts in ``dtype``, the ``TileMap``/``RowMap`` that turns them into
+    values). A per-token scale (and zero point) either folds with the bias of the format's biased
+    codes into the products (``fold_rows``: the decode, whose few query rows make the folded
+    terms cheaper than touching every element), or is applied to every element in ``dtype`` (the
+    prefill, whose many query rows make it the other way round, 2x on the H200). A per-layer
+    scale always folds. A zero point needs a per-token scale."""
+    scale, zero = fmt.tile_affine(meta, layer_scale)
+    if scale is not None and jnp.ndim(scale) == 1:
+        if fold_rows:
+            parts, bias = fmt.tile_biased_codes(data, dtype)
+            return parts, RowMap(scale, zero, bias)
+        s, z = _column(scale.astype(dtype)), 0 if zero is None else _column(zero.astype(dtype))
+        return tuple(c * s + z for c in fmt.tile_codes(data, dtype)), TileMap(None)
+    if zero is not None:
+        raise ValueError(f"the kernels fold a zero point with a per-token scale; {fmt.name} gives a zero "
+                         f"point with a per-layer scale")
+    return fmt.tile_codes(data, dtype), TileMap(scale)
 
 
 def _column(x):
-    """A per-token vector [bk] as a column [bk, 1] (a scalar stays a scalar)."""
-    return x if x.ndim == 0 else x[:, None]
-
-
-def scaled_scores(s, scale):
-    """Scores of the codes ``s = q . code [M, bk]`` times a per-layer scale (a scalar, or None: 1)."""
-    return s if scale is None else s * scale
-
-
-def values_update(acc, alpha, p, codes, scale):
-    """The online softmax's value update with V stored as ``code * scale`` (a per-layer scalar,
-    or None: 1): each part ``acc * alpha + (p * scale) . code``; p ``[M, bk]`` float32, codes
-    parts ``[bk, w]``."""
-    weights = (p if scale is None else p * scale).astype(codes[0].dtype)
-    return tuple(a * alpha[:, None] + dot(weights, c, contract_b=0) for a, c in zip(acc, codes))
+    """A vector [n] as a column [n, 1] (a scalar stays a scalar)."""
+    return x if jnp.ndim(x) == 0 else x[:, None]
 
 
 def exp2(x, interpret: bool):

@@ -109,6 +109,11 @@ class KVFormat(Protocol):
         ``j`` as stored iff ``i >= stored_from[j]`` (else as given); ``layer_scale [2, Hkv]``."""
         ...
 
+    def tile_biased_codes(self, data: jax.Array, dtype) -> tuple[tuple[jax.Array, ...], float]:
+        """``(parts, bias)``: the codes plus a constant ``bias`` as they come out of the bytes
+        (``tile_codes`` subtracts it), for kernels that fold the bias into their products."""
+        ...
+
     def page_writes(self, *, num_pages: int, page_size: int):
         """The host half of writing pages (``kvlab.kvcache.staging``): ``InPlaceWrites`` for a
         per-token format."""
@@ -186,6 +191,10 @@ class RowFormat:
         """The packed data plus ``meta_width`` float16 values, each for K and for V."""
         data = self.packed_dim(head_dim) * jnp.dtype(self.data_dtype(model_dtype)).itemsize
         return 2 * (data + self.meta_width * jnp.dtype(META_DTYPE).itemsize)
+
+    def tile_biased_codes(self, data, dtype):
+        """The codes themselves, no bias (formats whose codes need no offset)."""
+        return self.tile_codes(data, dtype), 0.0
 
     def dense_view(self, k, v, layer_scale):
         """Every row encoded and decoded, read so by every query."""

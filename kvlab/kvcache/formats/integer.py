@@ -97,20 +97,26 @@ class AsymmetricInt(RowFormat):
     def code_dtype(self, model_dtype) -> jnp.dtype:
         return exact_code_dtype(model_dtype)
 
-    def tile_codes(self, data, dtype):
-        """The codes unpacked part by part; to float16 by the exponent trick (the byte under the
-        mantissa of 1024.0, then 1024 subtracted: integer operations and one subtraction, no
-        conversion instruction), to other types by conversion."""
+    def tile_biased_codes(self, data, dtype):
+        """The codes unpacked part by part, plus 1024 in float16 (the exponent trick: the byte
+        under the mantissa of 1024.0, integer operations only, no conversion instruction); other
+        types by conversion, no bias."""
         mask = jnp.uint8(self.levels)
+        f16 = jnp.dtype(dtype) == jnp.float16
         out = []
         for i in range(self.tile_parts):
             q = data if self.bits == 8 else (data >> (i * self.bits)) & mask
-            if jnp.dtype(dtype) == jnp.float16:
-                biased = jax.lax.bitcast_convert_type(q.astype(jnp.uint16) | jnp.uint16(0x6400), jnp.float16)
-                out.append(biased - jnp.float16(1024))
+            if f16:
+                biased = q.astype(jnp.uint16) | jnp.uint16(0x6400)
+                out.append(jax.lax.bitcast_convert_type(biased, jnp.float16))
             else:
                 out.append(q.astype(dtype))
-        return tuple(out)
+        return tuple(out), (1024.0 if f16 else 0.0)
+
+    def tile_codes(self, data, dtype):
+        """The exact codes: ``tile_biased_codes`` less its bias."""
+        parts, bias = self.tile_biased_codes(data, dtype)
+        return parts if not bias else tuple(p - jnp.asarray(bias, p.dtype) for p in parts)
 
     def tile_affine(self, meta, layer_scale):
         """The row's own float16 scale and zero point."""
