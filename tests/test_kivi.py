@@ -147,6 +147,8 @@ def test_kivi_reads_full_pages_quantized_and_takes_a_fifth_of_the_bytes(model):
     (lambda: kvlab.PagedKVCache(num_pages=8, page_size=G, kv_format=FMT,
                                 host_tier=kvlab.HostTier(num_pages=4)), "without a host tier"),
     (lambda: Kivi(bits=3), "2- or 4-bit"),
+    (lambda: KiviPagedKVStorage.zeros(FMT, num_layers=1, num_pages=2, page_size=G, num_kv_heads=1, head_dim=6,
+                                      dtype=jnp.float32), "kivi2 KV packs 4 codes a byte"),
 ])
 def test_what_cannot_hold_kivi_pages_says_what_can(build, match):
     with pytest.raises(ValueError, match=match):

@@ -83,7 +83,10 @@ class Kivi:
         return AsymmetricInt(bits=self.bits)
 
     def check(self, *, num_kv_heads: int, head_dim: int) -> None:
-        self.ints.check(num_kv_heads=num_kv_heads, head_dim=head_dim)
+        per_byte = 8 // self.bits
+        if head_dim % per_byte:
+            raise ValueError(f"{self.name} KV packs {per_byte} codes a byte along the head dimension, so "
+                             f"head_dim must be a multiple of {per_byte}; got {head_dim}")
 
     def check_page_size(self, page_size: int) -> None:
         """Raise ValueError unless the cache's pages are the key groups."""
