@@ -101,12 +101,12 @@ def model():
     return LlamaModel(ModelConfig.tiny(), seed=3)
 
 
-def serve(model, prompts, max_tokens, *, chunk, prefix_caching, max_num_seqs=3):
+def serve(model, prompts, max_tokens, *, chunk, prefix_caching, max_num_seqs=3, steps_ahead=1):
     cache = kvlab.PagedKVCache(num_pages=40, page_size=G, prefix_caching=prefix_caching, kv_format=FMT)
     scheduler = kvlab.ChunkedScheduler(max_num_seqs=max_num_seqs, max_num_batched_tokens=64,
                                        max_chunk_tokens=chunk)
     engine = kvlab.Engine(model, cache=cache, attention=kvlab.ReferenceAttention(), scheduler=scheduler,
-                          max_model_len=96)
+                          max_model_len=96, steps_ahead=steps_ahead)
     outs = [c.token_ids for c in engine.generate(prompts, kvlab.SamplingParams(max_tokens=max_tokens,
                                                                                  ignore_eos=True))]
     s = cache.stats()
@@ -122,7 +122,8 @@ def test_any_schedule_gives_the_dense_kivi_tokens(model, data):
     prompts = [shared + data.draw(st.lists(st.integers(1, 250), min_size=1, max_size=20)) for _ in range(3)]
     max_tokens = data.draw(st.integers(1, 14))
     chunk = data.draw(st.sampled_from([3, 8, 64]))
-    outs = serve(model, prompts, max_tokens, chunk=chunk, prefix_caching=data.draw(st.booleans()))
+    outs = serve(model, prompts, max_tokens, chunk=chunk, prefix_caching=data.draw(st.booleans()),
+                 steps_ahead=data.draw(st.sampled_from([0, 1])))
     ref = DenseReferenceDecoder(model, kv_format=FMT)
     assert outs == [ref.greedy(p, max_tokens) for p in prompts]
 
