@@ -273,7 +273,7 @@ def test_capacity_must_be_a_positive_int(num_pages, tmp_path):
 
 
 @pytest.mark.parametrize("page_record, message", [
-    (None, "jax.ShapeDtypeStruct"),
+    ("float32", "jax.ShapeDtypeStruct"),
     (jax.ShapeDtypeStruct((), "float32"), "positive dimensions"),
     (jax.ShapeDtypeStruct((2, 0), "float32"), "positive dimensions"),
     (np.empty((2,), object), "fixed-size numeric type"),

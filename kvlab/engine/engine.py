@@ -161,7 +161,7 @@ class Engine:
         ``steps_ahead=1``: the step launched by the previous call); returns the progress of every
         request that step ran."""
         plan = self.scheduler.schedule()
-        launched = not plan.is_empty or bool(plan.swap_out or plan.swap_in or plan.seals)
+        launched = not plan.is_empty or plan.has_page_copies
         if launched:
             self._in_flight.append((plan, self.executor.launch(plan)))
         elif not self._in_flight and self.scheduler.has_unfinished():

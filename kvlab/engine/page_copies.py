@@ -9,9 +9,13 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from kvlab.schedulers.shapes import next_pow2
+
+PARTS = 4                        # host-to-device copies in flight at once, for a large write
+PARALLEL_BYTES = 32 << 20        # from this size on
 
 
 @jax.jit
@@ -20,8 +24,8 @@ def _read_pages(storage, pages):
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
-def _write_pages(storage, pages, data):
-    return storage.write_pages(pages, data)
+def _write_pages(storage, pages, *parts):
+    return storage.write_pages(pages, parts[0] if len(parts) == 1 else jnp.concatenate(parts))
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
@@ -41,12 +45,24 @@ def read_pages(storage, pages) -> np.ndarray:
     return np.asarray(_read_pages(storage, padded(pages, 0)))[:len(pages)]
 
 
-def write_pages(storage, pages, data: np.ndarray):
-    """Host records ``data [n, ...]`` into ``pages`` of the (donated) storage."""
+def write_pages(storage, pages, data: np.ndarray, pool=None):
+    """Host records ``data [>= n, ...]`` into ``pages [n]`` of the (donated) storage (rows of
+    ``data`` past ``n`` are ignored: a buffer already padded to ``next_pow2(n)`` rows is not
+    copied). With ``pool`` (a ``concurrent.futures`` executor), a large copy travels to the
+    device in ``PARTS`` parts at once: one host-to-device copy from pageable memory does not
+    fill the link."""
     pages = padded(pages, storage.num_pages)                  # padding rows are dropped
-    full = np.zeros((len(pages),) + data.shape[1:], data.dtype)
-    full[:len(data)] = data
-    return _write_pages(storage, pages, full)
+    if data.shape[0] != len(pages):
+        full = np.zeros((len(pages),) + data.shape[1:], data.dtype)
+        n = min(len(data), len(pages))
+        full[:n] = data[:n]
+        data = full
+    if pool is None or data.nbytes < PARALLEL_BYTES or len(data) % PARTS:
+        return _write_pages(storage, pages, data)
+    device = next(iter(jax.tree.leaves(storage)[0].devices()))
+    rows = len(data) // PARTS
+    parts = list(pool.map(lambda i: jax.device_put(data[i * rows:(i + 1) * rows], device), range(PARTS)))
+    return _write_pages(storage, pages, *parts)
 
 
 def seal_pages(storage, pairs: list[tuple[int, int]]):

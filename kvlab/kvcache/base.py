@@ -22,7 +22,8 @@ device copy. ``pages(seq_id)`` is that row's entries in use: token ``j`` lives i
 ``pages[j // page_size]`` at offset ``j % page_size`` (the attention contract's layout).
 
 Optional parts with defaults: ``host_tier`` and swapping (``can_swap_out`` / ``swap_out`` /
-``can_swap_in`` / ``swap_in``: preemption by swap), ``max_step_tokens`` (a cap on the new tokens
+``can_swap_in`` / ``swap_in``: preemption by swap), ``tiers`` and ``drain_tier_moves`` (prefix blocks
+offloaded below the GPU), ``max_step_tokens`` (a cap on the new tokens
 of one sequence per step), ``reset_prefix_cache``, ``drain_seals`` (KIVI's staging pages), and
 the checks ``validate_request``, ``attention_options``, ``max_table_pages``.
 """
@@ -65,6 +66,7 @@ class KVCacheStats:
     readmitted_prompt_tokens: int = 0
     readmitted_hit_tokens: int = 0
     evictions: int = 0
+    tiers: object = None          # TierReuseStats of a cache with tiers below the GPU, else None
     memory: MemoryBreakdown = dataclasses.field(default_factory=MemoryBreakdown)
 
     @property
@@ -98,6 +100,9 @@ class KVCache(abc.ABC):
             no limit (a circular cache's ring only holds so many).
         host_tier: the ``HostTier`` that preemption by swap moves sequences to, or None (then
             ``can_swap_out`` / ``can_swap_in`` are False and ``swap_out`` / ``swap_in`` raise).
+        tiers: the ``TierChain`` (host memory, disk) that evicted prefix blocks go down to and are
+            loaded back from, or None; its record arrays are bound by the engine
+            (``tiers.bind(storage.page_record)``), and ``drain_tier_moves`` gives the copies.
         kv_format: how the pages store K and V (``kvlab.kvcache.formats``; ``Plain()``, the
             model's dtype, unless the cache was built with another).
     """
@@ -106,6 +111,7 @@ class KVCache(abc.ABC):
     block_table: BlockTable
     max_step_tokens: int | None = None
     host_tier = None
+    tiers = None
     kv_format: KVFormat = PLAIN
     _owner = None               # a weak reference to the engine whose storage the pages index
 
@@ -146,6 +152,11 @@ class KVCache(abc.ABC):
         already launched (steps run in order), so prefix caches may index it.
         ``token_ids`` may be any sliceable sequence; only the new part is read."""
         return None
+
+    def drain_tier_moves(self) -> list:
+        """The page moves between the GPU and the tiers below it to make before the next step, in
+        order, taken out of the cache (``kvlab.kvcache.tiers.moves``; none without tiers)."""
+        return []
 
     def drain_seals(self) -> list[tuple[int, int]]:
         """(staging, sealed) page pairs to seal before the next step, taken out of the cache

@@ -116,6 +116,11 @@ class BlockIndex:
 
     def evict(self) -> int:
         """Forget the policy's victim and return its page (the caller drops the page reference)."""
+        return self.evict_block()[0]
+
+    def evict_block(self) -> tuple[int, CachedBlock]:
+        """Forget the policy's victim; its page and its bookkeeping (hash, priority, ...)."""
         page = self.evictable.pop()
-        del self.by_hash[self.blocks.pop(page).block_hash]
-        return page
+        block = self.blocks.pop(page)
+        del self.by_hash[block.block_hash]
+        return page, block

@@ -29,9 +29,9 @@ class BlockedKVCache(PagedKVCache):
     """
 
     def __init__(self, *, num_blocks: int, block_tokens: int = 64, prefix_caching: bool = True,
-                 eviction=None, block_hasher=None, host_tier=None, kv_format: KVFormat = PLAIN):
+                 eviction=None, block_hasher=None, host_tier=None, tiers=None, kv_format: KVFormat = PLAIN):
         super().__init__(num_pages=num_blocks, page_size=block_tokens, prefix_caching=prefix_caching,
-                         eviction=eviction, block_hasher=block_hasher, host_tier=host_tier,
+                         eviction=eviction, block_hasher=block_hasher, host_tier=host_tier, tiers=tiers,
                          kv_format=kv_format)
         self.writes.check_cache("BlockedKVCache")
 

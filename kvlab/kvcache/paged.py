@@ -9,15 +9,27 @@ keep their contents and become evictable, ordered by the eviction policy (LRU by
 are evicted lazily - only when an allocation finds no free page. A sequence admitted but not yet
 started holds its reused blocks tentatively (``EvictableSet.hold``); their recency, reuse count
 and priority are updated when it starts, and a rollback restores them untouched.
+
+With ``tiers`` (a ``TierChain`` of host-memory and disk tiers, ``kvlab.kvcache.tiers``; prefix
+caching required): an evicted cached page goes down a tier instead of vanishing, as the chain's
+offload policy says; admission continues the GPU prefix match through the tiers, and the blocks a
+tier holds are loaded back into the sequence's fresh pages at its first ``allocate`` (held in
+their tier until then). ``drain_tier_moves`` hands the planned copies to the engine
+(``kvlab.kvcache.tiered``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+from kvlab.kvcache.base import KVCacheStats
 from kvlab.kvcache.block_hash import BlockIndex, Sha256BlockHasher, chain_hashes
 from kvlab.kvcache.eviction import LRU
 from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.kvcache.pooled import SeqState
 from kvlab.kvcache.swap import SwappablePoolCache
+from kvlab.kvcache.tiered import TierReuse
+from kvlab.kvcache.tiers import KVTier, TierChain
 
 
 class PagedKVCache(SwappablePoolCache):
@@ -40,27 +52,53 @@ class PagedKVCache(SwappablePoolCache):
     """
 
     def __init__(self, *, num_pages: int, page_size: int = 16, prefix_caching: bool = False,
-                 eviction=None, block_hasher=None, host_tier=None, kv_format: KVFormat = PLAIN):
+                 eviction=None, block_hasher=None, host_tier=None, tiers=None, kv_format: KVFormat = PLAIN):
         super().__init__(num_pages=num_pages, page_size=page_size, host_tier=host_tier, kv_format=kv_format)
         self.prefix_caching = prefix_caching
         self.hasher = block_hasher or Sha256BlockHasher()
         self.index = BlockIndex(eviction or LRU()) if prefix_caching else None
+        self.tiers = tiers
+        self._tiered = None if tiers is None else self._tier_reuse(tiers)
+
+    def _tier_reuse(self, tiers) -> TierReuse:
+        name = type(self).__name__
+        if not self.prefix_caching:
+            raise ValueError(f"{name}(tiers=...) keeps evicted prefix blocks below the GPU, so it "
+                             f"needs prefix_caching=True")
+        self.writes.check_tiers()
+        if isinstance(tiers, KVTier):
+            tiers = TierChain(tiers=[tiers])
+        elif isinstance(tiers, (list, tuple)):
+            tiers = TierChain(tiers=tiers)
+        elif not isinstance(tiers, TierChain):
+            raise ValueError(f"{name}(tiers=...) takes a TierChain, a KVTier (HostMemoryTier(...)) or a "
+                             f"list of them fastest first; got {tiers!r}")
+        self.tiers = tiers
+        return TierReuse(tiers)
 
     # ---- prefix reuse --------------------------------------------------------------------------
     def _hashes(self, token_ids, salt, num_blocks: int) -> list:
         return chain_hashes(self.hasher, self.hasher.root(salt), token_ids, self.page_size, 0, num_blocks)
 
     def match_prefix(self, token_ids, *, salt=None) -> int:
+        return sum(self.match_prefix_by_tier(token_ids, salt=salt))
+
+    def match_prefix_by_tier(self, token_ids, *, salt=None) -> tuple[int, ...]:
+        """Leading tokens of ``token_ids`` cached now, by where their blocks are: the GPU first,
+        then each tier of ``tiers`` (fastest first). No side effects."""
+        hits = [0] * (1 + (0 if self.tiers is None else len(self.tiers.tiers)))
         if self.index is None:
-            return 0
+            return tuple(hits)
         # Hash block by block and stop at the first miss: a lookup costs what it matches.
-        parent, pages = self.hasher.root(salt), 0
+        parent, on_gpu = self.hasher.root(salt), True
         for i in range(len(token_ids) // self.page_size):
             parent = self.hasher.chain(parent, token_ids[i * self.page_size:(i + 1) * self.page_size])
-            if parent not in self.index.by_hash:
+            on_gpu = on_gpu and parent in self.index.by_hash
+            where = None if on_gpu or self.tiers is None else self.tiers.where(parent)
+            if not on_gpu and where is None:
                 break
-            pages += 1
-        return pages * self.page_size
+            hits[0 if on_gpu else 1 + where[0]] += self.page_size
+        return tuple(hits)
 
     def _reuse_prefix(self, seq: SeqState, token_ids) -> int:
         if self.index is None:
@@ -73,10 +111,28 @@ class PagedKVCache(SwappablePoolCache):
             self.index.evictable.hold(p)
         self.block_table.append(seq.row, pages)
         seq.num_indexed = len(pages)
-        return len(pages) * self.page_size
+        if self._tiered is not None:           # the match goes on below the GPU
+            rest = seq.block_hashes[len(pages):usable]
+            seq.tier_hits = rest[:len(self._tiered.match(rest))]
+            self._tiered.hold(seq.tier_hits)
+        return (len(pages) + len(seq.tier_hits)) * self.page_size
 
     def _attached(self, seq: SeqState) -> list[int]:
-        return self._row(seq)[:seq.hit_tokens // self.page_size].tolist()
+        """The GPU pages attached at admission (until the sequence starts)."""
+        return self._row(seq)[:seq.num_indexed].tolist()
+
+    def _placed(self, seq: SeqState, first: int, pages: list[int]) -> None:
+        """At the first allocate: load the blocks a tier holds into the first fresh pages and
+        index them (the load runs before the step that reads them)."""
+        if not seq.tier_hits:
+            return
+        keys, seq.tier_hits = seq.tier_hits, []
+        targets = pages[:len(keys)]
+        self._tiered.load(keys, targets)
+        for i, page in enumerate(targets, start=first):
+            if self.index.insert(keys[i - first], page, i, self.clock, seq.priority):
+                self.allocator.incref([page])      # the index's own reference
+        seq.num_indexed = first + len(targets)
 
     def _start_reuse(self, seq: SeqState) -> None:
         if self.index is None:
@@ -90,6 +146,9 @@ class PagedKVCache(SwappablePoolCache):
             return
         for p in self._attached(seq):
             self.index.evictable.unhold(p)
+        if seq.tier_hits:
+            self._tiered.unhold(seq.tier_hits)
+            seq.tier_hits = []
 
     def commit(self, seq_id, token_ids, num_computed: int) -> None:
         if self.index is None:
@@ -115,6 +174,8 @@ class PagedKVCache(SwappablePoolCache):
         for i, page in enumerate(pages, start=seq.num_indexed):
             if self.index.insert(seq.block_hashes[i], page, i, self.clock, seq.priority):
                 self.allocator.incref([page])      # the index's own reference
+                if self._tiered is not None:
+                    self._tiered.indexed(seq.block_hashes[i], page, seq.priority)
         seq.num_indexed = full
 
     def _before_release(self, seq_id, seq: SeqState) -> None:
@@ -140,9 +201,22 @@ class PagedKVCache(SwappablePoolCache):
     def _drop_cached(self) -> None:
         if self.index is not None:
             self.allocator.decref(self.index.clear())
+        if self._tiered is not None:
+            self._tiered.clear()
 
     def _reclaim(self, n: int) -> None:
         while n > 0 and self._num_reclaimable():
-            self.allocator.decref([self.index.evict()])
+            page, block = self.index.evict_block()
+            if self._tiered is not None:           # down a tier instead of gone, if the policy says
+                self._tiered.evicted(block.block_hash, page, block.priority)
+            self.allocator.decref([page])
             self.evictions += 1
             n -= 1
+
+    # ---- tiers ---------------------------------------------------------------------------------
+    def drain_tier_moves(self) -> list:
+        return [] if self._tiered is None else self._tiered.drain()
+
+    def stats(self, *, detailed: bool = True) -> KVCacheStats:
+        stats = super().stats(detailed=detailed)
+        return stats if self._tiered is None else dataclasses.replace(stats, tiers=self._tiered.stats())

@@ -51,6 +51,7 @@ class SeqState:
     block_hashes: list = dataclasses.field(default_factory=list)   # hash-chained caches
     num_indexed: int = 0              # leading full pages already in the prefix index
     host_pages: list = dataclasses.field(default_factory=list)     # swapped out: host page per entry
+    tier_hits: list = dataclasses.field(default_factory=list)     # blocks to load from a tier at start
     node: object = None               # radix: deepest tree node this sequence locks (or holds)
     tokens: object = None             # radix: the token sequence, for indexing at free
     num_computed: int = 0
@@ -117,6 +118,9 @@ class PagePoolCache(KVCache):
     def _after_release(self, pages: list[int]) -> None:
         """Called by ``free`` and ``swap_out`` with the pages that still have references."""
 
+    def _placed(self, seq: SeqState, first: int, pages: list[int]) -> None:
+        """``allocate`` appended fresh ``pages`` to ``seq``'s row from column ``first``."""
+
     # ---- rows ----------------------------------------------------------------------------------
     def _new_seq(self, seq_id, **fields) -> SeqState:
         seq = self._seqs[seq_id] = SeqState(row=self.block_table.add(seq_id), **fields)
@@ -137,7 +141,7 @@ class PagePoolCache(KVCache):
                             query_tokens=len(token_ids))
         hit = self._reuse_prefix(seq, token_ids)
         seq.num_tokens = seq.hit_tokens = hit
-        seq.shared_pages = hit // self.page_size
+        seq.shared_pages = hit // self.page_size - len(seq.tier_hits)    # tier hits: loaded, its own
         return hit
 
     def _pages_needed(self, seq: SeqState | None, num_tokens: int) -> int:
@@ -205,7 +209,9 @@ class PagePoolCache(KVCache):
         if not seq.started:
             self._start(seq)
         if need:
-            self.block_table.append(seq.row, self.writes.place(seq_id, have, self._take_pages(need)))
+            pages = self.writes.place(seq_id, have, self._take_pages(need))
+            self.block_table.append(seq.row, pages)
+            self._placed(seq, have, pages)
         seq.num_tokens = num_tokens
         self._update_ledger(seq_id, seq, have + need)
 

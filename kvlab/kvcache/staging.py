@@ -29,6 +29,9 @@ class InPlaceWrites:
     def check_host_tier(self) -> None:
         """Pages move to a host tier as stored."""
 
+    def check_tiers(self) -> None:
+        """Cached pages go down the tiers below the GPU as stored."""
+
     def check_step(self, step_tokens: int) -> None:
         """Any number of tokens a step."""
 
@@ -85,6 +88,11 @@ class StagedWrites:
         raise ValueError(f"{self.format_name} KV keeps unfilled pages in full-precision staging pages, which "
                          f"swap does not move yet: build the cache without a host tier (preemption by "
                          f"recompute) or use a per-token format")
+
+    def check_tiers(self) -> None:
+        """Raise: offloading sealed pages to tiers below the GPU is not built yet."""
+        raise ValueError(f"{self.format_name} KV does not go down tiers below the GPU yet (its sealed pages "
+                         f"are not offloaded): build the cache without tiers or use a per-token format")
 
     def check_step(self, step_tokens: int) -> None:
         """Raise ValueError if one step of ``step_tokens`` tokens could need more staging pages

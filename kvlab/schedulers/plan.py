@@ -132,15 +132,17 @@ class StepTable:
 @dataclasses.dataclass(frozen=True)
 class StepPlan:
     """What runs this step (preemptions already applied to the cache). ``swap_out`` copies must be
-    made before the step runs, and so must ``swap_in`` ones and ``seals`` (full staging pages
-    quantized into their sealed pages: ``kvlab.kvcache.staging``). Sequences are in ascending ``row``
-    order; ``table`` is None only for an empty plan."""
+    made before the step runs, and so must ``swap_in`` ones, ``seals`` (full staging pages
+    quantized into their sealed pages: ``kvlab.kvcache.staging``) and ``tier_moves`` (offloads to
+    and loads from the tiers below the GPU, in order: ``kvlab.kvcache.tiers.moves``). Sequences
+    are in ascending ``row`` order; ``table`` is None only for an empty plan."""
 
     seqs: list[ScheduledSeq]
     preempted: list[Request] = dataclasses.field(default_factory=list)
     swap_out: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (device, host) page
     swap_in: list[tuple[int, int]] = dataclasses.field(default_factory=list)   # (host, device) page
     seals: list[tuple[int, int]] = dataclasses.field(default_factory=list)     # (staging, sealed) page
+    tier_moves: list = dataclasses.field(default_factory=list)    # tiers.moves, in order
     table: StepTable | None = None
 
     @classmethod
@@ -160,7 +162,7 @@ class StepPlan:
             known = len(req.prompt_token_ids) + len(req.output_token_ids)
             commit(req.request_id, req.tokens, computed if computed < known else known)
         return cls(seqs=seqs, table=StepTable.build(cache, seqs) if seqs else None, seals=cache.drain_seals(),
-                   **copies)
+                   tier_moves=cache.drain_tier_moves(), **copies)
 
     @functools.cached_property
     def num_tokens(self) -> int:
@@ -181,6 +183,11 @@ class StepPlan:
     @property
     def is_empty(self) -> bool:
         return not self.seqs
+
+    @property
+    def has_page_copies(self) -> bool:
+        """Whether pages move before this step (swaps, seals, tier moves), empty or not."""
+        return bool(self.swap_out or self.swap_in or self.seals or self.tier_moves)
 
     def token_ids(self) -> np.ndarray:
         """[T] int32: the new tokens of every sequence, in plan order (``FUTURE_TOKEN`` where

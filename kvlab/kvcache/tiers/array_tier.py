@@ -3,27 +3,41 @@ a ``PageAllocator`` over the slots, a dict key -> entry, and an ``EvictableSet``
 the caches' eviction policies (``LRU``, ``LFU``, ``PriorityLRU``).
 
 Entries carry what those policies read: ``last_access`` (the tier's own logical clock, advanced by
-every put and hit), ``hits`` (gets that found it), ``priority`` (the highest it was put with) and
-``depth`` (always 0: a tier does not know a block's position in its prefix, so ties go by put
-order). Every stored record is evictable: nothing is pinned.
+every put, reserve and hit), ``hits`` (gets and touches that found it), ``priority`` (the highest it
+was stored with) and ``depth`` (always 0: a tier does not know a block's position in its prefix, so
+ties go by put order).
 
-``HostMemoryTier`` and ``DiskTier`` differ only in the array they hand over (NumPy memory, a
-memory-mapped file); another tier over another buffer (pinned host memory, say) is a subclass
-that does the same.
+Two ways to use a tier:
+
+- *records in, records out*: ``put`` copies a record in, ``get`` copies it out, and the victims a
+  ``put`` evicts come back with their records;
+- *slots*, for a GPU cache whose bytes move later, in order, by whoever runs the steps (the
+  engine's executor): ``reserve`` names the slot a key's record will be written to and the victim
+  whose record is still in that slot (to be copied elsewhere first), ``slot_of`` where a key's
+  record is, ``hold``/``unhold`` keep a key from being evicted while a copy of it is pending.
+
+The record array is made when the tier learns its page record: at construction, or later by
+``bind(page_record)`` (an engine binds its cache's tiers to its KV storage's ``page_record``).
+``HostMemoryTier`` and ``DiskTier`` differ only in that array (NumPy memory, a memory-mapped
+file); another tier over another buffer (pinned host memory, say) is a subclass with its own
+``_new_records``.
 
 Examples:
     >>> import numpy as np
-    >>> from kvlab.kvcache.eviction import LRU
-    >>> spec = np.zeros((2,), np.int8)                      # anything with shape and dtype
-    >>> tier = ArrayTier(np.zeros((1, 2), np.int8), spec, LRU())
-    >>> tier.put("a", np.array([1, 2], np.int8)), [e.key for e in tier.put("b", spec)]
+    >>> from kvlab.kvcache.tiers import HostMemoryTier
+    >>> tier = HostMemoryTier(num_pages=1)                 # page record bound later
+    >>> tier.bind(np.zeros((2,), np.int8))                  # anything with shape and dtype
+    >>> tier.put("a", np.array([1, 2], np.int8)), [e.key for e in tier.put("b", np.zeros(2, np.int8))]
     ([], ['a'])
+    >>> tier.reserve("c")                                   # slot 0, whose record "b" gives up
+    (0, [Vacated(key='b', slot=0, priority=0)])
 """
 
 from __future__ import annotations
 
 import dataclasses
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 
@@ -59,6 +73,15 @@ def record_spec(page_record, owner: str) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(int(n) for n in shape), dtype
 
 
+class Vacated(NamedTuple):
+    """A key ``reserve`` evicted: its record is still in ``slot`` until the reserved key's record
+    is written there."""
+
+    key: object
+    slot: int
+    priority: int
+
+
 @dataclasses.dataclass(eq=False)
 class _Entry:
     """One stored record's slot and the bookkeeping eviction policies read."""
@@ -71,36 +94,62 @@ class _Entry:
 
 
 class ArrayTier:
-    """A ``KVTier`` over ``records``, an array ``[num_pages, *page_record.shape]`` of the record
-    dtype that the tier owns from now on; ``eviction`` orders the victims."""
+    """A ``KVTier`` of ``num_pages`` slots; ``eviction`` orders the victims; ``page_record`` (or a
+    later ``bind``) fixes the records' shape and dtype. Subclasses make the record array."""
 
-    def __init__(self, records, page_record, eviction):
+    def __init__(self, num_pages: int, page_record, eviction):
         owner = type(self).__name__
-        self.shape, self.dtype = record_spec(page_record, owner)
         if not callable(getattr(eviction, "key", None)):
             raise ValueError(f"{owner} needs an eviction policy object with key(entry), such as LRU(), "
                              f"LFU() or PriorityLRU(); got {eviction!r}")
-        if records.shape[1:] != self.shape or records.dtype != self.dtype:
-            raise ValueError(f"{owner}: storage {records.shape} {records.dtype} does not hold records "
-                             f"of {self.shape} {self.dtype}")
-        self.page_record = page_record
         self.eviction = eviction
-        self._records = records
-        self._allocator = PageAllocator(records.shape[0])
+        self.page_record = None
+        self.shape, self.dtype = None, None
+        self._records = None
+        self._allocator = PageAllocator(check_num_pages(num_pages, owner))
         self._entries: dict = {}
         self._evictable = EvictableSet(eviction)
         self._clock = 0
         self._puts = self._hits = self._misses = self._evictions = 0
+        if page_record is not None:
+            self.bind(page_record)
+
+    def _new_records(self, shape: tuple[int, ...], dtype: np.dtype):
+        """The record array ``[num_pages, *shape]`` of ``dtype`` (subclasses)."""
+        raise NotImplementedError
+
+    def bind(self, page_record) -> None:
+        """Fix the page record (make the record array); binding again to the same shape and dtype
+        does nothing, to another is a ValueError."""
+        owner = type(self).__name__
+        spec = record_spec(page_record, owner)
+        if self.page_record is not None:
+            if spec != (self.shape, self.dtype):
+                raise ValueError(f"{owner} holds records of {self.shape} {self.dtype}; it cannot take "
+                                 f"{spec[0]} {spec[1]} (a tier serves one KV storage: give each its own)")
+            return
+        self._records = self._new_records(*spec)
+        self.shape, self.dtype = spec
+        self.page_record = page_record
 
     @property
     def num_pages(self) -> int:
         return self._allocator.num_pages
 
+    @property
+    def records(self):
+        """The record array ``[num_pages, *shape]`` (slot ``s`` holds the record ``slot_of`` names);
+        None until the page record is bound."""
+        return self._records
+
     def _storage(self):
-        """The record array (a subclass that can be closed checks here)."""
+        if self._records is None:
+            raise ValueError(f"{type(self).__name__} has no page record yet; build it with "
+                             f"page_record=... or call bind(page_record) (an engine binds its cache's tiers)")
         return self._records
 
     def _check_record(self, record) -> np.ndarray:
+        self._storage()
         record = np.asarray(record)
         if record.shape != self.shape or record.dtype != self.dtype:
             raise ValueError(f"{type(self).__name__} stores records of shape {self.shape} and dtype "
@@ -111,44 +160,82 @@ class ArrayTier:
         self._clock += 1
         return self._clock
 
-    def put(self, key, record, priority: int = 0) -> list[Evicted]:
-        """Store ``record`` under ``key``; the records evicted to make room (see ``KVTier.put``)."""
-        record = self._check_record(record)
-        storage = self._storage()
-        self._puts += 1
+    # ---- slots ----------------------------------------------------------------------------------
+    def reserve(self, key, priority: int = 0) -> tuple[int, list[Vacated]] | None:
+        """The slot ``key``'s record is to be written to, and the key evicted to free it (its
+        record still there); None - nothing changed - when the tier is full of held records. A
+        key already stored keeps its slot (its priority rises to ``priority`` if higher)."""
         entry = self._entries.get(key)
-        if entry is not None:                     # overwrite in place: a use, no room needed
+        if entry is not None:
+            self._puts += 1
             self._evictable.discard(key)
             entry.last_access, entry.priority = self._tick(), max(entry.priority, int(priority))
-            storage[entry.slot] = record
             self._evictable.add(key, entry)
-            return []
-        evicted = []
-        while self._allocator.num_free == 0:
+            return entry.slot, []
+        vacated = []
+        if self._allocator.num_free == 0:
+            if not len(self._evictable):
+                return None
             victim = self._evictable.pop()
             gone = self._entries.pop(victim)
-            evicted.append(Evicted(victim, np.array(storage[gone.slot]), gone.priority))
+            vacated.append(Vacated(victim, gone.slot, gone.priority))
             self._allocator.decref([gone.slot])
             self._evictions += 1
         (slot,) = self._allocator.allocate(1)
-        storage[slot] = record
-        entry = _Entry(slot, self._tick(), int(priority))
-        self._entries[key] = entry
+        entry = self._entries[key] = _Entry(slot, self._tick(), int(priority))
         self._evictable.add(key, entry)
+        self._puts += 1
+        return slot, vacated
+
+    def slot_of(self, key) -> int | None:
+        """The slot holding ``key``'s record, or None (nothing counted)."""
+        entry = self._entries.get(key)
+        return None if entry is None else entry.slot
+
+    def touch(self, key) -> None:
+        """A use of stored ``key`` without a copy (its record is being loaded): a hit."""
+        entry = self._entries[key]
+        self._hits += 1
+        self._evictable.discard(key)
+        entry.last_access, entry.hits = self._tick(), entry.hits + 1
+        self._evictable.add(key, entry)
+
+    def hold(self, key) -> None:
+        """Keep stored ``key`` from being evicted until as many ``unhold`` calls."""
+        if key not in self._entries:
+            raise KeyError(f"{type(self).__name__} does not hold {key!r}")
+        self._evictable.hold(key)
+
+    def unhold(self, key) -> None:
+        self._evictable.unhold(key)
+
+    def num_evictable(self) -> int:
+        """Records a reservation could evict now (stored and not held)."""
+        return len(self._evictable)
+
+    # ---- records in, records out ------------------------------------------------------------------
+    def put(self, key, record, priority: int = 0) -> list[Evicted]:
+        """Store ``record`` under ``key``; the records evicted to make room (see ``KVTier.put``).
+        ValueError, changing nothing, when every record is held."""
+        record = self._check_record(record)
+        storage = self._storage()
+        reserved = self.reserve(key, priority)
+        if reserved is None:
+            raise ValueError(f"{type(self).__name__} is full of held records; nothing can be evicted "
+                             f"to store {key!r}")
+        slot, vacated = reserved
+        evicted = [Evicted(v.key, np.array(storage[v.slot]), v.priority) for v in vacated]
+        storage[slot] = record
         return evicted
 
     def get(self, key) -> np.ndarray | None:
         """A copy of ``key``'s record, or None; a hit counts as a use."""
         storage = self._storage()
-        entry = self._entries.get(key)
-        if entry is None:
+        if key not in self._entries:
             self._misses += 1
             return None
-        self._hits += 1
-        self._evictable.discard(key)
-        entry.last_access, entry.hits = self._tick(), entry.hits + 1
-        self._evictable.add(key, entry)
-        return np.array(storage[entry.slot])
+        self.touch(key)
+        return np.array(storage[self._entries[key].slot])
 
     def peek(self, key) -> np.ndarray | None:
         """A copy of ``key``'s record, or None, counting nothing (for checks and debugging)."""
@@ -175,6 +262,12 @@ class ArrayTier:
         self._allocator.decref([entry.slot])
         return True
 
+    def clear(self) -> None:
+        """Forget every record and hold (the counters stay)."""
+        self._entries.clear()
+        self._allocator = PageAllocator(self._allocator.num_pages)
+        self._evictable = EvictableSet(self.eviction)
+
     def keys(self) -> list:
         return list(self._entries)
 
@@ -182,7 +275,7 @@ class ArrayTier:
         return len(self._entries)
 
     def stats(self) -> TierStats:
+        per_page = 0 if self.shape is None else int(np.prod(self.shape)) * self.dtype.itemsize
         return TierStats(num_pages=self.num_pages, pages_used=self._allocator.num_used,
-                         pages_free=self._allocator.num_free,
-                         bytes_per_page=int(np.prod(self.shape)) * self.dtype.itemsize, puts=self._puts,
+                         pages_free=self._allocator.num_free, bytes_per_page=per_page, puts=self._puts,
                          hits=self._hits, misses=self._misses, evictions=self._evictions)

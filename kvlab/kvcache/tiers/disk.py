@@ -27,9 +27,8 @@ import weakref
 
 import numpy as np
 
-from kvlab.kvcache.eviction import LRU, EvictableSet
-from kvlab.kvcache.pool import PageAllocator
-from kvlab.kvcache.tiers.array_tier import ArrayTier, check_num_pages, record_spec
+from kvlab.kvcache.eviction import LRU
+from kvlab.kvcache.tiers.array_tier import ArrayTier
 
 
 def _remove(path: str) -> None:
@@ -61,36 +60,40 @@ def _page_file(directory: pathlib.Path, nbytes: int) -> str:
 
 
 class DiskTier(ArrayTier):
-    """``num_pages`` records of ``page_record`` (a ``jax.ShapeDtypeStruct``) in a file under
-    ``path`` (a directory), evicted by ``eviction`` (default ``LRU()``) when full. ``close()`` (or
-    leaving a ``with`` block) deletes the file; any use after that is a ValueError."""
+    """``num_pages`` records of ``page_record`` (a ``jax.ShapeDtypeStruct``; or None, bound later
+    by ``bind``, which allocates the file then) in a file under ``path`` (a directory), evicted by
+    ``eviction`` (default ``LRU()``) when full. ``close()`` (or leaving a ``with`` block) deletes
+    the file; any use after that is a ValueError."""
 
-    def __init__(self, path, num_pages: int, page_record, eviction=None):
-        num_pages = check_num_pages(num_pages, "DiskTier")
-        shape, dtype = record_spec(page_record, "DiskTier")
+    def __init__(self, path, num_pages: int, page_record=None, eviction=None):
         self.directory = pathlib.Path(path)
-        nbytes = num_pages * int(np.prod(shape)) * dtype.itemsize
-        self.file = _page_file(self.directory, nbytes)
+        self.file = None
+        self._closed = False
+        super().__init__(num_pages, page_record, LRU() if eviction is None else eviction)
+
+    def _new_records(self, shape, dtype) -> np.memmap:
+        if self._closed:
+            raise ValueError(f"DiskTier at {self.directory} is closed")
+        self.file = _page_file(self.directory, self.num_pages * int(np.prod(shape)) * dtype.itemsize)
         self._finalizer = weakref.finalize(self, _remove, self.file)   # also if never closed
-        records = np.memmap(self.file, dtype=dtype, mode="r+", shape=(num_pages, *shape))
-        super().__init__(records, page_record, LRU() if eviction is None else eviction)
+        return np.memmap(self.file, dtype=dtype, mode="r+", shape=(self.num_pages, *shape))
 
     @property
     def closed(self) -> bool:
-        return self._records is None
+        return self._closed
 
     def _storage(self):
-        if self._records is None:
-            raise ValueError(f"DiskTier at {self.file} is closed")
-        return self._records
+        if self._closed:
+            raise ValueError(f"DiskTier at {self.file or self.directory} is closed")
+        return super()._storage()
 
     def close(self) -> None:
         """Unmap and delete the page file; the tier forgets every record. Idempotent."""
+        self._closed = True
         self._records = None
-        self._entries.clear()
-        self._allocator = PageAllocator(self._allocator.num_pages)
-        self._evictable = EvictableSet(self.eviction)
-        self._finalizer()
+        self.clear()
+        if self.file is not None:
+            self._finalizer()
 
     def __enter__(self) -> DiskTier:
         return self

@@ -35,6 +35,7 @@ import dataclasses
 import numpy as np
 
 from kvlab.kvcache.tiers.array_tier import record_spec
+from kvlab.kvcache.tiers.moves import Demote
 from kvlab.kvcache.tiers.policy import OffloadPolicy, WriteBackOnEviction
 from kvlab.kvcache.tiers.protocol import Evicted, KVTier, TierStats
 
@@ -70,20 +71,85 @@ class TierChain:
                                  f"keys/stats, num_pages, page_record): {tier!r}")
         if len({id(t) for t in tiers}) != len(tiers):
             raise ValueError("TierChain got the same tier object twice; each level needs its own tier")
-        first = record_spec(tiers[0].page_record, "TierChain")
-        for i, tier in enumerate(tiers[1:], 1):
-            spec = record_spec(tier.page_record, "TierChain")
-            if spec != first:
-                raise ValueError(f"TierChain tiers must hold one page record: tier 0 holds {first[0]} "
-                                 f"{first[1]}, tier {i} holds {spec[0]} {spec[1]}")
         if not isinstance(policy, OffloadPolicy):
             raise ValueError(f"TierChain's policy must be an offload policy (WriteBackOnEviction(), "
                              f"WriteThrough(), AbovePriority(min_priority=...)), got {policy!r}")
         self.tiers = tiers
         self.policy = policy
-        self.page_record = tiers[0].page_record
-        self._spec = first
+        self.page_record = None
+        self._spec = None
         self._demotions = self._promotions = self._drops = 0
+        bound = [t.page_record for t in tiers if t.page_record is not None]
+        if bound:
+            self.bind(bound[0])
+
+    def bind(self, page_record) -> tuple:
+        """Fix every tier's page record (tiers built without one make their arrays now); the
+        tiers' record arrays, fastest first. ValueError if a tier holds another record."""
+        spec = record_spec(page_record, "TierChain")
+        for i, tier in enumerate(self.tiers):
+            if tier.page_record is not None and record_spec(tier.page_record, "TierChain") != spec:
+                theirs = record_spec(tier.page_record, "TierChain")
+                first = "asked" if self.page_record is not None or i == 0 else "tier 0 holds"
+                raise ValueError(f"TierChain tiers must hold one page record: {first} {spec[0]} "
+                                 f"{spec[1]}, tier {i} holds {theirs[0]} {theirs[1]}")
+        for tier in self.tiers:
+            tier.bind(page_record)
+        self.page_record, self._spec = page_record, spec
+        return self.records
+
+    @property
+    def records(self) -> tuple:
+        """The tiers' record arrays, fastest first (what the engine's executor copies into)."""
+        return tuple(tier.records for tier in self.tiers)
+
+    # ---- slots: the GPU cache plans, the executor copies (kvlab.kvcache.tiers.moves) -----------
+    def reserve(self, key, priority: int = 0) -> tuple[int, list[Demote]] | None:
+        """A slot of the first tier for ``key``'s record, and the demotions to make before it is
+        written (in order; records the policy does not keep are dropped); None - nothing changed -
+        when the first tier is full of held records."""
+        return self._reserve_at(0, key, priority)
+
+    def _reserve_at(self, level: int, key, priority: int):
+        reserved = self.tiers[level].reserve(key, priority)
+        if reserved is None:
+            return None
+        slot, vacated = reserved
+        moves = []
+        for victim in vacated:
+            below = None
+            if level + 1 < len(self.tiers) and self.policy.offload_on_evict(victim.priority):
+                below = self._reserve_at(level + 1, victim.key, victim.priority)
+            if below is None:
+                self._drops += 1
+                continue
+            self._demotions += 1
+            moves += below[1] + [Demote(level, victim.slot, below[0])]
+        return slot, moves
+
+    def where(self, key) -> tuple[int, int] | None:
+        """``(tier index, slot)`` of ``key``'s record, or None (nothing counted)."""
+        for level, tier in enumerate(self.tiers):
+            slot = tier.slot_of(key)
+            if slot is not None:
+                return level, slot
+        return None
+
+    def touch(self, key) -> None:
+        """A use of stored ``key`` (its record is being loaded): a hit in its tier."""
+        self.tiers[self.where(key)[0]].touch(key)
+
+    def hold(self, key) -> None:
+        """Keep stored ``key`` where it is (no eviction, no demotion) until ``unhold``."""
+        self.tiers[self.where(key)[0]].hold(key)
+
+    def unhold(self, key) -> None:
+        self.tiers[self.where(key)[0]].unhold(key)
+
+    def clear(self) -> None:
+        """Forget every record and hold in every tier (counters stay)."""
+        for tier in self.tiers:
+            tier.clear()
 
     def _put_at(self, level: int, key, record, priority: int) -> list[Evicted]:
         """Store into tier ``level``, demoting its victims down the chain; the records dropped."""
@@ -101,6 +167,9 @@ class TierChain:
         """Store ``record`` under ``key`` in the first tier (a copy in a lower tier is discarded);
         the records dropped from the chain to make room."""
         record = np.asarray(record)
+        if self._spec is None:
+            raise ValueError("TierChain has no page record yet; build its tiers with page_record=... "
+                             "or call bind(page_record)")
         if (record.shape, record.dtype) != self._spec:      # before anything moves
             raise ValueError(f"TierChain stores records of shape {self._spec[0]} and dtype "
                              f"{self._spec[1]}; got shape {record.shape} and dtype {record.dtype}")

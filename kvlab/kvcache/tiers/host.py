@@ -25,17 +25,17 @@ from __future__ import annotations
 import numpy as np
 
 from kvlab.kvcache.eviction import LRU
-from kvlab.kvcache.tiers.array_tier import ArrayTier, check_num_pages, record_spec
+from kvlab.kvcache.tiers.array_tier import ArrayTier
 
 
 class HostMemoryTier(ArrayTier):
-    """``num_pages`` records of ``page_record`` (a ``jax.ShapeDtypeStruct``) in a NumPy array,
-    evicted by ``eviction`` (``LRU()``, the default, ``LFU()`` or ``PriorityLRU()``) when full.
-    The array is ``np.zeros`` (the operating system commits its memory as pages are first
-    written)."""
+    """``num_pages`` records of ``page_record`` (a ``jax.ShapeDtypeStruct``; or None, bound later
+    by ``bind``) in a NumPy array, evicted by ``eviction`` (``LRU()``, the default, ``LFU()`` or
+    ``PriorityLRU()``) when full. The array is ``np.zeros`` (the operating system commits its
+    memory as pages are first written)."""
 
-    def __init__(self, num_pages: int, page_record, eviction=None):
-        num_pages = check_num_pages(num_pages, "HostMemoryTier")
-        shape, dtype = record_spec(page_record, "HostMemoryTier")
-        eviction = LRU() if eviction is None else eviction
-        super().__init__(np.zeros((num_pages, *shape), dtype), page_record, eviction)
+    def __init__(self, num_pages: int, page_record=None, eviction=None):
+        super().__init__(num_pages, page_record, LRU() if eviction is None else eviction)
+
+    def _new_records(self, shape, dtype) -> np.ndarray:
+        return np.zeros((self.num_pages, *shape), dtype)

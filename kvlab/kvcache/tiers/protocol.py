@@ -45,7 +45,7 @@ class TierStats:
     pages_used: int
     pages_free: int
     bytes_per_page: int
-    puts: int            # put calls, new keys and overwrites alike
+    puts: int            # put and reserve calls, new keys and overwrites alike
     hits: int            # get calls that found their key
     misses: int          # get calls that did not
     evictions: int       # records given up to make room (each returned by a put)
@@ -99,4 +99,40 @@ class KVTier(Protocol):
 
     def stats(self) -> TierStats:
         """Pages used and free and the counters."""
+        ...
+
+    # ---- slots (a GPU cache plans the copies, the engine makes them: kvlab.kvcache.tiers.moves) --
+    def bind(self, page_record) -> None:
+        """Fix the page record if the tier was built without one (its record array is made now);
+        ValueError for another shape or dtype than the one it holds."""
+        ...
+
+    @property
+    def records(self):
+        """The record array ``[num_pages, *page_record.shape]``, indexed by slot (None until bound)."""
+        ...
+
+    def reserve(self, key: Hashable, priority: int = 0):
+        """``(slot, vacated)``: the slot ``key``'s record goes to and the keys evicted to free it
+        (``Vacated(key, slot, priority)``, their records still in place); None, changing nothing,
+        when every record is held."""
+        ...
+
+    def slot_of(self, key: Hashable) -> int | None:
+        """The slot of ``key``'s record, or None (nothing counted)."""
+        ...
+
+    def touch(self, key: Hashable) -> None:
+        """Count a hit on stored ``key`` (its record is read from its slot)."""
+        ...
+
+    def hold(self, key: Hashable) -> None:
+        """Keep stored ``key`` from being evicted until the matching ``unhold``."""
+        ...
+
+    def unhold(self, key: Hashable) -> None:
+        ...
+
+    def clear(self) -> None:
+        """Forget every record and hold."""
         ...

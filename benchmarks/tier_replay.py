@@ -1,0 +1,191 @@
+"""Long-document replay through a GPU cache too small for the documents (TGI's and TensorRT-LLM's
+scenario): TTFT of a document asked cold (its prefill computed), re-asked while its KV is still on
+the GPU, and re-asked after it was evicted to the host tier (``PagedKVCache(tiers=...)``: its
+pages loaded back instead of recomputed), with the bytes loaded and the bandwidth achieved, against
+the host-to-device bandwidth measured in the same run.
+
+    python benchmarks/tier_replay.py [--shapes llama-3.2-1b llama-3.1-8b] [--lengths 8192 16384 32768]
+                                     [--policies write-back write-through]
+
+Random bf16 weights and random token ids (a replay measures time, not text). The GPU cache holds
+1.25 documents, the host tier four, so asking documents B and C after A evicts A's pages to the
+host.
+Every scenario runs ``--warmup`` times untimed first (compilation), then ``--reps`` times; the medians are
+reported, with the executor's page copies of the warm-from-host ask timed phase by phase
+(synchronised): the device read of the pages the step evicts to the host (write-back), the host
+record copies, and the device write of the loaded pages (host-to-device copy and scatter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import kvlab
+from kvlab.engine import page_copies
+from kvlab.engine.defaults import kv_bytes_per_token
+from kvlab.kvcache.tiers import HostMemoryTier, TierChain, WriteBackOnEviction, WriteThrough
+from kvlab.kvcache.tiers import moves as tier_moves
+from kvlab.models import LlamaModel, ModelConfig
+from kvlab.models.config import Llama3RopeScaling
+
+
+def llama_3_1_8b() -> ModelConfig:
+    """The Llama-3-8B shape with Llama 3.1's 128k context (its RoPE scaling): same weights' shapes."""
+    return dataclasses.replace(ModelConfig.llama_3_8b(), max_position_embeddings=131072,
+                               rope_scaling=Llama3RopeScaling(factor=8.0))
+
+
+SHAPES = {"llama-3.2-1b": ModelConfig.llama_3_2_1b, "llama-3.1-8b": llama_3_1_8b, "tiny": ModelConfig.tiny}
+PAGE = 16
+POLICIES = {"write-back": WriteBackOnEviction(), "write-through": WriteThrough()}
+
+
+def host_to_device_gbps(nbytes: int = 1 << 30) -> dict:
+    """Host-to-device copy bandwidth (GB/s) of one ``nbytes`` array, from pageable NumPy memory
+    and, where JAX offers it, from pinned host memory."""
+    dev = jax.devices()[0]
+    x = np.ones(nbytes // 2, np.uint16)
+    out = {}
+
+    def best(f, reps=3):
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            jax.block_until_ready(f())
+            times.append(time.perf_counter() - t)
+        return nbytes / min(times) / 1e9
+
+    out["h2d_pageable"] = best(lambda: jax.device_put(x, dev))
+    try:
+        pinned = jax.sharding.SingleDeviceSharding(dev, memory_kind="pinned_host")
+        x_pinned = jax.device_put(x, pinned)
+        out["h2d_pinned"] = best(lambda: jax.device_put(x_pinned, jax.sharding.SingleDeviceSharding(dev)))
+    except Exception as e:  # noqa: BLE001 - a runtime without memory kinds: say so
+        out["h2d_pinned_error"] = f"{type(e).__name__}: {str(e)[:120]}"
+    return out
+
+
+class CopyTimer:
+    """Times the executor's page copies, each phase synchronised: the device read of the pages
+    going out (offloads), the host copies, the device write of the pages coming in (loads)."""
+
+    def __init__(self, executor):
+        self.executor, self.inner, self.records = executor, executor._copy_pages, []
+        executor._copy_pages = self
+        self.phases = {}
+        for module, name in ((page_copies, "read_pages"), (tier_moves, "run_host_moves"),
+                             (page_copies, "write_pages")):
+            setattr(module, name, self._timed(name, getattr(module, name)))
+
+    def _timed(self, name, f):
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            out = jax.block_until_ready(f(*args, **kwargs))
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t
+            return out
+        return timed
+
+    def __call__(self, plan):
+        self.phases = {}
+        t = time.perf_counter()
+        self.inner(plan)
+        jax.block_until_ready(self.executor.storage)
+        loads = sum(move.loads() for move in plan.tier_moves)
+        offloads = len(tier_moves.device_reads(plan.tier_moves))
+        if loads:
+            self.records.append((time.perf_counter() - t, loads, offloads, dict(self.phases)))
+
+
+def ttft(engine, prompt) -> float:
+    t = time.perf_counter()
+    engine.generate([prompt], kvlab.SamplingParams(max_tokens=1, ignore_eos=True))
+    return time.perf_counter() - t
+
+
+def replay(model, length: int, reps: int, chunk: int, policy, warmup: int) -> dict:
+    c = model.config
+    doc_pages = length // PAGE + 1
+    host = TierChain(tiers=[HostMemoryTier(num_pages=4 * doc_pages)], policy=policy)
+    cache = kvlab.PagedKVCache(num_pages=doc_pages * 5 // 4 + 8, page_size=PAGE, prefix_caching=True,
+                               tiers=host)
+    engine = kvlab.Engine(model, cache=cache, max_model_len=length + 2 * PAGE,
+                          scheduler=kvlab.ChunkedScheduler(max_num_seqs=1, max_num_batched_tokens=chunk))
+    timer = CopyTimer(engine.executor)
+    rng = np.random.default_rng(length)
+    rows = {"cold": [], "warm_gpu": [], "warm_host": [], "copies": [], "loaded_pages": [], "write": [],
+            "offloaded_pages": []}
+    for rep in range(warmup + reps):                # the first rounds compile
+        a, b, d = (rng.integers(0, c.vocab_size, length).tolist() for _ in range(3))
+        cold = ttft(engine, a + [1])
+        warm_gpu = ttft(engine, a + [2])
+        ttft(engine, b + [1])                        # these two evict all of a's pages to the host
+        ttft(engine, d + [1])
+        hits = cache.match_prefix_by_tier(a)
+        before = len(timer.records)
+        warm_host = ttft(engine, a + [3])
+        load_s, pages, offloads, phases = timer.records[before]
+        print(f"  L={length} rep {rep}: cold {cold * 1e3:.1f} ms, warm GPU {warm_gpu * 1e3:.1f} ms, "
+              f"hits (GPU, host) {hits}, warm host {warm_host * 1e3:.1f} ms (copies {load_s * 1e3:.1f} ms: "
+              f"{pages} pages in, {offloads} out; "
+              + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in phases.items()) + ")", flush=True)
+        if rep >= warmup:
+            for k, v in zip(rows, (cold, warm_gpu, warm_host, load_s, pages, phases.get("write_pages", 0.0),
+                                   offloads)):
+                rows[k].append(v)
+    page_bytes = PAGE * kv_bytes_per_token(c, jnp.bfloat16)
+    med = {k: float(np.median(v)) for k, v in rows.items()}
+    med["loaded_bytes"] = med["loaded_pages"] * page_bytes
+    med["write_gbps"] = med["loaded_bytes"] / med["write"] / 1e9
+    med["speedup_host"] = med["cold"] / med["warm_host"]
+    med["length"] = length
+    return med
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["llama-3.2-1b", "llama-3.1-8b"])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384, 32768])
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed rounds first (compilation)")
+    ap.add_argument("--chunk", type=int, default=8192, help="prefill chunk (max_num_batched_tokens)")
+    ap.add_argument("--policies", nargs="+", choices=sorted(POLICIES), default=["write-back"])
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    dev = jax.devices()[0]
+    bw = host_to_device_gbps()
+    print(f"{dev.device_kind}, JAX {jax.__version__}; copies of 1 GiB: "
+          + ", ".join(f"{k} {v:.1f} GB/s" if isinstance(v, float) else f"{k} {v}" for k, v in bw.items()),
+          flush=True)
+    results = []
+    for shape in args.shapes:
+        model = LlamaModel(SHAPES[shape](), dtype=jnp.bfloat16, seed=0)
+        for length in args.lengths:
+            for policy in args.policies:
+                r = replay(model, length, args.reps, args.chunk, POLICIES[policy], args.warmup)
+                r["shape"], r["policy"] = shape, policy
+                results.append(r)
+        del model
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": dev.device_kind, "jax": jax.__version__, "copies_gbps": bw,
+                       "rows": results}, f, indent=1)
+    print("\n| shape | offload policy | document tokens | TTFT cold | warm on GPU | warm from host |"
+          " cold / host | KV loaded | page copies of the step (in and out) | device write | write GB/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['shape']} | {r['policy']} | {r['length']} | {r['cold'] * 1e3:.1f} ms | "
+              f"{r['warm_gpu'] * 1e3:.1f} ms | "
+              f"{r['warm_host'] * 1e3:.1f} ms | {r['speedup_host']:.1f}x | "
+              f"{r['loaded_bytes'] / 1e9:.2f} GB | {r['copies'] * 1e3:.1f} ms | {r['write'] * 1e3:.1f} ms | "
+              f"{r['write_gbps']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

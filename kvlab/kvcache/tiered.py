@@ -1,0 +1,136 @@
+"""TierReuse: a GPU prefix cache's link to the tiers below it (a ``TierChain``: host memory, then
+disk) - TensorRT-LLM's secondary offload, SGLang HiCache's host and storage levels.
+
+The GPU cache tells it three things, and it plans the page moves (``kvlab.kvcache.tiers.moves``)
+the executor makes before the next step:
+
+- ``evicted(key, page, priority)``: a cached page leaves the GPU. Unless a tier already holds its
+  block, or the offload policy says no, its record is offloaded into the first tier (write-back);
+- ``indexed(key, page, priority)``: a page was just indexed. Under a write-through policy it is
+  copied down too - at the head of the *next* plan's moves, because the step that computes it runs
+  after this plan's copies. Its slot is reserved then, at ``drain``, not now: the moves of a plan
+  are made in the order their slots were reserved, so no slot is read before it is written;
+- ``load(keys, pages)``: a sequence reuses blocks a tier holds (``match`` found them at admission
+  and ``hold`` kept them): their records are loaded into fresh GPU pages.
+
+Blocks are keyed by their chained block hash, the GPU index's key, so a tier hit is exactly a
+prefix hit. A page loaded in a plan is never offloaded in the same plan (its device read would
+come before its load): if the GPU evicts it that soon, it is dropped.
+
+Examples:
+    >>> import jax
+    >>> from kvlab.kvcache.tiers import HostMemoryTier, TierChain
+    >>> chain = TierChain(tiers=[HostMemoryTier(num_pages=2)])
+    >>> _ = chain.bind(jax.ShapeDtypeStruct((4,), "float32"))
+    >>> reuse = TierReuse(chain)
+    >>> reuse.evicted(b"h0", page=5, priority=0); reuse.match([b"h0", b"h1"])
+    [0]
+    >>> reuse.hold([b"h0"]); reuse.load([b"h0"], [9]); reuse.drain()
+    [Offload(page=5, slot=0), Load(level=0, slot=0, page=9)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from kvlab.kvcache.tiers.hierarchy import ChainStats
+from kvlab.kvcache.tiers.moves import Load, Offload
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TierReuseStats:
+    """The tiers' pages and counters (``chain``), and the moves planned since the cache was built:
+    ``offloads`` (GPU pages copied into the first tier), ``loads_per_tier`` (blocks loaded back,
+    per tier, fastest first) and ``dropped`` (evicted GPU pages the policy or a full tier of
+    held records did not keep)."""
+
+    chain: ChainStats
+    offloads: int
+    loads_per_tier: tuple[int, ...]
+    dropped: int
+
+
+class TierReuse:
+    """Plans the moves between a GPU prefix cache and ``chain`` (see the module docstring)."""
+
+    def __init__(self, chain):
+        self.chain = chain
+        self._moves: list = []            # this plan's, in order
+        self._write_through: list = []    # (key, page, priority) indexed this plan: next plan's
+        self._loaded: set[int] = set()    # device pages this plan loads
+        self.offloads = self.dropped = 0
+        self.loads_per_tier = [0] * len(chain.tiers)
+
+    def match(self, keys) -> list[int]:
+        """The tier of each block in the leading run of ``keys`` the tiers hold (nothing counted)."""
+        levels = []
+        for key in keys:
+            where = self.chain.where(key)
+            if where is None:
+                break
+            levels.append(where[0])
+        return levels
+
+    def hold(self, keys) -> None:
+        """Keep ``keys`` (stored) in their tiers until ``load`` or ``unhold``."""
+        for key in keys:
+            self.chain.hold(key)
+
+    def unhold(self, keys) -> None:
+        for key in keys:
+            self.chain.unhold(key)
+
+    def load(self, keys, pages) -> None:
+        """Load held ``keys``' records into device ``pages`` (one each) and let the keys go."""
+        for key, page in zip(keys, pages, strict=True):
+            level, slot = self.chain.where(key)
+            self.chain.touch(key)
+            self.chain.unhold(key)
+            self._moves.append(Load(level, slot, page))
+            self._loaded.add(page)
+            self.loads_per_tier[level] += 1
+
+    def evicted(self, key, page: int, priority: int) -> None:
+        """The GPU evicts cached ``page`` of block ``key``: offload it (write-back) if no tier holds
+        the block and the policy keeps it."""
+        if self.chain.where(key) is not None:
+            return
+        if page in self._loaded or not self.chain.policy.offload_on_evict(priority):
+            self.dropped += 1
+            return
+        self._offload(key, page, priority, self._moves)
+
+    def indexed(self, key, page: int, priority: int) -> None:
+        """The GPU indexed ``page`` of block ``key``: copy it down next plan if write-through."""
+        if self.chain.policy.offload_on_insert(priority):
+            self._write_through.append((key, page, priority))
+
+    def _offload(self, key, page: int, priority: int, out: list) -> bool:
+        reserved = self.chain.reserve(key, priority)
+        if reserved is None:                  # the first tier is full of held records
+            self.dropped += 1
+            return False
+        slot, demotions = reserved
+        out += demotions
+        out.append(Offload(page, slot))
+        self.offloads += 1
+        return True
+
+    def drain(self) -> list:
+        """This plan's moves, in order; the next plan's start with the write-through copies of
+        the pages indexed so far."""
+        moves, self._moves, self._loaded = self._moves, [], set()
+        for key, page, priority in self._write_through:
+            if self.chain.where(key) is None:
+                self._offload(key, page, priority, self._moves)
+        self._write_through = []
+        return moves
+
+    def clear(self) -> None:
+        """Forget every tier record and planned move (the cache dropped its prefixes)."""
+        self.chain.clear()
+        self._moves, self._write_through, self._loaded = [], [], set()
+
+    def stats(self) -> TierReuseStats:
+        return TierReuseStats(chain=self.chain.stats(), offloads=self.offloads,
+                              loads_per_tier=tuple(self.loads_per_tier), dropped=self.dropped)

@@ -1,0 +1,321 @@
+"""Prefix caches with tiers below the GPU (``PagedKVCache(tiers=...)``, ``kvlab.kvcache.tiered``):
+the slot API of tiers and chains; a state machine of the cache's bookkeeping against a shadow
+executor that makes the planned moves over page "contents" (block hashes), so every reused or
+loaded page is checked to hold its block; the engine on random traces of re-asked documents gives
+the greedy tokens of a one-request-at-a-time decode (plain and int8 pages, host and disk tiers);
+bad input."""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import pytest
+from conftest import examples
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from test_engine_property import reference, run_trace
+
+import kvlab
+from kvlab.kvcache import BuiltinBlockHasher, HostTier
+from kvlab.kvcache.eviction import LRU, PriorityLRU
+from kvlab.kvcache.formats import Int8, Kivi
+from kvlab.kvcache.tiers import (
+    AbovePriority,
+    DiskTier,
+    HostMemoryTier,
+    TierChain,
+    WriteBackOnEviction,
+    WriteThrough,
+)
+from kvlab.kvcache.tiers.moves import Demote, Load, Offload, device_reads, run_host_moves
+from kvlab.schedulers.preemption import RecomputePreemption, SwapPreemption
+
+RECORD = np.zeros((1,), np.int64)          # a page's "content": the hash of the block it holds
+
+
+# ---- the slot API ---------------------------------------------------------------------------------
+def test_reserve_names_the_slot_and_the_key_it_takes_over():
+    tier = HostMemoryTier(2, RECORD)
+    assert tier.reserve("a") == (0, []) and tier.reserve("b") == (1, [])
+    tier.hold("a")
+    slot, vacated = tier.reserve("c")                      # "a" is held: "b" goes
+    assert slot == 1 and [(v.key, v.slot) for v in vacated] == [("b", 1)]
+    tier.hold("c")
+    assert tier.reserve("d") is None and not tier.contains("d")     # full of held records
+    tier.unhold("a")
+    assert tier.reserve("d") == (0, [tier_vacated("a", 0)])
+
+
+def tier_vacated(key, slot):
+    from kvlab.kvcache.tiers.array_tier import Vacated
+    return Vacated(key, slot, 0)
+
+
+def test_chain_reserve_plans_demotions_before_the_write():
+    chain = TierChain(tiers=[HostMemoryTier(1), HostMemoryTier(1), HostMemoryTier(2)])
+    records = chain.bind(RECORD)
+    assert chain.reserve("a") == (0, [])
+    slot, moves = chain.reserve("b")                       # a: host -> tier 1
+    assert (slot, moves) == (0, [Demote(0, 0, 0)])
+    slot, moves = chain.reserve("c")                       # b -> tier 1, whose a -> tier 2 first
+    assert moves == [Demote(1, 0, 0), Demote(0, 0, 0)]
+    assert [chain.where(k) for k in "abc"] == [(2, 0), (1, 0), (0, 0)]
+    records[0][0], records[1][0] = 2, 1                    # b's and a's records before the moves
+    run_host_moves(moves, records, None)
+    assert (records[2][0], records[1][0]) == (1, 2)
+
+
+def test_moves_read_device_pages_before_any_load_writes():
+    records = [np.zeros((2, 1), np.int64)]
+    moves = [Offload(page=3, slot=0), Load(0, 0, 3)]
+    assert device_reads(moves) == [3]
+    pages, loaded = run_host_moves(moves, records, read=np.array([[7]]))
+    assert pages == [3] and loaded.tolist() == [[7]]
+
+
+# ---- the cache's bookkeeping against a shadow executor ---------------------------------------------
+DOCS = [[(31 * d + 7 * i) % 97 + 3 for i in range(24)] for d in range(4)]
+
+
+class TieredCacheMachine(RuleBasedStateMachine):
+    """Sequences are admitted (sharing document prefixes), grow, are freed or rolled back; a
+    ``launch`` commits what the plan computes, drains the tier moves, makes them over a shadow
+    device (one int per page: the hash of the block it holds) and checks that every page a
+    sequence reuses or loaded holds its block, then writes the blocks the plan computed."""
+
+    policy = WriteBackOnEviction()
+    levels = 2
+
+    def __init__(self):
+        super().__init__()
+        tiers = [HostMemoryTier(3, eviction=PriorityLRU())]
+        tiers += [HostMemoryTier(4) for _ in range(self.levels - 1)]
+        self.chain = TierChain(tiers=tiers, policy=self.policy)
+        self.records = self.chain.bind(RECORD)
+        self.cache = kvlab.PagedKVCache(num_pages=12, page_size=4, prefix_caching=True,
+                                        block_hasher=BuiltinBlockHasher(), tiers=self.chain)
+        self.device = np.full(12, -1, np.int64)
+        self.seqs: dict = {}          # id -> [tokens, hit, pending (computed by the next launch)]
+        self.next_id = 0
+        self.launched = False
+
+    def _admit(self, tokens, priority) -> str | None:
+        sid, self.next_id = f"s{self.next_id}", self.next_id + 1
+        hit = self.cache.admit(sid, tokens, priority=priority)
+        assert hit == min(sum(self.cache.match_prefix_by_tier(tokens)), (len(tokens) - 1) // 4 * 4)
+        return sid, hit
+
+    @rule(doc=st.integers(0, 3), length=st.integers(2, 24), tail=st.lists(st.integers(100, 120), max_size=6),
+          priority=st.integers(0, 2))
+    def start(self, doc, length, tail, priority):
+        tokens = DOCS[doc][:length] + tail
+        sid, hit = self._admit(tokens, priority)
+        if not self.cache.can_allocate(sid, len(tokens)):
+            self.cache.free(sid)
+            return
+        self.cache.allocate(sid, len(tokens))
+        self.seqs[sid] = [tokens, hit, True]
+        self.launched = False
+
+    @rule(doc=st.integers(0, 3), length=st.integers(2, 24))
+    def admit_and_roll_back(self, doc, length):
+        sid, _ = self._admit(DOCS[doc][:length], 0)
+        self.cache.free(sid)
+
+    @precondition(lambda self: any(not s[2] for s in self.seqs.values()))
+    @rule(data=st.data(), extra=st.lists(st.integers(100, 120), min_size=1, max_size=5))
+    def grow(self, data, extra):
+        sid = data.draw(st.sampled_from(sorted(k for k, s in self.seqs.items() if not s[2])))
+        seq = self.seqs[sid]
+        if self.cache.can_allocate(sid, len(seq[0]) + len(extra)):
+            self.cache.allocate(sid, len(seq[0]) + len(extra))
+            seq[0], seq[1], seq[2] = seq[0] + extra, len(seq[0]), True
+
+    @precondition(lambda self: any(not s[2] for s in self.seqs.values()))
+    @rule(data=st.data())
+    def free(self, data):
+        sid = data.draw(st.sampled_from(sorted(k for k, s in self.seqs.items() if not s[2])))
+        self.cache.free(sid)
+        del self.seqs[sid]
+
+    @rule()
+    def launch(self):
+        pending = {sid: s for sid, s in self.seqs.items() if s[2]}
+        for sid, (tokens, _, _) in pending.items():          # the plan commits what it computes
+            self.cache.commit(sid, tokens, len(tokens))
+        moves = self.cache.drain_tier_moves()
+        reads = self.device[device_reads(moves)][:, None]
+        pages, loaded = run_host_moves(moves, self.records, reads)
+        if pages:
+            self.device[pages] = loaded[:, 0]
+        hashes = self._hashes
+        for sid, seq in pending.items():
+            tokens, start, _ = seq
+            row = self.cache.pages(sid)
+            for i in range(start // 4):                      # reused or loaded: must hold its block
+                assert self.device[row[i]] == hashes(tokens)[i], (sid, i)
+            for i in range(start // 4, len(tokens) // 4):    # the step writes what it computes
+                self.device[row[i]] = hashes(tokens)[i]
+            seq[2] = False
+        self.launched = True
+
+    def _hashes(self, tokens) -> list[int]:
+        h, parent, out = self.cache.hasher, self.cache.hasher.root(None), []
+        for i in range(len(tokens) // 4):
+            parent = h.chain(parent, tokens[i * 4:(i + 1) * 4])
+            out.append(parent)
+        return out
+
+    @invariant()
+    def pages_are_accounted_for(self):
+        s = self.cache.stats(detailed=False)
+        assert s.pages_used + s.pages_free + s.pages_cached == s.pages_total
+        for tier in self.chain.tiers:
+            ts = tier.stats()
+            assert ts.pages_used + ts.pages_free == ts.num_pages == tier.num_pages
+
+    @precondition(lambda self: self.launched)
+    @invariant()
+    def indexed_pages_and_tier_records_hold_their_blocks(self):
+        for page, block in self.cache.index.blocks.items():
+            assert self.device[page] == block.block_hash
+        written_later = {(0, m.slot) if isinstance(m, Offload) else (m.level + 1, m.to_slot)
+                         for m in self.cache._tiered._moves if not isinstance(m, Load)}
+        for level, tier in enumerate(self.chain.tiers):
+            for key in tier.keys():
+                if (level, tier.slot_of(key)) not in written_later:
+                    assert self.records[level][tier.slot_of(key), 0] == key
+
+    def teardown(self):
+        for sid in list(self.seqs):
+            self.cache.free(sid)
+        for tier in self.chain.tiers:
+            assert tier.num_evictable() == len(tier), "a tier record is still held"
+
+
+@pytest.mark.parametrize("policy, levels", [(WriteBackOnEviction(), 2), (WriteThrough(), 2),
+                                            (AbovePriority(min_priority=1), 1), (WriteThrough(), 1)])
+def test_tiered_cache_state_machine(policy, levels):
+    machine = type("Machine", (TieredCacheMachine,), {"policy": policy, "levels": levels})
+    run_state_machine_as_test(machine, settings=settings(max_examples=examples(60), stateful_step_count=40,
+                                                         deadline=None))
+
+
+# ---- the engine ------------------------------------------------------------------------------------
+@st.composite
+def document_traces(draw):
+    reqs = []
+    for _ in range(draw(st.integers(2, 8))):
+        doc = DOCS[draw(st.integers(0, 3))][:draw(st.sampled_from([9, 17, 24]))]
+        tail = draw(st.lists(st.integers(100, 120), min_size=1, max_size=4))
+        reqs.append((doc + tail, draw(st.integers(1, 6)), draw(st.integers(0, 8))))
+    cache = draw(st.sampled_from([kvlab.PagedKVCache, kvlab.BlockedKVCache]))
+    return (reqs, cache, draw(st.sampled_from([4, 8])), draw(st.sampled_from([0, 1])),
+            draw(st.sampled_from([WriteBackOnEviction(), WriteThrough()])),
+            draw(st.sampled_from([None, Int8()])),
+            draw(st.sampled_from([RecomputePreemption(), SwapPreemption()])))
+
+
+@settings(max_examples=examples(15), deadline=None)
+@given(document_traces())
+def test_engine_with_tiers_equals_one_request_at_a_time(tiny_model, trace):
+    """Paged or blocked pages, plain or int8, write-back or write-through, preemption by recompute
+    or by swap (its own host tier), planning ahead or not."""
+    reqs, cache_type, page_size, steps_ahead, policy, kv_format, preemption = trace
+    chain = TierChain(tiers=[HostMemoryTier(16 // page_size), HostMemoryTier(64 // page_size)], policy=policy)
+    more = ({} if kv_format is None else {"kv_format": kv_format})
+    if cache_type is kvlab.BlockedKVCache:
+        cache = cache_type(num_blocks=64 // page_size, block_tokens=page_size, tiers=chain,
+                           host_tier=HostTier(num_pages=32), **more)
+    else:
+        cache = cache_type(num_pages=64 // page_size, page_size=page_size, prefix_caching=True, tiers=chain,
+                           host_tier=HostTier(num_pages=32), **more)
+    engine = kvlab.Engine(tiny_model, cache=cache, steps_ahead=steps_ahead,
+                          scheduler=kvlab.ContinuousScheduler(max_num_seqs=3, max_num_batched_tokens=64,
+                                                              preemption=preemption))
+    outputs = run_trace(engine, reqs)
+    for (prompt, max_tokens, _), got in zip(reqs, outputs):
+        assert got == reference(tiny_model, prompt, max_tokens, cache.kv_format)
+    s = cache.stats()
+    assert s.pages_used == 0 and s.pages_free + s.pages_cached == s.pages_total
+    assert all(t.num_evictable() == len(t) for t in chain.tiers), "a tier record is still held"
+
+
+def replay(model, tiers):
+    """Four 40-token documents asked three times through a 96-token GPU cache; the cache."""
+    cache = kvlab.PagedKVCache(num_pages=24, page_size=4, prefix_caching=True, tiers=tiers)
+    engine = kvlab.Engine(model, cache=cache,
+                          scheduler=kvlab.ContinuousScheduler(max_num_seqs=2, max_num_batched_tokens=64))
+    docs = [[(7 * d + i) % 250 + 3 for i in range(40)] for d in range(4)]
+    for rnd in range(3):
+        prompts = [d + [200 + rnd] for d in docs]
+        for prompt, out in zip(prompts, engine.generate(prompts, kvlab.SamplingParams(max_tokens=4))):
+            assert out.token_ids == reference(model, prompt, 4)
+    return cache
+
+
+def test_re_asked_documents_load_from_host_and_disk_instead_of_recomputing(tiny_model, tmp_path):
+    cold = replay(tiny_model, None).stats()
+    with DiskTier(tmp_path, num_pages=40) as disk:
+        warm = replay(tiny_model, TierChain(tiers=[HostMemoryTier(8), disk])).stats()
+        assert warm.tiers.loads_per_tier[0] > 0 and warm.tiers.loads_per_tier[1] > 0
+    # every block of a re-asked document is a hit (40 tokens = 10 blocks; the question is computed)
+    assert warm.prefix_hit_tokens == 40 * 4 * 2 > cold.prefix_hit_tokens
+    assert 0 < warm.tiers.offloads < warm.evictions       # a block a tier holds is not copied again
+
+
+def test_an_abort_while_loading_frees_everything(tiny_model):
+    chain = TierChain(tiers=[HostMemoryTier(32)])
+    cache = kvlab.PagedKVCache(num_pages=16, page_size=4, prefix_caching=True, tiers=chain)
+    engine = kvlab.Engine(tiny_model, cache=cache, scheduler=kvlab.ContinuousScheduler(max_num_seqs=2))
+    docs = [list(range(3 + 40 * d, 43 + 40 * d)) for d in range(2)]
+    engine.generate([docs[0] + [1]], kvlab.SamplingParams(max_tokens=2))
+    engine.generate([docs[1] + [1]], kvlab.SamplingParams(max_tokens=2))     # evicts docs[0] to host
+    assert cache.match_prefix_by_tier(docs[0])[1] > 0
+    rid = engine.add_request(docs[0] + [2], kvlab.SamplingParams(max_tokens=8))
+    other = engine.add_request([5, 6, 7], kvlab.SamplingParams(max_tokens=3))
+    engine.step()                                          # its load is planned and launched
+    engine.abort(rid)
+    out = []
+    while engine.has_unfinished():
+        out += [t for ev in engine.step() if ev.request_id == other for t in ev.new_token_ids]
+    assert out == reference(tiny_model, [5, 6, 7], 3)
+    s = cache.stats()
+    assert s.pages_used == 0 and s.pages_free + s.pages_cached == s.pages_total
+    assert chain.tiers[0].num_evictable() == len(chain.tiers[0])
+
+
+# ---- bad input ---------------------------------------------------------------------------------------
+def test_tiers_need_prefix_caching_and_a_tier_chain():
+    with pytest.raises(ValueError, match="needs prefix_caching=True"):
+        kvlab.PagedKVCache(num_pages=4, tiers=TierChain(tiers=[HostMemoryTier(2)]))
+    with pytest.raises(ValueError, match="takes a TierChain, a KVTier"):
+        kvlab.PagedKVCache(num_pages=4, prefix_caching=True, tiers="host")
+    with pytest.raises(ValueError, match="kivi4 KV does not go down tiers below the GPU"):
+        kvlab.PagedKVCache(num_pages=4, page_size=32, prefix_caching=True, tiers=HostMemoryTier(2),
+                           kv_format=Kivi(bits=4))
+    cache = kvlab.PagedKVCache(num_pages=4, prefix_caching=True, tiers=[HostMemoryTier(2), HostMemoryTier(2)])
+    assert len(cache.tiers.tiers) == 2 and cache.match_prefix_by_tier([1] * 40) == (0, 0, 0)
+
+
+def test_a_tier_serves_one_page_record():
+    tier = HostMemoryTier(2, eviction=LRU())
+    tier.bind(RECORD)
+    with pytest.raises(ValueError, match="cannot take"):
+        tier.bind(np.zeros((2,), np.float32))
+    with pytest.raises(ValueError, match="no page record yet"):
+        HostMemoryTier(2).put("a", RECORD)
+    with tempfile.TemporaryDirectory() as d:
+        disk = DiskTier(d, 2)
+        assert disk.file is None                             # the file comes with the page record
+        disk.bind(RECORD)
+        assert disk.file is not None
+        disk.close()
