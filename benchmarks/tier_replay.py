@@ -5,15 +5,16 @@ pages loaded back instead of recomputed), with the bytes loaded and the bandwidt
 the host-to-device bandwidth measured in the same run.
 
     python benchmarks/tier_replay.py [--shapes llama-3.2-1b llama-3.1-8b] [--lengths 8192 16384 32768]
-                                     [--policies write-back write-through]
+                                     [--policies write-back write-through] [--first-tier pinned numpy]
 
 Random bf16 weights and random token ids (a replay measures time, not text). The GPU cache holds
 1.25 documents, the host tier four, so asking documents B and C after A evicts A's pages to the
 host.
 Every scenario runs ``--warmup`` times untimed first (compilation), then ``--reps`` times; the medians are
-reported, with the executor's page copies of the warm-from-host ask timed phase by phase
-(synchronised): the device read of the pages the step evicts to the host (write-back), the host
-record copies, and the device write of the loaded pages (host-to-device copy and scatter).
+reported, with the executor's page copies of the warm-from-host ask timed (synchronised): all of
+them, and apart the device gather of the pages the step evicts to the host (write-back) and the
+device write of the loaded pages. ``--first-tier pinned`` keeps the host tier in pinned memory
+(``PinnedHostTier``: copies by DMA), ``numpy`` in a NumPy array (``HostMemoryTier``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 import kvlab
 from kvlab.engine import page_copies
 from kvlab.engine.defaults import kv_bytes_per_token
-from kvlab.kvcache.tiers import HostMemoryTier, TierChain, WriteBackOnEviction, WriteThrough
+from kvlab.kvcache.tiers import HostMemoryTier, PinnedHostTier, TierChain, WriteBackOnEviction, WriteThrough
 from kvlab.kvcache.tiers import moves as tier_moves
 from kvlab.models import LlamaModel, ModelConfig
 from kvlab.models.config import Llama3RopeScaling
@@ -45,6 +46,7 @@ def llama_3_1_8b() -> ModelConfig:
 SHAPES = {"llama-3.2-1b": ModelConfig.llama_3_2_1b, "llama-3.1-8b": llama_3_1_8b, "tiny": ModelConfig.tiny}
 PAGE = 16
 POLICIES = {"write-back": WriteBackOnEviction(), "write-through": WriteThrough()}
+TIERS = {"numpy": HostMemoryTier, "pinned": PinnedHostTier}
 
 
 def host_to_device_gbps(nbytes: int = 1 << 30) -> dict:
@@ -73,15 +75,14 @@ def host_to_device_gbps(nbytes: int = 1 << 30) -> dict:
 
 
 class CopyTimer:
-    """Times the executor's page copies, each phase synchronised: the device read of the pages
-    going out (offloads), the host copies, the device write of the pages coming in (loads)."""
+    """Times the executor's page copies, the device read of the pages going out (offloads) and the
+    device write of the pages coming in (loads) synchronised apart."""
 
     def __init__(self, executor):
         self.executor, self.inner, self.records = executor, executor._copy_pages, []
         executor._copy_pages = self
         self.phases = {}
-        for module, name in ((page_copies, "read_pages"), (tier_moves, "run_host_moves"),
-                             (page_copies, "write_pages")):
+        for module, name in ((page_copies, "gather_pages"), (page_copies, "write_pages")):
             setattr(module, name, self._timed(name, getattr(module, name)))
 
     def _timed(self, name, f):
@@ -97,8 +98,8 @@ class CopyTimer:
         t = time.perf_counter()
         self.inner(plan)
         jax.block_until_ready(self.executor.storage)
-        loads = sum(move.loads() for move in plan.tier_moves)
-        offloads = len(tier_moves.device_reads(plan.tier_moves))
+        loads = sum(isinstance(move, tier_moves.Load) for move in plan.tier_moves)
+        offloads = sum(isinstance(move, tier_moves.Offload) for move in plan.tier_moves)
         if loads:
             self.records.append((time.perf_counter() - t, loads, offloads, dict(self.phases)))
 
@@ -109,10 +110,10 @@ def ttft(engine, prompt) -> float:
     return time.perf_counter() - t
 
 
-def replay(model, length: int, reps: int, chunk: int, policy, warmup: int) -> dict:
+def replay(model, length: int, reps: int, chunk: int, policy, warmup: int, tier_type) -> dict:
     c = model.config
     doc_pages = length // PAGE + 1
-    host = TierChain(tiers=[HostMemoryTier(num_pages=4 * doc_pages)], policy=policy)
+    host = TierChain(tiers=[tier_type(num_pages=4 * doc_pages)], policy=policy)
     cache = kvlab.PagedKVCache(num_pages=doc_pages * 5 // 4 + 8, page_size=PAGE, prefix_caching=True,
                                tiers=host)
     engine = kvlab.Engine(model, cache=cache, max_model_len=length + 2 * PAGE,
@@ -156,6 +157,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2, help="untimed rounds first (compilation)")
     ap.add_argument("--chunk", type=int, default=8192, help="prefill chunk (max_num_batched_tokens)")
     ap.add_argument("--policies", nargs="+", choices=sorted(POLICIES), default=["write-back"])
+    ap.add_argument("--first-tier", nargs="+", choices=sorted(TIERS), default=["pinned"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     dev = jax.devices()[0]
@@ -168,19 +170,22 @@ def main():
         model = LlamaModel(SHAPES[shape](), dtype=jnp.bfloat16, seed=0)
         for length in args.lengths:
             for policy in args.policies:
-                r = replay(model, length, args.reps, args.chunk, POLICIES[policy], args.warmup)
-                r["shape"], r["policy"] = shape, policy
-                results.append(r)
+                for tier in args.first_tier:
+                    r = replay(model, length, args.reps, args.chunk, POLICIES[policy], args.warmup,
+                               TIERS[tier])
+                    r["shape"], r["policy"], r["tier"] = shape, policy, tier
+                    results.append(r)
         del model
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev.device_kind, "jax": jax.__version__, "copies_gbps": bw,
                        "rows": results}, f, indent=1)
-    print("\n| shape | offload policy | document tokens | TTFT cold | warm on GPU | warm from host |"
-          " cold / host | KV loaded | page copies of the step (in and out) | device write | write GB/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| shape | host tier | offload policy | document tokens | TTFT cold | warm on GPU |"
+          " warm from host | cold / host | KV loaded | page copies of the step (in and out) |"
+          " device write | write GB/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['shape']} | {r['policy']} | {r['length']} | {r['cold'] * 1e3:.1f} ms | "
+        print(f"| {r['shape']} | {r['tier']} | {r['policy']} | {r['length']} | {r['cold'] * 1e3:.1f} ms | "
               f"{r['warm_gpu'] * 1e3:.1f} ms | "
               f"{r['warm_host'] * 1e3:.1f} ms | {r['speedup_host']:.1f}x | "
               f"{r['loaded_bytes'] / 1e9:.2f} GB | {r['copies'] * 1e3:.1f} ms | {r['write'] * 1e3:.1f} ms | "

@@ -7,6 +7,7 @@ bad input."""
 
 from __future__ import annotations
 
+import pathlib
 import tempfile
 
 import numpy as np
@@ -31,11 +32,12 @@ from kvlab.kvcache.tiers import (
     AbovePriority,
     DiskTier,
     HostMemoryTier,
+    PinnedHostTier,
     TierChain,
     WriteBackOnEviction,
     WriteThrough,
 )
-from kvlab.kvcache.tiers.moves import Demote, Load, Offload, device_reads, run_host_moves
+from kvlab.kvcache.tiers.moves import Demote, Load, Offload, make_moves, phases
 from kvlab.schedulers.preemption import RecomputePreemption, SwapPreemption
 
 RECORD = np.zeros((1,), np.int64)          # a page's "content": the hash of the block it holds
@@ -69,16 +71,37 @@ def test_chain_reserve_plans_demotions_before_the_write():
     assert moves == [Demote(1, 0, 0), Demote(0, 0, 0)]
     assert [chain.where(k) for k in "abc"] == [(2, 0), (1, 0), (0, 0)]
     records[0][0], records[1][0] = 2, 1                    # b's and a's records before the moves
-    run_host_moves(moves, records, None)
+    make_moves(moves, chain.tiers, read_device=None, write_device=None)
     assert (records[2][0], records[1][0]) == (1, 2)
 
 
-def test_moves_read_device_pages_before_any_load_writes():
-    records = [np.zeros((2, 1), np.int64)]
-    moves = [Offload(page=3, slot=0), Load(0, 0, 3)]
-    assert device_reads(moves) == [3]
-    pages, loaded = run_host_moves(moves, records, read=np.array([[7]]))
-    assert pages == [3] and loaded.tolist() == [[7]]
+def host_and_pinned(page_record):
+    return [HostMemoryTier(4, page_record), PinnedHostTier(4, page_record)]
+
+
+@pytest.mark.parametrize("first", [0, 1], ids=["host", "pinned"])
+def test_moves_read_device_pages_first_and_write_loads_last(first):
+    tier = host_and_pinned(RECORD)[first]
+    device = np.array([[10], [11], [12], [13]], np.int64)
+    moves = [Offload(page=3, slot=0), Load(0, 0, 1), Offload(page=1, slot=1), Load(0, 1, 3)]
+    assert phases(moves) == [[m] for m in moves]          # each load reads the slot just written
+
+    def write(pages, data):
+        device[pages] = np.asarray(data)[:len(pages)]
+    make_moves(moves, [tier], read_device=lambda pages: device[pages], write_device=write)
+    assert device[:, 0].tolist() == [10, 13, 12, 11]         # pages 1 and 3 swapped through the tier
+    assert tier.read_rows([0, 1])[:, 0].tolist() == [13, 11]
+
+
+def test_a_pinned_tier_keeps_its_records_across_moves():
+    tier = PinnedHostTier(8, np.zeros((2, 3), np.float32))
+    assert tier.records.sharding.memory_kind == "pinned_host"
+    rows = np.arange(18, dtype=np.float32).reshape(3, 2, 3)
+    tier.write_rows([5, 0, 2], rows)
+    np.testing.assert_array_equal(tier.read_rows([0, 2, 5]), rows[[1, 2, 0]])
+    loaded = tier.load_records([2, 5, 0])
+    assert loaded.shape == (4, 2, 3) and loaded.sharding.memory_kind == "device"
+    np.testing.assert_array_equal(np.asarray(loaded)[:3], rows[[2, 0, 1]])
 
 
 # ---- the cache's bookkeeping against a shadow executor ---------------------------------------------
@@ -152,10 +175,11 @@ class TieredCacheMachine(RuleBasedStateMachine):
         for sid, (tokens, _, _) in pending.items():          # the plan commits what it computes
             self.cache.commit(sid, tokens, len(tokens))
         moves = self.cache.drain_tier_moves()
-        reads = self.device[device_reads(moves)][:, None]
-        pages, loaded = run_host_moves(moves, self.records, reads)
-        if pages:
-            self.device[pages] = loaded[:, 0]
+
+        def write(pages, data):
+            self.device[pages] = np.asarray(data)[:len(pages), 0]
+        make_moves(moves, self.chain.tiers, read_device=lambda pages: self.device[pages][:, None],
+                   write_device=write)
         hashes = self._hashes
         for sid, seq in pending.items():
             tokens, start, _ = seq
@@ -221,16 +245,17 @@ def document_traces(draw):
     return (reqs, cache, draw(st.sampled_from([4, 8])), draw(st.sampled_from([0, 1])),
             draw(st.sampled_from([WriteBackOnEviction(), WriteThrough()])),
             draw(st.sampled_from([None, Int8()])),
-            draw(st.sampled_from([RecomputePreemption(), SwapPreemption()])))
+            draw(st.sampled_from([RecomputePreemption(), SwapPreemption()])),
+            draw(st.sampled_from([HostMemoryTier, PinnedHostTier])))
 
 
 @settings(max_examples=examples(15), deadline=None)
 @given(document_traces())
 def test_engine_with_tiers_equals_one_request_at_a_time(tiny_model, trace):
     """Paged or blocked pages, plain or int8, write-back or write-through, preemption by recompute
-    or by swap (its own host tier), planning ahead or not."""
-    reqs, cache_type, page_size, steps_ahead, policy, kv_format, preemption = trace
-    chain = TierChain(tiers=[HostMemoryTier(16 // page_size), HostMemoryTier(64 // page_size)], policy=policy)
+    or by swap (its own host tier), planning ahead or not, a first tier in NumPy or pinned memory."""
+    reqs, cache_type, page_size, steps_ahead, policy, kv_format, preemption, first_tier = trace
+    chain = TierChain(tiers=[first_tier(16 // page_size), HostMemoryTier(64 // page_size)], policy=policy)
     more = ({} if kv_format is None else {"kv_format": kv_format})
     if cache_type is kvlab.BlockedKVCache:
         cache = cache_type(num_blocks=64 // page_size, block_tokens=page_size, tiers=chain,
@@ -265,7 +290,7 @@ def replay(model, tiers):
 def test_re_asked_documents_load_from_host_and_disk_instead_of_recomputing(tiny_model, tmp_path):
     cold = replay(tiny_model, None).stats()
     with DiskTier(tmp_path, num_pages=40) as disk:
-        warm = replay(tiny_model, TierChain(tiers=[HostMemoryTier(8), disk])).stats()
+        warm = replay(tiny_model, TierChain(tiers=[PinnedHostTier(8), disk])).stats()
         assert warm.tiers.loads_per_tier[0] > 0 and warm.tiers.loads_per_tier[1] > 0
     # every block of a re-asked document is a hit (40 tokens = 10 blocks; the question is computed)
     assert warm.prefix_hit_tokens == 40 * 4 * 2 > cold.prefix_hit_tokens
@@ -319,3 +344,19 @@ def test_a_tier_serves_one_page_record():
         disk.bind(RECORD)
         assert disk.file is not None
         disk.close()
+
+
+def test_chat_sessions_under_pressure_hit_the_host_tier(monkeypatch):
+    """Host side on a simulated clock (``benchmarks/sessions_tiers.py`` in small): histories
+    evicted between turns are loaded back instead of recomputed."""
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+    from sessions_tiers import run
+
+    from kvlab.workloads import chat_sessions
+
+    sessions = [s.fit(3000) for s in chat_sessions(12, turns=4, system_tokens=256, seed=1)]
+    starts = [i / 5 for i in range(len(sessions))]
+    cold, warm = (run(sessions, starts, gpu_tokens=8192, host_tokens=h) for h in (0, 1 << 17))
+    assert warm["loads"] > 0 and cold["loads"] == 0
+    assert warm["hit rate"] > cold["hit rate"] + 0.3
+    assert warm["ttft_mean_s"] < cold["ttft_mean_s"]

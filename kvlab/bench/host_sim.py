@@ -29,6 +29,7 @@ from kvlab.engine.executor import Ready
 from kvlab.engine.metrics import summarize
 from kvlab.engine.sampling import Sampled
 from kvlab.kvcache.base import KVCacheStats
+from kvlab.kvcache.tiers.moves import num_device_copies
 from kvlab.schedulers.shapes import StepShape
 
 
@@ -37,8 +38,9 @@ class LinearStepCost:
     """A model of a step's device time: ``fixed_s`` (reading the weights once) plus
     ``per_token_s`` for each computed token (matmul FLOPs) plus ``per_kv_token_s`` for each key a
     sequence attends to (reading its KV) plus ``per_swapped_token_s`` for each token of KV copied
-    to or from the host tier. Token counts are padded as the runner pads them (powers of two from
-    16; the whole budget under fixed shapes)."""
+    to or from the host (swaps, and pages offloaded to or loaded from the tiers below the GPU).
+    Token counts are padded as the runner pads them (powers of two from 16; the whole budget
+    under fixed shapes)."""
 
     fixed_s: float
     per_token_s: float
@@ -64,7 +66,7 @@ class LinearStepCost:
             used = StepShape(tokens=plan.num_tokens, rows=plan.num_rows, pages=1)
             n = scheduler.shapes.pad(used, limits).tokens
         kv = sum(s.start + s.num_new_tokens for s in plan.seqs)
-        swapped = len(plan.swap_out) + len(plan.swap_in)
+        swapped = len(plan.swap_out) + len(plan.swap_in) + num_device_copies(plan.tier_moves)
         if swapped:
             swapped *= scheduler.cache.page_size
         return (self.fixed_s + self.per_token_s * n + self.per_kv_token_s * kv

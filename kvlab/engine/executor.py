@@ -19,9 +19,9 @@ from kvlab.engine.runner import ModelRunner
 from kvlab.engine.sampling import Sampled
 from kvlab.kvcache.tiers import moves as tier_moves
 from kvlab.schedulers.plan import StepPlan
-from kvlab.schedulers.shapes import StepShape, next_pow2
+from kvlab.schedulers.shapes import StepShape
 
-COPY_THREADS = 4          # threads for host record copies and host-to-device transfers of pages
+COPY_THREADS = 4          # threads for host-to-device transfers of pages
 
 
 class StepFuture(Protocol):
@@ -73,7 +73,9 @@ class ModelExecutor:
                                           head_dim=c.head_dim, dtype=model.dtype)
         self.host_storage = (None if cache.host_tier is None
                              else cache.host_tier.init_storage(self.storage.page_record))
-        self.tier_records = () if cache.tiers is None else cache.tiers.bind(self.storage.page_record)
+        if cache.tiers is not None:
+            cache.tiers.bind(self.storage.page_record)
+        self.tiers = () if cache.tiers is None else cache.tiers.tiers
         self._copy_pool = ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="kvlab-copies")
         limits = StepShape(tokens=max_num_batched_tokens, rows=max_num_seqs,
                            pages=cache.max_table_pages(max_model_len))
@@ -102,31 +104,19 @@ class ModelExecutor:
         return future
 
     def _copy_pages(self, plan: StepPlan) -> None:
-        """Swaps and tier moves: one device read of every page going out (before any page is
-        written), the host copies in order, one device write of every page coming in."""
-        swapped_out = [d for d, _ in plan.swap_out]
-        out = swapped_out + tier_moves.device_reads(plan.tier_moves)
-        read = page_copies.read_pages(self.storage, out) if out else None
-        if plan.swap_out:
-            self.host_storage[[h for _, h in plan.swap_out]] = read[:len(swapped_out)]
-        pages, data = [], None
-        if plan.tier_moves:
-            rows = next_pow2(tier_moves.num_loads(plan.tier_moves))     # the device write's padding
-            pages, data = tier_moves.run_host_moves(plan.tier_moves, self.tier_records,
-                                                    None if read is None else read[len(swapped_out):], rows,
-                                                    run_copies=self._copy_in_threads)
-        if plan.swap_in:
-            swapped_in = self.host_storage[[h for h, _ in plan.swap_in]]
-            data = swapped_in if data is None else np.concatenate([swapped_in, data[:len(pages)]])
-            pages = [d for _, d in plan.swap_in] + pages
-        if pages:
-            self.storage = page_copies.write_pages(self.storage, pages, data, pool=self._copy_pool)
+        """Swaps and tier moves: every page going out is read before any page is written."""
+        if plan.swap_out:       # device -> host, before the freed pages are written again
+            device, host = zip(*plan.swap_out)
+            self.host_storage[list(host)] = page_copies.read_pages(self.storage, device)
+        if plan.tier_moves:     # offloads read first, loads written last (tiers.moves)
+            tier_moves.make_moves(plan.tier_moves, self.tiers, read_device=self._read_device,
+                                  write_device=self._write_device)
+        if plan.swap_in:        # host -> device, before the step reads them
+            host, device = zip(*plan.swap_in)
+            self._write_device(list(device), self.host_storage[list(host)])
 
-    def _copy_in_threads(self, copies: list[tuple]) -> None:
-        """Record copies of a batch in ``COPY_THREADS`` threads (NumPy copies without the GIL)."""
-        if len(copies) < 2 * COPY_THREADS:
-            tier_moves.copy_serially(copies)
-            return
-        step = -(-len(copies) // COPY_THREADS)
-        list(self._copy_pool.map(tier_moves.copy_serially,
-                                 [copies[i:i + step] for i in range(0, len(copies), step)]))
+    def _read_device(self, pages):
+        return page_copies.gather_pages(self.storage, pages)
+
+    def _write_device(self, pages, data) -> None:
+        self.storage = page_copies.write_pages(self.storage, pages, data, pool=self._copy_pool)

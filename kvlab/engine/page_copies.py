@@ -42,7 +42,13 @@ def padded(pages, fill: int) -> np.ndarray:
 
 def read_pages(storage, pages) -> np.ndarray:
     """Whole pages as host records ``[n, *storage.page_record.shape]`` (one device-to-host copy)."""
-    return np.asarray(_read_pages(storage, padded(pages, 0)))[:len(pages)]
+    return np.asarray(gather_pages(storage, pages))[:len(pages)]
+
+
+def gather_pages(storage, pages) -> jax.Array:
+    """Whole pages as records on the device ``[next_pow2(n), *storage.page_record.shape]`` (the
+    rows past ``n`` padding)."""
+    return _read_pages(storage, padded(pages, 0))
 
 
 def write_pages(storage, pages, data: np.ndarray, pool=None):
@@ -57,7 +63,7 @@ def write_pages(storage, pages, data: np.ndarray, pool=None):
         n = min(len(data), len(pages))
         full[:n] = data[:n]
         data = full
-    if pool is None or data.nbytes < PARALLEL_BYTES or len(data) % PARTS:
+    if pool is None or not isinstance(data, np.ndarray) or data.nbytes < PARALLEL_BYTES or len(data) % PARTS:
         return _write_pages(storage, pages, data)
     device = next(iter(jax.tree.leaves(storage)[0].devices()))
     rows = len(data) // PARTS

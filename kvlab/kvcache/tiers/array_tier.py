@@ -73,6 +73,15 @@ def record_spec(page_record, owner: str) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(int(n) for n in shape), dtype
 
 
+def pad_slots(slots) -> np.ndarray:
+    """``slots`` as int32, padded with copies of the first to the next power of two (stable
+    shapes for the device write; the padding rows go to pages the write drops)."""
+    n = max(1, len(slots))
+    out = np.full(1 << (n - 1).bit_length(), slots[0] if len(slots) else 0, np.int32)
+    out[:len(slots)] = slots
+    return out
+
+
 class Vacated(NamedTuple):
     """A key ``reserve`` evicted: its record is still in ``slot`` until the reserved key's record
     is written there."""
@@ -213,41 +222,60 @@ class ArrayTier:
         """Records a reservation could evict now (stored and not held)."""
         return len(self._evictable)
 
+    # ---- copies (the engine's executor makes the moves with these: tiers.moves.make_moves) ---------
+    def read_rows(self, slots) -> np.ndarray:
+        """The records of ``slots`` ``[n, ...]`` (a copy)."""
+        return self._storage()[np.asarray(slots, np.int64)]
+
+    def write_rows(self, slots, rows) -> None:
+        """Store host records ``rows [n, ...]`` into ``slots``."""
+        self._storage()[np.asarray(slots, np.int64)] = np.asarray(rows)
+
+    def store_records(self, slots, data, rows) -> None:
+        """Store rows ``rows`` of ``data`` (device pages' records as the engine read them: a
+        device array or host records ``[m, ...]``) into ``slots``."""
+        self.write_rows(slots, np.asarray(data)[np.asarray(rows, np.int64)])
+
+    def load_records(self, slots):
+        """The records of ``slots`` for a device write: ``[next_pow2(n), ...]``, the rows past
+        ``n`` padding (here host records; a tier in device-visible memory returns a device array)."""
+        return self.read_rows(pad_slots(slots))
+
     # ---- records in, records out ------------------------------------------------------------------
     def put(self, key, record, priority: int = 0) -> list[Evicted]:
         """Store ``record`` under ``key``; the records evicted to make room (see ``KVTier.put``).
         ValueError, changing nothing, when every record is held."""
         record = self._check_record(record)
-        storage = self._storage()
+        self._storage()
         reserved = self.reserve(key, priority)
         if reserved is None:
             raise ValueError(f"{type(self).__name__} is full of held records; nothing can be evicted "
                              f"to store {key!r}")
         slot, vacated = reserved
-        evicted = [Evicted(v.key, np.array(storage[v.slot]), v.priority) for v in vacated]
-        storage[slot] = record
+        evicted = [Evicted(v.key, self.read_rows([v.slot])[0], v.priority) for v in vacated]
+        self.write_rows([slot], record[None])
         return evicted
 
     def get(self, key) -> np.ndarray | None:
         """A copy of ``key``'s record, or None; a hit counts as a use."""
-        storage = self._storage()
+        self._storage()
         if key not in self._entries:
             self._misses += 1
             return None
         self.touch(key)
-        return np.array(storage[self._entries[key].slot])
+        return self.read_rows([self._entries[key].slot])[0]
 
     def peek(self, key) -> np.ndarray | None:
         """A copy of ``key``'s record, or None, counting nothing (for checks and debugging)."""
         entry = self._entries.get(key)
-        return None if entry is None else np.array(self._storage()[entry.slot])
+        return None if entry is None else self.read_rows([entry.slot])[0]
 
     def pop(self, key) -> Evicted | None:
         """Remove ``key``; its record (a copy) and priority, or None. Counts no hit."""
         entry = self._entries.get(key)
         if entry is None:
             return None
-        record = np.array(self._storage()[entry.slot])
+        record = self.read_rows([entry.slot])[0]
         self.discard(key)
         return Evicted(key, record, entry.priority)
 

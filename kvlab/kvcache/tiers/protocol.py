@@ -136,3 +136,22 @@ class KVTier(Protocol):
     def clear(self) -> None:
         """Forget every record and hold."""
         ...
+
+    # ---- copies, as the engine makes the moves (kvlab.kvcache.tiers.moves.make_moves) -----------
+    def read_rows(self, slots) -> np.ndarray:
+        """The records of ``slots`` ``[n, ...]``, a host copy."""
+        ...
+
+    def write_rows(self, slots, rows) -> None:
+        """Store host records ``rows [n, ...]`` into ``slots``."""
+        ...
+
+    def store_records(self, slots, data, rows) -> None:
+        """Store rows ``rows`` of ``data`` (device pages' records as the engine read them, a
+        device array) into ``slots``."""
+        ...
+
+    def load_records(self, slots):
+        """The records of ``slots`` padded to ``next_pow2(n)`` rows, for a device write (host
+        records, or a device array)."""
+        ...
