@@ -116,6 +116,7 @@ class TieredCacheMachine(RuleBasedStateMachine):
 
     policy = WriteBackOnEviction()
     levels = 2
+    radix = False
 
     def __init__(self):
         super().__init__()
@@ -123,8 +124,12 @@ class TieredCacheMachine(RuleBasedStateMachine):
         tiers += [HostMemoryTier(4) for _ in range(self.levels - 1)]
         self.chain = TierChain(tiers=tiers, policy=self.policy)
         self.records = self.chain.bind(RECORD)
-        self.cache = kvlab.PagedKVCache(num_pages=12, page_size=4, prefix_caching=True,
-                                        block_hasher=BuiltinBlockHasher(), tiers=self.chain)
+        if self.radix:
+            self.cache = kvlab.RadixKVCache(num_pages=12, page_size=4, block_hasher=BuiltinBlockHasher(),
+                                            tiers=self.chain)
+        else:
+            self.cache = kvlab.PagedKVCache(num_pages=12, page_size=4, prefix_caching=True,
+                                            block_hasher=BuiltinBlockHasher(), tiers=self.chain)
         self.device = np.full(12, -1, np.int64)
         self.seqs: dict = {}          # id -> [tokens, hit, pending (computed by the next launch)]
         self.next_id = 0
@@ -209,14 +214,27 @@ class TieredCacheMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.launched)
     @invariant()
     def indexed_pages_and_tier_records_hold_their_blocks(self):
-        for page, block in self.cache.index.blocks.items():
-            assert self.device[page] == block.block_hash
+        for page, block_hash in self._indexed_pages():
+            assert self.device[page] == block_hash
         written_later = {(0, m.slot) if isinstance(m, Offload) else (m.level + 1, m.to_slot)
                          for m in self.cache._tiered._moves if not isinstance(m, Load)}
         for level, tier in enumerate(self.chain.tiers):
             for key in tier.keys():
                 if (level, tier.slot_of(key)) not in written_later:
                     assert self.records[level][tier.slot_of(key), 0] == key
+
+    def _indexed_pages(self):
+        """(page, hash of the block it must hold) of every page the prefix index names."""
+        if not self.radix:
+            yield from ((page, block.block_hash) for page, block in self.cache.index.blocks.items())
+            return
+        tree, stack = self.cache.tree, list(self.cache.tree.roots.values())
+        while stack:
+            node = stack.pop()
+            stack.extend(node.children.values())
+            if node.parent is not None:
+                hashes = self._hashes(tree.path(node)[1])
+                yield from zip(node.pages, hashes[len(hashes) - len(node.pages):])
 
     def teardown(self):
         for sid in list(self.seqs):
@@ -225,10 +243,11 @@ class TieredCacheMachine(RuleBasedStateMachine):
             assert tier.num_evictable() == len(tier), "a tier record is still held"
 
 
-@pytest.mark.parametrize("policy, levels", [(WriteBackOnEviction(), 2), (WriteThrough(), 2),
-                                            (AbovePriority(min_priority=1), 1), (WriteThrough(), 1)])
-def test_tiered_cache_state_machine(policy, levels):
-    machine = type("Machine", (TieredCacheMachine,), {"policy": policy, "levels": levels})
+@pytest.mark.parametrize("policy, levels, radix", [
+    (WriteBackOnEviction(), 2, False), (WriteThrough(), 2, False), (AbovePriority(min_priority=1), 1, False),
+    (WriteThrough(), 1, False), (WriteBackOnEviction(), 2, True), (WriteThrough(), 1, True)])
+def test_tiered_cache_state_machine(policy, levels, radix):
+    machine = type("Machine", (TieredCacheMachine,), {"policy": policy, "levels": levels, "radix": radix})
     run_state_machine_as_test(machine, settings=settings(max_examples=examples(60), stateful_step_count=40,
                                                          deadline=None))
 
@@ -241,7 +260,7 @@ def document_traces(draw):
         doc = DOCS[draw(st.integers(0, 3))][:draw(st.sampled_from([9, 17, 24]))]
         tail = draw(st.lists(st.integers(100, 120), min_size=1, max_size=4))
         reqs.append((doc + tail, draw(st.integers(1, 6)), draw(st.integers(0, 8))))
-    cache = draw(st.sampled_from([kvlab.PagedKVCache, kvlab.BlockedKVCache]))
+    cache = draw(st.sampled_from([kvlab.PagedKVCache, kvlab.BlockedKVCache, kvlab.RadixKVCache]))
     return (reqs, cache, draw(st.sampled_from([4, 8])), draw(st.sampled_from([0, 1])),
             draw(st.sampled_from([WriteBackOnEviction(), WriteThrough()])),
             draw(st.sampled_from([None, Int8()])),
@@ -252,13 +271,17 @@ def document_traces(draw):
 @settings(max_examples=examples(15), deadline=None)
 @given(document_traces())
 def test_engine_with_tiers_equals_one_request_at_a_time(tiny_model, trace):
-    """Paged or blocked pages, plain or int8, write-back or write-through, preemption by recompute
-    or by swap (its own host tier), planning ahead or not, a first tier in NumPy or pinned memory."""
+    """Paged, blocked or radix caches, plain or int8 pages, write-back or write-through,
+    preemption by recompute or by swap (its own host tier), planning ahead or not, a first tier in
+    NumPy or pinned memory."""
     reqs, cache_type, page_size, steps_ahead, policy, kv_format, preemption, first_tier = trace
     chain = TierChain(tiers=[first_tier(16 // page_size), HostMemoryTier(64 // page_size)], policy=policy)
     more = ({} if kv_format is None else {"kv_format": kv_format})
     if cache_type is kvlab.BlockedKVCache:
         cache = cache_type(num_blocks=64 // page_size, block_tokens=page_size, tiers=chain,
+                           host_tier=HostTier(num_pages=32), **more)
+    elif cache_type is kvlab.RadixKVCache:
+        cache = cache_type(num_pages=64 // page_size, page_size=page_size, tiers=chain,
                            host_tier=HostTier(num_pages=32), **more)
     else:
         cache = cache_type(num_pages=64 // page_size, page_size=page_size, prefix_caching=True, tiers=chain,
@@ -274,9 +297,12 @@ def test_engine_with_tiers_equals_one_request_at_a_time(tiny_model, trace):
     assert all(t.num_evictable() == len(t) for t in chain.tiers), "a tier record is still held"
 
 
-def replay(model, tiers):
+def replay(model, tiers, radix=False):
     """Four 40-token documents asked three times through a 96-token GPU cache; the cache."""
-    cache = kvlab.PagedKVCache(num_pages=24, page_size=4, prefix_caching=True, tiers=tiers)
+    if radix:
+        cache = kvlab.RadixKVCache(num_pages=24, page_size=4, tiers=tiers)
+    else:
+        cache = kvlab.PagedKVCache(num_pages=24, page_size=4, prefix_caching=True, tiers=tiers)
     engine = kvlab.Engine(model, cache=cache,
                           scheduler=kvlab.ContinuousScheduler(max_num_seqs=2, max_num_batched_tokens=64))
     docs = [[(7 * d + i) % 250 + 3 for i in range(40)] for d in range(4)]
@@ -287,10 +313,11 @@ def replay(model, tiers):
     return cache
 
 
-def test_re_asked_documents_load_from_host_and_disk_instead_of_recomputing(tiny_model, tmp_path):
-    cold = replay(tiny_model, None).stats()
+@pytest.mark.parametrize("radix", [False, True], ids=["paged", "radix"])
+def test_re_asked_documents_load_from_host_and_disk_instead_of_recomputing(tiny_model, tmp_path, radix):
+    cold = replay(tiny_model, None, radix).stats()
     with DiskTier(tmp_path, num_pages=40) as disk:
-        warm = replay(tiny_model, TierChain(tiers=[PinnedHostTier(8), disk])).stats()
+        warm = replay(tiny_model, TierChain(tiers=[PinnedHostTier(8), disk]), radix).stats()
         assert warm.tiers.loads_per_tier[0] > 0 and warm.tiers.loads_per_tier[1] > 0
     # every block of a re-asked document is a hit (40 tokens = 10 blocks; the question is computed)
     assert warm.prefix_hit_tokens == 40 * 4 * 2 > cold.prefix_hit_tokens

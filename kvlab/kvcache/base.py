@@ -168,6 +168,11 @@ class KVCache(abc.ABC):
         recency, count or structure changes)."""
         return 0
 
+    def match_prefix_by_tier(self, token_ids, *, salt=None) -> tuple[int, ...]:
+        """``match_prefix`` split by where the blocks are: the GPU first, then each tier below it
+        (``tiers``, fastest first); just the GPU's for a cache without tiers. No side effects."""
+        return (self.match_prefix(token_ids, salt=salt),)
+
     @abc.abstractmethod
     def free(self, seq_id) -> None:
         """Release ``seq_id``; prefix caches keep reusable blocks until evicted. Freeing a

@@ -20,16 +20,12 @@ their tier until then). ``drain_tier_moves`` hands the planned copies to the eng
 
 from __future__ import annotations
 
-import dataclasses
-
-from kvlab.kvcache.base import KVCacheStats
 from kvlab.kvcache.block_hash import BlockIndex, Sha256BlockHasher, chain_hashes
 from kvlab.kvcache.eviction import LRU
 from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.kvcache.pooled import SeqState
 from kvlab.kvcache.swap import SwappablePoolCache
-from kvlab.kvcache.tiered import TierReuse
-from kvlab.kvcache.tiers import KVTier, TierChain
+from kvlab.kvcache.tiered import tier_reuse
 
 
 class PagedKVCache(SwappablePoolCache):
@@ -57,24 +53,9 @@ class PagedKVCache(SwappablePoolCache):
         self.prefix_caching = prefix_caching
         self.hasher = block_hasher or Sha256BlockHasher()
         self.index = BlockIndex(eviction or LRU()) if prefix_caching else None
-        self.tiers = tiers
-        self._tiered = None if tiers is None else self._tier_reuse(tiers)
-
-    def _tier_reuse(self, tiers) -> TierReuse:
-        name = type(self).__name__
-        if not self.prefix_caching:
-            raise ValueError(f"{name}(tiers=...) keeps evicted prefix blocks below the GPU, so it "
-                             f"needs prefix_caching=True")
-        self.writes.check_tiers()
-        if isinstance(tiers, KVTier):
-            tiers = TierChain(tiers=[tiers])
-        elif isinstance(tiers, (list, tuple)):
-            tiers = TierChain(tiers=tiers)
-        elif not isinstance(tiers, TierChain):
-            raise ValueError(f"{name}(tiers=...) takes a TierChain, a KVTier (HostMemoryTier(...)) or a "
-                             f"list of them fastest first; got {tiers!r}")
-        self.tiers = tiers
-        return TierReuse(tiers)
+        self._tiered = None if tiers is None else tier_reuse(tiers, owner=type(self).__name__,
+                                                            prefix_caching=prefix_caching, writes=self.writes)
+        self.tiers = None if tiers is None else self._tiered.chain
 
     # ---- prefix reuse --------------------------------------------------------------------------
     def _hashes(self, token_ids, salt, num_blocks: int) -> list:
@@ -212,11 +193,3 @@ class PagedKVCache(SwappablePoolCache):
             self.allocator.decref([page])
             self.evictions += 1
             n -= 1
-
-    # ---- tiers ---------------------------------------------------------------------------------
-    def drain_tier_moves(self) -> list:
-        return [] if self._tiered is None else self._tiered.drain()
-
-    def stats(self, *, detailed: bool = True) -> KVCacheStats:
-        stats = super().stats(detailed=detailed)
-        return stats if self._tiered is None else dataclasses.replace(stats, tiers=self._tiered.stats())

@@ -76,6 +76,7 @@ class PagePoolCache(KVCache):
         self._prompt_tokens = self._hit_tokens = 0
         self._readmitted_prompt_tokens = self._readmitted_hit_tokens = 0
         self.evictions = 0
+        self._tiered = None               # a TierReuse when prefix blocks go below the GPU
 
     @classmethod
     def for_tokens(cls, tokens: int, *, page_size: int = 16, **kwargs):
@@ -164,6 +165,9 @@ class PagePoolCache(KVCache):
 
     def drain_seals(self) -> list[tuple[int, int]]:
         return self.writes.drain()
+
+    def drain_tier_moves(self) -> list:
+        return [] if self._tiered is None else self._tiered.drain()
 
     def validate_request(self, *, prompt_tokens: int, step_tokens: int, total_tokens: int) -> None:
         super().validate_request(prompt_tokens=prompt_tokens, step_tokens=step_tokens,
@@ -288,6 +292,7 @@ class PagePoolCache(KVCache):
                             prompt_tokens=self._prompt_tokens, prefix_hit_tokens=self._hit_tokens,
                             readmitted_prompt_tokens=self._readmitted_prompt_tokens,
                             readmitted_hit_tokens=self._readmitted_hit_tokens, evictions=self.evictions,
+                            tiers=None if self._tiered is None else self._tiered.stats(),
                             memory=self.ledger.breakdown() if detailed else MemoryBreakdown())
 
     def init_storage(self, *, num_layers: int, num_kv_heads: int, head_dim: int, dtype):

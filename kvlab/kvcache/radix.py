@@ -10,15 +10,23 @@ tokens when it is readmitted. Memory held by unlocked nodes is reclaimed lazily,
 allocation finds no free page. A sequence admitted but not started only holds its matched path
 (``RadixTree.hold_path``: no split, no recency or reuse count); it locks it when it starts, so
 an admission rolled back leaves the tree exactly as it was.
+
+With ``tiers`` (``kvlab.kvcache.tiers``): an evicted node's pages go down a tier, each named by the
+hash chained over its path's pages (``block_hasher``, as ``PagedKVCache`` names its blocks), and
+admission continues the tree's match through the tiers page by page; the pages found there are
+held in their tier and loaded into the sequence's fresh pages at its first ``allocate``, then
+inserted into the tree (SGLang HiCache's host level below the radix tree).
 """
 
 from __future__ import annotations
 
+from kvlab.kvcache.block_hash import Sha256BlockHasher, chain_hashes
 from kvlab.kvcache.eviction import LRU
 from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.kvcache.pooled import SeqState
 from kvlab.kvcache.radix_tree import RadixTree
 from kvlab.kvcache.swap import SwappablePoolCache
+from kvlab.kvcache.tiered import tier_reuse
 
 
 class RadixKVCache(SwappablePoolCache):
@@ -34,12 +42,16 @@ class RadixKVCache(SwappablePoolCache):
         (3, 3)
     """
 
-    def __init__(self, *, num_pages: int, page_size: int = 1, eviction=None, host_tier=None,
-                 kv_format: KVFormat = PLAIN):
+    def __init__(self, *, num_pages: int, page_size: int = 1, eviction=None, host_tier=None, tiers=None,
+                 block_hasher=None, kv_format: KVFormat = PLAIN):
         super().__init__(num_pages=num_pages, page_size=page_size, host_tier=host_tier, kv_format=kv_format)
         self.writes.check_cache("RadixKVCache")
         self.tree = RadixTree(page_size, eviction or LRU())
         self._pending: dict[int, SeqState] = {}     # admitted, not started: they hold, unsplit
+        self.hasher = block_hasher or Sha256BlockHasher()
+        self._tiered = None if tiers is None else tier_reuse(tiers, owner="RadixKVCache", prefix_caching=True,
+                                                            writes=self.writes)
+        self.tiers = None if tiers is None else self._tiered.chain
 
     def num_available_pages(self) -> int:
         """Free and evictable pages, plus the unmatched tail of a node a pending admission holds
@@ -55,10 +67,29 @@ class RadixKVCache(SwappablePoolCache):
         end, n = 0, node
         while n is not None:
             end, n = end + len(n.key), n.parent
-        return (end - seq.hit_tokens) // self.page_size
+        return (end - seq.num_indexed * self.page_size) // self.page_size
 
     def match_prefix(self, token_ids, *, salt=None) -> int:
-        return self.tree.match(salt, token_ids)[0]
+        return sum(self.match_prefix_by_tier(token_ids, salt=salt))
+
+    def match_prefix_by_tier(self, token_ids, *, salt=None) -> tuple[int, ...]:
+        """Leading tokens of ``token_ids`` cached now: in the tree, then in each tier (whole
+        pages). No side effects."""
+        hit = self.tree.match(salt, token_ids)[0]
+        if self._tiered is None:
+            return (hit,)
+        hits = [hit] + [0] * len(self.tiers.tiers)
+        for level in self._tier_run(salt, token_ids, hit, len(token_ids) // self.page_size)[1]:
+            hits[1 + level] += self.page_size
+        return tuple(hits)
+
+    def _tier_run(self, salt, token_ids, hit: int, num_pages: int) -> tuple[list, list[int]]:
+        """The hashes of pages ``hit // page_size ..`` the tiers hold, leading run up to page
+        ``num_pages``, and each one's tier."""
+        p = self.page_size
+        hashes = chain_hashes(self.hasher, self.hasher.root(salt), token_ids, p, 0, num_pages)[hit // p:]
+        levels = self._tiered.match(hashes)
+        return hashes[:len(levels)], levels
 
     def _reuse_prefix(self, seq: SeqState, token_ids) -> int:
         usable = (len(token_ids) - 1) // self.page_size * self.page_size
@@ -67,22 +98,38 @@ class RadixKVCache(SwappablePoolCache):
         self.allocator.incref(pages)
         self.block_table.append(seq.row, pages)
         seq.node, seq.tokens, seq.num_indexed = node, token_ids, len(pages)
-        seq.hit_tokens = hit
+        if self._tiered is not None:           # the match goes on below the GPU
+            seq.tier_hits = self._tier_run(seq.salt, token_ids, hit, usable // self.page_size)[0]
+            self._tiered.hold(seq.tier_hits)
+        seq.hit_tokens = hit + len(seq.tier_hits) * self.page_size
         self._pending[id(seq)] = seq
-        return hit
+        return seq.hit_tokens
 
     def _start_reuse(self, seq: SeqState) -> None:
         if seq.tokens is None:             # allocated without admit: nothing held
             return
         self._pending.pop(id(seq), None)
         self.tree.unhold_path(seq.node)
-        seq.node, hit, _ = self.tree.match_and_lock(seq.salt, seq.tokens[:seq.hit_tokens],
-                                                    self.clock, seq.priority)
-        assert hit == seq.hit_tokens, "a held prefix changed before its sequence started"
+        in_tree = seq.num_indexed * self.page_size
+        seq.node, hit, _ = self.tree.match_and_lock(seq.salt, seq.tokens[:in_tree], self.clock, seq.priority)
+        assert hit == in_tree, "a held prefix changed before its sequence started"
 
     def _rollback_reuse(self, seq: SeqState) -> None:
         self._pending.pop(id(seq), None)
         self.tree.unhold_path(seq.node)
+        if seq.tier_hits:
+            self._tiered.unhold(seq.tier_hits)
+            seq.tier_hits = []
+
+    def _placed(self, seq: SeqState, first: int, pages: list[int]) -> None:
+        """At the first allocate: load the pages a tier holds into the first fresh pages and insert
+        them into the tree (the loads run before the step that reads them)."""
+        if not seq.tier_hits:
+            return
+        keys, seq.tier_hits = seq.tier_hits, []
+        self._tiered.load(keys, pages[:len(keys)])
+        seq.num_computed = max(seq.num_computed, (first + len(keys)) * self.page_size)
+        self._index(seq)
 
     def commit(self, seq_id, token_ids, num_computed: int) -> None:
         seq = self._seqs.get(seq_id)
@@ -104,6 +151,11 @@ class RadixKVCache(SwappablePoolCache):
         seq.node, tree_pages, taken = self.tree.insert(seq.node, seq.tokens[lo * p:full * p], own,
                                                        self.clock, seq.priority)
         self.allocator.incref(tree_pages[len(tree_pages) - taken:])   # the tree's own reference
+        if taken and self._tiered is not None and self.tiers.policy.offload_on_insert(seq.priority):
+            root = self.hasher.root(seq.salt)
+            hashes = chain_hashes(self.hasher, root, seq.tokens, p, 0, full)[full - taken:]
+            for key, page in zip(hashes, tree_pages[len(tree_pages) - taken:]):
+                self._tiered.indexed(key, page, seq.priority)
         # Where another sequence put the same tokens in the tree first, switch to its pages and
         # free the duplicates (SGLang does the same): equal tokens at equal positions, equal KV.
         for i, tree_page in enumerate(tree_pages[:len(tree_pages) - taken]):
@@ -133,12 +185,23 @@ class RadixKVCache(SwappablePoolCache):
     def _num_cached_pages(self) -> int:
         return self.tree.num_cached_pages
 
-    def _drop_cached(self) -> None:
-        self.allocator.decref(self.tree.clear())
-
     def _reclaim(self, n: int) -> None:
         while n > 0 and len(self.tree.evictable):
-            pages = self.tree.evict()
-            self.allocator.decref(pages)
-            self.evictions += len(pages)
-            n -= len(pages)
+            node = self.tree.evict_node()
+            if self._tiered is not None:           # down a tier instead of gone, if the policy says
+                self._offload(node)
+            self.allocator.decref(node.pages)
+            self.evictions += len(node.pages)
+            n -= len(node.pages)
+
+    def _offload(self, node) -> None:
+        salt, tokens = self.tree.path(node)
+        p, end = self.page_size, len(tokens) // self.page_size
+        hashes = chain_hashes(self.hasher, self.hasher.root(salt), tokens, p, 0, end)
+        for key, page in zip(hashes[end - len(node.pages):], node.pages):
+            self._tiered.evicted(key, page, node.priority)
+
+    def _drop_cached(self) -> None:
+        self.allocator.decref(self.tree.clear())
+        if self._tiered is not None:
+            self._tiered.clear()

@@ -189,6 +189,20 @@ class RadixTree:
 
     def evict(self) -> list[int]:
         """Remove the policy's victim leaf; returns its pages (the caller drops their reference)."""
+        return self.evict_node().pages
+
+    def path(self, node: RadixNode) -> tuple[object, list]:
+        """``(salt, tokens)`` of the path from the root to the end of ``node``."""
+        keys = []
+        while node.parent is not None:
+            keys.append(node.key)
+            node = node.parent
+        salt = next(s for s, root in self.roots.items() if root is node)
+        return salt, [t for key in reversed(keys) for t in key]
+
+    def evict_node(self) -> RadixNode:
+        """Remove the policy's victim leaf and return it (its pages: the caller drops their
+        reference; its path: ``path`` works on it until the tree is cleared)."""
         node = self.evictable.pop()
         parent = node.parent
         del parent.children[node.key[:self.page_size]]
@@ -196,7 +210,7 @@ class RadixTree:
         if (parent.parent is not None and not parent.children
                 and parent.lock_ref == self.evictable.holds(parent)):
             self.evictable.add(parent, parent)
-        return node.pages
+        return node
 
     def clear(self) -> list[int]:
         """Forget every node (none may be locked or held); returns their pages (the caller

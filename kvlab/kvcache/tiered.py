@@ -33,8 +33,26 @@ from __future__ import annotations
 
 import dataclasses
 
-from kvlab.kvcache.tiers.hierarchy import ChainStats
+from kvlab.kvcache.tiers.hierarchy import ChainStats, TierChain
 from kvlab.kvcache.tiers.moves import Load, Offload
+from kvlab.kvcache.tiers.protocol import KVTier
+
+
+def tier_reuse(tiers, *, owner: str, prefix_caching: bool, writes) -> TierReuse:
+    """The ``TierReuse`` of cache ``owner`` built with ``tiers`` (a ``TierChain``, a ``KVTier`` or
+    a list of them, fastest first); ValueError for what cannot have tiers."""
+    if not prefix_caching:
+        raise ValueError(f"{owner}(tiers=...) keeps evicted prefix blocks below the GPU, so it "
+                         f"needs prefix_caching=True")
+    writes.check_tiers()
+    if isinstance(tiers, KVTier):
+        tiers = TierChain(tiers=[tiers])
+    elif isinstance(tiers, (list, tuple)):
+        tiers = TierChain(tiers=tiers)
+    elif not isinstance(tiers, TierChain):
+        raise ValueError(f"{owner}(tiers=...) takes a TierChain, a KVTier (HostMemoryTier(...)) or a "
+                         f"list of them fastest first; got {tiers!r}")
+    return TierReuse(tiers)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
