@@ -55,7 +55,6 @@ class PagedKVCache(SwappablePoolCache):
         self.index = BlockIndex(eviction or LRU()) if prefix_caching else None
         self._tiered = None if tiers is None else tier_reuse(tiers, owner=type(self).__name__,
                                                             prefix_caching=prefix_caching, writes=self.writes)
-        self.tiers = None if tiers is None else self._tiered.chain
 
     # ---- prefix reuse --------------------------------------------------------------------------
     def _hashes(self, token_ids, salt, num_blocks: int) -> list:
@@ -108,12 +107,8 @@ class PagedKVCache(SwappablePoolCache):
         if not seq.tier_hits:
             return
         keys, seq.tier_hits = seq.tier_hits, []
-        targets = pages[:len(keys)]
-        self._tiered.load(keys, targets)
-        for i, page in enumerate(targets, start=first):
-            if self.index.insert(keys[i - first], page, i, self.clock, seq.priority):
-                self.allocator.incref([page])      # the index's own reference
-        seq.num_indexed = first + len(targets)
+        self._tiered.load(keys, pages[:len(keys)])
+        self._index(seq, first + len(keys))        # keys are seq.block_hashes[first:]
 
     def _start_reuse(self, seq: SeqState) -> None:
         if self.index is None:

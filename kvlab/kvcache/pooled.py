@@ -78,6 +78,11 @@ class PagePoolCache(KVCache):
         self.evictions = 0
         self._tiered = None               # a TierReuse when prefix blocks go below the GPU
 
+    @property
+    def tiers(self):
+        """The ``TierChain`` below the GPU, or None."""
+        return None if self._tiered is None else self._tiered.chain
+
     @classmethod
     def for_tokens(cls, tokens: int, *, page_size: int = 16, **kwargs):
         """A cache holding at least ``tokens`` tokens."""

@@ -51,7 +51,6 @@ class RadixKVCache(SwappablePoolCache):
         self.hasher = block_hasher or Sha256BlockHasher()
         self._tiered = None if tiers is None else tier_reuse(tiers, owner="RadixKVCache", prefix_caching=True,
                                                             writes=self.writes)
-        self.tiers = None if tiers is None else self._tiered.chain
 
     def num_available_pages(self) -> int:
         """Free and evictable pages, plus the unmatched tail of a node a pending admission holds
@@ -86,10 +85,13 @@ class RadixKVCache(SwappablePoolCache):
     def _tier_run(self, salt, token_ids, hit: int, num_pages: int) -> tuple[list, list[int]]:
         """The hashes of pages ``hit // page_size ..`` the tiers hold, leading run up to page
         ``num_pages``, and each one's tier."""
-        p = self.page_size
-        hashes = chain_hashes(self.hasher, self.hasher.root(salt), token_ids, p, 0, num_pages)[hit // p:]
+        hashes = self._hashes(salt, token_ids, num_pages)[hit // self.page_size:]
         levels = self._tiered.match(hashes)
         return hashes[:len(levels)], levels
+
+    def _hashes(self, salt, token_ids, num_pages: int) -> list:
+        """Chained hashes of pages ``0 .. num_pages - 1`` of ``token_ids`` (the tiers' keys)."""
+        return chain_hashes(self.hasher, self.hasher.root(salt), token_ids, self.page_size, 0, num_pages)
 
     def _reuse_prefix(self, seq: SeqState, token_ids) -> int:
         usable = (len(token_ids) - 1) // self.page_size * self.page_size
@@ -152,8 +154,7 @@ class RadixKVCache(SwappablePoolCache):
                                                        self.clock, seq.priority)
         self.allocator.incref(tree_pages[len(tree_pages) - taken:])   # the tree's own reference
         if taken and self._tiered is not None and self.tiers.policy.offload_on_insert(seq.priority):
-            root = self.hasher.root(seq.salt)
-            hashes = chain_hashes(self.hasher, root, seq.tokens, p, 0, full)[full - taken:]
+            hashes = self._hashes(seq.salt, seq.tokens, full)[full - taken:]
             for key, page in zip(hashes, tree_pages[len(tree_pages) - taken:]):
                 self._tiered.indexed(key, page, seq.priority)
         # Where another sequence put the same tokens in the tree first, switch to its pages and
@@ -196,8 +197,8 @@ class RadixKVCache(SwappablePoolCache):
 
     def _offload(self, node) -> None:
         salt, tokens = self.tree.path(node)
-        p, end = self.page_size, len(tokens) // self.page_size
-        hashes = chain_hashes(self.hasher, self.hasher.root(salt), tokens, p, 0, end)
+        end = len(tokens) // self.page_size
+        hashes = self._hashes(salt, tokens, end)
         for key, page in zip(hashes[end - len(node.pages):], node.pages):
             self._tiered.evicted(key, page, node.priority)
 

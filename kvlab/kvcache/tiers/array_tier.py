@@ -35,6 +35,7 @@ Examples:
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import numbers
 from typing import NamedTuple
@@ -102,7 +103,7 @@ class _Entry:
     depth: int = 0
 
 
-class ArrayTier:
+class ArrayTier(abc.ABC):
     """A ``KVTier`` of ``num_pages`` slots; ``eviction`` orders the victims; ``page_record`` (or a
     later ``bind``) fixes the records' shape and dtype. Subclasses make the record array."""
 
@@ -123,9 +124,9 @@ class ArrayTier:
         if page_record is not None:
             self.bind(page_record)
 
+    @abc.abstractmethod
     def _new_records(self, shape: tuple[int, ...], dtype: np.dtype):
-        """The record array ``[num_pages, *shape]`` of ``dtype`` (subclasses)."""
-        raise NotImplementedError
+        """The record array ``[num_pages, *shape]`` of ``dtype`` (each subclass its own memory)."""
 
     def bind(self, page_record) -> None:
         """Fix the page record (make the record array); binding again to the same shape and dtype
