@@ -75,7 +75,7 @@ def test_custom_composition_names_its_choices():
 
 def test_presets_say_what_they_lack():
     assert presets.vllm(kv_tokens=1024).missing == ()
-    assert "weight offload" in presets.deepspeed(kv_tokens=1024).missing[0]
+    assert "NVMe weight tier" in presets.deepspeed(kv_tokens=1024).missing[0]
     assert presets.lmdeploy(kv_tokens=1024).missing == ()         # int8/int4 KV: lmdeploy-kv8, -kv4
     assert not any("KV" in m and "fp8" in m.lower() for m in presets.trtllm(kv_tokens=1024).missing)
     windowed = presets.trtllm(kv_tokens=4096, window=64, num_sink_tokens=4, token_budget=128, max_num_seqs=8)

@@ -14,8 +14,8 @@ Examples:
     >>> p = vllm(kv_tokens=4096, max_num_seqs=8)
     >>> type(p.cache).__name__, p.cache.page_size, p.scheduler.max_num_batched_tokens, p.missing
     ('PagedKVCache', 16, 2048, ())
-    >>> deepspeed(kv_tokens=4096).missing[0][:21]
-    'ZeRO-Inference weight'
+    >>> deepspeed(kv_tokens=4096).missing[0][:26]
+    "ZeRO-Inference's NVMe weig"
     >>> q = lmdeploy_kv4(kv_tokens=4096)
     >>> q.name, type(q.cache).__name__, q.cache.kv_format.name
     ('lmdeploy-kv4', 'BlockedKVCache', 'int4')
@@ -40,6 +40,7 @@ from kvlab.kvcache import (
     RadixKVCache,
 )
 from kvlab.kvcache.formats import PLAIN, CalibratedScales, Fp8E4M3, Int4, Int8, KVFormat, PerTensor
+from kvlab.models.streamed_layers import WeightBudget
 from kvlab.schedulers import ChunkedScheduler, ContinuousScheduler, LongestPrefixMatch, PersistentScheduler
 from kvlab.schedulers.admission import ReserveAdmission, StaticBatchAdmission
 
@@ -61,13 +62,18 @@ class Preset:
     cache: object
     scheduler: object
     missing: tuple[str, ...] = ()
+    weight_budget: WeightBudget | None = None
 
     def engine(self, model, *, attention=None, **engine_kwargs):
         """``kvlab.Engine(model, cache=..., scheduler=..., attention=..., **engine_kwargs)``, the
         attention backend chosen by ``serving_attention``: ``attention`` (default: the engine's
-        default), unless it cannot read the cache's KV format; then the reference, with a warning."""
+        default), unless it cannot read the cache's KV format; then the reference, with a warning.
+        With a ``weight_budget``, the model's layers that do not fit it are streamed from host
+        memory (``model.with_layer_loop``)."""
         from kvlab.engine import Engine
 
+        if self.weight_budget is not None:
+            model = model.with_layer_loop(self.weight_budget.layer_loop(model.config, model.dtype))
         return Engine(model, cache=self.cache, scheduler=self.scheduler,
                       attention=serving_attention(model, self.cache, attention), **engine_kwargs)
 
@@ -152,15 +158,19 @@ def trtllm_scale_notes(kv_format: KVFormat) -> tuple[str, ...]:
     return ()
 
 
-def deepspeed(kv_tokens: int, *, max_num_seqs: int = 256, token_budget: int = 768, block_tokens: int = 64
-              ) -> Preset:
+def deepspeed(kv_tokens: int, *, max_num_seqs: int = 256, token_budget: int = 768, block_tokens: int = 64,
+              weight_budget_gb: float | None = None) -> Preset:
     """DeepSpeed-FastGen: blocked KV and Dynamic SplitFuse, a fixed token budget per forward pass
-    filled by decodes first and prompt chunks after."""
+    filled by decodes first and prompt chunks after. ``weight_budget_gb`` turns on ZeRO-Inference's
+    weight offload: the layers that do not fit that many GB of device memory stay in pinned host
+    memory and stream to the device per layer (0: every layer; None: all weights on the device)."""
+    budget = None if weight_budget_gb is None else WeightBudget(device_bytes=int(weight_budget_gb * 1e9))
     return Preset(name="deepspeed",
                   cache=PagedKVCache(num_pages=kv_tokens // block_tokens, page_size=block_tokens),
                   scheduler=ChunkedScheduler(max_num_seqs=max_num_seqs, max_num_batched_tokens=token_budget),
-                  missing=("ZeRO-Inference weight offload to host, streamed per layer: the weights stay "
-                           "on the device",))
+                  weight_budget=budget,
+                  missing=("ZeRO-Inference's NVMe weight tier and int8/int4 weights in host memory: "
+                           "kvlab streams the model's own dtype from pinned host memory",))
 
 
 def static_batching(kv_tokens: int, *, max_num_seqs: int = 256, token_budget: int | None = None,

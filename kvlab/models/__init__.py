@@ -9,8 +9,9 @@ from kvlab.models.config import (
 from kvlab.models.layer_loop import LayerLoop, ScanLayers, UnrolledLayers, default_layer_loop
 from kvlab.models.llama import LlamaModel
 from kvlab.models.loading import CheckpointError, load, load_tokenizer
+from kvlab.models.streamed_layers import StreamedLayers
 from kvlab.models.tokenizer import IncrementalDecoder, Tokenizer
 
 __all__ = ["CheckpointError", "IncrementalDecoder", "LayerLoop", "LinearRopeScaling",
-           "Llama3RopeScaling", "LlamaModel", "ModelConfig", "ScanLayers", "Tokenizer",
+           "Llama3RopeScaling", "LlamaModel", "ModelConfig", "ScanLayers", "StreamedLayers", "Tokenizer",
            "UnrolledLayers", "UnsupportedModelError", "default_layer_loop", "load", "load_tokenizer"]

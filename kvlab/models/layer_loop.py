@@ -12,6 +12,10 @@ Python loop. The two give the same numbers; they differ in what XLA makes of the
 ``default_layer_loop()`` unrolls on GPUs and scans elsewhere (XLA:CPU compiles the unrolled form
 much more slowly, and CPU runs are tests, where compile time is what matters).
 
+A loop also decides where the stacked weights live (``place``): these two keep them all on the
+device; ``kvlab.models.streamed_layers.StreamedLayers`` keeps some layers in host memory and
+streams them to the device as they run (ZeRO-Inference's weight offload).
+
 Examples:
     >>> import jax.numpy as jnp
     >>> from kvlab.models import LlamaModel, ModelConfig, UnrolledLayers
@@ -28,23 +32,52 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # body(carry, (layer_weights, layer_index)) -> (carry, None), lax.scan's body signature.
 LayerBody = Callable[[Any, tuple[dict[str, jax.Array], jax.Array]], tuple[Any, None]]
 
 
 class LayerLoop(Protocol):
-    """Runs ``body`` over the layers: ``stacked`` maps weight names to ``[L, ...]`` arrays; the body
-    gets one layer's weights (the leading axis dropped) and its index as an int32 scalar."""
+    """Places the stacked layer weights and runs ``body`` over the layers.
 
-    def run(self, body: LayerBody, carry: Any, stacked: dict[str, jax.Array], num_layers: int) -> Any:
-        """Returns the carry after the last layer."""
+    ``place`` gets each weight name's ``[L, ...]`` array (NumPy or JAX) and returns the arrays the
+    model keeps, by name (the names are the loop's own); ``run`` gets those arrays back and calls
+    the body with one layer's weights under the original names (the leading axis dropped) and the
+    layer's index as an int32 scalar."""
+
+    def place(self, stacked: dict[str, Any], dtype) -> dict[str, jax.Array]:
+        """The arrays to keep for ``stacked`` (``[L, ...]`` each), cast to ``dtype``."""
         ...
+
+    def stacked(self, placed: dict[str, jax.Array]) -> dict[str, np.ndarray]:
+        """``place``'s inverse: the ``[L, ...]`` weights by their original names, in host memory."""
+        ...
+
+    def run(self, body: LayerBody, carry: Any, placed: dict[str, jax.Array], num_layers: int) -> Any:
+        """Returns the carry after the last layer; ``placed`` is what ``place`` returned."""
+        ...
+
+
+def on_device(stacked: dict[str, Any], dtype) -> dict[str, jax.Array]:
+    """Every stacked weight as a device array of ``dtype`` (the resident loops' ``place``)."""
+    return {name: jnp.asarray(w, dtype=dtype) for name, w in stacked.items()}
+
+
+def to_host(placed: dict[str, jax.Array]) -> dict[str, np.ndarray]:
+    """Every weight copied to host memory (the resident loops' ``stacked``)."""
+    return {name: np.asarray(w) for name, w in placed.items()}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ScanLayers:
     """One ``lax.scan`` over the layers: compile time independent of depth."""
+
+    def place(self, stacked: dict[str, Any], dtype) -> dict[str, jax.Array]:
+        return on_device(stacked, dtype)
+
+    def stacked(self, placed: dict[str, jax.Array]) -> dict[str, np.ndarray]:
+        return to_host(placed)
 
     def run(self, body: LayerBody, carry: Any, stacked: dict[str, jax.Array], num_layers: int) -> Any:
         layer_ids = jnp.arange(num_layers, dtype=jnp.int32)
@@ -55,6 +88,12 @@ class ScanLayers:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class UnrolledLayers:
     """A Python loop over the layers with static weight slices: no per-step weight copies."""
+
+    def place(self, stacked: dict[str, Any], dtype) -> dict[str, jax.Array]:
+        return on_device(stacked, dtype)
+
+    def stacked(self, placed: dict[str, jax.Array]) -> dict[str, np.ndarray]:
+        return to_host(placed)
 
     def run(self, body: LayerBody, carry: Any, stacked: dict[str, jax.Array], num_layers: int) -> Any:
         for layer in range(num_layers):

@@ -32,8 +32,8 @@ from kvlab.models.config import ModelConfig
 from kvlab.models.layer_loop import LayerLoop, default_layer_loop
 
 
-# name -> shape function of the stacked per-layer weights (x @ w layout: [in, out]).
-def _layer_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
+def layer_weight_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The stacked per-layer weights by kvlab name, ``[L, ...]`` shapes (x @ w layout: [in, out])."""
     L, E, F = c.num_layers, c.hidden_size, c.intermediate_size
     q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
     shapes = {"attn_norm": (L, E), "wq": (L, E, q), "wk": (L, E, kv), "wv": (L, E, kv),
@@ -46,7 +46,8 @@ def _layer_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def weight_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every weight of the model by kvlab name, with its shape."""
-    shapes = {"embed": (c.vocab_size, c.hidden_size), **_layer_shapes(c), "final_norm": (c.hidden_size,)}
+    shapes = {"embed": (c.vocab_size, c.hidden_size), **layer_weight_shapes(c),
+              "final_norm": (c.hidden_size,)}
     if not c.tie_word_embeddings:
         shapes["lm_head"] = (c.hidden_size, c.vocab_size)
     return shapes
@@ -104,7 +105,8 @@ class LlamaModel(nnx.Module):
     """Llama/SmolLM2/Qwen2/Mistral decoder with stacked layer weights.
 
     Built with random weights (``seed``) or from a dict of arrays named as ``weight_shapes``.
-    ``layer_loop`` runs the layers (default: ``default_layer_loop()``, unrolled on GPUs).
+    ``layer_loop`` places the stacked layer weights and runs the layers (default:
+    ``default_layer_loop()``, all on the device, unrolled on GPUs; ``StreamedLayers`` offloads).
     """
 
     def __init__(self, config: ModelConfig, *, dtype=jnp.float32, seed: int = 0,
@@ -122,16 +124,33 @@ class LlamaModel(nnx.Module):
                     raise ValueError(f"weight {name!r} has shape {tuple(weights[name].shape)}, "
                                      f"expected {shape}")
         keys = iter(jax.random.split(jax.random.key(seed), len(shapes)))
+        per_layer = layer_weight_shapes(config)
+        stacked = {}
         for name, shape in shapes.items():
             key = next(keys)
             if weights is not None:
-                value = jnp.asarray(weights[name], dtype=self.dtype)
+                value = weights[name]
             elif name.endswith("norm"):
                 value = jnp.ones(shape, self.dtype)
             else:
                 value = (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(self.dtype)
+            if name in per_layer:
+                stacked[name] = value
+            else:
+                setattr(self, name, nnx.Param(jnp.asarray(value, dtype=self.dtype)))
+        placed = self.layer_loop.place(stacked, self.dtype)
+        for name, value in placed.items():
             setattr(self, name, nnx.Param(value))
+        self.placed_names = tuple(placed)
         self.inv_freq = nnx.Variable(jnp.asarray(config.rope_inv_freq(), jnp.float32))
+
+    def with_layer_loop(self, layer_loop: LayerLoop) -> LlamaModel:
+        """The same model (config, dtype, weights) with its layers placed and run by ``layer_loop``;
+        the weights pass through host memory."""
+        per_layer = layer_weight_shapes(self.config)
+        weights = {n: getattr(self, n)[...] for n in weight_shapes(self.config) if n not in per_layer}
+        weights.update(self.layer_loop.stacked({n: getattr(self, n)[...] for n in self.placed_names}))
+        return LlamaModel(self.config, dtype=self.dtype, weights=weights, layer_loop=layer_loop)
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -147,8 +166,7 @@ class LlamaModel(nnx.Module):
         """Run all layers. ``mix(q, k, v, layer, state) -> (attn_out, state)`` does the attention."""
         c = self.config
         cos, sin = self._rope(positions)
-        names = list(_layer_shapes(c))
-        stacked = {n: getattr(self, n)[...] for n in names}
+        placed = {n: getattr(self, n)[...] for n in self.placed_names}
         n_tok = x.shape[0]
 
         def body(carry, xs):
@@ -167,7 +185,7 @@ class LlamaModel(nnx.Module):
             h_in = h_in + (jax.nn.silu(h @ w["w_gate"]) * (h @ w["w_up"])) @ w["w_down"]
             return (h_in, state), None
 
-        x, mix_state = self.layer_loop.run(body, (x, mix_state), stacked, c.num_layers)
+        x, mix_state = self.layer_loop.run(body, (x, mix_state), placed, c.num_layers)
         return rms_norm(x, self.final_norm[...], c.rms_norm_eps), mix_state
 
     def _logits(self, h: jax.Array) -> jax.Array:
