@@ -106,6 +106,7 @@ def device_step_ms(model, attention, batch: int, ctx: int, page_size: int = 16, 
     else:
         storage = paged_storage(kv_format, num_layers=shape[0], num_pages=shape[1], page_size=page_size,
                                 num_kv_heads=shape[3], head_dim=shape[4], dtype=jnp.bfloat16)
+    storage = model.place_kv(storage)              # split over the devices of a tensor-parallel model
     graphdef, weights = nnx.split(model)           # weights as arguments, as the engine's step has them
     jitted = jax.jit(lambda w, st, b: nnx.merge(graphdef, w)(b, st, attention)[::-1], donate_argnums=1)
 

@@ -6,7 +6,7 @@ import gc
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402

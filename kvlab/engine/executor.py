@@ -69,8 +69,8 @@ class ModelExecutor:
         options = cache.attention_options(model.attention_options, max_model_len)
         attention.check(num_q_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
                         page_size=cache.page_size, dtype=model.dtype, kv_format=cache.kv_format)
-        self.storage = cache.init_storage(num_layers=c.num_layers, num_kv_heads=c.num_kv_heads,
-                                          head_dim=c.head_dim, dtype=model.dtype)
+        self.storage = model.place_kv(cache.init_storage(num_layers=c.num_layers, num_kv_heads=c.num_kv_heads,
+                                                         head_dim=c.head_dim, dtype=model.dtype))
         self.host_storage = (None if cache.host_tier is None
                              else cache.host_tier.init_storage(self.storage.page_record))
         if cache.tiers is not None:

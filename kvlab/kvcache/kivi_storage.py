@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from kvlab.kvcache.formats.base import META_DTYPE
+from kvlab.kvcache.storage import head_axis
 
 
 @jax.tree_util.register_dataclass
@@ -72,6 +73,11 @@ class KiviPagedKVStorage:
                    k_meta=jnp.zeros((num_layers, num_pages, num_kv_heads, 2, head_dim), META_DTYPE),
                    v_meta=jnp.zeros((*rows, 2), META_DTYPE),
                    stage_k=jnp.zeros(stage, dtype), stage_v=jnp.zeros(stage, dtype), kv_format=kv_format)
+
+    def head_specs(self, axis: str) -> KiviPagedKVStorage:
+        heads = head_axis(5, 3, axis)
+        return dataclasses.replace(self, k=heads, v=heads, k_meta=head_axis(5, 2, axis), v_meta=heads,
+                                   stage_k=heads, stage_v=heads)
 
     @property
     def page_size(self) -> int:

@@ -22,7 +22,7 @@ from kvlab.kvcache.quantized_storage import (
     meta_word_rows,
     token_meta,
 )
-from kvlab.kvcache.storage import BlockedKVStorage
+from kvlab.kvcache.storage import BlockedKVStorage, head_axis
 
 
 @jax.tree_util.register_dataclass
@@ -59,6 +59,10 @@ class QuantizedBlockedKVStorage:
                    meta=jnp.zeros((num_pages, num_layers, 2, num_kv_heads, page_size, meta_words(kv_format)),
                                   jnp.uint32),
                    layer_scales=jnp.asarray(scales), kv_format=kv_format, dtype=jnp.dtype(dtype))
+
+    def head_specs(self, axis: str) -> QuantizedBlockedKVStorage:
+        return dataclasses.replace(self, blocks=head_axis(6, 4, axis), meta=head_axis(6, 3, axis),
+                                   layer_scales=head_axis(3, 2, axis))
 
     @property
     def page_size(self) -> int:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from kvlab.kvcache.formats.base import PLAIN, KVFormat, meta_words, pack_meta_word, unpack_meta_word
 from kvlab.kvcache.layouts import PagedLayout, QuantizedLayout
-from kvlab.kvcache.storage import PagedKVStorage
+from kvlab.kvcache.storage import PagedKVStorage, head_axis
 
 
 def as_bytes(x: jax.Array, lead: int) -> jax.Array:
@@ -122,6 +122,11 @@ class QuantizedPagedKVStorage:
         scales = jnp.asarray(kv_format.initial_layer_scales(num_layers=num_layers, num_kv_heads=num_kv_heads))
         return cls(k=data(), v=data(), k_meta=meta(), v_meta=meta(), layer_scales=scales, kv_format=kv_format,
                    dtype=jnp.dtype(dtype))
+
+    def head_specs(self, axis: str) -> QuantizedPagedKVStorage:
+        data, meta = head_axis(5, 3, axis), head_axis(5, 2, axis)
+        return dataclasses.replace(self, k=data, v=data, k_meta=meta, v_meta=meta,
+                                   layer_scales=head_axis(3, 2, axis))
 
     @property
     def page_size(self) -> int:

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.kvcache.layouts import BlockedLayout, KVLayout, PagedLayout
@@ -36,6 +37,11 @@ class KVStorage(Protocol):
     @property
     def page_size(self) -> int:
         """Tokens per page."""
+        ...
+
+    def head_specs(self, axis: str) -> KVStorage:
+        """This storage's pytree with a ``PartitionSpec`` per array that splits its KV-head axis
+        over mesh axis ``axis`` (how a tensor-parallel step shards it)."""
         ...
 
     @property
@@ -103,6 +109,11 @@ class KVStorage(Protocol):
         ...
 
 
+def head_axis(ndim: int, at: int, axis: str) -> PartitionSpec:
+    """The spec of an ``ndim``-axis array split over mesh axis ``axis`` along its axis ``at``."""
+    return PartitionSpec(*(axis if i == at else None for i in range(ndim)))
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PagedKVStorage:
@@ -127,6 +138,9 @@ class PagedKVStorage:
               head_dim: int, dtype) -> PagedKVStorage:
         shape = (num_layers, num_pages, page_size, num_kv_heads, head_dim)
         return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+
+    def head_specs(self, axis: str) -> PagedKVStorage:
+        return PagedKVStorage(k=head_axis(5, 3, axis), v=head_axis(5, 3, axis))
 
     @property
     def page_size(self) -> int:
@@ -224,6 +238,9 @@ class BlockedKVStorage:
               head_dim: int, dtype) -> BlockedKVStorage:
         shape = (num_pages, num_layers, 2, page_size, num_kv_heads, head_dim)
         return cls(blocks=jnp.zeros(shape, dtype))
+
+    def head_specs(self, axis: str) -> BlockedKVStorage:
+        return BlockedKVStorage(blocks=head_axis(6, 4, axis))
 
     @property
     def page_size(self) -> int:

@@ -30,6 +30,7 @@ from kvlab.attention.reference import AttentionOptions
 from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.models.config import ModelConfig
 from kvlab.models.layer_loop import LayerLoop, default_layer_loop
+from kvlab.models.shard import WHOLE_MODEL, ModelShard
 
 
 def layer_weight_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -144,13 +145,18 @@ class LlamaModel(nnx.Module):
         self.placed_names = tuple(placed)
         self.inv_freq = nnx.Variable(jnp.asarray(config.rope_inv_freq(), jnp.float32))
 
+    def host_weights(self) -> dict[str, np.ndarray]:
+        """Every weight by its ``weight_shapes`` name, copied to host memory."""
+        per_layer = layer_weight_shapes(self.config)
+        weights = {n: np.asarray(getattr(self, n)[...])
+                   for n in weight_shapes(self.config) if n not in per_layer}
+        weights.update(self.layer_loop.stacked({n: getattr(self, n)[...] for n in self.placed_names}))
+        return weights
+
     def with_layer_loop(self, layer_loop: LayerLoop) -> LlamaModel:
         """The same model (config, dtype, weights) with its layers placed and run by ``layer_loop``;
         the weights pass through host memory."""
-        per_layer = layer_weight_shapes(self.config)
-        weights = {n: getattr(self, n)[...] for n in weight_shapes(self.config) if n not in per_layer}
-        weights.update(self.layer_loop.stacked({n: getattr(self, n)[...] for n in self.placed_names}))
-        return LlamaModel(self.config, dtype=self.dtype, weights=weights, layer_loop=layer_loop)
+        return LlamaModel(self.config, dtype=self.dtype, weights=self.host_weights(), layer_loop=layer_loop)
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -162,9 +168,11 @@ class LlamaModel(nnx.Module):
         angles = positions.astype(jnp.float32)[:, None] * self.inv_freq[...][None, :]
         return jnp.cos(angles), jnp.sin(angles)
 
-    def _layers(self, x, positions, mix, mix_state):
-        """Run all layers. ``mix(q, k, v, layer, state) -> (attn_out, state)`` does the attention."""
+    def _layers(self, x, positions, mix, mix_state, shard: ModelShard):
+        """Run all layers. ``mix(q, k, v, layer, state) -> (attn_out, state)`` does the attention
+        of ``shard``'s heads."""
         c = self.config
+        num_heads, num_kv_heads = shard.heads(c.num_heads), shard.heads(c.num_kv_heads)
         cos, sin = self._rope(positions)
         placed = {n: getattr(self, n)[...] for n in self.placed_names}
         n_tok = x.shape[0]
@@ -176,41 +184,49 @@ class LlamaModel(nnx.Module):
             q, k, v = h @ w["wq"], h @ w["wk"], h @ w["wv"]
             if c.attention_bias:
                 q, k, v = q + w["bq"], k + w["bk"], v + w["bv"]
-            q = apply_rope(q.reshape(n_tok, c.num_heads, c.head_dim), cos, sin)
-            k = apply_rope(k.reshape(n_tok, c.num_kv_heads, c.head_dim), cos, sin)
-            v = v.reshape(n_tok, c.num_kv_heads, c.head_dim)
+            q = apply_rope(q.reshape(n_tok, num_heads, c.head_dim), cos, sin)
+            k = apply_rope(k.reshape(n_tok, num_kv_heads, c.head_dim), cos, sin)
+            v = v.reshape(n_tok, num_kv_heads, c.head_dim)
             attn, state = mix(q, k, v, layer, state)
-            h_in = h_in + attn.reshape(n_tok, -1) @ w["wo"]
+            h_in = h_in + shard.reduce(attn.reshape(n_tok, -1) @ w["wo"])
             h = rms_norm(h_in, w["mlp_norm"], c.rms_norm_eps)
-            h_in = h_in + (jax.nn.silu(h @ w["w_gate"]) * (h @ w["w_up"])) @ w["w_down"]
+            h_in = h_in + shard.reduce((jax.nn.silu(h @ w["w_gate"]) * (h @ w["w_up"])) @ w["w_down"])
             return (h_in, state), None
 
         x, mix_state = self.layer_loop.run(body, (x, mix_state), placed, c.num_layers)
         return rms_norm(x, self.final_norm[...], c.rms_norm_eps), mix_state
 
-    def _logits(self, h: jax.Array) -> jax.Array:
+    def _logits(self, h: jax.Array, shard: ModelShard) -> jax.Array:
+        """Tied embeddings: every shard holds the whole embedding, so the whole head; otherwise
+        ``shard``'s slice of ``lm_head``, gathered."""
         if self.config.tie_word_embeddings:
             return jnp.einsum("te,ve->tv", h, self.embed[...], preferred_element_type=jnp.float32)
-        return jnp.einsum("te,ev->tv", h, self.lm_head[...], preferred_element_type=jnp.float32)
+        return shard.gather_vocab(jnp.einsum("te,ev->tv", h, self.lm_head[...],
+                                             preferred_element_type=jnp.float32))
 
     # ------------------------------------------------------------------------------------------
     def __call__(self, batch: RaggedBatch, storage, attention: AttentionBackend,
-                 options: AttentionOptions | None = None):
+                 options: AttentionOptions | None = None, shard: ModelShard = WHOLE_MODEL):
         """Serving forward. Returns (logits [S, V] float32 at ``batch.logits_indices``, storage).
         ``options`` overrides the model's attention options (a windowed cache imposes its window).
-        The backend plans once for the step, before the layer loop, and runs once per layer."""
+        The backend plans once for the step, before the layer loop, and runs once per layer.
+        ``shard``: the share of the heads this call computes (``kvlab.models.shard``)."""
         options = options or self.attention_options
         c = self.config
         x = self.embed[...][batch.tokens]
-        query = jax.ShapeDtypeStruct((batch.num_tokens, c.num_heads, c.head_dim), self.dtype)
+        query = jax.ShapeDtypeStruct((batch.num_tokens, shard.heads(c.num_heads), c.head_dim), self.dtype)
         plan = attention.plan(batch, storage, options, query)
 
         def mix(q, k, v, layer, store):
             store = attention.write_kv(store, layer, k, v, batch.slots)
             return attention.run(q, store, layer, plan), store
 
-        h, storage = self._layers(x, batch.positions, mix, storage)
-        return self._logits(h[batch.logits_indices]), storage
+        h, storage = self._layers(x, batch.positions, mix, storage, shard)
+        return self._logits(h[batch.logits_indices], shard), storage
+
+    def place_kv(self, storage):
+        """The KV storage placed where this model's steps read it (here: as it is)."""
+        return storage
 
     def dense_logits(self, tokens: jax.Array, options: AttentionOptions | None = None,
                      kv_format: KVFormat = PLAIN) -> jax.Array:
@@ -230,5 +246,5 @@ class LlamaModel(nnx.Module):
             stored = None if kv_format == PLAIN else kv_format.dense_view(k, v, scales[layer])
             return dense_causal_attention(q, k, v, options, stored), state
 
-        h, _ = self._layers(x, jnp.arange(tokens.shape[0], dtype=jnp.int32), mix, ())
-        return self._logits(h)
+        h, _ = self._layers(x, jnp.arange(tokens.shape[0], dtype=jnp.int32), mix, (), WHOLE_MODEL)
+        return self._logits(h, WHOLE_MODEL)
