@@ -2,10 +2,11 @@
 (random bf16 weights) at TP 1 and 2, each decode step against its own roofline (its share of the
 weight and KV bytes over the copy bandwidth measured in the same run), the share of the step the
 all-reduces take (two per layer, timed alone at the step's shape), and output tokens/s of the
-engine on a ShareGPT-like workload.
+engine on a ShareGPT-like workload; then the same workload over data-parallel replicas (one per
+GPU, behind a least-loaded ``Router``) against one replica.
 
     python benchmarks/tensor_parallel.py [--degrees 1 2] [--batches 1 64] [--requests 1000]
-                                         [--shape llama-3-8b] [--json F]
+                                         [--replicas 2] [--shape llama-3-8b] [--json F]
 
 The decode step is the model's step alone on the devices at a 512-token context
 (``engine_llama1b.device_step_ms``). Speed-up = TP 1 step / TP n step.
@@ -25,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 import kvlab
 from kvlab.engine.defaults import kv_bytes_per_token
 from kvlab.models import LlamaModel
-from kvlab.parallel import TensorParallel
+from kvlab.parallel import LeastLoaded, Router, TensorParallel
 from kvlab.workloads import sharegpt_like
 
 CONTEXT = 512
@@ -47,15 +48,19 @@ def all_reduce_ms(mesh, batch: int, hidden: int, count: int) -> float:
     return 1e3 * (time.perf_counter() - t) / 10
 
 
-def sharegpt_tok_per_s(model, n: int, vocab: int) -> dict:
-    reqs = sharegpt_like(n, vocab_size=vocab)
+def serving_engine(model):
     scheduler = kvlab.ChunkedScheduler(max_num_seqs=256, max_num_batched_tokens=4096)
-    engine = kvlab.Engine(model, scheduler=scheduler, max_model_len=2048)
+    return kvlab.Engine(model, scheduler=scheduler, max_model_len=2048)
+
+
+def sharegpt_tok_per_s(server, n: int, vocab: int) -> dict:
+    """Output tokens/s of ``server`` (an engine or a router) on ``n`` ShareGPT-like requests."""
+    reqs = sharegpt_like(n, vocab_size=vocab)
     prompts = [r.prompt_token_ids for r in reqs]
     params = [kvlab.SamplingParams(max_tokens=r.max_tokens, ignore_eos=True) for r in reqs]
-    engine.generate(prompts[:64], params[:64])                               # compile the common shapes
+    server.generate(prompts[:128], params[:128])                             # compile the common shapes
     t = time.perf_counter()
-    outs = engine.generate(prompts, params)
+    outs = server.generate(prompts, params)
     wall = time.perf_counter() - t
     return {"requests": n, "output_tokens": sum(len(o.token_ids) for o in outs), "wall_s": wall,
             "output_tok_per_s": sum(len(o.token_ids) for o in outs) / wall}
@@ -66,6 +71,7 @@ def main():
     ap.add_argument("--degrees", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--requests", type=int, default=1000, help="ShareGPT-like requests (0: none)")
+    ap.add_argument("--replicas", type=int, default=2, help="data-parallel replicas (1: none)")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="llama-3-8b")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -89,11 +95,18 @@ def main():
                          "speedup": step1[b] / ms, "tok_per_s": 1e3 * b / ms})
             print(rows[-1], flush=True)
         if args.requests:
-            r = sharegpt_tok_per_s(model, args.requests, config.vocab_size)
+            r = sharegpt_tok_per_s(serving_engine(model), args.requests, config.vocab_size)
             r["tp"] = n
             rows.append(r)
             print(r, flush=True)
         del model
+    if args.requests and args.replicas > 1:
+        engines = [serving_engine(TensorParallel(base, jax.make_mesh((1,), ("tp",), devices=[d])))
+                   for d in jax.devices()[:args.replicas]]
+        r = sharegpt_tok_per_s(Router(engines, LeastLoaded()), args.requests, config.vocab_size)
+        r["replicas"] = args.replicas
+        rows.append(r)
+        print(r, flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__, "copy_TBps": bw / 1e12,
@@ -108,8 +121,8 @@ def main():
                   f"({r['all_reduce_ms'] / r['step_ms']:.0%}) | {r['speedup']:.2f}x | {r['tok_per_s']:.0f} |")
     for r in rows:
         if "requests" in r:
-            print(f"ShareGPT-like, TP {r['tp']}: {r['requests']} requests, "
-                  f"{r['output_tok_per_s']:.0f} output tok/s")
+            who = f"{r['replicas']} replicas" if "replicas" in r else f"TP {r['tp']}"
+            print(f"ShareGPT-like, {who}: {r['requests']} requests, {r['output_tok_per_s']:.0f} output tok/s")
 
 
 if __name__ == "__main__":
