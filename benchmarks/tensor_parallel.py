@@ -9,7 +9,9 @@ GPU, behind a least-loaded ``Router``) against one replica.
                                          [--replicas 2] [--shape llama-3-8b] [--json F]
 
 The decode step is the model's step alone on the devices at a 512-token context
-(``engine_llama1b.device_step_ms``). Speed-up = TP 1 step / TP n step.
+(``engine_llama1b.device_step_ms``). Speed-up = TP 1 step / TP n step. Random weights are made
+on the devices (``TensorParallel.random``); a degree whose share does not fit is reported with
+its arithmetic (``--shape llama-3-70b``: 141 GB of bf16 weights).
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from jax.sharding import PartitionSpec as P
 
 import kvlab
 from kvlab.engine.defaults import kv_bytes_per_token
-from kvlab.models import LlamaModel
+from kvlab.models import ModelConfig
 from kvlab.parallel import LeastLoaded, Router, TensorParallel
 from kvlab.workloads import sharegpt_like
 
 CONTEXT = 512
+ALL_SHAPES = {**SHAPES, "llama-3-70b": ModelConfig.llama_3_70b}
 
 
 def all_reduce_ms(mesh, batch: int, hidden: int, count: int) -> float:
@@ -72,11 +75,10 @@ def main():
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--requests", type=int, default=1000, help="ShareGPT-like requests (0: none)")
     ap.add_argument("--replicas", type=int, default=2, help="data-parallel replicas (1: none)")
-    ap.add_argument("--shape", choices=sorted(SHAPES), default="llama-3-8b")
+    ap.add_argument("--shape", choices=sorted(ALL_SHAPES), default="llama-3-8b")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    config = SHAPES[args.shape]()
-    base = LlamaModel(config, dtype=jnp.bfloat16, seed=0)
+    config = ALL_SHAPES[args.shape]()
     bw = copy_bandwidth()
     print(f"{jax.devices()[0].device_kind} x {len(jax.devices())}, JAX {jax.__version__}, {args.shape}, "
           f"copy bandwidth {bw / 1e12:.2f} TB/s per device", flush=True)
@@ -84,7 +86,15 @@ def main():
     rows, step1 = [], {}
     for n in args.degrees:
         mesh = jax.make_mesh((n,), ("tp",), devices=jax.devices()[:n])
-        model = TensorParallel(base, mesh)
+        share = config.num_params() * 2 / n
+        limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit", 0)
+        print(f"TP {n}: {share / 1e9:.1f} GB of bf16 weights per device, device limit "
+              f"{limit / 1e9:.1f} GB", flush=True)
+        try:
+            model = TensorParallel.random(config, mesh, dtype=jnp.bfloat16)
+        except Exception as e:  # noqa: BLE001 - out of memory: the arithmetic above says why
+            print(f"TP {n} does not fit: {type(e).__name__}: {str(e)[:200]}", flush=True)
+            continue
         for b in args.batches:
             ms = device_step_ms(model, attention, b, CONTEXT)
             step1.setdefault(b, ms)
@@ -101,7 +111,8 @@ def main():
             print(r, flush=True)
         del model
     if args.requests and args.replicas > 1:
-        engines = [serving_engine(TensorParallel(base, jax.make_mesh((1,), ("tp",), devices=[d])))
+        engines = [serving_engine(TensorParallel.random(config, jax.make_mesh((1,), ("tp",), devices=[d]),
+                                                        dtype=jnp.bfloat16))
                    for d in jax.devices()[:args.replicas]]
         r = sharegpt_tok_per_s(Router(engines, LeastLoaded()), args.requests, config.vocab_size)
         r["replicas"] = args.replicas

@@ -139,3 +139,17 @@ def test_bad_meshes_are_refused(tiny_model):
         TensorParallel(odd, mesh(4))
     with pytest.raises(ValueError, match="vocab_size=258 does not split over 4 devices"):
         TensorParallel(LlamaModel(ModelConfig.tiny(vocab_size=258), seed=0), mesh(4))
+
+
+def test_random_weights_are_made_on_the_devices():
+    """``TensorParallel.random``: each device generates its share; the model is the one-device model
+    of the same weights."""
+    sharded = TensorParallel.random(ModelConfig.tiny(), mesh(4), seed=3)
+    assert (sharded.config.num_heads, sharded.config.num_kv_heads) == (4, 4)           # laid out for 4
+    assert sharded.inner.w_up[...].addressable_shards[0].data.shape == (2, 64, 32)
+    norms = np.asarray(sharded.inner.attn_norm[...])
+    assert (norms == 1).all() and 0.015 < np.asarray(sharded.inner.wq[...]).std() < 0.025
+    plain = LlamaModel(sharded.config, weights=sharded.inner.host_weights())
+    assert greedy(sharded, PROMPTS) == greedy(plain, PROMPTS)
+    with pytest.raises(TypeError, match="a model, or"):
+        TensorParallel(None, mesh(2))

@@ -141,6 +141,12 @@ class ModelConfig:
                    max_position_embeddings=8192, bos_token_id=128000, eos_token_ids=(128001, 128009))
 
     @classmethod
+    def llama_3_70b(cls) -> ModelConfig:
+        return cls(vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_layers=80,
+                   num_heads=64, num_kv_heads=8, head_dim=128, rope_theta=500000.0,
+                   max_position_embeddings=8192, bos_token_id=128000, eos_token_ids=(128001, 128009))
+
+    @classmethod
     def qwen2_5_0_5b(cls) -> ModelConfig:
         return cls(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_layers=24,
                    num_heads=14, num_kv_heads=2, head_dim=64, rope_theta=1000000.0, rms_norm_eps=1e-6,

@@ -21,8 +21,10 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -31,8 +33,9 @@ from kvlab.attention.batch import RaggedBatch
 from kvlab.attention.protocol import AttentionBackend
 from kvlab.attention.reference import AttentionOptions
 from kvlab.kvcache.formats.base import PLAIN, KVFormat
+from kvlab.models.config import ModelConfig
 from kvlab.models.layer_loop import LayerLoop, default_layer_loop
-from kvlab.models.llama import LlamaModel
+from kvlab.models.llama import LlamaModel, weight_shapes
 from kvlab.parallel.heads import tp_config, tp_weights
 
 # weights split along their last axis (output features) and along their input axis
@@ -66,9 +69,33 @@ class TensorShard:
         return jax.lax.all_gather(logits, self.axis, axis=1, tiled=True)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RandomInit:
+    """Random weights (``LlamaModel``'s scheme: norms 1, the rest N(0, 0.02)) made on the devices."""
+
+    config: ModelConfig
+    dtype: jnp.dtype
+    seed: int = 0
+
+    def weights(self, laid_out: ModelConfig, mesh: Mesh, axis: str) -> dict[str, jax.Array]:
+        """Every weight of ``laid_out``'s shapes, generated shard by shard over ``mesh``."""
+        out = {}
+        for i, (name, shape) in enumerate(weight_shapes(laid_out).items()):
+            sharding = NamedSharding(mesh, weight_spec(name, len(shape), axis))
+            key = jax.random.fold_in(jax.random.key(self.seed), i)
+            if name.endswith("norm"):
+                make = functools.partial(jnp.ones, shape, self.dtype)
+                out[name] = jax.jit(make, out_shardings=sharding)()
+            else:
+                out[name] = jax.jit(lambda k, shape=shape: 0.02 * jax.random.normal(k, shape, self.dtype),
+                                    out_shardings=sharding)(key)
+        return out
+
+
 class TensorParallel(nnx.Module):
     """``model`` split over ``mesh``'s axis ``axis``: its weights are re-laid out for the degree
     (``tp_weights``) and placed sharded from host memory, so no device holds more than its share.
+    ``TensorParallel.random(config, mesh)`` makes random weights on the devices instead.
 
     ``config`` is the laid-out config (padded or replicated KV heads are real heads of the cache).
     The intermediate size and, for an untied head, the vocabulary must divide by the degree.
@@ -76,23 +103,37 @@ class TensorParallel(nnx.Module):
     keeps layers in host memory does not shard).
     """
 
-    def __init__(self, model: LlamaModel, mesh: Mesh, axis: str = "tp", *,
-                 layer_loop: LayerLoop | None = None):
+    def __init__(self, model: LlamaModel | None, mesh: Mesh, axis: str = "tp", *,
+                 layer_loop: LayerLoop | None = None, init: RandomInit | None = None):
         if axis not in mesh.shape:
             raise ValueError(f"the mesh has no axis {axis!r}; its axes: {tuple(mesh.shape)}")
+        if (model is None) == (init is None):
+            raise TypeError("TensorParallel takes a model, or (through TensorParallel.random) random weights")
+        source = init or model
         degree = mesh.shape[axis]
-        config = tp_config(model.config, degree)
+        config = tp_config(source.config, degree)
         splits = {"intermediate_size": config.intermediate_size}
         if not config.tie_word_embeddings:
             splits["vocab_size"] = config.vocab_size
         for field, size in splits.items():
             if size % degree:
                 raise ValueError(f"{field}={size} does not split over {degree} devices")
-        weights = {n: jax.device_put(w, NamedSharding(mesh, weight_spec(n, w.ndim, axis)))
-                   for n, w in tp_weights(model.host_weights(), model.config, degree).items()}
-        self.inner = LlamaModel(config, dtype=model.dtype, weights=weights,
+        if init is not None:
+            weights = init.weights(config, mesh, axis)
+        else:
+            weights = {n: jax.device_put(w, NamedSharding(mesh, weight_spec(n, w.ndim, axis)))
+                       for n, w in tp_weights(model.host_weights(), model.config, degree).items()}
+        self.inner = LlamaModel(config, dtype=source.dtype, weights=weights,
                                 layer_loop=layer_loop or default_layer_loop())
-        self.config, self.dtype, self.mesh, self.axis = config, model.dtype, mesh, axis
+        self.config, self.dtype, self.mesh, self.axis = config, source.dtype, mesh, axis
+
+    @classmethod
+    def random(cls, config: ModelConfig, mesh: Mesh, axis: str = "tp", *, dtype=jnp.float32, seed: int = 0,
+               layer_loop: LayerLoop | None = None) -> TensorParallel:
+        """A random-weight model of ``config``'s shape (heads laid out for the degree), each device
+        generating only its share: shapes too large for one device (a Llama-3-70B in bf16)."""
+        return cls(None, mesh, axis, layer_loop=layer_loop,
+                   init=RandomInit(config=config, dtype=jnp.dtype(dtype), seed=seed))
 
     @property
     def attention_options(self) -> AttentionOptions:
