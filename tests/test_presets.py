@@ -114,3 +114,16 @@ def test_static_batching_admits_a_batch_only_when_the_last_one_ended():
     assert first_seen["r2"] == first_seen["r3"] == max(finished_at["r0"], finished_at["r1"]) + 1 == 7
     assert first_seen["r4"] == max(finished_at["r2"], finished_at["r3"]) + 1
     assert batches[2] == {"r1"}                # r0 ended after 2 tokens; its slot stays empty
+
+
+def test_trtllm_host_pool_reuses_evicted_blocks(tiny_model):
+    """``host_tokens``: a document evicted from the GPU pool is loaded back from the host pool."""
+    preset = presets.trtllm(kv_tokens=64, tokens_per_block=8, host_tokens=256, max_num_seqs=2,
+                            token_budget=64)
+    engine = preset.engine(tiny_model, max_model_len=64)
+    docs = [[3 + d] * 40 for d in range(3)]
+    params = kvlab.SamplingParams(max_tokens=2, ignore_eos=True)
+    for doc in docs + docs[:1]:                     # the first document again, after two others
+        engine.generate([doc], params)
+    assert engine.cache.stats().tiers.offloads > 0 and sum(engine.cache.stats().tiers.loads_per_tier) >= 4
+    assert preset.missing == ()

@@ -34,12 +34,12 @@ from kvlab.kvcache import (
     BlockedKVCache,
     CircularKVCache,
     ContiguousKVCache,
-    HostTier,
     PagedKVCache,
     PriorityLRU,
     RadixKVCache,
 )
 from kvlab.kvcache.formats import PLAIN, CalibratedScales, Fp8E4M3, Int4, Int8, KVFormat, PerTensor
+from kvlab.kvcache.tiers import PinnedHostTier
 from kvlab.models.streamed_layers import WeightBudget
 from kvlab.schedulers import ChunkedScheduler, ContinuousScheduler, LongestPrefixMatch, PersistentScheduler
 from kvlab.schedulers.admission import ReserveAdmission, StaticBatchAdmission
@@ -123,8 +123,10 @@ def lmdeploy(kv_tokens: int, *, max_num_seqs: int = 256, token_budget: int = 819
 def trtllm(kv_tokens: int, *, max_num_seqs: int = 256, token_budget: int = 8192,
            tokens_per_block: int = 64, host_tokens: int = 0, window: int | None = None,
            num_sink_tokens: int = 0, kv_format: KVFormat = PLAIN) -> Preset:
-    """TensorRT-LLM: paged blocks with reuse under priority LRU, an optional host tier, in-flight
-    batching with GUARANTEED_NO_EVICT admission; with ``window``, the cyclic KV cache instead.
+    """TensorRT-LLM: paged blocks with reuse under priority LRU, in-flight batching with
+    GUARANTEED_NO_EVICT admission; ``host_tokens`` adds its secondary (host) pool: reusable blocks
+    the GPU evicts are copied to pinned host memory and loaded back on a later hit
+    (``KvCacheConfig(host_cache_size=...)``); with ``window``, the cyclic KV cache instead.
     KV in the model's dtype by default; ``trtllm_fp8`` and ``trtllm_int8`` quantize it."""
     checked(kv_format)
     if window is not None:
@@ -132,16 +134,14 @@ def trtllm(kv_tokens: int, *, max_num_seqs: int = 256, token_budget: int = 8192,
                                 window=window, num_sink_tokens=num_sink_tokens, max_step_tokens=token_budget,
                                 kv_format=kv_format)
     else:
-        host = HostTier(host_tokens // tokens_per_block) if host_tokens else None
+        tiers = PinnedHostTier(host_tokens // tokens_per_block) if host_tokens else None
         cache = PagedKVCache(num_pages=kv_tokens // tokens_per_block, page_size=tokens_per_block,
-                             prefix_caching=True, eviction=PriorityLRU(), host_tier=host, kv_format=kv_format)
+                             prefix_caching=True, eviction=PriorityLRU(), tiers=tiers, kv_format=kv_format)
     return Preset(name="trtllm", cache=cache,
                   scheduler=ContinuousScheduler(max_num_seqs=max_num_seqs,
                                                 max_num_batched_tokens=token_budget,
                                                 admission=ReserveAdmission()),
-                  missing=("evicted prefix blocks kept in the host tier for reuse "
-                           "(kvlab's host tier holds swapped-out sequences only)",
-                           *trtllm_scale_notes(kv_format),
+                  missing=(*trtllm_scale_notes(kv_format),
                            *kernel_gap(kv_format, page_size=tokens_per_block)))
 
 
