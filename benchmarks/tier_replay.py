@@ -6,6 +6,7 @@ the host-to-device bandwidth measured in the same run.
 
     python benchmarks/tier_replay.py [--shapes llama-3.2-1b llama-3.1-8b] [--lengths 8192 16384 32768]
                                      [--policies write-back write-through] [--first-tier pinned numpy]
+                                     [--layer-loop default scan]
 
 Random bf16 weights and random token ids (a replay measures time, not text). The GPU cache holds
 1.25 documents, the host tier four, so asking documents B and C after A evicts A's pages to the
@@ -35,6 +36,7 @@ from kvlab.kvcache.tiers import HostMemoryTier, PinnedHostTier, TierChain, Write
 from kvlab.kvcache.tiers import moves as tier_moves
 from kvlab.models import LlamaModel, ModelConfig
 from kvlab.models.config import Llama3RopeScaling
+from kvlab.models.layer_loop import ScanLayers, default_layer_loop
 
 
 def llama_3_1_8b() -> ModelConfig:
@@ -47,6 +49,7 @@ SHAPES = {"llama-3.2-1b": ModelConfig.llama_3_2_1b, "llama-3.1-8b": llama_3_1_8b
 PAGE = 16
 POLICIES = {"write-back": WriteBackOnEviction(), "write-through": WriteThrough()}
 TIERS = {"numpy": HostMemoryTier, "pinned": PinnedHostTier}
+LAYER_LOOPS = {"default": default_layer_loop, "scan": ScanLayers}
 
 
 def host_to_device_gbps(nbytes: int = 1 << 30) -> dict:
@@ -158,6 +161,8 @@ def main():
     ap.add_argument("--chunk", type=int, default=8192, help="prefill chunk (max_num_batched_tokens)")
     ap.add_argument("--policies", nargs="+", choices=sorted(POLICIES), default=["write-back"])
     ap.add_argument("--first-tier", nargs="+", choices=sorted(TIERS), default=["pinned"])
+    ap.add_argument("--layer-loop", choices=sorted(LAYER_LOOPS), default="default",
+                    help="scan: fewer compilations at 8B (each step also copies the layers' weights)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     dev = jax.devices()[0]
@@ -167,7 +172,8 @@ def main():
           flush=True)
     results = []
     for shape in args.shapes:
-        model = LlamaModel(SHAPES[shape](), dtype=jnp.bfloat16, seed=0)
+        model = LlamaModel(SHAPES[shape](), dtype=jnp.bfloat16, seed=0,
+                           layer_loop=LAYER_LOOPS[args.layer_loop]())
         for length in args.lengths:
             for policy in args.policies:
                 for tier in args.first_tier:

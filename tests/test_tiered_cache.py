@@ -10,6 +10,7 @@ from __future__ import annotations
 import pathlib
 import tempfile
 
+import jax
 import numpy as np
 import pytest
 from conftest import examples
@@ -102,6 +103,22 @@ def test_a_pinned_tier_keeps_its_records_across_moves():
     loaded = tier.load_records([2, 5, 0])
     assert loaded.shape == (4, 2, 3) and loaded.sharding.memory_kind == "device"
     np.testing.assert_array_equal(np.asarray(loaded)[:3], rows[[2, 0, 1]])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(0, 15), min_size=1, max_size=12, unique=True), st.integers(1, 4))
+def test_pinned_copies_in_slices_match_numpy(slots, records_per_slice):
+    """Consecutive slots move as slices, the rest one by one: loads and offloads still equal
+    NumPy's indexing, whatever the slot order."""
+    record = np.zeros((2, 3), np.float32)
+    tier = PinnedHostTier(16, record, slice_bytes=records_per_slice * record.nbytes)
+    shadow = np.arange(16 * 6, dtype=np.float32).reshape(16, 2, 3)
+    tier.write_rows(list(range(16)), shadow)
+    np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:len(slots)], shadow[slots])
+    data = -np.arange(len(slots) * 6, dtype=np.float32).reshape(-1, 2, 3)
+    tier.store_records(slots, jax.device_put(data), np.arange(len(slots)))
+    shadow[slots] = data
+    np.testing.assert_array_equal(tier.read_rows(list(range(16))), shadow)
 
 
 # ---- the cache's bookkeeping against a shadow executor ---------------------------------------------

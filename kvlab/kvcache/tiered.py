@@ -101,9 +101,7 @@ class TierReuse:
     def load(self, keys, pages) -> None:
         """Load held ``keys``' records into device ``pages`` (one each) and let the keys go."""
         for key, page in zip(keys, pages, strict=True):
-            level, slot = self.chain.where(key)
-            self.chain.touch(key)
-            self.chain.unhold(key)
+            level, slot = self.chain.take(key)
             self._moves.append(Load(level, slot, page))
             self._loaded.add(page)
             self.loads_per_tier[level] += 1

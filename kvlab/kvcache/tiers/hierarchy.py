@@ -146,6 +146,14 @@ class TierChain:
     def unhold(self, key) -> None:
         self.tiers[self.where(key)[0]].unhold(key)
 
+    def take(self, key) -> tuple[int, int]:
+        """``(tier index, slot)`` of held ``key``, whose record is being loaded: a hit (``touch``)
+        and the end of its hold (``unhold``) in one lookup."""
+        level, slot = self.where(key)
+        self.tiers[level].touch(key)
+        self.tiers[level].unhold(key)
+        return level, slot
+
     def clear(self) -> None:
         """Forget every record and hold in every tier (counters stay)."""
         for tier in self.tiers:

@@ -82,13 +82,13 @@ def phases(moves) -> list[list]:
     written twice (so each run's moves may be made in any order)."""
     out, reads, writes = [], set(), set()
     for move in moves:
-        r, w = set(move.reads()), set(move.writes())
-        if not out or w & (reads | writes) or r & writes:
+        r, w = move.reads(), move.writes()
+        if not out or not (writes.isdisjoint(w) and reads.isdisjoint(w) and writes.isdisjoint(r)):
             out.append([])
             reads, writes = set(), set()
         out[-1].append(move)
-        reads |= r
-        writes |= w
+        reads.update(r)
+        writes.update(w)
     return out
 
 
