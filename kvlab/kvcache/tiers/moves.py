@@ -6,11 +6,11 @@ whole contract: a slot reused later in the list is read before it is overwritten
 bookkeeping never pins a slot for a copy still to come. ``make_moves`` keeps it while copying in
 batches:
 
-- the device pages that ``Offload`` moves read are read first, all at once (no move of the list
-  has written a device page yet: a page is never loaded and offloaded in one plan);
-- the moves are cut into *phases*, each as long as no location in it (a tier slot, a device page)
-  is both read and written or written twice, so the moves of a phase may run in any order; each
-  phase runs its demotions, its offloads and its loads as one batched copy per tier;
+- the device pages that ``Offload`` moves read are read first, all at once: an offload copies
+  the page as it was before the plan, whatever a load writes into that page;
+- the moves are cut into *phases*, each as long as no tier slot in it is both read and written
+  or written twice, so the moves of a phase may run in any order; each phase runs its
+  demotions, its offloads and its loads as one batched copy per tier;
 - the loaded records reach the device by ``write_device``, after every phase.
 
 The copies themselves are the tiers' (``KVTier.store_records``, ``load_records``,
@@ -77,12 +77,19 @@ class Load(NamedTuple):
         return ("device", self.page),
 
 
+def _tier_locations(locations) -> tuple:
+    return tuple(loc for loc in locations if loc[0] != "device")
+
+
 def phases(moves) -> list[list]:
-    """``moves`` cut, in order, into runs in which no location is both read and written or
-    written twice (so each run's moves may be made in any order)."""
+    """``moves`` cut, in order, into runs in which no tier slot is both read and written or
+    written twice (so each run's moves may be made in any order). Device pages do not cut a
+    run: ``make_moves`` reads every device page going out before the first phase and writes
+    every page coming in after the last, so a page evicted to a tier and a page loaded into it
+    in the same plan travel in the same phase."""
     out, reads, writes = [], set(), set()
     for move in moves:
-        r, w = move.reads(), move.writes()
+        r, w = _tier_locations(move.reads()), _tier_locations(move.writes())
         if not out or not (writes.isdisjoint(w) and reads.isdisjoint(w) and writes.isdisjoint(r)):
             out.append([])
             reads, writes = set(), set()
