@@ -78,8 +78,9 @@ def host_to_device_gbps(nbytes: int = 1 << 30) -> dict:
 
 
 class CopyTimer:
-    """Times the executor's page copies, the device read of the pages going out (offloads) and the
-    device write of the pages coming in (loads) synchronised apart."""
+    """Times the executor's page copies, and apart (synchronised) the device read of the pages
+    going out (offloads), the tier's store and load of records, and the device write of the pages
+    coming in (loads)."""
 
     def __init__(self, executor):
         self.executor, self.inner, self.records = executor, executor._copy_pages, []
@@ -87,6 +88,9 @@ class CopyTimer:
         self.phases = {}
         for module, name in ((page_copies, "gather_pages"), (page_copies, "write_pages")):
             setattr(module, name, self._timed(name, getattr(module, name)))
+        for tier in executor.tiers:                      # the tier's own copies, synchronised
+            for name in ("store_records", "load_records"):
+                setattr(tier, name, self._timed(name, getattr(tier, name)))
 
     def _timed(self, name, f):
         def timed(*args, **kwargs):

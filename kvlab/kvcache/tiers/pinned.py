@@ -36,45 +36,56 @@ RUN_BYTES = 32 << 20      # records whose slots follow each other move in slices
 
 
 def runs(src, dst, run: int):
-    """Cut the copies ``dst[j] <- src[j]`` into slices: ``(src, dst)`` starts of ``run`` records
-    whose sources and destinations both follow each other, then the copies left, one record each,
-    as four int32 arrays padded to the power of two above ``len(src)`` (the padding is never
-    copied), with the two counts."""
+    """Cut the copies ``dst[j] <- src[j]`` into slices of ``run`` records whose sources and
+    destinations each step by one: in the same direction (a plain slice) or in opposite ones (a
+    reversed slice: a prefix cache evicts a document's last pages first). Returns three groups,
+    each ``(src starts, dst starts, count)`` with int32 starts (the lowest index of each slice)
+    padded to the power of two above ``len(src)`` (padding is never copied): plain slices,
+    reversed slices, and the copies left, one record each."""
     src, dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
     n = len(src)
-    follows = np.ones(max(n - 1, 0), bool) if run == 1 else (np.diff(src) == 1) & (np.diff(dst) == 1)
+    step_src, step_dst = np.diff(src), np.diff(dst)
+    # +1: both step the same way, -1: opposite ways, 0: no slice continues across this pair
+    kind = np.where((np.abs(step_src) == 1) & (np.abs(step_dst) == 1), step_src * step_dst, 0)
+    groups = {1: [], -1: []}
     in_slice = np.zeros(n, bool)
-    starts = []
-    # maximal stretches of records that follow each other, cut into whole slices of ``run``
-    breaks = np.concatenate([[0], np.flatnonzero(~follows) + 1, [n]]) if n else np.zeros(1, np.int64)
-    for begin, end in zip(breaks[:-1], breaks[1:]):
+    begin = 0
+    for end in range(1, n + 1):                     # stretches of one kind, cut into slices
+        if end < n and kind[end - 1] != 0 and (end == begin + 1 or kind[end - 1] == kind[end - 2]):
+            continue
+        direction = kind[begin] if end - begin > 1 else 1
         for start in range(begin, end - run + 1, run):
-            starts.append(start)
+            groups[direction].append((src[start:start + run].min(), dst[start:start + run].min()))
             in_slice[start:start + run] = True
-    starts = np.asarray(starts, np.int64)
+        begin = end
     single = np.flatnonzero(~in_slice)
-    length = len(pad_slots(src))                  # one shape for every cut of n copies
+    length = len(pad_slots(src))                    # one shape for every cut of n copies
 
     def padded(values):
         out = np.zeros(length, np.int32)
         out[:len(values)] = values
         return out
-    return (padded(src[starts]), padded(dst[starts]), len(starts),
-            padded(src[single]), padded(dst[single]), len(single))
+
+    def group(pairs):
+        pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+        return padded(pairs[:, 0]), padded(pairs[:, 1]), len(pairs)
+    return (*group(groups[1]), *group(groups[-1]), padded(src[single]), padded(dst[single]), len(single))
 
 
-def _copy_loop(into, data, src, dst, n, size: int, move):
-    """``into[dst[j]:+size] = move(data[src[j]:+size])`` for ``j < n``."""
+def _copy_loop(into, data, src, dst, n, size: int, move, reverse: bool = False):
+    """``into[dst[j]:+size] = move(data[src[j]:+size])`` (reversed if ``reverse``) for ``j < n``."""
     def body(j, acc):
         piece = move(jax.lax.dynamic_slice_in_dim(data, src[j], size, 0))
+        piece = jnp.flip(piece, 0) if reverse else piece
         return jax.lax.dynamic_update_slice_in_dim(acc, piece, dst[j], 0)
     return jax.lax.fori_loop(0, n, body, into)
 
 
-def _copy(into, data, run_src, run_dst, num_runs, src, dst, num, *, run: int, move):
-    """Slices of ``run`` records, then single records, from ``data`` into ``into``."""
-    into = _copy_loop(into, data, run_src, run_dst, num_runs, run, move)
-    return _copy_loop(into, data, src, dst, num, 1, move)
+def _copy(into, data, *plan, run: int, move):
+    """The slices and single records of ``runs``' plan, from ``data`` into ``into``."""
+    into = _copy_loop(into, data, *plan[0:3], run, move)
+    into = _copy_loop(into, data, *plan[3:6], run, move, reverse=True)
+    return _copy_loop(into, data, *plan[6:9], 1, move)
 
 
 class PinnedHostTier(ArrayTier):
