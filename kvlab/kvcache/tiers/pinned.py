@@ -72,19 +72,19 @@ def runs(src, dst, run: int):
     return (*group(groups[1]), *group(groups[-1]), padded(src[single]), padded(dst[single]), len(single))
 
 
-def _copy_loop(into, data, src, dst, n, size: int, move, reverse: bool = False):
-    """``into[dst[j]:+size] = move(data[src[j]:+size])`` (reversed if ``reverse``) for ``j < n``."""
+def _copy_loop(into, data, src, dst, n, size: int, move):
+    """``into[dst[j]:+size] = move(data[src[j]:+size])`` for ``j < n``."""
     def body(j, acc):
         piece = move(jax.lax.dynamic_slice_in_dim(data, src[j], size, 0))
-        piece = jnp.flip(piece, 0) if reverse else piece
         return jax.lax.dynamic_update_slice_in_dim(acc, piece, dst[j], 0)
     return jax.lax.fori_loop(0, n, body, into)
 
 
-def _copy(into, data, *plan, run: int, move):
-    """The slices and single records of ``runs``' plan, from ``data`` into ``into``."""
+def _copy(into, data, *plan, run: int, move, move_reversed):
+    """The slices and single records of ``runs``' plan, from ``data`` into ``into``;
+    ``move_reversed`` moves a slice and reverses it on the device (never in host memory)."""
     into = _copy_loop(into, data, *plan[0:3], run, move)
-    into = _copy_loop(into, data, *plan[3:6], run, move, reverse=True)
+    into = _copy_loop(into, data, *plan[3:6], run, move_reversed)
     return _copy_loop(into, data, *plan[6:9], 1, move)
 
 
@@ -125,11 +125,15 @@ class PinnedHostTier(ArrayTier):
         return max(1, min(per_slice, rows, self.num_pages))
 
     def _copy_into_pinned(self, records, data, *plan, run):
-        return _copy(records, data, *plan, run=run, move=lambda piece: jax.device_put(piece, self._pinned))
+        def move(piece):
+            return jax.device_put(piece, self._pinned)
+        return _copy(records, data, *plan, run=run, move=move, move_reversed=lambda p: move(jnp.flip(p, 0)))
 
     def _copy_to_device(self, records, *plan, rows, run):
+        def move(piece):
+            return jax.device_put(piece, self._on_device)
         out = jnp.zeros((rows, *records.shape[1:]), records.dtype, device=self._on_device)
-        return _copy(out, records, *plan, run=run, move=lambda piece: jax.device_put(piece, self._on_device))
+        return _copy(out, records, *plan, run=run, move=move, move_reversed=lambda p: jnp.flip(move(p), 0))
 
     def store_records(self, slots, data, rows) -> None:
         run = self._run(data.shape[0])
