@@ -97,7 +97,7 @@ def test_moves_read_device_pages_first_and_write_loads_last(first):
 
 def test_a_pinned_tier_keeps_its_records_across_moves():
     tier = PinnedHostTier(8, np.zeros((2, 3), np.float32))
-    assert tier.records.sharding.memory_kind == "pinned_host"
+    assert [bank.sharding.memory_kind for bank in tier.records] == ["pinned_host"]
     rows = np.arange(18, dtype=np.float32).reshape(3, 2, 3)
     tier.write_rows([5, 0, 2], rows)
     np.testing.assert_array_equal(tier.read_rows([0, 2, 5]), rows[[1, 2, 0]])
@@ -117,12 +117,14 @@ def slot_stretches(draw):
 
 
 @settings(max_examples=40, deadline=None)
-@given(slot_stretches(), st.integers(1, 4))
-def test_pinned_copies_in_slices_match_numpy(slots, records_per_slice):
-    """Slots that step by one (up or down) move as slices, the rest one by one: loads and
-    offloads still equal NumPy's indexing."""
+@given(slot_stretches(), st.integers(1, 4), st.sampled_from([3, 5, 16]))
+def test_pinned_copies_in_slices_match_numpy(slots, records_per_slice, records_per_bank):
+    """Slots that step by one (up or down) move as slices, the rest one by one, bank by bank:
+    loads and offloads still equal NumPy's indexing."""
     record = np.zeros((2, 3), np.float32)
-    tier = PinnedHostTier(16, record, slice_bytes=records_per_slice * record.nbytes)
+    tier = PinnedHostTier(16, record, slice_bytes=records_per_slice * record.nbytes,
+                          bank_bytes=records_per_bank * record.nbytes)
+    assert len(tier.records) == -(-16 // records_per_bank)
     shadow = np.arange(16 * 6, dtype=np.float32).reshape(16, 2, 3)
     tier.write_rows(list(range(16)), shadow)
     np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:len(slots)], shadow[slots])

@@ -15,7 +15,7 @@ view: a view that outlived the copy would keep the array from being donated.
 Examples:
     >>> import jax, numpy as np
     >>> tier = PinnedHostTier(num_pages=4, page_record=jax.ShapeDtypeStruct((2, 3), "float32"))
-    >>> tier.records.sharding.memory_kind
+    >>> tier.records[0].sharding.memory_kind
     'pinned_host'
     >>> _ = tier.put(b"block-a", np.ones((2, 3), np.float32))
     >>> tier.get(b"block-a").sum(), tier.load_records([tier.slot_of(b"block-a")]).shape
@@ -33,15 +33,16 @@ from kvlab.kvcache.eviction import LRU
 from kvlab.kvcache.tiers.array_tier import ArrayTier, pad_slots
 
 RUN_BYTES = 32 << 20      # records whose slots follow each other move in slices of up to this size
+BANK_BYTES = 2 << 30      # records are kept in pinned arrays of up to this size (banks)
 
 
-def runs(src, dst, run: int):
+def runs(src, dst, run: int, length: int | None = None):
     """Cut the copies ``dst[j] <- src[j]`` into slices of ``run`` records whose sources and
     destinations each step by one: in the same direction (a plain slice) or in opposite ones (a
     reversed slice: a prefix cache evicts a document's last pages first). Returns three groups,
     each ``(src starts, dst starts, count)`` with int32 starts (the lowest index of each slice)
-    padded to the power of two above ``len(src)`` (padding is never copied): plain slices,
-    reversed slices, and the copies left, one record each."""
+    padded to ``length`` (default: the power of two above ``len(src)``; padding is never
+    copied): plain slices, reversed slices, and the copies left, one record each."""
     src, dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
     n = len(src)
     step_src, step_dst = np.diff(src), np.diff(dst)
@@ -59,7 +60,7 @@ def runs(src, dst, run: int):
             in_slice[start:start + run] = True
         begin = end
     single = np.flatnonzero(~in_slice)
-    length = len(pad_slots(src))                    # one shape for every cut of n copies
+    length = len(pad_slots(src)) if length is None else length      # one shape for every cut
 
     def padded(values):
         out = np.zeros(length, np.int32)
@@ -92,54 +93,83 @@ class PinnedHostTier(ArrayTier):
     """``num_pages`` records of ``page_record`` in pinned host memory of ``device`` (default: the
     first JAX device), evicted by ``eviction`` (default ``LRU()``) when full; a first tier whose
     loads and offloads run at the host link's speed. Records in consecutive slots move in slices
-    of up to ``slice_bytes``."""
+    of up to ``slice_bytes``; the records are kept in pinned arrays (banks) of up to
+    ``bank_bytes``."""
 
     def __init__(self, num_pages: int, page_record=None, eviction=None, *, device=None,
-                 slice_bytes: int = RUN_BYTES):
-        if isinstance(slice_bytes, bool) or not isinstance(slice_bytes, int) or slice_bytes < 1:
-            raise ValueError(f"PinnedHostTier needs slice_bytes >= 1 (bytes per copied slice), "
-                             f"got {slice_bytes!r}")
-        self.slice_bytes = slice_bytes
+                 slice_bytes: int = RUN_BYTES, bank_bytes: int = BANK_BYTES):
+        for name, value in (("slice_bytes", slice_bytes), ("bank_bytes", bank_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"PinnedHostTier needs {name} >= 1 (bytes), got {value!r}")
+        self.slice_bytes, self.bank_bytes = slice_bytes, bank_bytes
         self.device = device or jax.devices()[0]
         self._pinned = SingleDeviceSharding(self.device, memory_kind="pinned_host")
         self._on_device = SingleDeviceSharding(self.device)
         self._store = jax.jit(self._copy_into_pinned, static_argnames="run", donate_argnums=0,
                               out_shardings=self._pinned)
-        self._load = jax.jit(self._copy_to_device, static_argnames=("rows", "run"),
+        self._load = jax.jit(self._copy_to_device, static_argnames="run", donate_argnums=0,
                              out_shardings=self._on_device)
+        self._bank_slots = 1
         super().__init__(num_pages, page_record, LRU() if eviction is None else eviction)
 
     def _new_records(self, shape, dtype):
-        return jax.device_put(np.zeros((self.num_pages, *shape), dtype), self._pinned)
+        record_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        self._bank_slots = max(1, min(self.num_pages, self.bank_bytes // record_bytes))
+        num_banks = -(-self.num_pages // self._bank_slots)
+        return tuple(jax.device_put(np.zeros((self._bank_slots, *shape), dtype), self._pinned)
+                     for _ in range(num_banks))
+
+    @property
+    def records(self) -> tuple[jax.Array, ...] | None:
+        """The record banks, pinned arrays ``[bank_slots, *shape]``: slot ``s`` is row
+        ``s % bank_slots`` of bank ``s // bank_slots`` (XLA:GPU stores into a pinned array of 4 GiB
+        or more ten times slower than into one of 2 GiB); None until the page record is bound."""
+        return self._records
+
+    def _by_bank(self, slots):
+        """``(bank, positions in slots, rows in the bank)`` for each bank ``slots`` touch."""
+        slots = np.asarray(slots, np.int64)
+        bank = slots // self._bank_slots
+        for b in np.unique(bank):
+            at = np.flatnonzero(bank == b)
+            yield int(b), at, slots[at] - b * self._bank_slots
 
     def read_rows(self, slots) -> np.ndarray:
-        return np.array(np.asarray(self._storage())[np.asarray(slots, np.int64)])
+        out = np.empty((len(slots), *self.shape), self.dtype)
+        for b, at, rows in self._by_bank(slots):
+            out[at] = np.asarray(self._storage()[b])[rows]          # a transient view, then a copy
+        return out
 
     def write_rows(self, slots, rows) -> None:
         rows = np.asarray(rows)
         self.store_records(slots, jax.device_put(rows, self._on_device), np.arange(len(rows)))
 
     def _run(self, rows: int) -> int:
-        """Records per slice, at most ``rows`` (the other side's rows) and the tier's slots."""
+        """Records per slice, at most ``rows`` (the other side's rows) and a bank's slots."""
         per_slice = self.slice_bytes // (int(np.prod(self.shape)) * self.dtype.itemsize)
-        return max(1, min(per_slice, rows, self.num_pages))
+        return max(1, min(per_slice, rows, self._bank_slots))
 
-    def _copy_into_pinned(self, records, data, *plan, run):
+    def _copy_into_pinned(self, bank, data, *plan, run):
         def move(piece):
             return jax.device_put(piece, self._pinned)
-        return _copy(records, data, *plan, run=run, move=move, move_reversed=lambda p: move(jnp.flip(p, 0)))
+        return _copy(bank, data, *plan, run=run, move=move, move_reversed=lambda p: move(jnp.flip(p, 0)))
 
-    def _copy_to_device(self, records, *plan, rows, run):
+    def _copy_to_device(self, out, bank, *plan, run):
         def move(piece):
             return jax.device_put(piece, self._on_device)
-        out = jnp.zeros((rows, *records.shape[1:]), records.dtype, device=self._on_device)
-        return _copy(out, records, *plan, run=run, move=move, move_reversed=lambda p: jnp.flip(move(p), 0))
+        return _copy(out, bank, *plan, run=run, move=move, move_reversed=lambda p: jnp.flip(move(p), 0))
 
     def store_records(self, slots, data, rows) -> None:
-        run = self._run(data.shape[0])
-        self._records = self._store(self._storage(), data, *runs(rows, slots, run), run=run)
+        run, length = self._run(data.shape[0]), len(pad_slots(slots))
+        banks, rows = list(self._storage()), np.asarray(rows, np.int64)
+        for b, at, bank_rows in self._by_bank(slots):
+            banks[b] = self._store(banks[b], data, *runs(rows[at], bank_rows, run, length), run=run)
+        self._records = tuple(banks)
 
     def load_records(self, slots) -> jax.Array:
-        rows = len(pad_slots(slots))
-        run = self._run(rows)
-        return self._load(self._storage(), *runs(slots, np.arange(len(slots)), run), rows=rows, run=run)
+        length = len(pad_slots(slots))
+        run = self._run(length)
+        out = jnp.zeros((length, *self.shape), self._storage()[0].dtype, device=self._on_device)
+        for b, at, bank_rows in self._by_bank(slots):
+            out = self._load(out, self._storage()[b], *runs(bank_rows, at, run, length), run=run)
+        return out
