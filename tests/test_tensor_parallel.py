@@ -50,6 +50,24 @@ def test_families_give_the_tokens_of_one_device(family, tmp_path):
         assert greedy(TensorParallel(model, mesh(n)), PROMPTS) == want, f"{family}, TP {n}"
 
 
+def test_a_checkpoint_is_split_as_it_is_read(tmp_path):
+    """``TensorParallel.load``: the checkpoint is read into host memory (no device array of it is
+    made) and each device receives only its share; the tokens are the one-device model's."""
+    from test_model_parity import save_random_hf_model
+
+    save_random_hf_model("llama2", tmp_path)
+    checkpoint = kvlab.models.read_checkpoint(str(tmp_path))
+    assert all(isinstance(w, np.ndarray) for w in checkpoint.weights.values())
+    sharded, _ = TensorParallel.load(str(tmp_path), mesh(2))
+    layers, hidden, inner = checkpoint.weights["w_up"].shape
+    shards = sharded.inner.w_up[...].addressable_shards
+    assert [s.data.shape for s in shards] == [(layers, hidden, inner // 2)] * 2
+    model, _ = kvlab.models.load(str(tmp_path))
+    assert greedy(sharded, PROMPTS) == greedy(model, PROMPTS)
+    in_bf16, _ = TensorParallel.load(str(tmp_path), mesh(2), dtype=jnp.bfloat16)
+    assert in_bf16.inner.wq[...].dtype == jnp.bfloat16 and in_bf16.dtype == jnp.bfloat16
+
+
 def test_bundled_smollm2_pads_its_heads_and_gives_the_same_tokens(smollm2):
     model, tokenizer = smollm2
     prompts = [tokenizer.encode(t) for t in ("The capital of France is", "def fibonacci(n):")]

@@ -8,10 +8,11 @@ from kvlab.models.config import (
 )
 from kvlab.models.layer_loop import LayerLoop, ScanLayers, UnrolledLayers, default_layer_loop
 from kvlab.models.llama import LlamaModel
-from kvlab.models.loading import CheckpointError, load, load_tokenizer
+from kvlab.models.loading import Checkpoint, CheckpointError, load, load_tokenizer, read_checkpoint
 from kvlab.models.streamed_layers import StreamedLayers
 from kvlab.models.tokenizer import IncrementalDecoder, Tokenizer
 
-__all__ = ["CheckpointError", "IncrementalDecoder", "LayerLoop", "LinearRopeScaling",
+__all__ = ["Checkpoint", "CheckpointError", "IncrementalDecoder", "LayerLoop", "LinearRopeScaling",
            "Llama3RopeScaling", "LlamaModel", "ModelConfig", "ScanLayers", "StreamedLayers", "Tokenizer",
-           "UnrolledLayers", "UnsupportedModelError", "default_layer_loop", "load", "load_tokenizer"]
+           "UnrolledLayers", "UnsupportedModelError", "default_layer_loop", "load", "load_tokenizer",
+           "read_checkpoint"]

@@ -10,11 +10,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 
 from kvlab.models.config import ModelConfig, UnsupportedModelError
-from kvlab.models.llama import LlamaModel, weight_shapes
+from kvlab.models.llama import weight_shapes
 from kvlab.models.loading import CheckpointError
 from kvlab.models.tokenizer import Tokenizer
 
@@ -76,8 +75,9 @@ def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, out // n_heads // 2, 2, inp).swapaxes(1, 2).reshape(out, inp)
 
 
-def load_gguf(path: Path, dtype=jnp.float32) -> tuple[LlamaModel, Tokenizer]:
-    """Read a GGUF file, dequantize every tensor to ``dtype``, build the model and tokenizer."""
+def read_gguf_weights(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray], Tokenizer]:
+    """Read a GGUF file: its config, every tensor dequantized to float32 host arrays (named as
+    ``weight_shapes``), and its tokenizer."""
     from gguf.quants import dequantize
 
     reader, meta = read_gguf(path)
@@ -111,5 +111,4 @@ def load_gguf(path: Path, dtype=jnp.float32) -> tuple[LlamaModel, Tokenizer]:
                 stack.append(w.T if w.ndim == 2 else w)
             weights[name] = np.stack(stack)
     tokenizer = Tokenizer.from_gguf_metadata(meta)
-    config = dataclasses.replace(config, eos_token_ids=tokenizer.eos_token_ids)
-    return LlamaModel(config, dtype=dtype, weights=weights), tokenizer
+    return dataclasses.replace(config, eos_token_ids=tokenizer.eos_token_ids), weights, tokenizer

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -42,7 +43,7 @@ class CheckpointError(ValueError):
 
 def _read_safetensors(directory: Path) -> dict:
     from safetensors import SafetensorError
-    from safetensors.flax import load_file  # handles bf16, which NumPy cannot name
+    from safetensors.numpy import load_file  # host arrays; bf16 as ml_dtypes' bfloat16
 
     files = sorted(directory.glob("*.safetensors"))
     if not files:
@@ -90,14 +91,24 @@ def _read_hf_config(path: Path) -> dict:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
 
 
-def load_hf_directory(path: Path, dtype=jnp.float32) -> tuple[LlamaModel, Tokenizer | None]:
-    """A transformers checkpoint directory -> (model, tokenizer, or None without tokenizer.json)."""
+class Checkpoint(NamedTuple):
+    """A checkpoint read into host memory: its config, its weights named as ``weight_shapes``
+    (NumPy arrays in the checkpoint's dtype), and its tokenizer (None for a transformers directory
+    without ``tokenizer.json``)."""
+
+    config: ModelConfig
+    weights: dict[str, np.ndarray]
+    tokenizer: Tokenizer | None
+
+
+def read_hf_directory(path: Path) -> Checkpoint:
+    """A transformers checkpoint directory, read into host memory."""
     config = ModelConfig.from_hf_dict(_read_hf_config(path))
     weights = hf_weights_to_kvlab(config, _read_safetensors(path))
     tokenizer = None
     if (path / "tokenizer.json").is_file():
         tokenizer = Tokenizer.from_hf_directory(path, eos_token_ids=config.eos_token_ids)
-    return LlamaModel(config, dtype=dtype, weights=weights), tokenizer
+    return Checkpoint(config, weights, tokenizer)
 
 
 def _expected() -> str:
@@ -174,12 +185,20 @@ def load(name_or_path: str, dtype=jnp.float32) -> tuple[LlamaModel, Tokenizer | 
     ``CheckpointError`` for a directory or a ``*.gguf`` file); each says what was expected and
     lists the bundled names.
     """
+    config, weights, tokenizer = read_checkpoint(name_or_path)
+    return LlamaModel(config, dtype=dtype, weights=weights), tokenizer
+
+
+def read_checkpoint(name_or_path: str) -> Checkpoint:
+    """A checkpoint (same names and paths as ``load``, same errors) read into host memory without
+    placing it on a device: what a caller that places the weights itself starts from
+    (``TensorParallel.load`` shards each weight over a mesh as it goes)."""
     from kvlab.models import gguf_file
 
     kind, path = _resolve(name_or_path)
     if kind == "hf":
-        return load_hf_directory(path, dtype=dtype)
-    return gguf_file.load_gguf(path, dtype=dtype)
+        return read_hf_directory(path)
+    return Checkpoint(*gguf_file.read_gguf_weights(path))
 
 
 def load_tokenizer(name_or_path: str) -> Tokenizer | None:

@@ -25,6 +25,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -36,6 +37,8 @@ from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.models.config import ModelConfig
 from kvlab.models.layer_loop import LayerLoop, default_layer_loop
 from kvlab.models.llama import LlamaModel, weight_shapes
+from kvlab.models.loading import read_checkpoint
+from kvlab.models.tokenizer import Tokenizer
 from kvlab.parallel.heads import tp_config, tp_weights
 
 # weights split along their last axis (output features) and along their input axis
@@ -77,7 +80,7 @@ class RandomInit:
     dtype: jnp.dtype
     seed: int = 0
 
-    def weights(self, laid_out: ModelConfig, mesh: Mesh, axis: str) -> dict[str, jax.Array]:
+    def weights_on(self, laid_out: ModelConfig, mesh: Mesh, axis: str) -> dict[str, jax.Array]:
         """Every weight of ``laid_out``'s shapes, generated shard by shard over ``mesh``."""
         out = {}
         for i, (name, shape) in enumerate(weight_shapes(laid_out).items()):
@@ -92,10 +95,29 @@ class RandomInit:
         return out
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HostWeights:
+    """Weights in host memory (``weight_shapes`` names, any float dtype), each cast to ``dtype``
+    and re-laid out on the host, then sent to the devices split: a device receives only its
+    share, and none ever holds a whole split weight."""
+
+    config: ModelConfig
+    dtype: jnp.dtype
+    weights: dict[str, np.ndarray]
+
+    def weights_on(self, laid_out: ModelConfig, mesh: Mesh, axis: str) -> dict[str, jax.Array]:
+        """Every weight, re-laid out for ``laid_out`` (``tp_weights``) and split over ``mesh``."""
+        host = tp_weights(self.weights, self.config, mesh.shape[axis])
+        return {n: jax.device_put(np.asarray(w).astype(self.dtype),
+                                  NamedSharding(mesh, weight_spec(n, w.ndim, axis)))
+                for n, w in host.items()}
+
+
 class TensorParallel(nnx.Module):
     """``model`` split over ``mesh``'s axis ``axis``: its weights are re-laid out for the degree
     (``tp_weights``) and placed sharded from host memory, so no device holds more than its share.
-    ``TensorParallel.random(config, mesh)`` makes random weights on the devices instead.
+    ``TensorParallel.random(config, mesh)`` makes random weights on the devices instead, and
+    ``TensorParallel.load(name_or_path, mesh)`` reads a checkpoint and splits it as it goes.
 
     ``config`` is the laid-out config (padded or replicated KV heads are real heads of the cache).
     The intermediate size and, for an untied head, the vocabulary must divide by the degree.
@@ -104,12 +126,13 @@ class TensorParallel(nnx.Module):
     """
 
     def __init__(self, model: LlamaModel | None, mesh: Mesh, axis: str = "tp", *,
-                 layer_loop: LayerLoop | None = None, init: RandomInit | None = None):
+                 layer_loop: LayerLoop | None = None, init: RandomInit | HostWeights | None = None):
         if axis not in mesh.shape:
             raise ValueError(f"the mesh has no axis {axis!r}; its axes: {tuple(mesh.shape)}")
         if (model is None) == (init is None):
-            raise TypeError("TensorParallel takes a model, or (through TensorParallel.random) random weights")
-        source = init or model
+            raise TypeError("TensorParallel takes a model, or (through TensorParallel.random or "
+                            "TensorParallel.load) a source of weights")
+        source = init or HostWeights(config=model.config, dtype=model.dtype, weights=model.host_weights())
         degree = mesh.shape[axis]
         config = tp_config(source.config, degree)
         splits = {"intermediate_size": config.intermediate_size}
@@ -118,11 +141,7 @@ class TensorParallel(nnx.Module):
         for field, size in splits.items():
             if size % degree:
                 raise ValueError(f"{field}={size} does not split over {degree} devices")
-        if init is not None:
-            weights = init.weights(config, mesh, axis)
-        else:
-            weights = {n: jax.device_put(w, NamedSharding(mesh, weight_spec(n, w.ndim, axis)))
-                       for n, w in tp_weights(model.host_weights(), model.config, degree).items()}
+        weights = source.weights_on(config, mesh, axis)
         self.inner = LlamaModel(config, dtype=source.dtype, weights=weights,
                                 layer_loop=layer_loop or default_layer_loop())
         self.config, self.dtype, self.mesh, self.axis = config, source.dtype, mesh, axis
@@ -134,6 +153,16 @@ class TensorParallel(nnx.Module):
         generating only its share: shapes too large for one device (a Llama-3-70B in bf16)."""
         return cls(None, mesh, axis, layer_loop=layer_loop,
                    init=RandomInit(config=config, dtype=jnp.dtype(dtype), seed=seed))
+
+    @classmethod
+    def load(cls, name_or_path: str, mesh: Mesh, axis: str = "tp", *, dtype=jnp.float32,
+             layer_loop: LayerLoop | None = None) -> tuple[TensorParallel, Tokenizer | None]:
+        """(model, tokenizer) of a checkpoint (the names and paths ``kvlab.models.load`` takes),
+        read into host memory and sent to the devices split, weight by weight: a checkpoint
+        larger than one device loads."""
+        config, weights, tokenizer = read_checkpoint(name_or_path)
+        source = HostWeights(config=config, dtype=jnp.dtype(dtype), weights=weights)
+        return cls(None, mesh, axis, layer_loop=layer_loop, init=source), tokenizer
 
     @property
     def attention_options(self) -> AttentionOptions:
