@@ -134,6 +134,12 @@ def test_pinned_copies_in_slices_match_numpy(slots, records_per_slice, records_p
     np.testing.assert_array_equal(tier.read_rows(list(range(16))), shadow)
 
 
+@pytest.mark.gpu
+def test_pinned_copies_in_slices_match_numpy_on_the_gpu():
+    """The same property in real pinned host memory (the copies are DMA there)."""
+    test_pinned_copies_in_slices_match_numpy()
+
+
 # ---- the cache's bookkeeping against a shadow executor ---------------------------------------------
 DOCS = [[(31 * d + 7 * i) % 97 + 3 for i in range(24)] for d in range(4)]
 
