@@ -29,14 +29,16 @@ demo: $(VENV)/.installed
 	$(BIN)/kvlab demo
 
 # Two worker processes (pytest-xdist): one per core of a CI machine, and each process holds half
-# of the compiled executables (see tests/conftest.py on memory maps).
+# of the compiled executables (see tests/conftest.py on memory maps); an idle worker steals
+# queued tests from the busy one (--dist worksteal), so a long test at the end does not leave a
+# core idle.
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 # The engine-level property tests with their full hypothesis example counts (3x the default run;
 # about 10 more minutes on two cores).
 test-thorough: $(VENV)/.installed-dev
-	KVLAB_THOROUGH=1 $(BIN)/python -m pytest -q -n 2
+	KVLAB_THOROUGH=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 # The documentation site, written to site/ (mkdocs serve for a live preview).
 docs: $(VENV)/.installed-dev
