@@ -104,6 +104,10 @@ def test_a_pinned_tier_keeps_its_records_across_moves():
     loaded = tier.load_records([2, 5, 0])
     assert loaded.shape == (4, 2, 3) and loaded.sharding.memory_kind == "device"
     np.testing.assert_array_equal(np.asarray(loaded)[:3], rows[[2, 0, 1]])
+    unbound = PinnedHostTier(4)
+    for copy in (lambda: unbound.load_records([0]), lambda: unbound.store_records([0], rows, [0])):
+        with pytest.raises(ValueError, match="no page record yet"):
+            copy()
 
 
 @st.composite

@@ -108,7 +108,7 @@ class HostWeights:
     def weights_on(self, laid_out: ModelConfig, mesh: Mesh, axis: str) -> dict[str, jax.Array]:
         """Every weight, re-laid out for ``laid_out`` (``tp_weights``) and split over ``mesh``."""
         host = tp_weights(self.weights, self.config, mesh.shape[axis])
-        return {n: jax.device_put(np.asarray(w).astype(self.dtype),
+        return {n: jax.device_put(np.asarray(w).astype(self.dtype, copy=False),
                                   NamedSharding(mesh, weight_spec(n, w.ndim, axis)))
                 for n, w in host.items()}
 

@@ -36,13 +36,13 @@ RUN_BYTES = 32 << 20      # records whose slots follow each other move in slices
 BANK_BYTES = 2 << 30      # records are kept in pinned arrays of up to this size (banks)
 
 
-def runs(src, dst, run: int, length: int | None = None):
+def runs(src, dst, run: int, length: int):
     """Cut the copies ``dst[j] <- src[j]`` into slices of ``run`` records whose sources and
     destinations each step by one: in the same direction (a plain slice) or in opposite ones (a
     reversed slice: a prefix cache evicts a document's last pages first). Returns three groups,
     each ``(src starts, dst starts, count)`` with int32 starts (the lowest index of each slice)
-    padded to ``length`` (default: the power of two above ``len(src)``; padding is never
-    copied): plain slices, reversed slices, and the copies left, one record each."""
+    padded to ``length`` (>= ``len(src)``; one shape for every cut; padding is never copied):
+    plain slices, reversed slices, and the copies left, one record each."""
     src, dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
     n = len(src)
     step_src, step_dst = np.diff(src), np.diff(dst)
@@ -60,7 +60,6 @@ def runs(src, dst, run: int, length: int | None = None):
             in_slice[start:start + run] = True
         begin = end
     single = np.flatnonzero(~in_slice)
-    length = len(pad_slots(src)) if length is None else length      # one shape for every cut
 
     def padded(values):
         out = np.zeros(length, np.int32)
@@ -109,7 +108,6 @@ class PinnedHostTier(ArrayTier):
                               out_shardings=self._pinned)
         self._load = jax.jit(self._copy_to_device, static_argnames="run", donate_argnums=0,
                              out_shardings=self._on_device)
-        self._bank_slots = 1
         super().__init__(num_pages, page_record, LRU() if eviction is None else eviction)
 
     def _new_records(self, shape, dtype):
@@ -160,16 +158,17 @@ class PinnedHostTier(ArrayTier):
         return _copy(out, bank, *plan, run=run, move=move, move_reversed=lambda p: jnp.flip(move(p), 0))
 
     def store_records(self, slots, data, rows) -> None:
-        run, length = self._run(data.shape[0]), len(pad_slots(slots))
         banks, rows = list(self._storage()), np.asarray(rows, np.int64)
+        run, length = self._run(data.shape[0]), len(pad_slots(slots))
         for b, at, bank_rows in self._by_bank(slots):
             banks[b] = self._store(banks[b], data, *runs(rows[at], bank_rows, run, length), run=run)
         self._records = tuple(banks)
 
     def load_records(self, slots) -> jax.Array:
+        banks = self._storage()
         length = len(pad_slots(slots))
         run = self._run(length)
-        out = jnp.zeros((length, *self.shape), self._storage()[0].dtype, device=self._on_device)
+        out = jnp.zeros((length, *self.shape), banks[0].dtype, device=self._on_device)
         for b, at, bank_rows in self._by_bank(slots):
-            out = self._load(out, self._storage()[b], *runs(bank_rows, at, run, length), run=run)
+            out = self._load(out, banks[b], *runs(bank_rows, at, run, length), run=run)
         return out
