@@ -126,8 +126,9 @@ def decode(ceiling, *, batch_size: int, ctx: int, tune: bool, section: str) -> N
             configs += [(f"bk={bk}", PallasAttention(decode=DecodeConfig(block_k=bk)))
                         for bk in (32, 64, 128)]
         for name, backend in configs:
-            cfg = backend.decode_config(batch, store)
-            what = (f"{fmt.name} decode, {name} (bk={cfg.block_k} splits={backend.num_splits(batch, store)} "
+            cfg = backend.decode_config(batch, store, head_dim=d)
+            splits = backend.num_splits(batch, store, head_dim=d)
+            what = (f"{fmt.name} decode, {name} (bk={cfg.block_k} splits={splits} "
                     f"w={cfg.num_warps} st={cfg.num_stages})")
             try:
                 seconds = timed(lambda q_, s_, b_, be=backend: be(q_, s_, 0, b_, opts), q, store, batch)

@@ -61,6 +61,16 @@ class StreamEvent:
     finished: bool
     finish_reason: str | None
 
+    @classmethod
+    def of(cls, request_id: str, new_token_ids: list[int], new_text: str, finished: bool,
+           finish_reason: str | None) -> StreamEvent:
+        """``StreamEvent(...)`` without the frozen dataclass ``__init__`` (one per request and step)."""
+        event = object.__new__(cls)
+        fields = event.__dict__
+        fields["request_id"], fields["new_token_ids"] = request_id, new_token_ids
+        fields["new_text"], fields["finished"], fields["finish_reason"] = new_text, finished, finish_reason
+        return event
+
 
 class CompletionBook:
     """Completions awaited by id: a request id stands for itself or, with ``n`` > 1, for its

@@ -160,6 +160,10 @@ class Engine:
         """Plan and launch one step, then read the oldest step beyond ``steps_ahead`` (with
         ``steps_ahead=1``: the step launched by the previous call); returns the progress of every
         request that step ran."""
+        return self._step(events=True)
+
+    def _step(self, events: bool) -> list[StreamEvent]:
+        """``step``; without ``events`` (``generate``, which keeps completions) no events are made."""
         plan = self.scheduler.schedule()
         launched = not plan.is_empty or plan.has_page_copies
         if launched:
@@ -167,29 +171,34 @@ class Engine:
         elif not self._in_flight and self.scheduler.has_unfinished():
             raise RuntimeError("the scheduler planned nothing although requests wait; the cache "
                                "cannot hold the next request")
-        events = []
+        progress = []
         while self._in_flight and (len(self._in_flight) > self.steps_ahead or not launched):
-            events += self._read(*self._in_flight.popleft())
+            progress += self._read(*self._in_flight.popleft(), events=events)
             launched = True                  # a step with nothing to plan reads one step
-        return events
+        return progress
 
-    def _read(self, plan, future) -> list[StreamEvent]:
-        """Apply a launched step's tokens; the progress of the requests it ran."""
+    def _read(self, plan, future, events: bool = True) -> list[StreamEvent]:
+        """Apply a launched step's tokens; the progress of the requests it ran (none without
+        ``events``: finished requests are retired all the same)."""
         sampled = future.result()
         outputs = self.scheduler.update(plan, sampled.tokens, now=self.clock())
         if sampled.logprobs is not None:
             _record_logprobs(plan, sampled.logprobs)
         if sampled.prompt_logprobs is not None:
             _record_prompt_logprobs(plan, sampled.prompt_logprobs)
-        events = []
+        if not events:
+            for out in outputs:
+                if out.finished:
+                    self._retire(out.request)
+            return []
+        events, event = [], StreamEvent.of
         for out in outputs:
-            req = out.request
-            if not out.new_token_ids and not out.finished:    # a prefill chunk: nothing to report
+            req, finished = out.request, out.finished
+            if not out.new_token_ids and not finished:    # a prefill chunk: nothing to report
                 continue
-            text = "" if req.output_text is None else req.output_text.take_new(req.is_finished)
-            events.append(StreamEvent(req.request_id, out.new_token_ids, text, req.is_finished,
-                                      req.finish_reason))
-            if req.is_finished:
+            text = "" if req.output_text is None else req.output_text.take_new(finished)
+            events.append(event(req.request_id, out.new_token_ids, text, finished, req.finish_reason))
+            if finished:
                 self._retire(req)
         return events
 
@@ -234,7 +243,7 @@ class Engine:
         ids = self._add_all(prompts, params, keep=True)
         try:
             while self.has_unfinished():
-                self.step()
+                self._step(events=False)
                 if progress is not None:
                     progress(sum(self.completions.done(rid) for rid in ids), len(ids))
             done = [self.completions.pop(rid) for rid in ids]

@@ -3,8 +3,8 @@
 Life of a sequence, as a scheduler drives it (host side only; no device needed):
 
     hit = cache.admit(seq_id, token_ids, salt=..., priority=..., readmission=...)
-    if cache.can_allocate(seq_id, n): cache.allocate(seq_id, n)   # grow to n tokens (per step)
-    else: cache.free(seq_id)                                      # roll the admission back
+    if not cache.try_allocate(seq_id, n):                         # grow to n tokens (per step)
+        cache.free(seq_id)                                        # roll the admission back
     ... the step computes tokens hit..n-1 and writes their KV ...
     cache.commit(seq_id, token_ids, num_computed)                 # their KV is in the cache now
     cache.free(seq_id)                                            # finished, aborted or preempted
@@ -138,6 +138,15 @@ class KVCache(abc.ABC):
     def allocate(self, seq_id, num_tokens: int) -> None:
         """Grow (or create) ``seq_id`` to hold ``num_tokens`` tokens in total. Raises
         ``OutOfPagesError`` - having changed nothing - when the pages cannot be found."""
+
+    def try_allocate(self, seq_id, num_tokens: int) -> bool:
+        """``allocate`` if ``can_allocate``; whether it did (a scheduler's per-step call for every
+        running sequence: caches make the common case, a decode that fits its last page, one
+        lookup)."""
+        if not self.can_allocate(seq_id, num_tokens):
+            return False
+        self.allocate(seq_id, num_tokens)
+        return True
 
     @abc.abstractmethod
     def pages_needed(self, seq_id, num_tokens: int) -> int:

@@ -191,16 +191,31 @@ class PagePoolCache(KVCache):
             self._reclaim(n - self.allocator.num_free)
         return self.allocator.allocate(n)
 
+    def try_allocate(self, seq_id, num_tokens: int) -> bool:
+        seq = self._seqs.get(seq_id)
+        if seq is not None and self._grows_in_place(seq, num_tokens):
+            self._grow_in_place(seq_id, seq, num_tokens)          # fits its pages (most decodes)
+            return True
+        return super().try_allocate(seq_id, num_tokens)
+
+    def _grows_in_place(self, seq: SeqState, num_tokens: int) -> bool:
+        """Whether a running ``seq`` grows to ``num_tokens`` inside the pages it holds."""
+        return (seq.started and not seq.host_pages and seq.num_tokens <= num_tokens
+                and num_tokens <= self.block_table.num_pages.item(seq.row) * self.page_size)
+
+    def _grow_in_place(self, seq_id, seq: SeqState, num_tokens: int) -> None:
+        """Pages filled by the steps planned so far are sealed; the ledger sees the new length."""
+        self.writes.seal(seq_id, seq.num_tokens // self.page_size, self.block_table, seq.row)
+        seq.num_tokens = num_tokens
+        self._update_ledger(seq_id, seq, self.block_table.num_pages.item(seq.row))
+
     def allocate(self, seq_id, num_tokens: int) -> None:
-        seq, size = self._seqs.get(seq_id), self.page_size
+        seq = self._seqs.get(seq_id)
+        if seq is not None and self._grows_in_place(seq, num_tokens):
+            self._grow_in_place(seq_id, seq, num_tokens)
+            return
         if seq is not None:         # pages filled by the steps planned so far can be sealed now
-            self.writes.seal(seq_id, seq.num_tokens // size, self.block_table, seq.row)
-        if seq is not None and seq.started and not seq.host_pages and seq.num_tokens <= num_tokens:
-            have = self.block_table.num_pages.item(seq.row)
-            if num_tokens <= have * size:                 # fits its pages (most decodes)
-                seq.num_tokens = num_tokens
-                self._update_ledger(seq_id, seq, have)
-                return
+            self.writes.seal(seq_id, seq.num_tokens // self.page_size, self.block_table, seq.row)
         have = 0
         if seq is not None:
             if num_tokens < seq.num_tokens:

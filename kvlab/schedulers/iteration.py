@@ -173,7 +173,7 @@ class IterationScheduler(Scheduler):
             pairs = sorted(zip(order, counts), key=lambda p: p[1] > 1)    # stable: decodes first
             order, counts = [r for r, _ in pairs], [n for _, n in pairs]
             running[:] = order
-        can_allocate, allocate, plan = cache.can_allocate, cache.allocate, step.plan
+        try_allocate, plan = cache.try_allocate, step.plan
         for req, n in zip(order, counts):
             if req.status is not status or req.ends_by_length:   # preempted earlier in this
                 continue                   # loop, or its pending token is its last one
@@ -185,13 +185,14 @@ class IterationScheduler(Scheduler):
                 continue
             rid, start = req.request_id, req.num_computed_tokens
             target = start + n
-            while req.status is status and not can_allocate(rid, target):
+            while not try_allocate(rid, target):
                 victim = self.policy.victim(running)
                 step.unplan(victim)
                 self._preempt(victim)
                 step.preempted.append(victim)
-            if req.status is status:
-                allocate(rid, target)
+                if victim is req:
+                    break
+            else:
                 plan(req, start, n)
 
     def _swap_in(self, step: _StepBuilder) -> list[tuple[int, int]]:

@@ -144,6 +144,7 @@ class StepPlan:
     seals: list[tuple[int, int]] = dataclasses.field(default_factory=list)     # (staging, sealed) page
     tier_moves: list = dataclasses.field(default_factory=list)    # tiers.moves, in order
     table: StepTable | None = None
+    tokens: np.ndarray | None = None     # token_ids() as ``of`` read them (None: read when asked)
 
     @classmethod
     def of(cls, cache, seqs: list[ScheduledSeq], **copies) -> StepPlan:
@@ -153,16 +154,23 @@ class StepPlan:
         be made before this one's ``update`` (an engine that plans ahead), and commits the known
         ones to the cache now, as vLLM caches a block when it schedules it: a later plan may
         reuse them because the device runs steps in order."""
-        commit = cache.commit
+        commit, tokens = cache.commit, []
         for seq in seqs:
-            req = seq.request
-            computed = req.num_computed_tokens = seq.start + seq.num_new_tokens
+            req, start, n = seq.request, seq.start, seq.num_new_tokens
+            prompt, output = req.prompt_token_ids, req.output_token_ids
+            computed = req.num_computed_tokens = start + n
             if seq.sample_index is not None:
                 req.num_pending += 1
-            known = len(req.prompt_token_ids) + len(req.output_token_ids)
+            p = len(prompt)
+            known = p + len(output)
             commit(req.request_id, req.tokens, computed if computed < known else known)
+            if n == 1:                  # a decode: one known token or a future one
+                tokens.append(prompt[start] if start < p else output[start - p] if start < known
+                              else FUTURE_TOKEN)
+            else:
+                tokens += seq.token_ids
         return cls(seqs=seqs, table=StepTable.build(cache, seqs) if seqs else None, seals=cache.drain_seals(),
-                   tier_moves=cache.drain_tier_moves(), **copies)
+                   tier_moves=cache.drain_tier_moves(), tokens=np.array(tokens, np.int32), **copies)
 
     @functools.cached_property
     def num_tokens(self) -> int:
@@ -192,6 +200,8 @@ class StepPlan:
     def token_ids(self) -> np.ndarray:
         """[T] int32: the new tokens of every sequence, in plan order (``FUTURE_TOKEN`` where
         pending)."""
+        if self.tokens is not None:
+            return self.tokens
         out: list[int] = []
         for s in self.seqs:
             if s.num_new_tokens != 1:

@@ -86,7 +86,7 @@ class PallasAttention:
         check_kernel_format(storage.kv_format, head_dim=head_dim, interpret=self.interpret)
         check_supported(q_dtype=query.dtype, kv_dtype=storage.dtype, num_q_heads=num_q_heads,
                         num_kv_heads=storage.num_kv_heads, head_dim=head_dim, page_size=storage.page_size)
-        decode = DecodeLaunch(self.decode_config(batch, storage))
+        decode = DecodeLaunch(self.decode_config(batch, storage, head_dim=head_dim))
         if batch.decode_only:
             launches = (decode,)
         else:
@@ -140,25 +140,28 @@ class PallasAttention:
                                      options=options, kv_format=storage.kv_format)
         return self.run(q, storage, layer, self._plan((kernel,), batch, storage, options, query_spec(q)))
 
-    def decode_config(self, batch: RaggedBatch, storage) -> DecodeConfig:
-        """The decode kernel's tiles for this batch's (static) shapes: ``decode`` when given, else
-        the tuned tiles for this device kind and shape class (``tuned.tuned_decode``)."""
+    def decode_config(self, batch: RaggedBatch, storage, *, head_dim: int) -> DecodeConfig:
+        """The decode kernel's tiles for this batch's (static) shapes and the queries' head dim:
+        ``decode`` when given, else the tuned tiles for this device kind and shape class
+        (``tuned.tuned_decode``)."""
         if self.decode is not None:
             return self.decode
-        return tuned.tuned_decode(tuned.device_kind(), self._decode_shape(batch, storage), self.decode_table)
+        return tuned.tuned_decode(tuned.device_kind(), self._decode_shape(batch, storage, head_dim),
+                                  self.decode_table)
 
-    def num_splits(self, batch: RaggedBatch, storage) -> int:
+    def num_splits(self, batch: RaggedBatch, storage, *, head_dim: int) -> int:
         """The decode kernel's split-K factor for this batch's (static) shapes."""
-        shape = self._decode_shape(batch, storage)
-        return choose_num_splits(self.decode_config(batch, storage), num_seqs=shape.num_seqs,
-                                 num_kv_heads=shape.num_kv_heads, max_kv_len=shape.max_kv_len,
-                                 num_sms=shape.num_sms)
+        shape = self._decode_shape(batch, storage, head_dim)
+        return choose_num_splits(self.decode_config(batch, storage, head_dim=head_dim),
+                                 num_seqs=shape.num_seqs, num_kv_heads=shape.num_kv_heads,
+                                 max_kv_len=shape.max_kv_len, num_sms=shape.num_sms)
 
     # ---- internals ---------------------------------------------------------------------------
-    def _decode_shape(self, batch: RaggedBatch, storage) -> tuned.DecodeShape:
+    def _decode_shape(self, batch: RaggedBatch, storage, head_dim: int) -> tuned.DecodeShape:
         return tuned.DecodeShape(num_seqs=batch.num_seq_slots, num_kv_heads=storage.num_kv_heads,
                                  max_kv_len=batch.page_table.shape[1] * storage.page_size,
-                                 num_sms=self.num_sms or num_sms(), kv_format=storage.kv_format.name)
+                                 num_sms=self.num_sms or num_sms(), kv_format=storage.kv_format.name,
+                                 head_dim=head_dim)
 
     def _strategy(self) -> PrefillStrategy:
         return AutoPrefill() if self.prefill is None else self.prefill
@@ -169,14 +172,14 @@ class PallasAttention:
 
     def _plan(self, launches: tuple[Launch, ...], batch: RaggedBatch, storage, options: AttentionOptions,
               query: jax.ShapeDtypeStruct) -> PallasPlan:
-        num_tokens, num_q_heads, _ = query.shape
+        num_tokens, num_q_heads, head_dim = query.shape
         group = num_q_heads // storage.num_kv_heads
         work = launches[0].work(batch, num_tokens=num_tokens, group=group)   # the first launch owns it
         meta = jnp.stack([jnp.int32(0), jnp.asarray(batch.num_seqs, jnp.int32), work.total])
         return PallasPlan(batch=batch, meta=meta, work=work, decode_rows=decode_rows(batch, num_tokens),
                           launches=launches, options=options, query=query, group=group,
-                          num_splits=self.num_splits(batch, storage), num_sms=self.num_sms or num_sms(),
-                          interpret=self.interpret)
+                          num_splits=self.num_splits(batch, storage, head_dim=head_dim),
+                          num_sms=self.num_sms or num_sms(), interpret=self.interpret)
 
 
 def check_kernel_format(kv_format: KVFormat, *, head_dim: int, interpret: bool) -> None:

@@ -24,37 +24,54 @@ from kvlab.attention.pallas.config import DecodeConfig
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DecodeShape:
     """The static shape class of a decode launch: sequence slots, KV heads, the longest context
-    the page table holds (tokens), the GPU's SM count and the name of the cache's KV format."""
+    the page table holds (tokens), the GPU's SM count, the name of the cache's KV format and the
+    queries' head dim."""
 
     num_seqs: int
     num_kv_heads: int
     max_kv_len: int
     num_sms: int
     kv_format: str = "plain"
+    head_dim: int = 128
 
     @property
     def fills_gpu(self) -> bool:
         """One program per (sequence, KV head) already gives every SM one: no split-K needed."""
         return self.num_seqs * self.num_kv_heads >= self.num_sms
 
+    @property
+    def is_short(self) -> bool:
+        """The page table holds at most ``SHORT_CONTEXT`` tokens: a program walks only a few tiles."""
+        return self.max_kv_len <= SHORT_CONTEXT
+
+
+SHORT_CONTEXT = 1024     # tokens
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DecodeTiles:
     """The decode tiles of one device kind: ``device`` is matched as a substring of
     ``jax.Device.device_kind`` ("" matches any device), ``formats`` against the KV format's name
-    (empty: any format); ``batch`` serves shapes that fill the GPU, ``split`` the few long
-    sequences that need split-K."""
+    and ``head_dims`` against the queries' head dim (empty: any); ``batch`` serves shapes that
+    fill the GPU, ``short`` those of them whose contexts are short (``DecodeShape.is_short``;
+    None: ``batch`` as well), ``split`` the few long sequences that need split-K."""
 
     device: str
     batch: DecodeConfig
     split: DecodeConfig
     formats: tuple[str, ...] = ()
+    short: DecodeConfig | None = None
+    head_dims: tuple[int, ...] = ()
 
-    def matches(self, device_kind: str, kv_format: str = "plain") -> bool:
-        return self.device.lower() in device_kind.lower() and (not self.formats or kv_format in self.formats)
+    def matches(self, device_kind: str, shape: DecodeShape) -> bool:
+        return (self.device.lower() in device_kind.lower()
+                and (not self.formats or shape.kv_format in self.formats)
+                and (not self.head_dims or shape.head_dim in self.head_dims))
 
     def pick(self, shape: DecodeShape) -> DecodeConfig:
-        return self.batch if shape.fills_gpu else self.split
+        if not shape.fills_gpu:
+            return self.split
+        return self.short if self.short is not None and shape.is_short else self.batch
 
 
 GENERIC = DecodeTiles(device="", batch=DecodeConfig(), split=DecodeConfig())
@@ -65,8 +82,16 @@ TUNED: tuple[DecodeTiles, ...] = (
     # 0.267 ms (101% of copy, 1.02x cuDNN's dense decode; the 64-token tiles 0.307 ms, 88%). Few
     # long sequences: no setting beat the generic tiles' 8 splits (B=4, ctx 32k: 0.151-0.158 ms,
     # 32-token tiles with 16 splits 0.154-0.166 ms).
+    # Short contexts, any head dim (2026-12-01; B=256, ctx 384): 64-token tiles, 4 warps, 3 stages
+    # took 0.077 ms at D 64 (16-token tiles 0.092-0.095, cuDNN's dense decode 0.070) and 0.125-0.127
+    # ms at D 128 (16-token tiles 0.132, cuDNN 0.127). Long contexts at D 64 (B=64, ctx 4096):
+    # 32-token tiles, 4 warps, 4 stages 0.145 ms (16-token 0.172, 64-token 0.152, cuDNN 0.147).
+    DecodeTiles(device="H200", batch=DecodeConfig(block_k=32, num_warps=4, num_stages=4),
+                split=DecodeConfig(), formats=("plain",), head_dims=(64,),
+                short=DecodeConfig(block_k=64, num_warps=4, num_stages=3)),
     DecodeTiles(device="H200", batch=DecodeConfig(block_k=16, num_warps=2, num_stages=4),
-                split=DecodeConfig(), formats=("plain",)),
+                split=DecodeConfig(), formats=("plain",),
+                short=DecodeConfig(block_k=64, num_warps=4, num_stages=3)),
     # Quantized KV on the H200 (benchmarks/kv_format_kernels.py --tune, 2026-12-01): 128-token
     # tiles were best for every format at both shapes once the integer formats' scales and zero
     # points travel as one word a token, head-major within a page (B=64, ctx 4096: fp8 0.19-0.21
@@ -87,6 +112,6 @@ def tuned_decode(kind: str, shape: DecodeShape, table: tuple[DecodeTiles, ...] =
     """The decode tiles for device kind ``kind`` and ``shape``: the first entry of ``table`` whose
     device and KV format match, ``GENERIC`` (``DecodeConfig()``) where none does."""
     for entry in table:
-        if entry.matches(kind, shape.kv_format):
+        if entry.matches(kind, shape):
             return entry.pick(shape)
     return GENERIC.pick(shape)
