@@ -5,18 +5,22 @@ streamed weight bytes over the host-to-device bandwidth measured in the same run
 with every layer on the device is the peer (its step is the compute the copies could hide behind).
 
     python benchmarks/weight_offload.py [--budgets-gb 4 0] [--batches 1 64 256 1024]
-                                        [--prefetch 0 1] [--engine-batch 256] [--json F]
+                                        [--prefetch 0 1] [--host-formats same int8 int4]
+                                        [--engine-batch 256] [--json F]
 
 A budget of 0 means full offload (no resident layer); any other budget gets as many resident
 layers as ``StreamedLayers.for_budget`` finds room for. The decode step is the model's step alone on
 the device at a 256-token context (``engine_llama1b.device_step_ms``); ``--engine-batch`` also runs
 the engine end to end (128-token prompts, 16 new tokens) for the full-offload and resident models.
+``--host-formats`` keeps the streamed layers as they are (``same``) or as int8 / int4 codes
+(``kvlab.models.host_formats``); the roofline counts the bytes each format moves.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import time
 
@@ -28,10 +32,21 @@ from flax import nnx
 from jax.sharding import SingleDeviceSharding
 
 import kvlab
-from kvlab.models import LlamaModel, ModelConfig, StreamedLayers, UnrolledLayers
-from kvlab.models.streamed_layers import layer_bytes
+from kvlab.models import (
+    Int4Groups,
+    Int8Channels,
+    LlamaModel,
+    ModelConfig,
+    SameDtype,
+    StreamedLayers,
+    UnrolledLayers,
+)
+from kvlab.models.streamed_layers import layer_bytes, streamed_layer_bytes
 
 GB = 1e9
+
+
+HOST_FORMATS = {"same": SameDtype(), "int8": Int8Channels(), "int4": Int4Groups()}
 
 
 def host_to_device_bandwidth(nbytes: int = 1 << 30) -> float:
@@ -58,16 +73,18 @@ def build(config: ModelConfig, loop) -> LlamaModel:
     return model
 
 
-def loops(config: ModelConfig, args) -> list[tuple[str, object, int, str]]:
-    """(label, layer loop, resident layers, prefetch) for every budget and prefetch setting, the
-    resident model first."""
-    out = [] if args.skip_peer else [("all on device", UnrolledLayers(), config.num_layers, "-")]
-    for gb in args.budgets_gb:
-        for p in args.prefetch:
-            loop = (StreamedLayers(num_resident=0, prefetch=p) if gb == 0 else
-                    StreamedLayers.for_budget(config, device_bytes=int(gb * GB), dtype=jnp.bfloat16,
-                                              prefetch=p))
-            out.append((f"{gb:g} GB budget" if gb else "full offload", loop, loop.num_resident, str(p)))
+def loops(config: ModelConfig, args) -> list[tuple[str, object, int, str, object]]:
+    """(label, layer loop, resident layers, prefetch, host format) for every budget, prefetch and
+    host format setting, the resident model first."""
+    out = [] if args.skip_peer else [("all on device", UnrolledLayers(), config.num_layers, "-", SameDtype())]
+    for gb, p, name in itertools.product(args.budgets_gb, args.prefetch, args.host_formats):
+        fmt = HOST_FORMATS[name]
+        loop = (StreamedLayers(num_resident=0, prefetch=p, host_format=fmt) if gb == 0 else
+                StreamedLayers.for_budget(config, device_bytes=int(gb * GB), dtype=jnp.bfloat16,
+                                          prefetch=p, host_format=fmt))
+        label = f"{gb:g} GB budget" if gb else "full offload"
+        label += "" if name == "same" else f", {name} on host"
+        out.append((label, loop, loop.num_resident, str(p), fmt))
     return out
 
 
@@ -76,6 +93,8 @@ def main():
     ap.add_argument("--budgets-gb", type=float, nargs="+", default=[4.0, 0.0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256, 1024])
     ap.add_argument("--prefetch", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--host-formats", nargs="+", choices=sorted(HOST_FORMATS), default=["same"],
+                    help="how the streamed layers are kept in host memory (int8/int4: fewer bytes moved)")
     ap.add_argument("--engine-batch", type=int, default=256, help="0: no engine run")
     ap.add_argument("--skip-peer", action="store_true", help="do not run the all-on-device model")
     ap.add_argument("--json", default=None)
@@ -88,10 +107,11 @@ def main():
           f"{other / GB:.2f} GB outside the layers; host-to-device {h2d / GB:.1f} GB/s (pinned)", flush=True)
     rows, resident_ms = [], {}
     attention = kvlab.PallasAttention()
-    for label, loop, resident, prefetch in loops(config, args):
+    for label, loop, resident, prefetch, fmt in loops(config, args):
         model = build(config, loop)
         on_device = (dev.memory_stats() or {}).get("bytes_in_use", 0)
-        streamed_bytes = (config.num_layers - resident) * per_layer
+        moved, _ = streamed_layer_bytes(config, jnp.bfloat16, fmt)
+        streamed_bytes = (config.num_layers - resident) * moved
         for b in args.batches:
             ms = device_step_ms(model, attention, b, 256, reps=5)
             if resident == config.num_layers:

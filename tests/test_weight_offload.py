@@ -1,7 +1,8 @@
 """Weight offload (``StreamedLayers``): layers kept in pinned host memory and streamed to the device
-per layer give the same logits and greedy tokens as the same weights kept on the device; the
-device budget decides the resident layers by the arithmetic of the weight bytes; bad settings
-are refused with what is allowed."""
+per layer give the same logits and greedy tokens as the same weights kept on the device; int8 /
+int4 host weights come back within half a quantization step and compute what their decoded
+weights compute; the device budget decides the resident layers by the arithmetic of the weight
+bytes; bad settings are refused with what is allowed."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from hypothesis import strategies as st
 from test_engine_property import reference, run_trace, traces
 
 import kvlab
-from kvlab.models import LlamaModel, ModelConfig, ScanLayers, StreamedLayers
+from kvlab.kvcache.formats import PLAIN
+from kvlab.models import Int4Groups, Int8Channels, LlamaModel, ModelConfig, ScanLayers, StreamedLayers
 from kvlab.models.llama import layer_weight_shapes, weight_shapes
-from kvlab.models.streamed_layers import OFFLOADED, layer_bytes
+from kvlab.models.streamed_layers import OFFLOADED, layer_bytes, streamed_layer_bytes
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +120,81 @@ def test_the_deepspeed_preset_streams_what_its_budget_does_not_hold(tiny_model):
             assert engine.model.layer_loop.num_resident == resident
         outputs.append([c.token_ids for c in engine.generate(prompts, params)])
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+# ---- int8 / int4 weights in host memory ---------------------------------------------------------
+QUANTIZED = [Int8Channels(), Int4Groups(group_size=16), Int4Groups(group_size=64)]
+
+
+@settings(max_examples=examples(20), deadline=None)
+@given(st.sampled_from(QUANTIZED), st.integers(1, 3), st.sampled_from([64, 128]), st.integers(1, 9),
+       st.floats(1e-3, 1e3), st.integers(0, 2 ** 31 - 1))
+def test_host_formats_round_trip_within_half_a_step(fmt, layers, rows, cols, magnitude, seed):
+    """Each element comes back within half its quantization step (the scale of its channel or
+    group), the codes use the format's range, and the parts are the bytes ``nbytes`` counts."""
+    w = np.random.default_rng(seed).normal(scale=magnitude, size=(layers, rows, cols)).astype(np.float32)
+    w[:, :, 0] = 0.0                                               # an all-zero channel decodes to zeros
+    parts = fmt.encode(w, jnp.float32)
+    back = np.asarray(fmt.decode(parts))
+    assert back.shape == w.shape and back.dtype == np.float32
+    scale = parts["_scale"]
+    step = scale if isinstance(fmt, Int8Channels) else np.repeat(scale, fmt.group_size, axis=1)
+    assert np.all(np.abs(back - w) <= 0.5 * step * (1 + 1e-6) + 1e-30)
+    assert np.all(back[:, :, 0] == 0.0)
+    per_layer = sum(p[0].nbytes for p in parts.values())
+    assert per_layer == fmt.nbytes((rows, cols), jnp.float32)
+    layer = np.asarray(fmt.decode({s: p[layers - 1] for s, p in parts.items()}))     # one layer alone
+    np.testing.assert_array_equal(layer, back[layers - 1])
+
+
+@pytest.mark.parametrize("fmt", QUANTIZED, ids=lambda f: f"{f.name}-{getattr(f, 'group_size', '')}")
+def test_quantized_host_weights_stream_as_their_decoded_weights(fmt):
+    """A model whose streamed layers are int8/int4 in host memory computes what a resident model
+    with the decoded weights computes; the host arrays hold the codes."""
+    model = LlamaModel(ModelConfig.tiny(num_layers=3), seed=2, layer_loop=ScanLayers())
+    tokens = jnp.asarray(np.random.default_rng(0).integers(3, 256, size=23))
+    for resident, prefetch in ((0, 0), (1, 1)):
+        offloaded = model.with_layer_loop(StreamedLayers(num_resident=resident, prefetch=prefetch,
+                                                         host_format=fmt))
+        codes = offloaded.wq_offloaded[...]
+        assert codes.sharding.memory_kind == "pinned_host" and codes.dtype in (jnp.int8, jnp.uint8)
+        assert offloaded.wq_offloaded_scale[...].shape[0] == 3 - resident
+        decoded = LlamaModel(model.config, dtype=model.dtype, weights=offloaded.host_weights(),
+                             layer_loop=ScanLayers())
+        np.testing.assert_allclose(np.asarray(offloaded.dense_logits(tokens)),
+                                   np.asarray(decoded.dense_logits(tokens)), rtol=1e-5, atol=1e-5)
+        if resident:
+            np.testing.assert_array_equal(np.asarray(decoded.wq[...][0]), np.asarray(model.wq[...][0]))
+        lost = np.abs(np.asarray(decoded.w_up[...]) - np.asarray(model.w_up[...])).max()
+        assert 0 < lost < 0.1 * np.abs(np.asarray(model.w_up[...])).max()
+
+
+def test_the_engine_with_int8_host_weights_equals_a_plain_decode_of_its_weights():
+    model = LlamaModel(ModelConfig.tiny(), seed=3, layer_loop=ScanLayers())
+    offloaded = model.with_layer_loop(StreamedLayers(num_resident=1, host_format=Int8Channels()))
+    decoded = LlamaModel(model.config, dtype=model.dtype, weights=offloaded.host_weights(),
+                         layer_loop=ScanLayers())
+    prompts = [[5, 9, 11, 13], list(range(20, 40))]
+    engine = kvlab.Engine(offloaded, cache=kvlab.PagedKVCache(num_pages=16, page_size=8), max_model_len=64)
+    got = [c.token_ids for c in engine.generate(prompts, kvlab.SamplingParams(max_tokens=8, ignore_eos=True))]
+    assert got == [reference(decoded, p, 8, PLAIN) for p in prompts]
+
+
+def test_the_budget_counts_a_quantized_layer_and_its_decoded_copy():
+    config = ModelConfig.tiny(num_layers=6)
+    per_layer, other = layer_bytes(config, jnp.bfloat16)
+    moved, buffer = streamed_layer_bytes(config, jnp.bfloat16, Int8Channels())
+    assert per_layer / 2 < moved < 0.6 * per_layer and buffer == moved + per_layer - 2 * 2 * 64   # norms stay
+    loop = StreamedLayers.for_budget(config, device_bytes=other + buffer, dtype=jnp.bfloat16,
+                                     host_format=Int8Channels())
+    assert (loop.num_resident, loop.host_format) == (0, Int8Channels())
+    with pytest.raises(ValueError, match=f"the least is {other + buffer}"):
+        StreamedLayers.for_budget(config, device_bytes=other + buffer - 1, dtype=jnp.bfloat16,
+                                  host_format=Int8Channels())
+
+
+def test_bad_host_formats_are_refused():
+    with pytest.raises(ValueError, match="group_size must be an even number"):
+        Int4Groups(group_size=3)
+    with pytest.raises(ValueError, match="group 48 input rows; a weight of shape .* has 64"):
+        LlamaModel(ModelConfig.tiny(), layer_loop=StreamedLayers(host_format=Int4Groups(group_size=48)))

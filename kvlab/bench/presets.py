@@ -40,6 +40,7 @@ from kvlab.kvcache import (
 )
 from kvlab.kvcache.formats import PLAIN, CalibratedScales, Fp8E4M3, Int4, Int8, KVFormat, PerTensor
 from kvlab.kvcache.tiers import PinnedHostTier
+from kvlab.models.host_formats import SAME_DTYPE, HostFormat
 from kvlab.models.streamed_layers import WeightBudget
 from kvlab.schedulers import ChunkedScheduler, ContinuousScheduler, LongestPrefixMatch, PersistentScheduler
 from kvlab.schedulers.admission import ReserveAdmission, StaticBatchAdmission
@@ -159,18 +160,21 @@ def trtllm_scale_notes(kv_format: KVFormat) -> tuple[str, ...]:
 
 
 def deepspeed(kv_tokens: int, *, max_num_seqs: int = 256, token_budget: int = 768, block_tokens: int = 64,
-              weight_budget_gb: float | None = None) -> Preset:
+              weight_budget_gb: float | None = None, host_format: HostFormat = SAME_DTYPE) -> Preset:
     """DeepSpeed-FastGen: blocked KV and Dynamic SplitFuse, a fixed token budget per forward pass
     filled by decodes first and prompt chunks after. ``weight_budget_gb`` turns on ZeRO-Inference's
     weight offload: the layers that do not fit that many GB of device memory stay in pinned host
-    memory and stream to the device per layer (0: every layer; None: all weights on the device)."""
-    budget = None if weight_budget_gb is None else WeightBudget(device_bytes=int(weight_budget_gb * 1e9))
+    memory and stream to the device per layer (0: every layer; None: all weights on the device),
+    kept there as ``host_format`` says (``kvlab.models.host_formats``: ``Int8Channels()`` or
+    ``Int4Groups()`` move a half or about a quarter of the bytes)."""
+    budget = None if weight_budget_gb is None else WeightBudget(device_bytes=int(weight_budget_gb * 1e9),
+                                                                host_format=host_format)
     return Preset(name="deepspeed",
                   cache=PagedKVCache(num_pages=kv_tokens // block_tokens, page_size=block_tokens),
                   scheduler=ChunkedScheduler(max_num_seqs=max_num_seqs, max_num_batched_tokens=token_budget),
                   weight_budget=budget,
-                  missing=("ZeRO-Inference's NVMe weight tier and int8/int4 weights in host memory: "
-                           "kvlab streams the model's own dtype from pinned host memory",))
+                  missing=("ZeRO-Inference's NVMe weight tier: kvlab streams weights from pinned host "
+                           "memory only",))
 
 
 def static_batching(kv_tokens: int, *, max_num_seqs: int = 256, token_budget: int | None = None,

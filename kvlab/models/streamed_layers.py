@@ -38,11 +38,13 @@ import numpy as np
 from jax.sharding import SingleDeviceSharding
 
 from kvlab.models.config import ModelConfig
+from kvlab.models.host_formats import SAME_DTYPE, HostFormat
 from kvlab.models.layer_loop import LayerBody, LayerLoop, default_layer_loop
 from kvlab.models.llama import layer_weight_shapes, weight_shapes
 
 OFFLOADED = "_offloaded"
-"""Suffix of the names under which the streamed layers' weights are kept."""
+"""Suffix of the names under which the streamed layers' weights are kept (then the host format's
+part suffix: ``wq_offloaded``, ``wq_offloaded_scale``)."""
 
 
 def layer_bytes(config: ModelConfig, dtype) -> tuple[int, int]:
@@ -53,14 +55,24 @@ def layer_bytes(config: ModelConfig, dtype) -> tuple[int, int]:
     return per_layer, everything - per_layer * config.num_layers
 
 
+def streamed_layer_bytes(config: ModelConfig, dtype, host_format: HostFormat) -> tuple[int, int]:
+    """(bytes one streamed layer moves over the host link, device bytes it takes while it runs)."""
+    shapes = [s[1:] for s in layer_weight_shapes(config).values()]
+    return (sum(host_format.nbytes(s, dtype) for s in shapes),
+            sum(host_format.device_bytes(s, dtype) for s in shapes))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StreamedLayers:
     """Layers ``[0, num_resident)`` on the device (run by ``resident_loop``), the rest in pinned
-    host memory, streamed per layer with ``prefetch`` (0 or 1) layers copied ahead."""
+    host memory as ``host_format`` keeps them (``kvlab.models.host_formats``: as they are, or
+    int8/int4 codes the device dequantizes), streamed per layer with ``prefetch`` (0 or 1) layers
+    copied ahead."""
 
     num_resident: int = 0
     prefetch: int = 0
     resident_loop: LayerLoop = dataclasses.field(default_factory=default_layer_loop)
+    host_format: HostFormat = SAME_DTYPE
 
     def __post_init__(self):
         if self.num_resident < 0:
@@ -70,22 +82,24 @@ class StreamedLayers:
                              f"got {self.prefetch}")
 
     @classmethod
-    def for_budget(cls, config: ModelConfig, *, device_bytes: int, dtype,
-                   prefetch: int = 0) -> StreamedLayers:
+    def for_budget(cls, config: ModelConfig, *, device_bytes: int, dtype, prefetch: int = 0,
+                   host_format: HostFormat = SAME_DTYPE) -> StreamedLayers:
         """As many leading layers resident as ``device_bytes`` of weights hold after the embedding,
-        head and the ``1 + prefetch`` streamed-layer buffers."""
+        head and the ``1 + prefetch`` streamed-layer buffers (a copy and its decoded weights)."""
         per_layer, other = layer_bytes(config, dtype)
-        floor = other + (1 + prefetch) * per_layer
+        _, buffer = streamed_layer_bytes(config, dtype, host_format)
+        floor = other + (1 + prefetch) * buffer
         if device_bytes < floor:
             raise ValueError(f"a device budget of {device_bytes} bytes does not hold the embedding and "
-                             f"head ({other} bytes) and {1 + prefetch} streamed layer(s) ({per_layer} "
+                             f"head ({other} bytes) and {1 + prefetch} streamed layer(s) ({buffer} "
                              f"bytes each); the least is {floor}")
         resident = min(config.num_layers, (device_bytes - floor) // per_layer)
-        return cls(num_resident=int(resident), prefetch=prefetch)
+        return cls(num_resident=int(resident), prefetch=prefetch, host_format=host_format)
 
     # ------------------------------------------------------------------------------------------
     def place(self, stacked: dict[str, Any], dtype) -> dict[str, jax.Array]:
-        """``name``: layers ``[0, R)`` on the device; ``name + OFFLOADED``: the rest, pinned host."""
+        """``name``: layers ``[0, R)`` on the device; ``name + OFFLOADED`` (and its format's other
+        parts): the rest, encoded by ``host_format``, in pinned host memory."""
         num_layers = len(next(iter(stacked.values())))
         if self.num_resident > num_layers:
             raise ValueError(f"num_resident={self.num_resident} but the model has {num_layers} layers")
@@ -95,32 +109,38 @@ class StreamedLayers:
             if self.num_resident:
                 placed[name] = jnp.asarray(w[:self.num_resident], dtype=dtype)
             if self.num_resident < num_layers:
-                rest = w[self.num_resident:]
-                rest = rest.astype(dtype) if isinstance(rest, jax.Array) else np.asarray(rest).astype(dtype)
-                placed[name + OFFLOADED] = jax.device_put(rest, pinned)
+                for suffix, part in self.host_format.encode(w[self.num_resident:], dtype).items():
+                    placed[name + OFFLOADED + suffix] = jax.device_put(part, pinned)
         return placed
 
     def stacked(self, placed: dict[str, jax.Array]) -> dict[str, np.ndarray]:
-        names = {n.removesuffix(OFFLOADED) for n in placed}
-        return {n: np.concatenate([np.asarray(placed[k]) for k in (n, n + OFFLOADED) if k in placed])
-                for n in names}
+        resident, host = _split(placed)
+        stacked = {}
+        for name in set(resident) | set(host):
+            layers = [np.asarray(resident[name])] if name in resident else []
+            if name in host:
+                parts = {suffix: np.asarray(part) for suffix, part in host[name].items()}
+                layers.append(np.asarray(self.host_format.decode(parts)))
+            stacked[name] = np.concatenate(layers)
+        return stacked
 
     def run(self, body: LayerBody, carry: Any, placed: dict[str, jax.Array], num_layers: int) -> Any:
-        resident = {n: w for n, w in placed.items() if not n.endswith(OFFLOADED)}
+        resident, host = _split(placed)
         if self.num_resident:
             carry = self.resident_loop.run(body, carry, resident, self.num_resident)
         if self.num_resident < num_layers:
-            streamed = {n.removesuffix(OFFLOADED): w for n, w in placed.items() if n.endswith(OFFLOADED)}
-            carry = self._stream(body, carry, streamed, num_layers - self.num_resident)
+            carry = self._stream(body, carry, host, num_layers - self.num_resident)
         return carry
 
-    def _stream(self, body: LayerBody, carry: Any, host: dict[str, jax.Array], count: int) -> Any:
+    def _stream(self, body: LayerBody, carry: Any, host: dict[str, dict[str, jax.Array]], count: int) -> Any:
         device = SingleDeviceSharding(jax.devices()[0])
-        first = self.num_resident
+        first, decode = self.num_resident, self.host_format.decode
 
         def fetch(i):
-            return {n: jax.device_put(jax.lax.dynamic_index_in_dim(w, i, 0, keepdims=False), device)
-                    for n, w in host.items()}
+            def layer(part):
+                return jax.device_put(jax.lax.dynamic_index_in_dim(part, i, 0, keepdims=False), device)
+            return {name: decode({suffix: layer(part) for suffix, part in parts.items()})
+                    for name, parts in host.items()}
 
         steps = jnp.arange(count, dtype=jnp.int32)
         if self.prefetch == 0:
@@ -137,16 +157,30 @@ class StreamedLayers:
         return carry
 
 
+def _split(placed: dict[str, jax.Array]) -> tuple[dict[str, jax.Array], dict[str, dict[str, jax.Array]]]:
+    """(resident weights by name, streamed weights' parts by name and part suffix)."""
+    resident, host = {}, {}
+    for key, w in placed.items():
+        name, offloaded, suffix = key.partition(OFFLOADED)
+        if offloaded:
+            host.setdefault(name, {})[suffix] = w
+        else:
+            resident[name] = w
+    return resident, host
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WeightBudget:
     """Device bytes for a model's weights (a preset's setting, before the model is known): the
-    layer loop that streams what does not fit. ``device_bytes=0`` streams every layer."""
+    layer loop that streams what does not fit, kept in host memory as ``host_format`` says.
+    ``device_bytes=0`` streams every layer."""
 
     device_bytes: int
     prefetch: int = 0
+    host_format: HostFormat = SAME_DTYPE
 
     def layer_loop(self, config: ModelConfig, dtype) -> StreamedLayers:
         if self.device_bytes == 0:
-            return StreamedLayers(num_resident=0, prefetch=self.prefetch)
+            return StreamedLayers(num_resident=0, prefetch=self.prefetch, host_format=self.host_format)
         return StreamedLayers.for_budget(config, device_bytes=self.device_bytes, dtype=dtype,
-                                         prefetch=self.prefetch)
+                                         prefetch=self.prefetch, host_format=self.host_format)
