@@ -15,7 +15,8 @@ import numpy as np
 from hypothesis import strategies as st
 
 from kvlab.attention import AttentionOptions, RaggedBatch, ReferenceAttention
-from kvlab.kvcache.storage import BlockedKVStorage, PagedKVStorage
+from kvlab.kvcache.blocked_storage import BlockedKVStorage
+from kvlab.kvcache.storage import PagedKVStorage
 
 OPTIONS = {
     "plain": dict(),

@@ -32,7 +32,8 @@ from kvlab.attention.pallas import prefill as prefill_module
 from kvlab.attention.pallas.launches import DecodeLaunch, FusedLaunch
 from kvlab.attention.pallas.plan import prefill_plan
 from kvlab.engine import DenseReferenceDecoder
-from kvlab.kvcache.storage import BlockedKVStorage, PagedKVStorage
+from kvlab.kvcache.blocked_storage import BlockedKVStorage
+from kvlab.kvcache.storage import PagedKVStorage
 
 # (options, dtype, page size, fused mixed launch, decode splits, blocked layout)
 COMBOS = [("plain", "float32", 8, True, None, False),

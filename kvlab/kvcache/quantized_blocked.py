@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from kvlab.kvcache.blocked_storage import BlockedKVStorage
 from kvlab.kvcache.formats.base import PLAIN, KVFormat, meta_words
 from kvlab.kvcache.layouts import BlockedLayout, QuantizedLayout
 from kvlab.kvcache.quantized_storage import (
@@ -22,7 +23,7 @@ from kvlab.kvcache.quantized_storage import (
     meta_word_rows,
     token_meta,
 )
-from kvlab.kvcache.storage import BlockedKVStorage, head_axis
+from kvlab.kvcache.storage import head_axis
 
 
 @jax.tree_util.register_dataclass

@@ -5,8 +5,9 @@ only hold the arrays, are passed into the jitted step donated, and come back upd
 Two layouts share one contract (``KVStorage``: ``write`` new tokens of a layer, ``gather_pages``
 of a layer, whole-page copies, and the kernels' view: ``arrays`` addressed by ``layout``):
   * ``PagedKVStorage``: per-layer page pools, k and v ``[L, N, P, Hkv, D]`` (vLLM);
-  * ``BlockedKVStorage``: one block spans all layers, ``[N, L, 2, P, Hkv, D]`` (LMDeploy
-    TurboMind), so a block's whole KV is one contiguous run of memory - one copy to move or offload.
+  * ``BlockedKVStorage`` (``kvlab.kvcache.blocked_storage``): one block spans all layers,
+    ``[N, L, 2, P, Hkv, D]`` (LMDeploy TurboMind), so a block's whole KV is one contiguous run of
+    memory - one copy to move or offload.
 A new layout is a new storage class with its own ``layout`` object (``kvlab.kvcache.layouts``);
 the attention kernels ask the storage, so nothing in them changes.
 """
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from kvlab.kvcache.formats.base import PLAIN, KVFormat
-from kvlab.kvcache.layouts import BlockedLayout, KVLayout, PagedLayout
+from kvlab.kvcache.layouts import KVLayout, PagedLayout
 
 
 class KVStorage(Protocol):
@@ -214,105 +215,3 @@ class PagedKVStorage:
         k = self.k.at[layer, page, offset].set(k_new.astype(self.k.dtype), mode="drop")
         v = self.v.at[layer, page, offset].set(v_new.astype(self.v.dtype), mode="drop")
         return PagedKVStorage(k=k, v=v)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class BlockedKVStorage:
-    """K and V of all layers per block: blocks ``[num_blocks, L, 2, P, Hkv, D]`` (index 0 of the
-    third axis is K, 1 is V).
-
-    Examples:
-        >>> import jax.numpy as jnp
-        >>> s = BlockedKVStorage.zeros(num_layers=2, num_pages=4, page_size=8, num_kv_heads=1,
-        ...                            head_dim=4, dtype=jnp.float32)
-        >>> s = s.write(1, jnp.ones((2, 1, 4)), 2 * jnp.ones((2, 1, 4)), jnp.array([8, 9]))
-        >>> s.read_block(1).shape, float(s.read_block(1)[1, 1].sum())
-        ((2, 2, 8, 1, 4), 16.0)
-    """
-
-    blocks: jax.Array
-
-    @classmethod
-    def zeros(cls, *, num_layers: int, num_pages: int, page_size: int, num_kv_heads: int,
-              head_dim: int, dtype) -> BlockedKVStorage:
-        shape = (num_pages, num_layers, 2, page_size, num_kv_heads, head_dim)
-        return cls(blocks=jnp.zeros(shape, dtype))
-
-    def head_specs(self, axis: str) -> BlockedKVStorage:
-        return BlockedKVStorage(blocks=head_axis(6, 4, axis))
-
-    @property
-    def page_size(self) -> int:
-        return self.blocks.shape[3]
-
-    @property
-    def num_pages(self) -> int:
-        return self.blocks.shape[0]
-
-    @property
-    def num_kv_heads(self) -> int:
-        return self.blocks.shape[4]
-
-    @property
-    def dtype(self):
-        """Element type of the blocks."""
-        return self.blocks.dtype
-
-    @property
-    def kv_format(self) -> KVFormat:
-        """Plain: the model's dtype."""
-        return PLAIN
-
-    @property
-    def layout(self) -> BlockedLayout:
-        """One block spans all layers: K at index 0 of axis 2, V at 1."""
-        return BlockedLayout(num_layers=self.blocks.shape[1], page_size=self.page_size,
-                             num_kv_heads=self.num_kv_heads)
-
-    @property
-    def arrays(self) -> tuple[jax.Array]:
-        """(blocks,), as ``BlockedLayout`` addresses it."""
-        return (self.blocks,)
-
-    def with_arrays(self, arrays) -> BlockedKVStorage:
-        """The storage holding ``arrays`` = (blocks,)."""
-        return BlockedKVStorage(blocks=arrays[0])
-
-    def gather_pages(self, layer, pages: jax.Array, whole=None) -> tuple[jax.Array, jax.Array]:
-        """K and V of ``pages`` (any int shape) in one layer: each ``[*pages.shape, P, Hkv, D]``."""
-        return self.blocks[pages, layer, 0], self.blocks[pages, layer, 1]
-
-    def calibrate(self, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array) -> BlockedKVStorage:
-        """Plain pages keep no scales: the storage itself."""
-        return self
-
-    def write(self, layer, k_new: jax.Array, v_new: jax.Array, slots: jax.Array) -> BlockedKVStorage:
-        """Scatter new tokens of one layer. k_new, v_new: [T, Hkv, D]; slots: [T] flat
-        ``block * page_size + offset``, negative for padding rows (dropped)."""
-        block = jnp.where(slots >= 0, slots // self.page_size, self.num_pages)
-        offset = jnp.where(slots >= 0, slots % self.page_size, 0)
-        kv = jnp.stack([k_new, v_new], axis=1).astype(self.blocks.dtype)      # [T, 2, Hkv, D]
-        blocks = self.blocks.at[block, layer, :, offset].set(kv, mode="drop")
-        return BlockedKVStorage(blocks=blocks)
-
-    @property
-    def page_record(self) -> jax.ShapeDtypeStruct:
-        """One block's host-tier record: ``[L, 2, P, Hkv, D]``."""
-        return jax.ShapeDtypeStruct(self.blocks.shape[1:], self.blocks.dtype)
-
-    def read_pages(self, pages: jax.Array) -> jax.Array:
-        """Whole blocks as host-tier records: [n, L, 2, P, Hkv, D] (one contiguous run each)."""
-        return self.blocks[pages]
-
-    def write_pages(self, pages: jax.Array, data: jax.Array) -> BlockedKVStorage:
-        """Inverse of ``read_pages``; out-of-range block ids are dropped (padding)."""
-        return BlockedKVStorage(blocks=self.blocks.at[pages].set(data.astype(self.blocks.dtype), mode="drop"))
-
-    def read_block(self, block: int) -> jax.Array:
-        """The whole KV of one block, all layers: [L, 2, P, Hkv, D] (one contiguous slice)."""
-        return self.blocks[block]
-
-    def write_block(self, block: int, data: jax.Array) -> BlockedKVStorage:
-        """Put back a block read by ``read_block`` (e.g. from a host offload tier)."""
-        return BlockedKVStorage(blocks=self.blocks.at[block].set(data.astype(self.blocks.dtype)))
