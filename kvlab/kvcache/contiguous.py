@@ -21,8 +21,8 @@ from kvlab.kvcache.block_table import BlockTable
 from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.kvcache.ledger import MemoryBreakdown, MemoryLedger
 from kvlab.kvcache.pool import OutOfPagesError
-from kvlab.kvcache.pooled import check_power_of_two
 from kvlab.kvcache.quantized_storage import paged_storage
+from kvlab.kvcache.seq_state import check_power_of_two
 
 
 class ContiguousKVCache(KVCache):

@@ -23,7 +23,7 @@ from __future__ import annotations
 from kvlab.kvcache.block_hash import BlockIndex, Sha256BlockHasher, chain_hashes
 from kvlab.kvcache.eviction import LRU
 from kvlab.kvcache.formats.base import PLAIN, KVFormat
-from kvlab.kvcache.pooled import SeqState
+from kvlab.kvcache.seq_state import SeqState
 from kvlab.kvcache.swap import SwappablePoolCache
 from kvlab.kvcache.tiered import tier_reuse
 

@@ -16,7 +16,8 @@ Examples:
 
 from __future__ import annotations
 
-from kvlab.kvcache.pooled import PagePoolCache, SeqState
+from kvlab.kvcache.pooled import PagePoolCache
+from kvlab.kvcache.seq_state import SeqState
 
 
 class SwappablePoolCache(PagePoolCache):
