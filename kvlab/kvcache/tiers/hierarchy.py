@@ -34,10 +34,10 @@ import dataclasses
 
 import numpy as np
 
-from kvlab.kvcache.tiers.array_tier import record_spec
 from kvlab.kvcache.tiers.moves import Demote
 from kvlab.kvcache.tiers.policy import OffloadPolicy, WriteBackOnEviction
 from kvlab.kvcache.tiers.protocol import Evicted, KVTier, TierStats
+from kvlab.kvcache.tiers.records import record_spec
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -30,7 +30,8 @@ import numpy as np
 from jax.sharding import SingleDeviceSharding
 
 from kvlab.kvcache.eviction import LRU
-from kvlab.kvcache.tiers.array_tier import ArrayTier, pad_slots
+from kvlab.kvcache.tiers.array_tier import ArrayTier
+from kvlab.kvcache.tiers.records import pad_slots
 
 RUN_BYTES = 32 << 20      # records whose slots follow each other move in slices of up to this size
 BANK_BYTES = 2 << 30      # records are kept in pinned arrays of up to this size (banks)
