@@ -178,7 +178,7 @@ class Engine:
             launched = True                  # a step with nothing to plan reads one step
         return progress
 
-    def _read(self, plan, future, events: bool = True) -> list[StreamEvent]:
+    def _read(self, plan, future, events: bool) -> list[StreamEvent]:
         """Apply a launched step's tokens; the progress of the requests it ran (none without
         ``events``: finished requests are retired all the same)."""
         sampled = future.result()
@@ -187,21 +187,15 @@ class Engine:
             record_logprobs(plan, sampled.logprobs)
         if sampled.prompt_logprobs is not None:
             record_prompt_logprobs(plan, sampled.prompt_logprobs)
-        if not events:
-            for out in outputs:
-                if out.finished:
-                    self._retire(out.request)
-            return []
-        events, event = [], StreamEvent.of
+        progress, event = [], StreamEvent.of
         for out in outputs:
             req, finished = out.request, out.finished
-            if not out.new_token_ids and not finished:    # a prefill chunk: nothing to report
-                continue
-            text = "" if req.output_text is None else req.output_text.take_new(finished)
-            events.append(event(req.request_id, out.new_token_ids, text, finished, req.finish_reason))
+            if events and (out.new_token_ids or finished):     # a prefill chunk: nothing to report
+                text = "" if req.output_text is None else req.output_text.take_new(finished)
+                progress.append(event(req.request_id, out.new_token_ids, text, finished, req.finish_reason))
             if finished:
                 self._retire(req)
-        return events
+        return progress
 
     def _retire(self, req: Request) -> None:
         """A request finished: its completion is kept if awaited; it leaves its prompt's samples."""

@@ -161,26 +161,24 @@ class PagePoolCache(KVCache):
 
     def try_allocate(self, seq_id, num_tokens: int) -> bool:
         seq = self._seqs.get(seq_id)
-        if seq is not None and self._grows_in_place(seq, num_tokens):
-            self._grow_in_place(seq_id, seq, num_tokens)          # fits its pages (most decodes)
+        if seq is not None and self._grow_in_place(seq_id, seq, num_tokens):   # most decodes
             return True
         return super().try_allocate(seq_id, num_tokens)
 
-    def _grows_in_place(self, seq: SeqState, num_tokens: int) -> bool:
-        """Whether a running ``seq`` grows to ``num_tokens`` inside the pages it holds."""
-        return (seq.started and not seq.host_pages and seq.num_tokens <= num_tokens
-                and num_tokens <= self.block_table.num_pages.item(seq.row) * self.page_size)
-
-    def _grow_in_place(self, seq_id, seq: SeqState, num_tokens: int) -> None:
-        """Pages filled by the steps planned so far are sealed; the ledger sees the new length."""
+    def _grow_in_place(self, seq_id, seq: SeqState, num_tokens: int) -> bool:
+        """Grow a running ``seq`` to ``num_tokens`` if that fits the pages it holds (pages filled
+        by the steps planned so far are sealed, the ledger sees the new length); whether it did."""
+        have = self.block_table.num_pages.item(seq.row)
+        if not (seq.started and not seq.host_pages and seq.num_tokens <= num_tokens <= have * self.page_size):
+            return False
         self.writes.seal(seq_id, seq.num_tokens // self.page_size, self.block_table, seq.row)
         seq.num_tokens = num_tokens
-        self._update_ledger(seq_id, seq, self.block_table.num_pages.item(seq.row))
+        self._update_ledger(seq_id, seq, have)
+        return True
 
     def allocate(self, seq_id, num_tokens: int) -> None:
         seq = self._seqs.get(seq_id)
-        if seq is not None and self._grows_in_place(seq, num_tokens):
-            self._grow_in_place(seq_id, seq, num_tokens)
+        if seq is not None and self._grow_in_place(seq_id, seq, num_tokens):
             return
         if seq is not None:         # pages filled by the steps planned so far can be sealed now
             self.writes.seal(seq_id, seq.num_tokens // self.page_size, self.block_table, seq.row)

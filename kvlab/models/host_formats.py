@@ -80,11 +80,6 @@ class SameDtype:
 SAME_DTYPE = SameDtype()
 
 
-def _per_layer(w, fn) -> list:
-    """``fn`` of each layer of ``w`` in float32 (one layer's copy at a time)."""
-    return [fn(np.asarray(w[i], np.float32)) for i in range(w.shape[0])]
-
-
 def _stored_scale(absmax: np.ndarray, top: float, dtype) -> np.ndarray:
     """``absmax / top`` as stored in ``dtype`` (1 where a channel is all zeros)."""
     scale = np.where(absmax > 0, absmax / top, 1.0)
@@ -96,40 +91,52 @@ def _dequantize(codes, scale):
     return (codes.astype(jnp.float32) * jnp.asarray(scale).astype(jnp.float32)).astype(scale.dtype)
 
 
-@dataclasses.dataclass(frozen=True)
-class Int8Channels:
-    """Matrices as int8 codes with a float32 scale per output channel (symmetric)."""
-
-    name: ClassVar[str] = "int8"
+class _QuantizedMatrices:
+    """What the quantized formats share: vectors stay as they are, matrices become codes (``""``)
+    and scales (``"_scale"``, in the model's dtype), encoded one layer at a time; on the device a
+    layer takes its codes and its decoded weights. A format supplies ``_encode_matrix``,
+    ``_decode_matrix`` and ``_matrix_nbytes``."""
 
     def encode(self, w, dtype) -> dict[str, np.ndarray]:
         if w.ndim < 3:
-            return SameDtype().encode(w, dtype)
-
-        def one(layer):
-            scale = _stored_scale(np.abs(layer).max(axis=0, keepdims=True), 127.0, dtype)
-            return np.clip(np.rint(layer / scale.astype(np.float32)), -127, 127).astype(np.int8), scale
-        codes, scales = zip(*_per_layer(w, one))
+            return SAME_DTYPE.encode(w, dtype)
+        codes, scales = zip(*(self._encode_matrix(np.asarray(w[i], np.float32), dtype)
+                              for i in range(w.shape[0])))
         return {"": np.stack(codes), "_scale": np.stack(scales)}
 
     def decode(self, parts: dict):
         if "_scale" not in parts:
             return parts[""]
-        return _dequantize(jnp.asarray(parts[""]), parts["_scale"])
+        return self._decode_matrix(jnp.asarray(parts[""]), jnp.asarray(parts["_scale"]))
 
     def nbytes(self, shape, dtype) -> int:
-        if len(shape) < 2:
-            return _plain_bytes(shape, dtype)
-        return int(np.prod(shape)) + _plain_bytes(shape[-1:], dtype)
+        return _plain_bytes(shape, dtype) if len(shape) < 2 else self._matrix_nbytes(shape, dtype)
 
     def device_bytes(self, shape, dtype) -> int:
         return self.nbytes(shape, dtype) + (_plain_bytes(shape, dtype) if len(shape) >= 2 else 0)
 
 
 @dataclasses.dataclass(frozen=True)
-class Int4Groups:
-    """Matrices as 4-bit codes (two a byte along the input dimension) with a float32 scale per
-    output channel and group of ``group_size`` input rows (symmetric, codes -8..7)."""
+class Int8Channels(_QuantizedMatrices):
+    """Matrices as int8 codes with a scale per output channel (symmetric)."""
+
+    name: ClassVar[str] = "int8"
+
+    def _encode_matrix(self, matrix: np.ndarray, dtype):
+        scale = _stored_scale(np.abs(matrix).max(axis=0, keepdims=True), 127.0, dtype)
+        return np.clip(np.rint(matrix / scale.astype(np.float32)), -127, 127).astype(np.int8), scale
+
+    def _decode_matrix(self, codes, scale):
+        return _dequantize(codes, scale)
+
+    def _matrix_nbytes(self, shape, dtype) -> int:
+        return int(np.prod(shape)) + _plain_bytes(shape[-1:], dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Int4Groups(_QuantizedMatrices):
+    """Matrices as 4-bit codes (two a byte along the input dimension) with a scale per output
+    channel and group of ``group_size`` input rows (symmetric, codes -8..7)."""
 
     group_size: int = 64
     name: ClassVar[str] = "int4"
@@ -144,37 +151,25 @@ class Int4Groups:
                              f"{tuple(shape)} has {shape[-2]} (use a group size that divides it)")
 
     def encode(self, w, dtype) -> dict[str, np.ndarray]:
-        if w.ndim < 3:
-            return SameDtype().encode(w, dtype)
-        self._check(w.shape)
-        g = self.group_size
+        if w.ndim >= 3:
+            self._check(w.shape)
+        return super().encode(w, dtype)
 
-        def one(layer):
-            rows, cols = layer.shape
-            grouped = layer.reshape(rows // g, g, cols)
-            scale = _stored_scale(np.abs(grouped).max(axis=1), 7.0, dtype)
-            codes = np.clip(np.rint(grouped / scale.astype(np.float32)[:, None, :]), -8, 7)
-            codes = codes.astype(np.int8).reshape(rows, cols)
-            nibbles = (codes & 0xF).astype(np.uint8)
-            return nibbles[0::2] | (nibbles[1::2] << 4), scale
-        packed, scales = zip(*_per_layer(w, one))
-        return {"": np.stack(packed), "_scale": np.stack(scales)}
+    def _encode_matrix(self, matrix: np.ndarray, dtype):
+        rows, cols = matrix.shape
+        grouped = matrix.reshape(rows // self.group_size, self.group_size, cols)
+        scale = _stored_scale(np.abs(grouped).max(axis=1), 7.0, dtype)
+        codes = np.clip(np.rint(grouped / scale.astype(np.float32)[:, None, :]), -8, 7)
+        nibbles = (codes.astype(np.int8).reshape(rows, cols) & 0xF).astype(np.uint8)
+        return nibbles[0::2] | (nibbles[1::2] << 4), scale
 
-    def decode(self, parts: dict):
-        if "_scale" not in parts:
-            return parts[""]
-        packed, scale = jnp.asarray(parts[""]), parts["_scale"]
+    def _decode_matrix(self, packed, scale):
         codes = jnp.stack([packed & 0xF, packed >> 4], axis=-2).astype(jnp.int32)   # [..., in/2, 2, out]
         codes = (codes ^ 8) - 8                                       # sign-extend the nibbles
         *lead, half, _, cols = codes.shape
         grouped = codes.reshape(*lead, 2 * half // self.group_size, self.group_size, cols)
-        return _dequantize(grouped, jnp.asarray(scale)[..., :, None, :]).reshape(*lead, 2 * half, cols)
+        return _dequantize(grouped, scale[..., :, None, :]).reshape(*lead, 2 * half, cols)
 
-    def nbytes(self, shape, dtype) -> int:
-        if len(shape) < 2:
-            return _plain_bytes(shape, dtype)
+    def _matrix_nbytes(self, shape, dtype) -> int:
         self._check(shape)
         return int(np.prod(shape)) // 2 + _plain_bytes((shape[-2] // self.group_size, shape[-1]), dtype)
-
-    def device_bytes(self, shape, dtype) -> int:
-        return self.nbytes(shape, dtype) + (_plain_bytes(shape, dtype) if len(shape) >= 2 else 0)

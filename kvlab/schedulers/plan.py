@@ -156,19 +156,13 @@ class StepPlan:
         reuse them because the device runs steps in order."""
         commit, tokens = cache.commit, []
         for seq in seqs:
-            req, start, n = seq.request, seq.start, seq.num_new_tokens
-            prompt, output = req.prompt_token_ids, req.output_token_ids
-            computed = req.num_computed_tokens = start + n
+            req = seq.request
+            _add_new_tokens(tokens, seq)
+            computed = req.num_computed_tokens = seq.start + seq.num_new_tokens
             if seq.sample_index is not None:
                 req.num_pending += 1
-            p = len(prompt)
-            known = p + len(output)
+            known = len(req.prompt_token_ids) + len(req.output_token_ids)
             commit(req.request_id, req.tokens, computed if computed < known else known)
-            if n == 1:                  # a decode: one known token or a future one
-                tokens.append(prompt[start] if start < p else output[start - p] if start < known
-                              else FUTURE_TOKEN)
-            else:
-                tokens += seq.token_ids
         return cls(seqs=seqs, table=StepTable.build(cache, seqs) if seqs else None, seals=cache.drain_seals(),
                    tier_moves=cache.drain_tier_moves(), tokens=np.array(tokens, np.int32), **copies)
 
@@ -203,14 +197,20 @@ class StepPlan:
         if self.tokens is not None:
             return self.tokens
         out: list[int] = []
-        for s in self.seqs:
-            if s.num_new_tokens != 1:
-                out += s.token_ids
-                continue
-            prompt, output = s.request.prompt_token_ids, s.request.output_token_ids
-            i = s.start - len(prompt)             # a decode: one known token or a future one
-            out.append(prompt[s.start] if i < 0 else output[i] if i < len(output) else FUTURE_TOKEN)
+        for seq in self.seqs:
+            _add_new_tokens(out, seq)
         return np.array(out, np.int32)
+
+
+def _add_new_tokens(out: list[int], seq: ScheduledSeq) -> None:
+    """Append the tokens ``seq`` computes to ``out`` (``FUTURE_TOKEN`` where pending); a decode's
+    one token is read without building a list."""
+    if seq.num_new_tokens != 1:
+        out += seq.token_ids
+        return
+    prompt, output = seq.request.prompt_token_ids, seq.request.output_token_ids
+    i = seq.start - len(prompt)
+    out.append(prompt[seq.start] if i < 0 else output[i] if i < len(output) else FUTURE_TOKEN)
 
 
 @dataclasses.dataclass(frozen=True)

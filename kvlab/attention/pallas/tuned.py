@@ -20,6 +20,8 @@ import jax
 
 from kvlab.attention.pallas.config import DecodeConfig
 
+SHORT_CONTEXT = 1024     # tokens: a page table this long or shorter is a short context
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DecodeShape:
@@ -43,9 +45,6 @@ class DecodeShape:
     def is_short(self) -> bool:
         """The page table holds at most ``SHORT_CONTEXT`` tokens: a program walks only a few tiles."""
         return self.max_kv_len <= SHORT_CONTEXT
-
-
-SHORT_CONTEXT = 1024     # tokens
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
