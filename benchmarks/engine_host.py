@@ -5,12 +5,13 @@ the same step shape computed (a tiny model on the CPU). The step's host half, it
 transfer and the engine's bookkeeping all run as they do on a GPU; what is left out is the
 device's step and the jitted call's dispatch.
 
-    python benchmarks/engine_host.py [--batches 1 64 256] [--steps 40] [--rounds 5]
+    python benchmarks/engine_host.py [--batches 1 64 256] [--steps 40] [--rounds 5] [--decode-steps 1 8]
 
-Prints the time per step of each phase (best of ``--rounds`` rounds of ``--steps`` steps):
+Prints the time per decode step of each phase (best of ``--rounds`` rounds of ``--steps`` steps):
 ``schedule`` (the scheduler's plan, the cache's bookkeeping, the plan's step table), ``launch``
 (the runner's packing and transfer), ``read`` (``update``: tokens appended, stop checks, the
-cache's commits; and the engine's events).
+cache's commits; and the engine's events), per launch and per decode step (a launch of a
+multi-step plan runs ``--decode-steps`` of them).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def timed(counter: collections.Counter, name: str, fn):
     return wrapper
 
 
-def measure(batch: int, steps: int, rounds: int, prompt_len: int = 64) -> dict[str, float]:
+def measure(batch: int, steps: int, rounds: int, prompt_len: int = 64,
+            decode_steps: int = 1) -> dict[str, float]:
     model = LlamaModel(ModelConfig.tiny(), seed=0)
     max_len = model.config.max_position_embeddings
     max_tokens = max_len - prompt_len
@@ -58,7 +60,7 @@ def measure(batch: int, steps: int, rounds: int, prompt_len: int = 64) -> dict[s
     prompts = [rng.integers(3, model.config.vocab_size, prompt_len).tolist() for _ in range(batch)]
     cache = kvlab.PagedKVCache.for_tokens(batch * max_len + 1024, page_size=16)
     engine = kvlab.Engine(model, cache=cache, scheduler=kvlab.ContinuousScheduler(
-        max_num_seqs=batch, max_num_batched_tokens=8192))
+        max_num_seqs=batch, max_num_batched_tokens=8192, decode_steps=decode_steps))
     params = kvlab.SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     engine.generate(prompts, params)                     # every step shape of the run, compiled
     for p in prompts:
@@ -70,14 +72,15 @@ def measure(batch: int, steps: int, rounds: int, prompt_len: int = 64) -> dict[s
     engine.executor.launch = timed(phases, "launch", engine.executor.launch)
     engine._read = timed(phases, "read", engine._read)
     best: dict[str, float] = {}
+    launches = max(1, steps // decode_steps)        # ``steps`` decode steps a round
     for _ in range(rounds):
         phases.clear()
         t = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(launches):
             engine.step()
         phases["step"] = time.perf_counter() - t
-        for name, seconds in phases.items():
-            best[name] = min(best.get(name, float("inf")), 1e3 * seconds / steps)
+        for name, seconds in phases.items():      # per decode step
+            best[name] = min(best.get(name, float("inf")), 1e3 * seconds / (launches * decode_steps))
     if len(engine.scheduler.running) != batch:
         raise RuntimeError(f"{len(engine.scheduler.running)} sequences ran, not {batch}: more steps "
                            f"than the requests' outputs")
@@ -89,14 +92,17 @@ def main(argv=None) -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--decode-steps", type=int, nargs="+", default=[1])
     args = ap.parse_args(argv)
     runner_module._step = replay_step(runner_module._step)
-    print("| running sequences | schedule (ms) | launch (ms) | read (ms) | engine step (ms) |")
-    print("|---|---|---|---|---|")
+    print("| running sequences | decode steps a launch | schedule (ms) | launch (ms) | read (ms) | "
+          "engine step (ms) |")
+    print("|---|---|---|---|---|---|")
     for b in args.batches:
-        m = measure(b, args.steps, args.rounds)
-        cells = " | ".join(f"{m[k]:.3f}" for k in ("schedule", "launch", "read", "step"))
-        print(f"| {b} | {cells} |", flush=True)
+        for k in args.decode_steps:
+            m = measure(b, args.steps, args.rounds, decode_steps=k)
+            cells = " | ".join(f"{m[name]:.3f}" for name in ("schedule", "launch", "read", "step"))
+            print(f"| {b} | {k} | {cells} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,19 @@ included) and as the model's step alone on the device.
 ``--steps-ahead 0 1`` runs the engine's serial loop beside the one that plans a step while the
 previous one runs (the default, 1), in the same run.
 
+``--decode-steps 1 8`` runs one decode step a launch beside multi-step decoding (8 steps a launch
+when only decodes run: ``kvlab.schedulers.multi_step``), in the same run.
+
 ``--kv-formats plain fp8 int8 int4`` runs each KV format in turn (the roofline counts each one's
 KV bytes), and reports the largest batch whose KV fits ``--kv-budget-gb`` at the decode phase's
 final context for each.
 
 Prompts are random token ids (the weights are random too, so text would mean nothing); every
 request decodes exactly ``--max-tokens`` tokens (``ignore_eos``). A warm-up pass of the same shapes
-compiles every step first. Decode tokens/s = batch size / median inter-token latency.
+compiles every step first. The engine step is the median over requests of the time per output
+token after the first (TPOT: last token's time less the first's, over the tokens between), which
+counts a multi-step launch's tokens as they arrive (together); decode tokens/s = batch size / that.
+The median inter-token latency (``itl_p50_ms``) is kept beside it (0 inside a multi-step launch).
 """
 
 from __future__ import annotations
@@ -57,14 +63,15 @@ def copy_bandwidth() -> float:
 
 
 def run(model, attention, batch: int, prompt_len: int, max_tokens: int, page_size: int = 16,
-        steps_ahead: int = 1, kv_format=PLAIN) -> dict:
+        steps_ahead: int = 1, kv_format=PLAIN, decode_steps: int = 1) -> dict:
     rng = np.random.default_rng(batch)
     prompts = [rng.integers(0, model.config.vocab_size, prompt_len).tolist() for _ in range(batch)]
     tokens = batch * (prompt_len + max_tokens)
     cache = kvlab.PagedKVCache.for_tokens(tokens + 64 * page_size, page_size=page_size, kv_format=kv_format)
     engine = kvlab.Engine(model, cache=cache,
                           scheduler=kvlab.ContinuousScheduler(max_num_seqs=batch,
-                                                              max_num_batched_tokens=4096),
+                                                              max_num_batched_tokens=4096,
+                                                              decode_steps=decode_steps),
                           attention=attention, max_model_len=prompt_len + max_tokens + page_size,
                           steps_ahead=steps_ahead)
     params = kvlab.SamplingParams(max_tokens=max_tokens, ignore_eos=True)
@@ -74,11 +81,12 @@ def run(model, attention, batch: int, prompt_len: int, max_tokens: int, page_siz
     outs = engine.generate(prompts, params)
     wall = time.perf_counter() - t0
     m = engine.metrics(outs, wall)
-    itl = m["itl_p50_s"]
+    tpot = m["tpot_p50_s"]
     return {"attention": attention.name, "kv_format": kv_format.name, "batch": batch,
-            "steps_ahead": steps_ahead,
-            "decode_tok_per_s": batch / itl,
-            "decode_step_ms": 1e3 * itl, "output_tok_per_s": m["output_tokens_per_s"], "wall_s": wall,
+            "steps_ahead": steps_ahead, "decode_steps": decode_steps,
+            "decode_tok_per_s": batch / tpot,
+            "decode_step_ms": 1e3 * tpot, "itl_p50_ms": 1e3 * m["itl_p50_s"],
+            "output_tok_per_s": m["output_tokens_per_s"], "wall_s": wall,
             "compilations_in_timed_run": engine.num_compilations - compiles}
 
 
@@ -141,9 +149,10 @@ def run_batch(model, config, b: int, fmt, args, bw: float) -> list[dict]:
         backends.append(kvlab.ReferenceAttention())
     for be in backends:
         device_ms = None
-        for ahead in args.steps_ahead:
+        for ahead, k in [(a, k) for a in args.steps_ahead for k in args.decode_steps]:
             try:
-                r = run(model, be, b, args.prompt_len, args.max_tokens, steps_ahead=ahead, kv_format=fmt)
+                r = run(model, be, b, args.prompt_len, args.max_tokens, steps_ahead=ahead, kv_format=fmt,
+                        decode_steps=k)
             except Exception as e:  # noqa: BLE001 - e.g. the reference out of memory: report, go on
                 print(f"{be.name} at batch {b} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
                 continue
@@ -167,6 +176,8 @@ def main():
                          "per query row, so memory grows with batch x context)")
     ap.add_argument("--steps-ahead", type=int, nargs="+", default=[1],
                     help="engine loops to run: 1 plans a step while the previous one runs, 0 is serial")
+    ap.add_argument("--decode-steps", type=int, nargs="+", default=[1],
+                    help="decode steps a launch runs when only decodes run (1: one a launch)")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.2-1b")
     ap.add_argument("--kv-formats", nargs="+", choices=sorted(KV_FORMATS), default=["plain"])
     ap.add_argument("--kv-budget-gb", type=float, default=40.0)
@@ -192,11 +203,12 @@ def main():
                        "shape": args.shape,
                        "rows": rows},
                       f, indent=1)
-    print("\n| attention | KV format | batch | steps ahead | decode tok/s | engine step (ms) |"
+    print("\n| attention | KV format | batch | steps ahead | decode steps | decode tok/s | engine step (ms) |"
           " model step on device (ms) | roofline (ms) | device / roofline | output tok/s (incl. prefill) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['attention']} | {r['kv_format']} | {r['batch']} | {r['steps_ahead']} | "
+              f"{r['decode_steps']} | "
               f"{r['decode_tok_per_s']:.0f} | "
               f"{r['decode_step_ms']:.2f} | "
               f"{r['device_step_ms']:.2f} | {r['roofline_step_ms']:.2f} | "

@@ -1,6 +1,7 @@
 """Engine property tests over compositions: any cache (paged, prefix-cached paged, blocked, radix,
 circular, contiguous) under any scheduler (continuous, chunked, persistent), admission (optimistic,
-reserving, static batches) and preemption (recompute, swap to a host tier), with greedy and seeded
+reserving, static batches), preemption (recompute, swap to a host tier) and decode steps per
+launch (one, or several: multi-step decoding), with greedy and seeded
 sampled requests mixed in one batch, gives what a plain one-request-at-a-time decode gives: greedy
 rows the no-cache dense decode's tokens, sampled rows the tokens the same request samples alone
 (its draws depend on its seed and the token's index, not on the batch). Every page comes back, in
@@ -36,8 +37,8 @@ CACHES = {
 SWAPS = ("paged", "paged-prefix", "blocked", "radix")      # the caches with a host tier
 
 
-def scheduler(kind, admission, preemption):
-    parts = dict(admission=admission, preemption=preemption)
+def scheduler(kind, admission, preemption, decode_steps=1):
+    parts = dict(admission=admission, preemption=preemption, decode_steps=decode_steps)
     if kind == "continuous":
         return kvlab.ContinuousScheduler(max_num_seqs=3, max_num_batched_tokens=48, **parts)
     if kind == "chunked":
@@ -57,7 +58,8 @@ def compositions(draw):
         sampled = cache != "circular" and draw(st.booleans())
         reqs.append((prompt, draw(st.integers(1, 10)), draw(st.integers(0, 4)),
                      draw(st.integers(0, 2 ** 32 - 1)) if sampled else None))
-    return cache, sched, admission, swap, reqs, draw(st.sampled_from([0, 1]))   # steps ahead
+    steps_ahead, decode_steps = draw(st.sampled_from([0, 1])), draw(st.sampled_from([1, 3]))
+    return cache, sched, admission, swap, reqs, steps_ahead, decode_steps
 
 
 def params_of(max_tokens, seed):
@@ -81,10 +83,10 @@ def alone(model, prompt, max_tokens, seed, circular: bool):
 @settings(max_examples=examples(24))
 @given(compositions())
 def test_any_composition_equals_one_request_at_a_time(tiny_model, composition):
-    cache_kind, sched_kind, admission, swap, reqs, steps_ahead = composition
+    cache_kind, sched_kind, admission, swap, reqs, steps_ahead, decode_steps = composition
     host = kvlab.HostTier if swap else (lambda n: None)
     cache = CACHES[cache_kind](host)
-    sched = scheduler(sched_kind, admission, kvlab.SwapPreemption() if swap else None)
+    sched = scheduler(sched_kind, admission, kvlab.SwapPreemption() if swap else None, decode_steps)
     engine = kvlab.Engine(tiny_model, cache=cache, scheduler=sched, max_model_len=128,
                           steps_ahead=steps_ahead)
     pending = sorted(enumerate(reqs), key=lambda x: (x[1][2], x[0]))
@@ -106,12 +108,14 @@ def test_any_composition_equals_one_request_at_a_time(tiny_model, composition):
 
 
 def record_plans(scheduler):
-    """Wrap ``scheduler.schedule`` to record every plan as (request id, start, tokens, row)."""
+    """Wrap ``scheduler.schedule`` to record every plan as its decode steps and (request id,
+    start, tokens, row) per sequence."""
     plans, schedule = [], scheduler.schedule
 
     def recording():
         plan = schedule()
-        plans.append([(s.request.request_id, s.start, s.num_new_tokens, s.row) for s in plan.seqs])
+        plans.append((plan.num_steps, [(s.request.request_id, s.start, s.num_new_tokens, s.row)
+                                       for s in plan.seqs]))
         return plan
     scheduler.schedule = recording
     return plans
@@ -121,14 +125,16 @@ def record_plans(scheduler):
 @given(st.sampled_from(["paged-prefix", "radix", "blocked"]),
        st.sampled_from(["continuous", "chunked", "persistent"]),
        st.lists(st.tuples(st.lists(st.integers(3, 255), min_size=1, max_size=24), st.integers(1, 8)),
-                min_size=1, max_size=6))
-def test_the_simulator_plans_what_the_engine_plans(tiny_model, cache_kind, sched_kind, reqs):
+                min_size=1, max_size=6), st.sampled_from([1, 4]))
+def test_the_simulator_plans_what_the_engine_plans(tiny_model, cache_kind, sched_kind, reqs, decode_steps):
     """The simulator is the engine's serial loop with a cost model instead of the model: on the
-    same trace (a cache small enough to preempt) it makes the very same step plans."""
+    same trace (a cache small enough to preempt) it makes the very same step plans, multi-step
+    decodes included."""
     workload = [SyntheticRequest(list(p), n) for p, n in reqs]
     runs = []
     for simulated in (False, True):
-        cache, sched = CACHES[cache_kind](lambda n: None), scheduler(sched_kind, None, None)
+        cache = CACHES[cache_kind](lambda n: None)
+        sched = scheduler(sched_kind, None, None, decode_steps)
         plans = record_plans(sched)
         if simulated:
             simulate(sched, cache, workload)
@@ -168,22 +174,23 @@ class CharTokenizer:
 
 @settings(max_examples=12 if THOROUGH else 4)
 @given(st.lists(st.integers(3, 255), min_size=1, max_size=12), st.integers(0, 10), st.integers(2, 4),
-       st.sampled_from(["continuous", "chunked"]))
-def test_stop_strings_that_span_steps(tiny_model, prompt, at, length, sched_kind):
+       st.sampled_from(["continuous", "chunked"]), st.sampled_from([1, 3]))
+def test_stop_strings_that_span_steps(tiny_model, prompt, at, length, sched_kind, decode_steps):
     """A stop string made of several generated tokens (so it completes over several steps) ends
     the request at the token that completes it; the text stops right before it, the streamed
-    pieces add up to that text, and no piece ever shows part of the stop string."""
+    pieces add up to that text, and no piece ever shows part of the stop string. With
+    multi-step decodes the string may end inside a launch's tokens: the rest are dropped."""
     tok = CharTokenizer()
     full = DenseReferenceDecoder(tiny_model).greedy(prompt, 16)
     text = tok.decode(full)
     stop = text[at:at + length]
     first = text.find(stop)
     engine = kvlab.Engine(tiny_model, cache=kvlab.PagedKVCache(num_pages=16, page_size=4), tokenizer=tok,
-                          scheduler=scheduler(sched_kind, None, None), max_model_len=128)
+                          scheduler=scheduler(sched_kind, None, None, decode_steps), max_model_len=128)
     params = kvlab.SamplingParams(max_tokens=16, stop=(stop,))
     streamed = [ev.new_text for ev in engine.stream([prompt], params)]
     engine = kvlab.Engine(tiny_model, cache=kvlab.PagedKVCache(num_pages=16, page_size=4), tokenizer=tok,
-                          scheduler=scheduler(sched_kind, None, None), max_model_len=128)
+                          scheduler=scheduler(sched_kind, None, None, decode_steps), max_model_len=128)
     done = engine.generate([prompt], kvlab.SamplingParams(max_tokens=16, stop=(stop,)))[0]
     assert done.text == text[:first] == "".join(streamed)
     assert done.token_ids == full[:first + len(stop)]

@@ -1,6 +1,6 @@
 """Engine property tests: any request trace gives the same greedy tokens as decoding each request
-alone with no cache (its K/V through the same KV format, drawn); pages never leak; compilations stay
-bounded; the cache is donated."""
+alone with no cache (its K/V through the same KV format, drawn; one or several decode steps a
+launch); pages never leak; compilations stay bounded; the cache is donated."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def traces(draw):
     page_size = draw(st.sampled_from([4, 8]))
     max_num_seqs = draw(st.sampled_from([2, 4]))
     kv_format = draw(st.sampled_from(KV_FORMATS))
-    return reqs, num_pages, page_size, max_num_seqs, draw(st.sampled_from([0, 1])), kv_format   # steps ahead
+    steps_ahead, decode_steps = draw(st.sampled_from([0, 1])), draw(st.sampled_from([1, 4]))
+    return reqs, num_pages, page_size, max_num_seqs, steps_ahead, kv_format, decode_steps
 
 
 _references: dict = {}
@@ -66,12 +67,13 @@ def run_trace(engine, reqs):
 @settings(max_examples=examples(25))
 @given(traces())
 def test_engine_equals_one_request_at_a_time(tiny_model, trace):
-    reqs, num_pages, page_size, max_num_seqs, steps_ahead, kv_format = trace
+    reqs, num_pages, page_size, max_num_seqs, steps_ahead, kv_format, decode_steps = trace
     cache = kvlab.PagedKVCache(num_pages=max(num_pages, -(-(30 + 12) // page_size)), page_size=page_size,
                                kv_format=kv_format)
     engine = kvlab.Engine(tiny_model, cache=cache,
                           scheduler=kvlab.ContinuousScheduler(max_num_seqs=max_num_seqs,
-                                                              max_num_batched_tokens=64),
+                                                              max_num_batched_tokens=64,
+                                                              decode_steps=decode_steps),
                           steps_ahead=steps_ahead)
     outputs = run_trace(engine, reqs)
     for (prompt, max_tokens, _), got in zip(reqs, outputs):

@@ -1,6 +1,7 @@
 """On the GPU (run on the lent machine: ``JAX_PLATFORMS=cuda pytest -m gpu``): every cache of the
-family in the engine on the device, greedy tokens equal to the dense one-request-at-a-time decode
-(float32 with full-precision matmuls, so TF32 rounding cannot flip a near tie)."""
+family in the engine on the device (one decode step a launch, or four), greedy tokens equal to
+the dense one-request-at-a-time decode (float32 with full-precision matmuls, so TF32 rounding
+cannot flip a near tie)."""
 
 from __future__ import annotations
 
@@ -25,14 +26,16 @@ CACHES = {
 }
 
 
+@pytest.mark.parametrize("decode_steps", [1, 4])
 @pytest.mark.parametrize("kind", CACHES)
-def test_every_cache_on_the_gpu(kind):
+def test_every_cache_on_the_gpu(kind, decode_steps):
     assert jax.default_backend() == "gpu", "run with JAX_PLATFORMS=cuda on the GPU machine"
     with jax.default_matmul_precision("highest"):
         model = LlamaModel(ModelConfig.tiny(head_dim=64, num_heads=4, num_kv_heads=2), seed=1)
         cache = CACHES[kind]()
         engine = kvlab.Engine(model, cache=cache, max_model_len=256,
-                              scheduler=kvlab.ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=256))
+                              scheduler=kvlab.ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=256,
+                                                                  decode_steps=decode_steps))
         prompts = [SYSTEM + [5 + i, 6 + i] for i in range(5)]
         params = kvlab.SamplingParams(max_tokens=30, ignore_eos=True)
         assert engine.runner.attention.name == "pallas"     # the GPU default: the kernels

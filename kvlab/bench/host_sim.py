@@ -88,7 +88,8 @@ class SimClock:
 
 class SimulatedExecutor:
     """Runs plans on a cost model: the clock advances by ``step_cost(plan, ...)`` (or 1.0 a step
-    without one) and every row gets a random token in [3, vocab_size)."""
+    without one) for each of the plan's ``num_steps`` decode steps, and every row gets a random
+    token in [3, vocab_size) each step."""
 
     def __init__(self, clock: SimClock, scheduler, *, step_cost=None, seed: int = 0,
                  vocab_size: int = 32000):
@@ -100,9 +101,10 @@ class SimulatedExecutor:
     def launch(self, plan) -> Ready:
         """The step is over when this returns (the clock moved by its cost)."""
         cost = 1.0 if self.step_cost is None else self.step_cost(plan, self.scheduler)
-        self.clock.sleep(cost)
+        self.clock.sleep(cost * plan.num_steps)
         self.steps += 1
-        return Ready(Sampled(self.rng.integers(3, self.vocab_size, plan.num_rows).astype(np.int32)))
+        tokens = self.rng.integers(3, self.vocab_size, plan.num_rows * plan.num_steps)
+        return Ready(Sampled(tokens.astype(np.int32)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from kvlab.attention.batch import RaggedBatch
+from kvlab.engine.decode_burst import run_decode_steps
 from kvlab.engine.device_table import DeviceBlockTable, apply_changes, gather_page_table
 from kvlab.engine.future_tokens import LastTokens, mark_future, record_sampled, resolve_future
 from kvlab.engine.penalties import PenaltyCounts, count_step_tokens
@@ -72,15 +73,24 @@ def _step_impl(statics: StepStatics, spec: StepSpec, weights, storage, table, la
     batch, cache_rows, changes = spec.layout.unpack(inputs)
     batch = dataclasses.replace(batch, tokens=resolve_future(batch.tokens, last))
     table = apply_changes(table, changes)
-    page_table = gather_page_table(table, cache_rows, batch.kv_lens, storage.page_size, spec.page_cols)
+    reach = jnp.where(batch.kv_lens > 0, batch.kv_lens + spec.num_steps - 1, 0)   # last step's
+    page_table = gather_page_table(table, cache_rows, reach, storage.page_size, spec.page_cols)
     batch = dataclasses.replace(batch, page_table=page_table, decode_only=spec.decode_only,
                                 has_decodes=spec.has_decodes)
+    model = nnx.merge(statics.graphdef, jax.tree.unflatten(statics.state_tree, weights))
+    if spec.num_steps > 1:                      # a multi-step decode: no penalties, no log-probs
+        def decode(batch, storage, sampling):
+            logits, storage = model(batch, storage, statics.attention, statics.options)
+            return statics.sampler(logits, sampling).tokens, storage
+
+        tokens, final, storage = run_decode_steps(decode, batch, storage, sampling, spec.num_steps,
+                                                  storage.page_size)
+        return tokens, None, storage, table, record_sampled(last, cache_rows, batch.kv_lens, final), counts
     if counts is not None:                      # penalties: count this step's tokens, then read
         p = sampling.penalties
         counts = count_step_tokens(counts, batch, cache_rows, p.prompt_len, p.penalized)
         p = dataclasses.replace(p, output=counts.output[cache_rows], prompt=counts.prompt[cache_rows])
         sampling = dataclasses.replace(sampling, penalties=p)
-    model = nnx.merge(statics.graphdef, jax.tree.unflatten(statics.state_tree, weights))
     prompt = None
     if sampling is None or sampling.prompt_logprobs is None:
         logits, storage = model(batch, storage, statics.attention, statics.options)
@@ -107,13 +117,14 @@ _gather_page_table = jax.jit(gather_page_table, static_argnums=(3, 4))   # ``pac
 
 @dataclasses.dataclass(frozen=True)
 class StepSpec:
-    """What a step compiles for besides the statics: its input layout, page-table columns and
-    the batch's static flags."""
+    """What a step compiles for besides the statics: its input layout, page-table columns, the
+    batch's static flags and the decode steps it runs (``kvlab.engine.decode_burst``)."""
 
     layout: InputLayout
     page_cols: int
     decode_only: bool
     has_decodes: bool
+    num_steps: int = 1
 
 
 def fill_inputs(plan: StepPlan, views: InputViews) -> tuple[bool, bool]:
@@ -182,7 +193,7 @@ class ModelRunner:
                                                               has_decodes=has_decodes))
         decode_only, has_decodes = self.shapes.static_flags(decode_only=batch.decode_only,
                                                             has_decodes=batch.has_decodes)
-        return views, StepSpec(layout, shape.pages, decode_only, has_decodes), shape
+        return views, StepSpec(layout, shape.pages, decode_only, has_decodes, plan.num_steps), shape
 
     def pack(self, plan: StepPlan) -> tuple[RaggedBatch, StepShape]:
         """The step's whole ``RaggedBatch`` as the step sees it (its page table gathered from the

@@ -24,7 +24,8 @@ class ChunkedScheduler(IterationScheduler):
 
     def __init__(self, *, max_num_seqs: int = 64, max_num_batched_tokens: int = 2048,
                  max_chunk_tokens: int | None = None, policy=None, admission=None,
-                 preemption=None):
+                 preemption=None, decode_steps: int = 1):
         super().__init__(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                          max_chunk_tokens=max_chunk_tokens or max_num_batched_tokens, policy=policy,
-                         admission=admission, preemption=preemption)
+                         admission=admission, preemption=preemption,
+                         decode_steps=decode_steps)

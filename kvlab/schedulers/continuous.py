@@ -30,6 +30,7 @@ class ContinuousScheduler(IterationScheduler):
     ``OptimisticAdmission()`` (default) or ``ReserveAdmission()``."""
 
     def __init__(self, *, max_num_seqs: int = 64, max_num_batched_tokens: int = 2048, policy=None,
-                 admission=None, preemption=None):
+                 admission=None, preemption=None, decode_steps: int = 1):
         super().__init__(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                         max_chunk_tokens=None, policy=policy, admission=admission, preemption=preemption)
+                         max_chunk_tokens=None, policy=policy, admission=admission, preemption=preemption,
+                         decode_steps=decode_steps)

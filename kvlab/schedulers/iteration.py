@@ -13,7 +13,8 @@ Each step, within ``max_num_batched_tokens`` tokens and ``max_num_seqs`` sequenc
      agrees, and the rest of the prompt - whole, or a chunk of at most ``max_chunk_tokens`` - is
      computed in this same step.
 A chunk that ends before the request's last token samples nothing; the step that computes the
-last token samples the next one.
+last token samples the next one. With ``decode_steps`` k > 1, a plan of only decodes may run k
+steps in one launch (``kvlab.schedulers.multi_step``).
 """
 
 from __future__ import annotations
@@ -26,18 +27,25 @@ import numpy as np
 
 from kvlab.schedulers.admission import OptimisticAdmission, lifetime_tokens
 from kvlab.schedulers.base import Scheduler
+from kvlab.schedulers.multi_step import read_burst, takes_steps
 from kvlab.schedulers.plan import ScheduledSeq, StepOutput, StepPlan
 from kvlab.schedulers.policies import FCFS
 from kvlab.schedulers.preemption import RecomputePreemption
 from kvlab.schedulers.request import Request, RequestStatus
 from kvlab.schedulers.shapes import BucketedShapes
+from kvlab.schedulers.step_builder import StepBuilder
 
 
 class IterationScheduler(Scheduler):
-    """See the module docstring. ``max_chunk_tokens=None`` prefills whole prompts in one step."""
+    """See the module docstring. ``max_chunk_tokens=None`` prefills whole prompts in one step;
+    ``decode_steps``: decode steps a plan of only decodes may run in one launch (1: one a plan)."""
 
     def __init__(self, *, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_chunk_tokens: int | None, policy=None, admission=None, preemption=None):
+                 max_chunk_tokens: int | None, policy=None, admission=None, preemption=None,
+                 decode_steps: int = 1):
+        if not (isinstance(decode_steps, int) and decode_steps >= 1):
+            raise ValueError(f"decode_steps must be an integer >= 1 (1: one decode step a launch), "
+                             f"got {decode_steps!r}")
         if max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
         if max_num_batched_tokens < max_num_seqs:
@@ -48,6 +56,7 @@ class IterationScheduler(Scheduler):
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_chunk_tokens = max_chunk_tokens
+        self.decode_steps = decode_steps
         self.policy = policy or FCFS()
         self.admission = admission or OptimisticAdmission()
         self.preemption = preemption or RecomputePreemption()
@@ -143,7 +152,7 @@ class IterationScheduler(Scheduler):
         cache = self._cache()
         cache.tick()
         self.step_count += 1
-        step = _StepBuilder(self.max_num_batched_tokens, self._chunk_limit())
+        step = StepBuilder(self.max_num_batched_tokens, self._chunk_limit())
         self._continue_running(step)
         swap_in = [] if step.preempted else self._swap_in(step)
         if not step.preempted and not self.swapped:
@@ -153,10 +162,10 @@ class IterationScheduler(Scheduler):
                 if not self._admit(req, step):
                     break
         swap_out, self._swap_out = self._swap_out, []
-        return StepPlan.of(cache, self._assign_rows(step.seqs), preempted=step.preempted,
-                           swap_out=swap_out, swap_in=swap_in)
+        return StepPlan.of(cache, self._assign_rows(step.seqs), num_steps=step.num_steps,
+                           preempted=step.preempted, swap_out=swap_out, swap_in=swap_in)
 
-    def _continue_running(self, step: _StepBuilder) -> None:
+    def _continue_running(self, step: StepBuilder) -> None:
         """Running requests continue: decodes first (never stalled by a prefill), then chunks of
         prefills in progress, oldest first within each. Where pages run out, the policy's victim
         among *all* running requests is preempted - even one already planned this step, which
@@ -173,6 +182,7 @@ class IterationScheduler(Scheduler):
             pairs = sorted(zip(order, counts), key=lambda p: p[1] > 1)    # stable: decodes first
             order, counts = [r for r, _ in pairs], [n for _, n in pairs]
             running[:] = order
+        step.num_steps = steps = self._steps_now(order, counts)
         try_allocate, plan = cache.try_allocate, step.plan
         for req, n in zip(order, counts):
             if req.status is not status or req.ends_by_length:   # preempted earlier in this
@@ -184,7 +194,7 @@ class IterationScheduler(Scheduler):
             if n <= 0:
                 continue
             rid, start = req.request_id, req.num_computed_tokens
-            target = start + n
+            target = start + (n if n > 1 else steps)
             while not try_allocate(rid, target):
                 victim = self.policy.victim(running)
                 step.unplan(victim)
@@ -195,7 +205,18 @@ class IterationScheduler(Scheduler):
             else:
                 plan(req, start, n)
 
-    def _swap_in(self, step: _StepBuilder) -> list[tuple[int, int]]:
+    def _steps_now(self, order: list[Request], counts: list[int]) -> int:
+        """Decode steps the plan runs in one launch: ``decode_steps`` when every running request
+        decodes, none waits that could be admitted, none is swapped out and each can take them
+        (``multi_step.takes_steps``, within the cache's step limit); else 1."""
+        k = min(self.decode_steps, self._chunk_limit())
+        if k <= 1 or self.swapped or (self.waiting and len(self.running) < self.max_num_seqs):
+            return 1
+        if all(n == 1 and takes_steps(req, k) for req, n in zip(order, counts)):
+            return k
+        return 1
+
+    def _swap_in(self, step: StepBuilder) -> list[tuple[int, int]]:
         """Swapped requests come back first, oldest first, while rows and pages allow."""
         cache, copies = self.cache, []
         self.swapped.sort(key=lambda r: r.arrival_time)
@@ -215,7 +236,7 @@ class IterationScheduler(Scheduler):
                 step.plan(req, req.num_computed_tokens, n)
         return copies
 
-    def _admit(self, req: Request, step: _StepBuilder) -> bool:
+    def _admit(self, req: Request, step: StepBuilder) -> bool:
         """Admit ``req`` into this step if the cache, the budget and the admission strategy allow;
         else leave everything as it was (the cache rolls the prefix attach back)."""
         cache, rid, total = self.cache, req.request_id, req.num_tokens
@@ -240,6 +261,8 @@ class IterationScheduler(Scheduler):
             raise ValueError(f"the plan uses {plan.num_rows} batch rows, {len(sampled_tokens)} tokens given")
         now = time.perf_counter() if now is None else now
         tokens = np.asarray(sampled_tokens).tolist()
+        if plan.num_steps > 1:
+            return read_burst(plan, tokens, now, self.cache.commit, self._release)
         outputs, commit, output = [], self.cache.commit, StepOutput.of
         finished, running = RequestStatus.FINISHED, RequestStatus.RUNNING
         for seq in plan.seqs:
@@ -279,26 +302,3 @@ class IterationScheduler(Scheduler):
                 self._release(req)
                 return req
         raise KeyError(f"no waiting or running request {request_id!r}")
-
-
-class _StepBuilder:
-    """The plan being built: its sequences, the token budget left, the preempted requests."""
-
-    def __init__(self, budget: int, limit: float):
-        self.budget, self.limit = budget, limit
-        self.seqs: list[ScheduledSeq] = []
-        self.preempted: list[Request] = []
-
-    def plan(self, request: Request, start: int, num_new_tokens: int) -> None:
-        """Add a sequence in the next batch row."""
-        self.seqs.append(ScheduledSeq.of(request, start, num_new_tokens, len(self.seqs)))
-        self.budget -= num_new_tokens
-
-    def unplan(self, request: Request) -> None:
-        """Take ``request`` out of the plan (it is being preempted), giving its tokens back; the
-        sequences after it move up one row."""
-        for i, seq in enumerate(self.seqs):
-            if seq.request is request:
-                self.budget += seq.num_new_tokens
-                self.seqs[i:] = [s.at_row(s.row - 1) for s in self.seqs[i + 1:]]
-                return

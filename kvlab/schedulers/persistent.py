@@ -30,10 +30,11 @@ class PersistentScheduler(IterationScheduler):
 
     def __init__(self, *, num_slots: int = 64, tokens_per_step: int = 512,
                  max_chunk_tokens: int | None = None, policy=None, admission=None,
-                 preemption=None):
+                 preemption=None, decode_steps: int = 1):
         super().__init__(max_num_seqs=num_slots, max_num_batched_tokens=tokens_per_step,
                          max_chunk_tokens=max_chunk_tokens or tokens_per_step, policy=policy,
-                         admission=admission, preemption=preemption)
+                         admission=admission, preemption=preemption,
+                         decode_steps=decode_steps)
         self.shapes = FixedShapes()
         self.slots: list[str | None] = [None] * num_slots
         self.slot_of: dict[str, int] = {}

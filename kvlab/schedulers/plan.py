@@ -135,7 +135,9 @@ class StepPlan:
     made before the step runs, and so must ``swap_in`` ones, ``seals`` (full staging pages
     quantized into their sealed pages: ``kvlab.kvcache.staging``) and ``tier_moves`` (offloads to
     and loads from the tiers below the GPU, in order: ``kvlab.kvcache.tiers.moves``). Sequences
-    are in ascending ``row`` order; ``table`` is None only for an empty plan."""
+    are in ascending ``row`` order; ``table`` is None only for an empty plan. ``num_steps`` > 1:
+    every sequence is a decode, and the launch runs that many decode steps, each sampling one
+    token per sequence (``kvlab.schedulers.multi_step``); the table is the first step's."""
 
     seqs: list[ScheduledSeq]
     preempted: list[Request] = dataclasses.field(default_factory=list)
@@ -145,26 +147,29 @@ class StepPlan:
     tier_moves: list = dataclasses.field(default_factory=list)    # tiers.moves, in order
     table: StepTable | None = None
     tokens: np.ndarray | None = None     # token_ids() as ``of`` read them (None: read when asked)
+    num_steps: int = 1
 
     @classmethod
-    def of(cls, cache, seqs: list[ScheduledSeq], **copies) -> StepPlan:
+    def of(cls, cache, seqs: list[ScheduledSeq], num_steps: int = 1, **copies) -> StepPlan:
         """The plan of ``seqs`` (in row order; their ``StepTable`` read from ``cache``; ``copies``:
-        ``preempted``, ``swap_out``, ``swap_in``). Marks its tokens computed and its samples
+        ``preempted``, ``swap_out``, ``swap_in``), running ``num_steps`` decode steps (> 1: every
+        sequence decodes one token a step). Marks its tokens computed and its samples
         pending on the requests (``num_computed_tokens``, ``num_pending``), so the next plan may
         be made before this one's ``update`` (an engine that plans ahead), and commits the known
         ones to the cache now, as vLLM caches a block when it schedules it: a later plan may
         reuse them because the device runs steps in order."""
-        commit, tokens = cache.commit, []
+        commit, tokens, extra = cache.commit, [], num_steps - 1
         for seq in seqs:
             req = seq.request
             _add_new_tokens(tokens, seq)
-            computed = req.num_computed_tokens = seq.start + seq.num_new_tokens
+            computed = req.num_computed_tokens = seq.start + seq.num_new_tokens + extra
             if seq.sample_index is not None:
-                req.num_pending += 1
+                req.num_pending += 1 + extra
             known = len(req.prompt_token_ids) + len(req.output_token_ids)
             commit(req.request_id, req.tokens, computed if computed < known else known)
         return cls(seqs=seqs, table=StepTable.build(cache, seqs) if seqs else None, seals=cache.drain_seals(),
-                   tier_moves=cache.drain_tier_moves(), tokens=np.array(tokens, np.int32), **copies)
+                   tier_moves=cache.drain_tier_moves(), tokens=np.array(tokens, np.int32),
+                   num_steps=num_steps, **copies)
 
     @functools.cached_property
     def num_tokens(self) -> int:

@@ -1,0 +1,142 @@
+"""Multi-step decoding (``decode_steps`` k > 1): a plan of only decodes runs k decode steps in one
+launch when nothing else could run. When it does and when it does not, its pages, its pending
+tokens, its stops in the middle of a launch, aborts while it runs, and the host work it saves."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+import kvlab
+from kvlab.engine import DenseReferenceDecoder
+from kvlab.schedulers import Request
+
+PROMPTS = [[5, 9, 14, 3], [7] * 11, [20, 21]]
+
+
+def attached(max_num_seqs=2, decode_steps=4, num_pages=32, **kw):
+    sched = kvlab.ContinuousScheduler(max_num_seqs=max_num_seqs, decode_steps=decode_steps, **kw)
+    cache = kvlab.PagedKVCache(num_pages=num_pages, page_size=4)
+    sched.attach(cache)
+    return sched, cache
+
+
+def request(rid, prompt=(1, 2, 3), **params):
+    params.setdefault("max_tokens", 20)
+    return Request(rid, list(prompt), kvlab.SamplingParams(**params), max_total_tokens=64)
+
+
+def test_a_plan_of_decodes_with_nothing_waiting_runs_k_steps():
+    sched, cache = attached()
+    sched.add(request("r"))
+    prefill = sched.schedule()
+    assert prefill.num_steps == 1                         # a prefill: one step
+    sched.update(prefill, [7])
+    burst = sched.schedule()
+    assert burst.num_steps == 4
+    assert [(s.start, s.num_new_tokens, s.sample_index) for s in burst.seqs] == [(3, 1, 1)]
+    assert cache.num_tokens("r") == 3 + 4                 # pages for the four positions it writes
+    req = burst.seqs[0].request
+    assert (req.num_computed_tokens, req.num_pending) == (7, 4)
+    outputs = sched.update(burst, np.array([11, 12, 13, 14], np.int32))   # step j's token of row 0
+    assert outputs[0].new_token_ids == [11, 12, 13, 14] and req.output_token_ids == [7, 11, 12, 13, 14]
+    assert req.num_pending == 0 and not outputs[0].finished
+
+
+@pytest.mark.parametrize("case", ["admissible-waiting", "penalty", "logprobs", "min-tokens", "context"])
+def test_one_step_whenever_a_request_cannot_take_k(case):
+    sched, _ = attached(max_num_seqs=3, max_num_batched_tokens=64)
+    params = {"penalty": dict(repetition_penalty=1.2), "logprobs": dict(logprobs=1),
+              "min-tokens": dict(min_tokens=5)}.get(case, {})
+    sched.add(request("a"))
+    sched.add(request("b", **params))
+    if case == "context":
+        sched.waiting[-1].max_total_tokens = 6            # 3 prompt tokens + 3: no room for 4 steps
+    first = sched.schedule()
+    sched.update(first, [7, 8])
+    if case == "admissible-waiting":
+        sched.add(request("c"))                           # a free row: it must not wait a burst
+    assert sched.schedule().num_steps == 1
+
+
+def test_full_rows_let_a_queue_wait_for_the_burst():
+    sched, _ = attached(max_num_seqs=1)
+    sched.add(request("a"))
+    sched.add(request("b"))
+    sched.update(sched.schedule(), [7])
+    plan = sched.schedule()
+    assert plan.num_steps == 4 and len(sched.waiting) == 1      # no row for "b" anyway
+
+
+def test_decode_steps_must_be_a_positive_integer():
+    for bad in (0, -2, 1.5, "4"):
+        with pytest.raises(ValueError, match="decode_steps must be an integer >= 1"):
+            kvlab.ChunkedScheduler(decode_steps=bad)
+
+
+def test_a_stop_inside_a_launch_drops_the_tokens_after_it_and_frees_the_pages(tiny_model):
+    full = DenseReferenceDecoder(tiny_model).greedy(PROMPTS[0], 16)
+    stop = full[6]
+    first = full.index(stop)
+    eng = kvlab.Engine(tiny_model, cache=kvlab.PagedKVCache(num_pages=32, page_size=4),
+                       scheduler=kvlab.ContinuousScheduler(max_num_seqs=2, decode_steps=4))
+    events = list(eng.stream([PROMPTS[0]], kvlab.SamplingParams(max_tokens=16, stop_token_ids=(stop,))))
+    tokens = [t for ev in events for t in ev.new_token_ids]
+    assert tokens == full[:first + 1] and events[-1].finished and events[-1].finish_reason == "stop"
+    assert max(len(ev.new_token_ids) for ev in events) == 4     # tokens arrive four at a time
+    assert eng.cache.stats().pages_used == 0
+
+
+def test_abort_while_a_burst_runs_frees_everything_and_the_others_go_on(tiny_model):
+    greedy = kvlab.SamplingParams(max_tokens=14, ignore_eos=True)
+    dec = DenseReferenceDecoder(tiny_model)
+    eng = kvlab.Engine(tiny_model, cache=kvlab.PagedKVCache(num_pages=32, page_size=4),
+                       scheduler=kvlab.ContinuousScheduler(max_num_seqs=3, decode_steps=4))
+    ids = [eng.add_request(p, greedy, keep_completion=True) for p in PROMPTS]
+    while not (eng._in_flight and eng._in_flight[-1][0].num_steps == 4):
+        eng.step()
+    eng.abort(ids[1])
+    done = {}
+    while eng.has_unfinished():
+        for ev in eng.step():
+            assert ev.request_id != ids[1], "an aborted request reports nothing more"
+            if ev.finished:
+                done[ev.request_id] = eng.pop_completion(ev.request_id)
+    assert done[ids[0]].token_ids == dec.greedy(PROMPTS[0], 14)
+    assert done[ids[2]].token_ids == dec.greedy(PROMPTS[2], 14)
+    s = eng.cache.stats()
+    assert s.pages_used == 0 and s.num_seqs == 0
+
+
+def test_a_burst_launch_moves_its_input_buffer_in_and_k_tokens_per_row_out(tiny_model, monkeypatch):
+    eng = kvlab.Engine(tiny_model, cache=kvlab.PagedKVCache(num_pages=64, page_size=4),
+                       scheduler=kvlab.ContinuousScheduler(max_num_seqs=4, decode_steps=3))
+    for p in PROMPTS:
+        eng.add_request(p, kvlab.SamplingParams(max_tokens=40, ignore_eos=True))
+    for _ in range(6):
+        eng.step()
+    steps_before = eng.executor.steps
+    gets, get = [], jax.device_get
+    monkeypatch.setattr(jax, "device_get", lambda x: gets.append(x) or get(x))
+    with jax.transfer_guard("disallow"):
+        for _ in range(4):
+            eng.step()
+    assert eng.executor.steps - steps_before == 4
+    assert all(len(g) == 1 and g[0].shape == (3 * 4,) for g in gets)    # 3 steps x 4 rows
+
+
+def test_the_host_plans_once_per_burst(tiny_model):
+    """k decode steps per launch: the engine runs a k-th of the launches (and of the plans)."""
+    prompts = [[3 + i, 4, 5] for i in range(4)]
+    params = kvlab.SamplingParams(max_tokens=25, ignore_eos=True)
+    launches = {}
+    for k in (1, 5):
+        eng = kvlab.Engine(tiny_model, cache=kvlab.PagedKVCache(num_pages=64, page_size=4),
+                           scheduler=kvlab.ContinuousScheduler(max_num_seqs=4, decode_steps=k))
+        outs = eng.generate(prompts, params)
+        launches[k] = eng.executor.steps
+        assert all(len(c.token_ids) == 25 for c in outs)
+    assert launches[1] == 25 and launches[5] == 1 + math.ceil(24 / 5)   # the prefill, then bursts
