@@ -32,9 +32,9 @@ def replay_step(real):
     calls return that call's outputs with the state arguments passed through."""
     first: dict = {}
 
-    def step(statics, spec, weights, storage, table, last, inputs, sampling, counts):
+    def step(statics, spec, weights, storage, table, last, inputs, sampling, counts, offset):
         if spec not in first:
-            first[spec] = real(statics, spec, weights, storage, table, last, inputs, sampling, counts)
+            first[spec] = real(statics, spec, weights, storage, table, last, inputs, sampling, counts, offset)
             return first[spec]
         packed, prompt, _, _, _, counts_out = first[spec]
         return packed, prompt, storage, table, last, counts_out

@@ -15,16 +15,21 @@ previous one runs (the default, 1), in the same run.
 ``--decode-steps 1 8`` runs one decode step a launch beside multi-step decoding (8 steps a launch
 when only decodes run: ``kvlab.schedulers.multi_step``), in the same run.
 
+``--trace-idle N`` also traces N decode steps of each engine run after its timed run
+(``engine_idle.trace_decode``): the GPU's idle time between launches and with no kernel running.
+
 ``--kv-formats plain fp8 int8 int4`` runs each KV format in turn (the roofline counts each one's
 KV bytes), and reports the largest batch whose KV fits ``--kv-budget-gb`` at the decode phase's
 final context for each.
 
 Prompts are random token ids (the weights are random too, so text would mean nothing); every
 request decodes exactly ``--max-tokens`` tokens (``ignore_eos``). A warm-up pass of the same shapes
-compiles every step first. The engine step is the median over requests of the time per output
-token after the first (TPOT: last token's time less the first's, over the tokens between), which
-counts a multi-step launch's tokens as they arrive (together); decode tokens/s = batch size / that.
-The median inter-token latency (``itl_p50_ms``) is kept beside it (0 inside a multi-step launch).
+compiles every step first. The engine step is the median time per decode step as the requests
+see it: each gap between a request's token deliveries over the tokens delivered (the inter-token
+latency, with a multi-step launch's tokens, which arrive together, sharing their gap); decode
+tokens/s = batch size / that. Beside it: the median TPOT (last token's time less the first's,
+over the tokens between, so it includes the decode steps slowed by other requests' prefills)
+and the plain median inter-token latency (0 inside a multi-step launch).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from engine_idle import trace_decode  # beside this script
 from flax import nnx
 
 import kvlab
@@ -63,7 +69,7 @@ def copy_bandwidth() -> float:
 
 
 def run(model, attention, batch: int, prompt_len: int, max_tokens: int, page_size: int = 16,
-        steps_ahead: int = 1, kv_format=PLAIN, decode_steps: int = 1) -> dict:
+        steps_ahead: int = 1, kv_format=PLAIN, decode_steps: int = 1, trace_idle: int = 0) -> dict:
     rng = np.random.default_rng(batch)
     prompts = [rng.integers(0, model.config.vocab_size, prompt_len).tolist() for _ in range(batch)]
     tokens = batch * (prompt_len + max_tokens)
@@ -81,13 +87,30 @@ def run(model, attention, batch: int, prompt_len: int, max_tokens: int, page_siz
     outs = engine.generate(prompts, params)
     wall = time.perf_counter() - t0
     m = engine.metrics(outs, wall)
-    tpot = m["tpot_p50_s"]
+    idle = {}
+    if trace_idle:
+        try:
+            idle = trace_decode(engine, prompts, params, trace_idle)
+        except Exception as e:  # noqa: BLE001 - the trace is extra: report it, keep the timed row
+            print(f"tracing failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+    step = np.median([gap for c in outs for gap in delivery_gaps(c.request.token_times)])
     return {"attention": attention.name, "kv_format": kv_format.name, "batch": batch,
             "steps_ahead": steps_ahead, "decode_steps": decode_steps,
-            "decode_tok_per_s": batch / tpot,
-            "decode_step_ms": 1e3 * tpot, "itl_p50_ms": 1e3 * m["itl_p50_s"],
+            "decode_tok_per_s": batch / step, "decode_step_ms": 1e3 * step,
+            "tpot_p50_ms": 1e3 * m["tpot_p50_s"], "itl_p50_ms": 1e3 * m["itl_p50_s"],
             "output_tok_per_s": m["output_tokens_per_s"], "wall_s": wall,
-            "compilations_in_timed_run": engine.num_compilations - compiles}
+            "compilations_in_timed_run": engine.num_compilations - compiles, **idle}
+
+
+def delivery_gaps(token_times: list[float]) -> list[float]:
+    """Per token after the first delivery: the gap since the previous delivery over the tokens
+    delivered together (a multi-step launch's tokens share one time stamp).
+
+    >>> delivery_gaps([0.0, 1.0, 1.0, 1.0, 4.0])
+    [0.3333333333333333, 0.3333333333333333, 0.3333333333333333, 3.0]
+    """
+    times, counts = np.unique(np.asarray(token_times), return_counts=True)
+    return [float(g) for gap, n in zip(np.diff(times), counts[1:]) for g in [gap / n] * n]
 
 
 def device_step_ms(model, attention, batch: int, ctx: int, page_size: int = 16, reps: int = 20,
@@ -152,7 +175,7 @@ def run_batch(model, config, b: int, fmt, args, bw: float) -> list[dict]:
         for ahead, k in [(a, k) for a in args.steps_ahead for k in args.decode_steps]:
             try:
                 r = run(model, be, b, args.prompt_len, args.max_tokens, steps_ahead=ahead, kv_format=fmt,
-                        decode_steps=k)
+                        decode_steps=k, trace_idle=args.trace_idle)
             except Exception as e:  # noqa: BLE001 - e.g. the reference out of memory: report, go on
                 print(f"{be.name} at batch {b} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
                 continue
@@ -178,6 +201,8 @@ def main():
                     help="engine loops to run: 1 plans a step while the previous one runs, 0 is serial")
     ap.add_argument("--decode-steps", type=int, nargs="+", default=[1],
                     help="decode steps a launch runs when only decodes run (1: one a launch)")
+    ap.add_argument("--trace-idle", type=int, default=0,
+                    help="decode steps to trace after each timed run for the GPU's idle time (0: none)")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.2-1b")
     ap.add_argument("--kv-formats", nargs="+", choices=sorted(KV_FORMATS), default=["plain"])
     ap.add_argument("--kv-budget-gb", type=float, default=40.0)
@@ -204,15 +229,22 @@ def main():
                        "rows": rows},
                       f, indent=1)
     print("\n| attention | KV format | batch | steps ahead | decode steps | decode tok/s | engine step (ms) |"
-          " model step on device (ms) | roofline (ms) | device / roofline | output tok/s (incl. prefill) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          " TPOT P50 (ms) | model step on device (ms) | roofline (ms) | engine / roofline |"
+          " device / roofline | output tok/s (incl. prefill) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['attention']} | {r['kv_format']} | {r['batch']} | {r['steps_ahead']} | "
               f"{r['decode_steps']} | "
               f"{r['decode_tok_per_s']:.0f} | "
-              f"{r['decode_step_ms']:.2f} | "
+              f"{r['decode_step_ms']:.2f} | {r['tpot_p50_ms']:.2f} | "
               f"{r['device_step_ms']:.2f} | {r['roofline_step_ms']:.2f} | "
+              f"{r['decode_step_ms'] / r['roofline_step_ms']:.2f} | "
               f"{r['device_step_ms'] / r['roofline_step_ms']:.2f} | {r['output_tok_per_s']:.0f} |")
+    for r in rows:
+        if "traced_step_ms" in r:
+            print(f"traced: batch {r['batch']}, {r['decode_steps']} decode steps a launch: "
+                  f"{r['traced_step_ms']:.3f} ms a step, idle between launches "
+                  f"{r['between_launches_pct']:.1f}%, no kernel running {r['no_kernel_pct']:.1f}%")
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def test_abort_while_a_burst_runs_frees_everything_and_the_others_go_on(tiny_mod
     assert s.pages_used == 0 and s.num_seqs == 0
 
 
-def test_a_burst_launch_moves_its_input_buffer_in_and_k_tokens_per_row_out(tiny_model, monkeypatch):
+def test_a_multi_step_plan_moves_one_input_buffer_in_and_k_tokens_per_row_out(tiny_model, monkeypatch):
     eng = kvlab.Engine(tiny_model, cache=kvlab.PagedKVCache(num_pages=64, page_size=4),
                        scheduler=kvlab.ContinuousScheduler(max_num_seqs=4, decode_steps=3))
     for p in PROMPTS:
@@ -119,13 +119,16 @@ def test_a_burst_launch_moves_its_input_buffer_in_and_k_tokens_per_row_out(tiny_
     for _ in range(6):
         eng.step()
     steps_before = eng.executor.steps
-    gets, get = [], jax.device_get
+    puts, gets = [], []
+    put, get = jax.device_put, jax.device_get
+    monkeypatch.setattr(jax, "device_put", lambda x, *a, **k: puts.append(x) or put(x, *a, **k))
     monkeypatch.setattr(jax, "device_get", lambda x: gets.append(x) or get(x))
-    with jax.transfer_guard("disallow"):
+    with jax.transfer_guard("disallow"):                # any implicit transfer raises
         for _ in range(4):
             eng.step()
-    assert eng.executor.steps - steps_before == 4
-    assert all(len(g) == 1 and g[0].shape == (3 * 4,) for g in gets)    # 3 steps x 4 rows
+    assert eng.executor.steps - steps_before == 4       # plans, each launching three steps
+    assert len(puts) == 4 and all(isinstance(buffer, np.ndarray) for buffer, _ in puts)
+    assert len(gets) == 4 and all(len(g) == 3 and all(a.shape == (4,) for a in g) for g in gets)
 
 
 def test_the_host_plans_once_per_burst(tiny_model):

@@ -105,12 +105,13 @@ def test_the_pallas_kernels_run_per_shard(tiny_model):
 @settings(max_examples=examples(12))
 @given(traces(), st.sampled_from([2, 4]))
 def test_any_trace_on_a_mesh_equals_one_request_at_a_time(tiny_model, trace, degree):
-    reqs, num_pages, page_size, max_num_seqs, steps_ahead, kv_format = trace
+    reqs, num_pages, page_size, max_num_seqs, steps_ahead, kv_format, decode_steps = trace
     cache = kvlab.PagedKVCache(num_pages=max(num_pages, -(-(30 + 12) // page_size)), page_size=page_size,
                                kv_format=kv_format)
     engine = kvlab.Engine(TensorParallel(tiny_model, mesh(degree)), cache=cache, steps_ahead=steps_ahead,
                           scheduler=kvlab.ContinuousScheduler(max_num_seqs=max_num_seqs,
-                                                              max_num_batched_tokens=64))
+                                                              max_num_batched_tokens=64,
+                                                              decode_steps=decode_steps))
     for (prompt, max_tokens, _), got in zip(reqs, run_trace(engine, reqs)):
         assert got == reference(tiny_model, prompt, max_tokens, kv_format)
     assert cache.stats().pages_used == 0

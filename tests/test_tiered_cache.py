@@ -305,7 +305,7 @@ def document_traces(draw):
             draw(st.sampled_from([WriteBackOnEviction(), WriteThrough()])),
             draw(st.sampled_from([None, Int8()])),
             draw(st.sampled_from([RecomputePreemption(), SwapPreemption()])),
-            draw(st.sampled_from([HostMemoryTier, PinnedHostTier])))
+            draw(st.sampled_from([HostMemoryTier, PinnedHostTier])), draw(st.sampled_from([1, 3])))
 
 
 @settings(max_examples=examples(15), deadline=None)
@@ -313,8 +313,8 @@ def document_traces(draw):
 def test_engine_with_tiers_equals_one_request_at_a_time(tiny_model, trace):
     """Paged, blocked or radix caches, plain or int8 pages, write-back or write-through,
     preemption by recompute or by swap (its own host tier), planning ahead or not, a first tier in
-    NumPy or pinned memory."""
-    reqs, cache_type, page_size, steps_ahead, policy, kv_format, preemption, first_tier = trace
+    NumPy or pinned memory, one decode step a launch or three."""
+    reqs, cache_type, page_size, steps_ahead, policy, kv_format, preemption, first_tier, decode_steps = trace
     chain = TierChain(tiers=[first_tier(16 // page_size), HostMemoryTier(64 // page_size)], policy=policy)
     more = ({} if kv_format is None else {"kv_format": kv_format})
     if cache_type is kvlab.BlockedKVCache:
@@ -328,7 +328,8 @@ def test_engine_with_tiers_equals_one_request_at_a_time(tiny_model, trace):
                            host_tier=HostTier(num_pages=32), **more)
     engine = kvlab.Engine(tiny_model, cache=cache, steps_ahead=steps_ahead,
                           scheduler=kvlab.ContinuousScheduler(max_num_seqs=3, max_num_batched_tokens=64,
-                                                              preemption=preemption))
+                                                              preemption=preemption,
+                                                              decode_steps=decode_steps))
     outputs = run_trace(engine, reqs)
     for (prompt, max_tokens, _), got in zip(reqs, outputs):
         assert got == reference(tiny_model, prompt, max_tokens, cache.kv_format)

@@ -59,12 +59,13 @@ def test_weights_survive_a_round_trip_through_host_memory(tiny_model):
 def test_engine_with_streamed_layers_equals_one_request_at_a_time(tiny_model, streamed, trace, loop):
     """Any request trace through an engine whose model streams its layers gives the greedy tokens of
     a one-request dense decode of the same weights kept on the device."""
-    reqs, num_pages, page_size, max_num_seqs, steps_ahead, kv_format = trace
+    reqs, num_pages, page_size, max_num_seqs, steps_ahead, kv_format, decode_steps = trace
     cache = kvlab.PagedKVCache(num_pages=max(num_pages, -(-(30 + 12) // page_size)), page_size=page_size,
                                kv_format=kv_format)
     engine = kvlab.Engine(streamed[loop], cache=cache, steps_ahead=steps_ahead,
                           scheduler=kvlab.ContinuousScheduler(max_num_seqs=max_num_seqs,
-                                                              max_num_batched_tokens=64))
+                                                              max_num_batched_tokens=64,
+                                                              decode_steps=decode_steps))
     for (prompt, max_tokens, _), got in zip(reqs, run_trace(engine, reqs)):
         assert got == reference(tiny_model, prompt, max_tokens, kv_format)
     assert cache.stats().pages_used == 0

@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from kvlab.attention.batch import RaggedBatch
-from kvlab.engine.decode_burst import run_decode_steps
+from kvlab.engine.decode_burst import counted, decode_at
 from kvlab.engine.device_table import DeviceBlockTable, apply_changes, gather_page_table
 from kvlab.engine.future_tokens import LastTokens, mark_future, record_sampled, resolve_future
 from kvlab.engine.penalties import PenaltyCounts, count_step_tokens
@@ -69,28 +69,23 @@ class StepStatics:
 
 
 def _step_impl(statics: StepStatics, spec: StepSpec, weights, storage, table, last, inputs, sampling,
-               counts):
+               counts, offset):
     batch, cache_rows, changes = spec.layout.unpack(inputs)
     batch = dataclasses.replace(batch, tokens=resolve_future(batch.tokens, last))
     table = apply_changes(table, changes)
-    reach = jnp.where(batch.kv_lens > 0, batch.kv_lens + spec.num_steps - 1, 0)   # last step's
+    reach = jnp.where(batch.kv_lens > 0, batch.kv_lens + spec.num_steps - 1, 0)   # the last step's
     page_table = gather_page_table(table, cache_rows, reach, storage.page_size, spec.page_cols)
     batch = dataclasses.replace(batch, page_table=page_table, decode_only=spec.decode_only,
                                 has_decodes=spec.has_decodes)
-    model = nnx.merge(statics.graphdef, jax.tree.unflatten(statics.state_tree, weights))
-    if spec.num_steps > 1:                      # a multi-step decode: no penalties, no log-probs
-        def decode(batch, storage, sampling):
-            logits, storage = model(batch, storage, statics.attention, statics.options)
-            return statics.sampler(logits, sampling).tokens, storage
-
-        tokens, final, storage = run_decode_steps(decode, batch, storage, sampling, spec.num_steps,
-                                                  storage.page_size)
-        return tokens, None, storage, table, record_sampled(last, cache_rows, batch.kv_lens, final), counts
+    if offset is not None:                      # step ``offset`` of a multi-step plan
+        batch = decode_at(batch, offset, last, cache_rows, storage.page_size)
+        sampling = counted(sampling, offset)
     if counts is not None:                      # penalties: count this step's tokens, then read
         p = sampling.penalties
         counts = count_step_tokens(counts, batch, cache_rows, p.prompt_len, p.penalized)
         p = dataclasses.replace(p, output=counts.output[cache_rows], prompt=counts.prompt[cache_rows])
         sampling = dataclasses.replace(sampling, penalties=p)
+    model = nnx.merge(statics.graphdef, jax.tree.unflatten(statics.state_tree, weights))
     prompt = None
     if sampling is None or sampling.prompt_logprobs is None:
         logits, storage = model(batch, storage, statics.attention, statics.options)
@@ -173,6 +168,7 @@ class ModelRunner:
         self.last_tokens = LastTokens()
         self.penalty_counts = PenaltyCounts(model.config.vocab_size)
         self._compiled: set[tuple] = set()
+        self._offset_scalars: list = []
         self.compile_seconds = 0.0      # time of the calls that compiled, on ``clock``
         self.steps = 0
 
@@ -206,9 +202,11 @@ class ModelRunner:
                                    has_decodes=spec.has_decodes), shape
 
     def run(self, plan: StepPlan, storage) -> tuple[StepResult, object]:
-        """Launch one step without waiting for it; returns (its ``StepResult``, whose ``result()``
-        gives what it sampled: tokens [>= plan.num_rows] and log-probabilities when asked, as
-        NumPy arrays; the storage, as the step leaves it)."""
+        """Launch one step (``plan.num_steps`` of them for a multi-step plan: the same inputs, each
+        launch told its offset, ``kvlab.engine.decode_burst``) without waiting for it; returns
+        (its ``StepResult``, whose ``result()`` gives what it sampled: tokens [>= plan.num_rows],
+        or ``num_steps`` blocks of them, and log-probabilities when asked, as NumPy arrays; the
+        storage, as the step leaves it)."""
         views, spec, shape = self._prepare(plan)
         table = self.table.stage(plan.table, views.change_rows, views.change_cols, views.change_pages)
         last = self.last_tokens.fit(self.table.num_rows)
@@ -221,32 +219,49 @@ class ModelRunner:
                None if counts is None else counts.output.shape)
         t0 = self.clock()
         inputs, sampling = jax.device_put((views.buffer, sampling))    # the step's one transfer in
-        packed, prompt, storage, self.table.array, self.last_tokens.array, counts = _step(
-            self.statics, spec, self.weights, storage, table, last, inputs, sampling, counts)
+        tokens = []
+        for offset in self._offsets(plan.num_steps):
+            packed, prompt, storage, table, last, counts = _step(
+                self.statics, spec, self.weights, storage, table, last, inputs, sampling, counts, offset)
+            tokens.append(packed)
+        self.table.array, self.last_tokens.array = table, last
         if counts is not None:
             self.penalty_counts.counts = counts
         if key not in self._compiled:    # a new signature: the launch is asynchronous, so this
             self._compiled.add(key)      # call's time is the trace and the compilation
             self.compile_seconds += self.clock() - t0
         self.steps += 1
-        return StepResult(packed, prompt), storage
+        return StepResult(tokens, prompt), storage
+
+    def _offsets(self, num_steps: int) -> list:
+        """``[None]`` for one step; else device int32 scalars 0 .. num_steps - 1 (made once and
+        kept: a launch passes one without a transfer)."""
+        if num_steps == 1:
+            return [None]
+        while len(self._offset_scalars) < num_steps:
+            self._offset_scalars.append(jax.device_put(np.int32(len(self._offset_scalars))))
+        return self._offset_scalars[:num_steps]
 
 
 class StepResult:
-    """What a launched step will hand back: its packed sampled tokens (and log-probabilities)
-    start travelling to the host at once (``copy_to_host_async``); ``result()`` waits for them."""
+    """What a launched step will hand back: its packed sampled tokens (one array per decode step
+    of a multi-step plan) and prompt log-probabilities start travelling to the host at once
+    (``copy_to_host_async``); ``result()`` waits for them."""
 
-    def __init__(self, packed, prompt=None):
-        self._arrays = (packed,) if prompt is None else (packed, prompt)
+    def __init__(self, packed: list, prompt=None):
+        self._arrays = list(packed) + ([] if prompt is None else [prompt])
+        self._num_steps = len(packed)
         for array in self._arrays:
             array.copy_to_host_async()
 
     def result(self) -> Sampled:
-        """The step's ``Sampled`` (NumPy), once the device has finished the step."""
+        """The step's ``Sampled`` (NumPy), once the device has finished the step: a multi-step
+        plan's tokens as one array, step ``j``'s rows at ``[j * S, (j + 1) * S)``."""
         host = jax.device_get(self._arrays)
-        sampled = Sampled.unpack(host[0])
-        if len(host) > 1:
-            sampled = dataclasses.replace(sampled, prompt_logprobs=Sampled.unpack(host[1]).logprobs)
+        k = self._num_steps
+        sampled = Sampled.unpack(host[0] if k == 1 else np.concatenate(host[:k]))
+        if len(host) > k:
+            sampled = dataclasses.replace(sampled, prompt_logprobs=Sampled.unpack(host[k]).logprobs)
         return sampled
 
 

@@ -7,9 +7,9 @@ running request decodes, none waits that a plan could admit (the queue is empty,
 row is taken), none is swapped out, and each running request can take ``k`` steps: no penalty
 and no log-probabilities (their per-token state lives on the host), none of its tokens banned
 (``min_tokens`` reached), and ``k`` more positions within its context. Each sequence is planned
-as one decode token, with pages allocated for ``k``; the device runs the model ``k`` times, each
-step feeding the tokens it sampled to the next (``kvlab.engine.decode_burst``), and hands back
-``k`` tokens per row. The host reads them in order and stops a request at its first stop token
+as one decode token, with pages allocated for ``k``; the executor runs ``k`` decode steps from
+the plan, each step's sampled tokens the next one's inputs (``kvlab.engine.decode_burst``), and
+hands back ``k`` tokens per row. The host reads them in order and stops a request at its first stop token
 or length; the tokens after that are dropped, as are the extra positions' KV, whose pages the
 finished request frees. Greedy (and seeded) outputs are the same as with one step per launch.
 
