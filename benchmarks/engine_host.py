@@ -94,16 +94,19 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--decode-steps", type=int, nargs="+", default=[1])
     args = ap.parse_args(argv)
-    runner_module._step = replay_step(runner_module._step)
-    print("| running sequences | decode steps a launch | schedule (ms) | launch (ms) | read (ms) | "
-          "engine step (ms) |")
-    print("|---|---|---|---|---|---|")
-    for b in args.batches:
-        for k in args.decode_steps:
-            m = measure(b, args.steps, args.rounds, decode_steps=k)
-            cells = " | ".join(f"{m[name]:.3f}" for name in ("schedule", "launch", "read", "step"))
-            print(f"| {b} | {k} | {cells} |", flush=True)
-
+    real = runner_module._step
+    runner_module._step = replay_step(real)
+    try:
+        print("| running sequences | decode steps a plan | schedule (ms) | launch (ms) | read (ms) | "
+              "engine step (ms) |")
+        print("|---|---|---|---|---|---|")
+        for b in args.batches:
+            for k in args.decode_steps:
+                m = measure(b, args.steps, args.rounds, decode_steps=k)
+                cells = " | ".join(f"{m[name]:.3f}" for name in ("schedule", "launch", "read", "step"))
+                print(f"| {b} | {k} | {cells} |", flush=True)
+    finally:
+        runner_module._step = real
 
 if __name__ == "__main__":
     main()

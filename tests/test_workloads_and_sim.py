@@ -121,6 +121,25 @@ def test_host_benchmark_scripts_run(capsys, script, expected):
     assert all(e in out for e in expected)
 
 
+def test_the_engine_host_benchmark_times_every_phase_per_decode_step(capsys):
+    """``benchmarks/engine_host.py``: the engine's host loop with the jitted step replayed, one
+    row per batch and decode steps a plan, every phase timed; the real step is back after."""
+    import kvlab.engine.runner as runner_module
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        module = importlib.import_module("engine_host")
+    finally:
+        sys.path.pop(0)
+    real = runner_module._step
+    module.main(["--batches", "2", "--steps", "4", "--rounds", "1", "--decode-steps", "1", "2"])
+    assert runner_module._step is real
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split("|")[1:-1] for line in lines if line.startswith("| 2 |")]
+    assert [r[1].strip() for r in rows] == ["1", "2"]
+    assert all(float(cell) > 0 for r in rows for cell in r[2:])
+
+
 def test_the_transformers_peer_benchmark_counts_every_requests_own_tokens(capsys):
     """``benchmarks/engine_vs_hf.py`` on a tiny shape (CPU): kvlab and transformers' static
     ``generate`` both produce exactly the workload's output tokens, and the table compares them."""

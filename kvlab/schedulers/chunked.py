@@ -20,7 +20,8 @@ from kvlab.schedulers.iteration import IterationScheduler
 class ChunkedScheduler(IterationScheduler):
     """At most ``max_num_batched_tokens`` tokens a step; a prefill computes at most
     ``max_chunk_tokens`` per step (default: the whole budget). Any prompt length is accepted:
-    prompts and recomputations after preemption are split into chunks."""
+    prompts and recomputations after preemption are split into chunks. ``decode_steps``: decode
+    steps a plan of only decodes may run (``kvlab.schedulers.multi_step``)."""
 
     def __init__(self, *, max_num_seqs: int = 64, max_num_batched_tokens: int = 2048,
                  max_chunk_tokens: int | None = None, policy=None, admission=None,

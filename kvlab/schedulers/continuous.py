@@ -27,7 +27,8 @@ from kvlab.schedulers.iteration import IterationScheduler
 class ContinuousScheduler(IterationScheduler):
     """Iteration-level batching; ``max_num_seqs`` sequences and ``max_num_batched_tokens`` tokens
     per step at most; ``policy`` orders admission and picks preemption victims; ``admission``:
-    ``OptimisticAdmission()`` (default) or ``ReserveAdmission()``."""
+    ``OptimisticAdmission()`` (default) or ``ReserveAdmission()``; ``decode_steps``: decode steps
+    a plan of only decodes may run (``kvlab.schedulers.multi_step``)."""
 
     def __init__(self, *, max_num_seqs: int = 64, max_num_batched_tokens: int = 2048, policy=None,
                  admission=None, preemption=None, decode_steps: int = 1):

@@ -26,7 +26,8 @@ from kvlab.schedulers.shapes import FixedShapes
 
 
 class PersistentScheduler(IterationScheduler):
-    """``num_slots`` sequences and ``tokens_per_step`` tokens every step, same shapes always."""
+    """``num_slots`` sequences and ``tokens_per_step`` tokens every step, same shapes always;
+    ``decode_steps``: decode steps a plan of only decodes may run (``kvlab.schedulers.multi_step``)."""
 
     def __init__(self, *, num_slots: int = 64, tokens_per_step: int = 512,
                  max_chunk_tokens: int | None = None, policy=None, admission=None,
