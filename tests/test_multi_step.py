@@ -143,3 +143,19 @@ def test_the_host_plans_once_per_burst(tiny_model):
         launches[k] = eng.executor.steps
         assert all(len(c.token_ids) == 25 for c in outs)
     assert launches[1] == 25 and launches[5] == 1 + math.ceil(24 / 5)   # the prefill, then bursts
+
+
+def test_a_sweep_varies_decode_steps_on_the_simulator():
+    """``decode_steps`` is a field of the ``custom`` composition: a sweep over it on the host
+    simulator serves every token either way, in fewer launches with more steps a plan."""
+    from kvlab.bench.sweep import simulate_preset, sweep
+    from kvlab.workloads import shared_prefix
+
+    reqs = shared_prefix(groups=2, prompts_per_group=3, system_tokens=32, question_tokens=4,
+                         output_tokens=12, seed=0)
+    rows = sweep(simulate_preset, {"decode_steps": [1, 4]},
+                 base=dict(preset="custom", requests=reqs, kv_tokens=2048, max_num_seqs=8, token_budget=256),
+                 progress=False)
+    assert [r["decode_steps"] for r in rows] == [1, 4]
+    assert rows[0]["output_tokens"] == rows[1]["output_tokens"] == 6 * 12
+    assert rows[1]["steps"] < rows[0]["steps"]

@@ -9,6 +9,8 @@ Examples:
     >>> p = custom(kv_tokens=4096, cache="radix", scheduler="chunked", policy="lpm")
     >>> type(p.cache).__name__, type(p.scheduler).__name__, type(p.scheduler.policy).__name__
     ('RadixKVCache', 'ChunkedScheduler', 'LongestPrefixMatch')
+    >>> custom(kv_tokens=4096, scheduler="persistent", decode_steps=8).scheduler.decode_steps
+    8
 """
 
 from __future__ import annotations
@@ -90,11 +92,12 @@ def _pick(table: dict, kind: str, name: str):
 def custom(kv_tokens: int, *, cache: str = "paged", scheduler: str = "chunked", policy: str = "fcfs",
            admission: str = "optimistic", preemption: str = "recompute", page_size: int = 16,
            prefix_caching: bool | None = None, host_tokens: int | None = None, max_num_seqs: int = 256,
-           token_budget: int = 2048, max_model_len: int = 2048):
+           token_budget: int = 2048, max_model_len: int = 2048, decode_steps: int = 1):
     """A ``Preset``: any cache (``CACHES``) under any scheduler (``SCHEDULERS``) with a policy,
     admission and preemption. ``prefix_caching`` defaults to on, except for the contiguous cache;
     swap preemption gets a host tier of ``host_tokens`` (default: as large as the device cache);
-    ``max_model_len`` sizes the contiguous cache's slots."""
+    ``max_model_len`` sizes the contiguous cache's slots; ``decode_steps``: decode steps a plan of
+    only decodes may run (``kvlab.schedulers.multi_step``)."""
     if prefix_caching is None:
         prefix_caching = cache != "contiguous"
     strategy, tier = _pick(PREEMPTIONS, "preemption", preemption)
@@ -102,7 +105,8 @@ def custom(kv_tokens: int, *, cache: str = "paged", scheduler: str = "chunked", 
     kv = _pick(CACHES, "cache", cache)(kv_tokens, page_size, prefix_caching, max_model_len, host)
     sched = _pick(SCHEDULERS, "scheduler", scheduler)(
         max_num_seqs, token_budget, policy=_pick(POLICIES, "policy", policy)(),
-        admission=_pick(ADMISSIONS, "admission", admission)(), preemption=strategy())
+        admission=_pick(ADMISSIONS, "admission", admission)(), preemption=strategy(),
+        decode_steps=decode_steps)
     from kvlab.bench.presets import Preset  # presets lists this composition: imported late
 
     return Preset(name="custom", cache=kv, scheduler=sched)
