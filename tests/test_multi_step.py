@@ -46,11 +46,10 @@ def test_a_plan_of_decodes_with_nothing_waiting_runs_k_steps():
     assert req.num_pending == 0 and not outputs[0].finished
 
 
-@pytest.mark.parametrize("case", ["admissible-waiting", "penalty", "logprobs", "min-tokens", "context"])
+@pytest.mark.parametrize("case", ["admissible-waiting", "logprobs", "min-tokens", "context"])
 def test_one_step_whenever_a_request_cannot_take_k(case):
     sched, _ = attached(max_num_seqs=3, max_num_batched_tokens=64)
-    params = {"penalty": dict(repetition_penalty=1.2), "logprobs": dict(logprobs=1),
-              "min-tokens": dict(min_tokens=5)}.get(case, {})
+    params = {"logprobs": dict(logprobs=1), "min-tokens": dict(min_tokens=5)}.get(case, {})
     sched.add(request("a"))
     sched.add(request("b", **params))
     if case == "context":
@@ -159,3 +158,21 @@ def test_a_sweep_varies_decode_steps_on_the_simulator():
     assert [r["decode_steps"] for r in rows] == [1, 4]
     assert rows[0]["output_tokens"] == rows[1]["output_tokens"] == 6 * 12
     assert rows[1]["steps"] < rows[0]["steps"]
+
+
+def test_penalized_and_sampled_requests_draw_the_tokens_of_one_step_a_plan(tiny_model):
+    """Penalties (token counts on the device, each step adding its own) and seeded sampling run
+    multi-step and give exactly the tokens of one step a plan."""
+    params = [kvlab.SamplingParams(max_tokens=16, repetition_penalty=1.5, frequency_penalty=0.7,
+                                   ignore_eos=True),
+              kvlab.SamplingParams(max_tokens=13, temperature=0.9, top_k=20, seed=5, presence_penalty=0.8,
+                                   ignore_eos=True),
+              kvlab.SamplingParams(max_tokens=11, ignore_eos=True)]
+    runs = {}
+    for k in (1, 4):
+        eng = kvlab.Engine(tiny_model, cache=kvlab.PagedKVCache(num_pages=48, page_size=4),
+                           scheduler=kvlab.ContinuousScheduler(max_num_seqs=3, decode_steps=k))
+        runs[k] = [c.token_ids for c in eng.generate(PROMPTS, params)]
+        if k == 4:
+            assert eng.executor.steps < 16               # multi-step plans ran
+    assert runs[4] == runs[1]

@@ -4,9 +4,11 @@ sequence instead of once per token.
 
 A scheduler with ``decode_steps=k`` makes such a plan (``StepPlan.num_steps == k``) when every
 running request decodes, none waits that a plan could admit (the queue is empty, or every batch
-row is taken), none is swapped out, and each running request can take ``k`` steps: no penalty
-and no log-probabilities (their per-token state lives on the host), none of its tokens banned
-(``min_tokens`` reached), and ``k`` more positions within its context. Each sequence is planned
+row is taken), none is swapped out, and each running request can take ``k`` steps: no
+log-probabilities (they are recorded per token on the host), none of its tokens banned
+(``min_tokens`` reached: the banned ids are fixed for a plan), and ``k`` more positions within
+its context. Penalties are fine: their token counts live on the device and every step adds its
+own tokens. Each sequence is planned
 as one decode token, with pages allocated for ``k``; the executor runs ``k`` decode steps from
 the plan, each step's sampled tokens the next one's inputs (``kvlab.engine.decode_burst``), and
 hands back ``k`` tokens per row. The host reads them in order and stops a request at its first stop token
@@ -29,7 +31,7 @@ def takes_steps(request: Request, num_steps: int) -> bool:
     if request.ends_by_length:
         return True
     params = request.params
-    if params.penalized or params.logprobs is not None or params.prompt_logprobs is not None:
+    if params.logprobs is not None or params.prompt_logprobs is not None:
         return False
     if len(request.output_token_ids) + request.num_pending < params.min_tokens:
         return False
