@@ -15,6 +15,7 @@ Examples:
 
 from __future__ import annotations
 
+from kvlab.bench.preset import Preset
 from kvlab.kvcache import BlockedKVCache, ContiguousKVCache, HostTier, PagedKVCache, RadixKVCache
 from kvlab.schedulers import (
     FCFS,
@@ -107,6 +108,4 @@ def custom(kv_tokens: int, *, cache: str = "paged", scheduler: str = "chunked", 
         max_num_seqs, token_budget, policy=_pick(POLICIES, "policy", policy)(),
         admission=_pick(ADMISSIONS, "admission", admission)(), preemption=strategy(),
         decode_steps=decode_steps)
-    from kvlab.bench.presets import Preset  # presets lists this composition: imported late
-
     return Preset(name="custom", cache=kv, scheduler=sched)

@@ -25,6 +25,10 @@ class UnsupportedModelError(ValueError):
     """A checkpoint or config describes a model kvlab cannot run."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated or corrupt."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Llama3RopeScaling:
     """Llama 3.1+ frequency-dependent RoPE scaling (``rope_type: "llama3"`` in config.json)."""

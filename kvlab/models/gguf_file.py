@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kvlab.models.config import ModelConfig, UnsupportedModelError
+from kvlab.models.config import CheckpointError, ModelConfig, UnsupportedModelError
 from kvlab.models.llama import weight_shapes
-from kvlab.models.loading import CheckpointError
 from kvlab.models.tokenizer import Tokenizer
 
 _ARCHS = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}

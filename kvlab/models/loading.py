@@ -16,7 +16,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from kvlab.models.config import ModelConfig
+from kvlab.models.config import CheckpointError, ModelConfig
 from kvlab.models.llama import LlamaModel, weight_shapes
 from kvlab.models.tokenizer import Tokenizer
 
@@ -35,10 +35,6 @@ _HF_LAYER_NAMES = {
 
 GGUF_MAGIC = b"GGUF"            # the first four bytes of every GGUF file
 _HF_FILES = "config.json + *.safetensors, optionally tokenizer.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated or corrupt."""
 
 
 def _read_safetensors(directory: Path) -> dict:
