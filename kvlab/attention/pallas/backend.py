@@ -24,8 +24,8 @@ from kvlab.attention.pallas import tuned
 from kvlab.attention.pallas.config import DecodeConfig, check_supported, choose_num_splits
 from kvlab.attention.pallas.device import check_fp8_device, check_pallas_device, num_sms
 from kvlab.attention.pallas.launches import DecodeLaunch
-from kvlab.attention.pallas.plan import Launch, PallasPlan, decode_rows
-from kvlab.attention.pallas.prefill import AutoPrefill, Combination, PrefillKernel, PrefillStrategy
+from kvlab.attention.pallas.plan import Combination, Launch, PallasPlan, decode_rows
+from kvlab.attention.pallas.prefill import AutoPrefill, PrefillKernel, PrefillStrategy
 from kvlab.attention.protocol import query_spec
 from kvlab.attention.reference import AttentionOptions
 from kvlab.kvcache.formats.base import PLAIN, KVFormat

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 SUPPORTED_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
 MAX_GQA_RATIO = 16
+COMPUTE_WGS = 2         # the Hopper prefill's compute warpgroups per CTA (a third one produces)
 
 
 def next_pow2(n: int) -> int:

@@ -7,21 +7,16 @@ when a step launches it, so importing kvlab loads no Mosaic GPU module.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 
 from kvlab.attention.batch import RaggedBatch
+from kvlab.attention.pallas.config import COMPUTE_WGS
 from kvlab.attention.pallas.device import is_hopper
 from kvlab.attention.pallas.launches import DecodeLaunch
-from kvlab.attention.pallas.plan import Launch, PallasPlan, PrefillWork
+from kvlab.attention.pallas.plan import Combination, Launch, PallasPlan, PrefillWork
 from kvlab.kvcache.formats.base import PLAIN, KVFormat
-
-if TYPE_CHECKING:
-    from kvlab.attention.pallas.prefill import Combination
-
-COMPUTE_WGS = 2         # compute warpgroups per CTA (a third one produces)
 
 
 def unsupported_reason(*, dtype, head_dim: int, page_size: int, options,

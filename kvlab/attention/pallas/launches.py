@@ -13,17 +13,13 @@ is imported.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import jax
 
 from kvlab.attention.batch import RaggedBatch
 from kvlab.attention.pallas.config import DecodeConfig
 from kvlab.attention.pallas.layout import as_rows
-from kvlab.attention.pallas.plan import PallasPlan, PrefillWork
-
-if TYPE_CHECKING:
-    from kvlab.attention.pallas.prefill import PrefillConfig
+from kvlab.attention.pallas.plan import Launch, PallasPlan, PrefillWork
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +48,7 @@ class FusedLaunch:
     """Triton prefill programs (``prefill``, a ``PrefillConfig``) and the decode programs in one
     launch; the prefill kernel's work list is the step's."""
 
-    prefill: PrefillConfig
+    prefill: Launch              # a ``PrefillConfig``: its tiles and its work list
     decode: DecodeLaunch
 
     def work(self, batch: RaggedBatch, *, num_tokens: int, group: int) -> PrefillWork:

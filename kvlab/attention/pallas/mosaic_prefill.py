@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -33,10 +34,25 @@ from jax.experimental import pallas as pl
 from jax.experimental.mosaic.gpu import LoweringSemantics
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from kvlab.attention.pallas.hopper import COMPUTE_WGS, MosaicPrefillConfig
+from kvlab.attention.pallas.config import COMPUTE_WGS
 
 LOG2E = 1.4426950408889634
 LANE = LoweringSemantics.Lane      # layouts per op (the dialect's layout inference rejects this kernel)
+
+
+class MosaicTiles(Protocol):
+    """The tiles the kernel runs with (``hopper.MosaicPrefillConfig`` has them): ``block_q`` query
+    rows per compute warpgroup, ``cta_rows`` per CTA, KV tiles of ``block_kv`` tokens in a ring
+    of ``stages`` slots; ``persistent``: one CTA per SM looping over the work (None: chosen from
+    the shapes)."""
+
+    block_q: int
+    block_kv: int
+    stages: int
+    persistent: bool | None
+
+    @property
+    def cta_rows(self) -> int: ...
 
 
 def _tile_copies(config, page_size: int):
@@ -46,7 +62,7 @@ def _tile_copies(config, page_size: int):
 
 
 def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, plan, *, layout, options,
-                   config: MosaicPrefillConfig, num_ctas: int = 132, interpret=False):
+                   config: MosaicTiles, num_ctas: int = 132, interpret=False):
     """Rows of the sequences with more than one query token; q: [T, Hq, D]; kv_arrays: the
     storage's arrays (``layout.tma_arrays``); meta: [3] int32 (layer, num_seqs, plan blocks);
     plan: (seq [G], q_first [G]), the work list of ``config.work`` (blocks of ``config.cta_rows``).

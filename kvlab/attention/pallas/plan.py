@@ -6,7 +6,8 @@ inside the jitted step, before the layer scan (FlashInfer's plan/run split).
 * ``decode_rows``: the row of each sequence slot's decode token (the split-K merge's targets);
 * ``PallasPlan``: those arrays, ``meta`` (num_seqs and the work-list length, the slot of the layer
   index filled per layer), and the static choices: the step's launches (``Launch``: which kernels
-  run, in order), the split-K factor, the GQA group and the options.
+  run, in order), the split-K factor, the GQA group and the options;
+* ``Combination``: what the choice of a step's prefill kernel depends on.
 
 Pure jnp: no Pallas lowering is imported here.
 """
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 
 from kvlab.attention.batch import RaggedBatch
 from kvlab.attention.reference import AttentionOptions
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
 
 
 def plan_length(num_tokens: int, num_seqs_padded: int, block_q: int) -> int:
@@ -79,6 +81,20 @@ def decode_rows(batch: RaggedBatch, num_tokens: int) -> jax.Array:
     if not batch.decode_only:
         valid = valid & (cu[1:] - cu[:-1] == 1)
     return jnp.where(valid, cu[:-1], num_tokens).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Combination:
+    """What the choice of a prefill kernel depends on: the query dtype, head_dim, page size, the
+    static options, whether kernels run in interpret mode (any device) or compiled, and the
+    cache's KV format."""
+
+    dtype: object
+    head_dim: int
+    page_size: int
+    options: AttentionOptions
+    interpret: bool
+    kv_format: KVFormat = PLAIN
 
 
 class Launch(Protocol):

@@ -27,23 +27,7 @@ from kvlab.attention.pallas.device import is_hopper
 from kvlab.attention.pallas.hopper import MosaicPrefillConfig, unsupported_reason
 from kvlab.attention.pallas.launches import DecodeLaunch, FusedLaunch
 from kvlab.attention.pallas.layout import as_rows
-from kvlab.attention.pallas.plan import Launch, PallasPlan, PrefillWork
-from kvlab.attention.reference import AttentionOptions
-from kvlab.kvcache.formats.base import PLAIN, KVFormat
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Combination:
-    """What the choice of a prefill kernel depends on: the query dtype, head_dim, page size, the
-    static options, whether kernels run in interpret mode (any device) or compiled, and the
-    cache's KV format."""
-
-    dtype: object
-    head_dim: int
-    page_size: int
-    options: AttentionOptions
-    interpret: bool
-    kv_format: KVFormat = PLAIN
+from kvlab.attention.pallas.plan import Combination, Launch, PallasPlan, PrefillWork
 
 
 class PrefillStrategy(Protocol):
