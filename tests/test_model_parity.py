@@ -91,6 +91,19 @@ def test_layer_loops_serve_the_same_tokens():
     assert len(set(map(tuple, outs[0]))) > 1          # the prompts lead to different completions
 
 
+def test_unrolled_layers_keep_one_array_per_layer_and_give_the_weights_back():
+    from kvlab.models import LlamaModel, ModelConfig, ScanLayers, UnrolledLayers
+
+    scanned = LlamaModel(ModelConfig.tiny(num_layers=3, attention_bias=True), seed=2, layer_loop=ScanLayers())
+    unrolled = scanned.with_layer_loop(UnrolledLayers())
+    assert "w_qkv_layer2" in unrolled.placed_names and "w_qkv" not in unrolled.placed_names
+    assert unrolled.b_qkv_layer0[...].shape == scanned.b_qkv[...].shape[1:] == (64 + 32 + 32,)
+    want, got = scanned.host_weights(), unrolled.host_weights()
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
 def test_config_families_are_read(tmp_path):
     import kvlab
 

@@ -60,12 +60,12 @@ def test_a_checkpoint_is_split_as_it_is_read(tmp_path):
     assert all(isinstance(w, np.ndarray) for w in checkpoint.weights.values())
     sharded, _ = TensorParallel.load(str(tmp_path), mesh(2))
     layers, hidden, inner = checkpoint.weights["w_up"].shape
-    shards = sharded.inner.w_up[...].addressable_shards
-    assert [s.data.shape for s in shards] == [(layers, hidden, inner // 2)] * 2
+    shards = sharded.inner.w_gate_up[...].addressable_shards       # gate and up, half of each
+    assert [s.data.shape for s in shards] == [(layers, hidden, 2 * (inner // 2))] * 2
     model, _ = kvlab.models.load(str(tmp_path))
     assert greedy(sharded, PROMPTS) == greedy(model, PROMPTS)
     in_bf16, _ = TensorParallel.load(str(tmp_path), mesh(2), dtype=jnp.bfloat16)
-    assert in_bf16.inner.wq[...].dtype == jnp.bfloat16 and in_bf16.dtype == jnp.bfloat16
+    assert in_bf16.inner.w_qkv[...].dtype == jnp.bfloat16 and in_bf16.dtype == jnp.bfloat16
 
 
 def test_bundled_smollm2_pads_its_heads_and_gives_the_same_tokens(smollm2):
@@ -140,7 +140,7 @@ def test_laid_out_heads_change_no_output(degree, heads, kv_heads):
 def test_weights_and_kv_are_split_over_the_mesh(tiny_model):
     sharded = TensorParallel(tiny_model, mesh(2))
     inner = sharded.inner
-    assert inner.wq[...].addressable_shards[0].data.shape == (2, 64, 32)        # half of the 4 heads x 16
+    assert inner.w_qkv[...].addressable_shards[0].data.shape == (2, 64, 32 + 16 + 16)  # q 2/4 heads, kv 1/2
     assert inner.wo[...].addressable_shards[0].data.shape == (2, 32, 64)
     assert inner.w_down[...].addressable_shards[0].data.shape == (2, 64, 64)    # half of 128 rows
     assert inner.lm_head[...].addressable_shards[0].data.shape == (64, 128)     # half the vocabulary
@@ -148,6 +148,19 @@ def test_weights_and_kv_are_split_over_the_mesh(tiny_model):
     engine = kvlab.Engine(sharded, cache=kvlab.PagedKVCache(num_pages=8, page_size=8), max_model_len=32)
     k = engine.storage.k
     assert k.shape[3] == 2 and k.addressable_shards[0].data.shape[3] == 1 and len(k.sharding.device_set) == 2
+
+
+def test_unrolled_layers_keep_each_layer_split(tiny_model):
+    """The unrolled loop keeps each layer's weights as arrays of their own (the GPUs' default):
+    each is split like its stacked weight, and the tokens are those of one device."""
+    from kvlab.models import UnrolledLayers
+
+    sharded = TensorParallel(tiny_model, mesh(2), layer_loop=UnrolledLayers())
+    inner = sharded.inner
+    assert inner.w_qkv_layer1[...].addressable_shards[0].data.shape == (64, 64)
+    assert inner.w_down_layer0[...].addressable_shards[0].data.shape == (64, 64)
+    assert inner.attn_norm_layer1[...].addressable_shards[0].data.shape == (64,)
+    assert greedy(sharded, PROMPTS) == greedy(tiny_model, PROMPTS)
 
 
 def test_bad_meshes_are_refused(tiny_model):
@@ -165,9 +178,9 @@ def test_random_weights_are_made_on_the_devices():
     of the same weights."""
     sharded = TensorParallel.random(ModelConfig.tiny(), mesh(4), seed=3)
     assert (sharded.config.num_heads, sharded.config.num_kv_heads) == (4, 4)           # laid out for 4
-    assert sharded.inner.w_up[...].addressable_shards[0].data.shape == (2, 64, 32)
+    assert sharded.inner.w_gate_up[...].addressable_shards[0].data.shape == (2, 64, 32 + 32)
     norms = np.asarray(sharded.inner.attn_norm[...])
-    assert (norms == 1).all() and 0.015 < np.asarray(sharded.inner.wq[...]).std() < 0.025
+    assert (norms == 1).all() and 0.015 < np.asarray(sharded.inner.w_qkv[...]).std() < 0.025
     plain = LlamaModel(sharded.config, weights=sharded.inner.host_weights())
     assert greedy(sharded, PROMPTS) == greedy(plain, PROMPTS)
     with pytest.raises(TypeError, match="a model, or"):

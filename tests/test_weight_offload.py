@@ -38,20 +38,21 @@ def test_streamed_layers_give_the_same_logits_as_resident_ones():
         loop = StreamedLayers(num_resident=resident, prefetch=prefetch)
         offloaded = model.with_layer_loop(loop)
         if resident < 3:
-            host = offloaded.wq_offloaded[...]
+            host = offloaded.w_qkv_offloaded[...]
             assert host.sharding.memory_kind == "pinned_host" and host.shape[0] == 3 - resident
         else:
-            assert "wq" + OFFLOADED not in offloaded.placed_names
-        assert resident == 0 or offloaded.wq[...].shape[0] == resident
+            assert "w_qkv" + OFFLOADED not in offloaded.placed_names
+        assert resident == 0 or offloaded.w_qkv[...].shape[0] == resident
         np.testing.assert_allclose(np.asarray(offloaded.dense_logits(tokens)), want, rtol=1e-5, atol=1e-5,
                                    err_msg=f"{loop}")
 
 
 def test_weights_survive_a_round_trip_through_host_memory(tiny_model):
     back = tiny_model.with_layer_loop(StreamedLayers(num_resident=1)).with_layer_loop(ScanLayers())
-    for name in weight_shapes(tiny_model.config):
-        np.testing.assert_array_equal(np.asarray(getattr(back, name)[...]),
-                                      np.asarray(getattr(tiny_model, name)[...]), err_msg=name)
+    want, got = tiny_model.host_weights(), back.host_weights()
+    assert sorted(got) == sorted(want) == sorted(weight_shapes(tiny_model.config))
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
 @settings(max_examples=examples(12))
@@ -157,17 +158,17 @@ def test_quantized_host_weights_stream_as_their_decoded_weights(fmt):
     for resident, prefetch in ((0, 0), (1, 1)):
         offloaded = model.with_layer_loop(StreamedLayers(num_resident=resident, prefetch=prefetch,
                                                          host_format=fmt))
-        codes = offloaded.wq_offloaded[...]
+        codes = offloaded.w_qkv_offloaded[...]
         assert codes.sharding.memory_kind == "pinned_host" and codes.dtype in (jnp.int8, jnp.uint8)
-        assert offloaded.wq_offloaded_scale[...].shape[0] == 3 - resident
+        assert offloaded.w_qkv_offloaded_scale[...].shape[0] == 3 - resident
         decoded = LlamaModel(model.config, dtype=model.dtype, weights=offloaded.host_weights(),
                              layer_loop=ScanLayers())
         np.testing.assert_allclose(np.asarray(offloaded.dense_logits(tokens)),
                                    np.asarray(decoded.dense_logits(tokens)), rtol=1e-5, atol=1e-5)
         if resident:
-            np.testing.assert_array_equal(np.asarray(decoded.wq[...][0]), np.asarray(model.wq[...][0]))
-        lost = np.abs(np.asarray(decoded.w_up[...]) - np.asarray(model.w_up[...])).max()
-        assert 0 < lost < 0.1 * np.abs(np.asarray(model.w_up[...])).max()
+            np.testing.assert_array_equal(np.asarray(decoded.w_qkv[...][0]), np.asarray(model.w_qkv[...][0]))
+        lost = np.abs(np.asarray(decoded.w_gate_up[...]) - np.asarray(model.w_gate_up[...])).max()
+        assert 0 < lost < 0.1 * np.abs(np.asarray(model.w_gate_up[...])).max()
 
 
 def test_the_engine_with_int8_host_weights_equals_a_plain_decode_of_its_weights():

@@ -29,6 +29,7 @@ from kvlab.attention.protocol import AttentionBackend
 from kvlab.attention.reference import AttentionOptions
 from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.models.config import ModelConfig
+from kvlab.models.fused_projections import fuse, split_columns, unfuse
 from kvlab.models.layer_loop import LayerLoop, default_layer_loop
 from kvlab.models.shard import WHOLE_MODEL, ModelShard
 
@@ -108,11 +109,15 @@ class LlamaModel(nnx.Module):
     Built with random weights (``seed``) or from a dict of arrays named as ``weight_shapes``.
     ``layer_loop`` places the stacked layer weights and runs the layers (default:
     ``default_layer_loop()``, all on the device, unrolled on GPUs; ``StreamedLayers`` offloads).
+    q/k/v and gate/up are kept fused (``kvlab.models.fused_projections``), laid out in
+    ``projection_parts`` column blocks (the tensor-parallel degree; 1 on one device).
     """
 
     def __init__(self, config: ModelConfig, *, dtype=jnp.float32, seed: int = 0,
-                 weights: dict[str, np.ndarray] | None = None, layer_loop: LayerLoop | None = None):
+                 weights: dict[str, np.ndarray] | None = None, layer_loop: LayerLoop | None = None,
+                 projection_parts: int = 1):
         self.config = config
+        self.projection_parts = projection_parts
         self.layer_loop = layer_loop or default_layer_loop()
         self.dtype = jnp.dtype(dtype)
         shapes = weight_shapes(config)
@@ -139,7 +144,7 @@ class LlamaModel(nnx.Module):
                 stacked[name] = value
             else:
                 setattr(self, name, nnx.Param(jnp.asarray(value, dtype=self.dtype)))
-        placed = self.layer_loop.place(stacked, self.dtype)
+        placed = self.layer_loop.place(fuse(stacked, projection_parts), self.dtype)
         for name, value in placed.items():
             setattr(self, name, nnx.Param(value))
         self.placed_names = tuple(placed)
@@ -150,13 +155,16 @@ class LlamaModel(nnx.Module):
         per_layer = layer_weight_shapes(self.config)
         weights = {n: np.asarray(getattr(self, n)[...])
                    for n in weight_shapes(self.config) if n not in per_layer}
-        weights.update(self.layer_loop.stacked({n: getattr(self, n)[...] for n in self.placed_names}))
+        stacked = self.layer_loop.stacked({n: getattr(self, n)[...] for n in self.placed_names})
+        widths = {n: shape[-1] for n, shape in layer_weight_shapes(self.config).items()}
+        weights.update(unfuse(stacked, widths, self.projection_parts))
         return weights
 
     def with_layer_loop(self, layer_loop: LayerLoop) -> LlamaModel:
         """The same model (config, dtype, weights) with its layers placed and run by ``layer_loop``;
         the weights pass through host memory."""
-        return LlamaModel(self.config, dtype=self.dtype, weights=self.host_weights(), layer_loop=layer_loop)
+        return LlamaModel(self.config, dtype=self.dtype, weights=self.host_weights(), layer_loop=layer_loop,
+                          projection_parts=self.projection_parts)
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -173,6 +181,8 @@ class LlamaModel(nnx.Module):
         of ``shard``'s heads."""
         c = self.config
         num_heads, num_kv_heads = shard.heads(c.num_heads), shard.heads(c.num_kv_heads)
+        parts = self.projection_parts * num_heads // c.num_heads      # column blocks this shard sees
+        q_width, kv_width = num_heads * c.head_dim, num_kv_heads * c.head_dim
         cos, sin = self._rope(positions)
         placed = {n: getattr(self, n)[...] for n in self.placed_names}
         n_tok = x.shape[0]
@@ -181,16 +191,19 @@ class LlamaModel(nnx.Module):
             h_in, state = carry
             w, layer = xs
             h = rms_norm(h_in, w["attn_norm"], c.rms_norm_eps)
-            q, k, v = h @ w["wq"], h @ w["wk"], h @ w["wv"]
+            qkv = h @ w["w_qkv"]
             if c.attention_bias:
-                q, k, v = q + w["bq"], k + w["bk"], v + w["bv"]
+                qkv = qkv + w["b_qkv"]
+            q, k, v = split_columns(qkv, (q_width, kv_width, kv_width), parts)
             q = apply_rope(q.reshape(n_tok, num_heads, c.head_dim), cos, sin)
             k = apply_rope(k.reshape(n_tok, num_kv_heads, c.head_dim), cos, sin)
             v = v.reshape(n_tok, num_kv_heads, c.head_dim)
             attn, state = mix(q, k, v, layer, state)
             h_in = h_in + shard.reduce(attn.reshape(n_tok, -1) @ w["wo"])
             h = rms_norm(h_in, w["mlp_norm"], c.rms_norm_eps)
-            h_in = h_in + shard.reduce((jax.nn.silu(h @ w["w_gate"]) * (h @ w["w_up"])) @ w["w_down"])
+            ffn = w["w_gate_up"].shape[-1] // 2
+            gate, up = split_columns(h @ w["w_gate_up"], (ffn, ffn), parts)
+            h_in = h_in + shard.reduce((jax.nn.silu(gate) * up) @ w["w_down"])
             return (h_in, state), None
 
         x, mix_state = self.layer_loop.run(body, (x, mix_state), placed, c.num_layers)

@@ -21,7 +21,7 @@ Examples:
     >>> import jax.numpy as jnp
     >>> from kvlab.models import LlamaModel, ModelConfig, StreamedLayers
     >>> model = LlamaModel(ModelConfig.tiny(), seed=0, layer_loop=StreamedLayers(num_resident=1))
-    >>> model.wq_offloaded[...].sharding.memory_kind, model.wq[...].shape[0]
+    >>> model.w_qkv_offloaded[...].sharding.memory_kind, model.w_qkv[...].shape[0]
     ('pinned_host', 1)
     >>> model.dense_logits(jnp.array([1, 5, 7])).shape
     (3, 256)
@@ -44,7 +44,7 @@ from kvlab.models.llama import layer_weight_shapes, weight_shapes
 
 OFFLOADED = "_offloaded"
 """Suffix of the names under which the streamed layers' weights are kept (then the host format's
-part suffix: ``wq_offloaded``, ``wq_offloaded_scale``)."""
+part suffix: ``w_qkv_offloaded``, ``w_qkv_offloaded_scale``)."""
 
 
 def layer_bytes(config: ModelConfig, dtype) -> tuple[int, int]:

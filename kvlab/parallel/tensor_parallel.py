@@ -35,14 +35,15 @@ from kvlab.attention.protocol import AttentionBackend
 from kvlab.attention.reference import AttentionOptions
 from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.models.config import ModelConfig
-from kvlab.models.layer_loop import LayerLoop, default_layer_loop
+from kvlab.models.layer_loop import LayerLoop, default_layer_loop, stacked_name
 from kvlab.models.llama import LlamaModel, weight_shapes
 from kvlab.models.loading import read_checkpoint
 from kvlab.models.tokenizer import Tokenizer
 from kvlab.parallel.heads import tp_config, tp_weights
 
 # weights split along their last axis (output features) and along their input axis
-COLUMN_SPLIT = frozenset({"wq", "wk", "wv", "bq", "bk", "bv", "w_gate", "w_up", "lm_head"})
+COLUMN_SPLIT = frozenset({"wq", "wk", "wv", "bq", "bk", "bv", "w_gate", "w_up", "lm_head",
+                          "w_qkv", "b_qkv", "w_gate_up"})
 ROW_SPLIT = frozenset({"wo", "w_down"})
 
 
@@ -143,8 +144,11 @@ class TensorParallel(nnx.Module):
                 raise ValueError(f"{field}={size} does not split over {degree} devices")
         weights = source.weights_on(config, mesh, axis)
         self.inner = LlamaModel(config, dtype=source.dtype, weights=weights,
-                                layer_loop=layer_loop or default_layer_loop())
+                                layer_loop=layer_loop or default_layer_loop(), projection_parts=degree)
         self.config, self.dtype, self.mesh, self.axis = config, source.dtype, mesh, axis
+        graphdef, state = nnx.split(self.inner)     # the fused weights, placed as the step reads them
+        specs = self._weight_specs(state)
+        nnx.update(self.inner, jax.device_put(state, jax.tree.map(lambda s: NamedSharding(mesh, s), specs)))
 
     @classmethod
     def random(cls, config: ModelConfig, mesh: Mesh, axis: str = "tp", *, dtype=jnp.float32, seed: int = 0,
@@ -170,7 +174,7 @@ class TensorParallel(nnx.Module):
 
     def _weight_specs(self, state):
         def spec(path, leaf):
-            return weight_spec(str(path[0].key), leaf.ndim, self.axis)
+            return weight_spec(stacked_name(str(path[0].key)), leaf.ndim, self.axis)
         return jax.tree_util.tree_map_with_path(spec, state)
 
     def __call__(self, batch: RaggedBatch, storage, attention: AttentionBackend,
