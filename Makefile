@@ -35,10 +35,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
-# The engine-level property tests with their full hypothesis example counts (3x the default run;
-# about 10 more minutes on two cores).
+# The engine-level property tests with their full hypothesis example counts (5x the default run)
+# and the tests marked slow.
 test-thorough: $(VENV)/.installed-dev
-	KVLAB_THOROUGH=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal
+	KVLAB_THOROUGH=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not gpu"
 
 # The documentation site, written to site/ (mkdocs serve for a live preview).
 docs: $(VENV)/.installed-dev

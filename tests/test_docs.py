@@ -22,7 +22,10 @@ def snippets():
         text = page.read_text()
         for match in FENCE.finditer(text):
             line = text[:match.start()].count("\n") + 1
-            yield pytest.param(page, match.group(1), id=f"{page.relative_to(ROOT)}:{line}")
+            # a docs page's copy of the README's quick start (the bundled model on a CPU: a minute)
+            slow = page.name != "README.md" and "smollm2" in match.group(1)
+            yield pytest.param(page, match.group(1), id=f"{page.relative_to(ROOT)}:{line}",
+                               marks=[pytest.mark.slow] if slow else [])
 
 
 SNIPPETS = list(snippets())
