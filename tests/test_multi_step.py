@@ -9,6 +9,7 @@ import math
 import jax
 import numpy as np
 import pytest
+from engine_helpers import finish_after_abort
 
 import kvlab
 from kvlab.engine import DenseReferenceDecoder
@@ -98,12 +99,7 @@ def test_abort_while_a_burst_runs_frees_everything_and_the_others_go_on(tiny_mod
     while not (eng._in_flight and eng._in_flight[-1][0].num_steps == 4):
         eng.step()
     eng.abort(ids[1])
-    done = {}
-    while eng.has_unfinished():
-        for ev in eng.step():
-            assert ev.request_id != ids[1], "an aborted request reports nothing more"
-            if ev.finished:
-                done[ev.request_id] = eng.pop_completion(ev.request_id)
+    done = finish_after_abort(eng, ids[1])
     assert done[ids[0]].token_ids == dec.greedy(PROMPTS[0], 14)
     assert done[ids[2]].token_ids == dec.greedy(PROMPTS[2], 14)
     s = eng.cache.stats()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from engine_helpers import finish_after_abort
 
 import kvlab
 from kvlab.engine.step_inputs import InputLayout
@@ -63,12 +64,7 @@ def test_abort_while_its_step_runs_frees_everything_and_the_others_go_on(tiny_mo
         eng.step()
     assert eng._in_flight, "a launched step waits to be read"
     eng.abort(ids[1])
-    done = {}
-    while eng.has_unfinished():
-        for ev in eng.step():
-            assert ev.request_id != ids[1], "an aborted request reports nothing more"
-            if ev.finished:
-                done[ev.request_id] = eng.pop_completion(ev.request_id)
+    done = finish_after_abort(eng, ids[1])
     assert done[ids[0]].token_ids == expected[0].token_ids
     assert done[ids[2]].token_ids == expected[2].token_ids
     assert all_pages_back(eng)
