@@ -203,3 +203,15 @@ def test_prompt_logprobs_match_the_reference_across_chunks(tiny_model):
         for t in np.argsort(-logp)[:2]:
             assert entries[p][int(t)] == pytest.approx(float(logp[t]), abs=1e-4)
     assert out[0].token_ids == ref.greedy(prompt, 2)
+
+
+def test_one_forward_checks_a_greedy_sequence_as_the_token_by_token_reference_does(tiny_model):
+    ref = DenseReferenceDecoder(tiny_model)
+    prompt = [11, 12, 13, 14]
+    tokens = ref.greedy(prompt, 70)                       # past one 64-token padding bucket
+    assert ref.greedy_choices(prompt, tokens) == tokens
+    wrong = tokens[:5] + [(tokens[5] + 1) % tiny_model.config.vocab_size] + tokens[6:]
+    choices = ref.greedy_choices(prompt, wrong)
+    assert choices[:6] == tokens[:6] and choices[5] != wrong[5]
+    assert choices[6] == ref.greedy(prompt + wrong[:6], 1)[0]      # each choice follows its prefix
+    assert ref.greedy_choices(prompt, []) == []

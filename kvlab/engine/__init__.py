@@ -1,10 +1,11 @@
 """Engine: the composition loop, the jitted step runner, sampling and metrics."""
 
 from kvlab.engine.completions import Completion, StreamEvent
+from kvlab.engine.dense_reference import DenseReferenceDecoder
 from kvlab.engine.engine import Engine
 from kvlab.engine.executor import Executor, ModelExecutor
 from kvlab.engine.metrics import SLO, RequestRecord, summarize
-from kvlab.engine.runner import DenseReferenceDecoder, ModelRunner
+from kvlab.engine.runner import ModelRunner
 from kvlab.engine.sampling import Sampler
 
 __all__ = ["Completion", "DenseReferenceDecoder", "Engine", "Executor", "ModelExecutor", "ModelRunner",

@@ -38,7 +38,6 @@ from kvlab.engine.penalties import PenaltyCounts, count_step_tokens
 from kvlab.engine.plan_sampling import sampling_arrays
 from kvlab.engine.sampling import Sampled, token_logprobs
 from kvlab.engine.step_inputs import InputLayout, InputViews
-from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.schedulers.plan import StepPlan
 from kvlab.schedulers.shapes import StepShape, next_pow2
 
@@ -263,37 +262,3 @@ class StepResult:
         if len(host) > k:
             sampled = dataclasses.replace(sampled, prompt_logprobs=Sampled.unpack(host[k]).logprobs)
         return sampled
-
-
-class DenseReferenceDecoder:
-    """The reference: decode one request alone with no cache, a full forward per token
-    (``options``: attention options other than the model's, e.g. a window and sinks; ``kv_format``:
-    K/V rounded through a KV format as a cache in it stores them, static scales only).
-
-    Lengths are padded to multiples of 64 (causal attention ignores the padding), so the number
-    of compilations grows with the length range, not with every length.
-    """
-
-    def __init__(self, model, options=None, kv_format: KVFormat = PLAIN):
-        graphdef, self.state = nnx.split(model)
-
-        def logits_at(state, tokens, n):
-            return nnx.merge(graphdef, state).dense_logits(tokens, options, kv_format)[n - 1]
-
-        self._logits_at = jax.jit(logits_at)
-
-    def next_logits(self, token_ids) -> np.ndarray:
-        """Logits [V] (float32) after the given tokens."""
-        padded = np.zeros(-(-len(token_ids) // 64) * 64, np.int32)
-        padded[:len(token_ids)] = token_ids
-        return np.asarray(self._logits_at(self.state, padded, np.int32(len(token_ids))))
-
-    def greedy(self, prompt_token_ids, max_tokens: int, eos_token_ids=()) -> list[int]:
-        out, generated = list(prompt_token_ids), []
-        for _ in range(max_tokens):
-            token = int(np.argmax(self.next_logits(out)))
-            generated.append(token)
-            out.append(token)
-            if token in eos_token_ids:
-                break
-        return generated
