@@ -14,9 +14,12 @@ os.environ.setdefault("XLA_FLAGS",
 # JAX's persistent compilation cache, shared by the worker processes: many tests build engines of
 # the same shapes, and a program one test compiled is read back by the next (about 12% of the
 # engine tests' time on a 2-core CPU); keys include the JAX version and the flags.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# Converted GGUF checkpoints (kvlab.models.converted_cache) beside it: the bundled SmolLM2 is
+# parsed and dequantized once for the whole run, not once per process that loads it.
+os.environ.setdefault("KVLAB_CACHE_DIR", os.path.join(ROOT, ".kvlab_cache"))
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402

@@ -2,7 +2,9 @@
 
 Dequantization uses the ``gguf`` package's NumPy implementation of every block format (Q4_1,
 Q8_0, ...). llama.cpp's converter permutes the rows of the Q and K projections of ``llama``
-models (interleaved RoPE pairs); ``_unpermute`` restores transformers' rotate-half layout.
+models (interleaved RoPE pairs); ``_unpermute`` restores transformers' rotate-half layout. A
+``ConvertedCache`` keeps what a file converts to, so the next read skips the parse and the
+dequantization (``kvlab.models.converted_cache``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from kvlab.models.config import CheckpointError, ModelConfig, UnsupportedModelError
+from kvlab.models.converted_cache import ConvertedCache
 from kvlab.models.llama import weight_shapes
 from kvlab.models.tokenizer import Tokenizer
 
@@ -74,12 +77,38 @@ def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, out // n_heads // 2, 2, inp).swapaxes(1, 2).reshape(out, inp)
 
 
-def read_gguf_weights(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray], Tokenizer]:
+def read_gguf_weights(path: Path, cache: ConvertedCache | None = None
+                      ) -> tuple[ModelConfig, dict[str, np.ndarray], Tokenizer]:
     """Read a GGUF file: its config, every tensor dequantized to float32 host arrays (named as
-    ``weight_shapes``), and its tokenizer."""
+    ``weight_shapes``), and its tokenizer; through ``cache`` when given (read from it if it holds
+    the file's conversion, else converted and kept there)."""
+    stored = cache.read(path) if cache is not None else None
+    if stored is not None:
+        meta, weights = stored
+        config = _with_tied_head(config_from_gguf(meta), weights)
+        shapes = weight_shapes(config)
+        if sorted(weights) == sorted(shapes) and all(weights[n].shape == s for n, s in shapes.items()):
+            return _with_tokenizer(config, meta, weights)
+    reader, meta = read_gguf(path)
+    config, weights = _convert(reader, meta, path)
+    if cache is not None:
+        cache.write(path, meta, weights)
+    return _with_tokenizer(config, meta, weights)
+
+
+def _with_tied_head(config: ModelConfig, weights) -> ModelConfig:
+    return dataclasses.replace(config, tie_word_embeddings="lm_head" not in weights)
+
+
+def _with_tokenizer(config: ModelConfig, meta: dict, weights):
+    tokenizer = Tokenizer.from_gguf_metadata(meta)
+    return dataclasses.replace(config, eos_token_ids=tokenizer.eos_token_ids), weights, tokenizer
+
+
+def _convert(reader, meta: dict, path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """(config, weights by kvlab name) of a parsed GGUF file."""
     from gguf.quants import dequantize
 
-    reader, meta = read_gguf(path)
     config = config_from_gguf(meta)
     tensors = {}
     for t in reader.tensors:
@@ -109,5 +138,4 @@ def read_gguf_weights(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray], T
                     w = _unpermute(w, config.num_heads if name == "wq" else config.num_kv_heads)
                 stack.append(w.T if w.ndim == 2 else w)
             weights[name] = np.stack(stack)
-    tokenizer = Tokenizer.from_gguf_metadata(meta)
-    return dataclasses.replace(config, eos_token_ids=tokenizer.eos_token_ids), weights, tokenizer
+    return config, weights

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kvlab.models.config import CheckpointError, ModelConfig
+from kvlab.models.converted_cache import ConvertedCache
 from kvlab.models.llama import LlamaModel, weight_shapes
 from kvlab.models.tokenizer import Tokenizer
 
@@ -194,7 +195,7 @@ def read_checkpoint(name_or_path: str) -> Checkpoint:
     kind, path = _resolve(name_or_path)
     if kind == "hf":
         return read_hf_directory(path)
-    return Checkpoint(*gguf_file.read_gguf_weights(path))
+    return Checkpoint(*gguf_file.read_gguf_weights(path, ConvertedCache.default()))
 
 
 def load_tokenizer(name_or_path: str) -> Tokenizer | None:
@@ -208,4 +209,5 @@ def load_tokenizer(name_or_path: str) -> Tokenizer | None:
             return None
         config = ModelConfig.from_hf_dict(_read_hf_config(path))
         return Tokenizer.from_hf_directory(path, eos_token_ids=config.eos_token_ids)
-    return Tokenizer.from_gguf_metadata(gguf_file.read_gguf(path)[1])
+    stored = cache.read(path) if (cache := ConvertedCache.default()) is not None else None
+    return Tokenizer.from_gguf_metadata(stored[0] if stored is not None else gguf_file.read_gguf(path)[1])
