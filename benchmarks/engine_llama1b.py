@@ -81,8 +81,11 @@ def run(model, attention, batch: int, prompt_len: int, max_tokens: int, page_siz
                           attention=attention, max_model_len=prompt_len + max_tokens + page_size,
                           steps_ahead=steps_ahead)
     params = kvlab.SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    t0 = time.perf_counter()
     engine.generate(prompts, params)                                        # warm-up: compiles
     compiles = engine.num_compilations
+    print(f"batch {batch}, {decode_steps} decode steps a plan: warm-up {time.perf_counter() - t0:.1f} s, "
+          f"{compiles} step shapes compiled", flush=True)
     t0 = time.perf_counter()
     outs = engine.generate(prompts, params)
     wall = time.perf_counter() - t0
