@@ -302,12 +302,11 @@ class _Draw:
         return self.value
 
 
-@pytest.mark.xfail(strict=True, reason="known bug (found 2026-12-02 by the state machine above, not yet "
-                                       "fixed): under write-through a radix page is written through twice "
-                                       "in one plan, for two different blocks, and both copies read the "
-                                       "later block; the first tier record holds the wrong block")
 def test_a_write_through_page_reused_before_its_copy_keeps_its_block():
-    """The state machine's shrunk failing case, replayed step by step."""
+    """The state machine's shrunk case (2026-12-02), replayed step by step: a page indexed under
+    write-through (its copy waits for the next plan) was evicted and reused for another block
+    before that copy was made, which then wrote the new block under the old one's key. An evicted
+    page's waiting copy is now made in the plan that evicts it."""
     machine = type("Machine", (TieredCacheMachine,), {"policy": WriteThrough(), "levels": 1, "radix": True})()
     machine.start(doc=0, length=24, priority=1, tail=[])
     machine.launch()

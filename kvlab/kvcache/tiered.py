@@ -107,11 +107,15 @@ class TierReuse:
             self.loads_per_tier[level] += 1
 
     def evicted(self, key, page: int, priority: int) -> None:
-        """The GPU evicts cached ``page`` of block ``key``: offload it (write-back) if no tier holds
-        the block and the policy keeps it."""
+        """The GPU evicts cached ``page`` of block ``key``: offload it now (its step may reuse the
+        page) if no tier holds the block and the policy keeps it (write-back), or if its
+        write-through copy was still waiting for the next plan."""
+        waiting = any(p == page for _, p, _ in self._write_through)
+        if waiting:                       # the page may hold another block by the next plan
+            self._write_through = [w for w in self._write_through if w[1] != page]
         if self.chain.where(key) is not None:
             return
-        if page in self._loaded or not self.chain.policy.offload_on_evict(priority):
+        if page in self._loaded or not (waiting or self.chain.policy.offload_on_evict(priority)):
             self.dropped += 1
             return
         self._offload(key, page, priority, self._moves)
