@@ -18,6 +18,10 @@ when only decodes run: ``kvlab.schedulers.multi_step``), in the same run.
 ``--trace-idle N`` also traces N decode steps of each engine run after its timed run
 (``engine_idle.trace_decode``): the GPU's idle time between launches and with no kernel running.
 
+``--gemms xla cublas-from-128`` runs each choice of XLA compiler options per step shape
+(``kvlab.engine.xla_options``: XLA's defaults, or cuBLAS matmuls for steps of 128 tokens or more;
+``default`` is the engine's default, the second on a GPU), in the same run.
+
 ``--kv-formats plain fp8 int8 int4`` runs each KV format in turn (the roofline counts each one's
 KV bytes), and reports the largest batch whose KV fits ``--kv-budget-gb`` at the decode phase's
 final context for each.
@@ -46,6 +50,7 @@ from flax import nnx
 
 import kvlab
 from kvlab.engine.defaults import kv_bytes_per_token
+from kvlab.engine.xla_options import CublasGemmsFrom, XlaDefaults, default_xla_options
 from kvlab.kvcache.formats import PLAIN, Fp8E4M3, Int4, Int8, StaticScales
 from kvlab.kvcache.quantized_storage import paged_storage
 from kvlab.models import LlamaModel, ModelConfig
@@ -53,6 +58,8 @@ from kvlab.models import LlamaModel, ModelConfig
 SHAPES = {"llama-3.2-1b": ModelConfig.llama_3_2_1b, "llama-3-8b": ModelConfig.llama_3_8b,
           "tiny": ModelConfig.tiny}
 # random weights: fp8 gets static scales sized for the random K/V (|x| up to about 4-8)
+GEMMS = {"default": default_xla_options, "xla": XlaDefaults,
+         "cublas-from-128": lambda: CublasGemmsFrom(tokens=128)}
 KV_FORMATS = {"plain": PLAIN, "fp8": Fp8E4M3(scales=StaticScales(k=0.02, v=0.02)), "int8": Int8(),
               "int4": Int4()}
 
@@ -69,7 +76,8 @@ def copy_bandwidth() -> float:
 
 
 def run(model, attention, batch: int, prompt_len: int, max_tokens: int, page_size: int = 16,
-        steps_ahead: int = 1, kv_format=PLAIN, decode_steps: int = 1, trace_idle: int = 0) -> dict:
+        steps_ahead: int = 1, kv_format=PLAIN, decode_steps: int = 1, trace_idle: int = 0,
+        gemms: str = "default") -> dict:
     rng = np.random.default_rng(batch)
     prompts = [rng.integers(0, model.config.vocab_size, prompt_len).tolist() for _ in range(batch)]
     tokens = batch * (prompt_len + max_tokens)
@@ -79,7 +87,7 @@ def run(model, attention, batch: int, prompt_len: int, max_tokens: int, page_siz
                                                               max_num_batched_tokens=4096,
                                                               decode_steps=decode_steps),
                           attention=attention, max_model_len=prompt_len + max_tokens + page_size,
-                          steps_ahead=steps_ahead)
+                          steps_ahead=steps_ahead, xla_options=GEMMS[gemms]())
     params = kvlab.SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     t0 = time.perf_counter()
     engine.generate(prompts, params)                                        # warm-up: compiles
@@ -98,7 +106,7 @@ def run(model, attention, batch: int, prompt_len: int, max_tokens: int, page_siz
             print(f"tracing failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
     step = np.median([gap for c in outs for gap in delivery_gaps(c.request.token_times)])
     return {"attention": attention.name, "kv_format": kv_format.name, "batch": batch,
-            "steps_ahead": steps_ahead, "decode_steps": decode_steps,
+            "steps_ahead": steps_ahead, "decode_steps": decode_steps, "gemms": gemms,
             "decode_tok_per_s": batch / step, "decode_step_ms": 1e3 * step,
             "tpot_p50_ms": 1e3 * m["tpot_p50_s"], "itl_p50_ms": 1e3 * m["itl_p50_s"],
             "output_tok_per_s": m["output_tokens_per_s"], "wall_s": wall,
@@ -117,7 +125,7 @@ def delivery_gaps(token_times: list[float]) -> list[float]:
 
 
 def device_step_ms(model, attention, batch: int, ctx: int, page_size: int = 16, reps: int = 20,
-                   kv_format=PLAIN) -> float:
+                   kv_format=PLAIN, gemms: str = "default") -> float:
     """The model's decode step alone (no host scheduling): ``batch`` sequences at ``ctx`` tokens,
     random KV (plain; zero pages for a quantized format: the same work) in randomly ordered pages,
     storage donated; median of back-to-back steps."""
@@ -142,7 +150,9 @@ def device_step_ms(model, attention, batch: int, ctx: int, page_size: int = 16, 
                                 num_kv_heads=shape[3], head_dim=shape[4], dtype=jnp.bfloat16)
     storage = model.place_kv(storage)              # split over the devices of a tensor-parallel model
     graphdef, weights = nnx.split(model)           # weights as arguments, as the engine's step has them
-    jitted = jax.jit(lambda w, st, b: nnx.merge(graphdef, w)(b, st, attention)[::-1], donate_argnums=1)
+    options = dict(GEMMS[gemms]().for_tokens(max(16, batch))) or None     # as the engine's step
+    jitted = jax.jit(lambda w, st, b: nnx.merge(graphdef, w)(b, st, attention)[::-1], donate_argnums=1,
+                     compiler_options=options)
 
     def step(st, b):
         return jitted(weights, st, b)
@@ -173,19 +183,19 @@ def run_batch(model, config, b: int, fmt, args, bw: float) -> list[dict]:
     backends = [kvlab.PallasAttention()]
     if b <= args.reference_up_to:
         backends.append(kvlab.ReferenceAttention())
-    for be in backends:
+    for be, gemms in [(be, g) for be in backends for g in args.gemms]:
         device_ms = None
         for ahead, k in [(a, k) for a in args.steps_ahead for k in args.decode_steps]:
             try:
                 r = run(model, be, b, args.prompt_len, args.max_tokens, steps_ahead=ahead, kv_format=fmt,
-                        decode_steps=k, trace_idle=args.trace_idle)
+                        decode_steps=k, trace_idle=args.trace_idle, gemms=gemms)
             except Exception as e:  # noqa: BLE001 - e.g. the reference out of memory: report, go on
                 print(f"{be.name} at batch {b} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
                 continue
             r["roofline_step_ms"] = roofline_ms(config, b, args.prompt_len, args.max_tokens, bw, fmt)
             if device_ms is None:
                 ctx = args.prompt_len + args.max_tokens // 2
-                device_ms = device_step_ms(model, be, b, ctx, kv_format=fmt)
+                device_ms = device_step_ms(model, be, b, ctx, kv_format=fmt, gemms=gemms)
             r["device_step_ms"] = device_ms
             rows.append(r)
             print(r, flush=True)
@@ -207,6 +217,8 @@ def main():
     ap.add_argument("--trace-idle", type=int, default=0,
                     help="decode steps to trace after each timed run for the GPU's idle time (0: none)")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.2-1b")
+    ap.add_argument("--gemms", nargs="+", choices=sorted(GEMMS), default=["default"],
+                    help="XLA compiler options per step shape (kvlab.engine.xla_options)")
     ap.add_argument("--kv-formats", nargs="+", choices=sorted(KV_FORMATS), default=["plain"])
     ap.add_argument("--kv-budget-gb", type=float, default=40.0)
     ap.add_argument("--json", default=None)
@@ -231,12 +243,12 @@ def main():
                        "shape": args.shape,
                        "rows": rows},
                       f, indent=1)
-    print("\n| attention | KV format | batch | steps ahead | decode steps | decode tok/s | engine step (ms) |"
-          " TPOT P50 (ms) | model step on device (ms) | roofline (ms) | engine / roofline |"
-          " device / roofline | output tok/s (incl. prefill) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| attention | GEMMs | KV format | batch | steps ahead | decode steps | decode tok/s |"
+          " engine step (ms) | TPOT P50 (ms) | model step on device (ms) | roofline (ms) |"
+          " engine / roofline | device / roofline | output tok/s (incl. prefill) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['attention']} | {r['kv_format']} | {r['batch']} | {r['steps_ahead']} | "
+        print(f"| {r['attention']} | {r['gemms']} | {r['kv_format']} | {r['batch']} | {r['steps_ahead']} | "
               f"{r['decode_steps']} | "
               f"{r['decode_tok_per_s']:.0f} | "
               f"{r['decode_step_ms']:.2f} | {r['tpot_p50_ms']:.2f} | "
@@ -245,8 +257,8 @@ def main():
               f"{r['device_step_ms'] / r['roofline_step_ms']:.2f} | {r['output_tok_per_s']:.0f} |")
     for r in rows:
         if "traced_step_ms" in r:
-            print(f"traced: batch {r['batch']}, {r['decode_steps']} decode steps a launch: "
-                  f"{r['traced_step_ms']:.3f} ms a step, idle between launches "
+            print(f"traced: batch {r['batch']}, {r['gemms']} GEMMs, {r['decode_steps']} decode steps "
+                  f"a launch: {r['traced_step_ms']:.3f} ms a step, idle between launches "
                   f"{r['between_launches_pct']:.1f}%, no kernel running {r['no_kernel_pct']:.1f}%")
 
 

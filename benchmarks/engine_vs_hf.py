@@ -16,13 +16,16 @@ compilation time is reported apart and not counted); transformers' continuous ba
 with its own ``max_new_tokens``); transformers' static ``generate`` (batches of ``--batch``
 left-padded prompts, each batch decoding to its longest output: only each request's own tokens
 count as output). Weights are random in each system (throughput depends on shapes, not values).
-Prints a markdown table; ``--json`` keeps the rows.
+Prints a markdown table; ``--json`` keeps the rows. All systems share one process and one GPU:
+with a transformers system in the run JAX may take ``--jax-memory-fraction`` of the GPU (0.4),
+since it would otherwise reserve 75% at its first use and leave torch too little.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -158,8 +161,14 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--systems", default="kvlab,hf-continuous,hf-static")
     ap.add_argument("--decode-steps", type=int, default=1,
                     help="kvlab: decode steps a plan runs when only decodes run (multi-step decoding)")
+    ap.add_argument("--jax-memory-fraction", type=float, default=0.4,
+                    help="with a transformers system in the run: the GPU memory JAX may take "
+                         "(XLA_PYTHON_CLIENT_MEM_FRACTION, unless set), the rest left to torch")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if any(name.startswith("hf") for name in args.systems.split(",")):
+        # JAX reserves 75% of the GPU at its first use and keeps it; leave transformers room
+        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", str(args.jax_memory_fraction))
     from kvlab.models import ModelConfig
 
     config = getattr(ModelConfig, SHAPES[args.shape])()

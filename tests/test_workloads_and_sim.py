@@ -137,9 +137,9 @@ def test_the_engine_host_benchmark_times_every_phase_per_decode_step(capsys):
         module = importlib.import_module("engine_host")
     finally:
         sys.path.pop(0)
-    real = runner_module._step
+    real = runner_module._jitted_step
     module.main(["--batches", "2", "--steps", "4", "--rounds", "1", "--decode-steps", "1", "2"])
-    assert runner_module._step is real
+    assert runner_module._jitted_step is real
     lines = capsys.readouterr().out.splitlines()
     rows = [line.split("|")[1:-1] for line in lines if line.startswith("| 2 |")]
     assert [r[1].strip() for r in rows] == ["1", "2"]

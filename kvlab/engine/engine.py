@@ -51,11 +51,13 @@ class Engine:
     N+1 on the device, and a request that step N ends has computed one token more, which is
     dropped (its pages are freed after). 0 runs each step to completion before planning the next
     (the serial loop, for debugging); greedy outputs are the same either way.
+    xla_options: the XLA compiler options of each step shape (``kvlab.engine.xla_options``;
+    default: cuBLAS matmuls for steps of 128 tokens or more on a GPU, XLA's defaults otherwise).
     """
 
     def __init__(self, model=None, *, cache=None, scheduler=None, attention=None, sampler=None,
                  tokenizer=None, max_model_len: int | None = None, seed: int = 0,
-                 clock=time.perf_counter, executor=None, steps_ahead: int = 1):
+                 clock=time.perf_counter, executor=None, steps_ahead: int = 1, xla_options=None):
         if steps_ahead not in (0, 1):
             raise ValueError(f"steps_ahead must be 0 (serial) or 1 (plan a step while the previous "
                              f"one runs), got {steps_ahead!r}")
@@ -78,7 +80,7 @@ class Engine:
                 model, cache, attention=attention or default_attention(), sampler=sampler or Sampler(),
                 shapes=self.scheduler.shapes, max_num_seqs=self.scheduler.max_num_seqs,
                 max_num_batched_tokens=self.scheduler.max_num_batched_tokens,
-                max_model_len=max_model_len, clock=clock)
+                max_model_len=max_model_len, clock=clock, xla_options=xla_options)
         else:
             if cache is None:
                 raise TypeError("an engine with an executor needs its cache")

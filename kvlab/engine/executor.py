@@ -63,7 +63,8 @@ class ModelExecutor:
     when the cache has one), steps through a ``ModelRunner``."""
 
     def __init__(self, model, cache, *, attention, sampler, shapes, max_num_seqs: int,
-                 max_num_batched_tokens: int, max_model_len: int, clock=time.perf_counter):
+                 max_num_batched_tokens: int, max_model_len: int, clock=time.perf_counter,
+                 xla_options=None):
         c = model.config
         self.vocab_size, self.max_model_len, self.eos_token_ids = c.vocab_size, max_model_len, c.eos_token_ids
         options = cache.attention_options(model.attention_options, max_model_len)
@@ -80,7 +81,7 @@ class ModelExecutor:
         limits = StepShape(tokens=max_num_batched_tokens, rows=max_num_seqs,
                            pages=cache.max_table_pages(max_model_len))
         self.runner = ModelRunner(model, attention=attention, sampler=sampler, shapes=shapes,
-                                  limits=limits, options=options, clock=clock)
+                                  limits=limits, options=options, clock=clock, xla_options=xla_options)
 
     @property
     def num_compilations(self) -> int:

@@ -23,6 +23,7 @@ distinct step signatures this runner ran (a public count: a set of shape keys).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -38,6 +39,7 @@ from kvlab.engine.penalties import PenaltyCounts, count_step_tokens
 from kvlab.engine.plan_sampling import sampling_arrays
 from kvlab.engine.sampling import Sampled, token_logprobs
 from kvlab.engine.step_inputs import InputLayout, InputViews
+from kvlab.engine.xla_options import Options, XlaOptions, default_xla_options
 from kvlab.schedulers.plan import StepPlan
 from kvlab.schedulers.shapes import StepShape, next_pow2
 
@@ -100,10 +102,13 @@ def _step_impl(statics: StepStatics, spec: StepSpec, weights, storage, table, la
     return sampled.pack(), prompt, storage, table, last, counts
 
 
-# One jitted step shared by every runner: engines with equal statics reuse each other's
-# compilations. The KV storage, the block table's device copy, the rows' last tokens and the
-# penalty counts are donated (updated in place).
-_step = jax.jit(_step_impl, static_argnums=(0, 1), donate_argnums=(3, 4, 5, 8))
+@functools.cache
+def _jitted_step(xla_options: Options):
+    """The jitted step for one set of XLA options, shared by every runner: engines with equal
+    statics reuse each other's compilations. The KV storage, the block table's device copy, the
+    rows' last tokens and the penalty counts are donated (updated in place)."""
+    return jax.jit(_step_impl, static_argnums=(0, 1), donate_argnums=(3, 4, 5, 8),
+                   compiler_options=dict(xla_options) or None)
 
 
 _gather_page_table = jax.jit(gather_page_table, static_argnums=(3, 4))   # ``pack``: outside a step
@@ -145,11 +150,12 @@ class ModelRunner:
     """Runs steps of ``model`` with an attention backend and a sampler.
 
     shapes: the scheduler's padding policy; limits: the largest step (tokens, rows, page-table
-    columns); options: the attention options the step runs with.
+    columns); options: the attention options the step runs with; xla_options: the XLA compiler
+    options of each step shape (``kvlab.engine.xla_options``; default ``default_xla_options()``).
     """
 
     def __init__(self, model, *, attention, sampler, shapes, limits: StepShape, options=None,
-                 clock=time.perf_counter):
+                 clock=time.perf_counter, xla_options: XlaOptions | None = None):
         graphdef, self.state = nnx.split(model)
         # The weights travel as a flat list of arrays: flattening an nnx State calls back into
         # Python for every variable, on every step.
@@ -158,6 +164,7 @@ class ModelRunner:
         self.attention = attention
         self.options = options or model.attention_options
         self.sampler = sampler
+        self.xla_options = xla_options or default_xla_options()
         self.statics = StepStatics(graphdef, state_tree, attention, sampler, self.options)
         self.shapes = shapes
         self.limits = limits
@@ -219,8 +226,9 @@ class ModelRunner:
         t0 = self.clock()
         inputs, sampling = jax.device_put((views.buffer, sampling))    # the step's one transfer in
         tokens = []
+        step = _jitted_step(self.xla_options.for_tokens(shape.tokens))
         for offset in self._offsets(plan.num_steps):
-            packed, prompt, storage, table, last, counts = _step(
+            packed, prompt, storage, table, last, counts = step(
                 self.statics, spec, self.weights, storage, table, last, inputs, sampling, counts, offset)
             tokens.append(packed)
         self.table.array, self.last_tokens.array = table, last

@@ -1,0 +1,68 @@
+"""XLA compiler options per step shape (``kvlab.engine.xla_options``): the strategies' choices,
+their bad input, and an engine that compiles each step with the options its shape asks for gives
+the tokens of one that compiles every step with XLA's defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import kvlab
+from kvlab.engine import CublasGemmsFrom, XlaDefaults, XlaOptions
+from kvlab.engine.xla_options import default_xla_options
+
+
+@given(threshold=st.integers(1, 4096), tokens=st.integers(1, 8192))
+def test_cublas_gemms_from_a_threshold_turns_triton_gemms_off_exactly_at_and_above_it(threshold, tokens):
+    options = CublasGemmsFrom(tokens=threshold).for_tokens(tokens)
+    assert options == ((("xla_gpu_enable_triton_gemm", False),) if tokens >= threshold else ())
+    assert XlaDefaults().for_tokens(tokens) == ()
+
+
+@pytest.mark.parametrize("bad", [0, -16])
+def test_a_threshold_below_one_token_is_refused_with_what_is_allowed(bad):
+    with pytest.raises(ValueError, match=r"CublasGemmsFrom.tokens must be >= 1, got"):
+        CublasGemmsFrom(tokens=bad)
+
+
+def test_the_default_keeps_xla_defaults_off_a_gpu():
+    assert isinstance(default_xla_options(), XlaOptions)
+    assert default_xla_options() == XlaDefaults()          # the suite runs on a CPU
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordingOptions:
+    """Cublas GEMMs from 32 tokens, with every padded token count it was asked about kept."""
+
+    asked: list = dataclasses.field(default_factory=list, compare=False, hash=False)
+
+    def for_tokens(self, tokens: int):
+        self.asked.append(tokens)
+        return CublasGemmsFrom(tokens=32).for_tokens(tokens)
+
+
+def _generate(model, xla_options):
+    engine = kvlab.Engine(model, cache=kvlab.PagedKVCache(num_pages=64, page_size=4),
+                          scheduler=kvlab.ChunkedScheduler(max_num_seqs=4, max_num_batched_tokens=32,
+                                                           max_chunk_tokens=16),
+                          xla_options=xla_options)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(3, 255, n).tolist() for n in (3, 17, 9, 30)]
+    outs = engine.generate(prompts, kvlab.SamplingParams(max_tokens=6, ignore_eos=True))
+    return [c.token_ids for c in outs], engine
+
+
+def test_steps_compiled_with_their_shapes_options_give_the_default_steps_tokens(tiny_model):
+    expected, _ = _generate(tiny_model, XlaDefaults())
+    recording = RecordingOptions()
+    got, engine = _generate(tiny_model, recording)
+    assert got == expected
+    # each launch asked once, with its padded token count: the 32-token prefill steps compiled
+    # with cuBLAS GEMMs, the 16-token decode steps with XLA's defaults
+    assert len(recording.asked) == engine.runner.steps
+    chosen = {CublasGemmsFrom(tokens=32).for_tokens(t) for t in recording.asked}
+    assert chosen == {(), (("xla_gpu_enable_triton_gemm", False),)}
