@@ -27,7 +27,8 @@ from kvlab.kvcache.formats.base import decode_tile
 from kvlab.kvcache.formats.integer import AsymmetricInt
 from kvlab.kvcache.quantized_storage import QuantizedPagedKVStorage
 
-values = hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 3), st.sampled_from([8, 16, 64])),
+# few shapes (each new one compiles every op of encode and decode again); any values
+values = hnp.arrays(np.float32, st.tuples(st.sampled_from([1, 5]), st.integers(1, 2), st.sampled_from([8, 64])),
                     elements=st.floats(-50, 50, width=32))
 
 
