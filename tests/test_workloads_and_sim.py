@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import os
 import pkgutil
 import sys
 from pathlib import Path
@@ -146,9 +147,12 @@ def test_the_engine_host_benchmark_times_every_phase_per_decode_step(capsys):
     assert all(float(cell) > 0 for r in rows for cell in r[2:])
 
 
-def test_the_transformers_peer_benchmark_counts_every_requests_own_tokens(capsys):
+def test_the_transformers_peer_benchmark_counts_every_requests_own_tokens(capsys, monkeypatch):
     """``benchmarks/engine_vs_hf.py`` on a tiny shape (CPU): kvlab and transformers' static
-    ``generate`` both produce exactly the workload's output tokens, and the table compares them."""
+    ``generate`` both produce exactly the workload's output tokens, and the table compares them;
+    with transformers in the run, JAX's share of the GPU is capped unless the caller set it."""
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "unset")    # records it, to restore after
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION")
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     try:
         module = importlib.import_module("engine_vs_hf")
@@ -162,3 +166,4 @@ def test_the_transformers_peer_benchmark_counts_every_requests_own_tokens(capsys
     assert [r["output_tokens"] for r in rows] == [wanted, wanted]
     assert all(r["tok_per_s"] > 0 for r in rows)
     assert "| kvlab |" in capsys.readouterr().out
+    assert os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.4"
