@@ -28,7 +28,8 @@ from kvlab.kvcache.formats.integer import AsymmetricInt
 from kvlab.kvcache.quantized_storage import QuantizedPagedKVStorage
 
 # few shapes (each new one compiles every op of encode and decode again); any values
-values = hnp.arrays(np.float32, st.tuples(st.sampled_from([1, 5]), st.integers(1, 2), st.sampled_from([8, 64])),
+values = hnp.arrays(np.float32,
+                    st.tuples(st.sampled_from([1, 5]), st.integers(1, 2), st.sampled_from([8, 64])),
                     elements=st.floats(-50, 50, width=32))
 
 
