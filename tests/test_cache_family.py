@@ -308,6 +308,7 @@ def test_caches_without_a_host_tier_cannot_swap(kind):
     cache = ALL_CACHES[kind](64)
     run(cache, "a", [1, 2, 3], keep=True)
     assert cache.host_tier is None
+    assert cache.stats().host_pages_total == cache.stats().host_pages_used == 0
     assert not cache.can_swap_out("a") and not cache.can_swap_in("a")
     with pytest.raises(RuntimeError, match="no host tier"):
         cache.swap_out("a")

@@ -318,10 +318,13 @@ def test_aborting_a_swapped_request_frees_its_host_pages(cache_kind):
         sched.update(plan, [7] * plan.num_rows)
     victim = sched.swapped[0]
     assert cache.host_tier.allocator.num_free < cache.host_tier.num_pages
+    s = cache.stats()                               # the swapped pages, counted in the host tier
+    assert s.host_pages_total == cache.host_tier.num_pages
+    assert s.host_pages_used == cache.host_tier.num_pages - cache.host_tier.allocator.num_free > 0
     sched.abort(victim.request_id)
     assert victim.finish_reason == "abort" and victim not in sched.swapped
     while sched.has_unfinished():
         plan = sched.schedule()
         sched.update(plan, [7] * plan.num_rows)
     assert cache.host_tier.allocator.num_free == cache.host_tier.num_pages
-    assert cache.stats().pages_used == 0
+    assert cache.stats().pages_used == 0 and cache.stats().host_pages_used == 0

@@ -50,8 +50,9 @@ class KVCacheStats:
     same for re-admissions of preempted sequences (``admit(..., readmission=True)``), kept apart
     so that recomputation does not flatter the hit rate. Each admission is counted once, when the
     sequence starts (its first ``allocate``). evictions: cached pages evicted to make room (a
-    ``reset_prefix_cache`` is not counted). memory: time-averaged breakdown of the slots (see
-    ``MemoryLedger``).
+    ``reset_prefix_cache`` is not counted). host_pages_used / host_pages_total: the swap host
+    tier's (``HostTier``) pages holding swapped-out sequences, and its capacity (0 without one).
+    memory: time-averaged breakdown of the slots (see ``MemoryLedger``).
     """
 
     pages_total: int
@@ -66,6 +67,8 @@ class KVCacheStats:
     readmitted_prompt_tokens: int = 0
     readmitted_hit_tokens: int = 0
     evictions: int = 0
+    host_pages_used: int = 0
+    host_pages_total: int = 0
     tiers: object = None          # TierReuseStats of a cache with tiers below the GPU, else None
     memory: MemoryBreakdown = dataclasses.field(default_factory=MemoryBreakdown)
 

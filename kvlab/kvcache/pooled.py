@@ -271,6 +271,7 @@ class PagePoolCache(KVCache):
 
     def stats(self, *, detailed: bool = True) -> KVCacheStats:
         a = self.allocator
+        host = None if self.host_tier is None else self.host_tier.allocator
         cached = self._num_cached_pages()
         return KVCacheStats(pages_total=a.num_pages, pages_used=a.num_used - cached,
                             pages_free=a.num_free, pages_cached=cached, page_size=self.page_size,
@@ -278,6 +279,8 @@ class PagePoolCache(KVCache):
                             prompt_tokens=self._prompt_tokens, prefix_hit_tokens=self._hit_tokens,
                             readmitted_prompt_tokens=self._readmitted_prompt_tokens,
                             readmitted_hit_tokens=self._readmitted_hit_tokens, evictions=self.evictions,
+                            host_pages_used=0 if host is None else host.num_used,
+                            host_pages_total=0 if host is None else host.num_pages,
                             tiers=None if self._tiered is None else self._tiered.stats(),
                             memory=self.ledger.breakdown() if detailed else MemoryBreakdown())
 
