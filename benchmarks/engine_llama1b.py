@@ -54,12 +54,13 @@ from kvlab.engine.xla_options import CublasGemmsFrom, XlaDefaults, default_xla_o
 from kvlab.kvcache.formats import PLAIN, Fp8E4M3, Int4, Int8, StaticScales
 from kvlab.kvcache.quantized_storage import paged_storage
 from kvlab.models import LlamaModel, ModelConfig
+from kvlab.schedulers.shapes import next_pow2
 
 SHAPES = {"llama-3.2-1b": ModelConfig.llama_3_2_1b, "llama-3-8b": ModelConfig.llama_3_8b,
           "tiny": ModelConfig.tiny}
-# random weights: fp8 gets static scales sized for the random K/V (|x| up to about 4-8)
 GEMMS = {"default": default_xla_options, "xla": XlaDefaults,
          "cublas-from-128": lambda: CublasGemmsFrom(tokens=128)}
+# random weights: fp8 gets static scales sized for the random K/V (|x| up to about 4-8)
 KV_FORMATS = {"plain": PLAIN, "fp8": Fp8E4M3(scales=StaticScales(k=0.02, v=0.02)), "int8": Int8(),
               "int4": Int4()}
 
@@ -150,7 +151,7 @@ def device_step_ms(model, attention, batch: int, ctx: int, page_size: int = 16, 
                                 num_kv_heads=shape[3], head_dim=shape[4], dtype=jnp.bfloat16)
     storage = model.place_kv(storage)              # split over the devices of a tensor-parallel model
     graphdef, weights = nnx.split(model)           # weights as arguments, as the engine's step has them
-    options = dict(GEMMS[gemms]().for_tokens(max(16, batch))) or None     # as the engine's step
+    options = dict(GEMMS[gemms]().for_tokens(next_pow2(batch, 16))) or None   # the engine's padding
     jitted = jax.jit(lambda w, st, b: nnx.merge(graphdef, w)(b, st, attention)[::-1], donate_argnums=1,
                      compiler_options=options)
 

@@ -17,8 +17,9 @@ with its own ``max_new_tokens``); transformers' static ``generate`` (batches of 
 left-padded prompts, each batch decoding to its longest output: only each request's own tokens
 count as output). Weights are random in each system (throughput depends on shapes, not values).
 Prints a markdown table; ``--json`` keeps the rows. All systems share one process and one GPU:
-with a transformers system in the run JAX may take ``--jax-memory-fraction`` of the GPU (0.4),
-since it would otherwise reserve 75% at its first use and leave torch too little.
+with a transformers system in the run JAX may take ``--jax-memory-fraction`` of the GPU (0.4,
+unless ``XLA_PYTHON_CLIENT_MEM_FRACTION`` is set), since it would otherwise reserve 75% at its
+first use and leave torch too little.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from hypothesis.stateful import (
 from test_engine_property import reference, run_trace
 
 import kvlab
-from kvlab.kvcache import BuiltinBlockHasher, HostTier
+from kvlab.kvcache import BuiltinBlockHasher, HostTier, SwapInTiers
 from kvlab.kvcache.eviction import LRU, PriorityLRU
 from kvlab.kvcache.formats import Int8, Kivi
 from kvlab.kvcache.tiers import (
@@ -333,27 +333,31 @@ def document_traces(draw):
             draw(st.sampled_from([WriteBackOnEviction(), WriteThrough()])),
             draw(st.sampled_from([None, Int8()])),
             draw(st.sampled_from([RecomputePreemption(), SwapPreemption()])),
-            draw(st.sampled_from([HostMemoryTier, PinnedHostTier])), draw(st.sampled_from([1, 3])))
+            draw(st.sampled_from([HostMemoryTier, PinnedHostTier])), draw(st.sampled_from([1, 3])),
+            draw(st.sampled_from([HostTier, SwapInTiers])))
 
 
 @settings(max_examples=examples(15), deadline=None)
 @given(document_traces())
 def test_engine_with_tiers_equals_one_request_at_a_time(tiny_model, trace):
     """Paged, blocked or radix caches, plain or int8 pages, write-back or write-through,
-    preemption by recompute or by swap (its own host tier), planning ahead or not, a first tier in
-    NumPy or pinned memory, one decode step a launch or three."""
-    reqs, cache_type, page_size, steps_ahead, policy, kv_format, preemption, first_tier, decode_steps = trace
-    chain = TierChain(tiers=[first_tier(16 // page_size), HostMemoryTier(64 // page_size)], policy=policy)
-    more = ({} if kv_format is None else {"kv_format": kv_format})
+    preemption by recompute or by swap (to a host tier of its own, or into the first KV tier:
+    ``SwapInTiers``), planning ahead or not, a first tier in NumPy or pinned memory, one decode
+    step a launch or three."""
+    (reqs, cache_type, page_size, steps_ahead, policy, kv_format, preemption, first_tier, decode_steps,
+     swap_space) = trace
+    shared = swap_space is SwapInTiers                 # swapped sequences need room in the first tier
+    first_pages = (64 if shared else 16) // page_size
+    chain = TierChain(tiers=[first_tier(first_pages), HostMemoryTier(64 // page_size)], policy=policy)
+    more = {"host_tier": SwapInTiers() if shared else HostTier(num_pages=32)}
+    more.update({} if kv_format is None else {"kv_format": kv_format})
     if cache_type is kvlab.BlockedKVCache:
-        cache = cache_type(num_blocks=64 // page_size, block_tokens=page_size, tiers=chain,
-                           host_tier=HostTier(num_pages=32), **more)
+        cache = cache_type(num_blocks=64 // page_size, block_tokens=page_size, tiers=chain, **more)
     elif cache_type is kvlab.RadixKVCache:
-        cache = cache_type(num_pages=64 // page_size, page_size=page_size, tiers=chain,
-                           host_tier=HostTier(num_pages=32), **more)
+        cache = cache_type(num_pages=64 // page_size, page_size=page_size, tiers=chain, **more)
     else:
         cache = cache_type(num_pages=64 // page_size, page_size=page_size, prefix_caching=True, tiers=chain,
-                           host_tier=HostTier(num_pages=32), **more)
+                           **more)
     engine = kvlab.Engine(tiny_model, cache=cache, steps_ahead=steps_ahead,
                           scheduler=kvlab.ContinuousScheduler(max_num_seqs=3, max_num_batched_tokens=64,
                                                               preemption=preemption,
@@ -362,7 +366,7 @@ def test_engine_with_tiers_equals_one_request_at_a_time(tiny_model, trace):
     for (prompt, max_tokens, _), got in zip(reqs, outputs):
         assert got == reference(tiny_model, prompt, max_tokens, cache.kv_format)
     s = cache.stats()
-    assert s.pages_used == 0 and s.pages_free + s.pages_cached == s.pages_total
+    assert s.pages_used == 0 and s.pages_free + s.pages_cached == s.pages_total and s.host_pages_used == 0
     assert all(t.num_evictable() == len(t) for t in chain.tiers), "a tier record is still held"
 
 

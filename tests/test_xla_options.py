@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import kvlab
+import kvlab.engine.runner as runner_module
 from kvlab.engine import CublasGemmsFrom, XlaDefaults, XlaOptions
 from kvlab.engine.xla_options import default_xla_options
 
@@ -29,9 +31,10 @@ def test_a_threshold_below_one_token_is_refused_with_what_is_allowed(bad):
         CublasGemmsFrom(tokens=bad)
 
 
-def test_the_default_keeps_xla_defaults_off_a_gpu():
+def test_the_default_is_cublas_from_128_tokens_on_a_gpu_and_xla_defaults_elsewhere():
     assert isinstance(default_xla_options(), XlaOptions)
-    assert default_xla_options() == XlaDefaults()          # the suite runs on a CPU
+    on_gpu = jax.default_backend() == "gpu"
+    assert default_xla_options() == (CublasGemmsFrom(tokens=128) if on_gpu else XlaDefaults())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +59,18 @@ def _generate(model, xla_options):
     return [c.token_ids for c in outs], engine
 
 
-def test_steps_compiled_with_their_shapes_options_give_the_default_steps_tokens(tiny_model):
+def test_steps_compiled_with_their_shapes_options_give_the_default_steps_tokens(tiny_model, monkeypatch):
     expected, _ = _generate(tiny_model, XlaDefaults())
+    jitted, compiled_with = runner_module._jitted_step, []
+
+    def recording_jit(options):                   # what each launch compiles with
+        compiled_with.append(options)
+        return jitted(options)
+    monkeypatch.setattr(runner_module, "_jitted_step", recording_jit)
     recording = RecordingOptions()
     got, engine = _generate(tiny_model, recording)
     assert got == expected
+    assert compiled_with == [CublasGemmsFrom(tokens=32).for_tokens(t) for t in recording.asked]
     # each launch asked once, with its padded token count: the 32-token prefill steps compiled
     # with cuBLAS GEMMs, the 16-token decode steps with XLA's defaults
     assert len(recording.asked) == engine.runner.steps

@@ -27,6 +27,7 @@ from kvlab.engine.intake import Intake, as_prompt_list, params_per_prompt
 from kvlab.engine.logprob_records import record_logprobs, record_prompt_logprobs
 from kvlab.engine.metrics import RequestRecord, summarize
 from kvlab.engine.sampling import Sampler
+from kvlab.engine.xla_options import XlaOptions
 from kvlab.schedulers.chunked import ChunkedScheduler
 from kvlab.schedulers.request import Request, SamplingParams
 
@@ -57,7 +58,8 @@ class Engine:
 
     def __init__(self, model=None, *, cache=None, scheduler=None, attention=None, sampler=None,
                  tokenizer=None, max_model_len: int | None = None, seed: int = 0,
-                 clock=time.perf_counter, executor=None, steps_ahead: int = 1, xla_options=None):
+                 clock=time.perf_counter, executor=None, steps_ahead: int = 1,
+                 xla_options: XlaOptions | None = None):
         if steps_ahead not in (0, 1):
             raise ValueError(f"steps_ahead must be 0 (serial) or 1 (plan a step while the previous "
                              f"one runs), got {steps_ahead!r}")

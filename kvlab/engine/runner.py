@@ -226,7 +226,7 @@ class ModelRunner:
         t0 = self.clock()
         inputs, sampling = jax.device_put((views.buffer, sampling))    # the step's one transfer in
         tokens = []
-        step = _jitted_step(self.xla_options.for_tokens(shape.tokens))
+        step = _jitted_step(tuple(sorted(self.xla_options.for_tokens(shape.tokens))))
         for offset in self._offsets(plan.num_steps):
             packed, prompt, storage, table, last, counts = step(
                 self.statics, spec, self.weights, storage, table, last, inputs, sampling, counts, offset)

@@ -8,9 +8,10 @@ residual adds into the cuBLAS calls), at 32 tokens they tie, and at one token cu
 slower (the float32 LM head becomes a GEMV over a converted copy of the embedding). So the choice depends on
 the step's size, and a step's options are chosen from its padded token count.
 
-``XlaOptions`` is the contract: ``for_tokens(tokens)`` gives the options, as sorted
-``(name, value)`` pairs of XLA's debug options, that a step of ``tokens`` padded tokens compiles
-with. Each distinct set compiles its own executables (``jax.jit(..., compiler_options=...)``).
+``XlaOptions`` is the contract: ``for_tokens(tokens)`` gives the options, as ``(name, value)``
+pairs of XLA's debug options (hashable values: bools, ints, strings), that a step of ``tokens``
+padded tokens compiles with. Each distinct set (the runner sorts the pairs) compiles its own
+executables (``jax.jit(..., compiler_options=...)``).
 
 Examples:
     >>> CublasGemmsFrom(tokens=128).for_tokens(256)
@@ -36,7 +37,8 @@ class XlaOptions(Protocol):
     """Chooses the XLA compiler options of a step from its padded token count."""
 
     def for_tokens(self, tokens: int) -> Options:
-        """Sorted ``(name, value)`` pairs of XLA debug options; ``()`` for XLA's defaults."""
+        """``(name, value)`` pairs of XLA debug options (hashable values); ``()`` for XLA's
+        defaults."""
         ...
 
 

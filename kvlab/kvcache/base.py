@@ -51,7 +51,8 @@ class KVCacheStats:
     so that recomputation does not flatter the hit rate. Each admission is counted once, when the
     sequence starts (its first ``allocate``). evictions: cached pages evicted to make room (a
     ``reset_prefix_cache`` is not counted). host_pages_used / host_pages_total: the swap host
-    tier's (``HostTier``) pages holding swapped-out sequences, and its capacity (0 without one).
+    space's (``host_tier``) pages holding swapped-out sequences, and its capacity (0 without one;
+    a ``SwapInTiers`` shares its capacity with the first tier's cached prefixes).
     memory: time-averaged breakdown of the slots (see ``MemoryLedger``).
     """
 
@@ -101,8 +102,9 @@ class KVCache(abc.ABC):
             ``row_of(seq_id)``, ``drain_changes()`` - kept current in place (module docstring).
         max_step_tokens: the most new tokens one sequence may compute in one step, or None for
             no limit (a circular cache's ring only holds so many).
-        host_tier: the ``HostTier`` that preemption by swap moves sequences to, or None (then
-            ``can_swap_out`` / ``can_swap_in`` are False and ``swap_out`` / ``swap_in`` raise).
+        host_tier: the swap space (``SwapSpace``: a ``HostTier`` of its own pages, or
+            ``SwapInTiers`` in the first KV tier) that preemption by swap moves sequences to, or
+            None (then ``can_swap_out`` / ``can_swap_in`` are False and ``swap_*`` raise).
         tiers: the ``TierChain`` (host memory, disk) that evicted prefix blocks go down to and are
             loaded back from, or None; its record arrays are bound by the engine
             (``tiers.bind(storage.page_record)``), and ``drain_tier_moves`` gives the copies.

@@ -55,6 +55,7 @@ class PagedKVCache(SwappablePoolCache):
         self.index = BlockIndex(eviction or LRU()) if prefix_caching else None
         self._tiered = None if tiers is None else tier_reuse(tiers, owner=type(self).__name__,
                                                             prefix_caching=prefix_caching, writes=self.writes)
+        self._bind_swap_space()
 
     # ---- prefix reuse --------------------------------------------------------------------------
     def _hashes(self, token_ids, salt, num_blocks: int) -> list:

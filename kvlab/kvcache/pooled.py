@@ -46,6 +46,11 @@ class PagePoolCache(KVCache):
         self.evictions = 0
         self._tiered = None               # a TierReuse when prefix blocks go below the GPU
 
+    def _bind_swap_space(self) -> None:
+        """Give the host tier the cache's tier link (``TierReuse`` or None), once both exist."""
+        if self.host_tier is not None:
+            self.host_tier.bind(self._tiered)
+
     @property
     def tiers(self):
         """The ``TierChain`` below the GPU, or None."""
@@ -235,7 +240,7 @@ class PagePoolCache(KVCache):
             self._before_release(seq_id, seq)
             self.writes.release(seq_id, self.block_table, seq.row)    # staged pages: unsealed
             if seq.host_pages:              # aborted while swapped out: its host pages go back
-                self.host_tier.allocator.decref(seq.host_pages)
+                self.host_tier.release(seq.host_pages)
             else:
                 pages = self._row(seq).tolist()
                 freed = set(self.allocator.decref(reversed(pages)))
@@ -271,7 +276,7 @@ class PagePoolCache(KVCache):
 
     def stats(self, *, detailed: bool = True) -> KVCacheStats:
         a = self.allocator
-        host = None if self.host_tier is None else self.host_tier.allocator
+        host = self.host_tier
         cached = self._num_cached_pages()
         return KVCacheStats(pages_total=a.num_pages, pages_used=a.num_used - cached,
                             pages_free=a.num_free, pages_cached=cached, page_size=self.page_size,

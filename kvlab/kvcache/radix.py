@@ -51,6 +51,7 @@ class RadixKVCache(SwappablePoolCache):
         self.hasher = block_hasher or Sha256BlockHasher()
         self._tiered = None if tiers is None else tier_reuse(tiers, owner="RadixKVCache", prefix_caching=True,
                                                             writes=self.writes)
+        self._bind_swap_space()
 
     def num_available_pages(self) -> int:
         """Free and evictable pages, plus the unmatched tail of a node a pending admission holds

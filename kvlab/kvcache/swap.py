@@ -31,7 +31,7 @@ class SwappablePoolCache(PagePoolCache):
     def can_swap_out(self, seq_id) -> bool:
         seq = self._seqs.get(seq_id)
         return (self.host_tier is not None and seq is not None and seq.started and not seq.host_pages
-                and self._num_pages(seq) <= self.host_tier.allocator.num_free)
+                and self.host_tier.can_hold(self._num_pages(seq)))
 
     def swap_out(self, seq_id) -> list[tuple[int, int]]:
         """Copy all the sequence's pages to the host tier and drop its device references (shared
@@ -45,14 +45,14 @@ class SwappablePoolCache(PagePoolCache):
         self.clock += 1
         self._before_swap_out(seq)
         pages = self._row(seq).tolist()
-        hosts = self.host_tier.allocator.allocate(len(pages))
+        hosts, copies = self.host_tier.store(pages)
         freed = set(self.allocator.decref(reversed(pages)))
         self._after_release([p for p in pages if p not in freed])
         seq.host_pages = hosts
         self.block_table.write(seq.row, 0, [-1] * len(pages))
         seq.shared_pages = 0
         self.ledger.update(seq_id, allocated=0, stored=0)
-        return list(zip(pages, hosts))
+        return copies
 
     def can_swap_in(self, seq_id) -> bool:
         seq = self._seqs.get(seq_id)
@@ -69,7 +69,7 @@ class SwappablePoolCache(PagePoolCache):
         self._check_room(seq_id, len(hosts))
         devices = self._take_pages(len(hosts))
         self.block_table.write(seq.row, 0, devices)
-        self.host_tier.allocator.decref(hosts)
+        copies = self.host_tier.restore(hosts, devices)
         seq.host_pages = []
         self._update_ledger(seq_id, seq, len(devices))
-        return list(zip(hosts, devices))
+        return copies

@@ -120,6 +120,39 @@ class TierReuse:
             return
         self._offload(key, page, priority, self._moves)
 
+    # ---- swapped-out pages held in the first tier (kvlab.kvcache.tier_swap) ------------------
+    def can_hold(self, num_pages: int) -> bool:
+        """Whether the first tier can take ``num_pages`` more held records (free or evictable)."""
+        first = self.chain.tiers[0]
+        return num_pages <= first.stats().pages_free + first.num_evictable()
+
+    def offload_held(self, key, page: int) -> None:
+        """Copy device ``page`` into the first tier under ``key`` in this plan and hold it there
+        until ``swap_in`` or ``release_held``; ``can_hold`` said there is room."""
+        reserved = self.chain.reserve(key)
+        if reserved is None:
+            raise RuntimeError("the first tier is full of held records; ask can_hold first")
+        slot, demotions = reserved
+        self._moves += demotions
+        self._moves.append(Offload(page, slot))
+        self.chain.hold(key)
+
+    def swap_in(self, keys, pages) -> None:
+        """Load held ``keys``' records into device ``pages`` in this plan and forget them (their
+        slots are free for later moves, which the move order keeps after the loads)."""
+        for key, page in zip(keys, pages, strict=True):
+            level, slot = self.chain.where(key)
+            self.chain.unhold(key)
+            self._moves.append(Load(level, slot, page))
+            self._loaded.add(page)
+            self.chain.discard(key)
+
+    def release_held(self, keys) -> None:
+        """Forget held ``keys`` (their sequence ended while swapped out)."""
+        for key in keys:
+            self.chain.unhold(key)
+            self.chain.discard(key)
+
     def indexed(self, key, page: int, priority: int) -> None:
         """The GPU indexed ``page`` of block ``key``: copy it down next plan if write-through."""
         if self.chain.policy.offload_on_insert(priority):

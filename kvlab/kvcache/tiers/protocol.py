@@ -118,6 +118,10 @@ class KVTier(Protocol):
         when every record is held."""
         ...
 
+    def num_evictable(self) -> int:
+        """Stored records a ``reserve`` could evict now (not held)."""
+        ...
+
     def slot_of(self, key: Hashable) -> int | None:
         """The slot of ``key``'s record, or None (nothing counted)."""
         ...
