@@ -157,21 +157,26 @@ class TieredCacheMachine(RuleBasedStateMachine):
     policy = WriteBackOnEviction()
     levels = 2
     radix = False
+    swap = False                      # sequences swapped out into the first tier (SwapInTiers)
 
     def __init__(self):
         super().__init__()
-        tiers = [HostMemoryTier(3, eviction=PriorityLRU())]
+        tiers = [HostMemoryTier(8 if self.swap else 3, eviction=PriorityLRU())]
         tiers += [HostMemoryTier(4) for _ in range(self.levels - 1)]
         self.chain = TierChain(tiers=tiers, policy=self.policy)
         self.records = self.chain.bind(RECORD)
+        space = SwapInTiers() if self.swap else None
         if self.radix:
             self.cache = kvlab.RadixKVCache(num_pages=12, page_size=4, block_hasher=BuiltinBlockHasher(),
-                                            tiers=self.chain)
+                                            tiers=self.chain, host_tier=space)
         else:
             self.cache = kvlab.PagedKVCache(num_pages=12, page_size=4, prefix_caching=True,
-                                            block_hasher=BuiltinBlockHasher(), tiers=self.chain)
+                                            block_hasher=BuiltinBlockHasher(), tiers=self.chain,
+                                            host_tier=space)
         self.device = np.full(12, -1, np.int64)
         self.seqs: dict = {}          # id -> [tokens, hit, pending (computed by the next launch)]
+        self.away: dict = {}          # swapped out: id -> (its seqs entry, its pages' contents)
+        self.returning: dict = {}     # swapped in, loaded by the next launch: the same
         self.next_id = 0
         self.launched = False
 
@@ -214,6 +219,30 @@ class TieredCacheMachine(RuleBasedStateMachine):
         self.cache.free(sid)
         del self.seqs[sid]
 
+    @precondition(lambda self: self.swap and any(not s[2] for s in self.seqs.values()))
+    @rule(data=st.data())
+    def swap_out(self, data):
+        sid = data.draw(st.sampled_from(sorted(k for k, s in self.seqs.items() if not s[2])))
+        if self.cache.can_swap_out(sid):
+            contents = self.device[self.cache.pages(sid)].copy()
+            assert self.cache.swap_out(sid) == []              # its copies are tier moves
+            self.away[sid] = (self.seqs.pop(sid), contents)
+
+    @precondition(lambda self: self.away)
+    @rule(data=st.data())
+    def swap_in(self, data):
+        sid = data.draw(st.sampled_from(sorted(self.away)))
+        if self.cache.can_swap_in(sid):
+            assert self.cache.swap_in(sid) == []
+            self.returning[sid] = self.away.pop(sid)
+
+    @precondition(lambda self: len(self.away) > 1)       # (leaves swap_in the last one)
+    @rule(data=st.data())
+    def abort_away(self, data):
+        sid = data.draw(st.sampled_from(sorted(self.away)))
+        self.cache.free(sid)
+        del self.away[sid]
+
     @rule()
     def launch(self):
         pending = {sid: s for sid, s in self.seqs.items() if s[2]}
@@ -225,6 +254,10 @@ class TieredCacheMachine(RuleBasedStateMachine):
             self.device[pages] = np.asarray(data)[:len(pages), 0]
         make_moves(moves, self.chain.tiers, read_device=lambda pages: self.device[pages][:, None],
                    write_device=write)
+        for sid, (seq, contents) in self.returning.items():  # swapped in: every page as it left
+            assert (self.device[self.cache.pages(sid)] == contents).all(), sid
+            self.seqs[sid] = seq
+        self.returning = {}
         hashes = self._hashes
         for sid, seq in pending.items():
             tokens, start, _ = seq
@@ -250,6 +283,7 @@ class TieredCacheMachine(RuleBasedStateMachine):
         for tier in self.chain.tiers:
             ts = tier.stats()
             assert ts.pages_used + ts.pages_free == ts.num_pages == tier.num_pages
+        assert s.host_pages_used == sum(len(contents) for _, contents in self.away.values())
 
     @precondition(lambda self: self.launched)
     @invariant()
@@ -258,10 +292,12 @@ class TieredCacheMachine(RuleBasedStateMachine):
             assert self.device[page] == block_hash
         written_later = {(0, m.slot) if isinstance(m, Offload) else (m.level + 1, m.to_slot)
                          for m in self.cache._tiered._moves if not isinstance(m, Load)}
+        swapped = {key: content for sid, (_, contents) in self.away.items()
+                   for key, content in zip(self.cache._seqs[sid].host_pages, contents)}
         for level, tier in enumerate(self.chain.tiers):
             for key in tier.keys():
                 if (level, tier.slot_of(key)) not in written_later:
-                    assert self.records[level][tier.slot_of(key), 0] == key
+                    assert self.records[level][tier.slot_of(key), 0] == swapped.get(key, key)
 
     def _indexed_pages(self):
         """(page, hash of the block it must hold) of every page the prefix index names."""
@@ -277,17 +313,20 @@ class TieredCacheMachine(RuleBasedStateMachine):
                 yield from zip(node.pages, hashes[len(hashes) - len(node.pages):])
 
     def teardown(self):
-        for sid in list(self.seqs):
+        for sid in [*self.seqs, *self.away, *self.returning]:
             self.cache.free(sid)
         for tier in self.chain.tiers:
             assert tier.num_evictable() == len(tier), "a tier record is still held"
 
 
-@pytest.mark.parametrize("policy, levels, radix", [
-    (WriteBackOnEviction(), 2, False), (WriteThrough(), 2, False), (AbovePriority(min_priority=1), 1, False),
-    (WriteThrough(), 1, False), (WriteBackOnEviction(), 2, True), (WriteThrough(), 1, True)])
-def test_tiered_cache_state_machine(policy, levels, radix):
-    machine = type("Machine", (TieredCacheMachine,), {"policy": policy, "levels": levels, "radix": radix})
+@pytest.mark.parametrize("policy, levels, radix, swap", [
+    (WriteBackOnEviction(), 2, False, False), (WriteThrough(), 2, False, False),
+    (AbovePriority(min_priority=1), 1, False, False), (WriteThrough(), 1, False, False),
+    (WriteBackOnEviction(), 2, True, False), (WriteThrough(), 1, True, False),
+    (WriteBackOnEviction(), 2, False, True), (WriteThrough(), 1, True, True)])
+def test_tiered_cache_state_machine(policy, levels, radix, swap):
+    machine = type("Machine", (TieredCacheMachine,),
+                   {"policy": policy, "levels": levels, "radix": radix, "swap": swap})
     run_state_machine_as_test(machine, settings=settings(max_examples=examples(60), stateful_step_count=40,
                                                          deadline=None))
 
