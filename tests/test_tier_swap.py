@@ -102,3 +102,23 @@ def test_the_engine_swaps_into_the_first_tier_and_gives_the_same_tokens(tiny_mod
     s = cache.stats()
     assert s.pages_used == 0 and s.host_pages_used == 0
     assert all(t.num_evictable() == len(t) for t in cache.tiers.tiers), "a tier record is still held"
+
+
+@pytest.mark.parametrize("space", [SwapInTiers, lambda: HostTier(16)])
+def test_pages_a_plan_loads_are_not_swapped_out_in_that_plan(space):
+    """A swap-out's pages are read before the plan's loads write theirs, so a sequence swapped
+    in (or loaded from a tier) in this plan waits for the next one: refused with the reason."""
+    cache = PagedKVCache(num_pages=8, page_size=4, prefix_caching=True, tiers=[HostMemoryTier(8)],
+                         host_tier=space())
+    _start(cache, "a", list(range(1, 10)))
+    cache.swap_out("a")
+    cache.drain_tier_moves()                                         # the next plan
+    cache.swap_in("a")
+    assert not cache.can_swap_out("a")
+    with pytest.raises(ValueError, match="swap it out in a later plan"):
+        cache.swap_out("a")
+    cache.drain_tier_moves()                                         # the next plan
+    assert cache.can_swap_out("a")
+    cache.swap_out("a")
+    cache.free("a")
+    assert cache.stats().host_pages_used == 0

@@ -31,7 +31,8 @@ class SwappablePoolCache(PagePoolCache):
     def can_swap_out(self, seq_id) -> bool:
         seq = self._seqs.get(seq_id)
         return (self.host_tier is not None and seq is not None and seq.started and not seq.host_pages
-                and self.host_tier.can_hold(self._num_pages(seq)))
+                and self.host_tier.can_hold(self._num_pages(seq))
+                and not self._loading(self._row(seq).tolist()))
 
     def swap_out(self, seq_id) -> list[tuple[int, int]]:
         """Copy all the sequence's pages to the host tier and drop its device references (shared
@@ -42,6 +43,10 @@ class SwappablePoolCache(PagePoolCache):
         seq = self._seqs[seq_id]
         if not seq.started or seq.host_pages:
             raise ValueError(f"sequence {seq_id!r} is not running on the device; nothing to swap out")
+        if self._loading(self._row(seq).tolist()):
+            raise ValueError(f"sequence {seq_id!r} has pages that this plan loads (swapped in or loaded "
+                             f"from a tier), whose copies come after the pages going out are read; "
+                             f"swap it out in a later plan")
         self.clock += 1
         self._before_swap_out(seq)
         pages = self._row(seq).tolist()
@@ -70,6 +75,7 @@ class SwappablePoolCache(PagePoolCache):
         devices = self._take_pages(len(hosts))
         self.block_table.write(seq.row, 0, devices)
         copies = self.host_tier.restore(hosts, devices)
+        self._swapped_in.update(devices)
         seq.host_pages = []
         self._update_ledger(seq_id, seq, len(devices))
         return copies

@@ -120,6 +120,11 @@ class TierReuse:
             return
         self._offload(key, page, priority, self._moves)
 
+    @property
+    def loaded_pages(self) -> set[int]:
+        """Device pages this plan's loads write (a copy)."""
+        return set(self._loaded)
+
     # ---- swapped-out pages held in the first tier (kvlab.kvcache.tier_swap) ------------------
     def can_hold(self, num_pages: int) -> bool:
         """Whether the first tier can take ``num_pages`` more held records (free or evictable)."""
