@@ -45,12 +45,6 @@ class PagePoolCache(KVCache):
         self._readmitted_prompt_tokens = self._readmitted_hit_tokens = 0
         self.evictions = 0
         self._tiered = None               # a TierReuse when prefix blocks go below the GPU
-        self._swapped_in: set[int] = set()    # device pages this plan's swap-ins write
-
-    def _bind_swap_space(self) -> None:
-        """Give the host tier the cache's tier link (``TierReuse`` or None), once both exist."""
-        if self.host_tier is not None:
-            self.host_tier.bind(self._tiered)
 
     @property
     def tiers(self):
@@ -146,14 +140,7 @@ class PagePoolCache(KVCache):
         return self.writes.drain()
 
     def drain_tier_moves(self) -> list:
-        self._swapped_in = set()          # the plan is made: its loads are behind it
         return [] if self._tiered is None else self._tiered.drain()
-
-    def _loading(self, pages) -> bool:
-        """Whether any of ``pages`` is written by a load of the plan being made (a swap-in or a
-        tier hit): its content arrives with the plan's copies, after the pages going out are read."""
-        loaded = self._swapped_in | (set() if self._tiered is None else self._tiered.loaded_pages)
-        return not loaded.isdisjoint(pages)
 
     def validate_request(self, *, prompt_tokens: int, step_tokens: int, total_tokens: int) -> None:
         super().validate_request(prompt_tokens=prompt_tokens, step_tokens=step_tokens,

@@ -23,6 +23,25 @@ from kvlab.kvcache.seq_state import SeqState
 class SwappablePoolCache(PagePoolCache):
     """A ``PagePoolCache`` whose running sequences can move to and from ``host_tier``."""
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._swapped_in: set[int] = set()    # device pages the swap-ins of the plan being made write
+
+    def _bind_swap_space(self) -> None:
+        """Give the host tier the cache's tier link (``TierReuse`` or None), once both exist."""
+        if self.host_tier is not None:
+            self.host_tier.bind(self._tiered)
+
+    def drain_tier_moves(self) -> list:
+        self._swapped_in = set()              # the plan is made: its loads are behind it
+        return super().drain_tier_moves()
+
+    def _loading(self, pages) -> bool:
+        """Whether any of ``pages`` is written by a load of the plan being made (a swap-in or a
+        tier hit): its content arrives with the plan's copies, after the pages going out are read."""
+        loaded = self._swapped_in | (set() if self._tiered is None else self._tiered.loaded_pages)
+        return not loaded.isdisjoint(pages)
+
     def _before_swap_out(self, seq: SeqState) -> None:
         """Prefix caches index what the sequence computed and let go of their hold on it: the
         sequence comes back with private copies of all its pages."""
