@@ -107,6 +107,22 @@ def test_mosaic_prefill_matches_the_reference(q_lens, kv_lens, page, blocked, dt
     assert float(jnp.abs(out[sum(q_lens):]).max(initial=0.0)) == 0.0
 
 
+def test_mosaic_prefill_lowers_once_for_every_layer_of_a_step():
+    """The layers of a step call the Hopper prefill with equal shapes: the step's module holds
+    one lowering of it, called once a layer (lowered per layer, every layer's kernel was lowered
+    and compiled anew: about 2 s a layer on the H200)."""
+    q, storage, batch = build_case([13, 1], [30, 9], seed=0, page_size=8, num_q_heads=2, num_kv_heads=1,
+                                   head_dim=64, dtype=jnp.bfloat16, token_bucket=16, seq_bucket=2,
+                                   page_bucket=4, num_layers=3)
+    options = AttentionOptions(sm_scale=0.125)
+    be = PallasAttention(interpret=True, prefill=MosaicPrefillConfig(), decode=DecodeConfig(block_k=16))
+    layers = range(3)
+    text = jax.jit(lambda q, s, b: [be(q, s, layer, b, options) for layer in layers]).lower(
+        q, storage, batch).as_text()
+    assert text.count("func.func private @ragged_prefill") == 1
+    assert text.count("call @ragged_prefill") == len(layers)
+
+
 def test_prefill_kernel_choice_and_its_limits():
     plain = AttentionOptions(sm_scale=0.125)
     pick = functools.partial(PallasAttention().prefill_kernel, head_dim=128, page_size=16, options=plain)

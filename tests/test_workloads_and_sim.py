@@ -167,3 +167,19 @@ def test_the_transformers_peer_benchmark_counts_every_requests_own_tokens(capsys
     assert all(r["tok_per_s"] > 0 for r in rows)
     assert "| kvlab |" in capsys.readouterr().out
     assert os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.4"
+
+
+def test_the_compile_time_benchmark_times_each_stage_and_counts_kernel_calls(capsys):
+    """``benchmarks/compile_time.py`` on the tiny shape in interpret mode (CPU): a row per step
+    shape with the trace, lowering and compilation timed, and the table printed."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        module = importlib.import_module("compile_time")
+    finally:
+        sys.path.pop(0)
+    rows = module.main(["--shape", "tiny", "--prefill", "2x16", "--decode", "2@24",
+                        "--prefill-kernels", "triton", "--xla", "default", "--interpret"])
+    assert [(r["kind"], r["spec"]) for r in rows] == [("prefill", "2x16"), ("decode", "2@24")]
+    assert all(r[k] > 0 for r in rows for k in ("trace_s", "lower_s", "compile_s"))
+    assert all(r["mosaic"] == (0, 0) for r in rows)          # interpret mode: no kernel custom calls
+    assert "| decode 2@24 | auto | default |" in capsys.readouterr().out

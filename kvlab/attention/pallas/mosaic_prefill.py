@@ -61,13 +61,18 @@ def _tile_copies(config, page_size: int):
     return per_copy, config.block_kv // per_copy
 
 
+@functools.partial(jax.jit, static_argnames=("layout", "options", "config", "num_ctas", "interpret"))
 def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, plan, *, layout, options,
                    config: MosaicTiles, num_ctas: int = 132, interpret=False):
     """Rows of the sequences with more than one query token; q: [T, Hq, D]; kv_arrays: the
     storage's arrays (``layout.tma_arrays``); meta: [3] int32 (layer, num_seqs, plan blocks);
     plan: (seq [G], q_first [G]), the work list of ``config.work`` (blocks of ``config.cta_rows``).
     Returns [T, Hq, D]: padding rows zeros, rows of single-token sequences unwritten (the decode
-    kernel writes them in place)."""
+    kernel writes them in place).
+
+    Jitted: the layers of a step call it with equal shapes, so the step lowers the kernel once
+    and every layer's custom call carries the same module (compiled once; lowered and compiled
+    per layer, a 16-layer step spent about 30 s on it)."""
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = layout.num_kv_heads
     group = num_q_heads // num_kv_heads
