@@ -20,7 +20,8 @@ when only decodes run: ``kvlab.schedulers.multi_step``), in the same run.
 
 ``--gemms xla cublas-from-128`` runs each choice of XLA compiler options per step shape
 (``kvlab.engine.xla_options``: XLA's defaults, or cuBLAS matmuls for steps of 128 tokens or more;
-``default`` is the engine's default, the second on a GPU), in the same run.
+``default`` is the engine's default, the second on a GPU; ``cublas-from-128+graphs`` the second with
+every kind of operation recorded into CUDA graphs, ``CommandBuffers``), in the same run.
 
 ``--kv-formats plain fp8 int8 int4`` runs each KV format in turn (the roofline counts each one's
 KV bytes), and reports the largest batch whose KV fits ``--kv-budget-gb`` at the decode phase's
@@ -50,7 +51,7 @@ from flax import nnx
 
 import kvlab
 from kvlab.engine.defaults import kv_bytes_per_token
-from kvlab.engine.xla_options import CublasGemmsFrom, XlaDefaults, default_xla_options
+from kvlab.engine.xla_options import CommandBuffers, CublasGemmsFrom, XlaDefaults, default_xla_options
 from kvlab.kvcache.formats import PLAIN, Fp8E4M3, Int4, Int8, StaticScales
 from kvlab.kvcache.quantized_storage import paged_storage
 from kvlab.models import LlamaModel, ModelConfig
@@ -59,7 +60,8 @@ from kvlab.schedulers.shapes import next_pow2
 SHAPES = {"llama-3.2-1b": ModelConfig.llama_3_2_1b, "llama-3-8b": ModelConfig.llama_3_8b,
           "tiny": ModelConfig.tiny}
 GEMMS = {"default": default_xla_options, "xla": XlaDefaults,
-         "cublas-from-128": lambda: CublasGemmsFrom(tokens=128)}
+         "cublas-from-128": lambda: CublasGemmsFrom(tokens=128),
+         "cublas-from-128+graphs": lambda: CommandBuffers(inner=CublasGemmsFrom(tokens=128))}
 # random weights: fp8 gets static scales sized for the random K/V (|x| up to about 4-8)
 KV_FORMATS = {"plain": PLAIN, "fp8": Fp8E4M3(scales=StaticScales(k=0.02, v=0.02)), "int8": Int8(),
               "int4": Int4()}

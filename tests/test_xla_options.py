@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import kvlab
 import kvlab.engine.runner as runner_module
-from kvlab.engine import CublasGemmsFrom, XlaDefaults, XlaOptions
+from kvlab.engine import CommandBuffers, CublasGemmsFrom, XlaDefaults, XlaOptions
 from kvlab.engine.xla_options import default_xla_options
 
 
@@ -29,6 +29,27 @@ def test_cublas_gemms_from_a_threshold_turns_triton_gemms_off_exactly_at_and_abo
 def test_a_threshold_below_one_token_is_refused_with_what_is_allowed(bad):
     with pytest.raises(ValueError, match=r"CublasGemmsFrom.tokens must be >= 1, got"):
         CublasGemmsFrom(tokens=bad)
+
+
+@given(threshold=st.integers(1, 4096), tokens=st.integers(1, 8192),
+       commands=st.lists(st.sampled_from(["FUSION", "CUBLAS", "CUSTOM_CALL", "CUDNN"]), unique=True))
+def test_command_buffers_add_their_kinds_to_the_inner_choice(threshold, tokens, commands):
+    inner = CublasGemmsFrom(tokens=threshold)
+    options = CommandBuffers(inner=inner, commands=tuple(commands)).for_tokens(tokens)
+    assert options == inner.for_tokens(tokens) + (("xla_gpu_enable_command_buffer", ",".join(commands)),)
+    nested = CommandBuffers(inner=CommandBuffers(inner=inner), commands=tuple(commands))
+    assert nested.for_tokens(tokens) == options          # the outer choice of kinds wins, once
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(commands="FUSION"), "must be a tuple of XLA command-buffer kinds"),
+    (dict(commands=("fusion",)), "upper-case names such as FUSION"),
+    (dict(commands=("FUSION", 3)), "must be a tuple of XLA command-buffer kinds"),
+    (dict(inner="cublas"), "CommandBuffers.inner must be an XlaOptions"),
+])
+def test_bad_command_buffer_choices_are_refused_with_what_is_allowed(bad, match):
+    with pytest.raises(ValueError, match=match):
+        CommandBuffers(**bad)
 
 
 def test_the_default_is_cublas_from_128_tokens_on_a_gpu_and_xla_defaults_elsewhere():
@@ -76,3 +97,11 @@ def test_steps_compiled_with_their_shapes_options_give_the_default_steps_tokens(
     assert len(recording.asked) == engine.runner.steps
     chosen = {CublasGemmsFrom(tokens=32).for_tokens(t) for t in recording.asked}
     assert chosen == {(), (("xla_gpu_enable_triton_gemm", False),)}
+
+
+def test_steps_recorded_into_command_buffers_give_the_default_steps_tokens(tiny_model):
+    """Every kind of command buffer asked for: XLA accepts the option's value when each step
+    compiles (it refuses a kind it does not know), and the tokens are the defaults'."""
+    expected, _ = _generate(tiny_model, XlaDefaults())
+    got, engine = _generate(tiny_model, CommandBuffers(inner=CublasGemmsFrom(tokens=32)))
+    assert got == expected and engine.runner.steps > 0

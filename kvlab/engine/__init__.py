@@ -7,8 +7,8 @@ from kvlab.engine.executor import Executor, ModelExecutor
 from kvlab.engine.metrics import SLO, RequestRecord, summarize
 from kvlab.engine.runner import ModelRunner
 from kvlab.engine.sampling import Sampler
-from kvlab.engine.xla_options import CublasGemmsFrom, XlaDefaults, XlaOptions
+from kvlab.engine.xla_options import CommandBuffers, CublasGemmsFrom, XlaDefaults, XlaOptions
 
-__all__ = ["Completion", "CublasGemmsFrom", "DenseReferenceDecoder", "Engine", "Executor", "ModelExecutor",
-           "ModelRunner", "RequestRecord", "SLO", "Sampler", "StreamEvent", "XlaDefaults", "XlaOptions",
-           "summarize"]
+__all__ = ["CommandBuffers", "Completion", "CublasGemmsFrom", "DenseReferenceDecoder", "Engine", "Executor",
+           "ModelExecutor", "ModelRunner", "RequestRecord", "SLO", "Sampler", "StreamEvent", "XlaDefaults",
+           "XlaOptions", "summarize"]
