@@ -49,6 +49,9 @@ def test_swapped_pages_are_held_first_tier_records_moved_as_tier_moves():
     assert [(m.slot, m.page) for m in back] == list(zip(slots, cache.pages("a")))
     assert all(isinstance(m, Load) for m in back)
     assert first.stats().pages_used == 0 and cache.stats().host_pages_used == 0
+    counted = cache.stats().tiers
+    assert (counted.swapped_out, counted.swapped_in, counted.released) == (3, 3, 0)
+    assert counted.offloads == 0 and counted.loads_per_tier == (0,)     # prefix moves counted apart
     cache.free("a")
     assert cache.stats().pages_used == 0
 

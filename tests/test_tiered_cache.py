@@ -177,6 +177,7 @@ class TieredCacheMachine(RuleBasedStateMachine):
         self.seqs: dict = {}          # id -> [tokens, hit, pending (computed by the next launch)]
         self.away: dict = {}          # swapped out: id -> (its seqs entry, its pages' contents)
         self.returning: dict = {}     # swapped in, loaded by the next launch: the same
+        self.swapped = [0, 0, 0]      # pages swapped out, swapped in, released while away
         self.next_id = 0
         self.launched = False
 
@@ -227,6 +228,7 @@ class TieredCacheMachine(RuleBasedStateMachine):
             contents = self.device[self.cache.pages(sid)].copy()
             assert self.cache.swap_out(sid) == []              # its copies are tier moves
             self.away[sid] = (self.seqs.pop(sid), contents)
+            self.swapped[0] += len(contents)
 
     @precondition(lambda self: self.away)
     @rule(data=st.data())
@@ -235,13 +237,14 @@ class TieredCacheMachine(RuleBasedStateMachine):
         if self.cache.can_swap_in(sid):
             assert self.cache.swap_in(sid) == []
             self.returning[sid] = self.away.pop(sid)
+            self.swapped[1] += len(self.returning[sid][1])
 
     @precondition(lambda self: len(self.away) > 1)       # (leaves swap_in the last one)
     @rule(data=st.data())
     def abort_away(self, data):
         sid = data.draw(st.sampled_from(sorted(self.away)))
         self.cache.free(sid)
-        del self.away[sid]
+        self.swapped[2] += len(self.away.pop(sid)[1])
 
     @rule()
     def launch(self):
@@ -284,6 +287,8 @@ class TieredCacheMachine(RuleBasedStateMachine):
             ts = tier.stats()
             assert ts.pages_used + ts.pages_free == ts.num_pages == tier.num_pages
         assert s.host_pages_used == sum(len(contents) for _, contents in self.away.values())
+        t = self.cache.stats().tiers
+        assert [t.swapped_out, t.swapped_in, t.released] == self.swapped
 
     @precondition(lambda self: self.launched)
     @invariant()

@@ -59,13 +59,20 @@ def tier_reuse(tiers, *, owner: str, prefix_caching: bool, writes) -> TierReuse:
 class TierReuseStats:
     """The tiers' pages and counters (``chain``), and the moves planned since the cache was built:
     ``offloads`` (GPU pages copied into the first tier), ``loads_per_tier`` (blocks loaded back,
-    per tier, fastest first) and ``dropped`` (evicted GPU pages the policy or a full tier of
-    held records did not keep)."""
+    per tier, fastest first), ``dropped`` (evicted GPU pages the policy or a full tier of
+    held records did not keep; a swap-in that evicts GPU prefix pages while the first tier is
+    full of held records drops them: the slots it frees are read by its own loads in the same
+    plan), and the swap space's pages in the first tier (``kvlab.kvcache.tier_swap``):
+    ``swapped_out`` copied in, ``swapped_in`` loaded back, ``released`` let go unread (their
+    sequence ended while swapped out)."""
 
     chain: ChainStats
     offloads: int
     loads_per_tier: tuple[int, ...]
     dropped: int
+    swapped_out: int = 0
+    swapped_in: int = 0
+    released: int = 0
 
 
 class TierReuse:
@@ -77,6 +84,7 @@ class TierReuse:
         self._write_through: list = []    # (key, page, priority) indexed this plan: next plan's
         self._loaded: set[int] = set()    # device pages this plan loads
         self.offloads = self.dropped = 0
+        self.swapped_out = self.swapped_in = self.released = 0
         self.loads_per_tier = [0] * len(chain.tiers)
 
     def match(self, keys) -> list[int]:
@@ -141,6 +149,7 @@ class TierReuse:
         self._moves += demotions
         self._moves.append(Offload(page, slot))
         self.chain.hold(key)
+        self.swapped_out += 1
 
     def swap_in(self, keys, pages) -> None:
         """Load held ``keys``' records into device ``pages`` in this plan and forget them (their
@@ -151,12 +160,14 @@ class TierReuse:
             self._moves.append(Load(level, slot, page))
             self._loaded.add(page)
             self.chain.discard(key)
+            self.swapped_in += 1
 
     def release_held(self, keys) -> None:
         """Forget held ``keys`` (their sequence ended while swapped out)."""
         for key in keys:
             self.chain.unhold(key)
             self.chain.discard(key)
+            self.released += 1
 
     def indexed(self, key, page: int, priority: int) -> None:
         """The GPU indexed ``page`` of block ``key``: copy it down next plan if write-through."""
@@ -191,4 +202,6 @@ class TierReuse:
 
     def stats(self) -> TierReuseStats:
         return TierReuseStats(chain=self.chain.stats(), offloads=self.offloads,
-                              loads_per_tier=tuple(self.loads_per_tier), dropped=self.dropped)
+                              loads_per_tier=tuple(self.loads_per_tier), dropped=self.dropped,
+                              swapped_out=self.swapped_out, swapped_in=self.swapped_in,
+                              released=self.released)
