@@ -10,6 +10,8 @@ import jax
 import numpy as np
 import pytest
 from engine_helpers import finish_after_abort
+from hypothesis import given
+from hypothesis import strategies as st
 
 import kvlab
 from kvlab.engine import DenseReferenceDecoder
@@ -172,3 +174,53 @@ def test_penalized_and_sampled_requests_draw_the_tokens_of_one_step_a_plan(tiny_
         if k == 4:
             assert eng.executor.steps < 16               # multi-step plans ran
     assert runs[4] == runs[1]
+
+
+class Chars:
+    """A detokenizer: token t is the character chr(t + 60)."""
+
+    def __init__(self):
+        self.text = ""
+
+    def push(self, ids):
+        new = "".join(chr(t + 60) for t in ids)
+        self.text += new
+        return new
+
+    def flush(self):
+        return ""
+
+
+@given(data=st.data(), prompt=st.integers(1, 6), done=st.integers(0, 5), pending=st.integers(0, 8),
+       block=st.lists(st.integers(0, 5), min_size=1, max_size=8))
+def test_a_block_of_tokens_is_read_as_one_token_at_a_time(data, prompt, done, pending, block):
+    """``Request.append_tokens`` (a multi-step plan's read) leaves a request as ``append_token``
+    on each token in turn, stopping at the first that ends it: stop ids, EOS (or not, with
+    ignore_eos), min_tokens, max_tokens, the context and stop strings."""
+    params = dict(max_tokens=data.draw(st.integers(1, 12)), min_tokens=data.draw(st.integers(0, 6)),
+                  ignore_eos=data.draw(st.booleans()),
+                  stop_token_ids=tuple(data.draw(st.lists(st.integers(0, 5), max_size=2))),
+                  stop=tuple(data.draw(st.lists(st.sampled_from(["A", "BC", "@A"]), max_size=2))))
+    params["min_tokens"] = min(params["min_tokens"], params["max_tokens"])
+    context = data.draw(st.none() | st.integers(prompt + done + 1, prompt + done + 10))
+    text = data.draw(st.booleans())
+
+    def fresh():
+        r = Request("r", [1] * prompt, kvlab.SamplingParams(**params), eos_token_ids=(2,),
+                    max_total_tokens=context)
+        r.output_token_ids = [9] * min(done, params["max_tokens"] - 1)
+        r.num_pending = pending
+        if text:
+            r.output_text = kvlab.schedulers.stopping.OutputText(Chars(), stops=params["stop"])
+        return r
+    one_by_one, block_read = fresh(), fresh()
+    kept = 0
+    for token in block:
+        one_by_one.append_token(token, 1.0)
+        kept += 1
+        if one_by_one.finish_reason is not None:
+            break
+    assert block_read.append_tokens(block, 1.0) == kept
+    for name in ("output_token_ids", "token_times", "num_pending", "finish_reason", "stop_reason"):
+        assert getattr(block_read, name) == getattr(one_by_one, name), name
+    assert block_read.text == one_by_one.text

@@ -52,13 +52,8 @@ def read_burst(plan: StepPlan, tokens: list[int], now: float, commit, release) -
         req = seq.request
         if req.status is finished:   # aborted, or ended by a token read after this plan was made
             continue
-        kept = []
-        for j in range(steps):
-            token = tokens[j * width + seq.row]
-            req.append_token(token, now)
-            kept.append(token)
-            if req.finish_reason is not None:
-                break
+        row = tokens[seq.row:steps * width:width]      # its tokens, step by step
+        kept = row[:req.append_tokens(row, now)]
         if req.status is running:   # not preempted since this plan was made
             commit(req.request_id, req.tokens, min(seq.start + steps, req.num_tokens))
         if req.finish_reason is not None:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 
 from kvlab.schedulers.params import SamplingParams
-from kvlab.schedulers.stopping import OutputText, check_stop
+from kvlab.schedulers.stopping import OutputText, check_stop, tokens_until_stop
 
 __all__ = ["Request", "RequestStatus", "SamplingParams", "TokenView"]
 
@@ -107,6 +107,26 @@ class Request:
         if self.output_text is not None:
             self.output_text.push([token])
         check_stop(self)
+
+    def append_tokens(self, tokens: list[int], now: float) -> int:
+        """Record tokens sampled in order (a multi-step plan's) until one ends the request;
+        returns how many it kept. The same as ``append_token`` on each in turn, with the stop
+        checks made once for the block (``tokens_until_stop``) unless stop strings are searched."""
+        if self.output_text is not None and self.params.stop:     # any token may complete one
+            for i, token in enumerate(tokens):
+                self.append_token(token, now)
+                if self.finish_reason is not None:
+                    return i + 1
+            return len(tokens)
+        kept = [int(t) for t in tokens[:tokens_until_stop(self, tokens)]]
+        self.num_pending = max(0, self.num_pending - len(kept))
+        self.output_token_ids.extend(kept)
+        self.token_times.extend([now] * len(kept))
+        if self.output_text is not None:
+            for token in kept:
+                self.output_text.push([token])
+        check_stop(self)                # the last kept token: the decision token by token made
+        return len(kept)
 
 
 class TokenView(Sequence):

@@ -104,6 +104,24 @@ def check_stop(request) -> None:
     return None
 
 
+def tokens_until_stop(request, tokens: list[int]) -> int:
+    """How many of ``tokens`` (sampled in order for ``request``, not yet appended) it takes:
+    up to the first that ``check_stop`` would end it at by a stop token id, EOS or length, or all
+    of them. Stop strings are not searched (they need the text after each token: ``check_stop``
+    token by token does that)."""
+    params, out = request.params, len(request.output_token_ids)
+    limit = params.max_tokens - out                       # the token that reaches max_tokens
+    if request.max_total_tokens is not None:
+        limit = min(limit, request.max_total_tokens - request.num_tokens)
+    n = min(len(tokens), max(limit, 1))
+    stops = params.stop_token_ids if params.ignore_eos else params.stop_token_ids + request.eos_token_ids
+    if stops:
+        for i in range(max(0, params.min_tokens - out - 1), n):     # once min_tokens are out
+            if tokens[i] in stops:
+                return i + 1
+    return n
+
+
 def _finish(request, finish_reason: str, stop_reason) -> None:
     request.finish_reason = finish_reason
     request.stop_reason = stop_reason
