@@ -183,3 +183,19 @@ def test_the_compile_time_benchmark_times_each_stage_and_counts_kernel_calls(cap
     assert all(r[k] > 0 for r in rows for k in ("trace_s", "lower_s", "compile_s"))
     assert all(r["mosaic"] == (0, 0) for r in rows)          # interpret mode: no kernel custom calls
     assert "| decode 2@24 | auto | default |" in capsys.readouterr().out
+
+
+def test_the_step_dispatch_benchmark_times_the_call_and_the_step(capsys):
+    """``benchmarks/step_dispatch.py`` on the tiny shape in interpret mode (CPU): a row per
+    decode shape and command-buffer choice (the options compile; the CPU ignores them), the
+    dispatch and the step timed."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        module = importlib.import_module("step_dispatch")
+    finally:
+        sys.path.pop(0)
+    rows = module.main(["--shape", "tiny", "--decode", "2@24", "--graphs", "off", "all", "--rounds", "1",
+                        "--interpret"])
+    assert [r["graphs"] for r in rows] == ["off", "all"]
+    assert all(0 < r["dispatch_ms"] and 0 < r["step_ms"] for r in rows)
+    assert "| 2@24 | all |" in capsys.readouterr().out
