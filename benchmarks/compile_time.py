@@ -56,7 +56,8 @@ def step_batch(kind: str, spec: str, page_size: int) -> tuple[RaggedBatch, int]:
 
 
 def kernel_calls(text: str) -> dict:
-    """Per kind of kernel custom call in a lowered module: how many, and how many differ."""
+    """Per kind of kernel custom call in a lowered module: how many sites, and how many differ
+    (a site inside a function that several layers call counts once)."""
     out = {}
     for name, target in KERNEL_CALLS.items():
         calls = [re.sub(r"%[\w.#:]+", "%", line) for line in text.splitlines() if target in line]
@@ -113,7 +114,7 @@ def main(argv=None) -> list[dict]:
         rows.append(r)
         print(r, flush=True)
     print("\n| step | prefill kernel | XLA options | trace (s) | lower (s) | compile (s) | first run (s) |"
-          " Triton calls (distinct) | Mosaic GPU calls (distinct) |")
+          " Triton call sites (distinct) | Mosaic GPU call sites (distinct) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['kind']} {r['spec']} | {r['prefill']} | {r['xla']} | {r['trace_s']:.1f} | "

@@ -21,7 +21,7 @@ when only decodes run: ``kvlab.schedulers.multi_step``), in the same run.
 ``--gemms xla cublas-from-128`` runs each choice of XLA compiler options per step shape
 (``kvlab.engine.xla_options``: XLA's defaults, or cuBLAS matmuls for steps of 128 tokens or more;
 ``default`` is the engine's default, the second on a GPU; ``cublas-from-128+graphs`` the second with
-every kind of operation recorded into CUDA graphs, ``CommandBuffers``), in the same run.
+the kernel launches of every kind recorded into CUDA graphs, ``CommandBuffers``), in the same run.
 
 ``--kv-formats plain fp8 int8 int4`` runs each KV format in turn (the roofline counts each one's
 KV bytes), and reports the largest batch whose KV fits ``--kv-budget-gb`` at the decode phase's

@@ -6,9 +6,10 @@ few choices of XLA command buffers (CUDA graphs), with random bf16 weights.
                                        [--graphs defaults off all] [--interpret]
 
 ``defaults``: XLA's own choice of what to record into command buffers; ``off``: none (the host
-launches every kernel); ``all``: every kind (``kvlab.engine.CommandBuffers()``, the Pallas
-kernels' custom calls among them). A decode shape ``B@C`` is B sequences at context C. When the
-dispatch takes as long as the step, the host is what the device waits for.
+launches every kernel); ``all``: every kind of kernel launch a step makes
+(``kvlab.engine.CommandBuffers()``, the Pallas kernels' custom calls among them). A decode
+shape ``B@C`` is B sequences at context C. When the dispatch takes as long as the step, the host
+is what the device waits for.
 """
 
 from __future__ import annotations

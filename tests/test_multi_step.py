@@ -188,15 +188,18 @@ class Chars:
         return new
 
     def flush(self):
-        return ""
+        self.text += "|"                    # the request ended: shows how often
+        return "|"
 
 
 @given(data=st.data(), prompt=st.integers(1, 6), done=st.integers(0, 5), pending=st.integers(0, 8),
-       block=st.lists(st.integers(0, 5), min_size=1, max_size=8))
-def test_a_block_of_tokens_is_read_as_one_token_at_a_time(data, prompt, done, pending, block):
+       block=st.lists(st.integers(0, 5), max_size=8), eos_as=st.sampled_from([tuple, list]),
+       ended=st.sampled_from([None, "abort"]))
+def test_a_block_of_tokens_is_read_as_one_token_at_a_time(data, prompt, done, pending, block, eos_as, ended):
     """``Request.append_tokens`` (a multi-step plan's read) leaves a request as ``append_token``
     on each token in turn, stopping at the first that ends it: stop ids, EOS (or not, with
-    ignore_eos), min_tokens, max_tokens, the context and stop strings."""
+    ignore_eos), min_tokens, max_tokens, the context and stop strings; an empty block, a request
+    that had ended already and EOS ids given as a list too."""
     params = dict(max_tokens=data.draw(st.integers(1, 12)), min_tokens=data.draw(st.integers(0, 6)),
                   ignore_eos=data.draw(st.booleans()),
                   stop_token_ids=tuple(data.draw(st.lists(st.integers(0, 5), max_size=2))),
@@ -206,8 +209,9 @@ def test_a_block_of_tokens_is_read_as_one_token_at_a_time(data, prompt, done, pe
     text = data.draw(st.booleans())
 
     def fresh():
-        r = Request("r", [1] * prompt, kvlab.SamplingParams(**params), eos_token_ids=(2,),
+        r = Request("r", [1] * prompt, kvlab.SamplingParams(**params), eos_token_ids=eos_as([2]),
                     max_total_tokens=context)
+        r.finish_reason = ended
         r.output_token_ids = [9] * min(done, params["max_tokens"] - 1)
         r.num_pending = pending
         if text:

@@ -42,14 +42,24 @@ def test_command_buffers_add_their_kinds_to_the_inner_choice(threshold, tokens, 
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(commands="FUSION"), "must be a tuple of XLA command-buffer kinds"),
+    (dict(commands="FUSION"), "must be a sequence of XLA command-buffer kinds"),
     (dict(commands=("fusion",)), "upper-case names such as FUSION"),
-    (dict(commands=("FUSION", 3)), "must be a tuple of XLA command-buffer kinds"),
+    (dict(commands=("FUSION ",)), "upper-case names such as FUSION"),
+    (dict(commands=("INVALID",)), "upper-case names such as FUSION"),
+    (dict(commands=("FUSION", 3)), "must be a sequence of XLA command-buffer kinds"),
     (dict(inner="cublas"), "CommandBuffers.inner must be an XlaOptions"),
 ])
 def test_bad_command_buffer_choices_are_refused_with_what_is_allowed(bad, match):
     with pytest.raises(ValueError, match=match):
         CommandBuffers(**bad)
+
+
+def test_kinds_given_as_a_list_or_a_generator_are_kept_as_a_tuple():
+    """Hashable (the options are part of a compilation's key), and read more than once."""
+    assert CommandBuffers(commands=["FUSION", "CUBLAS"]) == CommandBuffers(commands=("FUSION", "CUBLAS"))
+    once = CommandBuffers(commands=(c for c in ["FUSION"]))
+    assert hash(once) == hash(CommandBuffers(commands=("FUSION",)))
+    assert once.for_tokens(1) == once.for_tokens(2) == (("xla_gpu_enable_command_buffer", "FUSION"),)
 
 
 def test_the_default_is_cublas_from_128_tokens_on_a_gpu_and_xla_defaults_elsewhere():

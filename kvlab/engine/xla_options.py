@@ -26,14 +26,15 @@ Examples:
 ``CommandBuffers`` wraps another choice and sets which of a step's operations XLA records into
 CUDA graphs (command buffers), so one launch replays them instead of the host launching each
 kernel. On the H200 (JAX 0.11.2, the Llama-3.2-1B shape's decode step at batch 1) the host's
-dispatch of a step took 0.86 ms with XLA's defaults, 0.43 ms with every kind listed in
-``ALL_COMMANDS`` (the device step 1.12 and 1.13 ms), and with command buffers off 2.22 ms,
-which made the step itself dispatch-bound (2.25 ms).
+dispatch of a step took 0.86 ms with XLA's defaults, 0.43 ms with the kinds in
+``STEP_COMMANDS`` (the Pallas kernels' custom calls among them; the device step 1.12 and 1.13
+ms), and with command buffers off 2.22 ms, which made the step itself dispatch-bound (2.25 ms).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Protocol, runtime_checkable
 
 import jax
@@ -74,32 +75,38 @@ class CublasGemmsFrom:
         return (("xla_gpu_enable_triton_gemm", False),) if tokens >= self.tokens else ()
 
 
-# The kinds of operation XLA's GPU backend can record into a command buffer (XLA's
-# ``CommandBufferCmdType`` names; XLA refuses a name it does not know when a step compiles).
-ALL_COMMANDS = ("FUSION", "CUBLAS", "CUBLASLT", "CUSTOM_CALL", "CUDNN", "DYNAMIC_SLICE_FUSION")
+# The kinds of kernel launch a step of one device makes, as XLA's ``CommandBufferCmdType`` names
+# them (XLA refuses a name it does not know when a step compiles; it also knows control flow,
+# WHILE and CONDITIONAL, and COLLECTIVES, which this choice leaves to it).
+STEP_COMMANDS = ("FUSION", "CUBLAS", "CUBLASLT", "CUSTOM_CALL", "CUDNN", "DYNAMIC_SLICE_FUSION")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CommandBuffers:
     """``inner``'s options for each step, with XLA recording the kinds of operation in
-    ``commands`` into CUDA graphs (``ALL_COMMANDS`` by default, the Pallas kernels' custom calls
+    ``commands`` into CUDA graphs (``STEP_COMMANDS`` by default, the Pallas kernels' custom calls
     among them; ``()`` turns command buffers off). Only XLA's GPU backend reads the option."""
 
     inner: XlaOptions = dataclasses.field(default_factory=XlaDefaults)
-    commands: tuple[str, ...] = ALL_COMMANDS
+    commands: tuple[str, ...] = STEP_COMMANDS
 
     def __post_init__(self):
         if not isinstance(self.inner, XlaOptions):
             raise ValueError(f"CommandBuffers.inner must be an XlaOptions (for_tokens), got "
                              f"{type(self.inner).__name__}")
-        if isinstance(self.commands, str) or not all(isinstance(c, str) and c.isupper() and c.strip()
-                                                     for c in self.commands):
-            raise ValueError(f"CommandBuffers.commands must be a tuple of XLA command-buffer kinds "
-                             f"(upper-case names such as {', '.join(ALL_COMMANDS)}), got {self.commands!r}")
+        commands = () if isinstance(self.commands, str) else tuple(self.commands)
+        if isinstance(self.commands, str) or not all(_is_kind(c) for c in commands):
+            raise ValueError(f"CommandBuffers.commands must be a sequence of XLA command-buffer kinds "
+                             f"(upper-case names such as {', '.join(STEP_COMMANDS)}), got {self.commands!r}")
+        object.__setattr__(self, "commands", commands)     # hashable, and read more than once
 
     def for_tokens(self, tokens: int) -> Options:
         inner = tuple(o for o in self.inner.for_tokens(tokens) if o[0] != "xla_gpu_enable_command_buffer")
         return inner + (("xla_gpu_enable_command_buffer", ",".join(self.commands)),)
+
+
+def _is_kind(name) -> bool:
+    return isinstance(name, str) and name != "INVALID" and re.fullmatch(r"[A-Z][A-Z_]*", name) is not None
 
 
 def default_xla_options() -> XlaOptions:

@@ -112,7 +112,11 @@ class Request:
         """Record tokens sampled in order (a multi-step plan's) until one ends the request;
         returns how many it kept. The same as ``append_token`` on each in turn, with the stop
         checks made once for the block (``tokens_until_stop``) unless stop strings are searched."""
-        if self.output_text is not None and self.params.stop:     # any token may complete one
+        if not len(tokens):
+            return 0
+        # Token by token where the request has finished already or any token may complete a
+        # stop string (found only in the text after each token).
+        if self.finish_reason is not None or (self.output_text is not None and self.params.stop):
             for i, token in enumerate(tokens):
                 self.append_token(token, now)
                 if self.finish_reason is not None:

@@ -114,7 +114,7 @@ def tokens_until_stop(request, tokens: list[int]) -> int:
     if request.max_total_tokens is not None:
         limit = min(limit, request.max_total_tokens - request.num_tokens)
     n = min(len(tokens), max(limit, 1))
-    stops = params.stop_token_ids if params.ignore_eos else params.stop_token_ids + request.eos_token_ids
+    stops = tuple(params.stop_token_ids) + (() if params.ignore_eos else tuple(request.eos_token_ids))
     if stops:
         for i in range(max(0, params.min_tokens - out - 1), n):     # once min_tokens are out
             if tokens[i] in stops:
