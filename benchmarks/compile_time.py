@@ -65,23 +65,30 @@ def kernel_calls(text: str) -> dict:
     return out
 
 
-def time_stages(model, attention, batch: RaggedBatch, num_pages: int, options: dict) -> dict:
+def model_step(model, attention, kind: str, spec: str, options: dict, page_size: int = 16):
+    """The model's step jitted as the engine has it (weights as arguments, the KV storage
+    donated; it returns (storage, logits)) for the ``step_batch`` of ``kind`` and ``spec``, and
+    its arguments (weights, zero KV storage, batch)."""
     c = model.config
-    shape = (c.num_layers, num_pages, 16, c.num_kv_heads, c.head_dim)
-    storage = PagedKVStorage(k=jnp.zeros(shape, jnp.bfloat16), v=jnp.zeros(shape, jnp.bfloat16))
+    batch, num_pages = step_batch(kind, spec, page_size)
+    shape = (c.num_layers, num_pages, page_size, c.num_kv_heads, c.head_dim)
+    storage = PagedKVStorage(k=jnp.zeros(shape, model.dtype), v=jnp.zeros(shape, model.dtype))
     graphdef, weights = nnx.split(model)
-    jitted = jax.jit(lambda w, st, b: nnx.merge(graphdef, w)(b, st, attention), donate_argnums=1,
+    jitted = jax.jit(lambda w, s, b: nnx.merge(graphdef, w)(b, s, attention)[::-1], donate_argnums=1,
                      compiler_options=options or None)
-    batch = jax.device_put(batch)
+    return jitted, (weights, storage, jax.device_put(batch))
+
+
+def time_stages(model, attention, kind: str, spec: str, options: dict) -> dict:
+    jitted, args = model_step(model, attention, kind, spec, options)
     t0 = time.perf_counter()
-    traced = jitted.trace(weights, storage, batch)
+    traced = jitted.trace(*args)
     t1 = time.perf_counter()
     lowered = traced.lower()
     t2 = time.perf_counter()
     compiled = lowered.compile()
     t3 = time.perf_counter()
-    logits, storage = compiled(weights, storage, batch)
-    jax.block_until_ready(logits)
+    jax.block_until_ready(compiled(*args))
     t4 = time.perf_counter()
     calls = kernel_calls(lowered.as_text())
     return {"trace_s": t1 - t0, "lower_s": t2 - t1, "compile_s": t3 - t2, "first_run_s": t4 - t3, **calls}
@@ -104,9 +111,8 @@ def main(argv=None) -> list[dict]:
     cases += [("decode", s, "auto") for s in args.decode]
     for (kind, spec, prefill), xla in [(c, x) for c in cases for x in args.xla]:
         jax.clear_caches()
-        batch, num_pages = step_batch(kind, spec, 16)
         try:
-            r = time_stages(model, PREFILL[prefill](args.interpret), batch, num_pages, XLA[xla])
+            r = time_stages(model, PREFILL[prefill](args.interpret), kind, spec, XLA[xla])
         except Exception as e:  # noqa: BLE001 - report the row's failure, go on with the others
             print(f"{kind} {spec} {prefill} {xla} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
             continue

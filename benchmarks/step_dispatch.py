@@ -20,12 +20,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from compile_time import SHAPES, step_batch  # beside this script
-from flax import nnx
+from compile_time import SHAPES, model_step  # beside this script
 
 import kvlab
 from kvlab.engine import CommandBuffers
-from kvlab.kvcache.storage import PagedKVStorage
 from kvlab.models import LlamaModel
 
 GRAPHS = {"defaults": {}, "off": dict(CommandBuffers(commands=()).for_tokens(1)),
@@ -34,14 +32,7 @@ GRAPHS = {"defaults": {}, "off": dict(CommandBuffers(commands=()).for_tokens(1))
 
 def measure(model, attention, spec: str, options: dict, rounds: int = 5, reps: int = 20) -> dict:
     """Median dispatch (the call's return) and step time (back to back) of the decode step."""
-    c = model.config
-    batch, num_pages = step_batch("decode", spec, 16)
-    batch = jax.device_put(batch)
-    shape = (c.num_layers, num_pages, 16, c.num_kv_heads, c.head_dim)
-    storage = PagedKVStorage(k=jnp.zeros(shape, model.dtype), v=jnp.zeros(shape, model.dtype))
-    graphdef, weights = nnx.split(model)
-    step = jax.jit(lambda w, s, b: nnx.merge(graphdef, w)(b, s, attention)[::-1], donate_argnums=1,
-                   compiler_options=options or None)
+    step, (weights, storage, batch) = model_step(model, attention, "decode", spec, options)
     storage, _ = step(weights, storage, batch)
     dispatch, steps = [], []
     for _ in range(rounds):

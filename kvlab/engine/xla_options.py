@@ -94,8 +94,8 @@ class CommandBuffers:
         if not isinstance(self.inner, XlaOptions):
             raise ValueError(f"CommandBuffers.inner must be an XlaOptions (for_tokens), got "
                              f"{type(self.inner).__name__}")
-        commands = () if isinstance(self.commands, str) else tuple(self.commands)
-        if isinstance(self.commands, str) or not all(_is_kind(c) for c in commands):
+        commands = None if isinstance(self.commands, str) else tuple(self.commands)
+        if commands is None or not all(_is_kind(c) for c in commands):
             raise ValueError(f"CommandBuffers.commands must be a sequence of XLA command-buffer kinds "
                              f"(upper-case names such as {', '.join(STEP_COMMANDS)}), got {self.commands!r}")
         object.__setattr__(self, "commands", commands)     # hashable, and read more than once

@@ -44,7 +44,6 @@ class SwapInTiers:
     def __init__(self):
         self._tiers = None                  # the owning cache's TierReuse
         self._serials = itertools.count()
-        self.num_used = 0
 
     def bind(self, tiers) -> None:
         if tiers is None:
@@ -60,6 +59,12 @@ class SwapInTiers:
         """The first tier's capacity (shared with the cached prefixes)."""
         return 0 if self._tiers is None else self._tiers.chain.tiers[0].num_pages
 
+    @property
+    def num_used(self) -> int:
+        """Swapped pages held in the first tier (the tier link counts them in and out)."""
+        t = self._tiers
+        return 0 if t is None else t.swapped_out - t.swapped_in - t.released
+
     def can_hold(self, num_pages: int) -> bool:
         return self._tiers.can_hold(num_pages)
 
@@ -67,17 +72,14 @@ class SwapInTiers:
         keys = [SwappedPage(next(self._serials)) for _ in pages]
         for key, page in zip(keys, pages):
             self._tiers.offload_held(key, page)
-        self.num_used += len(keys)
         return keys, []
 
     def restore(self, handles: list, pages: list[int]) -> list:
         self._tiers.swap_in(handles, pages)
-        self.num_used -= len(handles)
         return []
 
     def release(self, handles: list) -> None:
         self._tiers.release_held(handles)
-        self.num_used -= len(handles)
 
     def init_storage(self, page_record) -> None:
         """None: the pages live in the tier's own records."""

@@ -68,11 +68,8 @@ def ragged_prefill(q, kv_arrays, cu_q_lens, kv_lens, page_table, meta, plan, *, 
     storage's arrays (``layout.tma_arrays``); meta: [3] int32 (layer, num_seqs, plan blocks);
     plan: (seq [G], q_first [G]), the work list of ``config.work`` (blocks of ``config.cta_rows``).
     Returns [T, Hq, D]: padding rows zeros, rows of single-token sequences unwritten (the decode
-    kernel writes them in place).
-
-    Jitted: the layers of a step call it with equal shapes, so the step lowers the kernel once
-    and every layer's custom call carries the same module (compiled once; lowered and compiled
-    per layer, a 16-layer step spent about 25 s on it)."""
+    kernel writes them in place). Jitted, so the layers of a step share one lowering and one
+    compiled module (per layer, a 16-layer step spent about 25 s lowering and compiling it)."""
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = layout.num_kv_heads
     group = num_q_heads // num_kv_heads
