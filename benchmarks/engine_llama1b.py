@@ -23,9 +23,10 @@ when only decodes run: ``kvlab.schedulers.multi_step``), in the same run.
 ``default`` is the engine's default, the second on a GPU; ``cublas-from-128+graphs`` the second with
 the kernel launches of every kind recorded into CUDA graphs, ``CommandBuffers``), in the same run.
 
-``--kv-formats plain fp8 int8 int4`` runs each KV format in turn (the roofline counts each one's
-KV bytes), and reports the largest batch whose KV fits ``--kv-budget-gb`` at the decode phase's
-final context for each.
+``--kv-formats plain fp8 int8 int4 kivi2 kivi4`` runs each KV format in turn (the roofline counts
+each one's KV bytes; KIVI on pages of 32 tokens, its key groups, with 1024 staging pages), and
+reports the largest batch whose KV fits ``--kv-budget-gb`` at the decode phase's final context
+for each.
 
 Prompts are random token ids (the weights are random too, so text would mean nothing); every
 request decodes exactly ``--max-tokens`` tokens (``ignore_eos``). A warm-up pass of the same shapes
@@ -52,8 +53,7 @@ from flax import nnx
 import kvlab
 from kvlab.engine.defaults import kv_bytes_per_token
 from kvlab.engine.xla_options import CommandBuffers, CublasGemmsFrom, XlaDefaults, default_xla_options
-from kvlab.kvcache.formats import PLAIN, Fp8E4M3, Int4, Int8, StaticScales
-from kvlab.kvcache.quantized_storage import paged_storage
+from kvlab.kvcache.formats import PLAIN, Fp8E4M3, Int4, Int8, Kivi, StaticScales
 from kvlab.models import LlamaModel, ModelConfig
 from kvlab.schedulers.shapes import next_pow2
 
@@ -62,9 +62,12 @@ SHAPES = {"llama-3.2-1b": ModelConfig.llama_3_2_1b, "llama-3-8b": ModelConfig.ll
 GEMMS = {"default": default_xla_options, "xla": XlaDefaults,
          "cublas-from-128": lambda: CublasGemmsFrom(tokens=128),
          "cublas-from-128+graphs": lambda: CommandBuffers(inner=CublasGemmsFrom(tokens=128))}
-# random weights: fp8 gets static scales sized for the random K/V (|x| up to about 4-8)
-KV_FORMATS = {"plain": PLAIN, "fp8": Fp8E4M3(scales=StaticScales(k=0.02, v=0.02)), "int8": Int8(),
-              "int4": Int4()}
+# (format, page size): random weights, so fp8 gets static scales sized for the random K/V (|x| up
+# to about 4-8); KIVI's pages are its key groups, and its staging pool holds a batch's last pages
+KV_FORMATS = {"plain": (PLAIN, 16), "fp8": (Fp8E4M3(scales=StaticScales(k=0.02, v=0.02)), 16),
+              "int8": (Int8(), 16), "int4": (Int4(), 16),
+              "kivi2": (Kivi(bits=2, group_size=32, staging_pages=1024), 32),
+              "kivi4": (Kivi(bits=4, group_size=32, staging_pages=1024), 32)}
 
 
 def copy_bandwidth() -> float:
@@ -130,8 +133,8 @@ def delivery_gaps(token_times: list[float]) -> list[float]:
 def device_step_ms(model, attention, batch: int, ctx: int, page_size: int = 16, reps: int = 20,
                    kv_format=PLAIN, gemms: str = "default") -> float:
     """The model's decode step alone (no host scheduling): ``batch`` sequences at ``ctx`` tokens,
-    random KV (plain; zero pages for a quantized format: the same work) in randomly ordered pages,
-    storage donated; median of back-to-back steps."""
+    random KV (plain; zero pages for a quantized format: the same work; KIVI's all sealed) in
+    randomly ordered pages, storage donated; median of back-to-back steps."""
     from kvlab.attention import RaggedBatch
     from kvlab.kvcache.storage import PagedKVStorage
 
@@ -149,8 +152,9 @@ def device_step_ms(model, attention, batch: int, ctx: int, page_size: int = 16, 
         storage = PagedKVStorage(k=jax.random.normal(keys[0], shape, jnp.bfloat16),
                                  v=jax.random.normal(keys[1], shape, jnp.bfloat16))
     else:
-        storage = paged_storage(kv_format, num_layers=shape[0], num_pages=shape[1], page_size=page_size,
-                                num_kv_heads=shape[3], head_dim=shape[4], dtype=jnp.bfloat16)
+        writes = kv_format.page_writes(num_pages=shape[1], page_size=page_size)
+        storage = writes.storage(kv_format, num_layers=shape[0], num_pages=shape[1], page_size=page_size,
+                                 num_kv_heads=shape[3], head_dim=shape[4], dtype=jnp.bfloat16)
     storage = model.place_kv(storage)              # split over the devices of a tensor-parallel model
     graphdef, weights = nnx.split(model)           # weights as arguments, as the engine's step has them
     options = dict(GEMMS[gemms]().for_tokens(next_pow2(batch, 16))) or None   # the engine's padding
@@ -180,8 +184,9 @@ def roofline_ms(config: ModelConfig, batch: int, prompt_len: int, max_tokens: in
     return 1e3 * (weights + kv) / bw
 
 
-def run_batch(model, config, b: int, fmt, args, bw: float) -> list[dict]:
-    """Every backend and steps-ahead setting at batch ``b`` with KV format ``fmt``."""
+def run_batch(model, config, b: int, fmt, page: int, args, bw: float) -> list[dict]:
+    """Every backend and steps-ahead setting at batch ``b`` with KV format ``fmt`` on pages of
+    ``page`` tokens."""
     rows = []
     backends = [kvlab.PallasAttention()]
     if b <= args.reference_up_to:
@@ -190,15 +195,15 @@ def run_batch(model, config, b: int, fmt, args, bw: float) -> list[dict]:
         device_ms = None
         for ahead, k in [(a, k) for a in args.steps_ahead for k in args.decode_steps]:
             try:
-                r = run(model, be, b, args.prompt_len, args.max_tokens, steps_ahead=ahead, kv_format=fmt,
-                        decode_steps=k, trace_idle=args.trace_idle, gemms=gemms)
+                r = run(model, be, b, args.prompt_len, args.max_tokens, page_size=page, steps_ahead=ahead,
+                        kv_format=fmt, decode_steps=k, trace_idle=args.trace_idle, gemms=gemms)
             except Exception as e:  # noqa: BLE001 - e.g. the reference out of memory: report, go on
                 print(f"{be.name} at batch {b} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
                 continue
             r["roofline_step_ms"] = roofline_ms(config, b, args.prompt_len, args.max_tokens, bw, fmt)
             if device_ms is None:
                 ctx = args.prompt_len + args.max_tokens // 2
-                device_ms = device_step_ms(model, be, b, ctx, kv_format=fmt, gemms=gemms)
+                device_ms = device_step_ms(model, be, b, ctx, page_size=page, kv_format=fmt, gemms=gemms)
             r["device_step_ms"] = device_ms
             rows.append(r)
             print(r, flush=True)
@@ -234,12 +239,12 @@ def main():
           f"{config.num_params() / 1e9:.2f}B params), copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
     rows = []
     for name in args.kv_formats:
-        fmt = KV_FORMATS[name]
+        fmt, page = KV_FORMATS[name]
         per_seq = (args.prompt_len + args.max_tokens) * kv_bytes_per_token(config, jnp.bfloat16, fmt)
         print(f"{fmt.name}: {int(args.kv_budget_gb * 1e9 // per_seq)} sequences of "
               f"{args.prompt_len + args.max_tokens} tokens fit {args.kv_budget_gb:g} GB of KV", flush=True)
         for b in args.batches:
-            rows += run_batch(model, config, b, fmt, args, bw)
+            rows += run_batch(model, config, b, fmt, page, args, bw)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev.device_kind, "jax": jax.__version__, "copy_TBps": bw / 1e12,

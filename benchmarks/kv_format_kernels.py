@@ -3,8 +3,10 @@
     python benchmarks/kv_format_kernels.py [--only check,decode,decode32k,prefill,write] [--out DIR]
                                            [--tune]
 
-Formats: plain bf16, fp8 e4m3 (static scales), int8, int4, int2 (``AsymmetricInt(bits=2)``). On
-the device JAX sees, after the copy-bandwidth ceiling:
+Formats: plain bf16, fp8 e4m3 (static scales), int8, int4, int2 (``AsymmetricInt(bits=2)``), on
+pages of 16 tokens, and KIVI 2- and 4-bit on pages of 32 tokens (its key groups; every page
+sealed, as all but the last page of a long sequence are). On the device JAX sees, after the
+copy-bandwidth ceiling:
 
 * ``check``: every kernel (decode, Triton prefill, fused mixed step) against the jnp reference
   reading the same quantized pages, and the KV write kernel against the reference ``write``
@@ -22,7 +24,11 @@ Prints a markdown table; ``--out`` also writes it with the raw rows (JSON).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import pathlib
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,13 +47,21 @@ from kernel_timing import (
 
 from kvlab.attention import AttentionOptions, ReferenceAttention
 from kvlab.attention.pallas import DecodeConfig, PallasAttention, PrefillConfig
-from kvlab.kvcache.formats import PLAIN, AsymmetricInt, Fp8E4M3, Int4, Int8, StaticScales, bytes_per_token
+from kvlab.kvcache.formats import (
+    PLAIN,
+    AsymmetricInt,
+    Fp8E4M3,
+    Int4,
+    Int8,
+    Kivi,
+    StaticScales,
+    bytes_per_token,
+)
+from kvlab.kvcache.kivi_storage import KiviPagedKVStorage
 from kvlab.kvcache.quantized_storage import paged_storage
 
-FORMATS = [PLAIN, Fp8E4M3(scales=StaticScales(k=0.02, v=0.02)), Int8(), Int4(), AsymmetricInt(bits=2)]
 
-
-def encoded(store, fmt):
+def rows_encoded(store, fmt):
     """The plain storage's K/V (layer 0, every slot) written into a fresh storage of ``fmt``."""
     if fmt == PLAIN:
         return store
@@ -57,6 +71,34 @@ def encoded(store, fmt):
     slots = jnp.arange(pages * page, dtype=jnp.int32)
     return jax.jit(lambda o, k, v: o.write(0, k, v, slots))(out, store.k[0].reshape(-1, hkv, d),
                                                             store.v[0].reshape(-1, hkv, d))
+
+
+def pages_sealed(store, fmt):
+    """The plain storage's pages, every one sealed into a fresh KIVI storage of ``fmt``."""
+    _, pages, page, hkv, d = store.k.shape
+    out = KiviPagedKVStorage.zeros(fmt, num_layers=1, num_pages=pages, page_size=page, num_kv_heads=hkv,
+                                   head_dim=d, dtype=store.k.dtype)
+    k, k_meta, v, v_meta = jax.jit(fmt.encode_group)(store.k, store.v)
+    return dataclasses.replace(out, k=k, k_meta=k_meta, v=v, v_meta=v_meta)
+
+
+class Case(NamedTuple):
+    """A format, the page size its cache uses and how a plain storage's K/V are put into it."""
+
+    fmt: object
+    page: int
+    encode: Callable
+
+
+FP8 = Fp8E4M3(scales=StaticScales(k=0.02, v=0.02))
+PER_TOKEN = [Case(fmt, 16, rows_encoded) for fmt in (PLAIN, FP8, Int8(), Int4(), AsymmetricInt(bits=2))]
+FORMATS = PER_TOKEN + [Case(Kivi(bits=bits, group_size=32), 32, pages_sealed) for bits in (2, 4)]
+
+
+def encoded(case: Case, setup):
+    """``setup(page)`` -> (q, plain storage, batch, lists), its storage encoded for ``case``."""
+    q, plain, batch, _ = setup(case.page)
+    return q, case.encode(plain, case.fmt), batch
 
 
 def read_bytes(fmt, *, tokens: int, hkv: int, d: int) -> int:
@@ -79,9 +121,10 @@ def check() -> None:
     opts = AttentionOptions(sm_scale=128 ** -0.5)
     for lens_q, kv_lens in (([1] * 9, [1, 17, 300, 64, 1000, 5, 2, 129, 700]),
                             ([1, 77, 1, 300, 1], [40, 77, 513, 900, 1])):
-        q, plain, batch, _ = paged_setup(lens_q, kv_lens, hq=32, hkv=8, d=128, page=16, page_bucket=64)
-        for fmt in FORMATS:
-            store = encoded(plain, fmt)
+        setup = functools.partial(paged_setup, lens_q, kv_lens, hq=32, hkv=8, d=128, page_bucket=64)
+        for case in FORMATS:
+            fmt = case.fmt
+            q, store, batch = encoded(case, lambda page, setup=setup: setup(page=page))
             ref = reference(q, store, batch, opts)
             for backend in (PallasAttention(prefill=PrefillConfig()),
                             PallasAttention(prefill=PrefillConfig(), fuse_mixed=False)):
@@ -92,8 +135,8 @@ def check() -> None:
                 print(f"  check {what}: rel err {err:.2e} nan={nan} {status}", flush=True)
                 ROWS.append(dict(section="check", what=what, ms=0.0, note=f"rel err {err:.2e} {status}"))
     _, plain, _, _ = paged_setup([1], [4096], hq=32, hkv=8, d=128, page=16)
-    for fmt in FORMATS[1:]:
-        check_write(encoded(plain, fmt))
+    for case in PER_TOKEN[1:]:                 # KIVI writes plain rows into staging pages
+        check_write(case.encode(plain, case.fmt))
 
 
 def check_write(empty, tokens: int = 300) -> None:
@@ -115,14 +158,16 @@ def check_write(empty, tokens: int = 300) -> None:
 
 
 def decode(ceiling, *, batch_size: int, ctx: int, tune: bool, section: str) -> None:
-    hq, hkv, d, page = 32, 8, 128, 16
-    q, plain, batch, _ = paged_setup([1] * batch_size, [ctx] * batch_size, hq=hq, hkv=hkv, d=d, page=page)
+    hq, hkv, d = 32, 8, 128
+    lens = [1] * batch_size, [ctx] * batch_size
+    setup = functools.cache(lambda page: paged_setup(*lens, hq=hq, hkv=hkv, d=d, page=page))
     opts = AttentionOptions(sm_scale=d ** -0.5)
     base = None
-    for fmt in FORMATS:
-        store = encoded(plain, fmt)
+    for case in FORMATS:
+        fmt = case.fmt
+        q, store, batch = encoded(case, setup)
         configs = [("tuned table", PallasAttention())]
-        if tune:
+        if tune and case.encode is rows_encoded:         # KIVI's tiles are its pages
             configs += [(f"bk={bk}", PallasAttention(decode=DecodeConfig(block_k=bk)))
                         for bk in (32, 64, 128)]
         for name, backend in configs:
@@ -142,13 +187,14 @@ def decode(ceiling, *, batch_size: int, ctx: int, tune: bool, section: str) -> N
 
 
 def prefill(flops_ceiling) -> None:
-    b, seq, h, d, page = 4, 4096, 32, 128, 16
-    q, plain, batch, _ = paged_setup([seq] * b, [seq] * b, hq=h, hkv=h, d=d, page=page)
+    b, seq, h, d = 4, 4096, 32, 128
+    setup = functools.cache(lambda page: paged_setup([seq] * b, [seq] * b, hq=h, hkv=h, d=d, page=page))
     opts = AttentionOptions(sm_scale=d ** -0.5)
     flops = 2 * b * h * seq * seq * d
     base = None
-    for fmt in FORMATS:
-        store = encoded(plain, fmt)
+    for case in FORMATS:
+        fmt = case.fmt
+        q, store, batch = encoded(case, setup)
         backends = [("Triton prefill", PallasAttention(prefill=PrefillConfig()))]
         if fmt == PLAIN:
             backends.append(("default prefill (Hopper kernel)", PallasAttention()))
@@ -165,7 +211,7 @@ def write(ceiling) -> None:
     layers, pages, page, hkv, d, tokens = 16, 4096, 16, 8, 128, 4096
     slots = jnp.asarray(np.random.default_rng(1).permutation(pages * page)[:tokens].astype(np.int32))
     k_new, v_new = rand(21, (tokens, hkv, d)), rand(22, (tokens, hkv, d))
-    for fmt in FORMATS:
+    for fmt in (case.fmt for case in PER_TOKEN):
         store = paged_storage(fmt, num_layers=layers, num_pages=pages, page_size=page, num_kv_heads=hkv,
                               head_dim=d, dtype=jnp.bfloat16)
         moved = 2 * tokens * hkv * d * 2 + read_bytes(fmt, tokens=tokens, hkv=hkv, d=d)  # bf16 in, fmt out

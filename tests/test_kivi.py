@@ -160,5 +160,5 @@ def test_a_step_larger_than_the_staging_pool_is_refused_with_the_fix(model):
     cache = kvlab.PagedKVCache(num_pages=40, page_size=G, kv_format=FMT)
     with pytest.raises(ValueError, match="raise staging_pages"):
         cache.validate_request(prompt_tokens=200, step_tokens=200, total_tokens=210)
-    with pytest.raises(ValueError, match="ReferenceAttention"):
+    with pytest.raises(ValueError, match="kivi2 KV in 4 parts.*head_dim must be >= 64, got 16"):
         kvlab.Engine(model, cache=cache, attention=kvlab.PallasAttention(interpret=True), max_model_len=64)

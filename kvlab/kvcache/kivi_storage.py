@@ -15,8 +15,9 @@ sealed id. Arrays:
 ``gather_pages(layer, pages, whole)`` reads sealed pages decoded and staging pages in full
 precision, except where ``whole`` says the reading query sees the page whole: then as the page
 will be stored once sealed (the format's read rule), so a page reads the same before and after
-sealing. Sealed pages are never written in place, which is why this storage has no per-token
-kernels yet (the Pallas backend refuses the format) and no host-tier records.
+sealing. Sealed pages are never written in place, which is why this storage has no host-tier
+records. The Pallas kernels read the arrays through ``layout`` (``KiviLayout``), new rows are
+written to staging pages as the model's dtype, and sealing is the jnp ``seal_pages``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from kvlab.kvcache.formats.base import META_DTYPE
+from kvlab.kvcache.layouts import KiviLayout
 from kvlab.kvcache.storage import head_axis
 
 
@@ -100,6 +102,22 @@ class KiviPagedKVStorage:
     @property
     def dtype(self):
         return self.stage_k.dtype
+
+    @property
+    def layout(self) -> KiviLayout:
+        """How the kernels address ``arrays`` (``kvlab.kvcache.layouts.KiviLayout``)."""
+        return KiviLayout(num_sealed=self.num_sealed, num_staging=self.stage_k.shape[1],
+                          page_size=self.page_size, num_kv_heads=self.num_kv_heads)
+
+    @property
+    def arrays(self) -> tuple[jax.Array, ...]:
+        """(stage_k, stage_v, k, v, k_meta, v_meta), the order ``layout`` addresses."""
+        return self.stage_k, self.stage_v, self.k, self.v, self.k_meta, self.v_meta
+
+    def with_arrays(self, arrays) -> KiviPagedKVStorage:
+        stage_k, stage_v, k, v, k_meta, v_meta = arrays
+        return dataclasses.replace(self, stage_k=stage_k, stage_v=stage_v, k=k, v=v, k_meta=k_meta,
+                                   v_meta=v_meta)
 
     def calibrate(self, layer, k_new, v_new, slots) -> KiviPagedKVStorage:
         """KIVI needs no calibration."""

@@ -24,6 +24,7 @@ from kvlab.attention.pallas import tuned
 from kvlab.attention.pallas.config import DecodeConfig, check_supported, choose_num_splits
 from kvlab.attention.pallas.device import check_fp8_device, check_pallas_device, num_sms
 from kvlab.attention.pallas.launches import DecodeLaunch
+from kvlab.attention.pallas.layout import tile_tokens
 from kvlab.attention.pallas.plan import Combination, Launch, PallasPlan, decode_rows
 from kvlab.attention.pallas.prefill import AutoPrefill, PrefillKernel, PrefillStrategy
 from kvlab.attention.protocol import query_spec
@@ -66,7 +67,7 @@ class PallasAttention:
               kv_format: KVFormat = PLAIN) -> None:
         """Raise a ValueError naming the limit if the kernels cannot serve this model and cache
         (the engine calls it when it is built)."""
-        check_kernel_format(kv_format, head_dim=head_dim, interpret=self.interpret)
+        check_kernel_format(kv_format, head_dim=head_dim, page_size=page_size, interpret=self.interpret)
         check_supported(q_dtype=dtype, kv_dtype=dtype, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
                         head_dim=head_dim, page_size=page_size)
         check_pallas_device(interpret=self.interpret)
@@ -83,7 +84,8 @@ class PallasAttention:
         shape ``[T, Hq, D]`` and dtype of the queries. Raises a ValueError naming the limit for
         a combination no kernel serves (or a forced Hopper prefill cannot)."""
         _, num_q_heads, head_dim = query.shape
-        check_kernel_format(storage.kv_format, head_dim=head_dim, interpret=self.interpret)
+        check_kernel_format(storage.kv_format, head_dim=head_dim, page_size=storage.page_size,
+                            interpret=self.interpret)
         check_supported(q_dtype=query.dtype, kv_dtype=storage.dtype, num_q_heads=num_q_heads,
                         num_kv_heads=storage.num_kv_heads, head_dim=head_dim, page_size=storage.page_size)
         decode = DecodeLaunch(self.decode_config(batch, storage, head_dim=head_dim))
@@ -103,8 +105,8 @@ class PallasAttention:
         from kvlab.attention.pallas import triton_kv_write  # the Triton lowering, on first use
         storage = storage.calibrate(layer, k_new, v_new, slots)
         arrays = triton_kv_write.write_kv(storage.arrays, k_new, v_new, slots, layer, layout=storage.layout,
-                                          page_size=storage.page_size, kv_format=storage.kv_format,
-                                          interpret=self.interpret)
+                                          page_size=storage.page_size,
+                                          kv_format=storage.kv_format.write_format, interpret=self.interpret)
         return storage.with_arrays(arrays)
 
     def run(self, q: jax.Array, storage, layer, plan: PallasPlan) -> jax.Array:
@@ -143,11 +145,13 @@ class PallasAttention:
     def decode_config(self, batch: RaggedBatch, storage, *, head_dim: int) -> DecodeConfig:
         """The decode kernel's tiles for this batch's (static) shapes and the queries' head dim:
         ``decode`` when given, else the tuned tiles for this device kind and shape class
-        (``tuned.tuned_decode``)."""
-        if self.decode is not None:
-            return self.decode
-        return tuned.tuned_decode(tuned.device_kind(), self._decode_shape(batch, storage, head_dim),
-                                  self.decode_table)
+        (``tuned.tuned_decode``); its ``block_k`` is the page for a format read a page a tile (KIVI)."""
+        config = self.decode
+        if config is None:
+            config = tuned.tuned_decode(tuned.device_kind(), self._decode_shape(batch, storage, head_dim),
+                                        self.decode_table)
+        tile = tile_tokens(storage.kv_format, config.block_k, storage.page_size)
+        return config if tile == config.block_k else dataclasses.replace(config, block_k=tile)
 
     def num_splits(self, batch: RaggedBatch, storage, *, head_dim: int) -> int:
         """The decode kernel's split-K factor for this batch's (static) shapes."""
@@ -182,21 +186,22 @@ class PallasAttention:
                           num_sms=self.num_sms or num_sms(), interpret=self.interpret)
 
 
-def check_kernel_format(kv_format: KVFormat, *, head_dim: int, interpret: bool) -> None:
+def check_kernel_format(kv_format, *, head_dim: int, page_size: int, interpret: bool) -> None:
     """Raise a ValueError naming the limit where the kernels cannot read ``kv_format``: each of
-    its parts of the head dimension feeds a matrix multiply of at least 16 columns, and fp8
-    elements need an NVIDIA GPU of compute capability 8.9 or newer (Ada, Hopper). The kernels read
-    per-token formats (the ``KVFormat`` tile contract); a page-group format such as KIVI is
-    read by the reference backend."""
-    if not isinstance(kv_format, KVFormat):
-        raise ValueError(f"the Pallas kernels read per-token KV formats (plain, fp8, int8, int4); "
-                         f"{kv_format.name} KV quantizes keys over whole pages and is read by "
-                         f"ReferenceAttention() for now")
+    its parts of the head dimension feeds a matrix multiply of at least 16 columns, a format that
+    quantizes whole pages (KIVI) is read a page a tile, so its pages hold at least 16 tokens, and
+    fp8 elements need an NVIDIA GPU of compute capability 8.9 or newer (Ada, Hopper)."""
     width = head_dim // kv_format.tile_parts
     if width < 16:
         raise ValueError(f"the Pallas kernels read {kv_format.name} KV in {kv_format.tile_parts} parts of "
                          f"the head dimension, each at least 16 wide: head_dim must be >= "
                          f"{16 * kv_format.tile_parts}, got {head_dim}")
+    if tile_tokens(kv_format, 16, page_size) < 16:
+        raise ValueError(f"the Pallas kernels read {kv_format.name} KV a page a tile (its key scales are per "
+                         f"page), and a tile holds at least 16 tokens: group_size (the page size) must be "
+                         f">= 16, got {page_size}")
+    if not isinstance(kv_format, KVFormat):
+        return
     element = jnp.dtype(kv_format.data_dtype(jnp.bfloat16))
     if element.itemsize == 1 and jnp.issubdtype(element, jnp.floating):
         check_fp8_device(kv_format.name, interpret=interpret)

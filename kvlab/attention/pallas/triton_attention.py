@@ -35,20 +35,17 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from kvlab.attention.pallas.triton_readers import tile_reader
 from kvlab.attention.pallas.triton_tiles import (
     LOG2E,
     NEG,
     Static,
-    as_code_dtype,
     cols,
-    dot,
     exp2,
     layer_scales,
     load_parts,
-    load_raw_tile,
     row_index,
     store_parts,
-    tile_codes_and_map,
 )
 
 
@@ -57,38 +54,14 @@ def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, r
     """Online softmax of q (``st.parts`` parts [M, D / parts]) over KV tiles ``lo <= t < hi``;
     carry (acc (parts [M, D / parts]), m [M], l [M]); scales: the layer's (K, V) scales.
     ``masked=False`` is for tiles every row sees whole; ``fold_rows``: fold per-token maps into the
-    products (``tile_codes_and_map``)."""
-    o, fmt = st.options, st.kv_format
-    bk = st.block_k
-    max_pages = pt_ref.shape[1]
-    code = fmt.code_dtype(q[0].dtype)
-    q = tuple(as_code_dtype(qj, code) for qj in q)
-    q_sum = functools.reduce(jnp.add, [jnp.sum(qj.astype(jnp.float32), axis=1) for qj in q])    # [M]
+    products. The tile's loads and dequantization are the format's reader's (``triton_readers``)."""
+    o, bk = st.options, st.block_k
+    reader = tile_reader(st, kv_refs, pt_ref, q, layer=layer, seq=seq, head=head, row_pos=row_pos,
+                         scales=scales, fold_rows=fold_rows)
 
-    def page_ids(t):
-        key = t * bk + jnp.arange(bk, dtype=jnp.int32)
-        return plgpu.load(pt_ref.at[seq, jnp.minimum(lax.div(key, st.page_size), max_pages - 1)])
-
-    def raw_tile(t, pages):
-        """Tile t's K and V as stored: ((data, meta), (data, meta))."""
-        offsets = lax.rem(t * bk + jnp.arange(bk, dtype=jnp.int32), st.page_size)
-        lay, at = st.layout, (layer, pages, offsets, head)
-        meta_rows = (lay.k_meta_rows(*at), lay.v_meta_rows(*at)) if fmt.meta_width else (None, None)
-        return (load_raw_tile(st, kv_refs, 0, lay.k_rows(*at), meta_rows[0]),
-                load_raw_tile(st, kv_refs, 1, lay.v_rows(*at), meta_rows[1]))
-
-    def codes(data, meta, which):
-        """(code parts, their map folded into the products) of a stored K (0) or V (1) tile."""
-        return tile_codes_and_map(fmt, data, meta, scales[which], code, fold_rows=fold_rows)
-
-    def body(t, carry):
-        acc, m_old, l_old, pages = carry
-        next_pages = page_ids(t + 1)            # prefetched: the next tile's K/V addresses are ready
-        (k_data, k_meta), (v_data, v_meta) = raw_tile(t, pages)
+    def online(t, carry, s, values_update):
+        acc, m_old, l_old = carry
         key = t * bk + jnp.arange(bk, dtype=jnp.int32)                                    # [bk]
-        k, k_map = codes(k_data, k_meta, 0)
-        s = functools.reduce(jnp.add, [dot(qj, kj, contract_b=1) for qj, kj in zip(q, k)])    # [M, bk]
-        s = k_map.scores(s, q_sum)
         if o.soft_cap is not None:
             s = jnp.tanh(s * (o.sm_scale / o.soft_cap)) * (o.soft_cap * LOG2E)
         else:
@@ -106,11 +79,14 @@ def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, r
         if masked:
             p = jnp.where(visible, p, 0.0)
         alpha = exp2(m_old - m_new, st.interpret)
-        v, v_map = codes(v_data, v_meta, 1)
-        acc = v_map.values_update(acc, alpha, p, v)
-        return acc, m_new, l_old * alpha + jnp.sum(p, axis=1), next_pages
+        return values_update(acc, alpha, p), m_new, l_old * alpha + jnp.sum(p, axis=1)
 
-    *carry, _ = lax.fori_loop(lo, hi, body, (*carry, page_ids(lo)))
+    def body(t, carry):
+        *softmax, address = carry
+        next_address = reader.address(t + 1)      # prefetched: the next tile's addresses are ready
+        return (*reader.attend(t, address, tuple(softmax), functools.partial(online, t)), next_address)
+
+    *carry, _ = lax.fori_loop(lo, hi, body, (*carry, reader.address(lo)))
     return tuple(carry)
 
 

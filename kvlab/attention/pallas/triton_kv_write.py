@@ -3,10 +3,11 @@ pages, in place (the cache arrays are aliased to the outputs, so with the storag
 step no copy of the cache is made).
 
 Grid (token block, KV head): each program moves ``block_t`` rows of one head, ``[block_t, D]``,
-from the new-token arrays to their slots; padding rows (slot < 0) are masked out. A quantized
-format encodes the rows in the kernel (its ``encode_tile``, the code the jnp reference runs) and
-stores each row's data and metadata; the layer's scales are read from the storage, calibrated
-before the launch where the format calibrates (``storage.calibrate``).
+from the new-token arrays to their slots; padding rows (slot < 0) and rows the layout places
+outside the array (a KIVI cache's sealed pages) are masked out. A quantized format encodes the
+rows in the kernel (its ``encode_tile``, the code the jnp reference runs) and stores each row's
+data and metadata; the layer's scales are read from the storage, calibrated before the launch
+where the format calibrates (``storage.calibrate``).
 """
 
 from __future__ import annotations
@@ -43,13 +44,15 @@ def _write_kernel(k_new_ref, v_new_ref, slots_ref, meta_ref, *refs, layout, kv_f
     scales = layer_scales(layout, out_refs, layer, head)
     part_width = width // kv_format.tile_parts
     for which, new_ref in enumerate((k_new_ref, v_new_ref)):
-        rows = jnp.where(ok, (layout.k_rows, layout.v_rows)[which](layer, pages, offsets, head), past)
+        data_ref = (layout.k_ref, layout.v_ref)[which](out_refs)
+        rows = (layout.k_rows, layout.v_rows)[which](layer, pages, offsets, head)
+        ok = ok & (rows >= 0) & (rows < data_ref.shape[0])     # a layout may leave pages unwritable
+        rows = jnp.where(ok, rows, past)
         parts = []
         for j in range(kv_format.tile_parts):
             tj, dj = part_cols(t, part_width, j, interpret)
             parts.append(plgpu.load(new_ref.at[tj, head, dj]))
         data, meta = kv_format.encode_tile(tuple(parts), scales[which])
-        data_ref = (layout.k_ref, layout.v_ref)[which](out_refs)
         r, d = cols(rows, data_ref.shape[1], interpret)
         mask = jnp.broadcast_to(ok[:, None], data.shape)
         plgpu.store(data_ref.at[r, d], data.astype(data_ref.dtype), mask=mask)

@@ -187,6 +187,11 @@ class RowFormat:
     def page_writes(self, *, num_pages: int, page_size: int) -> InPlaceWrites:
         return InPlaceWrites()
 
+    @property
+    def write_format(self):
+        """The format a KV write kernel encodes new rows in: this one (rows are stored as written)."""
+        return self
+
     def token_bytes(self, *, head_dim: int, model_dtype) -> int:
         """The packed data plus ``meta_width`` float16 values, each for K and for V."""
         data = self.packed_dim(head_dim) * jnp.dtype(self.data_dtype(model_dtype)).itemsize

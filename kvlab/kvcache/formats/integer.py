@@ -83,16 +83,23 @@ class AsymmetricInt(RowFormat):
         parts = tuple(p.astype(jnp.float32) for p in parts)
         lo = functools.reduce(jnp.minimum, [p.min(axis=-1) for p in parts])
         hi = functools.reduce(jnp.maximum, [p.max(axis=-1) for p in parts])
-        scale = ((hi - lo) / self.levels).astype(META_DTYPE)
-        zero = lo.astype(META_DTYPE)
-        s32 = scale.astype(jnp.float32)
-        inv = (1.0 / jnp.where(s32 > 0, s32, 1.0))[..., None]
-        z32 = zero.astype(jnp.float32)[..., None]
+        scale, zero = self.affine(lo, hi)
         data = None
         for i, p in enumerate(parts):
-            q = jnp.clip(jnp.floor((p - z32) * inv + 0.5), 0, self.levels).astype(jnp.uint8)
+            q = self.quantize(p, scale[..., None], zero[..., None]).astype(jnp.uint8)
             data = q if data is None else data | (q << (i * self.bits))
         return data, (scale, zero)
+
+    def affine(self, lo, hi):
+        """The float16 ``(scale, zero)`` of values spanning ``[lo, hi]`` (any matching shapes)."""
+        return ((hi - lo) / self.levels).astype(META_DTYPE), lo.astype(META_DTYPE)
+
+    def quantize(self, x, scale, zero):
+        """Float32 codes (whole numbers in ``[0, levels]``) of float32 ``x`` under float16
+        ``scale``/``zero`` broadcasting against it, rounding half up."""
+        s32 = scale.astype(jnp.float32)
+        inv = 1.0 / jnp.where(s32 > 0, s32, 1.0)
+        return jnp.clip(jnp.floor((x - zero.astype(jnp.float32)) * inv + 0.5), 0, self.levels)
 
     def code_dtype(self, model_dtype) -> jnp.dtype:
         return exact_code_dtype(model_dtype)

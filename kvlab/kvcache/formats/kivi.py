@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kvlab.kvcache.formats.base import META_DTYPE
+from kvlab.kvcache.formats.base import META_DTYPE, PLAIN, decode_tile
 from kvlab.kvcache.formats.integer import AsymmetricInt
 from kvlab.kvcache.staging import StagedWrites
 
@@ -94,11 +94,46 @@ class Kivi:
             raise ValueError(f"KIVI quantizes keys per channel over a page, so the cache's page_size must "
                              f"equal the format's group_size ({self.group_size}); got page_size {page_size}")
 
+    @property
+    def tile_parts(self) -> int:
+        """The head dimension in ``8 / bits`` contiguous parts, as the codes are packed."""
+        return 8 // self.bits
+
+    def code_dtype(self, model_dtype) -> jnp.dtype:
+        """The float type a kernel multiplies codes in (float16 for a 16-bit model)."""
+        return self.ints.code_dtype(model_dtype)
+
+    # ---- tiles, for the kernels: elementwise operations and reductions only ----------------------
+    def round_trip_key_tile(self, parts: tuple[jax.Array, ...], dtype) -> tuple[jax.Array, ...]:
+        """A whole page's keys ``[G, D / tile_parts]`` per part (tokens in rows) as a query that
+        sees the page whole reads them: each channel (column) quantized over the page's tokens
+        and decoded, in ``dtype``; equal to ``round_trip``'s keys."""
+        ints, out = self.ints, []
+        for p in parts:
+            p = p.astype(jnp.float32)
+            scale, zero = ints.affine(p.min(axis=0), p.max(axis=0))
+            codes = ints.quantize(p, scale[None, :], zero[None, :])
+            out.append((codes * scale.astype(jnp.float32)[None, :] + zero.astype(jnp.float32)[None, :])
+                       .astype(dtype))
+        return tuple(out)
+
+    def round_trip_value_tile(self, parts: tuple[jax.Array, ...], dtype) -> tuple[jax.Array, ...]:
+        """A whole page's values ``[G, D / tile_parts]`` per part, each token (row) quantized over
+        its head dimension and decoded, in ``dtype``; equal to ``round_trip``'s values."""
+        ints = self.ints
+        data, meta = ints.encode_tile(parts, jnp.float32(1.0))
+        return decode_tile(ints, data, meta, jnp.float32(1.0), dtype)
+
     def page_writes(self, *, num_pages: int, page_size: int) -> StagedWrites:
         """Pages fill in ``staging_pages`` full-precision pages and are sealed when full."""
         self.check_page_size(page_size)
         return StagedWrites(num_sealed=num_pages, num_staging=self.staging_pages, page_size=self.group_size,
                             format_name=self.name)
+
+    @property
+    def write_format(self):
+        """New rows are written to staging pages in the model's dtype: ``PLAIN``."""
+        return PLAIN
 
     def packed_dim(self, head_dim: int) -> int:
         return head_dim * self.bits // 8

@@ -1,0 +1,134 @@
+"""KIVI pages in the Triton-lowered tile loop (``kvlab.kvcache.formats.Kivi``): one page a tile.
+
+A tile is one page of ``G`` tokens (``block_k == page_size == group_size``), sealed (page id
+``< N``: 2- or 4-bit codes) or staging (full precision), and a ``lax.cond`` on the page id reads
+it one way or the other:
+
+* sealed: the keys' codes ``c`` with each channel's scale and zero point over the page
+  (``k = c * scale + zero``, ``[D]`` each), the values' codes with each token's (as the integer
+  formats). With ``fold_rows`` (the decode) the channel map folds into the query, once per tile:
+  ``q . k = (q * scale) . c + q . zero``, and the values' per-token map into the products
+  (``RowMap``); otherwise (the prefill) both maps are applied to every element.
+* staging: the page's K and V as written, and, for the rows that see the page whole (position
+  ``>= (t + 1) * G - 1``, the format's read rule), the same page round-tripped through the format
+  in the kernel (``Kivi.round_trip_key_tile``/``round_trip_value_tile``, the reference's code), so
+  a page reads the same before and after it is sealed. Both are computed and chosen per row;
+  only the last pages of a sequence are staging pages.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from kvlab.attention.pallas.triton_tiles import (
+    Static,
+    as_code_dtype,
+    cols,
+    dot,
+    part_cols,
+    tile_codes_and_map,
+)
+
+
+def _sum(xs):
+    return functools.reduce(jnp.add, xs)
+
+
+class KiviTiles:
+    """One program's KIVI tiles (the ``TileReader`` contract of ``triton_readers``); q: parts
+    ``[M, D / parts]`` in the model's dtype, row_pos [M] each row's position."""
+
+    def __init__(self, st: Static, kv_refs, pt_ref, q, *, layer, seq, head, row_pos, fold_rows: bool):
+        if st.block_k != st.page_size:
+            raise ValueError(f"KIVI tiles are whole pages: block_k {st.block_k} != page_size {st.page_size}")
+        self.st, self.refs, self.pt_ref = st, kv_refs, pt_ref
+        self.layer, self.seq, self.head, self.row_pos, self.fold_rows = layer, seq, head, row_pos, fold_rows
+        self.fmt = st.kv_format
+        self.q = q
+        self.code = self.fmt.code_dtype(q[0].dtype)
+        self.q_code = tuple(as_code_dtype(qj, self.code) for qj in q)
+
+    def address(self, t):
+        """The page id of tile ``t`` (a scalar)."""
+        return self.pt_ref[self.seq, jnp.minimum(t, self.pt_ref.shape[1] - 1)]
+
+    def attend(self, t, page, carry, online):
+        sealed = page < self.st.layout.num_sealed
+        return lax.cond(sealed, functools.partial(self._sealed, page, online),
+                        functools.partial(self._staged, t, page, online), carry)
+
+    # ---- a sealed page ----------------------------------------------------------------------------
+    def _sealed(self, page, online, carry):
+        st, lay, ints = self.st, self.st.layout, self.fmt.ints
+        offsets = jnp.arange(st.block_k, dtype=jnp.int32)
+        rows = lay.sealed_rows(self.layer, page, offsets, self.head)                   # [G]
+
+        def codes(which):
+            ref = lay.sealed_ref(self.refs, which)
+            r, d = cols(rows, ref.shape[1], st.interpret)
+            return plgpu.load(ref.at[r, d])                                            # [G, packed]
+        k_data, v_data = codes(0), codes(1)
+        s = self._sealed_scores(page, k_data)
+        v_meta = lay.value_meta_ref(self.refs)
+        v_map_meta = (plgpu.load(v_meta.at[rows, 0]), plgpu.load(v_meta.at[rows, 1]))   # [G] each
+
+        def values_update(acc, alpha, p):
+            v, v_map = tile_codes_and_map(ints, v_data, v_map_meta, jnp.float32(1.0), self.code,
+                                          fold_rows=self.fold_rows)
+            return v_map.values_update(acc, alpha, p, v)
+        return online(carry, s, values_update)
+
+    def _sealed_scores(self, page, k_data):
+        """``q . k`` [M, G] of a sealed page's keys (each channel's scale and zero over the page)."""
+        st, lay, ints = self.st, self.st.layout, self.fmt.ints
+        width = self.q[0].shape[1]
+        meta, row = lay.key_meta_ref(self.refs), lay.key_meta_row(self.layer, page, self.head)
+        scale, zero = ([plgpu.load(meta.at[row + i, pl.ds(j * width, width)]).astype(jnp.float32)
+                        for j in range(st.parts)] for i in (0, 1))
+        q32 = [qj.astype(jnp.float32) for qj in self.q_code]
+        q_zero = _sum([jnp.sum(qj * zj[None, :], axis=1) for qj, zj in zip(q32, zero)])     # [M]
+        if self.fold_rows:
+            parts, bias = ints.tile_biased_codes(k_data, self.code)
+            qs = [(qj * sj[None, :]).astype(self.code) for qj, sj in zip(q32, scale)]
+            s = _sum([dot(qj, cj, contract_b=1) for qj, cj in zip(qs, parts)])
+            if bias:
+                s = s - bias * _sum([jnp.sum(qj.astype(jnp.float32), axis=1) for qj in qs])[:, None]
+            return s + q_zero[:, None]
+        keys = [c * sj.astype(self.code)[None, :] for c, sj in zip(ints.tile_codes(k_data, self.code), scale)]
+        return _sum([dot(qj, kj, contract_b=1) for qj, kj in zip(self.q_code, keys)]) + q_zero[:, None]
+
+    # ---- a staging page ---------------------------------------------------------------------------
+    def _staged(self, t, page, online, carry):
+        st, lay = self.st, self.st.layout
+        offsets = jnp.arange(st.block_k, dtype=jnp.int32)
+        rows = lay.k_rows(self.layer, page, offsets, self.head)
+        width = self.q[0].shape[1]
+
+        def load(ref):
+            out = []
+            for j in range(st.parts):
+                r, d = part_cols(rows, width, j, st.interpret)
+                out.append(plgpu.load(ref.at[r, d]))
+            return tuple(out)
+        dtype = self.q[0].dtype
+        k, v = load(lay.k_ref(self.refs)), load(lay.v_ref(self.refs))
+        k_whole = self.fmt.round_trip_key_tile(k, dtype)
+        v_whole = self.fmt.round_trip_value_tile(v, dtype)
+        whole = (self.row_pos >= (t + 1) * st.block_k - 1)[:, None]                    # [M, 1]
+
+        def scores(keys):
+            return _sum([dot(qj, kj.astype(dtype), contract_b=1) for qj, kj in zip(self.q, keys)])
+        s = jnp.where(whole, scores(k_whole), scores(k))
+
+        def values_update(acc, alpha, p):
+            p_whole = jnp.where(whole, p, 0.0)
+            return tuple(a * alpha[:, None] + dot((p - p_whole).astype(dtype), vj, contract_b=0)
+                         + dot(p_whole.astype(dtype), wj.astype(dtype), contract_b=0)
+                         for a, vj, wj in zip(acc, v, v_whole))
+        return online(carry, s, values_update)
+
