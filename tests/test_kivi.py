@@ -1,10 +1,14 @@
 """KIVI 2-bit KV (keys per channel over a page, values per token, unfilled pages in full precision):
 the codec's error bounds, the storage's staging and sealing, the host bookkeeping of staged pages,
-and the engine: any schedule (whole prompts, small chunks, prefix reuse, batching) gives the
-tokens of a one-request-at-a-time dense decode that reads K/V by KIVI's rule, and frees every
-page; what cannot hold KIVI pages says so."""
+and the engine: any schedule (whole prompts, small chunks, prefix reuse, batching, sealed pages
+offloaded to host and disk tiers and loaded back) gives the tokens of a one-request-at-a-time
+dense decode that reads K/V by KIVI's rule, and frees every page; what cannot hold KIVI pages
+says so."""
 
 from __future__ import annotations
+
+import pathlib
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +21,7 @@ import kvlab
 from kvlab.engine import DenseReferenceDecoder
 from kvlab.kvcache.formats import AsymmetricInt, Kivi, bytes_per_token
 from kvlab.kvcache.kivi_storage import KiviPagedKVStorage
+from kvlab.kvcache.tiers import DiskTier, HostMemoryTier, TierChain, WriteBackOnEviction, WriteThrough
 from kvlab.models import LlamaModel, ModelConfig
 
 G = 8
@@ -138,6 +143,36 @@ def test_kivi_reads_full_pages_quantized_and_takes_a_fifth_of_the_bytes(model):
     per_token = bytes_per_token(Kivi(group_size=32), **dims)           # KIVI's group of 32 tokens
     assert per_token == np.ceil(2 * 2 * (2 * 16 + 2 * 2 + 2 * 64 * 2 / 32))   # codes, V scales, K channels
     assert bytes_per_token(kvlab.kvcache.formats.PLAIN, **dims) / per_token > 5
+
+
+@settings(max_examples=5, deadline=None)
+@given(policy=st.sampled_from([WriteBackOnEviction(), WriteThrough()]), chunk=st.sampled_from([8, 64]),
+       steps_ahead=st.sampled_from([0, 1]), order=st.permutations(range(4)))
+def test_sealed_pages_go_down_the_tiers_and_come_back_with_the_same_tokens(model, policy, chunk, steps_ahead,
+                                                                          order):
+    """Four 40-token documents asked twice through a GPU cache of 12 pages: evicted sealed pages go
+    to a host tier, then a disk tier, and are loaded back into sealed pages (no staging) when a
+    document is asked again; the tokens are those of the dense KIVI decode."""
+    docs = [[(11 * d + 3 * i) % 240 + 5 for i in range(40)] for d in range(4)]
+    ref = DenseReferenceDecoder(model, kv_format=FMT)
+    with tempfile.TemporaryDirectory() as tmp, DiskTier(pathlib.Path(tmp), num_pages=40) as disk:
+        chain = TierChain(tiers=[HostMemoryTier(6), disk], policy=policy)
+        cache = kvlab.PagedKVCache(num_pages=12, page_size=G, prefix_caching=True, tiers=chain, kv_format=FMT)
+        engine = kvlab.Engine(model, cache=cache, attention=kvlab.ReferenceAttention(), max_model_len=64,
+                              steps_ahead=steps_ahead,
+                              scheduler=kvlab.ChunkedScheduler(max_num_seqs=1, max_num_batched_tokens=64,
+                                                               max_chunk_tokens=chunk))
+        for rnd in range(2):
+            for d in order:
+                prompt = docs[d] + [200 + rnd]
+                [out] = engine.generate([prompt], kvlab.SamplingParams(max_tokens=3, ignore_eos=True))
+                assert out.token_ids == ref.greedy(prompt, 3), (rnd, d)
+        s = cache.stats()
+        assert s.tiers.loads_per_tier[0] + s.tiers.loads_per_tier[1] > 0
+        assert s.prefix_hit_tokens >= 4 * 40 // G * G           # every re-asked document reused whole
+        assert s.pages_used == 0 and s.pages_free + s.pages_cached == s.pages_total
+        assert cache.writes.num_free(None, 0) == FMT.staging_pages
+        assert all(t.num_evictable() == len(t) for t in chain.tiers)
 
 
 @pytest.mark.parametrize("build, match", [

@@ -28,7 +28,7 @@ from test_engine_property import reference, run_trace
 import kvlab
 from kvlab.kvcache import BuiltinBlockHasher, HostTier, SwapInTiers
 from kvlab.kvcache.eviction import LRU, PriorityLRU
-from kvlab.kvcache.formats import Int8, Kivi
+from kvlab.kvcache.formats import Int8
 from kvlab.kvcache.tiers import (
     AbovePriority,
     DiskTier,
@@ -468,9 +468,6 @@ def test_tiers_need_prefix_caching_and_a_tier_chain():
         kvlab.PagedKVCache(num_pages=4, tiers=TierChain(tiers=[HostMemoryTier(2)]))
     with pytest.raises(ValueError, match="takes a TierChain, a KVTier"):
         kvlab.PagedKVCache(num_pages=4, prefix_caching=True, tiers="host")
-    with pytest.raises(ValueError, match="kivi4 KV does not go down tiers below the GPU"):
-        kvlab.PagedKVCache(num_pages=4, page_size=32, prefix_caching=True, tiers=HostMemoryTier(2),
-                           kv_format=Kivi(bits=4))
     cache = kvlab.PagedKVCache(num_pages=4, prefix_caching=True, tiers=[HostMemoryTier(2), HostMemoryTier(2)])
     assert len(cache.tiers.tiers) == 2 and cache.match_prefix_by_tier([1] * 40) == (0, 0, 0)
 

@@ -15,9 +15,10 @@ sealed id. Arrays:
 ``gather_pages(layer, pages, whole)`` reads sealed pages decoded and staging pages in full
 precision, except where ``whole`` says the reading query sees the page whole: then as the page
 will be stored once sealed (the format's read rule), so a page reads the same before and after
-sealing. Sealed pages are never written in place, which is why this storage has no host-tier
-records. The Pallas kernels read the arrays through ``layout`` (``KiviLayout``), new rows are
-written to staging pages as the model's dtype, and sealing is the jnp ``seal_pages``.
+sealing. Sealed pages are never written in place; only they are reused, so only they have
+host-tier records (``read_pages``). The Pallas kernels read the arrays through ``layout``
+(``KiviLayout``), new rows are written to staging pages as the model's dtype, and sealing is the
+jnp ``seal_pages``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 
 from kvlab.kvcache.formats.base import META_DTYPE
 from kvlab.kvcache.layouts import KiviLayout
+from kvlab.kvcache.quantized_storage import page_record_of, pages_as_records, records_into_pages
 from kvlab.kvcache.storage import head_axis
 
 
@@ -146,6 +148,22 @@ class KiviPagedKVStorage:
             return arr.at[:, dst].set(new, mode="drop")
         return dataclasses.replace(self, k=put(self.k, k_data), v=put(self.v, v_data),
                                    k_meta=put(self.k_meta, k_meta), v_meta=put(self.v_meta, v_meta))
+
+    # ---- host-tier records: sealed pages' bytes as stored ----------------------------------------
+    @property
+    def page_record(self) -> jax.ShapeDtypeStruct:
+        """One sealed page's record: uint8 ``[L, bytes per layer]`` (codes and scales of K and V)."""
+        return page_record_of((self.k, self.v, self.k_meta, self.v_meta))
+
+    def read_pages(self, pages: jax.Array) -> jax.Array:
+        """Sealed ``pages`` (ids ``< num_sealed``: only sealed pages are reused, so only they go
+        down a tier) as records ``[n, L, bytes per layer]``."""
+        return pages_as_records((self.k, self.v, self.k_meta, self.v_meta), pages)
+
+    def write_pages(self, pages: jax.Array, data: jax.Array) -> KiviPagedKVStorage:
+        """Inverse of ``read_pages``, into sealed pages; out-of-range ids are dropped (padding)."""
+        k, v, k_meta, v_meta = records_into_pages((self.k, self.v, self.k_meta, self.v_meta), pages, data)
+        return dataclasses.replace(self, k=k, v=v, k_meta=k_meta, v_meta=v_meta)
 
     def gather_pages(self, layer, pages: jax.Array, whole: jax.Array | None = None):
         """K and V of ``pages`` (any int shape) in one layer, each ``[*pages.shape, P, Hkv, D]``:

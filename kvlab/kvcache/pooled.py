@@ -191,15 +191,17 @@ class PagePoolCache(KVCache):
                 raise ValueError(f"sequence {seq_id!r} is swapped out; swap it in first")
             have = self._num_pages(seq)
         need = max(0, -(-num_tokens // self.page_size) - have)
+        loaded = 0 if seq is None else min(len(seq.tier_hits), need)   # a tier's blocks: final bytes
         if need:
             self._check_room(seq_id, need)
-            self.writes.check_room(seq_id, need)
+            self.writes.check_room(seq_id, need - loaded)
         if seq is None:
             seq = self._new_seq(seq_id)
         if not seq.started:
             self._start(seq)
         if need:
-            pages = self.writes.place(seq_id, have, self._take_pages(need))
+            fresh = self._take_pages(need)
+            pages = fresh[:loaded] + self.writes.place(seq_id, have + loaded, fresh[loaded:])
             self.block_table.append(seq.row, pages)
             self._placed(seq, have, pages)
         seq.num_tokens = num_tokens

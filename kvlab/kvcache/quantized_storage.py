@@ -43,6 +43,31 @@ def from_bytes(b: jax.Array, like_shape: tuple[int, ...], dtype) -> jax.Array:
     return jax.lax.bitcast_convert_type(b, dtype)
 
 
+def page_record_of(arrays) -> jax.ShapeDtypeStruct:
+    """The host-tier record of one page of ``arrays`` (each ``[L, N, ...]``, pages on axis 1):
+    uint8 ``[L, bytes per layer]``, the arrays' bytes one after the other."""
+    per_layer = sum(a.dtype.itemsize * math.prod(a.shape[2:]) for a in arrays)
+    return jax.ShapeDtypeStruct((arrays[0].shape[0], per_layer), jnp.uint8)
+
+
+def pages_as_records(arrays, pages: jax.Array) -> jax.Array:
+    """Whole ``pages`` of ``arrays`` (``[L, N, ...]`` each) as records ``[n, L, bytes per layer]``."""
+    return jnp.concatenate([as_bytes(jnp.swapaxes(a[:, pages], 0, 1), 2) for a in arrays], axis=-1)
+
+
+def records_into_pages(arrays, pages: jax.Array, data: jax.Array) -> list[jax.Array]:
+    """Inverse of ``pages_as_records``: ``arrays`` with ``pages`` set from the records ``data``;
+    out-of-range page ids are dropped (padding)."""
+    out, start = [], 0
+    for arr in arrays:
+        shape = (data.shape[0], arr.shape[0], *arr.shape[2:])          # [n, L, ...]
+        size = jnp.dtype(arr.dtype).itemsize * math.prod(shape[2:])
+        piece = from_bytes(data[..., start:start + size], shape, arr.dtype)
+        out.append(arr.at[:, pages].set(jnp.swapaxes(piece, 0, 1), mode="drop"))
+        start += size
+    return out
+
+
 def calibrated(fmt: KVFormat, layer_scales: jax.Array, layer, k_new: jax.Array, v_new: jax.Array,
                slots: jax.Array) -> jax.Array:
     """``layer_scales [L, 2, Hkv]`` with ``layer``'s scales calibrated on its new rows ``[T, Hkv,
@@ -192,24 +217,14 @@ class QuantizedPagedKVStorage:
     @property
     def page_record(self) -> jax.ShapeDtypeStruct:
         """One page's host-tier record: uint8 ``[L, bytes per layer]``."""
-        arrays = (self.k, self.v, self.k_meta, self.v_meta)
-        per_layer = sum(a.dtype.itemsize * math.prod(a.shape[2:]) for a in arrays)
-        return jax.ShapeDtypeStruct((self.k.shape[0], per_layer), jnp.uint8)
+        return page_record_of((self.k, self.v, self.k_meta, self.v_meta))
 
     def read_pages(self, pages: jax.Array) -> jax.Array:
         """Whole pages as bytes: uint8 ``[n, L, record_bytes_per_layer]`` (per layer: K data,
         V data, K metadata, V metadata)."""
-        parts = [jnp.swapaxes(a[:, pages], 0, 1) for a in (self.k, self.v, self.k_meta, self.v_meta)]
-        return jnp.concatenate([as_bytes(p, 2) for p in parts], axis=-1)
+        return pages_as_records((self.k, self.v, self.k_meta, self.v_meta), pages)
 
     def write_pages(self, pages: jax.Array, data: jax.Array) -> QuantizedPagedKVStorage:
         """Inverse of ``read_pages``; out-of-range page ids are dropped (padding)."""
-        out, start = [], 0
-        for arr in (self.k, self.v, self.k_meta, self.v_meta):
-            shape = (data.shape[0], arr.shape[0], *arr.shape[2:])          # [n, L, P, Hkv, X]
-            size = jnp.dtype(arr.dtype).itemsize * math.prod(shape[2:])
-            piece = from_bytes(data[..., start:start + size], shape, arr.dtype)
-            out.append(arr.at[:, pages].set(jnp.swapaxes(piece, 0, 1), mode="drop"))
-            start += size
-        k, v, k_meta, v_meta = out
+        k, v, k_meta, v_meta = records_into_pages((self.k, self.v, self.k_meta, self.v_meta), pages, data)
         return dataclasses.replace(self, k=k, v=v, k_meta=k_meta, v_meta=v_meta)

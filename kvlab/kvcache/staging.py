@@ -90,9 +90,8 @@ class StagedWrites:
                          f"recompute) or use a per-token format")
 
     def check_tiers(self) -> None:
-        """Raise: offloading sealed pages to tiers below the GPU is not built yet."""
-        raise ValueError(f"{self.format_name} KV does not go down tiers below the GPU yet (its sealed pages "
-                         f"are not offloaded): build the cache without tiers or use a per-token format")
+        """Sealed pages (the only ones reused) go down the tiers as stored, and a tier's blocks
+        come back into sealed pages, no staging."""
 
     def check_step(self, step_tokens: int) -> None:
         """Raise ValueError if one step of ``step_tokens`` tokens could need more staging pages
