@@ -15,9 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel_cases import ragged_lengths
+from test_quantized_kernels import OPTIONS, reference
 
 import kvlab
-from kvlab.attention import AttentionOptions, RaggedBatch, ReferenceAttention
+from kvlab.attention import RaggedBatch, ReferenceAttention
 from kvlab.attention.pallas import DecodeConfig, PallasAttention, PrefillConfig
 from kvlab.kvcache.formats import Kivi
 from kvlab.kvcache.kivi_storage import KiviPagedKVStorage
@@ -25,7 +26,6 @@ from kvlab.models import LlamaModel, ModelConfig
 
 G = 16                       # the page, the key group and the kernels' tile
 SEALED, STAGING = 30, 26
-OPTIONS = AttentionOptions(sm_scale=0.125)
 FORMATS = [Kivi(bits=bits, group_size=G, staging_pages=STAGING) for bits in (2, 4)]
 
 
@@ -63,16 +63,6 @@ def kernels(fused: bool):
     be = PallasAttention(interpret=True, fuse_mixed=fused, decode=DecodeConfig(block_k=32),
                          prefill=PrefillConfig(block_m=16, block_k=64))      # KIVI's tiles are its pages
     return jax.jit(lambda q, store, batch: be(q, store, 1, batch, OPTIONS))
-
-
-@functools.cache
-def _reference():
-    return jax.jit(lambda q, store, batch: ReferenceAttention()(q, store, 1, batch, OPTIONS))
-
-
-def reference(q, store, batch):
-    with jax.default_matmul_precision("highest"):
-        return _reference()(q, store, batch)
 
 
 @settings(max_examples=6, deadline=None)
