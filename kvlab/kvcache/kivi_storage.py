@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from kvlab.kvcache.formats.base import META_DTYPE
 from kvlab.kvcache.layouts import KiviLayout
-from kvlab.kvcache.quantized_storage import page_record_of, pages_as_records, records_into_pages
+from kvlab.kvcache.page_records import page_record_of, pages_as_records, records_into_pages
 from kvlab.kvcache.storage import head_axis
 
 
