@@ -24,7 +24,6 @@ Prints a markdown table; ``--out`` also writes it with the raw rows (JSON).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import pathlib
 from collections.abc import Callable
@@ -78,8 +77,7 @@ def pages_sealed(store, fmt):
     _, pages, page, hkv, d = store.k.shape
     out = KiviPagedKVStorage.zeros(fmt, num_layers=1, num_pages=pages, page_size=page, num_kv_heads=hkv,
                                    head_dim=d, dtype=store.k.dtype)
-    k, k_meta, v, v_meta = jax.jit(fmt.encode_group)(store.k, store.v)
-    return dataclasses.replace(out, k=k, k_meta=k_meta, v=v, v_meta=v_meta)
+    return jax.jit(lambda o, k, v: o.sealed_from(k, v))(out, store.k, store.v)
 
 
 class Case(NamedTuple):

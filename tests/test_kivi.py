@@ -175,6 +175,25 @@ def test_sealed_pages_go_down_the_tiers_and_come_back_with_the_same_tokens(model
         assert all(t.num_evictable() == len(t) for t in chain.tiers)
 
 
+def test_a_document_larger_than_the_staging_pool_comes_back_from_a_tier(model):
+    """Ten pages on the host tier, four staging pages: the loaded pages need no staging, so the
+    document is admitted and served."""
+    fmt = Kivi(bits=2, group_size=G, staging_pages=4)
+    cache = kvlab.PagedKVCache(num_pages=14, page_size=G, prefix_caching=True, tiers=HostMemoryTier(16),
+                               kv_format=fmt)
+    engine = kvlab.Engine(model, cache=cache, attention=kvlab.ReferenceAttention(), max_model_len=96,
+                          scheduler=kvlab.ChunkedScheduler(max_num_seqs=1, max_num_batched_tokens=16,
+                                                           max_chunk_tokens=16))
+    ref = DenseReferenceDecoder(model, kv_format=fmt)
+    doc, other = [(5 * i) % 240 + 3 for i in range(80)], [(7 * i) % 240 + 9 for i in range(80)]
+    for prompt in (doc + [1], other + [1], doc + [2]):
+        [out] = engine.generate([prompt], kvlab.SamplingParams(max_tokens=3, ignore_eos=True))
+        assert out.token_ids == ref.greedy(prompt, 3)
+    assert cache.stats().tiers.loads_per_tier[0] > fmt.staging_pages          # more than the staging pool
+    s = cache.stats()
+    assert s.pages_used == 0 and cache.writes.num_free(None, 0) == 4
+
+
 @pytest.mark.parametrize("build, match", [
     (lambda: kvlab.RadixKVCache(num_pages=8, page_size=G, kv_format=FMT), "RadixKVCache writes its pages"),
     (lambda: kvlab.BlockedKVCache(num_blocks=8, block_tokens=G, kv_format=FMT), "BlockedKVCache"),

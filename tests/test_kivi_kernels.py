@@ -18,7 +18,7 @@ from kernel_cases import ragged_lengths
 from test_quantized_kernels import OPTIONS, reference
 
 import kvlab
-from kvlab.attention import RaggedBatch, ReferenceAttention
+from kvlab.attention import AttentionOptions, RaggedBatch, ReferenceAttention
 from kvlab.attention.pallas import DecodeConfig, PallasAttention, PrefillConfig
 from kvlab.kvcache.formats import Kivi
 from kvlab.kvcache.kivi_storage import KiviPagedKVStorage
@@ -106,6 +106,31 @@ def test_split_decodes_merge_to_the_reference():
     assert float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref)) < 1e-5
 
 
+def test_an_outlier_key_channel_keeps_the_decode_finite():
+    """bfloat16, one key channel at +-400 (its scale about 270) and queries of 300 there: the
+    decode's folded query would pass float16's 65504 without its per-page normalization."""
+    rng = np.random.default_rng(5)
+    store = KiviPagedKVStorage.zeros(FORMATS[0], num_layers=2, num_pages=SEALED, page_size=G, num_kv_heads=2,
+                                     head_dim=64, dtype=jnp.bfloat16)
+    k, v = rng.standard_normal((2, 2, SEALED, G, 2, 64))
+    k[..., 5] *= 400.0
+    store = store.sealed_from(jnp.asarray(k, jnp.bfloat16), jnp.asarray(v, jnp.bfloat16))
+    batch = RaggedBatch.build(q_tokens=[[1]] * 3 + [[1] * 5], q_starts=[2 * G - 1, 3 * G - 1, G - 1, G - 5],
+                              page_lists=[[3, 7], [1, 2, 9], [4], [5]], page_size=G, token_bucket=24,
+                              seq_bucket=4, page_bucket=6)
+    q = rng.standard_normal((24, 4, 64))
+    q[..., 5] = 300.0
+    q = jnp.asarray(q, jnp.bfloat16)
+    opts = AttentionOptions(sm_scale=2e-4)         # scores of order 10: a softmax that rounding cannot flip
+    with jax.default_matmul_precision("highest"):
+        ref = ReferenceAttention()(q, store, 1, batch, opts).astype(jnp.float32)
+    for fused in (False, True):
+        be = PallasAttention(interpret=True, fuse_mixed=fused, prefill=PrefillConfig(block_m=16))
+        out = jax.jit(lambda q, s, b, be=be: be(q, s, 1, b, opts))(q, store, batch).astype(jnp.float32)
+        assert not bool(jnp.isnan(out).any())
+        assert float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref)) < 2e-2
+
+
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
 def test_the_write_kernel_stores_staging_rows_as_write_does(fmt):
     store = KiviPagedKVStorage.zeros(fmt, num_layers=2, num_pages=SEALED, page_size=G, num_kv_heads=2,
@@ -150,7 +175,10 @@ def test_what_the_kernels_cannot_read_says_what_they_can(fmt, head_dim, match):
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits", [0, 1], ids=["kivi2", "kivi4"])
 def test_compiled_kernels_read_kivi_pages(bits):
-    """The same cases compiled for the GPU: float32 at full matmul precision, and bfloat16."""
+    """The same cases compiled for the GPU: float32 at full matmul precision, and bfloat16. The
+    staging pages a row sees whole are round-tripped in the kernel, where the compiler may fuse
+    the quantizer's multiply and add: a code at a rounding boundary may land one step from the
+    reference's (a few elements of 2-bit keys), hence 3e-3 in float32 (measured 1e-3 on the H200)."""
     cases = ((True, ([1, 1, 1, 1], [6 * G, 3, 2 * G, 5 * G - 1], [6, 0, 1, 2])),
              (False, ([1, 9, 0, 5], [2 * G + 1, 3 * G, 7, 4 * G], [1, 3, 0, 2])))
     for fused, (q_lens, kv_lens, sealed) in cases:
@@ -160,7 +188,7 @@ def test_compiled_kernels_read_kivi_pages(bits):
         ref = reference(q, store, batch)
         with jax.default_matmul_precision("highest"):
             out = run(q, store, batch)
-        assert float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref)) < 1e-4, (q_lens, fused)
+        assert float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref)) < 3e-3, (q_lens, fused)
         half = jax.tree.map(lambda a: a.astype(jnp.bfloat16) if a.dtype == jnp.float32 else a, (q, store))
         out16 = run(*half, batch).astype(jnp.float32)
         assert float(jnp.linalg.norm(out16 - ref) / jnp.linalg.norm(ref)) < 2e-2, (q_lens, fused)

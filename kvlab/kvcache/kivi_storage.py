@@ -9,7 +9,9 @@ sealed id. Arrays:
 
 * ``k, v``: ``[L, N, P, Hkv, packed_dim]`` uint8 codes of sealed pages;
 * ``k_meta``: ``[L, N, Hkv, 2, D]`` float16 per-channel key scale and zero point of each page;
-* ``v_meta``: ``[L, N, P, Hkv, 2]`` float16 per-token value scale and zero point;
+* ``v_meta``: ``[L, N, Hkv, P, 1]`` uint32, each token's value scale and zero point as one word
+  (two float16 halves, ``formats.base.pack_meta_word``), head-major within a page so that a
+  kernel loads a page's words for one head with one coalesced load;
 * ``stage_k, stage_v``: ``[L, R, P, Hkv, D]`` in the model's dtype.
 
 ``gather_pages(layer, pages, whole)`` reads sealed pages decoded and staging pages in full
@@ -29,7 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kvlab.kvcache.formats.base import META_DTYPE
+from kvlab.kvcache.formats.base import META_DTYPE, meta_word_rows, token_meta
 from kvlab.kvcache.layouts import KiviLayout
 from kvlab.kvcache.page_records import page_record_of, pages_as_records, records_into_pages
 from kvlab.kvcache.storage import head_axis
@@ -75,12 +77,12 @@ class KiviPagedKVStorage:
             return jnp.zeros((*rows, kv_format.packed_dim(head_dim)), jnp.uint8)
         return cls(k=codes(), v=codes(),
                    k_meta=jnp.zeros((num_layers, num_pages, num_kv_heads, 2, head_dim), META_DTYPE),
-                   v_meta=jnp.zeros((*rows, 2), META_DTYPE),
+                   v_meta=jnp.zeros((num_layers, num_pages, num_kv_heads, page_size, 1), jnp.uint32),
                    stage_k=jnp.zeros(stage, dtype), stage_v=jnp.zeros(stage, dtype), kv_format=kv_format)
 
     def head_specs(self, axis: str) -> KiviPagedKVStorage:
-        heads = head_axis(5, 3, axis)
-        return dataclasses.replace(self, k=heads, v=heads, k_meta=head_axis(5, 2, axis), v_meta=heads,
+        heads, head_major = head_axis(5, 3, axis), head_axis(5, 2, axis)
+        return dataclasses.replace(self, k=heads, v=heads, k_meta=head_major, v_meta=head_major,
                                    stage_k=heads, stage_v=heads)
 
     @property
@@ -140,14 +142,24 @@ class KiviPagedKVStorage:
     def seal_pages(self, src: jax.Array, dst: jax.Array) -> KiviPagedKVStorage:
         """Quantize full staging pages ``src [n]`` (ids ``>= num_sealed``) into sealed pages ``dst
         [n]``, every layer; pairs with ``dst`` out of range (``>= num_sealed``) are padding."""
-        fmt = self.kv_format
         r = jnp.clip(src - self.num_sealed, 0, self.stage_k.shape[1] - 1)
-        k_data, k_meta, v_data, v_meta = fmt.encode_group(self.stage_k[:, r], self.stage_v[:, r])
+        return self._put_sealed(dst, self.stage_k[:, r], self.stage_v[:, r])
+
+    def sealed_from(self, k: jax.Array, v: jax.Array) -> KiviPagedKVStorage:
+        """Every sealed page encoded from full pages ``k, v [L, N, P, Hkv, D]`` (a benchmark's or
+        a test's fill)."""
+        return self._put_sealed(jnp.arange(self.num_sealed), k, v)
+
+    def _put_sealed(self, dst, k, v) -> KiviPagedKVStorage:
+        """Full pages ``k, v [L, n, P, Hkv, D]`` encoded into sealed pages ``dst [n]`` (ids out
+        of range dropped)."""
+        k_data, k_meta, v_data, v_meta = self.kv_format.encode_group(k, v)
+        words = jnp.swapaxes(meta_word_rows(v_meta), -3, -2)             # [L, n, Hkv, P, 1]
 
         def put(arr, new):
             return arr.at[:, dst].set(new, mode="drop")
         return dataclasses.replace(self, k=put(self.k, k_data), v=put(self.v, v_data),
-                                   k_meta=put(self.k_meta, k_meta), v_meta=put(self.v_meta, v_meta))
+                                   k_meta=put(self.k_meta, k_meta), v_meta=put(self.v_meta, words))
 
     # ---- host-tier records: sealed pages' bytes as stored ----------------------------------------
     @property
@@ -172,7 +184,7 @@ class KiviPagedKVStorage:
         fmt, n = self.kv_format, self.num_sealed
         s = jnp.clip(pages, 0, n - 1)
         k, v = fmt.decode_group(self.k[layer, s], self.k_meta[layer, s], self.v[layer, s],
-                                self.v_meta[layer, s], self.dtype)
+                                token_meta(self.v_meta[layer, s]), self.dtype)
         r = jnp.clip(pages - n, 0, self.stage_k.shape[1] - 1)
         sk, sv = self.stage_k[layer, r], self.stage_v[layer, r]
         if whole is not None:

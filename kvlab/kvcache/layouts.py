@@ -241,8 +241,8 @@ class KiviLayout:
     D]`` (the full-precision staging pages, ids ``N .. N + R``: where new rows are written, so
     ``k_rows``/``v_rows`` address them), then the sealed pages' ``k``, ``v`` codes ``[L, N, P,
     Hkv, packed]`` (``sealed_rows``), the keys' per-channel ``k_meta [L, N, Hkv, 2, D]`` (as rows
-    of ``D``: ``key_meta_row``, the zero points one row below) and the values' per-token
-    ``v_meta [L, N, P, Hkv, 2]`` (as rows of 2, numbered as ``sealed_rows``). No layer scales; the
+    of ``D``: ``key_meta_row``, the zero points one row below) and the values' per-token words
+    ``v_meta [L, N, Hkv, P, 1]`` (head-major: ``value_meta_rows``). No layer scales; the
     Hopper (TMA) kernels do not read this layout.
 
     Examples:
@@ -268,8 +268,12 @@ class KiviLayout:
         return self.k_rows(layer, pages, offsets, head)
 
     def sealed_rows(self, layer, pages, offsets, head):
-        """Rows of the sealed codes (and of ``v_meta``) of tokens at sealed ``pages``."""
+        """Rows of the sealed codes of tokens at sealed ``pages``."""
         return ((layer * self.num_sealed + pages) * self.page_size + offsets) * self.num_kv_heads + head
+
+    def value_meta_rows(self, layer, pages, offsets, head):
+        """Rows of the value words of tokens at sealed ``pages`` (a head's tokens consecutive)."""
+        return ((layer * self.num_sealed + pages) * self.num_kv_heads + head) * self.page_size + offsets
 
     def key_meta_row(self, layer, page, head):
         """The row of ``k_meta`` holding a sealed page's per-channel key scales (zeros: one row on)."""

@@ -134,7 +134,15 @@ class PagePoolCache(KVCache):
             return True                                   # fits its last page (most decodes)
         need = self._pages_needed(seq, num_tokens)
         full = seq.num_tokens // self.page_size if seq is not None else 0
-        return need <= self.num_available_pages() and need <= self.writes.num_free(seq_id, full)
+        staged = need - self._loaded(seq, need)
+        return need <= self.num_available_pages() and staged <= self.writes.num_free(seq_id, full)
+
+    @staticmethod
+    def _loaded(seq: SeqState | None, need: int) -> int:
+        """Of ``need`` fresh pages, those a tier's blocks are loaded into (they hold final bytes,
+        so they take no staging page): all the tier hits, since an admitted sequence's first
+        allocate grows past its whole hit."""
+        return 0 if seq is None else min(len(seq.tier_hits), need)
 
     def drain_seals(self) -> list[tuple[int, int]]:
         return self.writes.drain()
@@ -191,7 +199,7 @@ class PagePoolCache(KVCache):
                 raise ValueError(f"sequence {seq_id!r} is swapped out; swap it in first")
             have = self._num_pages(seq)
         need = max(0, -(-num_tokens // self.page_size) - have)
-        loaded = 0 if seq is None else min(len(seq.tier_hits), need)   # a tier's blocks: final bytes
+        loaded = self._loaded(seq, need)
         if need:
             self._check_room(seq_id, need)
             self.writes.check_room(seq_id, need - loaded)

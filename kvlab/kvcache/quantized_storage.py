@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kvlab.kvcache.formats.base import PLAIN, KVFormat, meta_words, pack_meta_word, unpack_meta_word
+from kvlab.kvcache.formats.base import PLAIN, KVFormat, meta_word_rows, meta_words, token_meta
 from kvlab.kvcache.layouts import PagedLayout, QuantizedLayout
 from kvlab.kvcache.page_records import page_record_of, pages_as_records, records_into_pages
 from kvlab.kvcache.storage import PagedKVStorage, head_axis
@@ -45,22 +45,6 @@ def encode_both(storage, layer, k_new: jax.Array, v_new: jax.Array):
     that layer's scales."""
     scales = storage.layer_scales[layer]
     return storage.kv_format.encode(k_new, scales[0]), storage.kv_format.encode(v_new, scales[1])
-
-
-def meta_word_rows(meta: jax.Array) -> jax.Array:
-    """Per-token metadata ``[..., meta_width]`` float16 -> words ``[..., meta_words]`` uint32."""
-    if meta.shape[-1] == 0:
-        return jnp.zeros(meta.shape, jnp.uint32)
-    return pack_meta_word((meta[..., 0], meta[..., 1]))[..., None]
-
-
-def token_meta(words: jax.Array) -> jax.Array:
-    """A page's head-major words ``[..., Hkv, P, meta_words]`` -> per-token metadata ``[..., P,
-    Hkv, meta_width]`` float16 (what ``KVFormat.decode`` takes)."""
-    words = jnp.swapaxes(words, -3, -2)
-    if words.shape[-1] == 0:
-        return jnp.zeros(words.shape, jnp.float16)
-    return jnp.stack(unpack_meta_word(words[..., 0]), axis=-1)
 
 
 def paged_storage(kv_format: KVFormat, **dims):

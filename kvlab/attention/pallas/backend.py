@@ -24,12 +24,11 @@ from kvlab.attention.pallas import tuned
 from kvlab.attention.pallas.config import DecodeConfig, check_supported, choose_num_splits
 from kvlab.attention.pallas.device import check_fp8_device, check_pallas_device, num_sms
 from kvlab.attention.pallas.launches import DecodeLaunch
-from kvlab.attention.pallas.layout import tile_tokens
 from kvlab.attention.pallas.plan import Combination, Launch, PallasPlan, decode_rows
 from kvlab.attention.pallas.prefill import AutoPrefill, PrefillKernel, PrefillStrategy
 from kvlab.attention.protocol import query_spec
 from kvlab.attention.reference import AttentionOptions
-from kvlab.kvcache.formats.base import PLAIN, KVFormat
+from kvlab.kvcache.formats.base import PLAIN, KVFormat, PageGroupFormat
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -150,7 +149,7 @@ class PallasAttention:
         if config is None:
             config = tuned.tuned_decode(tuned.device_kind(), self._decode_shape(batch, storage, head_dim),
                                         self.decode_table)
-        tile = tile_tokens(storage.kv_format, config.block_k, storage.page_size)
+        tile = storage.kv_format.tile_tokens(config.block_k, storage.page_size)
         return config if tile == config.block_k else dataclasses.replace(config, block_k=tile)
 
     def num_splits(self, batch: RaggedBatch, storage, *, head_dim: int) -> int:
@@ -196,11 +195,11 @@ def check_kernel_format(kv_format, *, head_dim: int, page_size: int, interpret: 
         raise ValueError(f"the Pallas kernels read {kv_format.name} KV in {kv_format.tile_parts} parts of "
                          f"the head dimension, each at least 16 wide: head_dim must be >= "
                          f"{16 * kv_format.tile_parts}, got {head_dim}")
-    if tile_tokens(kv_format, 16, page_size) < 16:
+    if kv_format.tile_tokens(16, page_size) < 16:
         raise ValueError(f"the Pallas kernels read {kv_format.name} KV a page a tile (its key scales are per "
                          f"page), and a tile holds at least 16 tokens: group_size (the page size) must be "
                          f">= 16, got {page_size}")
-    if not isinstance(kv_format, KVFormat):
+    if isinstance(kv_format, PageGroupFormat):          # integer codes: any GPU
         return
     element = jnp.dtype(kv_format.data_dtype(jnp.bfloat16))
     if element.itemsize == 1 and jnp.issubdtype(element, jnp.floating):

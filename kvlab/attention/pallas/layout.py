@@ -11,19 +11,12 @@ from __future__ import annotations
 
 import math
 
-from kvlab.kvcache.formats.base import KVFormat
 from kvlab.kvcache.layouts import BlockedLayout, KVLayout, PagedLayout
 
-__all__ = ["BlockedLayout", "KVLayout", "PagedLayout", "as_rows", "tile_tokens"]
+__all__ = ["BlockedLayout", "KVLayout", "PagedLayout", "as_rows"]
 
 
 def as_rows(arrays):
     """The cache arrays (``storage.arrays``) as ``[num_rows, D]`` views (what the kernels index)."""
     return tuple(a.reshape(math.prod(a.shape[:-1]), a.shape[-1]) for a in arrays)   # rows may be 0 wide
 
-
-def tile_tokens(kv_format, block_k: int, page_size: int) -> int:
-    """Tokens a KV tile of the Triton programs holds: ``block_k`` for a per-token format (any
-    page size), the page for a format that quantizes whole pages (KIVI: its key scales are per
-    page, so a tile is one page)."""
-    return block_k if isinstance(kv_format, KVFormat) else page_size

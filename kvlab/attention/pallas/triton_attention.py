@@ -81,12 +81,13 @@ def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, r
         alpha = exp2(m_old - m_new, st.interpret)
         return values_update(acc, alpha, p), m_new, l_old * alpha + jnp.sum(p, axis=1)
 
-    def body(t, carry):
-        *softmax, address = carry
-        next_address = reader.address(t + 1)      # prefetched: the next tile's addresses are ready
-        return (*reader.attend(t, address, tuple(softmax), functools.partial(online, t)), next_address)
+    for span_lo, span_hi, attend in reader.spans(lo, hi):
+        def body(t, carry, attend=attend):
+            *softmax, address = carry
+            next_address = reader.address(t + 1)      # prefetched: the next tile's addresses are ready
+            return (*attend(t, address, tuple(softmax), functools.partial(online, t)), next_address)
 
-    *carry, _ = lax.fori_loop(lo, hi, body, (*carry, reader.address(lo)))
+        *carry, _ = lax.fori_loop(span_lo, span_hi, body, (*carry, reader.address(span_lo)))
     return tuple(carry)
 
 

@@ -25,7 +25,6 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from kvlab.attention.pallas.config import next_pow2
-from kvlab.attention.pallas.layout import tile_tokens
 from kvlab.attention.pallas.plan import PrefillWork
 from kvlab.attention.pallas.triton_attention import decode_program, prefill_program, zero_padding_program
 from kvlab.attention.pallas.triton_tiles import NEG, Static
@@ -190,7 +189,7 @@ def static_for(config, storage, plan) -> Static:
     """What a program of a kernel with tiles ``config`` knows at trace time, for ``storage`` (its
     layout and KV format) and the step's ``plan`` (GQA group, options, interpret mode)."""
     return Static(layout=storage.layout, n_kv=len(storage.arrays), group=plan.group,
-                  block_k=tile_tokens(storage.kv_format, config.block_k, storage.page_size),
+                  block_k=storage.kv_format.tile_tokens(config.block_k, storage.page_size),
                   page_size=storage.page_size, options=plan.options, interpret=plan.interpret,
                   kv_format=storage.kv_format)
 

@@ -6,9 +6,11 @@ it one way or the other:
 
 * sealed: the keys' codes ``c`` with each channel's scale and zero point over the page
   (``k = c * scale + zero``, ``[D]`` each), the values' codes with each token's (as the integer
-  formats). With ``fold_rows`` (the decode) the channel map folds into the query, once per tile:
-  ``q . k = (q * scale) . c + q . zero``, and the values' per-token map into the products
-  (``RowMap``); otherwise (the prefill) both maps are applied to every element.
+  formats). With ``fold_rows`` (the decode) the channel scale folds into the query, once per tile:
+  ``q . k = top * ((q * scale / top) . c) + q . zero`` (``top`` the page's largest channel scale,
+  so that the folded query keeps the float16 range of the query), and the values' per-token map
+  into the products (``RowMap``); otherwise (the prefill) the channel scale and the values' map are
+  applied to every element. The zero point is ``q . zero`` per tile either way.
 * staging: the page's K and V as written, and, for the rows that see the page whole (position
   ``>= (t + 1) * G - 1``, the format's read rule), the same page round-tripped through the format
   in the kernel (``Kivi.round_trip_key_tile``/``round_trip_value_tile``, the reference's code), so
@@ -25,14 +27,17 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from kvlab.attention.pallas.config import next_pow2
 from kvlab.attention.pallas.triton_tiles import (
     Static,
     as_code_dtype,
     cols,
     dot,
     part_cols,
+    reciprocal_rn,
     tile_codes_and_map,
 )
+from kvlab.kvcache.formats.base import unpack_meta_word
 
 
 def _sum(xs):
@@ -53,17 +58,34 @@ class KiviTiles:
         self.code = self.fmt.code_dtype(q[0].dtype)
         self.q_code = tuple(as_code_dtype(qj, self.code) for qj in q)
 
+    def spans(self, lo, hi):
+        """The tiles before the sequence's first staging page (sealed, the common case: a loop
+        with no branch, which the compiler can pipeline), then the rest (``attend``'s branch)."""
+        cols = jnp.arange(next_pow2(self.pt_ref.shape[1]), dtype=jnp.int32)
+        ok = cols < self.pt_ref.shape[1]
+        pages = plgpu.load(self.pt_ref.at[self.seq, jnp.minimum(cols, self.pt_ref.shape[1] - 1)])
+        first = jnp.min(jnp.where(ok & (pages >= self.st.layout.num_sealed), cols, self.pt_ref.shape[1]))
+        mid = jnp.clip(first, lo, jnp.maximum(lo, hi))
+        return [(lo, mid, self.attend_sealed), (mid, hi, self.attend)]
+
+    def attend_sealed(self, t, page, carry, online):
+        """``attend`` for a tile known to be a sealed page."""
+        return self._sealed(page, online, carry)
+
     def address(self, t):
-        """The page id of tile ``t`` (a scalar)."""
+        """The page id of tile ``t`` (an int32 scalar: the tile is that page)."""
         return self.pt_ref[self.seq, jnp.minimum(t, self.pt_ref.shape[1] - 1)]
 
     def attend(self, t, page, carry, online):
+        """carry (acc (parts [M, D / parts]), m [M], l [M]) after page ``page``'s tile ``t``,
+        through ``online(carry, s [M, G], values_update)``."""
         sealed = page < self.st.layout.num_sealed
         return lax.cond(sealed, functools.partial(self._sealed, page, online),
                         functools.partial(self._staged, t, page, online), carry)
 
     # ---- a sealed page ----------------------------------------------------------------------------
     def _sealed(self, page, online, carry):
+        """``attend`` for a sealed page: codes [G, packed] of K and V, K's channel map, V's words."""
         st, lay, ints = self.st, self.st.layout, self.fmt.ints
         offsets = jnp.arange(st.block_k, dtype=jnp.int32)
         rows = lay.sealed_rows(self.layer, page, offsets, self.head)                   # [G]
@@ -74,8 +96,9 @@ class KiviTiles:
             return plgpu.load(ref.at[r, d])                                            # [G, packed]
         k_data, v_data = codes(0), codes(1)
         s = self._sealed_scores(page, k_data)
-        v_meta = lay.value_meta_ref(self.refs)
-        v_map_meta = (plgpu.load(v_meta.at[rows, 0]), plgpu.load(v_meta.at[rows, 1]))   # [G] each
+        words = plgpu.load(lay.value_meta_ref(self.refs).at[lay.value_meta_rows(self.layer, page, offsets,
+                                                                                   self.head), 0])
+        v_map_meta = unpack_meta_word(words)                                            # [G] each
 
         def values_update(acc, alpha, p):
             v, v_map = tile_codes_and_map(ints, v_data, v_map_meta, jnp.float32(1.0), self.code,
@@ -92,18 +115,21 @@ class KiviTiles:
                         for j in range(st.parts)] for i in (0, 1))
         q32 = [qj.astype(jnp.float32) for qj in self.q_code]
         q_zero = _sum([jnp.sum(qj * zj[None, :], axis=1) for qj, zj in zip(q32, zero)])     # [M]
-        if self.fold_rows:
+        if self.fold_rows:      # q * scale / top stays within the query's float16 range: no overflow
+            top = jnp.maximum(functools.reduce(jnp.maximum, [jnp.max(sj) for sj in scale]), 1e-30)
             parts, bias = ints.tile_biased_codes(k_data, self.code)
-            qs = [(qj * sj[None, :]).astype(self.code) for qj, sj in zip(q32, scale)]
+            qs = [(qj * (sj / top)[None, :]).astype(self.code) for qj, sj in zip(q32, scale)]
             s = _sum([dot(qj, cj, contract_b=1) for qj, cj in zip(qs, parts)])
             if bias:
                 s = s - bias * _sum([jnp.sum(qj.astype(jnp.float32), axis=1) for qj in qs])[:, None]
-            return s + q_zero[:, None]
+            return s * top + q_zero[:, None]
         keys = [c * sj.astype(self.code)[None, :] for c, sj in zip(ints.tile_codes(k_data, self.code), scale)]
         return _sum([dot(qj, kj, contract_b=1) for qj, kj in zip(self.q_code, keys)]) + q_zero[:, None]
 
     # ---- a staging page ---------------------------------------------------------------------------
     def _staged(self, t, page, online, carry):
+        """``attend`` for a staging page: K, V [G, D / parts] per part as written, and round-tripped
+        for the rows that see the page whole."""
         st, lay = self.st, self.st.layout
         offsets = jnp.arange(st.block_k, dtype=jnp.int32)
         rows = lay.k_rows(self.layer, page, offsets, self.head)
@@ -117,8 +143,9 @@ class KiviTiles:
             return tuple(out)
         dtype = self.q[0].dtype
         k, v = load(lay.k_ref(self.refs)), load(lay.v_ref(self.refs))
-        k_whole = self.fmt.round_trip_key_tile(k, dtype)
-        v_whole = self.fmt.round_trip_value_tile(v, dtype)
+        exact = functools.partial(reciprocal_rn, interpret=st.interpret)     # the reference's codes
+        k_whole = self.fmt.round_trip_key_tile(k, dtype, reciprocal=exact)
+        v_whole = self.fmt.round_trip_value_tile(v, dtype, reciprocal=exact)
         whole = (self.row_pos >= (t + 1) * st.block_k - 1)[:, None]                    # [M, 1]
 
         def scores(keys):

@@ -1,8 +1,10 @@
 """How the tile loop of the Triton-lowered programs reads one KV tile, per family of KV formats.
 
 The loop (``triton_attention``) owns the online softmax; a *tile reader* owns the loads and the
-dequantization. For tile ``t`` the loop asks ``address(t)`` one tile ahead (so the next tile's
-addresses are ready when it starts) and then ``attend(t, address, carry, online)``: the reader
+dequantization. The reader splits a range of tiles into spans, each with its own ``attend``
+(``spans``: one loop each, so a reader can give the common case a loop without branches). For
+tile ``t`` the loop asks ``address(t)`` one tile ahead (so the next tile's addresses are ready
+when it starts) and then ``attend(t, address, carry, online)``: the reader
 computes the tile's raw scores ``s = q . k`` ``[M, bk]`` (float32, before the softmax scale) and
 a ``values_update(acc, alpha, p)`` that adds ``p . v`` to the rescaled accumulator, and hands both
 to ``online``, which masks, exponentiates and returns the new carry. A reader may call ``online``
@@ -12,7 +14,8 @@ in several branches (``lax.cond``), which is how KIVI tells sealed pages from st
   a tile of ``block_k`` tokens addressed token by token through the page table.
 * ``KiviTiles`` (``triton_kivi``): KIVI pages, one page a tile.
 
-``tile_reader`` picks the reader from the format's contract (``layout.tile_tokens`` the tile size).
+``tile_reader`` picks the reader from the format's contract (``KVFormat`` or ``PageGroupFormat``); the
+format's ``tile_tokens`` sets the tile size.
 """
 
 from __future__ import annotations
@@ -26,11 +29,16 @@ from jax.experimental.pallas import triton as plgpu
 
 from kvlab.attention.pallas.triton_kivi import KiviTiles
 from kvlab.attention.pallas.triton_tiles import Static, as_code_dtype, dot, load_raw_tile, tile_codes_and_map
-from kvlab.kvcache.formats.base import KVFormat
+from kvlab.kvcache.formats.base import PageGroupFormat
 
 
 class TileReader(Protocol):
     """One program's view of its KV tiles (built per program, at trace time)."""
+
+    def spans(self, lo, hi):
+        """``[(lo_i, hi_i, attend_i)]``: consecutive spans covering tiles ``lo <= t < hi`` (int32
+        scalars), each read by its ``attend``."""
+        ...
 
     def address(self, t):
         """What tile ``t``'s loads need (page ids), computed a tile ahead."""
@@ -47,9 +55,9 @@ def tile_reader(st: Static, kv_refs, pt_ref, q, *, layer, seq, head, row_pos, sc
     parts]``, row_pos [M] each row's position; scales: the layer's (K, V) scales; ``fold_rows``:
     fold per-token maps into the products (the decode) instead of applying them per element."""
     args = dict(layer=layer, seq=seq, head=head, fold_rows=fold_rows)
-    if isinstance(st.kv_format, KVFormat):
-        return RowTiles(st, kv_refs, pt_ref, q, scales=scales, **args)
-    return KiviTiles(st, kv_refs, pt_ref, q, row_pos=row_pos, **args)
+    if isinstance(st.kv_format, PageGroupFormat):
+        return KiviTiles(st, kv_refs, pt_ref, q, row_pos=row_pos, **args)
+    return RowTiles(st, kv_refs, pt_ref, q, scales=scales, **args)
 
 
 class RowTiles:
@@ -62,6 +70,10 @@ class RowTiles:
         self.code = st.kv_format.code_dtype(q[0].dtype)
         self.q = tuple(as_code_dtype(qj, self.code) for qj in q)
         self.q_sum = functools.reduce(jnp.add, [jnp.sum(qj.astype(jnp.float32), axis=1) for qj in self.q])
+
+    def spans(self, lo, hi):
+        """One span: every tile reads the same way."""
+        return [(lo, hi, self.attend)]
 
     def address(self, t):
         """The page of each of tile ``t``'s tokens [bk]."""

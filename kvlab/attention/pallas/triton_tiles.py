@@ -195,6 +195,16 @@ def exp2(x, interpret: bool):
     return y
 
 
+def reciprocal_rn(x, interpret: bool):
+    """``1 / x`` in float32, correctly rounded (``rcp.rn.f32``, as XLA's division rounds; the
+    Triton lowering's ``/`` is ``div.full.f32``, approximate); interpret mode divides."""
+    if interpret:
+        return 1.0 / x
+    [y] = plgpu.elementwise_inline_asm("rcp.rn.f32 $0, $1;", args=[x], constraints="=f,f", pack=1,
+                                       result_shape_dtypes=[jax.ShapeDtypeStruct(x.shape, jnp.float32)])
+    return y
+
+
 def dot(a, b, *, contract_b: int):
     """a [M, K] x b (contracted on axis ``contract_b``) in float32; exact float32 for f32 inputs."""
     precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None

@@ -119,6 +119,36 @@ class KVFormat(Protocol):
         per-token format."""
         ...
 
+    def tile_tokens(self, block_k: int, page_size: int) -> int:
+        """Tokens a kernel's KV tile holds: ``block_k`` (any page size)."""
+        ...
+
+
+@runtime_checkable
+class PageGroupFormat(Protocol):
+    """A format that quantizes whole pages (KIVI: ``formats.kivi``): keys per channel over a page
+    of ``group_size`` tokens, the page filled in full precision first (``StagedWrites``). The
+    kernels read it a page a tile; shapes as in ``kivi.py``."""
+
+    name: str
+    group_size: int
+    tile_parts: int
+
+    def round_trip_key_tile(self, parts: tuple[jax.Array, ...], dtype, *,
+                            reciprocal=None) -> tuple[jax.Array, ...]:
+        """A full page's keys ``[G, D / tile_parts]`` per part as stored once sealed
+        (``reciprocal(x)``: a correctly rounded ``1 / x`` for a kernel whose division is not)."""
+        ...
+
+    def round_trip_value_tile(self, parts: tuple[jax.Array, ...], dtype, *,
+                              reciprocal=None) -> tuple[jax.Array, ...]:
+        """A full page's values ``[G, D / tile_parts]`` per part as stored once sealed."""
+        ...
+
+    def tile_tokens(self, block_k: int, page_size: int) -> int:
+        """Tokens a kernel's KV tile holds: the page."""
+        ...
+
 
 def decode_tile(fmt: KVFormat, data: jax.Array, meta: tuple[jax.Array, ...], layer_scale,
                 dtype) -> tuple[jax.Array, ...]:
@@ -174,6 +204,22 @@ def unpack_meta_word(word: jax.Array) -> tuple[jax.Array, jax.Array]:
     return half(word & jnp.uint32(0xFFFF)), half(word >> 16)
 
 
+def meta_word_rows(meta: jax.Array) -> jax.Array:
+    """Per-token metadata ``[..., meta_width]`` float16 -> words ``[..., meta_words]`` uint32."""
+    if meta.shape[-1] == 0:
+        return jnp.zeros(meta.shape, jnp.uint32)
+    return pack_meta_word((meta[..., 0], meta[..., 1]))[..., None]
+
+
+def token_meta(words: jax.Array) -> jax.Array:
+    """A page's head-major words ``[..., Hkv, P, meta_words]`` -> per-token metadata ``[..., P,
+    Hkv, meta_width]`` float16 (what ``KVFormat.decode`` takes)."""
+    words = jnp.swapaxes(words, -3, -2)
+    if words.shape[-1] == 0:
+        return jnp.zeros(words.shape, jnp.float16)
+    return jnp.stack(unpack_meta_word(words[..., 0]), axis=-1)
+
+
 def bytes_per_token(fmt, *, num_layers: int, num_kv_heads: int, head_dim: int, model_dtype) -> int:
     """True bytes one token's K and V take in the pages, over all layers (data and metadata;
     ``fmt.token_bytes`` per layer and KV head), rounded up."""
@@ -191,6 +237,10 @@ class RowFormat:
     def write_format(self):
         """The format a KV write kernel encodes new rows in: this one (rows are stored as written)."""
         return self
+
+    def tile_tokens(self, block_k: int, page_size: int) -> int:
+        """Tokens a kernel's KV tile holds: ``block_k`` whatever the page (each row stands alone)."""
+        return block_k
 
     def token_bytes(self, *, head_dim: int, model_dtype) -> int:
         """The packed data plus ``meta_width`` float16 values, each for K and for V."""

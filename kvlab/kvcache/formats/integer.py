@@ -78,15 +78,16 @@ class AsymmetricInt(RowFormat):
     def decode(self, data: jax.Array, meta: jax.Array, layer_scale: jax.Array, dtype) -> jax.Array:
         return decode_rows_by_tiles(self, data, meta, layer_scale, dtype)
 
-    def encode_tile(self, parts, layer_scale):
-        """Each row's scale and zero point over all its parts, then the codes packed into bytes."""
+    def encode_tile(self, parts, layer_scale, *, reciprocal=None):
+        """Each row's scale and zero point over all its parts, then the codes packed into bytes
+        (``reciprocal``: as in ``quantize``)."""
         parts = tuple(p.astype(jnp.float32) for p in parts)
         lo = functools.reduce(jnp.minimum, [p.min(axis=-1) for p in parts])
         hi = functools.reduce(jnp.maximum, [p.max(axis=-1) for p in parts])
         scale, zero = self.affine(lo, hi)
         data = None
         for i, p in enumerate(parts):
-            q = self.quantize(p, scale[..., None], zero[..., None]).astype(jnp.uint8)
+            q = self.quantize(p, scale[..., None], zero[..., None], reciprocal=reciprocal).astype(jnp.uint8)
             data = q if data is None else data | (q << (i * self.bits))
         return data, (scale, zero)
 
@@ -94,11 +95,14 @@ class AsymmetricInt(RowFormat):
         """The float16 ``(scale, zero)`` of values spanning ``[lo, hi]`` (any matching shapes)."""
         return ((hi - lo) / self.levels).astype(META_DTYPE), lo.astype(META_DTYPE)
 
-    def quantize(self, x, scale, zero):
+    def quantize(self, x, scale, zero, *, reciprocal=None):
         """Float32 codes (whole numbers in ``[0, levels]``) of float32 ``x`` under float16
-        ``scale``/``zero`` broadcasting against it, rounding half up."""
+        ``scale``/``zero`` broadcasting against it, rounding half up. ``reciprocal(x)``: ``1 /
+        x`` correctly rounded (a GPU kernel passes its own: the Triton lowering's division is
+        approximate, which would put some codes a step from the reference's)."""
         s32 = scale.astype(jnp.float32)
-        inv = 1.0 / jnp.where(s32 > 0, s32, 1.0)
+        s32 = jnp.where(s32 > 0, s32, 1.0)
+        inv = 1.0 / s32 if reciprocal is None else reciprocal(s32)
         return jnp.clip(jnp.floor((x - zero.astype(jnp.float32)) * inv + 0.5), 0, self.levels)
 
     def code_dtype(self, model_dtype) -> jnp.dtype:

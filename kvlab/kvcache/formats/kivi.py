@@ -99,29 +99,37 @@ class Kivi:
         """The head dimension in ``8 / bits`` contiguous parts, as the codes are packed."""
         return 8 // self.bits
 
+    def tile_tokens(self, block_k: int, page_size: int) -> int:
+        """Tokens a kernel's KV tile holds: the page, whatever ``block_k`` (the key scales are per
+        page, so a tile is one page)."""
+        return page_size
+
     def code_dtype(self, model_dtype) -> jnp.dtype:
         """The float type a kernel multiplies codes in (float16 for a 16-bit model)."""
         return self.ints.code_dtype(model_dtype)
 
     # ---- tiles, for the kernels: elementwise operations and reductions only ----------------------
-    def round_trip_key_tile(self, parts: tuple[jax.Array, ...], dtype) -> tuple[jax.Array, ...]:
+    def round_trip_key_tile(self, parts: tuple[jax.Array, ...], dtype, *,
+                            reciprocal=None) -> tuple[jax.Array, ...]:
         """A whole page's keys ``[G, D / tile_parts]`` per part (tokens in rows) as a query that
         sees the page whole reads them: each channel (column) quantized over the page's tokens
-        and decoded, in ``dtype``; equal to ``round_trip``'s keys."""
+        and decoded, in ``dtype``; equal to ``round_trip``'s keys (``reciprocal``: see
+        ``AsymmetricInt.quantize``)."""
         ints, out = self.ints, []
         for p in parts:
             p = p.astype(jnp.float32)
             scale, zero = ints.affine(p.min(axis=0), p.max(axis=0))
-            codes = ints.quantize(p, scale[None, :], zero[None, :])
+            codes = ints.quantize(p, scale[None, :], zero[None, :], reciprocal=reciprocal)
             out.append((codes * scale.astype(jnp.float32)[None, :] + zero.astype(jnp.float32)[None, :])
                        .astype(dtype))
         return tuple(out)
 
-    def round_trip_value_tile(self, parts: tuple[jax.Array, ...], dtype) -> tuple[jax.Array, ...]:
+    def round_trip_value_tile(self, parts: tuple[jax.Array, ...], dtype, *,
+                              reciprocal=None) -> tuple[jax.Array, ...]:
         """A whole page's values ``[G, D / tile_parts]`` per part, each token (row) quantized over
         its head dimension and decoded, in ``dtype``; equal to ``round_trip``'s values."""
         ints = self.ints
-        data, meta = ints.encode_tile(parts, jnp.float32(1.0))
+        data, meta = ints.encode_tile(parts, jnp.float32(1.0), reciprocal=reciprocal)
         return decode_tile(ints, data, meta, jnp.float32(1.0), dtype)
 
     def page_writes(self, *, num_pages: int, page_size: int) -> StagedWrites:
