@@ -226,7 +226,12 @@ def main(argv=None):
     parser.add_argument("--only", default="check,decode,decode32k,prefill,write")
     parser.add_argument("--out", type=pathlib.Path)
     parser.add_argument("--tune", action="store_true", help="also time KV tiles of 32/64/128 tokens")
+    parser.add_argument("--formats", default=None,
+                        help="comma-separated format names (plain,fp8-e4m3fn,int8,int4,int2,kivi2,kivi4); "
+                             "default: all")
     args = parser.parse_args(argv)
+    if args.formats:
+        FORMATS[:] = [c for c in FORMATS if c.fmt.name in args.formats.split(",")]
     only = set(args.only.split(","))
     dev = jax.devices()[0]
     print(f"# {dev.device_kind}, JAX {jax.__version__}", flush=True)
