@@ -299,10 +299,10 @@ plt.show()
 
 # %%
 # format: (time at B=64 ctx 4096 in ms, speedup over plain; the same at B=4 ctx 32k)
-decode = {"plain": (0.278, 1.0, 0.161, 1.0), "fp8-e4m3fn": (0.181, 1.54, 0.103, 1.56),
-          "int8": (0.317, 0.88, 0.181, 0.89), "int4": (0.299, 0.93, 0.168, 0.96),
-          "int2": (0.294, 0.94, 0.165, 0.97)}
-prefill_ms = {"plain": 1.579, "fp8-e4m3fn": 2.097, "int8": 2.563, "int4": 2.936}   # Triton, B=4, S=4096
+decode = {"plain": (0.266, 1.0, 0.153, 1.0), "fp8-e4m3fn": (0.188, 1.41, 0.114, 1.35),
+          "int8": (0.220, 1.21, 0.130, 1.18), "int4": (0.212, 1.26, 0.134, 1.15),
+          "int2": (0.217, 1.23, 0.121, 1.27)}                           # one run, 2026-12-02
+prefill_ms = {"plain": 1.582, "fp8-e4m3fn": 2.090, "int8": 2.385, "int4": 2.675}   # Triton, B=4, S=4096
 by_name = {f.name: f for f in FORMATS}
 ideal = {n: plain_bytes / kv_bytes_per_token(llama8b, jnp.bfloat16, by_name[n]) for n in decode}
 print(f"{'format':11} {'fewer bytes':>11} {'B=64 ctx 4k':>12} {'speedup':>8} {'B=4 ctx 32k':>12} "
@@ -327,18 +327,16 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# At B=64, ctx 4096 plain bf16 already runs at 97% of the H200's copy bandwidth, so the only way
-# to go faster is to read fewer bytes. fp8 reads half of them and gains 1.5x (not 2x: it reaches
-# 75% of the copy bandwidth). The integer formats are **not yet faster than bf16** in kvlab's
-# kernels (0.88x to 0.97x), although int4 reads 3.8x fewer bytes: there the kernels are no longer
-# limited by memory. The suspected limit is the per-token metadata: every tile of keys and values
-# loads its rows' float16 scales and zero points beside the codes and applies them element by
-# element (one multiply-add each), a cost per tile that the saved bytes do not repay; fp8 has one
-# scale per layer, folded into the scores. The prefill kernel, limited by compute rather than
-# bytes, is slower with every quantized format (fp8 0.75x, int4 0.54x of plain). What has been
-# tried is listed in [benchmarks](../docs/benchmarks.md); making integer KV pay on a GPU (metadata
-# read in larger blocks, scales shared by groups of tokens, per-channel key scales that fold into
-# the query once per head) is open work.
+# At B=64, ctx 4096 plain bf16 already runs at the H200's copy bandwidth, so the only way to go
+# faster is to read fewer bytes. fp8 reads half of them and gains 1.4x (not 2x: it reaches about
+# 70% of the copy bandwidth). The integer formats gain only 1.2x, although int4 reads 3.8x fewer
+# bytes: there the kernels are no longer limited by memory but by the instructions that unpack
+# each code (an Nsight Compute profile found them issue-bound), even with each token's scale and
+# zero point loaded as one word and folded into the matrix products. KIVI's pages are read by the
+# kernels too (keys per channel over a page), but a tile is one 32-token page and the 2-bit decode
+# takes 0.47 ms, 0.57x plain. The prefill kernel, limited by compute rather than bytes, is slower
+# with every quantized format (fp8 0.76x, int4 0.59x of plain). What has been tried is listed in
+# [benchmarks](../docs/benchmarks.md); making low-bit KV pay on a GPU is open work.
 #
 # **The kernels in interpret mode.** `kvlab.PallasAttention(interpret=True)` runs the same
 # kernels through plain JAX on any device: slow, but exact, which is how kvlab's tests check them
