@@ -81,24 +81,13 @@ def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, r
         alpha = exp2(m_old - m_new, st.interpret)
         return values_update(acc, alpha, p), m_new, l_old * alpha + jnp.sum(p, axis=1)
 
-    for span_lo, span_hi, attend, unroll in reader.spans(lo, hi):
-        steps = lax.div(span_hi - span_lo, unroll)
+    for span_lo, span_hi, attend in reader.spans(lo, hi):
+        def body(t, carry, attend=attend):
+            *softmax, address = carry
+            next_address = reader.address(t + 1)      # prefetched: the next tile's addresses are ready
+            return (*attend(t, address, tuple(softmax), functools.partial(online, t)), next_address)
 
-        def body(i, carry, attend=attend, first=span_lo, unroll=unroll):
-            *softmax, addresses = carry
-            t0 = first + i * unroll       # the next step's addresses are loaded before this one's tiles
-            following = tuple(reader.address(t0 + unroll + j) for j in range(unroll))
-            softmax = tuple(softmax)
-            for j in range(unroll):
-                softmax = attend(t0 + j, addresses[j], softmax, functools.partial(online, t0 + j))
-            return (*softmax, following)
-
-        start = tuple(reader.address(span_lo + j) for j in range(unroll))
-        *carry, _ = lax.fori_loop(0, steps, body, (*carry, start))
-        if unroll > 1:                    # the span's last tiles, one at a time
-            rest = span_lo + steps * unroll
-            *carry, _ = lax.fori_loop(0, span_hi - rest, functools.partial(body, first=rest, unroll=1),
-                                      (*carry, (reader.address(rest),)))
+        *carry, _ = lax.fori_loop(span_lo, span_hi, body, (*carry, reader.address(span_lo)))
     return tuple(carry)
 
 

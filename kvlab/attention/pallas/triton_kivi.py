@@ -39,8 +39,6 @@ from kvlab.attention.pallas.triton_tiles import (
 )
 from kvlab.kvcache.formats.base import unpack_meta_word
 
-PAGES_PER_STEP = 4     # sealed pages a loop step reads (their loads in flight together: 128 tokens)
-
 
 def _sum(xs):
     return functools.reduce(jnp.add, xs)
@@ -62,13 +60,13 @@ class KiviTiles:
 
     def spans(self, lo, hi):
         """The tiles before the sequence's first staging page (sealed, the common case: a loop
-        with no branch, ``PAGES_PER_STEP`` pages a step), then the rest (``attend``'s branch)."""
+        with no branch, which the compiler can pipeline), then the rest (``attend``'s branch)."""
         cols = jnp.arange(next_pow2(self.pt_ref.shape[1]), dtype=jnp.int32)
         ok = cols < self.pt_ref.shape[1]
         pages = plgpu.load(self.pt_ref.at[self.seq, jnp.minimum(cols, self.pt_ref.shape[1] - 1)])
         first = jnp.min(jnp.where(ok & (pages >= self.st.layout.num_sealed), cols, self.pt_ref.shape[1]))
         mid = jnp.clip(first, lo, jnp.maximum(lo, hi))
-        return [(lo, mid, self.attend_sealed, PAGES_PER_STEP), (mid, hi, self.attend, 1)]
+        return [(lo, mid, self.attend_sealed), (mid, hi, self.attend)]
 
     def attend_sealed(self, t, page, carry, online):
         """``attend`` for a tile known to be a sealed page."""

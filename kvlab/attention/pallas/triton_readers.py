@@ -36,9 +36,8 @@ class TileReader(Protocol):
     """One program's view of its KV tiles (built per program, at trace time)."""
 
     def spans(self, lo, hi):
-        """``[(lo_i, hi_i, attend_i, unroll_i)]``: consecutive spans covering tiles ``lo <= t <
-        hi`` (int32 scalars), each read by its ``attend``, ``unroll_i`` tiles a loop step (static:
-        their loads are issued together)."""
+        """``[(lo_i, hi_i, attend_i)]``: consecutive spans covering tiles ``lo <= t < hi`` (int32
+        scalars), each read by its ``attend``."""
         ...
 
     def address(self, t):
@@ -73,8 +72,8 @@ class RowTiles:
         self.q_sum = functools.reduce(jnp.add, [jnp.sum(qj.astype(jnp.float32), axis=1) for qj in self.q])
 
     def spans(self, lo, hi):
-        """One span, a tile a step: every tile reads the same way."""
-        return [(lo, hi, self.attend, 1)]
+        """One span: every tile reads the same way."""
+        return [(lo, hi, self.attend)]
 
     def address(self, t):
         """The page of each of tile ``t``'s tokens [bk]."""
