@@ -31,8 +31,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kvlab.kvcache.formats.base import META_DTYPE, meta_word_rows, token_meta
-from kvlab.kvcache.layouts import KiviLayout
+from kvlab.kvcache.formats.base import META_DTYPE
+from kvlab.kvcache.formats.meta_words import meta_word_rows, token_meta
+from kvlab.kvcache.kivi_layout import KiviLayout
 from kvlab.kvcache.page_records import page_record_of, pages_as_records, records_into_pages
 from kvlab.kvcache.storage import head_axis
 
@@ -109,7 +110,7 @@ class KiviPagedKVStorage:
 
     @property
     def layout(self) -> KiviLayout:
-        """How the kernels address ``arrays`` (``kvlab.kvcache.layouts.KiviLayout``)."""
+        """How the kernels address ``arrays`` (``kvlab.kvcache.kivi_layout.KiviLayout``)."""
         return KiviLayout(num_sealed=self.num_sealed, num_staging=self.stage_k.shape[1],
                           page_size=self.page_size, num_kv_heads=self.num_kv_heads)
 

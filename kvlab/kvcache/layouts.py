@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Protocol
 
-import jax.numpy as jnp
-
 
 class KVLayout(Protocol):
     """Addressing of a storage's arrays (``storage.arrays``, each viewed as ``[rows, D]``).
@@ -233,71 +231,3 @@ class QuantizedLayout:
 
     def tma_tile(self, refs, which: int, layer, page, rows, head):
         return self.rows.tma_tile(refs, which, layer, page, rows, head)
-
-
-@dataclasses.dataclass(frozen=True)
-class KiviLayout:
-    """``KiviPagedKVStorage``'s arrays, in this order: ``stage_k``, ``stage_v`` ``[L, R, P, Hkv,
-    D]`` (the full-precision staging pages, ids ``N .. N + R``: where new rows are written, so
-    ``k_rows``/``v_rows`` address them), then the sealed pages' ``k``, ``v`` codes ``[L, N, P,
-    Hkv, packed]`` (``sealed_rows``), the keys' per-channel ``k_meta [L, N, Hkv, 2, D]`` (as rows
-    of ``D``: ``key_meta_row``, the zero points one row below) and the values' per-token words
-    ``v_meta [L, N, Hkv, P, 1]`` (head-major: ``value_meta_rows``). No layer scales; the
-    Hopper (TMA) kernels do not read this layout.
-
-    Examples:
-        >>> layout = KiviLayout(num_sealed=4, num_staging=2, page_size=8, num_kv_heads=2)
-        >>> int(layout.k_rows(1, 5, 3, 1)), int(layout.k_rows(1, 3, 3, 1)), layout.sealed_rows(1, 3, 5, 1)
-        (55, -1, 123)
-    """
-
-    num_sealed: int
-    num_staging: int
-    page_size: int
-    num_kv_heads: int
-
-    def k_rows(self, layer, pages, offsets, head):
-        """Rows of the staging K of tokens at staging ``pages`` (ids ``>= num_sealed``); a sealed
-        page gives row -1 (out of range: a write drops it)."""
-        staged = pages - self.num_sealed
-        rows = ((layer * self.num_staging + staged) * self.page_size + offsets) * self.num_kv_heads + head
-        return jnp.where(staged >= 0, rows, -1)
-
-    def v_rows(self, layer, pages, offsets, head):
-        """Rows of the staging V: the same numbering as K, in the V array."""
-        return self.k_rows(layer, pages, offsets, head)
-
-    def sealed_rows(self, layer, pages, offsets, head):
-        """Rows of the sealed codes of tokens at sealed ``pages``."""
-        return ((layer * self.num_sealed + pages) * self.page_size + offsets) * self.num_kv_heads + head
-
-    def value_meta_rows(self, layer, pages, offsets, head):
-        """Rows of the value words of tokens at sealed ``pages`` (a head's tokens consecutive)."""
-        return ((layer * self.num_sealed + pages) * self.num_kv_heads + head) * self.page_size + offsets
-
-    def key_meta_row(self, layer, page, head):
-        """The row of ``k_meta`` holding a sealed page's per-channel key scales (zeros: one row on)."""
-        return ((layer * self.num_sealed + page) * self.num_kv_heads + head) * 2
-
-    @staticmethod
-    def k_ref(refs):
-        return refs[0]
-
-    @staticmethod
-    def v_ref(refs):
-        return refs[1]
-
-    @staticmethod
-    def sealed_ref(refs, which: int):
-        """The sealed codes of K (``which=0``) or V (1)."""
-        return refs[2 + which]
-
-    @staticmethod
-    def key_meta_ref(refs):
-        return refs[4]
-
-    @staticmethod
-    def value_meta_ref(refs):
-        return refs[5]
-
-    k_meta_ref = v_meta_ref = scales_ref = staticmethod(lambda refs: None)   # no per-token words, no scales

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from kvlab.kvcache.blocked_storage import BlockedKVStorage
-from kvlab.kvcache.formats.base import PLAIN, KVFormat, meta_word_rows, meta_words, token_meta
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
+from kvlab.kvcache.formats.meta_words import meta_word_rows, meta_words, token_meta
 from kvlab.kvcache.layouts import BlockedLayout, QuantizedLayout
 from kvlab.kvcache.page_records import as_bytes, from_bytes
 from kvlab.kvcache.quantized_storage import calibrated, encode_both

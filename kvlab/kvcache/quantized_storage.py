@@ -25,7 +25,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kvlab.kvcache.formats.base import PLAIN, KVFormat, meta_word_rows, meta_words, token_meta
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
+from kvlab.kvcache.formats.meta_words import meta_word_rows, meta_words, token_meta
 from kvlab.kvcache.layouts import PagedLayout, QuantizedLayout
 from kvlab.kvcache.page_records import page_record_of, pages_as_records, records_into_pages
 from kvlab.kvcache.storage import PagedKVStorage, head_axis

@@ -28,7 +28,8 @@ from kvlab.attention.pallas.plan import Combination, Launch, PallasPlan, decode_
 from kvlab.attention.pallas.prefill import AutoPrefill, PrefillKernel, PrefillStrategy
 from kvlab.attention.protocol import query_spec
 from kvlab.attention.reference import AttentionOptions
-from kvlab.kvcache.formats.base import PLAIN, KVFormat, PageGroupFormat
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
+from kvlab.kvcache.formats.page_group import PageGroupFormat
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

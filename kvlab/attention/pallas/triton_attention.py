@@ -35,7 +35,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kvlab.attention.pallas.triton_readers import tile_reader
+from kvlab.attention.pallas.triton_readers import TileReader, tile_reader
 from kvlab.attention.pallas.triton_tiles import (
     LOG2E,
     NEG,
@@ -49,15 +49,11 @@ from kvlab.attention.pallas.triton_tiles import (
 )
 
 
-def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, row_pos, scales, lo, hi, carry,
-                  masked: bool, fold_rows: bool):
-    """Online softmax of q (``st.parts`` parts [M, D / parts]) over KV tiles ``lo <= t < hi``;
-    carry (acc (parts [M, D / parts]), m [M], l [M]); scales: the layer's (K, V) scales.
-    ``masked=False`` is for tiles every row sees whole; ``fold_rows``: fold per-token maps into the
-    products. The tile's loads and dequantization are the format's reader's (``triton_readers``)."""
+def _attend_tiles(st: Static, reader: TileReader, *, kv_len, row_pos, lo, hi, carry, masked: bool):
+    """Online softmax over KV tiles ``lo <= t < hi`` read by ``reader`` (its loads and
+    dequantization: ``triton_readers``); carry (acc (parts [M, D / parts]), m [M], l [M]); row_pos
+    [M] each row's position. ``masked=False`` is for tiles every row sees whole."""
     o, bk = st.options, st.block_k
-    reader = tile_reader(st, kv_refs, pt_ref, q, layer=layer, seq=seq, head=head, row_pos=row_pos,
-                         scales=scales, fold_rows=fold_rows)
 
     def online(t, carry, s, values_update):
         acc, m_old, l_old = carry
@@ -91,20 +87,24 @@ def _attend_tiles(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, r
     return tuple(carry)
 
 
-def _attend_positions(st: Static, q, kv_refs, pt_ref, *, first_pos, last_pos, carry, tiles=None, sinks=True,
-                      **kw):
-    """Attend rows whose positions lie in [first_pos, last_pos] (``kw['row_pos']`` per row) to every
+def _attend_positions(st: Static, q, kv_refs, pt_ref, *, layer, seq, head, kv_len, row_pos, scales,
+                      fold_rows: bool, first_pos, last_pos, carry, tiles=None, sinks=True):
+    """Attend rows whose positions lie in [first_pos, last_pos] (``row_pos`` [M] per row) to every
     key they may see: sink tiles (masked; only where ``sinks``, a traced bool), then the window's
     tiles, masked only where the causal edge, the window edge or the end of the cache cuts them.
-    ``tiles(lo, hi) -> (lo, hi)`` narrows the window's tiles (a decode split). Returns the carry."""
-    o, bk, kv_len = st.options, st.block_k, kw["kv_len"]
+    q: ``st.parts`` parts [M, D / parts]; scales: the layer's (K, V) scales; ``fold_rows``: fold
+    per-token maps into the products (the decode). ``tiles(lo, hi) -> (lo, hi)`` narrows the
+    window's tiles (a decode split). Returns the carry."""
+    o, bk = st.options, st.block_k
+    reader = tile_reader(st, kv_refs, pt_ref, q, layer=layer, seq=seq, head=head, row_pos=row_pos,
+                         scales=scales, fold_rows=fold_rows)
     hi = jnp.minimum(pl.cdiv(kv_len, bk), lax.div(jnp.maximum(last_pos, -1) + bk, bk))
     full_hi = jnp.minimum(lax.div(kv_len, bk), lax.div(jnp.maximum(first_pos + 1, 0), bk))
     lo = full_lo = jnp.int32(0)
     if o.sliding_window is not None:
         lo = lax.div(jnp.maximum(first_pos - o.sliding_window + 1, 0), bk)
         full_lo = pl.cdiv(jnp.maximum(last_pos - o.sliding_window + 1, 0), bk)
-    attend = functools.partial(_attend_tiles, st, q, kv_refs, pt_ref, **kw)
+    attend = functools.partial(_attend_tiles, st, reader, kv_len=kv_len, row_pos=row_pos)
     if o.sliding_window is not None and o.num_sink_tokens:
         sink_hi = jnp.where(sinks, jnp.minimum(pl.cdiv(jnp.int32(o.num_sink_tokens), bk), lo), 0)
         carry = attend(lo=0, hi=sink_hi, carry=carry, masked=True)

@@ -37,7 +37,7 @@ from kvlab.attention.pallas.triton_tiles import (
     reciprocal_rn,
     tile_codes_and_map,
 )
-from kvlab.kvcache.formats.base import unpack_meta_word
+from kvlab.kvcache.formats.meta_words import unpack_meta_word
 
 
 def _sum(xs):
@@ -57,15 +57,20 @@ class KiviTiles:
         self.q = q
         self.code = self.fmt.code_dtype(q[0].dtype)
         self.q_code = tuple(as_code_dtype(qj, self.code) for qj in q)
+        self.first_staging = self._first_staging_tile()
+
+    def _first_staging_tile(self):
+        """The index of the sequence's first staging page in its page-table row (the row's length
+        where none): one load of the row per program."""
+        width = self.pt_ref.shape[1]
+        cols = jnp.arange(next_pow2(width), dtype=jnp.int32)
+        pages = plgpu.load(self.pt_ref.at[self.seq, jnp.minimum(cols, width - 1)])
+        return jnp.min(jnp.where((cols < width) & (pages >= self.st.layout.num_sealed), cols, width))
 
     def spans(self, lo, hi):
         """The tiles before the sequence's first staging page (sealed, the common case: a loop
         with no branch, which the compiler can pipeline), then the rest (``attend``'s branch)."""
-        cols = jnp.arange(next_pow2(self.pt_ref.shape[1]), dtype=jnp.int32)
-        ok = cols < self.pt_ref.shape[1]
-        pages = plgpu.load(self.pt_ref.at[self.seq, jnp.minimum(cols, self.pt_ref.shape[1] - 1)])
-        first = jnp.min(jnp.where(ok & (pages >= self.st.layout.num_sealed), cols, self.pt_ref.shape[1]))
-        mid = jnp.clip(first, lo, jnp.maximum(lo, hi))
+        mid = jnp.clip(self.first_staging, lo, jnp.maximum(lo, hi))
         return [(lo, mid, self.attend_sealed), (mid, hi, self.attend)]
 
     def attend_sealed(self, t, page, carry, online):

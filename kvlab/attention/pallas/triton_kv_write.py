@@ -22,7 +22,8 @@ from jax.experimental.pallas import triton as plgpu
 
 from kvlab.attention.pallas.layout import as_rows
 from kvlab.attention.pallas.triton_tiles import cols, layer_scales, part_cols
-from kvlab.kvcache.formats.base import PLAIN, KVFormat, pack_meta_word
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
+from kvlab.kvcache.formats.meta_words import pack_meta_word
 
 
 def _write_kernel(k_new_ref, v_new_ref, slots_ref, meta_ref, *refs, layout, kv_format: KVFormat, n_kv: int,

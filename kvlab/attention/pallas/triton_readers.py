@@ -29,7 +29,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from kvlab.attention.pallas.triton_kivi import KiviTiles
 from kvlab.attention.pallas.triton_tiles import Static, as_code_dtype, dot, load_raw_tile, tile_codes_and_map
-from kvlab.kvcache.formats.base import PageGroupFormat
+from kvlab.kvcache.formats.page_group import PageGroupFormat
 
 
 class TileReader(Protocol):

@@ -15,7 +15,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from kvlab.attention.reference import AttentionOptions
-from kvlab.kvcache.formats.base import PLAIN, KVFormat, unpack_meta_word
+from kvlab.kvcache.formats.base import PLAIN, KVFormat
+from kvlab.kvcache.formats.meta_words import unpack_meta_word
 
 LOG2E = 1.4426950408889634
 NEG = -1e30          # finite "minus infinity": keeps exp2(m_old - m_new) free of inf - inf

@@ -124,32 +124,6 @@ class KVFormat(Protocol):
         ...
 
 
-@runtime_checkable
-class PageGroupFormat(Protocol):
-    """A format that quantizes whole pages (KIVI: ``formats.kivi``): keys per channel over a page
-    of ``group_size`` tokens, the page filled in full precision first (``StagedWrites``). The
-    kernels read it a page a tile; shapes as in ``kivi.py``."""
-
-    name: str
-    group_size: int
-    tile_parts: int
-
-    def round_trip_key_tile(self, parts: tuple[jax.Array, ...], dtype, *,
-                            reciprocal=None) -> tuple[jax.Array, ...]:
-        """A full page's keys ``[G, D / tile_parts]`` per part as stored once sealed
-        (``reciprocal(x)``: a correctly rounded ``1 / x`` for a kernel whose division is not)."""
-        ...
-
-    def round_trip_value_tile(self, parts: tuple[jax.Array, ...], dtype, *,
-                              reciprocal=None) -> tuple[jax.Array, ...]:
-        """A full page's values ``[G, D / tile_parts]`` per part as stored once sealed."""
-        ...
-
-    def tile_tokens(self, block_k: int, page_size: int) -> int:
-        """Tokens a kernel's KV tile holds: the page."""
-        ...
-
-
 def decode_tile(fmt: KVFormat, data: jax.Array, meta: tuple[jax.Array, ...], layer_scale,
                 dtype) -> tuple[jax.Array, ...]:
     """Inverse of ``encode_tile``: ``tile_parts`` parts ``[..., D / tile_parts]`` in ``dtype``
@@ -183,41 +157,6 @@ def stack_meta(meta: tuple[jax.Array, ...], lead: tuple[int, ...]) -> jax.Array:
     if not meta:
         return jnp.zeros((*lead, 0), META_DTYPE)
     return jnp.stack(meta, axis=-1).astype(META_DTYPE)
-
-
-def meta_words(fmt: KVFormat) -> int:
-    """32-bit words of metadata a token's row takes in the pages (two float16 values a word)."""
-    return fmt.meta_width // 2
-
-
-def pack_meta_word(meta: tuple[jax.Array, ...]) -> jax.Array:
-    """A (scale, zero) pair of float16 vectors ``[...]`` as one uint32 word each (scale in the low
-    half): a kernel loads a token's metadata with one 4-byte load."""
-    lo, hi = (jax.lax.bitcast_convert_type(m.astype(META_DTYPE), jnp.uint16).astype(jnp.uint32) for m in meta)
-    return lo | (hi << 16)
-
-
-def unpack_meta_word(word: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Inverse of ``pack_meta_word``: uint32 ``[...]`` -> (scale, zero) float16 ``[...]``."""
-    def half(bits):
-        return jax.lax.bitcast_convert_type(bits.astype(jnp.uint16), META_DTYPE)
-    return half(word & jnp.uint32(0xFFFF)), half(word >> 16)
-
-
-def meta_word_rows(meta: jax.Array) -> jax.Array:
-    """Per-token metadata ``[..., meta_width]`` float16 -> words ``[..., meta_words]`` uint32."""
-    if meta.shape[-1] == 0:
-        return jnp.zeros(meta.shape, jnp.uint32)
-    return pack_meta_word((meta[..., 0], meta[..., 1]))[..., None]
-
-
-def token_meta(words: jax.Array) -> jax.Array:
-    """A page's head-major words ``[..., Hkv, P, meta_words]`` -> per-token metadata ``[..., P,
-    Hkv, meta_width]`` float16 (what ``KVFormat.decode`` takes)."""
-    words = jnp.swapaxes(words, -3, -2)
-    if words.shape[-1] == 0:
-        return jnp.zeros(words.shape, jnp.float16)
-    return jnp.stack(unpack_meta_word(words[..., 0]), axis=-1)
 
 
 def bytes_per_token(fmt, *, num_layers: int, num_kv_heads: int, head_dim: int, model_dtype) -> int:

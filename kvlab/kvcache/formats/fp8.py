@@ -20,12 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kvlab.kvcache.formats.base import (
-    RowFormat,
-    decode_rows_by_tiles,
-    encode_rows_by_tiles,
-    exact_code_dtype,
-)
+from kvlab.kvcache.formats.base import RowFormat, decode_rows_by_tiles, encode_rows_by_tiles, exact_code_dtype
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
