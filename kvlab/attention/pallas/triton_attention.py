@@ -77,7 +77,7 @@ def _attend_tiles(st: Static, reader: TileReader, *, kv_len, row_pos, lo, hi, ca
         alpha = exp2(m_old - m_new, st.interpret)
         return values_update(acc, alpha, p), m_new, l_old * alpha + jnp.sum(p, axis=1)
 
-    for span_lo, span_hi, attend in reader.spans(lo, hi):
+    for span_lo, span_hi, attend in reader.spans(lo, hi, masked=masked):
         def body(t, carry, attend=attend):
             *softmax, address = carry
             next_address = reader.address(t + 1)      # prefetched: the next tile's addresses are ready

@@ -4,13 +4,11 @@ A tile is one page of ``G`` tokens (``block_k == page_size == group_size``), sea
 ``< N``: 2- or 4-bit codes) or staging (full precision), and a ``lax.cond`` on the page id reads
 it one way or the other:
 
-* sealed: the keys' codes ``c`` with each channel's scale and zero point over the page
-  (``k = c * scale + zero``, ``[D]`` each), the values' codes with each token's (as the integer
-  formats). With ``fold_rows`` (the decode) the channel scale folds into the query, once per tile:
-  ``q . k = top * ((q * scale / top) . c) + q . zero`` (``top`` the page's largest channel scale,
-  so that the folded query keeps the float16 range of the query), and the values' per-token map
-  into the products (``RowMap``); otherwise (the prefill) the channel scale and the values' map are
-  applied to every element. The zero point is ``q . zero`` per tile either way.
+* sealed: the keys' codes ``c`` with each channel's scale and zero point over the page,
+  dequantized element by element (``k = c * scale + zero`` in float32, ``[D]`` each, rounded once
+  to the model's dtype as the reference does), and the values' codes with each token's (as the
+  integer formats: with ``fold_rows``, the decode, the per-token map folds into the products,
+  ``RowMap``; otherwise it is applied to every element).
 * staging: the page's K and V as written, and, for the rows that see the page whole (position
   ``>= (t + 1) * G - 1``, the format's read rule), the same page round-tripped through the format
   in the kernel (``Kivi.round_trip_key_tile``/``round_trip_value_tile``, the reference's code), so
@@ -30,7 +28,6 @@ from jax.experimental.pallas import triton as plgpu
 from kvlab.attention.pallas.config import next_pow2
 from kvlab.attention.pallas.triton_tiles import (
     Static,
-    as_code_dtype,
     cols,
     dot,
     part_cols,
@@ -56,7 +53,6 @@ class KiviTiles:
         self.fmt = st.kv_format
         self.q = q
         self.code = self.fmt.code_dtype(q[0].dtype)
-        self.q_code = tuple(as_code_dtype(qj, self.code) for qj in q)
         self.first_staging = self._first_staging_tile()
 
     def _first_staging_tile(self):
@@ -67,9 +63,12 @@ class KiviTiles:
         pages = plgpu.load(self.pt_ref.at[self.seq, jnp.minimum(cols, width - 1)])
         return jnp.min(jnp.where((cols < width) & (pages >= self.st.layout.num_sealed), cols, width))
 
-    def spans(self, lo, hi):
+    def spans(self, lo, hi, *, masked: bool):
         """The tiles before the sequence's first staging page (sealed, the common case: a loop
-        with no branch, which the compiler can pipeline), then the rest (``attend``'s branch)."""
+        with no branch, which the compiler can pipeline), then the rest (``attend``'s branch). A
+        masked span (an edge of a few tiles) is one loop of ``attend``: less code to compile."""
+        if masked:
+            return [(lo, hi, self.attend)]
         mid = jnp.clip(self.first_staging, lo, jnp.maximum(lo, hi))
         return [(lo, mid, self.attend_sealed), (mid, hi, self.attend)]
 
@@ -112,24 +111,18 @@ class KiviTiles:
         return online(carry, s, values_update)
 
     def _sealed_scores(self, page, k_data):
-        """``q . k`` [M, G] of a sealed page's keys (each channel's scale and zero over the page)."""
-        st, lay, ints = self.st, self.st.layout, self.fmt.ints
+        """``q . k`` [M, G] of a sealed page's keys: each element ``c * scale + zero`` (its
+        channel's, over the page) in float32, rounded once to the model's dtype as the reference
+        decodes it, then one matrix product with the query."""
+        st, lay = self.st, self.st.layout
         width = self.q[0].shape[1]
         meta, row = lay.key_meta_ref(self.refs), lay.key_meta_row(self.layer, page, self.head)
         scale, zero = ([plgpu.load(meta.at[row + i, pl.ds(j * width, width)]).astype(jnp.float32)
                         for j in range(st.parts)] for i in (0, 1))
-        q32 = [qj.astype(jnp.float32) for qj in self.q_code]
-        q_zero = _sum([jnp.sum(qj * zj[None, :], axis=1) for qj, zj in zip(q32, zero)])     # [M]
-        if self.fold_rows:      # q * scale / top stays within the query's float16 range: no overflow
-            top = jnp.maximum(functools.reduce(jnp.maximum, [jnp.max(sj) for sj in scale]), 1e-30)
-            parts, bias = ints.tile_biased_codes(k_data, self.code)
-            qs = [(qj * (sj / top)[None, :]).astype(self.code) for qj, sj in zip(q32, scale)]
-            s = _sum([dot(qj, cj, contract_b=1) for qj, cj in zip(qs, parts)])
-            if bias:
-                s = s - bias * _sum([jnp.sum(qj.astype(jnp.float32), axis=1) for qj in qs])[:, None]
-            return s * top + q_zero[:, None]
-        keys = [c * sj.astype(self.code)[None, :] for c, sj in zip(ints.tile_codes(k_data, self.code), scale)]
-        return _sum([dot(qj, kj, contract_b=1) for qj, kj in zip(self.q_code, keys)]) + q_zero[:, None]
+        codes = self.fmt.ints.tile_codes(k_data, jnp.float32)
+        keys = [(c * sj[None, :] + zj[None, :]).astype(self.q[0].dtype)
+                for c, sj, zj in zip(codes, scale, zero)]
+        return _sum([dot(qj, kj, contract_b=1) for qj, kj in zip(self.q, keys)])
 
     # ---- a staging page ---------------------------------------------------------------------------
     def _staged(self, t, page, online, carry):

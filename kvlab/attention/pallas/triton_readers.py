@@ -35,9 +35,10 @@ from kvlab.kvcache.formats.page_group import PageGroupFormat
 class TileReader(Protocol):
     """One program's view of its KV tiles (built per program, at trace time)."""
 
-    def spans(self, lo, hi):
+    def spans(self, lo, hi, *, masked: bool):
         """``[(lo_i, hi_i, attend_i)]``: consecutive spans covering tiles ``lo <= t < hi`` (int32
-        scalars), each read by its ``attend``."""
+        scalars), each read by its ``attend``; ``masked``: the tiles are an edge (a few tiles that
+        the causal edge, a window or the end of the cache cut), read with masks."""
         ...
 
     def address(self, t):
@@ -71,7 +72,7 @@ class RowTiles:
         self.q = tuple(as_code_dtype(qj, self.code) for qj in q)
         self.q_sum = functools.reduce(jnp.add, [jnp.sum(qj.astype(jnp.float32), axis=1) for qj in self.q])
 
-    def spans(self, lo, hi):
+    def spans(self, lo, hi, *, masked: bool):
         """One span: every tile reads the same way."""
         return [(lo, hi, self.attend)]
 
