@@ -12,7 +12,8 @@ copy-bandwidth ceiling:
   reading the same quantized pages, and the KV write kernel against the reference ``write``
   (codes equal, or one step apart where the GPU's float32 division rounds differently);
 * ``decode``: paged decode at B=64, ctx 4096 (Hq 32, Hkv 8, D 128, page 16): time, speedup over
-  plain bf16 in the same run, and bandwidth over the bytes actually read (data and metadata);
+  plain bf16 in the same run, bandwidth over the bytes actually read (data and metadata), and
+  the seconds the jitted decode took to compile;
   ``decode32k``: B=4, ctx 32k; ``--tune`` also times KV tiles of 32/64/128 tokens per format;
 * ``prefill``: the Triton prefill (B=4, S=4096, H=32, D=128, causal, KV from pages) per format,
   against plain bf16 through the same kernel and through the default (Hopper) kernel;
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import pathlib
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -155,6 +157,13 @@ def check_write(empty, tokens: int = 300) -> None:
     ROWS.append(dict(section="check", what=what, ms=0.0, note=f"diffs {diffs}; rel err {err:.1e} {status}"))
 
 
+def compile_seconds(fn, *args) -> float:
+    """Seconds to lower and compile ``jax.jit(fn)`` for ``args`` (the kernel's build, alone)."""
+    start = time.perf_counter()
+    jax.jit(fn).lower(*args).compile()
+    return time.perf_counter() - start
+
+
 def decode(ceiling, *, batch_size: int, ctx: int, tune: bool, section: str) -> None:
     hq, hkv, d = 32, 8, 128
     lens = [1] * batch_size, [ctx] * batch_size
@@ -173,14 +182,17 @@ def decode(ceiling, *, batch_size: int, ctx: int, tune: bool, section: str) -> N
             splits = backend.num_splits(batch, store, head_dim=d)
             what = (f"{fmt.name} decode, {name} (bk={cfg.block_k} splits={splits} "
                     f"w={cfg.num_warps} st={cfg.num_stages})")
+            call = functools.partial(lambda q_, s_, b_, be: be(q_, s_, 0, b_, opts), be=backend)
             try:
-                seconds = timed(lambda q_, s_, b_, be=backend: be(q_, s_, 0, b_, opts), q, store, batch)
+                compile_s = compile_seconds(call, q, store, batch)
+                seconds = timed(call, q, store, batch)
             except Exception as e:  # noqa: BLE001 - a variant that does not compile is reported
                 print(f"  {what}: {type(e).__name__}: {e}"[:400], flush=True)
                 continue
             base = seconds if base is None else base
             record(section, what, seconds, bytes_=read_bytes(fmt, tokens=batch_size * ctx, hkv=hkv, d=d),
-                   ceiling=ceiling, peer=base, note="x peer: plain bf16, tuned table")
+                   ceiling=ceiling, peer=base,
+                   note=f"x peer: plain bf16, tuned table; compile {compile_s:.0f} s")
         del store
 
 

@@ -333,8 +333,9 @@ plt.show()
 # bytes: there the kernels are no longer limited by memory but by the instructions that unpack
 # each code (an Nsight Compute profile found them issue-bound), even with each token's scale and
 # zero point loaded as one word and folded into the matrix products. KIVI's pages are read by the
-# kernels too (keys per channel over a page), but a tile is one 32-token page and the 2-bit decode
-# takes 0.47 ms, 0.57x plain. The prefill kernel, limited by compute rather than bytes, is slower
+# kernels too (keys per channel over a page, dequantized element by element), but a tile is one
+# 32-token page and the 2-bit decode takes 0.36 ms, 0.74x plain (another run of the same day,
+# plain 0.270 ms). The prefill kernel, limited by compute rather than bytes, is slower
 # with every quantized format (fp8 0.76x, int4 0.59x of plain). What has been tried is listed in
 # [benchmarks](../docs/benchmarks.md); making low-bit KV pay on a GPU is open work.
 #
