@@ -26,6 +26,7 @@ from kvlab.kvcache import (
     PriorityLRU,
     RadixKVCache,
 )
+from kvlab.kvcache.formats import Kivi
 
 
 def hash_eviction_state(cache) -> tuple:
@@ -50,6 +51,10 @@ KINDS = {
     "paged": (lambda: PagedKVCache(num_pages=12, page_size=2), no_eviction_state),
     "paged-prefix": (lambda: PagedKVCache(num_pages=12, page_size=2, prefix_caching=True, eviction=LFU(),
                                           host_tier=HostTier(num_pages=16)), hash_eviction_state),
+    "paged-kivi": (lambda: PagedKVCache(num_pages=12, page_size=2, prefix_caching=True,
+                                        host_tier=HostTier(num_pages=16),
+                                        kv_format=Kivi(bits=2, group_size=2, staging_pages=10)),
+                   hash_eviction_state),
     "blocked": (lambda: BlockedKVCache(num_blocks=10, block_tokens=4, eviction=PriorityLRU(),
                                        block_hasher=BuiltinBlockHasher()), hash_eviction_state),
     "radix-1": (lambda: RadixKVCache(num_pages=24, page_size=1, eviction=LFU(),
@@ -61,6 +66,7 @@ KINDS = {
     "contiguous": (lambda: ContiguousKVCache(num_slots=3, max_seq_len=16, page_size=2), no_eviction_state),
 }
 
+STAGING_IDS = {"paged-kivi": 10}      # page ids past the cache's pages: KIVI's staging pages
 STEMS = [[5, 5, 1, 2, 3, 4, 5, 6], [9, 8, 7, 6, 5, 4, 3, 2]]
 prompts = st.builds(lambda stem, cut, tail: STEMS[stem][:cut] + tail,
                     st.integers(0, 1), st.integers(0, 8), st.lists(st.integers(0, 2), max_size=3)
@@ -162,7 +168,13 @@ class CacheContractMachine(RuleBasedStateMachine):
         seq = data.draw(st.sampled_from(sorted(set(self.tokens) - self.swapped)))
         if self.cache.can_swap_out(seq):
             row, pages = self.cache.block_table.row_of(seq), self.cache.pages(seq)
-            copies = self.cache.swap_out(seq)       # (a radix cache may first switch to tree pages)
+            if data.draw(st.booleans()):            # as SwapPreemption: keep what the format keeps
+                keep = self.cache.swap_keeps(seq, len(self.tokens[seq]))
+                copies = self.cache.swap_out(seq, keep_tokens=keep)
+                self.tokens[seq] = self.tokens[seq][:keep]     # the rest is computed again
+                pages = pages[:-(-keep // self.P)]
+            else:
+                copies = self.cache.swap_out(seq)   # (a radix cache may first switch to tree pages)
             assert len(copies) == len(pages) == len({h for _, h in copies})
             assert self.cache.block_table.row_of(seq) == row, "a swapped sequence keeps its row"
             assert len(self.cache.pages(seq)) == len(pages)
@@ -211,8 +223,9 @@ class CacheContractMachine(RuleBasedStateMachine):
             pages = self.cache.pages(s)
             assert bt.array[row, :bt.num_pages[row]].tolist() == pages
             assert len(pages) == -(-len(tokens) // self.P)
-            if s not in self.swapped:
-                assert all(0 <= p < self.cache.capacity_tokens // self.P for p in pages)
+            if s not in self.swapped:         # KIVI's staging pages take ids after the cache's own
+                ids = self.cache.capacity_tokens // self.P + STAGING_IDS.get(self.kind, 0)
+                assert all(0 <= p < ids for p in pages)
         for r in set(range(bt.array.shape[0])) - rows:
             assert bt.num_pages[r] == 0, "a free row has entries in use"
 

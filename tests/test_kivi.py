@@ -89,6 +89,28 @@ def test_a_growing_sequence_seals_each_page_once_its_step_has_run():
     assert cache.drain_seals() == []                         # no prefix caching: unfilled pages just go
 
 
+def test_a_swap_out_seals_the_full_pages_moves_them_and_drops_the_unfilled_one():
+    cache = kvlab.PagedKVCache(num_pages=6, page_size=G, kv_format=FMT, host_tier=kvlab.HostTier(num_pages=4))
+    n_sealed = cache.allocator.num_pages
+    cache.admit("a", list(range(20)))
+    cache.allocate("a", 20)                                  # 3 pages, all staged
+    assert cache.swap_keeps("a", 20) == 2 * G and cache.swap_keeps("a", 7) == 0
+    copies = cache.swap_out("a", keep_tokens=2 * G)
+    seals = cache.drain_seals()                              # sealed before the copies are made
+    assert [d for _, d in seals] == [d for d, _ in copies] and all(d < n_sealed for d, _ in copies)
+    assert cache.allocator.num_free == 6 and cache.writes.num_free(None, 0) == FMT.staging_pages
+    assert cache.num_tokens("a") == 2 * G and cache.stats().host_pages_used == 2
+    back = cache.swap_in("a")
+    assert len(back) == 2 and cache.pages("a") == [d for _, d in back]
+    cache.allocate("a", 21)                                  # the dropped page: staged afresh
+    assert cache.pages("a")[2] >= n_sealed and cache.stats().host_pages_used == 0
+    cache.drain_tier_moves()                                 # the plan is made: its loads are behind it
+    with pytest.raises(ValueError, match="cannot keep 30"):
+        cache.swap_out("a", keep_tokens=30)
+    cache.free("a")
+    assert cache.allocator.num_free == 6 and cache.writes.num_free(None, 0) == FMT.staging_pages
+
+
 def test_prefix_caching_indexes_pages_once_sealed_and_reuses_them():
     cache = kvlab.PagedKVCache(num_pages=8, page_size=G, prefix_caching=True, kv_format=FMT)
     prompt = list(range(2 * G + 3))
@@ -106,18 +128,23 @@ def model():
     return LlamaModel(ModelConfig.tiny(), seed=3)
 
 
-def serve(model, prompts, max_tokens, *, chunk, prefix_caching, max_num_seqs=3, steps_ahead=1):
-    cache = kvlab.PagedKVCache(num_pages=40, page_size=G, prefix_caching=prefix_caching, kv_format=FMT)
+def serve(model, prompts, max_tokens, *, chunk, prefix_caching, max_num_seqs=3, steps_ahead=1, swap_pages=0):
+    """Greedy outputs through a KIVI cache; ``swap_pages``: that few device pages, preemption by
+    swap to a host tier (else 40 pages, nothing preempted)."""
+    host = kvlab.HostTier(num_pages=40) if swap_pages else None
+    cache = kvlab.PagedKVCache(num_pages=swap_pages or 40, page_size=G, prefix_caching=prefix_caching,
+                               kv_format=FMT, host_tier=host)
+    preemption = kvlab.schedulers.SwapPreemption() if swap_pages else kvlab.schedulers.RecomputePreemption()
     scheduler = kvlab.ChunkedScheduler(max_num_seqs=max_num_seqs, max_num_batched_tokens=64,
-                                       max_chunk_tokens=chunk)
+                                       max_chunk_tokens=chunk, preemption=preemption)
     engine = kvlab.Engine(model, cache=cache, attention=kvlab.ReferenceAttention(), scheduler=scheduler,
                           max_model_len=96, steps_ahead=steps_ahead)
     outs = [c.token_ids for c in engine.generate(prompts, kvlab.SamplingParams(max_tokens=max_tokens,
                                                                                  ignore_eos=True))]
     s = cache.stats()
-    assert s.pages_used == 0 and s.pages_free + s.pages_cached == s.pages_total
+    assert s.pages_used == 0 and s.pages_free + s.pages_cached == s.pages_total and s.host_pages_used == 0
     assert cache.writes.num_free(None, 0) == FMT.staging_pages      # seals may wait for a next step
-    return outs
+    return outs, scheduler
 
 
 @settings(max_examples=6, deadline=None)
@@ -127,10 +154,24 @@ def test_any_schedule_gives_the_dense_kivi_tokens(model, data):
     prompts = [shared + data.draw(st.lists(st.integers(1, 250), min_size=1, max_size=20)) for _ in range(3)]
     max_tokens = data.draw(st.integers(1, 14))
     chunk = data.draw(st.sampled_from([3, 8, 64]))
-    outs = serve(model, prompts, max_tokens, chunk=chunk, prefix_caching=data.draw(st.booleans()),
-                 steps_ahead=data.draw(st.sampled_from([0, 1])))
+    outs, _ = serve(model, prompts, max_tokens, chunk=chunk, prefix_caching=data.draw(st.booleans()),
+                    steps_ahead=data.draw(st.sampled_from([0, 1])))
     ref = DenseReferenceDecoder(model, kv_format=FMT)
     assert outs == [ref.greedy(p, max_tokens) for p in prompts]
+
+
+@settings(max_examples=5, deadline=None)
+@given(data=st.data())
+def test_preemption_by_swap_gives_the_dense_kivi_tokens(model, data):
+    """Too few pages for three growing sequences: victims swap their sealed pages out, come back,
+    recompute their unfilled page and still give the dense decode's tokens; nothing leaks."""
+    prompts = [data.draw(st.lists(st.integers(1, 250), min_size=10, max_size=30)) for _ in range(3)]
+    outs, scheduler = serve(model, prompts, 24, chunk=data.draw(st.sampled_from([3, 8, 64])),
+                            prefix_caching=data.draw(st.booleans()), swap_pages=13,
+                            steps_ahead=data.draw(st.sampled_from([0, 1])))
+    ref = DenseReferenceDecoder(model, kv_format=FMT)
+    assert outs == [ref.greedy(p, 24) for p in prompts]
+    assert scheduler.num_swapped_out > 0
 
 
 def test_kivi_reads_full_pages_quantized_and_takes_a_fifth_of_the_bytes(model):
@@ -199,8 +240,6 @@ def test_a_document_larger_than_the_staging_pool_comes_back_from_a_tier(model):
     (lambda: kvlab.BlockedKVCache(num_blocks=8, block_tokens=G, kv_format=FMT), "BlockedKVCache"),
     (lambda: kvlab.ContiguousKVCache(num_slots=2, max_seq_len=32, page_size=G, kv_format=FMT), "Contiguous"),
     (lambda: kvlab.PagedKVCache(num_pages=8, page_size=2 * G, kv_format=FMT), "page_size must equal"),
-    (lambda: kvlab.PagedKVCache(num_pages=8, page_size=G, kv_format=FMT,
-                                host_tier=kvlab.HostTier(num_pages=4)), "without a host tier"),
     (lambda: Kivi(bits=3), "2- or 4-bit"),
     (lambda: KiviPagedKVStorage.zeros(FMT, num_layers=1, num_pages=2, page_size=G, num_kv_heads=1, head_dim=6,
                                       dtype=jnp.float32), "kivi2 KV packs 4 codes a byte"),

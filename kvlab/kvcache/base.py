@@ -243,10 +243,18 @@ class KVCache(abc.ABC):
         """Whether running ``seq_id`` can move to the host tier now (False without one)."""
         return False
 
-    def swap_out(self, seq_id) -> list[tuple[int, int]]:
+    def swap_keeps(self, seq_id, num_computed: int) -> int:
+        """Of running ``seq_id``'s first ``num_computed`` tokens (those the steps planned so far
+        write), how many a swap-out keeps; the rest are computed again when it comes back. All of
+        them, unless the KV format says otherwise (KIVI keeps its full, sealed pages)."""
+        return num_computed
+
+    def swap_out(self, seq_id, *, keep_tokens: int | None = None) -> list[tuple[int, int]]:
         """Move ``seq_id``'s pages to the host tier and release them on the device; returns the
         ``(device page, host page)`` copies the engine must make before the step runs. The
-        sequence keeps its ``block_table`` row (its entries are meaningless until ``swap_in``)."""
+        sequence keeps its ``block_table`` row (its entries are meaningless until ``swap_in``).
+        ``keep_tokens`` (``swap_keeps``'s answer; None: every page it holds): the tokens it keeps,
+        and comes back with."""
         raise self._no_host_tier()
 
     def can_swap_in(self, seq_id) -> bool:

@@ -188,21 +188,21 @@ class PagePoolCache(KVCache):
         seq = self._seqs.get(seq_id)
         if seq is not None and self._grow_in_place(seq_id, seq, num_tokens):
             return
-        if seq is not None:         # pages filled by the steps planned so far can be sealed now
-            self.writes.seal(seq_id, seq.num_tokens // self.page_size, self.block_table, seq.row)
-        have = 0
+        have, full = 0, 0
         if seq is not None:
             if num_tokens < seq.num_tokens:
                 raise ValueError(f"sequence {seq_id!r} holds {seq.num_tokens} tokens; allocate only "
                                  f"grows (asked for {num_tokens})")
             if seq.host_pages:
                 raise ValueError(f"sequence {seq_id!r} is swapped out; swap it in first")
-            have = self._num_pages(seq)
+            have, full = self._num_pages(seq), seq.num_tokens // self.page_size
         need = max(0, -(-num_tokens // self.page_size) - have)
         loaded = self._loaded(seq, need)
-        if need:
+        if need:                    # both checks raise before anything changes
             self._check_room(seq_id, need)
-            self.writes.check_room(seq_id, need - loaded)
+            self.writes.check_room(seq_id, need - loaded, full)
+        if seq is not None:         # pages filled by the steps planned so far can be sealed now
+            self.writes.seal(seq_id, full, self.block_table, seq.row)
         if seq is None:
             seq = self._new_seq(seq_id)
         if not seq.started:

@@ -10,7 +10,8 @@ A cache asks its format for a ``PageWrites`` strategy (``kv_format.page_writes(.
   the page is sealed and the sealed id after. Sealing happens when the sequence is allocated
   again (the step that filled the page has been planned before, so the device runs it first)
   or when it is freed; the (staging, sealed) pairs wait in ``drain()`` for the next step plan,
-  whose executor seals them before the step runs.
+  whose executor seals them before the step runs. Swapping a sequence out seals its full pages
+  and moves only those; its unfilled last page is computed again when it comes back.
 
 Staging ids follow the sealed ids: staging page ``r`` is page id ``num_sealed + r``.
 """
@@ -29,6 +30,13 @@ class InPlaceWrites:
     def check_host_tier(self) -> None:
         """Pages move to a host tier as stored."""
 
+    def swap_keeps(self, num_computed: int) -> int:
+        """Of a sequence's ``num_computed`` tokens, those a swap-out keeps: all of them."""
+        return num_computed
+
+    def before_swap_out(self, seq_id, keep_pages: int, table, row: int) -> None:
+        """Nothing to settle: every page holds its final bytes."""
+
     def check_tiers(self) -> None:
         """Cached pages go down the tiers below the GPU as stored."""
 
@@ -44,8 +52,9 @@ class InPlaceWrites:
         """Fresh pages ``seq_id`` could place now, its first ``full_pages`` sealed (no limit here)."""
         return 1 << 62
 
-    def check_room(self, seq_id, need: int) -> None:
-        """Raise OutOfPagesError unless ``need`` fresh pages can be placed (always here)."""
+    def check_room(self, seq_id, need: int, full_pages: int = 0) -> None:
+        """Raise OutOfPagesError unless ``need`` fresh pages can be placed once ``seq_id``'s first
+        ``full_pages`` pages are sealed (always here)."""
 
     def sealed_prefix(self, seq_id, n: int) -> int:
         """How many of the sequence's first ``n`` pages hold their final bytes (all here)."""
@@ -84,10 +93,20 @@ class StagedWrites:
                          f"PagedKVCache(page_size=group_size, kv_format=...) or a per-token format")
 
     def check_host_tier(self) -> None:
-        """Raise: staging pages are not swapped (yet)."""
-        raise ValueError(f"{self.format_name} KV keeps unfilled pages in full-precision staging pages, which "
-                         f"swap does not move yet: build the cache without a host tier (preemption by "
-                         f"recompute) or use a per-token format")
+        """Swap moves sealed pages only (``swap_keeps``): any host tier serves."""
+
+    def swap_keeps(self, num_computed: int) -> int:
+        """Of a sequence's ``num_computed`` tokens, those a swap-out keeps: its full pages', which
+        it seals first; the tokens of its unfilled last page are computed again when it returns
+        (a partial page has no sealed form, and a staging page's full precision is what KIVI
+        saves memory against)."""
+        return num_computed // self.page_size * self.page_size
+
+    def before_swap_out(self, seq_id, keep_pages: int, table, row: int) -> None:
+        """Seal the sequence's first ``keep_pages`` pages and give back the staging pages of the
+        rest (their row entries become their reserved sealed pages, which the cache frees)."""
+        self.seal(seq_id, keep_pages, table, row)
+        self.release(seq_id, table, row)
 
     def check_tiers(self) -> None:
         """Sealed pages (the only ones reused) go down the tiers as stored, and a tier's blocks
@@ -114,10 +133,11 @@ class StagedWrites:
         staged = self._staged.get(seq_id, {})
         return self.allocator.num_free + sum(1 for c in staged if c < full_pages)
 
-    def check_room(self, seq_id, need: int) -> None:
-        if need > self.allocator.num_free:
+    def check_room(self, seq_id, need: int, full_pages: int = 0) -> None:
+        free = self.num_free(seq_id, full_pages)
+        if need > free:
             raise OutOfPagesError(f"sequence {seq_id!r} needs {need} staging pages; "
-                                  f"{self.allocator.num_free} free of {self.allocator.num_pages}")
+                                  f"{free} free of {self.allocator.num_pages}")
 
     def sealed_prefix(self, seq_id, n: int) -> int:
         return min([n, *self._staged.get(seq_id, {})])

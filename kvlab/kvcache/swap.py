@@ -53,10 +53,14 @@ class SwappablePoolCache(PagePoolCache):
                 and self.host_tier.can_hold(self._num_pages(seq))
                 and not self._loading(self._row(seq).tolist()))
 
-    def swap_out(self, seq_id) -> list[tuple[int, int]]:
-        """Copy all the sequence's pages to the host tier and drop its device references (shared
-        pages stay with their other holders or in the prefix cache). Returns the (device page,
-        host page) copies the engine must make before this step runs."""
+    def swap_keeps(self, seq_id, num_computed: int) -> int:
+        return self.writes.swap_keeps(num_computed)
+
+    def swap_out(self, seq_id, *, keep_tokens: int | None = None) -> list[tuple[int, int]]:
+        """Copy the sequence's pages (those of its first ``keep_tokens`` tokens; None: all) to the
+        host tier and drop its device references (shared pages stay with their other holders or
+        in the prefix cache). Returns the (device page, host page) copies the engine must make
+        before this step runs."""
         if self.host_tier is None:
             raise self._no_host_tier()
         seq = self._seqs[seq_id]
@@ -66,14 +70,22 @@ class SwappablePoolCache(PagePoolCache):
             raise ValueError(f"sequence {seq_id!r} has pages that this plan loads (swapped in or loaded "
                              f"from a tier), whose copies come after the pages going out are read; "
                              f"swap it out in a later plan")
+        held = self._num_pages(seq)
+        if keep_tokens is not None and not 0 <= keep_tokens <= seq.num_tokens:
+            raise ValueError(f"sequence {seq_id!r} holds {seq.num_tokens} tokens; cannot keep {keep_tokens}")
+        keep = held if keep_tokens is None else -(-keep_tokens // self.page_size)
         self.clock += 1
         self._before_swap_out(seq)
+        self.writes.before_swap_out(seq_id, keep, self.block_table, seq.row)
         pages = self._row(seq).tolist()
-        hosts, copies = self.host_tier.store(pages)
+        hosts, copies = self.host_tier.store(pages[:keep])
         freed = set(self.allocator.decref(reversed(pages)))
         self._after_release([p for p in pages if p not in freed])
         seq.host_pages = hosts
         self.block_table.write(seq.row, 0, [-1] * len(pages))
+        self.block_table.truncate(seq.row, keep)
+        if keep_tokens is not None:
+            seq.num_tokens = keep_tokens
         seq.shared_pages = 0
         self.ledger.update(seq_id, allocated=0, stored=0)
         return copies

@@ -57,6 +57,10 @@ class SwapPreemption:
                              "PagedKVCache(..., host_tier=HostTier(num_pages=...))")
 
     def preempt(self, request, cache) -> Preempted:
-        if not cache.can_swap_out(request.request_id):
+        rid = request.request_id
+        if not cache.can_swap_out(rid):
             return RecomputePreemption().preempt(request, cache)
-        return Preempted(RequestStatus.SWAPPED, cache.swap_out(request.request_id))
+        keep = cache.swap_keeps(rid, request.num_computed_tokens)
+        copies = cache.swap_out(rid, keep_tokens=keep)
+        request.num_computed_tokens = keep      # the rest (KIVI: an unfilled page) is computed again
+        return Preempted(RequestStatus.SWAPPED, copies)
