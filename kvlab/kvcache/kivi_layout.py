@@ -65,13 +65,7 @@ class KiviLayout:
         """The row of ``k_meta`` holding a sealed page's per-channel key scales (zeros: one row on)."""
         return ((layer * self.num_sealed + page) * self.num_kv_heads + head) * 2
 
-    @staticmethod
-    def k_ref(refs):
-        return refs[0]
-
-    @staticmethod
-    def v_ref(refs):
-        return refs[1]
+    k_ref, v_ref = staticmethod(PagedLayout.k_ref), staticmethod(PagedLayout.v_ref)   # the staging K, V
 
     @staticmethod
     def sealed_ref(refs, which: int):
