@@ -168,13 +168,13 @@ class CacheContractMachine(RuleBasedStateMachine):
         seq = data.draw(st.sampled_from(sorted(set(self.tokens) - self.swapped)))
         if self.cache.can_swap_out(seq):
             row, pages = self.cache.block_table.row_of(seq), self.cache.pages(seq)
-            if data.draw(st.booleans()):            # as SwapPreemption: keep what the format keeps
-                keep = self.cache.swap_keeps(seq, len(self.tokens[seq]))
+            keep = self.cache.swap_keeps(seq, len(self.tokens[seq]))     # KIVI: its full pages
+            if data.draw(st.booleans()):            # as SwapPreemption does
                 copies = self.cache.swap_out(seq, keep_tokens=keep)
-                self.tokens[seq] = self.tokens[seq][:keep]     # the rest is computed again
-                pages = pages[:-(-keep // self.P)]
-            else:
-                copies = self.cache.swap_out(seq)   # (a radix cache may first switch to tree pages)
+            else:                                   # (a radix cache may first switch to tree pages)
+                copies = self.cache.swap_out(seq)   # the default keeps the same
+            self.tokens[seq] = self.tokens[seq][:keep]         # the rest is computed again
+            pages = pages[:-(-keep // self.P)]
             assert len(copies) == len(pages) == len({h for _, h in copies})
             assert self.cache.block_table.row_of(seq) == row, "a swapped sequence keeps its row"
             assert len(self.cache.pages(seq)) == len(pages)

@@ -105,10 +105,35 @@ def test_a_swap_out_seals_the_full_pages_moves_them_and_drops_the_unfilled_one()
     cache.allocate("a", 21)                                  # the dropped page: staged afresh
     assert cache.pages("a")[2] >= n_sealed and cache.stats().host_pages_used == 0
     cache.drain_tier_moves()                                 # the plan is made: its loads are behind it
-    with pytest.raises(ValueError, match="cannot keep 30"):
-        cache.swap_out("a", keep_tokens=30)
+    for bad in (30, 12, 0):                                  # beyond its tokens; part of a page; none
+        with pytest.raises(ValueError, match=f"cannot keep {bad} "):
+            cache.swap_out("a", keep_tokens=bad)
+    assert len(cache.swap_out("a")) == 2 and cache.num_tokens("a") == 2 * G   # default: what it may keep
     cache.free("a")
     assert cache.allocator.num_free == 6 and cache.writes.num_free(None, 0) == FMT.staging_pages
+
+
+def test_a_sequence_shorter_than_a_page_is_not_swapped_but_recomputed():
+    cache = kvlab.PagedKVCache(num_pages=6, page_size=G, kv_format=FMT, host_tier=kvlab.HostTier(num_pages=4))
+    cache.admit("a", list(range(5)))
+    cache.allocate("a", 5)
+    assert not cache.can_swap_out("a")                       # a swap would keep nothing
+    req = kvlab.schedulers.Request("a", list(range(5)), kvlab.SamplingParams(max_tokens=4))
+    req.num_computed_tokens = 5
+    done = kvlab.schedulers.SwapPreemption().preempt(req, cache)
+    assert done.status is kvlab.schedulers.RequestStatus.WAITING and req.num_computed_tokens == 0
+    assert cache.allocator.num_free == 6 and cache.writes.num_free(None, 0) == FMT.staging_pages
+
+
+def test_pages_sealed_for_a_swap_are_reusable_as_after_free():
+    tokens = list(range(1, 21))
+    cache = kvlab.PagedKVCache(num_pages=8, page_size=G, kv_format=FMT, prefix_caching=True,
+                               host_tier=kvlab.HostTier(num_pages=8))
+    cache.admit("a", tokens)
+    cache.allocate("a", 20)
+    cache.commit("a", tokens, 20)
+    cache.swap_out("a", keep_tokens=cache.swap_keeps("a", 20))
+    assert cache.match_prefix(tokens + [99]) == 2 * G and cache.stats().pages_cached == 2
 
 
 def test_prefix_caching_indexes_pages_once_sealed_and_reuses_them():

@@ -252,9 +252,10 @@ class KVCache(abc.ABC):
     def swap_out(self, seq_id, *, keep_tokens: int | None = None) -> list[tuple[int, int]]:
         """Move ``seq_id``'s pages to the host tier and release them on the device; returns the
         ``(device page, host page)`` copies the engine must make before the step runs. The
-        sequence keeps its ``block_table`` row (its entries are meaningless until ``swap_in``).
-        ``keep_tokens`` (``swap_keeps``'s answer; None: every page it holds): the tokens it keeps,
-        and comes back with."""
+        sequence keeps its ``block_table`` row, cut to the pages it keeps (their entries are
+        meaningless until ``swap_in``). ``keep_tokens``: the tokens it keeps and comes back with,
+        ``swap_keeps``'s answer for the tokens computed (None: as many as the format allows of
+        those it holds); a value the format cannot keep, or 0, raises ValueError."""
         raise self._no_host_tier()
 
     def can_swap_in(self, seq_id) -> bool:

@@ -155,6 +155,12 @@ class PagedKVCache(SwappablePoolCache):
                     self._tiered.indexed(seq.block_hashes[i], page, seq.priority)
         seq.num_indexed = full
 
+    def _before_swap_out(self, seq_id, seq: SeqState, keep_pages: int) -> None:
+        if self.index is not None:     # pages sealed for the swap are reusable, as at ``free``
+            full = min(len(seq.block_hashes), seq.num_computed // self.page_size, keep_pages)
+            self._index(seq, self.writes.sealed_prefix(seq_id, full))
+        super()._before_swap_out(seq_id, seq, keep_pages)
+
     def _before_release(self, seq_id, seq: SeqState) -> None:
         if self.index is not None:     # full staged pages are sealed so that they can be reused
             full = min(len(seq.block_hashes), seq.num_computed // self.page_size)

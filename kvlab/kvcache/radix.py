@@ -174,7 +174,7 @@ class RadixKVCache(SwappablePoolCache):
                 self._index(seq)
             self.tree.unlock(seq.node, self.clock)
 
-    def _before_swap_out(self, seq: SeqState) -> None:
+    def _before_swap_out(self, seq_id, seq: SeqState, keep_pages: int) -> None:
         if seq.node is not None:
             self._index(seq)
             self.tree.unlock(seq.node, self.clock)

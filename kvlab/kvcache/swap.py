@@ -42,22 +42,26 @@ class SwappablePoolCache(PagePoolCache):
         loaded = self._swapped_in | (set() if self._tiered is None else self._tiered.loaded_pages)
         return not loaded.isdisjoint(pages)
 
-    def _before_swap_out(self, seq: SeqState) -> None:
-        """Prefix caches index what the sequence computed and let go of their hold on it: the
-        sequence comes back with private copies of all its pages."""
+    def _before_swap_out(self, seq_id, seq: SeqState, keep_pages: int) -> None:
+        """Prefix caches index what the sequence computed (of its first ``keep_pages`` pages,
+        which hold their final bytes now) and let go of their hold on it: the sequence comes back
+        with private copies of all its pages."""
         seq.num_indexed = 0
 
     def can_swap_out(self, seq_id) -> bool:
         seq = self._seqs.get(seq_id)
-        return (self.host_tier is not None and seq is not None and seq.started and not seq.host_pages
-                and self.host_tier.can_hold(self._num_pages(seq))
+        if self.host_tier is None or seq is None or not seq.started or seq.host_pages:
+            return False
+        kept = self.writes.swap_keeps(seq.num_tokens)         # KIVI: its full pages only
+        return (kept > 0 and self.host_tier.can_hold(-(-kept // self.page_size))
                 and not self._loading(self._row(seq).tolist()))
 
     def swap_keeps(self, seq_id, num_computed: int) -> int:
         return self.writes.swap_keeps(num_computed)
 
     def swap_out(self, seq_id, *, keep_tokens: int | None = None) -> list[tuple[int, int]]:
-        """Copy the sequence's pages (those of its first ``keep_tokens`` tokens; None: all) to the
+        """Copy the sequence's pages (those of its first ``keep_tokens`` tokens; None: all that
+        ``swap_keeps`` allows, every page for a format that writes in place) to the
         host tier and drop its device references (shared pages stay with their other holders or
         in the prefix cache). Returns the (device page, host page) copies the engine must make
         before this step runs."""
@@ -70,13 +74,16 @@ class SwappablePoolCache(PagePoolCache):
             raise ValueError(f"sequence {seq_id!r} has pages that this plan loads (swapped in or loaded "
                              f"from a tier), whose copies come after the pages going out are read; "
                              f"swap it out in a later plan")
-        held = self._num_pages(seq)
-        if keep_tokens is not None and not 0 <= keep_tokens <= seq.num_tokens:
-            raise ValueError(f"sequence {seq_id!r} holds {seq.num_tokens} tokens; cannot keep {keep_tokens}")
-        keep = held if keep_tokens is None else -(-keep_tokens // self.page_size)
+        most = self.writes.swap_keeps(seq.num_tokens)
+        keep_tokens = most if keep_tokens is None else keep_tokens
+        if not 0 < keep_tokens <= most or self.writes.swap_keeps(keep_tokens) != keep_tokens:
+            raise ValueError(f"sequence {seq_id!r} holds {seq.num_tokens} tokens; a swap-out cannot keep "
+                             f"{keep_tokens} (swap_keeps gives the tokens it can keep: at most {most}; "
+                             f"where it keeps none, free the sequence and compute it again)")
+        keep = -(-keep_tokens // self.page_size)
         self.clock += 1
-        self._before_swap_out(seq)
         self.writes.before_swap_out(seq_id, keep, self.block_table, seq.row)
+        self._before_swap_out(seq_id, seq, keep)
         pages = self._row(seq).tolist()
         hosts, copies = self.host_tier.store(pages[:keep])
         freed = set(self.allocator.decref(reversed(pages)))
@@ -84,8 +91,7 @@ class SwappablePoolCache(PagePoolCache):
         seq.host_pages = hosts
         self.block_table.write(seq.row, 0, [-1] * len(pages))
         self.block_table.truncate(seq.row, keep)
-        if keep_tokens is not None:
-            seq.num_tokens = keep_tokens
+        seq.num_tokens = keep_tokens
         seq.shared_pages = 0
         self.ledger.update(seq_id, allocated=0, stored=0)
         return copies

@@ -4,8 +4,9 @@
   generated and is prefilled anew (a prefix cache often still holds them).
 * ``SwapPreemption`` (vLLM v0 swap space, TensorRT-LLM host offload): its private pages are copied
   to the cache's host tier and freed on the device; it resumes where it stopped once pages are
-  free again, before any new request is admitted. Needs a cache built with a ``HostTier``; when
-  the host tier is full, the victim is recomputed instead.
+  free again, before any new request is admitted (what the cache does not keep, KIVI's unfilled
+  last page, is computed again first). Needs a cache built with a ``HostTier``; when the host
+  tier is full, or the swap would keep none of its tokens, the victim is recomputed instead.
 
 Examples:
     >>> from kvlab.kvcache import HostTier, PagedKVCache
@@ -58,9 +59,9 @@ class SwapPreemption:
 
     def preempt(self, request, cache) -> Preempted:
         rid = request.request_id
-        if not cache.can_swap_out(rid):
+        keep = cache.swap_keeps(rid, request.num_computed_tokens) if cache.can_swap_out(rid) else 0
+        if keep == 0:                           # no room on the host, or nothing a swap would keep
             return RecomputePreemption().preempt(request, cache)
-        keep = cache.swap_keeps(rid, request.num_computed_tokens)
         copies = cache.swap_out(rid, keep_tokens=keep)
         request.num_computed_tokens = keep      # the rest (KIVI: an unfilled page) is computed again
         return Preempted(RequestStatus.SWAPPED, copies)
