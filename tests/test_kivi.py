@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 import kvlab
 from kvlab.engine import DenseReferenceDecoder
+from kvlab.kvcache import SwapInTiers
 from kvlab.kvcache.formats import AsymmetricInt, Kivi, bytes_per_token
 from kvlab.kvcache.kivi_storage import KiviPagedKVStorage
 from kvlab.kvcache.tiers import DiskTier, HostMemoryTier, TierChain, WriteBackOnEviction, WriteThrough
@@ -153,12 +154,17 @@ def model():
     return LlamaModel(ModelConfig.tiny(), seed=3)
 
 
-def serve(model, prompts, max_tokens, *, chunk, prefix_caching, max_num_seqs=3, steps_ahead=1, swap_pages=0):
+def serve(model, prompts, max_tokens, *, chunk, prefix_caching, max_num_seqs=3, steps_ahead=1, swap_pages=0,
+          swap_in_tiers=False):
     """Greedy outputs through a KIVI cache; ``swap_pages``: that few device pages, preemption by
-    swap to a host tier (else 40 pages, nothing preempted)."""
+    swap to a host tier (else 40 pages, nothing preempted); ``swap_in_tiers``: the swap space is
+    the first KV tier (``SwapInTiers``, with prefix caching)."""
     host = kvlab.HostTier(num_pages=40) if swap_pages else None
+    tiers = None
+    if swap_pages and swap_in_tiers:
+        host, tiers, prefix_caching = SwapInTiers(), [HostMemoryTier(num_pages=40)], True
     cache = kvlab.PagedKVCache(num_pages=swap_pages or 40, page_size=G, prefix_caching=prefix_caching,
-                               kv_format=FMT, host_tier=host)
+                               kv_format=FMT, host_tier=host, tiers=tiers)
     preemption = kvlab.schedulers.SwapPreemption() if swap_pages else kvlab.schedulers.RecomputePreemption()
     scheduler = kvlab.ChunkedScheduler(max_num_seqs=max_num_seqs, max_num_batched_tokens=64,
                                        max_chunk_tokens=chunk, preemption=preemption)
@@ -193,7 +199,8 @@ def test_preemption_by_swap_gives_the_dense_kivi_tokens(model, data):
     prompts = [data.draw(st.lists(st.integers(1, 250), min_size=10, max_size=30)) for _ in range(3)]
     outs, scheduler = serve(model, prompts, 24, chunk=data.draw(st.sampled_from([3, 8, 64])),
                             prefix_caching=data.draw(st.booleans()), swap_pages=13,
-                            steps_ahead=data.draw(st.sampled_from([0, 1])))
+                            steps_ahead=data.draw(st.sampled_from([0, 1])),
+                            swap_in_tiers=data.draw(st.booleans()))
     ref = DenseReferenceDecoder(model, kv_format=FMT)
     assert outs == [ref.greedy(p, 24) for p in prompts]
     assert scheduler.num_swapped_out > 0
