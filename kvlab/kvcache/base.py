@@ -244,9 +244,8 @@ class KVCache(abc.ABC):
         return False
 
     def swap_keeps(self, seq_id, num_computed: int) -> int:
-        """Of running ``seq_id``'s first ``num_computed`` tokens (those the steps planned so far
-        write), how many a swap-out keeps; the rest are computed again when it comes back. All of
-        them, unless the KV format says otherwise (KIVI keeps its full, sealed pages)."""
+        """How many of running ``seq_id``'s ``num_computed`` tokens a swap-out keeps (the rest are
+        computed again on return): all, unless the KV format keeps fewer (KIVI: its full pages)."""
         return num_computed
 
     def swap_out(self, seq_id, *, keep_tokens: int | None = None) -> list[tuple[int, int]]:

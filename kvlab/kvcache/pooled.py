@@ -34,8 +34,6 @@ class PagePoolCache(KVCache):
         self.kv_format = kv_format
         self.allocator = PageAllocator(num_pages)
         self.writes = kv_format.page_writes(num_pages=num_pages, page_size=page_size)  # in place, or staged
-        if host_tier is not None:
-            self.writes.check_host_tier()
         self.host_tier = host_tier
         self.block_table = BlockTable()
         self._seqs: dict[object, SeqState] = {}

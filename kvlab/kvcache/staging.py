@@ -27,9 +27,6 @@ class InPlaceWrites:
     def check_cache(self, cache_name: str) -> None:
         """Every cache writes pages in place."""
 
-    def check_host_tier(self) -> None:
-        """Pages move to a host tier as stored."""
-
     def swap_keeps(self, num_computed: int) -> int:
         """Of a sequence's ``num_computed`` tokens, those a swap-out keeps: all of them."""
         return num_computed
@@ -91,9 +88,6 @@ class StagedWrites:
         raise ValueError(f"{self.format_name} KV fills each page in full precision and seals it when full, "
                          f"which PagedKVCache does; {cache_name} writes its pages in place: use "
                          f"PagedKVCache(page_size=group_size, kv_format=...) or a per-token format")
-
-    def check_host_tier(self) -> None:
-        """Swap moves sealed pages only (``swap_keeps``): any host tier serves."""
 
     def swap_keeps(self, num_computed: int) -> int:
         """Of a sequence's ``num_computed`` tokens, those a swap-out keeps: its full pages', which
