@@ -187,7 +187,7 @@ def main(argv=None) -> list[dict]:
     print(f"\n{args.shape} (random bf16 weights), {args.workload} workload: {len(requests)} requests, "
           f"{ins} prompt and {sum(o for _, o in requests)} output tokens; batch {args.batch}")
     print("\n| system | output tok/s | wall (s) | kvlab's speedup | note |\n|---|---|---|---|---|")
-    base = rows[0]["tok_per_s"] if rows and rows[0]["system"] == "kvlab" else 0.0
+    base = rows[0]["tok_per_s"] if rows and rows[0]["system"].startswith("kvlab") else 0.0
     for r in rows:
         ratio = f"{base / r['tok_per_s']:.1f}x" if base and r["tok_per_s"] else ""
         print(f"| {r['system']} | {r['tok_per_s']:,.0f} | {r['wall_s']:.1f} | {ratio} | {r['note']} |")

@@ -31,6 +31,7 @@ from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.models.config import ModelConfig
 from kvlab.models.fused_projections import fuse, split_columns, unfuse
 from kvlab.models.layer_loop import LayerLoop, default_layer_loop
+from kvlab.models.qkv_rope import QKVRope, default_qkv_rope
 from kvlab.models.shard import WHOLE_MODEL, ModelShard
 
 
@@ -60,15 +61,6 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     return weight * x32.astype(x.dtype)
-
-
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """x: [T, H, D]; cos, sin: [T, D/2] float32. Rotate-half convention (transformers)."""
-    half = x.shape[-1] // 2
-    x32 = x.astype(jnp.float32)
-    x1, x2 = x32[..., :half], x32[..., half:]
-    c, s = cos[:, None, :], sin[:, None, :]
-    return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
 
 
 def dense_causal_attention(q, k, v, options: AttentionOptions, stored=None):
@@ -111,14 +103,17 @@ class LlamaModel(nnx.Module):
     ``default_layer_loop()``, all on the device, unrolled on GPUs; ``StreamedLayers`` offloads).
     q/k/v and gate/up are kept fused (``kvlab.models.fused_projections``), laid out in
     ``projection_parts`` column blocks (the tensor-parallel degree; 1 on one device).
+    ``qkv_rope`` splits the q/k/v projection and rotates q and k (``kvlab.models.qkv_rope``;
+    default: ``default_qkv_rope``, one Pallas kernel on GPUs).
     """
 
     def __init__(self, config: ModelConfig, *, dtype=jnp.float32, seed: int = 0,
                  weights: dict[str, np.ndarray] | None = None, layer_loop: LayerLoop | None = None,
-                 projection_parts: int = 1):
+                 projection_parts: int = 1, qkv_rope: QKVRope | None = None):
         self.config = config
         self.projection_parts = projection_parts
         self.layer_loop = layer_loop or default_layer_loop()
+        self.qkv_rope = qkv_rope or default_qkv_rope(config.head_dim)
         self.dtype = jnp.dtype(dtype)
         shapes = weight_shapes(config)
         if weights is not None:
@@ -164,7 +159,7 @@ class LlamaModel(nnx.Module):
         """The same model (config, dtype, weights) with its layers placed and run by ``layer_loop``;
         the weights pass through host memory."""
         return LlamaModel(self.config, dtype=self.dtype, weights=self.host_weights(), layer_loop=layer_loop,
-                          projection_parts=self.projection_parts)
+                          projection_parts=self.projection_parts, qkv_rope=self.qkv_rope)
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -182,7 +177,6 @@ class LlamaModel(nnx.Module):
         c = self.config
         num_heads, num_kv_heads = shard.heads(c.num_heads), shard.heads(c.num_kv_heads)
         parts = self.projection_parts * num_heads // c.num_heads      # column blocks this shard sees
-        q_width, kv_width = num_heads * c.head_dim, num_kv_heads * c.head_dim
         cos, sin = self._rope(positions)
         placed = {n: getattr(self, n)[...] for n in self.placed_names}
         n_tok = x.shape[0]
@@ -194,10 +188,8 @@ class LlamaModel(nnx.Module):
             qkv = h @ w["w_qkv"]
             if c.attention_bias:
                 qkv = qkv + w["b_qkv"]
-            q, k, v = split_columns(qkv, (q_width, kv_width, kv_width), parts)
-            q = apply_rope(q.reshape(n_tok, num_heads, c.head_dim), cos, sin)
-            k = apply_rope(k.reshape(n_tok, num_kv_heads, c.head_dim), cos, sin)
-            v = v.reshape(n_tok, num_kv_heads, c.head_dim)
+            q, k, v = self.qkv_rope(qkv, cos, sin, num_heads=num_heads, num_kv_heads=num_kv_heads,
+                                    parts=parts)
             attn, state = mix(q, k, v, layer, state)
             h_in = h_in + shard.reduce(attn.reshape(n_tok, -1) @ w["wo"])
             h = rms_norm(h_in, w["mlp_norm"], c.rms_norm_eps)
