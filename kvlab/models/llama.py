@@ -31,7 +31,7 @@ from kvlab.kvcache.formats.base import PLAIN, KVFormat
 from kvlab.models.config import ModelConfig
 from kvlab.models.fused_projections import fuse, split_columns, unfuse
 from kvlab.models.layer_loop import LayerLoop, default_layer_loop
-from kvlab.models.qkv_rope import QKVRope, default_qkv_rope
+from kvlab.models.qkv_rope import JnpQKVRope, QKVRope, default_qkv_rope
 from kvlab.models.shard import WHOLE_MODEL, ModelShard
 
 
@@ -113,7 +113,9 @@ class LlamaModel(nnx.Module):
         self.config = config
         self.projection_parts = projection_parts
         self.layer_loop = layer_loop or default_layer_loop()
-        self.qkv_rope = qkv_rope or default_qkv_rope(config.head_dim)
+        self.qkv_rope = qkv_rope or default_qkv_rope(
+            head_dim=config.head_dim, num_heads=config.num_heads, num_kv_heads=config.num_kv_heads,
+            parts=projection_parts)
         self.dtype = jnp.dtype(dtype)
         shapes = weight_shapes(config)
         if weights is not None:
@@ -171,9 +173,9 @@ class LlamaModel(nnx.Module):
         angles = positions.astype(jnp.float32)[:, None] * self.inv_freq[...][None, :]
         return jnp.cos(angles), jnp.sin(angles)
 
-    def _layers(self, x, positions, mix, mix_state, shard: ModelShard):
+    def _layers(self, x, positions, mix, mix_state, shard: ModelShard, qkv_rope: QKVRope):
         """Run all layers. ``mix(q, k, v, layer, state) -> (attn_out, state)`` does the attention
-        of ``shard``'s heads."""
+        of ``shard``'s heads; ``qkv_rope`` makes q, k and v of the fused projection."""
         c = self.config
         num_heads, num_kv_heads = shard.heads(c.num_heads), shard.heads(c.num_kv_heads)
         parts = self.projection_parts * num_heads // c.num_heads      # column blocks this shard sees
@@ -188,8 +190,8 @@ class LlamaModel(nnx.Module):
             qkv = h @ w["w_qkv"]
             if c.attention_bias:
                 qkv = qkv + w["b_qkv"]
-            q, k, v = self.qkv_rope(qkv, cos, sin, num_heads=num_heads, num_kv_heads=num_kv_heads,
-                                    parts=parts)
+            q, k, v = qkv_rope(qkv, cos, sin, num_heads=num_heads, num_kv_heads=num_kv_heads,
+                               parts=parts)
             attn, state = mix(q, k, v, layer, state)
             h_in = h_in + shard.reduce(attn.reshape(n_tok, -1) @ w["wo"])
             h = rms_norm(h_in, w["mlp_norm"], c.rms_norm_eps)
@@ -226,7 +228,7 @@ class LlamaModel(nnx.Module):
             store = attention.write_kv(store, layer, k, v, batch.slots)
             return attention.run(q, store, layer, plan), store
 
-        h, storage = self._layers(x, batch.positions, mix, storage, shard)
+        h, storage = self._layers(x, batch.positions, mix, storage, shard, self.qkv_rope)
         return self._logits(h[batch.logits_indices], shard), storage
 
     def place_kv(self, storage):
@@ -235,9 +237,11 @@ class LlamaModel(nnx.Module):
 
     def dense_logits(self, tokens: jax.Array, options: AttentionOptions | None = None,
                      kv_format: KVFormat = PLAIN) -> jax.Array:
-        """No-cache forward of one sequence. tokens: [N] -> logits [N, V] float32. With a
-        ``kv_format``, each query reads K/V as a cache in that format would give them
-        (``kv_format.dense_view``; formats whose scales are static: ``initial_layer_scales``)."""
+        """No-cache forward of one sequence. tokens: [N] -> logits [N, V] float32; q, k and v by
+        ``JnpQKVRope`` whatever the model's ``qkv_rope`` (the serving path's kernel is tested
+        against it). With a ``kv_format``, each query reads K/V as a cache in that format would
+        give them (``kv_format.dense_view``; formats whose scales are static:
+        ``initial_layer_scales``)."""
         options = options or self.attention_options
         x = self.embed[...][tokens]
         c = self.config
@@ -251,5 +255,6 @@ class LlamaModel(nnx.Module):
             stored = None if kv_format == PLAIN else kv_format.dense_view(k, v, scales[layer])
             return dense_causal_attention(q, k, v, options, stored), state
 
-        h, _ = self._layers(x, jnp.arange(tokens.shape[0], dtype=jnp.int32), mix, (), WHOLE_MODEL)
+        positions = jnp.arange(tokens.shape[0], dtype=jnp.int32)
+        h, _ = self._layers(x, positions, mix, (), WHOLE_MODEL, JnpQKVRope())
         return self._logits(h, WHOLE_MODEL)

@@ -12,7 +12,7 @@ with q and k rotated (the rotate-half convention of transformers, in float32, ro
   writes the three arrays, one program per block of tokens and KV head (its q heads, its k head
   and its v head).
 
-``default_qkv_rope(head_dim)`` takes the kernel on GPUs (power-of-two head dims) and jax.numpy
+``default_qkv_rope(...)`` takes the kernel on GPUs (for the layouts it supports) and jax.numpy
 elsewhere (``interpret=True`` runs the kernel on a CPU, which is how the tests check it against
 ``JnpQKVRope``).
 
@@ -50,7 +50,8 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 class QKVRope(Protocol):
     """``(qkv [T, W], cos [T, D/2], sin [T, D/2]) -> (q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, D])``,
-    ``W = (Hq + 2 Hkv) * D`` laid out in ``parts`` column blocks; q and k rotated, v as it is."""
+    ``W = (Hq + 2 Hkv) * D`` laid out in ``parts`` column blocks (each member's width divisible by
+    ``parts``, as ``fused_projections.fuse`` requires); q and k rotated, v as it is."""
 
     def __call__(self, qkv: jax.Array, cos: jax.Array, sin: jax.Array, *, num_heads: int,
                  num_kv_heads: int, parts: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -75,7 +76,8 @@ class PallasQKVRope:
     """One Pallas kernel (Triton lowering) for the split and the rotation. ``block_t``: tokens a
     program moves (a power of two); ``interpret``: Pallas interpret mode (any device, slow).
 
-    The defaults were the fastest of 8/16/32 tokens and 2/4 warps on the lent H200 (Llama-3.2-1B
+    Takes the layouts ``supports`` names and raises ValueError on others. The defaults were the
+    fastest of 8/16/32 tokens and 2/4 warps on the lent H200 (Llama-3.2-1B
     shape, bf16, batch 256: 3.2 us a layer against 5.3 us for ``JnpQKVRope``'s three kernels;
     docs/benchmarks.md)."""
 
@@ -87,11 +89,20 @@ class PallasQKVRope:
         if self.block_t < 1 or self.block_t & (self.block_t - 1):
             raise ValueError(f"block_t must be a power of two; got {self.block_t}")
 
+    @staticmethod
+    def supports(*, head_dim: int, num_heads: int, num_kv_heads: int, parts: int) -> bool:
+        """Whether the kernel takes this layout: a power-of-two head dim, whole GQA groups, and
+        column blocks that hold whole half heads (``2 * num_kv_heads`` divisible by ``parts``)."""
+        return (head_dim >= 2 and not head_dim & (head_dim - 1) and not num_heads % num_kv_heads
+                and not (2 * num_kv_heads) % parts)
+
     def __call__(self, qkv, cos, sin, *, num_heads: int, num_kv_heads: int, parts: int):
         n_tok, width = qkv.shape
         head_dim = width // (num_heads + 2 * num_kv_heads)
-        if head_dim % 2 or head_dim & (head_dim - 1):
-            raise ValueError(f"PallasQKVRope needs a power-of-two head dim; got {head_dim} "
+        if not self.supports(head_dim=head_dim, num_heads=num_heads, num_kv_heads=num_kv_heads, parts=parts):
+            raise ValueError(f"PallasQKVRope needs a power-of-two head dim, whole GQA groups and column "
+                             f"blocks of whole half heads (2 * num_kv_heads divisible by parts); got head "
+                             f"dim {head_dim}, {num_heads} q heads, {num_kv_heads} KV heads, {parts} parts "
                              f"(use JnpQKVRope)")
         from kvlab.models.qkv_rope_kernel import qkv_rope  # the Pallas lowering loads on first use
         q, k, v = qkv_rope(qkv, cos, sin, num_heads=num_heads, num_kv_heads=num_kv_heads, parts=parts,
@@ -100,7 +111,10 @@ class PallasQKVRope:
                 v.reshape(n_tok, num_kv_heads, head_dim))
 
 
-def default_qkv_rope(head_dim: int) -> QKVRope:
-    """``PallasQKVRope()`` on GPUs for a power-of-two ``head_dim``, ``JnpQKVRope()`` otherwise."""
-    pow2 = head_dim >= 2 and not head_dim & (head_dim - 1)
-    return PallasQKVRope() if pow2 and jax.default_backend() == "gpu" else JnpQKVRope()
+def default_qkv_rope(*, head_dim: int, num_heads: int, num_kv_heads: int, parts: int = 1) -> QKVRope:
+    """``PallasQKVRope()`` on GPUs where it takes the layout (``PallasQKVRope.supports``),
+    ``JnpQKVRope()`` otherwise."""
+    layout = dict(head_dim=head_dim, num_heads=num_heads, num_kv_heads=num_kv_heads, parts=parts)
+    if jax.default_backend() == "gpu" and PallasQKVRope.supports(**layout):
+        return PallasQKVRope()
+    return JnpQKVRope()

@@ -22,6 +22,8 @@ def qkv_rope(qkv, cos, sin, *, num_heads: int, num_kv_heads: int, parts: int, bl
     (q [T, Hq * D], k [T, Hkv * D], v [T, Hkv * D]), q and k rotated."""
     n_tok, width = qkv.shape
     head_dim = width // (num_heads + 2 * num_kv_heads)
+    if n_tok == 0:
+        return tuple(jnp.zeros((0, h * head_dim), qkv.dtype) for h in (num_heads, num_kv_heads, num_kv_heads))
     kernel = functools.partial(_kernel, num_heads=num_heads, num_kv_heads=num_kv_heads, parts=parts,
                                block_t=block_t, interpret=interpret)
     return pl.pallas_call(
@@ -35,12 +37,23 @@ def qkv_rope(qkv, cos, sin, *, num_heads: int, num_kv_heads: int, parts: int, bl
     )(qkv, cos.astype(jnp.float32), sin.astype(jnp.float32))
 
 
+def fused_column(column, member: int, widths: tuple[int, int, int], parts: int):
+    """Where column ``column`` of member ``member`` (0: q, 1: k, 2: v, in its own column order)
+    sits in the fused projection: each member's columns split in ``parts`` equal chunks, block
+    ``p`` holding every member's ``p``-th chunk in member order (``fused_projections.fuse``)."""
+    chunk = widths[member] // parts
+    block_width = sum(widths) // parts
+    return (column // chunk) * block_width + sum(widths[:member]) // parts + column % chunk
+
+
 def _kernel(qkv_ref, cos_ref, sin_ref, q_ref, k_ref, v_ref, *, num_heads: int, num_kv_heads: int,
             parts: int, block_t: int, interpret: bool):
-    """Program (token block, KV head g): g's q heads and its k head rotated, its v head copied."""
+    """Program (token block, KV head g): g's q heads and its k head rotated, its v head copied.
+    Every half head is one run of columns in ``qkv`` (its chunks hold whole half heads)."""
     block, g = pl.program_id(0), pl.program_id(1)
     head_dim = q_ref.shape[1] // num_heads
     half, group = head_dim // 2, num_heads // num_kv_heads
+    widths = (num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim)
     n_tok = qkv_ref.shape[0]
     t = block * block_t + jnp.arange(block_t, dtype=jnp.int32)
     ok = t < n_tok
@@ -48,13 +61,6 @@ def _kernel(qkv_ref, cos_ref, sin_ref, q_ref, k_ref, v_ref, *, num_heads: int, n
     # Masked rows store past the end: never touched on the GPU, dropped by interpret mode's
     # scatter (where a duplicate of a real row would race with it).
     t_store = jnp.where(ok, t, n_tok + t)
-    # g's place in the column blocks: block p holds q heads, then k, then v of its share.
-    kv_per_part = num_kv_heads // parts
-    p, local = g // kv_per_part, g % kv_per_part
-    base = p * (group + 2) * kv_per_part * head_dim
-    q_src = base + local * group * head_dim
-    k_src = base + (kv_per_part * group + local) * head_dim
-    v_src = base + (kv_per_part * (group + 1) + local) * head_dim
     mask = jnp.broadcast_to(ok[:, None], (block_t, half))
 
     def at(ref, rows, start):
@@ -68,15 +74,23 @@ def _kernel(qkv_ref, cos_ref, sin_ref, q_ref, k_ref, v_ref, *, num_heads: int, n
     def store(ref, start, x):
         plgpu.store(at(ref, t_store, start), x.astype(ref.dtype), mask=mask)
 
+    def halves(member, head):
+        """The fused columns of ``head``'s two halves, and its first column in the member's output."""
+        first = head * head_dim
+        return (fused_column(first, member, widths, parts), fused_column(first + half, member, widths, parts),
+                first)
+
     c, s = load(cos_ref, 0), load(sin_ref, 0)
 
-    def rotate(src, out_ref, dst):
-        x1, x2 = load(qkv_ref, src).astype(jnp.float32), load(qkv_ref, src + half).astype(jnp.float32)
+    def rotate(member, head, out_ref):
+        src1, src2, dst = halves(member, head)
+        x1, x2 = load(qkv_ref, src1).astype(jnp.float32), load(qkv_ref, src2).astype(jnp.float32)
         store(out_ref, dst, x1 * c - x2 * s)
         store(out_ref, dst + half, x2 * c + x1 * s)
 
     for j in range(group):
-        rotate(q_src + j * head_dim, q_ref, (g * group + j) * head_dim)
-    rotate(k_src, k_ref, g * head_dim)
-    for h in (0, half):
-        store(v_ref, g * head_dim + h, load(qkv_ref, v_src + h))
+        rotate(0, g * group + j, q_ref)
+    rotate(1, g, k_ref)
+    src1, src2, dst = halves(2, g)
+    store(v_ref, dst, load(qkv_ref, src1))
+    store(v_ref, dst + half, load(qkv_ref, src2))

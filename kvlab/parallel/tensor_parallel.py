@@ -38,6 +38,7 @@ from kvlab.models.config import ModelConfig
 from kvlab.models.layer_loop import LayerLoop, default_layer_loop, stacked_name
 from kvlab.models.llama import LlamaModel, weight_shapes
 from kvlab.models.loading import read_checkpoint
+from kvlab.models.qkv_rope import QKVRope
 from kvlab.models.tokenizer import Tokenizer
 from kvlab.parallel.heads import tp_config, tp_weights
 
@@ -123,11 +124,13 @@ class TensorParallel(nnx.Module):
     ``config`` is the laid-out config (padded or replicated KV heads are real heads of the cache).
     The intermediate size and, for an untied head, the vocabulary must divide by the degree.
     ``layer_loop`` runs the layers on each device (default ``default_layer_loop()``; a loop that
-    keeps layers in host memory does not shard).
+    keeps layers in host memory does not shard). ``qkv_rope`` makes each device's q, k and v
+    (default: ``model``'s, or ``default_qkv_rope`` for the laid-out model).
     """
 
     def __init__(self, model: LlamaModel | None, mesh: Mesh, axis: str = "tp", *,
-                 layer_loop: LayerLoop | None = None, init: RandomInit | HostWeights | None = None):
+                 layer_loop: LayerLoop | None = None, init: RandomInit | HostWeights | None = None,
+                 qkv_rope: QKVRope | None = None):
         if axis not in mesh.shape:
             raise ValueError(f"the mesh has no axis {axis!r}; its axes: {tuple(mesh.shape)}")
         if (model is None) == (init is None):
@@ -144,7 +147,8 @@ class TensorParallel(nnx.Module):
                 raise ValueError(f"{field}={size} does not split over {degree} devices")
         weights = source.weights_on(config, mesh, axis)
         self.inner = LlamaModel(config, dtype=source.dtype, weights=weights,
-                                layer_loop=layer_loop or default_layer_loop(), projection_parts=degree)
+                                layer_loop=layer_loop or default_layer_loop(), projection_parts=degree,
+                                qkv_rope=qkv_rope or (model.qkv_rope if model is not None else None))
         self.config, self.dtype, self.mesh, self.axis = config, source.dtype, mesh, axis
         graphdef, state = nnx.split(self.inner)     # the fused weights, placed as the step reads them
         specs = self._weight_specs(state)
@@ -152,21 +156,22 @@ class TensorParallel(nnx.Module):
 
     @classmethod
     def random(cls, config: ModelConfig, mesh: Mesh, axis: str = "tp", *, dtype=jnp.float32, seed: int = 0,
-               layer_loop: LayerLoop | None = None) -> TensorParallel:
+               layer_loop: LayerLoop | None = None, qkv_rope: QKVRope | None = None) -> TensorParallel:
         """A random-weight model of ``config``'s shape (heads laid out for the degree), each device
         generating only its share: shapes too large for one device (a Llama-3-70B in bf16)."""
-        return cls(None, mesh, axis, layer_loop=layer_loop,
+        return cls(None, mesh, axis, layer_loop=layer_loop, qkv_rope=qkv_rope,
                    init=RandomInit(config=config, dtype=jnp.dtype(dtype), seed=seed))
 
     @classmethod
     def load(cls, name_or_path: str, mesh: Mesh, axis: str = "tp", *, dtype=jnp.float32,
-             layer_loop: LayerLoop | None = None) -> tuple[TensorParallel, Tokenizer | None]:
+             layer_loop: LayerLoop | None = None, qkv_rope: QKVRope | None = None
+             ) -> tuple[TensorParallel, Tokenizer | None]:
         """(model, tokenizer) of a checkpoint (the names and paths ``kvlab.models.load`` takes),
         read into host memory and sent to the devices split, weight by weight: a checkpoint
         larger than one device loads."""
         config, weights, tokenizer = read_checkpoint(name_or_path)
         source = HostWeights(config=config, dtype=jnp.dtype(dtype), weights=weights)
-        return cls(None, mesh, axis, layer_loop=layer_loop, init=source), tokenizer
+        return cls(None, mesh, axis, layer_loop=layer_loop, qkv_rope=qkv_rope, init=source), tokenizer
 
     @property
     def attention_options(self) -> AttentionOptions:
