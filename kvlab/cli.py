@@ -10,6 +10,7 @@ import sys
 from kvlab import cli_bench
 from kvlab.attention.select import BACKEND_NAMES
 from kvlab.cli_run import DEMO_PRESETS, DEMO_PROMPTS, cmd_demo, cmd_generate
+from kvlab.cli_types import int_in
 
 __all__ = ["DEMO_PROMPTS", "build_parser", "main"]
 
@@ -39,24 +40,8 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def _int_in(low: int, high: int | None = None):
-    """An argparse type: an integer in [low, high] (no upper bound for None), else a usage error
-    naming the allowed range."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            allowed = f">= {low}" if high is None else f"from {low} to {high}"
-            raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {value}")
-        return value
-
-    return parse
-
-
 def _add_engine_args(p: argparse.ArgumentParser, *, max_tokens: int) -> None:
-    positive = _int_in(1)
+    positive = int_in(1)
     p.add_argument("--model", default="smollm2-135m",
                    help="a bundled model name, a local transformers directory or a GGUF file")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
@@ -64,10 +49,10 @@ def _add_engine_args(p: argparse.ArgumentParser, *, max_tokens: int) -> None:
     p.add_argument("--max-tokens", type=positive, default=max_tokens,
                    help="most tokens to generate per prompt (clamped to what the context leaves)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
-    p.add_argument("--top-k", type=_int_in(0), default=0, help="sample among the k likeliest tokens (0: off)")
+    p.add_argument("--top-k", type=int_in(0), default=0, help="sample among the k likeliest tokens (0: off)")
     p.add_argument("--top-p", type=float, default=1.0,
                    help="sample from the smallest set of tokens whose probability reaches p (1.0: off)")
-    p.add_argument("--seed", type=_int_in(0, 2 ** 32 - 1), default=0,
+    p.add_argument("--seed", type=int_in(0, 2 ** 32 - 1), default=0,
                    help="random seed of every request (the same seed gives the same text)")
     p.add_argument("--page-size", type=positive, default=16, help="tokens per KV cache page (a power of two)")
     p.add_argument("--num-pages", type=positive, default=512, help="KV cache pages")
@@ -94,13 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run a batch of chat prompts through the bundled SmolLM2",
                           description="Chat prompts through the bundled SmolLM2-135M-Instruct and their\n"
                                       "metrics, then the seed-system presets compared on one workload.")
-    demo.add_argument("--num-prompts", type=_int_in(1, len(DEMO_PROMPTS)), default=len(DEMO_PROMPTS),
+    demo.add_argument("--num-prompts", type=int_in(1, len(DEMO_PROMPTS)), default=len(DEMO_PROMPTS),
                       help="how many of the demo's chat prompts to run")
     demo.add_argument("--compare", type=lambda s: [] if s == "none" else s.split(","),
                       default=",".join(DEMO_PRESETS),
                       help="comma-separated presets to compare on a shared-prefix workload after the chat "
                            "(none: skip)")
-    positive = _int_in(1)
+    positive = int_in(1)
     demo.add_argument("--compare-groups", type=positive, default=2,
                       help="shared-prefix groups (4 prompts each)")
     demo.add_argument("--compare-system-tokens", type=positive, default=128,

@@ -20,6 +20,7 @@ import pathlib
 import sys
 
 from kvlab.bench.report import print_table  # noqa: F401  (``kvlab demo`` imports it from here)
+from kvlab.cli_types import int_in
 
 # workload -> the size flags it reads (besides --seed, --rate and --output-cap)
 WORKLOAD_SIZES = {
@@ -117,8 +118,22 @@ def preset_fields(name: str, fields: dict, *, kv_tokens: int, max_num_seqs: int,
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise ValueError(f"the {name} preset has no field(s) {unknown}; its fields: {', '.join(accepted)}")
+    for field, value in kwargs.items():
+        _check_count(name, field, value, accepted[field])
     every = {k: kwargs.get(k, p.default) for k, p in accepted.items()}
     return kwargs, {k: v for k, v in every.items() if v is not inspect.Parameter.empty}
+
+
+def _check_count(preset: str, field: str, value, param: inspect.Parameter) -> None:
+    """A preset's integer fields are counts and sizes: an integer >= 1 (>= 0 where the preset's
+    default is 0; None where its annotation allows it), else a ValueError naming what is allowed."""
+    annotation = str(param.annotation)
+    if not annotation.startswith("int") or (value is None and "None" in annotation):
+        return
+    low = 0 if param.default == 0 else 1
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+        none = " or none" if "None" in annotation else ""
+        raise ValueError(f"the {preset} preset's {field} must be an integer >= {low}{none}, got {value!r}")
 
 
 def preset_factory(name: str, fields: dict, **sizes):
@@ -161,11 +176,25 @@ def serve_presets(model, names: list[str], workload, console, *, fields: dict, k
                                    progress=on_progress, **engine_kwargs)
         for line in preset.missing:
             console.print(f"  [yellow]{name} lacks[/yellow]: {line}")
+        for label, run in served:
+            _report_rejections(" ".join(filter(None, [name, label])), run, console)
         table_rows += [{**r, **{f"preset.{k}": v for k, v in every.items()}}
                        for r in rows(name, served, point=point, slo=slo)]
         for label, run in served:
             runs[" ".join(filter(None, [name, label, *(f"{k}={v}" for k, v in point.items())]))] = run
     return table_rows, runs
+
+
+def _report_rejections(label: str, run, console) -> None:
+    """Warn when the engine refused requests; raise ValueError when it refused every one (the
+    run measured nothing)."""
+    if not run.rejected:
+        return
+    why = run.rejected[0][1]
+    if not run.records:
+        raise ValueError(f"the {label} run rejected all {len(run.rejected)} requests (first: {why}); "
+                         f"give it more KV capacity (--kv-tokens) or a smaller workload")
+    console.print(f"  [red]{label} rejected {len(run.rejected)} requests[/red] (first: {why})")
 
 
 def run(args) -> int:
@@ -188,8 +217,13 @@ def run(args) -> int:
     fixed_rate = fixed.get("rate", args.rate)
     fields = {k: v for k, v in fixed.items() if k != "rate"}
     slo = SLO(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot) if args.slo_ttft or args.slo_tpot else None
-    model, _ = kvlab.models.load(args.model, dtype=jnp.dtype(args.dtype))
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
+    for point in points:              # every preset's fields checked before anything is served
+        for name in names:
+            preset_fields(name, {**fields, **{k: v for k, v in point.items() if k != "rate"}},
+                          kv_tokens=args.kv_tokens, max_num_seqs=args.max_num_seqs,
+                          token_budget=args.token_budget or None, max_model_len=args.max_model_len)
+    model, _ = kvlab.models.load(args.model, dtype=jnp.dtype(args.dtype))
     all_rows, runs, config = [], {}, None
     for point in points:
         workload = _workload(args, model.config.vocab_size, point.get("rate", fixed_rate))
@@ -243,39 +277,39 @@ def add_parsers(sub) -> None:
             p.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=None,
                            help="comma-separated Poisson rates (requests/s), same as --vary rate=...")
             p.set_defaults(rate=None)
-        p.add_argument("--num-requests", type=int, default=8,
+        p.add_argument("--num-requests", type=int_in(1), default=8,
                        help=f"requests, sessions or documents{GPU}256 or more")
-        p.add_argument("--max-prompt", type=int, default=512,
+        p.add_argument("--max-prompt", type=int_in(1), default=512,
                        help=f"longest prompt (tokens): sharegpt, long-prompt, a session's user turn"
                             f"{GPU}1024+")
-        p.add_argument("--max-total", type=int, default=1024,
+        p.add_argument("--max-total", type=int_in(1), default=1024,
                        help=f"sharegpt: longest prompt + output (tokens){GPU}2048")
-        p.add_argument("--output-cap", type=int, default=0,
+        p.add_argument("--output-cap", type=int_in(0), default=0,
                        help="cap every request's output (tokens; 0: none)")
-        p.add_argument("--prompts-per-group", type=int, default=4,
+        p.add_argument("--prompts-per-group", type=int_in(1), default=4,
                        help="shared-prefix / few-shot: requests per shared prefix")
-        p.add_argument("--system-tokens", type=int, default=128,
+        p.add_argument("--system-tokens", type=int_in(0), default=128,
                        help="shared prefix (tokens): system prompt, few-shot header, tree root, session "
                             f"system{GPU}512-2048")
-        p.add_argument("--question-tokens", type=int, default=32,
+        p.add_argument("--question-tokens", type=int_in(1), default=32,
                        help=f"the part after the shared prefix (tokens){GPU}64-128")
-        p.add_argument("--output-tokens", type=int, default=16,
+        p.add_argument("--output-tokens", type=int_in(1), default=16,
                        help="shared-prefix, few-shot, tree-of-thought: output per request (tokens)"
                             f"{GPU}64-256")
         p.add_argument("--turns", default="2-4", help="sessions: turns per session, N or LO-HI (each "
                        "session ends early when its context would pass --max-model-len)")
-        p.add_argument("--depth", type=int, default=3, help="tree-of-thought: levels of the tree")
-        p.add_argument("--branching", type=int, default=3, help="tree-of-thought: children per node")
-        p.add_argument("--doc-tokens", type=int, default=384,
+        p.add_argument("--depth", type=int_in(1), default=3, help="tree-of-thought: levels of the tree")
+        p.add_argument("--branching", type=int_in(1), default=3, help="tree-of-thought: children per node")
+        p.add_argument("--doc-tokens", type=int_in(1), default=384,
                        help=f"long-document: tokens per document{GPU}10000 (TGI v3's, with --max-model-len "
                             "above it)")
-        p.add_argument("--kv-tokens", type=int, default=4096,
+        p.add_argument("--kv-tokens", type=int_in(1), default=4096,
                        help=f"KV capacity given to every preset (tokens){GPU}16384 or more")
-        p.add_argument("--max-num-seqs", type=int, default=8,
+        p.add_argument("--max-num-seqs", type=int_in(1), default=8,
                        help=f"most sequences running at once, every preset{GPU}32-256")
-        p.add_argument("--token-budget", type=int, default=256,
+        p.add_argument("--token-budget", type=int_in(0), default=256,
                        help=f"tokens per step for every preset; 0: each preset's own (2048-8192){GPU}0")
-        p.add_argument("--max-model-len", type=int, default=1024,
+        p.add_argument("--max-model-len", type=int_in(1), default=1024,
                        help=f"longest sequence (prompt + output, tokens){GPU}2048 or more")
         p.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO (s) for goodput")
         p.add_argument("--slo-tpot", type=float, default=None, help="TPOT SLO (s) for goodput")
@@ -284,7 +318,7 @@ def add_parsers(sub) -> None:
         p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                        help="weights and KV dtype (bfloat16 on a GPU)")
         p.add_argument("--seed", type=int, default=0, help="seed of the workload and its arrivals")
-        p.add_argument("--warmup", type=int, default=1,
+        p.add_argument("--warmup", type=int_in(0), default=1,
                        help="the most warm-up passes before each measured run, stopping after one that "
                             "compiles nothing (a shape first met in the measured run is compiled off "
                             "its clock, and counted)")

@@ -75,13 +75,40 @@ def test_abort_frees_pages_and_others_continue(engine, tiny_model):
     assert engine.cache.stats().pages_used == 2
     engine.abort(a)
     assert engine.cache.stats().pages_used == 1
-    before = len(tokens[a])
+    before, ends = len(tokens[a]), {}
     while engine.has_unfinished():
         for e in engine.step():
             tokens[e.request_id] += e.new_token_ids
+            if e.finished:
+                ends[e.request_id] = e.finish_reason
     assert len(tokens[a]) == before     # nothing after the abort
     assert len(tokens[b]) == 6
+    assert ends == {a: "abort", b: "length"}   # a stream sees the aborted request end
     assert engine.cache.stats().pages_used == 0
+    # Aborting what finished already, or was never added, changes nothing (vLLM: a no-op).
+    engine.abort(a), engine.abort(b), engine.abort("never-added")
+    assert engine.step() == [] and not engine.has_unfinished()
+
+
+def test_stream_reports_an_abort_made_between_steps(engine):
+    events = engine.stream([[9, 10, 11], [12, 13]], kvlab.SamplingParams(max_tokens=8, ignore_eos=True))
+    first = next(events)
+    engine.abort(first.request_id)
+    rest = list(events)
+    ends = [(e.request_id, e.finish_reason) for e in rest if e.finished]
+    assert ends[0] == (first.request_id, "abort") and len(ends) == 2
+    assert all(not e.new_token_ids for e in rest if e.request_id == first.request_id)
+
+
+@pytest.mark.parametrize("prompts, params, message", [
+    ([[1.5, 2]], None, "a prompt is a string or a list of token ids"),
+    ([None], None, "a prompt is a string or a list of token ids"),
+    ([[1, 2]], kvlab.SamplingParams(stop_token_ids=[10 ** 6]), "stop_token_ids \\[1000000\\] are outside"),
+])
+def test_malformed_prompts_and_stop_ids(engine, prompts, params, message):
+    with pytest.raises(ValueError, match=message):
+        engine.generate(prompts, params)
+    assert not engine.has_unfinished()
 
 
 def test_a_bad_prompt_in_a_batch_queues_none(engine):

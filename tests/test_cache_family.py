@@ -82,6 +82,24 @@ def test_shared_prefix_is_stored_once_while_in_use(kind):
     assert cache.stats().pages_used == 8
 
 
+@pytest.mark.parametrize("kind", PREFIX_CACHES)
+def test_a_running_prefill_is_shared_at_once(kind):
+    """A prompt step that completes a page indexes it while its sequence runs (vLLM's hash per
+    full block, SGLang's cache_unfinished_req), so a request beside it hits that page; its one-
+    token decode steps add nothing until a page fills (hash) or it is freed (radix)."""
+    cache = PREFIX_CACHES[kind](32)
+    prompt = list(range(200, 206))                                # one full page and two tokens
+    run(cache, "a", prompt, keep=True)
+    assert cache.match_prefix(prompt + [1]) == 4
+    assert run(cache, "b", prompt[:4] + [7, 7]) == 4
+    cache.allocate("a", 8)
+    cache.commit("a", prompt + [9, 9], 8)                         # two decode steps fill page 2
+    expected = 4 if kind == "radix" else 8
+    assert cache.match_prefix(prompt + [9, 9, 1]) == expected
+    cache.free("a")
+    assert cache.match_prefix(prompt + [9, 9, 1]) == 8
+
+
 def fill(cache, names, priority=0):
     for i, name in enumerate(names):
         run(cache, name, [1000 + 10 * i + j for j in range(5)], priority=priority)   # 1 full page each
@@ -242,6 +260,10 @@ def test_circular_and_contiguous_bad_arguments(tiny_model):
     cache.allocate("a", 4)
     with pytest.raises(ValueError, match="grows by 9 tokens"):
         cache.allocate("a", 13)
+    # can_allocate says no to what allocate would refuse, so try_allocate answers False.
+    assert not cache.can_allocate("a", 13) and not cache.try_allocate("a", 13)
+    assert not cache.can_allocate("a", 3) and not cache.can_allocate("new", 9)
+    assert cache.can_allocate("a", 12) and cache.try_allocate("new", 8)
     with pytest.raises(ValueError, match="larger than the model's context"):
         CircularKVCache(num_pages=300, page_size=4, window=600).attention_options(
             tiny_model.attention_options, 512)

@@ -206,3 +206,26 @@ def test_failed_allocation_evicts_nothing(make, snapshot):
     with pytest.raises(OutOfPagesError):
         cache.swap_in("live")
     assert snapshot(cache) == swapped
+
+
+def test_a_pending_admission_holds_its_node_for_itself_only():
+    """A radix admission that has not started holds its matched node whole; the node's unmatched
+    tail becomes evictable when that sequence starts, so it counts as room for that sequence's
+    own allocation and for no other (which would evict other prefixes and then fail)."""
+    cache = RadixKVCache(num_pages=10, page_size=1)
+    long, short = list(range(100, 106)), [7, 8]
+    for sid, prompt in (("a", long), ("z", short)):
+        run_seq(cache, sid, prompt)
+        cache.free(sid)
+    assert cache.admit("b", long[:2] + [999, 998]) == 2            # holds long's 6-page node
+    before = radix_snapshot(cache)
+    assert cache.num_available_pages("b") == cache.num_available_pages() + 4
+    assert not cache.can_allocate("c", 8) and not cache.try_allocate("c", 8)
+    with pytest.raises(OutOfPagesError):
+        cache.allocate("c", 8)
+    assert radix_snapshot(cache) == before and "c" not in cache.block_table
+    assert cache.match_prefix(short + [0]) == 2, "a cached prefix was evicted for nothing"
+    assert cache.can_allocate("b", 8)                               # its own tail is room for it
+    cache.allocate("b", 8)
+    cache.free("b")
+    assert cache.stats().pages_used == 0

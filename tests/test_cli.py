@@ -28,7 +28,7 @@ def test_demo_compares_presets_on_a_shared_prefix_workload(capsys):
     for the prefix-caching composition and none for the static baseline's contiguous cache."""
     assert main(["demo", "--num-prompts", "1", "--max-tokens", "2", "--compare", "sglang,static",
                  "--compare-groups", "1", "--compare-system-tokens", "48", "--compare-output-tokens", "3",
-                 "--compare-token-budget", "64"]) == 0
+                 "--compare-token-budget", "80"]) == 0
     out = capsys.readouterr().out
     assert "presets compared" in out and "static lacks" in out
     hit = {name: float(m) for name, m in re.findall(r"│ (sglang|static) .*│\s+([\d.]+)% │\s+\d+% │", out)}
@@ -107,3 +107,12 @@ def test_sweep_over_parts_and_fields_and_other_workloads(tmp_path, capsys):
     assert "unknown cache 'ring'; known: paged, blocked, radix, contiguous" in capsys.readouterr().err
     assert main(["sweep", "--preset", "vllm", *common]) == 2
     assert "needs something to vary" in capsys.readouterr().err
+
+
+def test_bench_fails_loudly_when_a_preset_serves_nothing(capsys):
+    """A preset whose cache cannot hold any request measured nothing: an error, not a table of
+    zeros (it used to exit 0 with 0 tok/s and the rejections only in results.json)."""
+    assert main(["bench", "--preset", "vllm", "--set", "kv_tokens=100", "--set", "page_size=64",
+                 "--num-requests", "3", "--no-warmup"]) == 2
+    err = capsys.readouterr().err
+    assert "the vllm run rejected all 3 requests" in err and "alone fills this cache" in err

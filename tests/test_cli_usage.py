@@ -67,6 +67,9 @@ def test_help_shows_the_demo_defaults(capsys):
     (["generate", "hi", "--max-tokens", "0"], "argument --max-tokens: must be an integer >= 1, got 0"),
     (["generate", "hi", "--top-k", "-1"], "argument --top-k: must be an integer >= 0, got -1"),
     (["demo", "--compare-kv-tokens", "0"], "argument --compare-kv-tokens: must be an integer >= 1"),
+    (["bench", "--num-requests", "0"], "argument --num-requests: must be an integer >= 1, got 0"),
+    (["sweep", "--kv-tokens", "-3", "--rates", "1"], "argument --kv-tokens: must be an integer >= 1, got -3"),
+    (["bench", "--output-cap", "-1"], "argument --output-cap: must be an integer >= 0, got -1"),
 ])
 def test_bad_numbers_are_usage_errors(argv, message, capsys):
     """``kvlab demo --num-prompts 0`` used to end in KeyError: 'ttft_mean_s'."""
@@ -74,6 +77,23 @@ def test_bad_numbers_are_usage_errors(argv, message, capsys):
         main(argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fields, message", [
+    (["page_size=abc"], "the vllm preset's page_size must be an integer >= 1, got 'abc'"),
+    (["page_size=0"], "the vllm preset's page_size must be an integer >= 1, got 0"),
+    (["host_tokens=-1"], "the vllm preset has no field(s) ['host_tokens']"),
+])
+def test_bad_preset_fields_are_refused_before_anything_is_served(fields, message, capsys):
+    """Every preset's fields are checked before the model loads (``--preset vllm,sglang`` with a
+    field only vllm has used to serve vllm first and fail on sglang)."""
+    argv = ["bench", "--preset", "vllm,sglang", "--model", "no-such-model"]
+    assert main(argv + [x for f in fields for x in ("--set", f)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "unknown model" not in err
+    argv = ["bench", "--preset", "vllm,sglang", "--set", "page_size=32", "--model", "no-such-model"]
+    assert main(argv) == 2
+    assert "the sglang preset has no field(s) ['page_size']" in capsys.readouterr().err
 
 
 def test_pallas_on_a_cpu_is_refused_before_anything_loads(capsys):

@@ -185,10 +185,10 @@ def test_abort_mid_flight_frees_everything_and_others_go_on(tiny_model, kind):
     for step in range(20):
         if step == 4:
             engine.abort(doomed)
-            with pytest.raises(KeyError):
-                engine.abort(doomed)
+            engine.abort(doomed)                  # aborting it again changes nothing
         for ev in engine.step():
-            assert ev.request_id != doomed or step < 4
+            ended = ev.finish_reason == "abort" and not ev.new_token_ids
+            assert ev.request_id != doomed or step < 4 or ended
             if ev.request_id in got:
                 got[ev.request_id] += ev.new_token_ids
         if not engine.has_unfinished():

@@ -36,13 +36,23 @@ def test_every_preset_runs_a_shared_prefix_workload_on_the_host(name):
     s = r.stats
     assert s.pages_used == 0 and s.pages_free + s.pages_cached == s.pages_total
     system = name.split("-")[0]
-    if system in ("vllm", "sglang", "tgi", "lmdeploy", "trtllm", "custom"):
+    if system in ("vllm", "sglang", "tgi", "trtllm", "custom"):
         assert s.hit_rate > 0.3, name                   # all of these reuse prefixes
-    else:
-        assert s.hit_rate == 0.0                        # FastGen's blocked KV keeps no prefix cache
+    else:       # FastGen's blocked KV keeps no prefix cache, and TurboMind's is off by default
+        assert s.hit_rate == 0.0
     if system in ("tgi", "trtllm"):
         assert r.preemptions == 0                       # reserve-up-front admission never preempts
     assert p.name == name and all(isinstance(m, str) and m for m in p.missing)
+
+
+def test_lmdeploy_reuses_blocks_with_prefix_caching_on():
+    """TurboMind's ``enable_prefix_caching=True``: the same workload now hits its blocks."""
+    p = presets.lmdeploy(kv_tokens=8192, max_num_seqs=16, token_budget=256, block_tokens=16,
+                         prefix_caching=True)
+    reqs = shared_prefix(groups=4, prompts_per_group=6, system_tokens=256, question_tokens=16,
+                         output_tokens=16, seed=1)
+    r = simulate(p.scheduler, p.cache, reqs)
+    assert r.finished == len(reqs) and r.stats.hit_rate > 0.3
 
 
 @pytest.mark.parametrize("cache", sorted(custom.CACHES))

@@ -49,8 +49,8 @@ POLICIES = {
 }
 
 
-def make_scheduler(kind, policy, admission=None, preemption=None):
-    kw = dict(policy=policy, admission=admission, preemption=preemption)
+def make_scheduler(kind, policy, admission=None, preemption=None, decode_steps=1):
+    kw = dict(policy=policy, admission=admission, preemption=preemption, decode_steps=decode_steps)
     if kind == "continuous":
         return ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=64, **kw)
     if kind == "chunked":
@@ -72,7 +72,7 @@ def traces(draw):
                          abort_at=draw(st.one_of(st.none(), st.integers(0, 20)))))
     return (reqs, draw(st.sampled_from(["continuous", "chunked", "persistent"])),
             draw(st.sampled_from(sorted(POLICIES))), draw(st.sampled_from(sorted(CACHES))),
-            draw(st.sampled_from(["optimistic", "reserve", "swap"])))
+            draw(st.sampled_from(["optimistic", "reserve", "swap"])), draw(st.sampled_from([1, 1, 3])))
 
 
 def drive(sched, cache, reqs, rng, max_steps=2000):
@@ -105,7 +105,7 @@ def drive(sched, cache, reqs, rng, max_steps=2000):
             admitted = [s.request for s in plan.seqs if s.request in waiting_before]
             if any(r in sched.waiting for r in overdue):
                 assert all(r in overdue for r in admitted), "a newer request jumped an overdue one"
-        sched.update(plan, rng.integers(3, 99, plan.num_rows))
+        sched.update(plan, rng.integers(3, 99, plan.num_rows * plan.num_steps))
         step += 1
     assert not sched.has_unfinished(), "requests left unfinished"
     for rid, req in added.items():
@@ -116,11 +116,14 @@ def drive(sched, cache, reqs, rng, max_steps=2000):
 @settings(max_examples=300, deadline=None)
 @given(traces())
 def test_every_scheduler_policy_and_cache(trace):
-    reqs, kind, policy, cache_kind, mode = trace
+    """Any scheduler, policy, cache, admission and preemption, with one or three decode steps a
+    plan: budgets and rows hold every step, every request ends, reserving admission never
+    preempts (a multi-step plan too), and nothing is left held."""
+    reqs, kind, policy, cache_kind, mode, decode_steps = trace
     cache = CACHES[cache_kind]()
     swap = mode == "swap" and cache.host_tier is not None
     sched = make_scheduler(kind, POLICIES[policy](), ReserveAdmission() if mode == "reserve" else None,
-                           SwapPreemption() if swap else None)
+                           SwapPreemption() if swap else None, decode_steps)
     reasons, added = drive(sched, cache, reqs, np.random.default_rng(0))
     for i, r in enumerate(reqs):
         reason = reasons[f"r{i}"]
@@ -245,6 +248,35 @@ def test_reserve_admission_never_preempts_where_optimistic_does():
         assert all(r == "length" for r in reasons.values())
         return sched.num_preemptions
     assert run(ReserveAdmission()) == 0 < run(None)
+
+
+def test_multi_step_plans_fall_back_to_one_step_where_the_cache_is_full():
+    """A multi-step plan allocates every request's k positions, also past its last token; where
+    the cache cannot hold them, the plan runs one step instead of preempting (a request that
+    exactly fits the cache still runs, and reserving admission still never preempts)."""
+    for admission in (None, ReserveAdmission()):
+        sched = ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=64, admission=admission,
+                                    decode_steps=4)
+        cache = PagedKVCache(num_pages=6, page_size=4)                   # 24 tokens
+        reqs = [dict(prompt=[3 + i] * 5, max_tokens=7, arrival=0, priority=0, abort_at=None)
+                for i in range(2)]                                      # 2 x 12 tokens: full
+        reasons, _ = drive(sched, cache, reqs, np.random.default_rng(0))
+        assert set(reasons.values()) == {"length"} and sched.num_preemptions == 0
+
+
+def test_a_swapped_request_returns_only_when_its_next_step_fits():
+    """vLLM's swap-in rule: back only when its pages and its next step's fit, so it is never
+    swapped in to be swapped out again the next step (it preempts as often as recompute)."""
+    counts = {}
+    for preemption in (None, SwapPreemption()):
+        sched = ContinuousScheduler(max_num_seqs=4, max_num_batched_tokens=64, preemption=preemption)
+        cache = PagedKVCache(num_pages=6, page_size=4, host_tier=HostTier(num_pages=32))
+        reqs = [dict(prompt=[3 + i] * 4, max_tokens=14, arrival=0, priority=0, abort_at=None)
+                for i in range(3)]
+        reasons, _ = drive(sched, cache, reqs, np.random.default_rng(0))
+        assert set(reasons.values()) == {"length"}
+        counts[preemption is None] = sched.num_preemptions
+    assert counts[False] == counts[True] == 2
 
 
 def test_longest_prefix_match_orders_by_cached_tokens_and_falls_back():

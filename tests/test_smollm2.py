@@ -85,6 +85,37 @@ def test_greedy_continuation_matches_transformers_through_the_engine(smollm2, hf
     assert "Paris" in got.text
 
 
+def test_repetition_penalty_and_min_tokens_match_transformers(smollm2, hf_smollm2):
+    """Greedy with ``repetition_penalty`` (both directions) and with ``min_tokens`` past the
+    point where the answer ends: token for token what transformers' ``generate`` makes with
+    ``repetition_penalty`` and ``min_new_tokens``."""
+    import kvlab
+
+    model, tok = smollm2
+    hf_model, _ = hf_smollm2
+    engine = kvlab.Engine(model, cache=kvlab.PagedKVCache(num_pages=32, page_size=16),
+                          scheduler=kvlab.ContinuousScheduler(max_num_seqs=4), tokenizer=tok)
+
+    def hf_greedy(ids, **kw):
+        with torch.no_grad():
+            out = hf_model.generate(torch.tensor(ids)[None], do_sample=False, pad_token_id=0,
+                                    eos_token_id=list(tok.eos_token_ids), **kw)
+        return out[0, len(ids):].tolist()
+
+    ids = tok.encode("one two one two one two one two")
+    for penalty in (1.3, 0.7):
+        want = hf_greedy(ids, max_new_tokens=12, repetition_penalty=penalty)
+        got = engine.generate([ids], kvlab.SamplingParams(max_tokens=12, repetition_penalty=penalty))[0]
+        assert got.token_ids == want, penalty
+    chat = tok.encode_chat(PROMPT)
+    short = engine.generate([chat], kvlab.SamplingParams(max_tokens=40))[0]
+    assert short.finish_reason == "stop"
+    least = len(short.token_ids) + 3                      # EOS banned past where it came
+    want = hf_greedy(chat, max_new_tokens=least + 4, min_new_tokens=least)
+    got = engine.generate([chat], kvlab.SamplingParams(max_tokens=least + 4, min_tokens=least))[0]
+    assert len(got.token_ids) >= least and got.token_ids == want[:len(got.token_ids)]
+
+
 def test_tokenizer_loads_alone_without_the_weights(smollm2):
     import kvlab
 

@@ -77,13 +77,15 @@ def tgi(kv_tokens: int, *, max_num_seqs: int = 256, token_budget: int = 4096) ->
                                              admission=ReserveAdmission()))
 
 
-def lmdeploy(kv_tokens: int, *, max_num_seqs: int = 256, token_budget: int = 8192, block_tokens: int = 128,
-             kv_format: KVFormat = PLAIN) -> Preset:
-    """LMDeploy TurboMind: blocks spanning all layers (prefix reuse on), persistent batch: fixed
-    slots and a fixed per-step token budget (one compiled shape). KV in the model's dtype, as
-    TurboMind's default ``quant_policy=0``; ``lmdeploy_kv8`` and ``lmdeploy_kv4`` quantize it."""
+def lmdeploy(kv_tokens: int, *, max_num_seqs: int = 256, token_budget: int = 8192, block_tokens: int = 64,
+             prefix_caching: bool = False, kv_format: KVFormat = PLAIN) -> Preset:
+    """LMDeploy TurboMind: blocks spanning all layers, persistent batch: fixed slots and a fixed
+    per-step token budget (one compiled shape). TurboMind's defaults (``TurbomindEngineConfig``):
+    64-token blocks (``cache_block_seq_len``), prefix caching off (``enable_prefix_caching``; True
+    turns block reuse on), KV in the model's dtype (``quant_policy=0``; ``lmdeploy_kv8`` and
+    ``lmdeploy_kv4`` quantize it)."""
     cache = BlockedKVCache(num_blocks=kv_tokens // block_tokens, block_tokens=block_tokens,
-                           kv_format=checked(kv_format))
+                           prefix_caching=prefix_caching, kv_format=checked(kv_format))
     return Preset(name="lmdeploy", cache=cache,
                   scheduler=PersistentScheduler(num_slots=max_num_seqs, tokens_per_step=token_budget),
                   missing=kernel_gap(kv_format, page_size=block_tokens))

@@ -97,6 +97,7 @@ class Engine:
         self.completions = CompletionBook()
         self._samples: dict[str, list[str]] = {}    # request id -> its live samples' ids (<id>#<j>)
         self._parent: dict[str, str] = {}           # a sample's id -> its request's id
+        self._aborted: list[StreamEvent] = []       # abort events the next ``step`` hands out
         self.last_run: RunTimes | None = None
 
     @property
@@ -152,9 +153,17 @@ class Engine:
         return self.completions.pop(request_id)
 
     def abort(self, request_id: str) -> None:
-        """Abort a queued or running request (all its samples); its pages return to the pool at once."""
-        for rid in list(self._samples.get(request_id, [request_id])):
-            self._retire(self.scheduler.abort(rid))
+        """Abort a queued or running request (all its samples, or one sample ``<id>#<j>``); its
+        pages return to the pool at once, and the next ``step`` (or ``stream``) reports each
+        sample finished with ``finish_reason`` "abort" and the text not streamed yet. An id that
+        finished already, or was never added, is left alone (as vLLM does: an abort may race
+        the request's last token)."""
+        live = self._samples.get(request_id) or ([request_id] if request_id in self._parent else [])
+        for rid in list(live):
+            req = self.scheduler.abort(rid)
+            text = "" if req.output_text is None else req.output_text.take_new(True)
+            self._aborted.append(StreamEvent.of(rid, [], text, True, "abort"))
+            self._retire(req)
 
     def has_unfinished(self) -> bool:
         """Whether a request waits or runs, or a launched step has not been read yet."""
@@ -164,8 +173,9 @@ class Engine:
     def step(self) -> list[StreamEvent]:
         """Plan and launch one step, then read the oldest step beyond ``steps_ahead`` (with
         ``steps_ahead=1``: the step launched by the previous call); returns the progress of every
-        request that step ran."""
-        return self._step(events=True)
+        request that step ran, after the requests aborted since the last call."""
+        aborted, self._aborted = self._aborted, []
+        return aborted + self._step(events=True)
 
     def _step(self, events: bool) -> list[StreamEvent]:
         """``step``; without ``events`` (``generate``, which keeps completions) no events are made."""
@@ -214,7 +224,7 @@ class Engine:
     def stream(self, prompts, params=None) -> Iterator[StreamEvent]:
         """Queue prompts and yield every request's progress step by step until all finish."""
         self._add_all(prompts, params, keep=False)
-        while self.has_unfinished():
+        while self.has_unfinished() or self._aborted:
             yield from self.step()
 
     def _add_all(self, prompts, params, keep: bool) -> list[str]:
@@ -225,9 +235,11 @@ class Engine:
             for prompt, p in zip(prompts, params_per_prompt(params, len(prompts))):
                 ids.append(self.add_request(prompt, p, keep_completion=keep))
         except Exception:
+            mark = len(self._aborted)
             for rid in ids:
                 self.abort(rid)
                 self.completions.forget(rid)
+            del self._aborted[mark:]                # never reported: the call raised
             raise
         return ids
 
@@ -249,6 +261,7 @@ class Engine:
         finally:
             for rid in ids:
                 self.completions.forget(rid)
+            self._aborted.clear()                  # completions say it: no events are read
         self.last_run = RunTimes(wall_seconds=time.perf_counter() - t0,
                                  compile_seconds=self.executor.compile_seconds - compile0)
         return done

@@ -73,7 +73,14 @@ class Intake:
                                  "token ids")
             ids = self.tokenizer.encode(prompt)
         else:
-            ids = [int(t) for t in prompt]
+            try:
+                items = list(prompt)
+            except TypeError:
+                items = None
+            if items is None or not all(isinstance(t, numbers.Integral) for t in items):
+                raise ValueError(f"a prompt is a string or a list of token ids (integers); got "
+                                 f"{type(prompt).__name__} {str(prompt)[:60]}")
+            ids = [int(t) for t in items]
         if not ids:
             raise ValueError("empty prompt: at least one token is needed")
         bad = [t for t in ids if not 0 <= t < self.vocab_size]
@@ -91,6 +98,9 @@ class Intake:
         params = self._clamped(params, len(ids))
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer")
+        bad = [t for t in params.stop_token_ids if t >= self.vocab_size]
+        if bad:
+            raise ValueError(f"stop_token_ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
         number = next(self._numbers)
         rid = request_id if request_id is not None else f"req-{number}"
         names = [rid] if params.n == 1 else [f"{rid}#{j}" for j in range(params.n)]
@@ -110,7 +120,8 @@ class Intake:
                           max_total_tokens=self.max_model_len, cache_salt=cache_salt, priority=priority,
                           arrival_time=arrival, seed=params.seed)
         if self.tokenizer is not None:
-            request.output_text = OutputText(IncrementalDecoder(self.tokenizer), params.stop)
+            request.output_text = OutputText(IncrementalDecoder(self.tokenizer), params.stop,
+                                             keep_stop=params.include_stop_str_in_output)
         if params.logprobs is not None:
             request.logprobs = []
         if params.prompt_logprobs is not None:

@@ -158,8 +158,10 @@ class KVCache(abc.ABC):
         """More pages ``seq_id`` needs to hold ``num_tokens`` tokens (admission control)."""
 
     @abc.abstractmethod
-    def num_available_pages(self) -> int:
-        """Pages an allocation could get now: free ones plus evictable cached ones."""
+    def num_available_pages(self, seq_id=None) -> int:
+        """Pages an allocation for ``seq_id`` could get now: free ones plus evictable cached ones
+        (and, in a radix cache, the cached pages only ``seq_id``'s own pending admission holds;
+        None: an allocation for any other sequence)."""
 
     def commit(self, seq_id, token_ids, num_computed: int) -> None:
         """The KV of ``token_ids[:num_computed]`` is in the cache, or being written by a step
@@ -257,8 +259,9 @@ class KVCache(abc.ABC):
         those it holds); a value the format cannot keep, or 0, raises ValueError."""
         raise self._no_host_tier()
 
-    def can_swap_in(self, seq_id) -> bool:
-        """Whether swapped-out ``seq_id`` can come back to the device now (False without a tier)."""
+    def can_swap_in(self, seq_id, num_tokens: int = 0) -> bool:
+        """Whether swapped-out ``seq_id`` can come back to the device now and then grow to hold
+        ``num_tokens`` tokens (0: come back as it is; False without a tier)."""
         return False
 
     def swap_in(self, seq_id) -> list[tuple[int, int]]:

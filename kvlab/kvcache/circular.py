@@ -104,10 +104,14 @@ class CircularKVCache(KVCache):
     def pages_needed(self, seq_id, num_tokens: int) -> int:
         return 0 if seq_id in self._own else self.pages_per_seq
 
-    def num_available_pages(self) -> int:
+    def num_available_pages(self, seq_id=None) -> int:
         return self.allocator.num_free
 
     def can_allocate(self, seq_id, num_tokens: int) -> bool:
+        """Whether the ring has room and the growth fits one step (``max_step_tokens``)."""
+        have = self._tokens.get(seq_id, 0)
+        if not have <= num_tokens <= have + self.max_step_tokens:
+            return False
         return self.pages_needed(seq_id, num_tokens) <= self.allocator.num_free
 
     def allocate(self, seq_id, num_tokens: int) -> None:

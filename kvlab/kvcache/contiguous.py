@@ -85,7 +85,7 @@ class ContiguousKVCache(KVCache):
     def pages_needed(self, seq_id, num_tokens: int) -> int:
         return 0 if seq_id in self._slot else self.pages_per_slot
 
-    def num_available_pages(self) -> int:
+    def num_available_pages(self, seq_id=None) -> int:
         return len(self._free_slots) * self.pages_per_slot
 
     def can_allocate(self, seq_id, num_tokens: int) -> bool:

@@ -123,7 +123,7 @@ class PagePoolCache(KVCache):
     def pages_needed(self, seq_id, num_tokens: int) -> int:
         return self._pages_needed(self._seqs.get(seq_id), num_tokens)
 
-    def num_available_pages(self) -> int:
+    def num_available_pages(self, seq_id=None) -> int:
         return self.allocator.num_free + self._num_reclaimable()
 
     def can_allocate(self, seq_id, num_tokens: int) -> bool:
@@ -133,7 +133,7 @@ class PagePoolCache(KVCache):
         need = self._pages_needed(seq, num_tokens)
         full = seq.num_tokens // self.page_size if seq is not None else 0
         staged = need - self._loaded(seq, need)
-        return need <= self.num_available_pages() and staged <= self.writes.num_free(seq_id, full)
+        return need <= self.num_available_pages(seq_id) and staged <= self.writes.num_free(seq_id, full)
 
     @staticmethod
     def _loaded(seq: SeqState | None, need: int) -> int:
@@ -155,7 +155,7 @@ class PagePoolCache(KVCache):
 
     def _check_room(self, seq_id, need: int) -> None:
         """Raise OutOfPagesError, changing nothing, unless ``need`` pages can be found."""
-        if need > self.allocator.num_free and need > self.num_available_pages():
+        if need > self.allocator.num_free and need > self.num_available_pages(seq_id):
             raise OutOfPagesError(f"sequence {seq_id!r} needs {need} more pages; "
                                   f"{self.allocator.num_free} free, {self._num_reclaimable()} evictable")
 

@@ -2,9 +2,10 @@
 pool, reference-counted (locked) nodes, leaf eviction by a pluggable policy.
 
 A new sequence locks its longest cached prefix (page-aligned, never its last token). Its tokens
-join the tree after a prefill (a step that completes several pages) and when it is freed (finished
-or preempted, as SGLang's ``cache_finished_req``); decode steps do not touch the tree, so a
-decoding sequence costs no tree work. Where another sequence inserted the same tokens first, the
+join the tree after each prompt step that completes a page (SGLang's ``cache_unfinished_req``),
+after a step that completes several pages, and when it is freed (finished or preempted, as
+SGLang's ``cache_finished_req``); one-token decode steps do not touch the tree, so a decoding
+sequence costs no tree work. Where another sequence inserted the same tokens first, the
 sequence switches to the tree's pages and frees its duplicates. A preempted sequence finds its own
 tokens when it is readmitted. Memory held by unlocked nodes is reclaimed lazily, only when an
 allocation finds no free page. A sequence admitted but not started only holds its matched path
@@ -53,10 +54,13 @@ class RadixKVCache(SwappablePoolCache):
                                                             writes=self.writes)
         self._bind_swap_space()
 
-    def num_available_pages(self) -> int:
-        """Free and evictable pages, plus the unmatched tail of a node a pending admission holds
-        whole (it is split off, and evictable, the moment the sequence starts)."""
-        return super().num_available_pages() + sum(self._held_tail(s) for s in self._pending.values())
+    def num_available_pages(self, seq_id=None) -> int:
+        """Free and evictable pages, plus, for ``seq_id``'s own allocation, the unmatched tail of
+        a node its pending admission holds whole (split off, and evictable, the moment that
+        sequence starts; for any other sequence the hold keeps it)."""
+        seq = self._seqs.get(seq_id) if seq_id is not None else None
+        own = self._held_tail(seq) if seq is not None and id(seq) in self._pending else 0
+        return super().num_available_pages() + own
 
     def _held_tail(self, seq: SeqState) -> int:
         node = seq.node
@@ -138,9 +142,12 @@ class RadixKVCache(SwappablePoolCache):
         seq = self._seqs.get(seq_id)
         if seq is None or not seq.started:
             return
-        seq.tokens, seq.num_computed = token_ids, num_computed
-        full = num_computed // self.page_size
-        if full - seq.num_indexed > 1 and min(full, self._num_pages(seq)) - seq.num_indexed > 1:
+        before, seq.tokens, seq.num_computed = seq.num_computed, token_ids, num_computed
+        new_pages = min(num_computed // self.page_size, self._num_pages(seq)) - seq.num_indexed
+        # A step of its prompt (a prefill chunk) indexes the pages it completed, so requests
+        # running beside it share them (SGLang's cache_unfinished_req); decode growth waits
+        # for a jump of several pages or the free.
+        if new_pages > 1 or (new_pages == 1 and before < seq.query_tokens):
             self._index(seq)
 
     def _index(self, seq: SeqState) -> None:

@@ -96,10 +96,12 @@ class SwappablePoolCache(PagePoolCache):
         self.ledger.update(seq_id, allocated=0, stored=0)
         return copies
 
-    def can_swap_in(self, seq_id) -> bool:
+    def can_swap_in(self, seq_id, num_tokens: int = 0) -> bool:
         seq = self._seqs.get(seq_id)
-        return (self.host_tier is not None and seq is not None
-                and len(seq.host_pages) <= self.num_available_pages())
+        if self.host_tier is None or seq is None or not seq.host_pages:
+            return False
+        need = len(seq.host_pages) + self._pages_needed(seq, num_tokens)    # back, then the growth
+        return need <= self.num_available_pages(seq_id)
 
     def swap_in(self, seq_id) -> list[tuple[int, int]]:
         """Bring a swapped sequence back; returns the (host page, device page) copies. Raises

@@ -68,7 +68,7 @@ class ReserveAdmission:
     def admits(self, cache, request, running) -> bool:
         growth = sum(cache.pages_needed(r.request_id, lifetime_tokens(r)) for r in running)
         need = cache.pages_needed(request.request_id, lifetime_tokens(request))
-        return growth + need <= cache.num_available_pages()
+        return growth + need <= cache.num_available_pages(request.request_id)
 
 
 @dataclasses.dataclass(frozen=True)

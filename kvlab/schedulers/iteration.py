@@ -212,28 +212,39 @@ class IterationScheduler(Scheduler):
         k = min(self.decode_steps, self._chunk_limit())
         if k <= 1 or self.swapped or (self.waiting and len(self.running) < self.max_num_seqs):
             return 1
-        if all(n == 1 and takes_steps(req, k) for req, n in zip(order, counts)):
+        if all(n == 1 and takes_steps(req, k) for req, n in zip(order, counts)) and self._room_for(order, k):
             return k
         return 1
 
+    def _room_for(self, order: list[Request], k: int) -> bool:
+        """Whether the cache holds ``k`` more positions of every running request at once (a
+        multi-step plan allocates them all, also past a request's last token): else the plan
+        runs one step, which never preempts more than one step would."""
+        cache = self.cache
+        available = cache.num_available_pages()
+        if available >= len(order) * (-(-k // cache.page_size) + 1):      # room whatever they hold
+            return True
+        return sum(cache.pages_needed(r.request_id, r.num_computed_tokens + k) for r in order) <= available
+
     def _swap_in(self, step: StepBuilder) -> list[tuple[int, int]]:
-        """Swapped requests come back first, oldest first, while rows and pages allow."""
+        """Swapped requests come back first, oldest first, while rows and pages allow: each only
+        when its pages and those of its next step fit (vLLM's rule), and runs in this step."""
         cache, copies = self.cache, []
         self.swapped.sort(key=lambda r: r.arrival_time)
         while self.swapped and len(self.running) < self.max_num_seqs and step.budget > 0:
             req = self.swapped[0]
             n = min(req.num_tokens - req.num_computed_tokens, step.limit, step.budget)
             target = req.num_computed_tokens + n
-            if not cache.can_swap_in(req.request_id):
+            if not cache.can_swap_in(req.request_id, target):
                 break
             copies += cache.swap_in(req.request_id)
             self.swapped.pop(0)
             self.running.append(req)
             self._on_enter(req)
             req.status = RequestStatus.RUNNING
-            if cache.can_allocate(req.request_id, target):      # else it runs next step
-                cache.allocate(req.request_id, target)
-                step.plan(req, req.num_computed_tokens, n)
+            if cache.can_allocate(req.request_id, target):   # can_swap_in saw to the pages; a
+                cache.allocate(req.request_id, target)       # KIVI cache may lack staging pages:
+                step.plan(req, req.num_computed_tokens, n)   # then it runs next step
         return copies
 
     def _admit(self, req: Request, step: StepBuilder) -> bool:

@@ -44,10 +44,13 @@ class SamplingParams:
     ``prompt_logprobs`` the same for every prompt token after the first (the request then reuses
     no cached prefix: every prompt token is computed, as vLLM does).
     Stopping: ``max_tokens`` new tokens at most (clamped by the engine to the model's context);
-    ``stop`` strings end generation when they appear in the text (they are not included in the
-    output); ``stop_token_ids`` end it when one of them is sampled (it is kept in the output, as
-    EOS is). Before ``min_tokens`` output tokens, EOS (unless ``ignore_eos``) and the stop token
-    ids cannot be sampled at all, and stop strings do not end the request.
+    ``stop`` strings (a string, a list, or None) end generation when they appear in the text;
+    ``stop_token_ids`` (or None) end it when one of them is sampled: the id is kept in the
+    output's token ids, as EOS is. The output text leaves out the stop string and the text of a
+    stop token unless ``include_stop_str_in_output``. Before ``min_tokens`` output tokens, EOS
+    (unless ``ignore_eos``) and the stop token ids cannot be sampled at all, and only a stop
+    string that ends in the text of a later token ends the request (vLLM's rule).
+    ``top_k`` -1 means off, as 0 does (vLLM's older default).
     """
 
     n: int = 1
@@ -65,6 +68,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    include_stop_str_in_output: bool = False
     ignore_eos: bool = False
 
     def __post_init__(self):
@@ -75,7 +79,9 @@ class SamplingParams:
                f"an integer in [0, max_tokens={self.max_tokens}]", self.min_tokens)
         _check(_finite(self.temperature) and self.temperature >= 0, "temperature",
                "a finite number >= 0 (0 = greedy)", self.temperature)
-        _check(_is_int(self.top_k) and self.top_k >= 0, "top_k", "an integer >= 0 (0 = off)", self.top_k)
+        _check(_is_int(self.top_k) and self.top_k >= -1, "top_k", "an integer >= 0 (0 or -1 = off)",
+               self.top_k)
+        object.__setattr__(self, "top_k", max(self.top_k, 0))
         _check(_finite(self.top_p) and 0.0 < self.top_p <= 1.0, "top_p", "in (0, 1] (1 = off)", self.top_p)
         _check(_finite(self.min_p) and 0.0 <= self.min_p <= 1.0, "min_p", "in [0, 1] (0 = off)", self.min_p)
         _check(_finite(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty",
@@ -90,13 +96,16 @@ class SamplingParams:
         _check(self.prompt_logprobs is None
                or (_is_int(self.prompt_logprobs) and 0 <= self.prompt_logprobs <= MAX_LOGPROBS),
                "prompt_logprobs", f"None or an integer in [0, {MAX_LOGPROBS}]", self.prompt_logprobs)
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        stop = _as_tuple(self.stop, "stop", "None, a string or a list of strings", str)
         _check(all(isinstance(s, str) and s for s in stop), "stop", "non-empty strings", self.stop)
         object.__setattr__(self, "stop", stop)
-        ids = tuple(self.stop_token_ids)
+        ids = _as_tuple(self.stop_token_ids, "stop_token_ids", "None or a list of token ids", int)
         _check(all(_is_int(t) and t >= 0 for t in ids), "stop_token_ids", "token ids >= 0",
                self.stop_token_ids)
         object.__setattr__(self, "stop_token_ids", ids)
+        _check(isinstance(self.include_stop_str_in_output, bool), "include_stop_str_in_output",
+               "True or False", self.include_stop_str_in_output)
+        _check(isinstance(self.ignore_eos, bool), "ignore_eos", "True or False", self.ignore_eos)
 
     @functools.cached_property
     def plain(self) -> bool:
@@ -119,6 +128,18 @@ class SamplingParams:
     def with_seed(self, seed: int | None) -> SamplingParams:
         """The same parameters for one of ``n`` samples: n = 1 and the given seed."""
         return dataclasses.replace(self, n=1, seed=seed)
+
+
+def _as_tuple(value, name: str, allowed: str, single: type) -> tuple:
+    """``value`` as a tuple: None is empty, one ``single`` item is a tuple of one."""
+    if value is None:
+        return ()
+    if isinstance(value, single) and not isinstance(value, bool):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}") from None
 
 
 def _finite(value) -> bool:

@@ -42,7 +42,9 @@ class FCFS:
 @dataclasses.dataclass(frozen=True)
 class Priority(FCFS):
     """Highest ``priority`` first, FCFS within a level; the lowest priority (newest within it) is
-    preempted first (vLLM's priority scheduling, TGI/TensorRT-LLM request priorities)."""
+    preempted first (vLLM's priority scheduling, TensorRT-LLM's request priorities). Larger is
+    more important, as the caches' retention priorities count; vLLM numbers the other way
+    (lower first): negate a vLLM priority."""
 
     def order(self, waiting, cache=None, step: int = 0):
         return sorted(waiting, key=lambda r: (-r.priority, r.arrival_time))

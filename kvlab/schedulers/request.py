@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 
 from kvlab.schedulers.params import SamplingParams
-from kvlab.schedulers.stopping import OutputText, check_stop, tokens_until_stop
+from kvlab.schedulers.stopping import OutputText, check_stop, token_text_kept, tokens_until_stop
 
 __all__ = ["Request", "RequestStatus", "SamplingParams", "TokenView"]
 
@@ -104,7 +104,7 @@ class Request:
         token = int(token)
         self.output_token_ids.append(token)
         self.token_times.append(now)
-        if self.output_text is not None:
+        if self.output_text is not None and token_text_kept(self, token, len(self.output_token_ids)):
             self.output_text.push([token])
         check_stop(self)
 
@@ -124,11 +124,13 @@ class Request:
             return len(tokens)
         kept = [int(t) for t in tokens[:tokens_until_stop(self, tokens)]]
         self.num_pending = max(0, self.num_pending - len(kept))
+        first = len(self.output_token_ids) + 1          # the first kept token's position
         self.output_token_ids.extend(kept)
         self.token_times.extend([now] * len(kept))
         if self.output_text is not None:
-            for token in kept:
-                self.output_text.push([token])
+            for position, token in enumerate(kept, start=first):
+                if token_text_kept(self, token, position):
+                    self.output_text.push([token])
         check_stop(self)                # the last kept token: the decision token by token made
         return len(kept)
 

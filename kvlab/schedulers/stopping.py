@@ -2,10 +2,12 @@
 
 ``check_stop(request)`` runs after each sampled token and records ``finish_reason`` ("stop" or
 "length") and ``stop_reason`` (the stop token id or stop string that matched; None for EOS and
-length), in vLLM's order: once ``min_tokens`` are out, a stop token id, then EOS (unless
-``ignore_eos``), then a stop string in the detokenized text; then ``max_tokens``; then the
-model's context (prompt + output reached ``max_total_tokens``). Aborts are the scheduler's
-(``Scheduler.abort``).
+length), in vLLM's order: once ``min_tokens`` are out, EOS (unless ``ignore_eos``), then a stop
+token id, then a stop string that ends in the text of a token after the first ``min_tokens``;
+then ``max_tokens``; then the model's context (prompt + output reached ``max_total_tokens``).
+Aborts are the scheduler's (``Scheduler.abort``). As in vLLM, the text of a token that ends the
+request as EOS or a stop token id is left out of the output text (``token_text_kept``), and a
+stop string is cut from it, unless ``include_stop_str_in_output``; the token ids keep them all.
 
 ``OutputText`` is a request's detokenized output: text grows by the new tokens only (the
 detokenizer is incremental), stop strings are searched only where new text could complete one,
@@ -44,9 +46,10 @@ class Detokenizer(Protocol):
 class OutputText:
     """A request's output text, its stop-string search and what has been streamed of it."""
 
-    def __init__(self, decoder: Detokenizer, stops: tuple[str, ...] = ()):
+    def __init__(self, decoder: Detokenizer, stops: tuple[str, ...] = (), *, keep_stop: bool = False):
         self.decoder = decoder
         self.stops = stops
+        self.keep_stop = keep_stop      # a stop string found stays in the text (include_stop_str_in_output)
         self._holdback = max((len(s) for s in stops), default=1) - 1
         self._searched = 0           # text before this offset holds no stop string
         self._streamed = 0           # characters handed out by take_new
@@ -63,16 +66,21 @@ class OutputText:
         self.decoder.flush()
 
     def find_stop(self) -> str | None:
-        """The first stop string in the text, if any; the text is cut where it begins."""
-        text = self.decoder.text
-        lo = max(0, self._searched - self._holdback)
-        hits = [(i, s) for s in self.stops if (i := text.find(s, lo)) >= 0]
+        """The first stop string that ends in the text added since the last search (or
+        ``skip_stops``), if any; the text is cut where it begins (after it with ``keep_stop``)."""
+        text, searched = self.decoder.text, self._searched
+        hits = [(i, s) for s in self.stops if (i := text.find(s, max(0, searched - len(s) + 1))) >= 0]
         self._searched = len(text)
         if not hits:
             return None
         i, s = min(hits)
-        self.decoder.text = text[:i]
+        self.decoder.text = text[:i + len(s) if self.keep_stop else i]
         return s
+
+    def skip_stops(self) -> None:
+        """The text so far may not end the request (``min_tokens`` not reached): later searches
+        find only stop strings that end after it."""
+        self._searched = len(self.decoder.text)
 
     def take_new(self, finished: bool) -> str:
         """Text not streamed yet: all of it once finished, else all but the held-back tail."""
@@ -88,15 +96,16 @@ def check_stop(request) -> None:
     params, out = request.params, request.output_token_ids
     token = out[-1]
     if len(out) >= params.min_tokens:
-        if token in params.stop_token_ids:
-            return _finish(request, "stop", token)
         if not params.ignore_eos and token in request.eos_token_ids:
             return _finish(request, "stop", None)
-        if request.output_text is not None and params.stop:
-            hit = request.output_text.find_stop()
-            if hit is not None:
-                request.finish_reason, request.stop_reason = "stop", hit     # text already cut
-                return None
+        if token in params.stop_token_ids:
+            return _finish(request, "stop", token)
+    if request.output_text is not None and params.stop:
+        if len(out) <= params.min_tokens:       # vLLM: a stop string must end after them
+            request.output_text.skip_stops()
+        elif (hit := request.output_text.find_stop()) is not None:
+            request.finish_reason, request.stop_reason = "stop", hit     # text already cut
+            return None
     if len(out) >= params.max_tokens:
         return _finish(request, "length", None)
     if request.max_total_tokens is not None and request.num_tokens >= request.max_total_tokens:
@@ -120,6 +129,16 @@ def tokens_until_stop(request, tokens: list[int]) -> int:
             if tokens[i] in stops:
                 return i + 1
     return n
+
+
+def token_text_kept(request, token: int, position: int) -> bool:
+    """Whether ``token``, output token number ``position`` (1: the first) of ``request``, adds
+    its text: not when it ends the request as EOS or a stop token id (vLLM leaves that text out
+    unless ``include_stop_str_in_output``; the token id stays in the output either way)."""
+    params = request.params
+    if params.include_stop_str_in_output or position < params.min_tokens:
+        return True
+    return not (token in params.stop_token_ids or (not params.ignore_eos and token in request.eos_token_ids))
 
 
 def _finish(request, finish_reason: str, stop_reason) -> None:
