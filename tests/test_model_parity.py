@@ -27,6 +27,8 @@ FAMILIES = {
         **COMMON, tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1e5}),
     "qwen2-bias-tied": lambda: transformers.Qwen2Config(**COMMON, tie_word_embeddings=True),
     "mistral-window": lambda: transformers.MistralConfig(**COMMON, sliding_window=8, head_dim=16),
+    "llama-linear-rope": lambda: transformers.LlamaConfig(
+        **COMMON, rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}),
 }
 MODEL_CLASSES = {"LlamaConfig": "LlamaForCausalLM", "Qwen2Config": "Qwen2ForCausalLM",
                  "MistralConfig": "MistralForCausalLM"}
@@ -44,8 +46,13 @@ def write_tokenizer(directory):
 
 
 def save_random_hf_model(family: str, directory, seed: int = 0):
+    return save_hf_model(FAMILIES[family](), directory, seed)
+
+
+def save_hf_model(config, directory, seed: int = 0):
+    """A random transformers model of ``config`` saved (safetensors, float32, a tokenizer) to
+    ``directory``; returns the model."""
     torch.manual_seed(seed)
-    config = FAMILIES[family]()
     config._attn_implementation = "eager"
     model = getattr(transformers, MODEL_CLASSES[type(config).__name__])(config).float().eval()
     with torch.no_grad():  # non-trivial norms and biases, so a mistake in any of them shows
@@ -168,3 +175,136 @@ def test_an_unknown_name_and_a_file_that_is_no_model(tmp_path, monkeypatch):
     (tmp_path / "weights.bin").write_bytes(b"\0" * 8)
     with pytest.raises(ValueError, match="is a file but not a .gguf file"):
         kvlab.models.load("weights.bin")
+
+
+def hf_logits(hf_model, tokens) -> np.ndarray:
+    with torch.no_grad():
+        return hf_model(torch.tensor(tokens)[None]).logits[0].numpy()
+
+
+def relative_error(model, hf_model, tokens) -> float:
+    want, got = hf_logits(hf_model, tokens), np.asarray(model.dense_logits(jnp.asarray(tokens)))
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def test_generation_config_eos_and_the_post_processors_bos(tmp_path):
+    """As transformers: generate stops on generation_config.json's EOS ids too (Llama 3 Instruct's
+    <|eot_id|> is only there), and a tokenizer.json whose post-processor adds BOS (Llama 3's,
+    with no add_bos_token in tokenizer_config.json) gets it on every text."""
+    import tokenizers
+
+    import kvlab
+
+    save_random_hf_model("llama2", tmp_path)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7]}))
+    tok = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    tok.post_processor = tokenizers.processors.TemplateProcessing(single="w1 $A", special_tokens=[("w1", 1)])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    model, tokenizer = kvlab.models.load(str(tmp_path))
+    assert model.config.eos_token_ids == tokenizer.eos_token_ids == (2, 7)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    assert tokenizer.encode("w5 w6") == hf_tok("w5 w6")["input_ids"] == [1, 5, 6]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "w1", "add_bos_token": False}))
+    assert kvlab.models.load_tokenizer(str(tmp_path)).encode("w5 w6") == [5, 6]
+
+
+def test_a_sharded_checkpoint_reads_the_shards_its_index_names(tmp_path):
+    """model.safetensors.index.json decides (a stale file beside the shards is not read over them,
+    as transformers does not read it)."""
+    from safetensors.numpy import save_file
+
+    import kvlab
+
+    hf_model = save_random_hf_model("llama2", tmp_path)
+    hf_model.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="60KB")
+    (tmp_path / "model.safetensors").unlink()
+    assert len(json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]) > 2
+    save_file({"model.norm.weight": np.zeros(64, np.float32)}, str(tmp_path / "zz_stale.safetensors"))
+    model, _ = kvlab.models.load(str(tmp_path), dtype=jnp.float32)
+    assert relative_error(model, hf_model, np.arange(3, 40)) < 1e-4
+
+
+def test_weights_the_config_does_not_use_are_refused(tmp_path):
+    """No silent drop: Llama's attention_bias (o_proj has one too) and a checkpoint with more
+    layers than config.json names are errors, not different logits."""
+    import kvlab
+    from kvlab.models import CheckpointError, UnsupportedModelError
+
+    save_hf_model(transformers.LlamaConfig(**COMMON, attention_bias=True), tmp_path)
+    with pytest.raises(UnsupportedModelError, match="attention_bias=true"):
+        kvlab.models.load(str(tmp_path))
+    save_random_hf_model("llama2", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
+    with pytest.raises(CheckpointError, match="tensors this config does not use.*layers.2"):
+        kvlab.models.load(str(tmp_path))
+
+
+def write_gguf(hf_model, path, extra) -> None:
+    """``hf_model`` as llama.cpp's converter writes a Llama (Q/K rows permuted, float32), with
+    ``extra(writer, config)`` adding the RoPE scaling."""
+    import gguf
+
+    c, sd = hf_model.config, {k: v.float().numpy() for k, v in hf_model.state_dict().items()}
+
+    def permute(w, heads):
+        return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(c.num_hidden_layers), w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size), w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads), w.add_head_count_kv(c.num_key_value_heads)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"]), w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_tokenizer_model("gpt2"), w.add_tokenizer_pre("default"), w.add_token_merges([])
+    w.add_token_list([f"w{i}" for i in range(c.vocab_size)]), w.add_token_types([1] * c.vocab_size)
+    w.add_bos_token_id(1), w.add_eos_token_id(2)
+    extra(w, c)
+    for name, hf_name in (("token_embd", "model.embed_tokens"), ("output_norm", "model.norm"),
+                          ("output", "lm_head")):
+        w.add_tensor(f"{name}.weight", sd[f"{hf_name}.weight"])
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+        for name, heads in (("q", c.num_attention_heads), ("k", c.num_key_value_heads)):
+            weight = sd[f"{p}self_attn.{name}_proj.weight"]
+            w.add_tensor(f"blk.{i}.attn_{name}.weight", permute(weight, heads))
+        for name, hf_name in (("attn_v", "self_attn.v_proj"), ("attn_output", "self_attn.o_proj"),
+                              ("ffn_gate", "mlp.gate_proj"), ("ffn_up", "mlp.up_proj"),
+                              ("ffn_down", "mlp.down_proj"), ("attn_norm", "input_layernorm"),
+                              ("ffn_norm", "post_attention_layernorm")):
+            w.add_tensor(f"blk.{i}.{name}.weight", sd[f"{p}{hf_name}.weight"])
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+
+
+def llama3_frequency_factors(writer, config) -> None:
+    """The rope_freqs.weight tensor llama.cpp's converter writes for Llama 3.1+ scaling."""
+    rope = config.rope_parameters
+    dim, old = config.hidden_size // config.num_attention_heads, rope["original_max_position_embeddings"]
+    low, high, factor = rope["low_freq_factor"], rope["high_freq_factor"], rope["factor"]
+    factors = []
+    for freq in 1.0 / rope["rope_theta"] ** (np.arange(0, dim, 2) / dim):
+        wavelen = 2 * np.pi / freq
+        smooth = (old / wavelen - low) / (high - low)
+        factors.append(1.0 if wavelen < old / high else factor if wavelen > old / low
+                       else 1 / ((1 - smooth) / factor + smooth))
+    writer.add_tensor("rope_freqs.weight", np.array(factors, np.float32))
+
+
+def linear_scaling(writer, config) -> None:
+    import gguf
+
+    writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+    writer.add_rope_scaling_factor(config.rope_parameters["factor"])
+
+
+@pytest.mark.parametrize("family, extra", [("llama3-rope-scaling", llama3_frequency_factors),
+                                           ("llama-linear-rope", linear_scaling)])
+def test_gguf_rope_scaling_matches_transformers(family, extra, tmp_path):
+    """A GGUF file's RoPE scaling (llama.cpp's per-frequency factors, linear) is applied: logits
+    equal transformers' on the same weights past the original context."""
+    import kvlab
+
+    hf_model = save_random_hf_model(family, tmp_path)
+    write_gguf(hf_model, tmp_path / "model.gguf", extra)
+    model, _ = kvlab.models.load(str(tmp_path / "model.gguf"))
+    assert model.config.rope_scaling is not None
+    assert relative_error(model, hf_model, np.random.default_rng(0).integers(3, 256, 120)) < 1e-4

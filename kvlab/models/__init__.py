@@ -1,6 +1,7 @@
 """Models: the Llama-family decoder, configs with presets, loaders and the tokenizer."""
 
 from kvlab.models.config import (
+    FrequencyFactors,
     LinearRopeScaling,
     Llama3RopeScaling,
     ModelConfig,
@@ -14,8 +15,8 @@ from kvlab.models.qkv_rope import JnpQKVRope, PallasQKVRope, QKVRope, default_qk
 from kvlab.models.streamed_layers import StreamedLayers
 from kvlab.models.tokenizer import IncrementalDecoder, Tokenizer
 
-__all__ = ["Checkpoint", "CheckpointError", "HostFormat", "IncrementalDecoder", "Int4Groups", "Int8Channels",
-           "JnpQKVRope", "LayerLoop", "LinearRopeScaling", "Llama3RopeScaling", "LlamaModel", "ModelConfig",
-           "PallasQKVRope", "QKVRope", "SameDtype", "ScanLayers", "StreamedLayers", "Tokenizer",
-           "UnrolledLayers", "UnsupportedModelError", "default_layer_loop", "default_qkv_rope", "load",
-           "load_tokenizer", "read_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointError", "FrequencyFactors", "HostFormat", "IncrementalDecoder",
+           "Int4Groups", "Int8Channels", "JnpQKVRope", "LayerLoop", "LinearRopeScaling",
+           "Llama3RopeScaling", "LlamaModel", "ModelConfig", "PallasQKVRope", "QKVRope", "SameDtype",
+           "ScanLayers", "StreamedLayers", "Tokenizer", "UnrolledLayers", "UnsupportedModelError",
+           "default_layer_loop", "default_qkv_rope", "load", "load_tokenizer", "read_checkpoint"]

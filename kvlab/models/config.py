@@ -61,6 +61,23 @@ class LinearRopeScaling:
         return inv_freq / self.factor
 
 
+# transformers' defaults where config.json leaves max_position_embeddings out.
+_DEFAULT_CONTEXT = {"LlamaForCausalLM": 2048, "MistralForCausalLM": 131072, "Qwen2ForCausalLM": 32768}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FrequencyFactors:
+    """Each frequency divided by its own factor: how llama.cpp stores a scaling (Llama 3.1's) in a
+    GGUF file, as the ``rope_freqs.weight`` tensor ``[head_dim // 2]``."""
+
+    factors: tuple[float, ...]
+
+    def scale(self, inv_freq: np.ndarray) -> np.ndarray:
+        if len(self.factors) != len(inv_freq):
+            raise ValueError(f"{len(self.factors)} RoPE frequency factors for {len(inv_freq)} frequencies")
+        return inv_freq / np.asarray(self.factors, np.float64)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """Shapes and options of a Llama-family decoder."""
@@ -73,7 +90,7 @@ class ModelConfig:
     num_kv_heads: int
     head_dim: int
     rope_theta: float = 10000.0
-    rope_scaling: Llama3RopeScaling | LinearRopeScaling | None = None
+    rope_scaling: Llama3RopeScaling | LinearRopeScaling | FrequencyFactors | None = None
     rms_norm_eps: float = 1e-5
     max_position_embeddings: int = 2048
     tie_word_embeddings: bool = False
@@ -201,6 +218,9 @@ class ModelConfig:
         elif arch == "Qwen2ForCausalLM" and hf.get("use_sliding_window"):
             raise UnsupportedModelError(
                 "Qwen2 with use_sliding_window=true (per-layer windows) is not supported")
+        if arch == "LlamaForCausalLM" and hf.get("attention_bias"):
+            raise UnsupportedModelError("LlamaForCausalLM with attention_bias=true (a bias on o_proj as "
+                                        "well as on q/k/v) is not supported")
         eos = hf.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
         return cls(
@@ -209,8 +229,8 @@ class ModelConfig:
             num_heads=num_heads, num_kv_heads=hf.get("num_key_value_heads") or num_heads,
             head_dim=head_dim, rope_theta=float(rope_theta), rope_scaling=scaling,
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-            max_position_embeddings=hf.get("max_position_embeddings", 2048),
+            max_position_embeddings=hf.get("max_position_embeddings", _DEFAULT_CONTEXT[arch]),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            attention_bias=bool(hf.get("attention_bias", arch == "Qwen2ForCausalLM")),
+            attention_bias=arch == "Qwen2ForCausalLM",      # q/k/v biases: Qwen2's, always
             sliding_window=window, bos_token_id=hf.get("bos_token_id"), eos_token_ids=eos_ids,
             architecture=arch)

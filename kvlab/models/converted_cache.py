@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT = 1
-"""The conversion's version: raise it when what a GGUF file converts to changes."""
+FORMAT = 2
+"""The conversion's version: raise it when what a GGUF file converts to changes (2: the
+metadata keeps the RoPE frequency factors)."""
 
 ENV_DIR = "KVLAB_CACHE_DIR"
 

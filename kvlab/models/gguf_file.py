@@ -14,7 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from kvlab.models.config import CheckpointError, ModelConfig, UnsupportedModelError
+from kvlab.models.config import (
+    CheckpointError,
+    FrequencyFactors,
+    LinearRopeScaling,
+    ModelConfig,
+    UnsupportedModelError,
+)
 from kvlab.models.converted_cache import ConvertedCache
 from kvlab.models.llama import weight_shapes
 from kvlab.models.tokenizer import Tokenizer
@@ -55,6 +61,7 @@ def config_from_gguf(meta: dict) -> ModelConfig:
         return meta.get(f"{arch}.{key}", default)
 
     heads = get("attention.head_count")
+    scaling = _rope_scaling(meta, get)
     hidden = get("embedding_length")
     head_dim = get("attention.key_length") or hidden // heads
     eos = meta.get("tokenizer.ggml.eos_token_id")
@@ -62,13 +69,32 @@ def config_from_gguf(meta: dict) -> ModelConfig:
         vocab_size=get("vocab_size") or len(meta["tokenizer.ggml.tokens"]), hidden_size=hidden,
         intermediate_size=get("feed_forward_length"), num_layers=get("block_count"),
         num_heads=heads, num_kv_heads=get("attention.head_count_kv") or heads, head_dim=head_dim,
-        rope_theta=float(get("rope.freq_base", 10000.0)),
+        rope_theta=float(get("rope.freq_base", 10000.0)), rope_scaling=scaling,
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
         max_position_embeddings=get("context_length", 2048),
         tie_word_embeddings=False,  # decided by the tensors present, below
         attention_bias=arch == "qwen2", sliding_window=get("attention.sliding_window"),
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
         eos_token_ids=(eos,) if eos is not None else (), architecture=_ARCHS[arch])
+
+
+ROPE_FREQS = "kvlab.rope_freqs"      # the rope_freqs.weight tensor's values, kept with the metadata
+
+
+def _rope_scaling(meta: dict, get):
+    """The RoPE scaling a GGUF file records: llama.cpp's per-frequency factors (the
+    ``rope_freqs.weight`` tensor, Llama 3.1+), linear ``rope.scaling``, or none; other kinds
+    raise UnsupportedModelError."""
+    if ROPE_FREQS in meta:
+        return FrequencyFactors(factors=tuple(float(f) for f in meta[ROPE_FREQS]))
+    kind = get("rope.scaling.type", "none")
+    factor = float(get("rope.scaling.factor", 1.0) or 1.0)
+    if kind == "none" or factor == 1.0:
+        return None
+    if kind == "linear":
+        return LinearRopeScaling(factor=factor)
+    raise UnsupportedModelError(f"GGUF rope.scaling.type {kind!r} is not supported; kvlab supports none, "
+                                f"linear and per-frequency factors (rope_freqs.weight)")
 
 
 def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -109,13 +135,15 @@ def _convert(reader, meta: dict, path: Path) -> tuple[ModelConfig, dict[str, np.
     """(config, weights by kvlab name) of a parsed GGUF file."""
     from gguf.quants import dequantize
 
-    config = config_from_gguf(meta)
     tensors = {}
     for t in reader.tensors:
         try:
             tensors[t.name] = dequantize(t.data, t.tensor_type).astype(np.float32)
         except Exception as e:
             raise CheckpointError(f"cannot dequantize {t.name} ({t.tensor_type.name}) in {path}: {e}") from e
+    if "rope_freqs.weight" in tensors:        # kept with the metadata: a cached conversion has it too
+        meta[ROPE_FREQS] = tensors["rope_freqs.weight"].tolist()
+    config = config_from_gguf(meta)
     tied = "output.weight" not in tensors
     config = dataclasses.replace(config, tie_word_embeddings=tied)
     permute = config.architecture != "Qwen2ForCausalLM"  # llama.cpp permutes llama-style Q/K only

@@ -9,6 +9,7 @@ stacked over layers. ``load_tokenizer`` reads the tokenizer alone, without the w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import NamedTuple
@@ -38,11 +39,30 @@ GGUF_MAGIC = b"GGUF"            # the first four bytes of every GGUF file
 _HF_FILES = "config.json + *.safetensors, optionally tokenizer.json"
 
 
+def _safetensors_files(directory: Path) -> list[Path]:
+    """The files that hold the weights, as transformers picks them: ``model.safetensors``, else
+    the shards ``model.safetensors.index.json`` lists (other files beside them, such as a stale
+    shard or Mistral's ``consolidated.safetensors``, are not read), else every ``*.safetensors``."""
+    if (directory / "model.safetensors").is_file():
+        return [directory / "model.safetensors"]
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            raise CheckpointError(f"{index} is not a safetensors index (a weight_map): {e}") from e
+        missing = [name for name in shards if not (directory / name).is_file()]
+        if missing:
+            raise CheckpointError(f"{index} lists shards that are not in {directory}: {missing[:3]}")
+        return [directory / name for name in shards]
+    return sorted(directory.glob("*.safetensors"))
+
+
 def _read_safetensors(directory: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file  # host arrays; bf16 as ml_dtypes' bfloat16
 
-    files = sorted(directory.glob("*.safetensors"))
+    files = _safetensors_files(directory)
     if not files:
         raise CheckpointError(f"no *.safetensors files in {directory} (a transformers checkpoint "
                               f"directory holds {_HF_FILES})")
@@ -66,6 +86,7 @@ def hf_weights_to_kvlab(config: ModelConfig, tensors: dict[str, np.ndarray]) -> 
             raise CheckpointError(f"checkpoint has no tensor {name!r}") from None
 
     shapes = weight_shapes(config)
+    used = {f"{prefix}embed_tokens.weight", f"{prefix}norm.weight", "lm_head.weight"}
     out = {"embed": get(f"{prefix}embed_tokens.weight"), "final_norm": get(f"{prefix}norm.weight")}
     if "lm_head" in shapes:
         out["lm_head"] = get("lm_head.weight").T
@@ -73,8 +94,14 @@ def hf_weights_to_kvlab(config: ModelConfig, tensors: dict[str, np.ndarray]) -> 
         if name not in _HF_LAYER_NAMES:
             continue
         hf_name, transpose = _HF_LAYER_NAMES[name]
-        per_layer = [get(f"{prefix}layers.{i}.{hf_name}") for i in range(config.num_layers)]
-        out[name] = np.stack([w.T if transpose else w for w in per_layer])
+        names = [f"{prefix}layers.{i}.{hf_name}" for i in range(config.num_layers)]
+        used.update(names)
+        out[name] = np.stack([get(n).T if transpose else get(n) for n in names])
+    unused = sorted(n for n in tensors if n not in used and not n.endswith("rotary_emb.inv_freq"))
+    if unused:
+        raise CheckpointError(f"the checkpoint has {len(unused)} tensors this config does not use, e.g. "
+                              f"{unused[:4]}: config.json does not match the weights, or the model uses a "
+                              f"feature kvlab does not support")
     return out
 
 
@@ -98,9 +125,25 @@ class Checkpoint(NamedTuple):
     tokenizer: Tokenizer | None
 
 
+def _generation_eos(path: Path) -> tuple[int, ...]:
+    """EOS ids of ``generation_config.json`` (transformers' ``generate`` stops on them too:
+    Llama 3 Instruct's ``<|eot_id|>`` is there), () without one."""
+    file = path / "generation_config.json"
+    if not file.is_file():
+        return ()
+    try:
+        eos = json.loads(file.read_text()).get("eos_token_id")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise CheckpointError(f"{file} is not valid JSON: {e}") from e
+    return tuple(eos) if isinstance(eos, list) else ((eos,) if isinstance(eos, int) else ())
+
+
 def read_hf_directory(path: Path) -> Checkpoint:
-    """A transformers checkpoint directory, read into host memory."""
+    """A transformers checkpoint directory, read into host memory; the stop tokens are
+    config.json's and generation_config.json's EOS ids."""
     config = ModelConfig.from_hf_dict(_read_hf_config(path))
+    eos = tuple(dict.fromkeys(config.eos_token_ids + _generation_eos(path)))
+    config = dataclasses.replace(config, eos_token_ids=eos)
     weights = hf_weights_to_kvlab(config, _read_safetensors(path))
     tokenizer = None
     if (path / "tokenizer.json").is_file():

@@ -41,6 +41,13 @@ def _byte_level_pre_tokenizer(pre: str):
                      f"smollm, llama-bpe, qwen2")
 
 
+def _post_processor_prefix(backend: tokenizers.Tokenizer) -> int | None:
+    """The special token ``tokenizer.json``'s post-processor puts before a text, if it puts one."""
+    plain = backend.encode("a", add_special_tokens=False).ids
+    full = backend.encode("a", add_special_tokens=True).ids
+    return full[0] if len(full) == len(plain) + 1 and full[1:] == plain else None
+
+
 class Tokenizer:
     """Text <-> token ids, plus the model's chat template."""
 
@@ -123,8 +130,12 @@ class Tokenizer:
         tmpl_file = Path(path) / "chat_template.jinja"
         if template is None and tmpl_file.is_file():
             template = tmpl_file.read_text()
-        return cls(backend, bos_token_id=token_id(cfg.get("bos_token")), eos_token_ids=eos_token_ids,
-                   chat_template=template, add_bos=bool(cfg.get("add_bos_token", False)))
+        bos, add_bos = token_id(cfg.get("bos_token")), cfg.get("add_bos_token")
+        if add_bos is None:    # transformers: tokenizer.json's post-processor decides (Llama 3's: BOS)
+            added = _post_processor_prefix(backend)
+            add_bos, bos = added is not None, bos if added is None else added
+        return cls(backend, bos_token_id=bos, eos_token_ids=eos_token_ids, chat_template=template,
+                   add_bos=bool(add_bos))
 
     @classmethod
     def from_gguf_metadata(cls, meta: dict) -> Tokenizer:
@@ -133,7 +144,7 @@ class Tokenizer:
         if model != "gpt2":
             raise ValueError(f"GGUF tokenizer model {model!r} is not supported (only byte-level BPE, 'gpt2')")
         tokens = meta["tokenizer.ggml.tokens"]
-        merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+        merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
         vocab = {tok: i for i, tok in enumerate(tokens)}
         backend = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=merges,
                                                              fuse_unk=False, byte_fallback=False))
