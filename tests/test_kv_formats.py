@@ -114,6 +114,37 @@ def test_calibrated_fp8_scales_are_set_once_from_the_first_batch():
     np.testing.assert_allclose(np.asarray(t.layer_scales[0, 0]), [8 / 200, 8 / 200])
 
 
+def test_calibration_waits_for_a_batch_with_something_in_it():
+    """A first write of no valid rows, of zeros or of a NaN leaves a head uncalibrated (it is not
+    locked to a useless scale); the next write with a finite, nonzero amax calibrates it."""
+    fmt = Fp8E4M3(scales=CalibratedScales(granularity=PerHead()))
+    s = QuantizedPagedKVStorage.zeros(fmt, num_layers=1, num_pages=3, page_size=4, num_kv_heads=2,
+                                      head_dim=8, dtype=jnp.float32)
+    ones = jnp.ones((2, 2, 8))
+    s = s.write(0, ones, ones, jnp.array([-1, -1]))                       # padding rows only
+    s = s.write(0, ones.at[:, 0].set(0.0), ones.at[:, 1].set(jnp.nan), jnp.array([0, 1]))
+    scales = np.asarray(s.layer_scales[0])
+    assert scales[0, 0] == 0 and scales[0, 1] == 1 / 200 and scales[1, 1] == 0 and scales[1, 0] == 1 / 100
+    k, _ = s.gather_pages(0, jnp.array([0]))
+    assert np.all(np.asarray(k)[0, :2, 0] == 0)                           # zeros stored, zeros read
+    s = s.write(0, 3 * ones, 3 * ones, jnp.array([2, 3]))
+    np.testing.assert_allclose(np.asarray(s.layer_scales[0]), [[3 / 200, 1 / 200], [1 / 100, 3 / 100]])
+
+
+@pytest.mark.parametrize("fmt", [Int8(), Int4()], ids=lambda f: f.name)
+def test_integer_rows_beyond_float16_saturate_instead_of_turning_infinite(fmt):
+    """A row whose range passes float16's (scale and zero point are float16) reads back clipped
+    to +-65504, as fp8 saturates, not as -inf or NaN."""
+    x = jnp.array([[-1e5, 1.0, 2.0, 7e4], [-3.0, np.inf, 0.5, 1.0]], jnp.float32)[:, None, :]   # [2, 1, 4]
+    s = QuantizedPagedKVStorage.zeros(fmt, num_layers=1, num_pages=1, page_size=4, num_kv_heads=1,
+                                      head_dim=4, dtype=jnp.float32).write(0, x, x, jnp.array([0, 1]))
+    k, _ = s.gather_pages(0, jnp.array([0]))
+    k = np.asarray(k)[0, :2, 0]
+    assert np.isfinite(k).all()
+    assert k[0, 0] == -65504 and abs(k[0, 3] - 65504) < 65504 * 2 / fmt.levels
+    assert abs(k[1, 1] - 65504) < 65504 * 2 / fmt.levels
+
+
 FORMATS = [Int8(), Int4(), Fp8E4M3(), Fp8E5M2(scales=StaticScales(k=0.05, v=(0.1, 0.2)))]
 
 

@@ -126,6 +126,29 @@ def test_reference_matches_jax_dot_product_attention():
     del rng
 
 
+def test_slots_no_query_sees_take_no_part_even_when_not_finite():
+    """A page's unwritten tail (stale bytes of an earlier sequence) holding NaN or inf changes
+    nothing: masked keys get no weight and their values are not multiplied in (0 * NaN)."""
+    hkv, group, d, page_size = 2, 2, 8, 4
+    kv_lens = [6, 3]
+    q, kp, vp, batch, _, _ = build_case(page_size, hkv, group, d, kv_lens, [2, 1], 5, 1, 2)
+    options = AttentionOptions(sm_scale=d ** -0.5)
+
+    def run(k, v):
+        return np.asarray(ragged_paged_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), 0,
+                                                 batch.cu_q_lens, batch.kv_lens, batch.page_table,
+                                                 batch.num_seqs, options))
+    clean = run(kp, vp)
+    pages = np.asarray(batch.page_table)
+    kp2, vp2 = kp.copy(), vp.copy()
+    for s, kv in enumerate(kv_lens):          # every slot past kv_len of each sequence's last page
+        last = pages[s, (kv - 1) // page_size]
+        kp2[0, last, kv % page_size or page_size:] = np.inf
+        vp2[0, last, kv % page_size or page_size:] = np.nan
+    assert np.isnan(vp2).any()
+    np.testing.assert_array_equal(run(kp2, vp2), clean)
+
+
 def test_bad_options_are_rejected():
     import pytest
 

@@ -111,7 +111,9 @@ def attend_gathered(q, gather, pages, visible, *, num_kv_heads: int, options: At
 
     k, v = gather(pages)                                         # [T, P, page_size, Hkv, D]
     k = k.reshape(num_tokens, max_keys, num_kv_heads, head_dim)
-    v = v.reshape(num_tokens, max_keys, num_kv_heads, head_dim)
+    # Slots no query sees (a page's unwritten tail, another sequence's stale bytes) take no part,
+    # not even as 0 * NaN.
+    v = jnp.where(visible[:, :, None, None], v.reshape(num_tokens, max_keys, num_kv_heads, head_dim), 0)
 
     qg = rearrange(q, "t (k g) d -> t k g d", k=num_kv_heads).astype(acc)
     scores = jnp.einsum("tkgd,tjkd->tkgj", qg, k.astype(acc)) * options.sm_scale

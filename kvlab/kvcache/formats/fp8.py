@@ -73,9 +73,13 @@ class CalibratedScales:
         return np.zeros((num_layers, 2, num_kv_heads), np.float32)       # zero: not calibrated yet
 
     def calibrate(self, layer_scale, x, valid, which):
+        """A head keeps a scale once it has one; it gets one from the first write whose valid rows
+        give it a finite amax above zero (a write of no rows, zeros only, or a NaN leaves it
+        uncalibrated: zero, which encodes as 1 and decodes what it stored, zeros, as zeros)."""
         amax = jnp.where(valid[:, None, None], jnp.abs(x.astype(jnp.float32)), 0.0).max(axis=(0, 2))
         rng = self.k_range if which == 0 else self.v_range
-        fresh = jnp.maximum(self.granularity.reduce_amax(amax) / rng, 1e-12)
+        fresh = self.granularity.reduce_amax(amax) / rng
+        fresh = jnp.where(jnp.isfinite(fresh) & (fresh > 0), fresh, 0.0)
         return jnp.where(layer_scale > 0, layer_scale, fresh)
 
 
@@ -118,8 +122,9 @@ class Fp8(RowFormat):
         return decode_rows_by_tiles(self, data, meta, layer_scale, dtype)
 
     def encode_tile(self, parts, layer_scale):
-        """Divided by the layer's scale, saturated to the element's range, rounded to fp8."""
-        scaled = parts[0].astype(jnp.float32) * (1.0 / layer_scale)
+        """Divided by the layer's scale (1 where a head is not calibrated yet), saturated to the
+        element's range, rounded to fp8."""
+        scaled = parts[0].astype(jnp.float32) * (1.0 / jnp.where(layer_scale > 0, layer_scale, 1.0))
         return jnp.clip(scaled, -self.max_value, self.max_value).astype(self.element), ()
 
     def code_dtype(self, model_dtype) -> jnp.dtype:

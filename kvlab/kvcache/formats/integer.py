@@ -92,7 +92,11 @@ class AsymmetricInt(RowFormat):
         return data, (scale, zero)
 
     def affine(self, lo, hi):
-        """The float16 ``(scale, zero)`` of values spanning ``[lo, hi]`` (any matching shapes)."""
+        """The float16 ``(scale, zero)`` of values spanning ``[lo, hi]`` (any matching shapes),
+        the range first clipped to float16's finite one: values beyond it saturate, as fp8's do,
+        instead of turning the row's scale or zero point infinite."""
+        limit = float(jnp.finfo(META_DTYPE).max)
+        lo, hi = jnp.clip(lo, -limit, limit), jnp.clip(hi, -limit, limit)
         return ((hi - lo) / self.levels).astype(META_DTYPE), lo.astype(META_DTYPE)
 
     def quantize(self, x, scale, zero, *, reciprocal=None):
