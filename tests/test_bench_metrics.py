@@ -11,9 +11,9 @@ from kvlab.bench.metrics import SLO, RequestRecord, by_tag, describe, summarize
 from kvlab.schedulers import Request
 
 
-def rec(rid, arrival, times, prompt=10, tag="", preemptions=0):
+def rec(rid, arrival, times, prompt=10, tag="", preemptions=0, reason="length"):
     return RequestRecord(request_id=rid, arrival=arrival, token_times=tuple(times), prompt_tokens=prompt,
-                         tag=tag, preemptions=preemptions)
+                         tag=tag, preemptions=preemptions, finish_reason=reason)
 
 
 def test_per_request_definitions():
@@ -42,6 +42,17 @@ def test_run_summary_by_hand():
     assert s["goodput_req_per_s"] == 0.0 and s["slo_attainment"] == 0.0
     s2 = summarize(records, wall_s=5.0, slo=SLO(ttft_s=3.0))
     assert s2["goodput_req_per_s"] == pytest.approx(2 / 5) and s2["slo_attainment"] == 1.0
+
+
+def test_burst_arrivals_refusals_and_aborts():
+    """A multi-step burst (tokens stamped with one time) is one arrival: one ITL gap, as vLLM's
+    client records one per streamed chunk, not zeros; refused requests (``failed``) and aborted
+    ones count against SLO attainment."""
+    burst = rec("a", 0.0, [1.0, 2.0, 2.0, 2.0, 3.0, 3.0])
+    assert burst.itls == [1.0, 1.0] and burst.tpot == pytest.approx(2.0 / 5)
+    ok, aborted = rec("b", 0.0, [0.1, 0.2]), rec("c", 0.0, [0.1, 0.2], reason="abort")
+    s = summarize([ok, aborted], wall_s=1.0, slo=SLO(ttft_s=1.0), failed=2)
+    assert s["goodput_req_per_s"] == 1.0 and s["slo_attainment"] == 0.25
 
 
 def test_percentiles_and_empty_series():

@@ -100,6 +100,9 @@ def test_rejected_requests_are_reported_and_the_rest_go_on(model):
     assert len(run.rejected) == 1 and "context" in run.rejected[0][1]
     assert [r.output_tokens for r in run.records] == [2]
     assert run.summary()["rejected"] == 1
+    assert run.summary(kvlab.bench.SLO(ttft_s=10.0))["slo_attainment"] == 0.5   # the refused one failed
+    sent = {r.request_id for r in run.records} | {rid for rid, _ in run.rejected}
+    assert len(sent) == 2 and not any(rid.startswith("rejected-") for rid, _ in run.rejected)
 
 
 def test_stats_every_must_be_positive(model):
@@ -136,6 +139,18 @@ def test_the_runner_times_the_steps_that_compile(model):
     assert engine.num_compilations >= 1 and first > 0
     engine.generate([[7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]], params)   # the same shapes again
     assert engine.runner.compile_seconds == first
+
+
+def test_a_second_engine_compiles_nothing_its_shapes_share():
+    """The jit cache is the process's: an engine whose shapes an earlier one compiled reports no
+    XLA compilation (so ``serve``'s warm-up stops after a pass that compiled nothing), while it
+    still counts the step signatures it ran."""
+    own = LlamaModel(ModelConfig.tiny(num_layers=5), seed=1)          # a model no other test builds
+    engines = [kvlab.Engine(own, cache=kvlab.PagedKVCache(num_pages=40, page_size=4), max_model_len=128)
+               for _ in range(2)]
+    runs = [run_workload(e, [SyntheticRequest([9, 8, 7, 6, 5], 3)]) for e in engines]
+    assert runs[0].compilations >= 1 and runs[1].compilations == 0
+    assert engines[0].num_compilations == engines[1].num_compilations >= 1
 
 
 def test_serve_reports_progress_per_stage_and_pass(model):

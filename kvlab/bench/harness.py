@@ -15,7 +15,8 @@ The clock is the engine's (``Engine(clock=...)``); ``sleep`` waits on it. Both d
 clock, and a test may pass a simulated one. With ``exclude_compile_time`` (the default) the run's
 clock stops while a step compiles a new shape, as if every shape had been compiled ahead (what
 serving systems do with CUDA graphs and precompiled kernels); the compilations are still counted in
-``EngineRun.compilations``. Requests decode exactly ``max_tokens`` tokens
+``EngineRun.compilations`` (what XLA compiled for this run: a shape an earlier engine in the
+process compiled is not counted). Requests decode exactly ``max_tokens`` tokens
 (``ignore_eos``), as serving benchmarks do with synthetic prompts.
 
 Example (a tiny random model on the CPU):
@@ -69,7 +70,7 @@ class EngineRun:
 
     def summary(self, slo: SLO | None = None) -> dict[str, float]:
         """``kvlab.bench.metrics.summarize`` plus steps, rejections and the cache's final state."""
-        out = summarize(self.records, wall_s=self.wall_s, slo=slo)
+        out = summarize(self.records, wall_s=self.wall_s, slo=slo, failed=len(self.rejected))
         out.update(steps=float(self.steps), rejected=float(len(self.rejected)),
                    compilations=float(self.compilations),
                    hit_rate=self.hit_rate, kv_waste=self.kv_waste,
@@ -105,7 +106,7 @@ def _drive_on(engine, feeder, *, sleep, stats_every: int, progress) -> EngineRun
     clock = engine.clock
     start = clock()
     records, rejected, timeline, live = [], [], [], {}
-    steps, compiled_before = 0, engine.num_compilations
+    steps, compiled_before = 0, engine.executor.xla_compilations
     before = engine.cache.stats(detailed=False)
     while True:
         now = clock() - start
@@ -115,7 +116,7 @@ def _drive_on(engine, feeder, *, sleep, stats_every: int, progress) -> EngineRun
                 rid = engine.add_request(spec.prompt_token_ids, params, rid,
                                          arrival_time=start + spec.arrival, keep_completion=True)
             except ValueError as e:
-                rejected.append((f"rejected-{len(rejected)}", str(e)))
+                rejected.append((rid, str(e)))
                 continue
             live[rid] = (spec, on_done)
         if not engine.has_unfinished():
@@ -150,7 +151,7 @@ def _drive_on(engine, feeder, *, sleep, stats_every: int, progress) -> EngineRun
     hit_rate = (after.prefix_hit_tokens - before.prefix_hit_tokens) / admitted if admitted else 0.0
     return EngineRun(records=records, rejected=rejected, timeline=timeline, hit_rate=hit_rate,
                      kv_waste=after.memory.waste, wall_s=wall, steps=steps,
-                     compilations=engine.num_compilations - compiled_before)
+                     compilations=engine.executor.xla_compilations - compiled_before)
 
 
 class _OpenLoop:

@@ -96,7 +96,7 @@ class SimulatedExecutor:
         self.clock, self.step_cost, self.scheduler = clock, step_cost, scheduler
         self.rng = np.random.default_rng(seed)
         self.vocab_size, self.max_model_len, self.eos_token_ids = vocab_size, 2 ** 31 - 1, ()
-        self.num_compilations, self.compile_seconds, self.steps = 0, 0.0, 0
+        self.num_compilations, self.xla_compilations, self.compile_seconds, self.steps = 0, 0, 0.0, 0
 
     def launch(self, plan) -> Ready:
         """The step is over when this returns (the clock moved by its cost)."""

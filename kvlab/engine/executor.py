@@ -32,12 +32,15 @@ class StepFuture(Protocol):
 
 class Executor(Protocol):
     """Runs plans. ``vocab_size``, ``max_model_len`` and ``eos_token_ids`` describe the model it
-    serves; ``num_compilations``, ``compile_seconds`` and ``steps`` count its work."""
+    serves; ``num_compilations`` (step signatures run), ``xla_compilations`` (of them, those XLA
+    compiled: the others an earlier executor had compiled), ``compile_seconds`` and ``steps``
+    count its work."""
 
     vocab_size: int
     max_model_len: int
     eos_token_ids: tuple[int, ...]
     num_compilations: int
+    xla_compilations: int
     compile_seconds: float
     steps: int
 
@@ -86,6 +89,10 @@ class ModelExecutor:
     @property
     def num_compilations(self) -> int:
         return self.runner.num_compilations
+
+    @property
+    def xla_compilations(self) -> int:
+        return self.runner.xla_compilations
 
     @property
     def compile_seconds(self) -> float:

@@ -2,13 +2,16 @@
 
 Per request (``RequestRecord``):
   * TTFT: first output token time - arrival time;
-  * inter-token latencies (ITL): gaps between consecutive output tokens;
+  * inter-token latencies (ITL): gaps between consecutive arrivals of output tokens; tokens that
+    arrive together (a multi-step plan's burst, stamped with one time) are one arrival, as a
+    streaming client sees them (vLLM's benchmark records one gap per streamed chunk);
   * TPOT: (last token time - first token time) / (output tokens - 1), the mean decode gap of one
     request (vLLM's definition; undefined for one-token outputs);
   * end-to-end latency: last token time - arrival time.
 Over the run (``summarize``, the one summary the engine, the harness and the simulator report):
 output tokens, request, output-token and total-token throughput over the wall time;
-goodput: requests per second that met every objective of an ``SLO`` (DistServe's definition);
+goodput: requests per second that met every objective of an ``SLO`` (DistServe's definition), and
+SLO attainment: their share of every request sent, those refused or aborted included (``failed``);
 preemptions; and for each latency mean, P50, P90, P99 and max. ITL is pooled over all gaps of all
 requests (as vLLM reports it), TPOT is one value per request.
 
@@ -59,7 +62,9 @@ class RequestRecord:
 
     @property
     def itls(self) -> list[float]:
-        return np.diff(self.token_times).tolist()
+        """Gaps between consecutive arrivals (tokens stamped with one time arrived together)."""
+        times = self.token_times
+        return [b - a for a, b in zip(times, times[1:]) if b != a]
 
     @property
     def tpot(self) -> float | None:
@@ -81,7 +86,8 @@ class SLO:
     e2e_s: float | None = None
 
     def met(self, r: RequestRecord) -> bool:
-        if r.ttft is None:
+        """Whether ``r`` finished within every bound given (an aborted request meets none)."""
+        if r.ttft is None or r.finish_reason == "abort":
             return False
         checks = ((self.ttft_s, r.ttft), (self.tpot_s, r.tpot), (self.e2e_s, r.e2e))
         return all(bound is None or value is None or value <= bound for bound, value in checks)
@@ -98,8 +104,10 @@ def describe(xs: Iterable[float]) -> dict[str, float]:
     return out
 
 
-def summarize(records: list[RequestRecord], wall_s: float, slo: SLO | None = None) -> dict[str, float]:
-    """Run-level metrics as a flat dict (``ttft_p99_s``, ``goodput_req_per_s``, ...)."""
+def summarize(records: list[RequestRecord], wall_s: float, slo: SLO | None = None, *,
+              failed: int = 0) -> dict[str, float]:
+    """Run-level metrics as a flat dict (``ttft_p99_s``, ``goodput_req_per_s``, ...); ``failed``:
+    requests sent that left no record (refused), which count against ``slo_attainment``."""
     if wall_s <= 0:
         raise ValueError(f"wall_s must be > 0, got {wall_s}")
     out_tokens = sum(r.output_tokens for r in records)
@@ -115,7 +123,8 @@ def summarize(records: list[RequestRecord], wall_s: float, slo: SLO | None = Non
     if slo is not None:
         good = sum(slo.met(r) for r in records)
         summary["goodput_req_per_s"] = good / wall_s
-        summary["slo_attainment"] = good / len(records) if records else float("nan")
+        sent = len(records) + failed
+        summary["slo_attainment"] = good / sent if sent else float("nan")
     return summary
 
 

@@ -22,6 +22,7 @@ distinct step signatures this runner ran (a public count: a set of shape keys).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -32,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from kvlab.attention.batch import RaggedBatch
+from kvlab.engine.compile_events import CompileCounter
 from kvlab.engine.decode_burst import counted, decode_at
 from kvlab.engine.device_table import DeviceBlockTable, apply_changes, gather_page_table
 from kvlab.engine.future_tokens import LastTokens, mark_future, record_sampled, resolve_future
@@ -176,6 +178,7 @@ class ModelRunner:
         self._compiled: set[tuple] = set()
         self._offset_scalars: list = []
         self.compile_seconds = 0.0      # time of the calls that compiled, on ``clock``
+        self.xla_compilations = 0       # what XLA compiled for them (``kvlab.engine.compile_events``)
         self.steps = 0
 
     @property
@@ -223,20 +226,22 @@ class ModelRunner:
         key = (spec, None if sampling is None else jax.tree.structure(sampling),
                None if sampling is None or sampling.banned is None else sampling.banned.shape,
                None if counts is None else counts.output.shape)
-        t0 = self.clock()
+        t0, fresh = self.clock(), key not in self._compiled
         inputs, sampling = jax.device_put((views.buffer, sampling))    # the step's one transfer in
         tokens = []
         step = _jitted_step(tuple(sorted(self.xla_options.for_tokens(shape.tokens))))
-        for offset in self._offsets(plan.num_steps):
-            packed, prompt, storage, table, last, counts = step(
-                self.statics, spec, self.weights, storage, table, last, inputs, sampling, counts, offset)
-            tokens.append(packed)
+        with CompileCounter() if fresh else contextlib.nullcontext() as compiled:
+            for offset in self._offsets(plan.num_steps):
+                packed, prompt, storage, table, last, counts = step(
+                    self.statics, spec, self.weights, storage, table, last, inputs, sampling, counts, offset)
+                tokens.append(packed)
         self.table.array, self.last_tokens.array = table, last
         if counts is not None:
             self.penalty_counts.counts = counts
-        if key not in self._compiled:    # a new signature: the launch is asynchronous, so this
+        if fresh:                        # a new signature: the launch is asynchronous, so this
             self._compiled.add(key)      # call's time is the trace and the compilation
             self.compile_seconds += self.clock() - t0
+            self.xla_compilations += compiled.count
         self.steps += 1
         return StepResult(tokens, prompt), storage
 

@@ -26,7 +26,10 @@ def _check_rate(rate: float) -> None:
 
 
 def _with_gaps(requests: list[SyntheticRequest], gaps: np.ndarray) -> list[SyntheticRequest]:
-    return [dataclasses.replace(r, arrival=float(t)) for r, t in zip(requests, np.cumsum(gaps))]
+    """The first request at time 0, each next one a gap after the one before (vLLM's benchmark
+    sends the first at once and waits after each)."""
+    times = np.concatenate([[0.0], np.cumsum(gaps[:-1])])
+    return [dataclasses.replace(r, arrival=float(t)) for r, t in zip(requests, times)]
 
 
 def poisson_arrivals(requests: list[SyntheticRequest], rate: float, *, seed: int = 0
