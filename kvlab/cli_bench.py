@@ -216,7 +216,8 @@ def run(args) -> int:
         raise ValueError("kvlab sweep needs something to vary: --vary FIELD=V1,V2 or --rates R1,R2")
     fixed_rate = fixed.get("rate", args.rate)
     fields = {k: v for k, v in fixed.items() if k != "rate"}
-    slo = SLO(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot) if args.slo_ttft or args.slo_tpot else None
+    bounds = dict(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot, e2e_s=args.slo_e2e)
+    slo = SLO(**bounds) if any(b is not None for b in bounds.values()) else None
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
     for point in points:              # every preset's fields checked before anything is served
         for name in names:
@@ -311,8 +312,11 @@ def add_parsers(sub) -> None:
                        help=f"tokens per step for every preset; 0: each preset's own (2048-8192){GPU}0")
         p.add_argument("--max-model-len", type=int_in(1), default=1024,
                        help=f"longest sequence (prompt + output, tokens){GPU}2048 or more")
-        p.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO (s) for goodput")
-        p.add_argument("--slo-tpot", type=float, default=None, help="TPOT SLO (s) for goodput")
+        p.add_argument("--slo-ttft", type=float, default=None,
+                       help="TTFT SLO for goodput, in seconds (vLLM's --goodput takes ms)")
+        p.add_argument("--slo-tpot", type=float, default=None, help="TPOT SLO for goodput, in seconds")
+        p.add_argument("--slo-e2e", type=float, default=None,
+                       help="end-to-end latency SLO for goodput, in seconds")
         p.add_argument("--model", default="smollm2-135m",
                        help="bundled name, local transformers directory or .gguf file")
         p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],

@@ -54,12 +54,14 @@ def test_bench_and_sweep_write_tables_and_plots(tmp_path, capsys):
               "--prompts-per-group", "2", "--system-tokens", "24", "--question-tokens", "4",
               "--output-tokens", "3", "--kv-tokens", "1024", "--max-num-seqs", "4", "--token-budget", "64",
               "--max-model-len", "128", "--no-warmup"]
-    assert main(["bench", "--preset", "vllm,deepspeed", *common, "--out", str(tmp_path / "b")]) == 0
+    assert main(["bench", "--preset", "vllm,deepspeed", *common, "--out", str(tmp_path / "b"),
+                 "--slo-e2e", "1000"]) == 0
     out = capsys.readouterr().out
     assert "deepspeed lacks" in out and "kvlab bench" in out
     rows = list(csv.DictReader(open(tmp_path / "b" / "results.csv")))
     assert [r["preset"] for r in rows] == ["vllm", "deepspeed"]
     assert all(float(r["requests"]) == 4 and float(r["output_tokens_per_s"]) > 0 for r in rows)
+    assert all(float(r["slo_attainment"]) == 1.0 for r in rows)          # an e2e bound of 1000 s
     assert (tmp_path / "b" / "latencies.png").stat().st_size > 0
     assert (tmp_path / "b" / "kv_usage.png").stat().st_size > 0
     sweep_out = str(tmp_path / "s")

@@ -139,7 +139,8 @@ def run_config(args, *, fixed: dict, grid: dict, workload, sizes: tuple[str, ...
                   "rate": rate, **count, **{f: getattr(args, f) for f in sizes},
                   "output_cap": args.output_cap or None},
         settings={"max_model_len": args.max_model_len, "warmup": args.warmup, "slo_ttft_s": args.slo_ttft,
-                  "slo_tpot_s": args.slo_tpot, "attention": type(default_attention()).__name__},
+                  "slo_tpot_s": args.slo_tpot, "slo_e2e_s": args.slo_e2e,
+                  "attention": type(default_attention()).__name__},
         fields=dict(fixed), grid=dict(grid))
 
 
