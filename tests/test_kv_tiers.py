@@ -224,6 +224,25 @@ def test_chain_put_replaces_a_lower_copy(tmp_path):
     chain.close()
 
 
+def test_a_chain_full_of_held_records_refuses_without_losing_or_hiding_any():
+    """put and promote into a first tier whose records are all held raise before anything
+    moves (the record stays where it was); a victim whose next tier is full of held records is
+    dropped and returned, as every dropped record is."""
+    chain = TierChain(tiers=[HostMemoryTier(1, SPEC), HostMemoryTier(2, SPEC)])
+    chain.put("a", record(1)), chain.put("b", record(2))        # a -> tier 1
+    chain.hold("b")
+    for move in (lambda: chain.put("a", record(3)), lambda: chain.promote("a")):
+        with pytest.raises(ValueError, match="full of held records"):
+            move()
+        assert chain.locate("a") == 1 and np.array_equal(chain.get("a")[0], record(1))
+    assert chain.stats().drops == 0
+    tight = TierChain(tiers=[HostMemoryTier(1, SPEC), HostMemoryTier(1, SPEC)])
+    tight.put("a", record(1)), tight.put("b", record(2))        # a -> tier 1, held there
+    tight.hold("a")
+    assert [d.key for d in tight.put("c", record(3))] == ["b"]   # b has nowhere to go: returned
+    assert sorted(tight.keys()) == ["a", "c"] and tight.stats().drops == 1
+
+
 def test_above_priority_drops_low_priority_pages_at_the_first_tier():
     chain = TierChain(tiers=[HostMemoryTier(1, SPEC), HostMemoryTier(4, SPEC)],
                       policy=AbovePriority(min_priority=35))

@@ -47,6 +47,8 @@ def test_prefix_aware_follows_the_longest_prefix_unless_it_is_short():
     policy.routed(system + [1, 2, 3, 4], 1)
     assert policy.choose(system + [7, 7, 7, 7], [0, 9]) == 1               # 4 of 5 blocks match on 1
     assert policy.choose(system[:4] + list(range(40)), [0, 9]) == 0        # 1 of 11: least loaded
+    assert policy.choose(system + [7, 7, 7, 7], [0, 65]) == 0              # out of balance: least loaded
+    assert policy.choose(system + [7, 7, 7, 7], [200, 270]) == 1           # 270 < 1.5 x 200: by cache
     small = PrefixAware(block_tokens=4, max_blocks=2)
     small.routed(system, 0)
     assert small.matched_blocks(system, 0) == 0                            # the first blocks were evicted
@@ -86,6 +88,23 @@ def test_an_abort_frees_the_replica(tiny_model):
     while router.has_unfinished():
         router.step()
     assert all(e.cache.stats().pages_used == 0 for e in engines) and keep
+
+
+def test_loads_come_back_when_every_sample_of_a_request_ends(tiny_model):
+    """A request with n samples runs as <id>#<j> on its replica: its load is released when the
+    last of them ends (or it is aborted), so least-loaded routing sees an idle replica again."""
+    engines = [replica(tiny_model) for _ in range(2)]
+    router = Router(engines, LeastLoaded())
+    two = kvlab.SamplingParams(n=2, max_tokens=3, ignore_eos=True, temperature=1.0, seed=1)
+    [done] = router.generate([[5, 6, 7, 8]], two)
+    assert len(done.samples) == 2 and router.loads == [0, 0]
+    assert router.add_request([1, 2, 3], PARAMS) and router.routed_counts == [2, 0]   # replica 0 again
+    gone = router.add_request([9, 9, 9], two)
+    router.abort(gone)
+    router.abort(gone)                                    # again: nothing left to release
+    while router.has_unfinished():
+        router.step()
+    assert router.loads == [0, 0] and all(e.cache.stats().pages_used == 0 for e in engines)
 
 
 def test_bad_input_is_refused(tiny_model):

@@ -84,11 +84,16 @@ def block_hashes(prompt, block_tokens: int) -> list[bytes]:
 @dataclasses.dataclass(kw_only=True)
 class PrefixAware:
     """SGLang's cache-aware routing over an approximate per-replica prefix index: the longest
-    prefix match if it covers ``min_match`` of the prompt's blocks, else the least loaded replica.
-    Each replica's index keeps the ``max_blocks`` blocks most recently routed to it."""
+    prefix match if it covers ``min_match`` of the prompt's blocks, else the least loaded replica;
+    and, as SGLang's router does, the least loaded whatever the match while the loads are out of
+    balance (the busiest replica has more than ``balance_abs`` requests more than the idlest and
+    more than ``balance_rel`` times its count; SGLang's router defaults: 64 and 1.5). Each
+    replica's index keeps the ``max_blocks`` blocks most recently routed to it."""
 
     block_tokens: int = 16
     min_match: float = 0.5
+    balance_abs: int = 64
+    balance_rel: float = 1.5
     max_blocks: int = 1 << 16
     _indexes: list = dataclasses.field(default_factory=list, repr=False)
 
@@ -105,6 +110,9 @@ class PrefixAware:
 
     def choose(self, prompt, loads: Sequence[int]) -> int:
         blocks = len(prompt) // self.block_tokens
+        busiest, idlest = max(loads), min(loads)
+        if busiest - idlest > self.balance_abs and busiest > self.balance_rel * idlest:
+            return LeastLoaded().choose(prompt, loads)
         best = max(range(len(loads)), key=lambda i: (self.matched_blocks(prompt, i), -loads[i], -i))
         if blocks and self.matched_blocks(prompt, best) >= self.min_match * blocks:
             return best
@@ -130,8 +138,15 @@ class Router:
         self.policy = policy or PrefixAware()
         self.routed_counts = [0] * len(self.engines)
         self._loads = [0] * len(self.engines)
-        self._replica_of: dict[str, int] = {}
+        self._replica_of: dict[str, int] = {}          # live request id -> its replica
+        self._samples: dict[str, set[str]] = {}        # live request id -> its unfinished samples' ids
+        self._owner: dict[str, str] = {}               # a sample's id -> its request's id
         self._ids = itertools.count()
+
+    @property
+    def loads(self) -> list[int]:
+        """Unfinished requests per replica (what ``LeastLoaded`` and ``PrefixAware`` read)."""
+        return list(self._loads)
 
     def add_request(self, prompt, params=None, request_id: str | None = None, **kwargs) -> str:
         """Route and queue ``prompt`` (what ``Engine.add_request`` takes); returns its id."""
@@ -142,6 +157,9 @@ class Router:
         rid = self.engines[replica].add_request(prompt, params, request_id=rid, **kwargs)
         self.policy.routed(prompt, replica)
         self._replica_of[rid] = replica
+        n = 1 if params is None else params.n     # the engine runs n > 1 samples as <id>#<j>
+        self._samples[rid] = {rid} if n == 1 else {f"{rid}#{j}" for j in range(n)}
+        self._owner.update((sample, rid) for sample in self._samples[rid])
         self._loads[replica] += 1
         self.routed_counts[replica] += 1
         return rid
@@ -153,15 +171,24 @@ class Router:
             if engine.has_unfinished():
                 events.extend(engine.step())
         for ev in events:
-            if ev.finished and ev.request_id in self._replica_of:
-                self._loads[self._replica_of.pop(ev.request_id)] -= 1
+            rid = self._owner.pop(ev.request_id, None) if ev.finished else None
+            if rid is not None:
+                self._samples[rid].discard(ev.request_id)
+                if not self._samples[rid]:            # its last sample: the request is done
+                    self._finished(rid)
         return events
 
+    def _finished(self, rid: str) -> None:
+        self._loads[self._replica_of.pop(rid)] -= 1
+        for sample in self._samples.pop(rid):
+            self._owner.pop(sample, None)
+
     def abort(self, request_id: str) -> None:
-        replica = self._replica_of.pop(request_id, None)
+        """Abort a request (all its samples); an id that finished or is unknown is left alone."""
+        replica = self._replica_of.get(request_id)
         if replica is not None:
             self.engines[replica].abort(request_id)
-            self._loads[replica] -= 1
+            self._finished(request_id)
 
     def has_unfinished(self) -> bool:
         return any(engine.has_unfinished() for engine in self.engines)

@@ -159,21 +159,37 @@ class TierChain:
         for tier in self.tiers:
             tier.clear()
 
+    def _has_room(self, level: int, key) -> bool:
+        """Whether tier ``level`` can take ``key``'s record: it holds it already, has a free page,
+        or can evict a record that is not held."""
+        tier = self.tiers[level]
+        return tier.contains(key) or tier.stats().pages_free > 0 or tier.num_evictable() > 0
+
     def _put_at(self, level: int, key, record, priority: int) -> list[Evicted]:
-        """Store into tier ``level``, demoting its victims down the chain; the records dropped."""
+        """Store into tier ``level`` (which has room), demoting its victims down the chain where
+        the next tier has room too; the records dropped."""
         dropped = []
         for victim in self.tiers[level].put(key, record, priority):
-            if level + 1 < len(self.tiers) and self.policy.offload_on_evict(victim.priority):
+            below = level + 1
+            if (below < len(self.tiers) and self.policy.offload_on_evict(victim.priority)
+                    and self._has_room(below, victim.key)):
                 self._demotions += 1
-                dropped += self._put_at(level + 1, *victim)
+                dropped += self._put_at(below, *victim)
             else:
                 self._drops += 1
                 dropped.append(victim)
         return dropped
 
+    def _check_room(self, key) -> None:
+        if not self._has_room(0, key):
+            raise ValueError(f"the first tier is full of held records; nothing can be evicted to "
+                             f"store {key!r} (nothing was changed)")
+
     def put(self, key, record, priority: int = 0) -> list[Evicted]:
         """Store ``record`` under ``key`` in the first tier (a copy in a lower tier is discarded);
-        the records dropped from the chain to make room."""
+        the records dropped from the chain to make room (a victim whose lower tier is full of
+        held records is dropped and returned). ValueError, changing nothing, when the first tier
+        is full of held records."""
         record = np.asarray(record)
         if self._spec is None:
             raise ValueError("TierChain has no page record yet; build its tiers with page_record=... "
@@ -181,6 +197,7 @@ class TierChain:
         if (record.shape, record.dtype) != self._spec:      # before anything moves
             raise ValueError(f"TierChain stores records of shape {self._spec[0]} and dtype "
                              f"{self._spec[1]}; got shape {record.shape} and dtype {record.dtype}")
+        self._check_room(key)                                # before anything moves
         for tier in self.tiers[1:]:
             tier.discard(key)
         return self._put_at(0, key, record, priority)
@@ -206,12 +223,14 @@ class TierChain:
 
     def promote(self, key) -> list[Evicted]:
         """Move ``key``'s record into the first tier (nothing to do if it is there); the records
-        dropped from the chain to make room. KeyError if no tier holds ``key``."""
+        dropped from the chain to make room. KeyError if no tier holds ``key``; ValueError,
+        changing nothing, when the first tier is full of held records."""
         level = self.locate(key)
         if level is None:
             raise KeyError(f"no tier holds {key!r}")
         if level == 0:
             return []
+        self._check_room(key)
         moved = self.tiers[level].pop(key)
         self._promotions += 1
         return self._put_at(0, *moved)
