@@ -364,6 +364,29 @@ def test_a_write_through_page_reused_before_its_copy_keeps_its_block():
     machine.indexed_pages_and_tier_records_hold_their_blocks()
 
 
+@pytest.mark.parametrize("radix", [False, True])
+def test_a_page_loaded_for_a_sequence_freed_in_the_same_plan_is_loaded_once(radix):
+    """x's tier hits are planned into pages, x is freed before the plan runs, and y's loads take
+    the same pages: one load per page survives, y's (two writes of one page in one scatter would
+    land in no defined order)."""
+    chain = TierChain(tiers=[HostMemoryTier(16, RECORD)])
+    cache = (kvlab.RadixKVCache(num_pages=3, page_size=4, tiers=chain) if radix else
+             kvlab.PagedKVCache(num_pages=3, page_size=4, prefix_caching=True, tiers=chain))
+    a, b, other = list(range(10, 18)) + [1], list(range(50, 58)) + [1], list(range(90, 99))
+    for sid, doc in (("a", a), ("b", b), ("f", other)):      # computed, then pushed down to the tier
+        cache.admit(sid, doc), cache.allocate(sid, len(doc)), cache.commit(sid, doc, len(doc))
+        cache.free(sid), cache.drain_tier_moves()
+    assert cache.match_prefix_by_tier(a) == cache.match_prefix_by_tier(b) == (0, 8)
+    cache.admit("x", a), cache.allocate("x", len(a))
+    cache.free("x")
+    cache.admit("y", b), cache.allocate("y", len(b))
+    loads = [m for m in cache.drain_tier_moves() if isinstance(m, Load)]
+    pages = [m.page for m in loads]
+    assert len(pages) == len(set(pages)), loads
+    assert set(cache.pages("y")[:2]) <= set(pages)
+    cache.free("y")
+
+
 # ---- the engine ------------------------------------------------------------------------------------
 @st.composite
 def document_traces(draw):

@@ -110,9 +110,17 @@ class TierReuse:
         """Load held ``keys``' records into device ``pages`` (one each) and let the keys go."""
         for key, page in zip(keys, pages, strict=True):
             level, slot = self.chain.take(key)
-            self._moves.append(Load(level, slot, page))
-            self._loaded.add(page)
+            self._load_into(level, slot, page)
             self.loads_per_tier[level] += 1
+
+    def _load_into(self, level: int, slot: int, page: int) -> None:
+        """Plan a load of ``slot`` of tier ``level`` into device ``page``. A page loaded already in
+        this plan belonged to a sequence freed before the plan ran (its page went back and was
+        taken again): that load is dropped, so one write lands in the page, the last."""
+        if page in self._loaded:
+            self._moves = [m for m in self._moves if not (isinstance(m, Load) and m.page == page)]
+        self._moves.append(Load(level, slot, page))
+        self._loaded.add(page)
 
     def evicted(self, key, page: int, priority: int) -> None:
         """The GPU evicts cached ``page`` of block ``key``: offload it now (its step may reuse the
@@ -157,8 +165,7 @@ class TierReuse:
         for key, page in zip(keys, pages, strict=True):
             level, slot = self.chain.where(key)
             self.chain.unhold(key)
-            self._moves.append(Load(level, slot, page))
-            self._loaded.add(page)
+            self._load_into(level, slot, page)
             self.chain.discard(key)
             self.swapped_in += 1
 
