@@ -20,7 +20,7 @@ import pathlib
 import sys
 
 from kvlab.bench.report import print_table  # noqa: F401  (``kvlab demo`` imports it from here)
-from kvlab.cli_types import int_in
+from kvlab.cli_types import check_count, int_in, report_rejections
 
 # workload -> the size flags it reads (besides --seed, --rate and --output-cap)
 WORKLOAD_SIZES = {
@@ -119,21 +119,9 @@ def preset_fields(name: str, fields: dict, *, kv_tokens: int, max_num_seqs: int,
     if unknown:
         raise ValueError(f"the {name} preset has no field(s) {unknown}; its fields: {', '.join(accepted)}")
     for field, value in kwargs.items():
-        _check_count(name, field, value, accepted[field])
+        check_count(name, field, value, accepted[field])
     every = {k: kwargs.get(k, p.default) for k, p in accepted.items()}
     return kwargs, {k: v for k, v in every.items() if v is not inspect.Parameter.empty}
-
-
-def _check_count(preset: str, field: str, value, param: inspect.Parameter) -> None:
-    """A preset's integer fields are counts and sizes: an integer >= 1 (>= 0 where the preset's
-    default is 0; None where its annotation allows it), else a ValueError naming what is allowed."""
-    annotation = str(param.annotation)
-    if not annotation.startswith("int") or (value is None and "None" in annotation):
-        return
-    low = 0 if param.default == 0 else 1
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
-        none = " or none" if "None" in annotation else ""
-        raise ValueError(f"the {preset} preset's {field} must be an integer >= {low}{none}, got {value!r}")
 
 
 def preset_factory(name: str, fields: dict, **sizes):
@@ -177,24 +165,12 @@ def serve_presets(model, names: list[str], workload, console, *, fields: dict, k
         for line in preset.missing:
             console.print(f"  [yellow]{name} lacks[/yellow]: {line}")
         for label, run in served:
-            _report_rejections(" ".join(filter(None, [name, label])), run, console)
+            report_rejections(" ".join(filter(None, [name, label])), run, console)
         table_rows += [{**r, **{f"preset.{k}": v for k, v in every.items()}}
                        for r in rows(name, served, point=point, slo=slo)]
         for label, run in served:
             runs[" ".join(filter(None, [name, label, *(f"{k}={v}" for k, v in point.items())]))] = run
     return table_rows, runs
-
-
-def _report_rejections(label: str, run, console) -> None:
-    """Warn when the engine refused requests; raise ValueError when it refused every one (the
-    run measured nothing)."""
-    if not run.rejected:
-        return
-    why = run.rejected[0][1]
-    if not run.records:
-        raise ValueError(f"the {label} run rejected all {len(run.rejected)} requests (first: {why}); "
-                         f"give it more KV capacity (--kv-tokens) or a smaller workload")
-    console.print(f"  [red]{label} rejected {len(run.rejected)} requests[/red] (first: {why})")
 
 
 def run(args) -> int:

@@ -100,6 +100,22 @@ def test_stream_reports_an_abort_made_between_steps(engine):
     assert all(not e.new_token_ids for e in rest if e.request_id == first.request_id)
 
 
+def test_generate_leaves_other_requests_abort_events_and_takes_array_prompts(engine):
+    """An abort made before a generate call is still reported by the next step; prompts may be
+    NumPy or JAX integer arrays (bools are not token ids)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    aside = engine.add_request([9, 10, 11], kvlab.SamplingParams(max_tokens=4, ignore_eos=True))
+    engine.abort(aside)
+    params = kvlab.SamplingParams(max_tokens=2, ignore_eos=True)
+    done = engine.generate([jnp.array([5, 6, 7]), np.array([5, 6, 7], np.int64)], params)
+    assert done[0].token_ids == done[1].token_ids and engine.has_pending_events()
+    assert [(e.request_id, e.finish_reason) for e in engine.step()] == [(aside, "abort")]
+    with pytest.raises(ValueError, match="a prompt is a string or a list of token ids"):
+        engine.add_request([True, 5])
+
+
 @pytest.mark.parametrize("prompts, params, message", [
     ([[1.5, 2]], None, "a prompt is a string or a list of token ids"),
     ([None], None, "a prompt is a string or a list of token ids"),

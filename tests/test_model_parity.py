@@ -206,6 +206,13 @@ def test_generation_config_eos_and_the_post_processors_bos(tmp_path):
     assert tokenizer.encode("w5 w6") == hf_tok("w5 w6")["input_ids"] == [1, 5, 6]
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "w1", "add_bos_token": False}))
     assert kvlab.models.load_tokenizer(str(tmp_path)).encode("w5 w6") == [5, 6]
+    tok.post_processor = tokenizers.processors.TemplateProcessing(       # BOS and EOS around a text
+        single="w1 $A w2", special_tokens=[("w1", 1), ("w2", 2)])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "w1"}))
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    want = hf_tok("w5 w6")["input_ids"]
+    assert kvlab.models.load_tokenizer(str(tmp_path)).encode("w5 w6") == want == [1, 5, 6, 2]
 
 
 def test_a_sharded_checkpoint_reads_the_shards_its_index_names(tmp_path):

@@ -127,7 +127,7 @@ def test_vllm_spellings_of_off_and_none():
     params = kvlab.SamplingParams(stop=None, stop_token_ids=None)
     assert params.stop == () and params.stop_token_ids == ()
     assert kvlab.SamplingParams(stop="x", stop_token_ids=5).stop_token_ids == (5,)
-    with pytest.raises(ValueError, match="top_k must be an integer >= 0 \\(0 or -1 = off\\)"):
+    with pytest.raises(ValueError, match="top_k must be an integer >= -1 \\(0 or -1 = off\\)"):
         kvlab.SamplingParams(top_k=-2)
     with pytest.raises(ValueError, match="stop_token_ids must be None or a list of token ids"):
         kvlab.SamplingParams(stop_token_ids=1.5)

@@ -264,6 +264,22 @@ def test_multi_step_plans_fall_back_to_one_step_where_the_cache_is_full():
         assert set(reasons.values()) == {"length"} and sched.num_preemptions == 0
 
 
+def test_a_multi_step_plan_short_of_staging_pages_runs_one_step_instead_of_preempting():
+    """A KIVI cache's staging pages bound the pages a plan may fill: where k steps of every
+    request do not fit them, the plan runs one step (it never preempts where one step would not)."""
+    from kvlab.kvcache.formats import Kivi
+
+    sched = ContinuousScheduler(max_num_seqs=2, decode_steps=4)
+    sched.attach(PagedKVCache(num_pages=64, page_size=4, kv_format=Kivi(group_size=4, staging_pages=2)))
+    for rid in "ab":
+        sched.add(Request(rid, [1, 2, 3], SamplingParams(max_tokens=20), max_total_tokens=64))
+    for _ in range(5):
+        plan = sched.schedule()
+        assert not plan.preempted and len(plan.seqs) == 2
+        sched.update(plan, np.arange(plan.num_rows * plan.num_steps) + 10)
+    assert sched.num_preemptions == 0
+
+
 def test_a_swapped_request_returns_only_when_its_next_step_fits():
     """vLLM's swap-in rule: back only when its pages and its next step's fit, so it is never
     swapped in to be swapped out again the next step (it preempts as often as recompute)."""

@@ -169,6 +169,11 @@ class Engine:
         """Whether a request waits or runs, or a launched step has not been read yet."""
         return self.scheduler.has_unfinished() or bool(self._in_flight)
 
+    def has_pending_events(self) -> bool:
+        """Whether ``step`` has events to hand out without running anything (aborts since the
+        last ``step``)."""
+        return bool(self._aborted)
+
     # ---- stepping --------------------------------------------------------------------------------
     def step(self) -> list[StreamEvent]:
         """Plan and launch one step, then read the oldest step beyond ``steps_ahead`` (with
@@ -224,7 +229,7 @@ class Engine:
     def stream(self, prompts, params=None) -> Iterator[StreamEvent]:
         """Queue prompts and yield every request's progress step by step until all finish."""
         self._add_all(prompts, params, keep=False)
-        while self.has_unfinished() or self._aborted:
+        while self.has_unfinished() or self.has_pending_events():
             yield from self.step()
 
     def _add_all(self, prompts, params, keep: bool) -> list[str]:
@@ -251,6 +256,7 @@ class Engine:
         The run's wall time and the compilation time inside it are kept for ``metrics``.
         """
         t0, compile0 = time.perf_counter(), self.executor.compile_seconds
+        mark = len(self._aborted)
         ids = self._add_all(prompts, params, keep=True)
         try:
             while self.has_unfinished():
@@ -261,7 +267,7 @@ class Engine:
         finally:
             for rid in ids:
                 self.completions.forget(rid)
-            self._aborted.clear()                  # completions say it: no events are read
+            del self._aborted[mark:]      # aborts during the call: their completions say it
         self.last_run = RunTimes(wall_seconds=time.perf_counter() - t0,
                                  compile_seconds=self.executor.compile_seconds - compile0)
         return done

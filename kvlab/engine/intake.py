@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import numbers
+import operator
 import warnings
 
 from kvlab.models.tokenizer import IncrementalDecoder
@@ -36,9 +36,33 @@ def as_prompt_list(prompts) -> list:
     if isinstance(prompts, str):
         return [prompts]
     prompts = list(prompts)
-    if prompts and all(isinstance(p, numbers.Integral) for p in prompts):
+    if prompts and all(_is_token_id(p) for p in prompts):
         return [prompts]
     return prompts
+
+
+def _is_token_id(value) -> bool:
+    """An integer: Python's, or a NumPy or JAX integer scalar (``operator.index`` takes it); not
+    a bool."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _token_ids(prompt) -> list[int]:
+    """``prompt`` as a list of ints, else a ValueError naming what a prompt is."""
+    try:
+        items = list(prompt)
+    except TypeError:
+        items = None
+    if items is None or not all(_is_token_id(t) for t in items):
+        raise ValueError(f"a prompt is a string or a list of token ids (integers); got "
+                         f"{type(prompt).__name__} {str(prompt)[:60]}")
+    return [operator.index(t) for t in items]
 
 
 def params_per_prompt(params, num_prompts: int) -> list[SamplingParams]:
@@ -73,14 +97,7 @@ class Intake:
                                  "token ids")
             ids = self.tokenizer.encode(prompt)
         else:
-            try:
-                items = list(prompt)
-            except TypeError:
-                items = None
-            if items is None or not all(isinstance(t, numbers.Integral) for t in items):
-                raise ValueError(f"a prompt is a string or a list of token ids (integers); got "
-                                 f"{type(prompt).__name__} {str(prompt)[:60]}")
-            ids = [int(t) for t in items]
+            ids = _token_ids(prompt)
         if not ids:
             raise ValueError("empty prompt: at least one token is needed")
         bad = [t for t in ids if not 0 <= t < self.vocab_size]

@@ -41,11 +41,15 @@ def _byte_level_pre_tokenizer(pre: str):
                      f"smollm, llama-bpe, qwen2")
 
 
-def _post_processor_prefix(backend: tokenizers.Tokenizer) -> int | None:
-    """The special token ``tokenizer.json``'s post-processor puts before a text, if it puts one."""
+def _post_processor_specials(backend: tokenizers.Tokenizer) -> tuple[int | None, tuple[int, ...]]:
+    """What ``tokenizer.json``'s post-processor puts around a text: the one token before it (BOS;
+    None for none) and the tokens after it (e.g. EOS)."""
     plain = backend.encode("a", add_special_tokens=False).ids
     full = backend.encode("a", add_special_tokens=True).ids
-    return full[0] if len(full) == len(plain) + 1 and full[1:] == plain else None
+    for before in (0, 1):
+        if full[before:before + len(plain)] == plain:
+            return (full[0] if before else None), tuple(full[before + len(plain):])
+    return None, ()
 
 
 class Tokenizer:
@@ -53,12 +57,13 @@ class Tokenizer:
 
     def __init__(self, backend: tokenizers.Tokenizer, *, bos_token_id: int | None,
                  eos_token_ids: tuple[int, ...], chat_template: str | None = None,
-                 add_bos: bool = False):
+                 add_bos: bool = False, suffix_ids: tuple[int, ...] = ()):
         self.backend = backend
         self.bos_token_id = bos_token_id
         self.eos_token_ids = tuple(eos_token_ids)
         self.chat_template = chat_template
         self.add_bos = add_bos
+        self.suffix_ids = tuple(suffix_ids)     # after every text (a post-processor's EOS)
 
     @property
     def vocab_size(self) -> int:
@@ -75,11 +80,12 @@ class Tokenizer:
         return self.backend.id_to_token(token_id)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` (with BOS first if the model adds one)."""
+        """Token ids of ``text`` (with BOS first if the model adds one, and the tokens its
+        post-processor puts after a text, as transformers' ``encode`` does)."""
         ids = self.backend.encode(text, add_special_tokens=False).ids
         if self.add_bos and self.bos_token_id is not None:
             ids = [self.bos_token_id, *ids]
-        return ids
+        return ids + list(self.suffix_ids)
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """Text of ``ids``; bytes that do not form UTF-8 characters decode as U+FFFD."""
@@ -130,12 +136,12 @@ class Tokenizer:
         tmpl_file = Path(path) / "chat_template.jinja"
         if template is None and tmpl_file.is_file():
             template = tmpl_file.read_text()
-        bos, add_bos = token_id(cfg.get("bos_token")), cfg.get("add_bos_token")
+        bos, add_bos, suffix = token_id(cfg.get("bos_token")), cfg.get("add_bos_token"), ()
         if add_bos is None:    # transformers: tokenizer.json's post-processor decides (Llama 3's: BOS)
-            added = _post_processor_prefix(backend)
+            added, suffix = _post_processor_specials(backend)
             add_bos, bos = added is not None, bos if added is None else added
         return cls(backend, bos_token_id=bos, eos_token_ids=eos_token_ids, chat_template=template,
-                   add_bos=bool(add_bos))
+                   add_bos=bool(add_bos), suffix_ids=suffix)
 
     @classmethod
     def from_gguf_metadata(cls, meta: dict) -> Tokenizer:

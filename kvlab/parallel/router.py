@@ -168,7 +168,7 @@ class Router:
         """One step of every replica with work; the progress events of all of them."""
         events = []
         for engine in self.engines:
-            if engine.has_unfinished():
+            if engine.has_unfinished() or engine.has_pending_events():
                 events.extend(engine.step())
         for ev in events:
             rid = self._owner.pop(ev.request_id, None) if ev.finished else None
@@ -191,7 +191,8 @@ class Router:
             self._finished(request_id)
 
     def has_unfinished(self) -> bool:
-        return any(engine.has_unfinished() for engine in self.engines)
+        """Whether a replica has work, or events (aborts) that its next step reports."""
+        return any(engine.has_unfinished() or engine.has_pending_events() for engine in self.engines)
 
     def generate(self, prompts, params=None) -> list:
         """Completions of ``prompts`` (token-id lists or texts), in order; ``params``: one

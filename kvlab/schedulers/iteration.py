@@ -196,6 +196,10 @@ class IterationScheduler(Scheduler):
             rid, start = req.request_id, req.num_computed_tokens
             target = start + (n if n > 1 else steps)
             while not try_allocate(rid, target):
+                if n == 1 and steps > 1:      # the plan's lookahead does not fit (a KIVI cache's
+                    steps = step.num_steps = 1    # staging pages): it runs one step instead
+                    target = start + 1
+                    continue
                 victim = self.policy.victim(running)
                 step.unplan(victim)
                 self._preempt(victim)
@@ -217,9 +221,10 @@ class IterationScheduler(Scheduler):
         return 1
 
     def _room_for(self, order: list[Request], k: int) -> bool:
-        """Whether the cache holds ``k`` more positions of every running request at once (a
-        multi-step plan allocates them all, also past a request's last token): else the plan
-        runs one step, which never preempts more than one step would."""
+        """Whether the cache's pages hold ``k`` more positions of every running request at once
+        (a multi-step plan allocates them all, also past a request's last token): else the plan
+        runs one step. (A request whose ``k`` positions still do not fit, for want of a KIVI
+        cache's staging pages, turns the plan into one step there.)"""
         cache = self.cache
         available = cache.num_available_pages()
         if available >= len(order) * (-(-k // cache.page_size) + 1):      # room whatever they hold

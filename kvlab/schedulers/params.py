@@ -79,7 +79,7 @@ class SamplingParams:
                f"an integer in [0, max_tokens={self.max_tokens}]", self.min_tokens)
         _check(_finite(self.temperature) and self.temperature >= 0, "temperature",
                "a finite number >= 0 (0 = greedy)", self.temperature)
-        _check(_is_int(self.top_k) and self.top_k >= -1, "top_k", "an integer >= 0 (0 or -1 = off)",
+        _check(_is_int(self.top_k) and self.top_k >= -1, "top_k", "an integer >= -1 (0 or -1 = off)",
                self.top_k)
         object.__setattr__(self, "top_k", max(self.top_k, 0))
         _check(_finite(self.top_p) and 0.0 < self.top_p <= 1.0, "top_p", "in (0, 1] (1 = off)", self.top_p)

@@ -74,8 +74,9 @@ class CalibratedScales:
 
     def calibrate(self, layer_scale, x, valid, which):
         """A head keeps a scale once it has one; it gets one from the first write whose valid rows
-        give it a finite amax above zero (a write of no rows, zeros only, or a NaN leaves it
-        uncalibrated: zero, which encodes as 1 and decodes what it stored, zeros, as zeros)."""
+        give it a finite amax above zero. A write of no rows or of zeros leaves it uncalibrated
+        (scale zero: it encodes with 1 and reads what it stored, zeros, as zeros); so does a write
+        holding a NaN or an infinity, whose values then read back as zeros (or NaN)."""
         amax = jnp.where(valid[:, None, None], jnp.abs(x.astype(jnp.float32)), 0.0).max(axis=(0, 2))
         rng = self.k_range if which == 0 else self.v_range
         fresh = self.granularity.reduce_amax(amax) / rng
