@@ -25,16 +25,14 @@ BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
 
 class CompileCounter:
-    """Context manager: ``count`` the XLA compilations between enter and exit, and ``seconds``
-    their compile time."""
+    """Context manager: ``count`` the XLA compilations between enter and exit."""
 
     def __init__(self):
-        self.count, self.seconds = 0, 0.0
+        self.count = 0
 
     def _on_duration(self, event: str, duration: float, **_) -> None:
         if event == BACKEND_COMPILE:
             self.count += 1
-            self.seconds += duration
 
     def __enter__(self) -> CompileCounter:
         jax.monitoring.register_event_duration_secs_listener(self._on_duration)

@@ -147,6 +147,11 @@ class Engine:
             self.completions.expect(rid, added)
         return rid
 
+    def samples(self, request_id: str) -> list[str]:
+        """The ids of a live request's unfinished samples (itself, or ``<id>#<j>`` for n > 1);
+        [] once it has finished."""
+        return list(self._samples.get(request_id, ()))
+
     def pop_completion(self, request_id: str) -> Completion | None:
         """The ``Completion`` of a request queued with ``keep_completion=True``, once it (all its
         samples) finished, then forgotten; None while it runs."""

@@ -14,6 +14,7 @@ from kvlab.engine.sampling import SamplingArrays
 from kvlab.schedulers.params import MAX_LOGPROBS
 from kvlab.schedulers.plan import StepPlan
 from kvlab.schedulers.shapes import next_pow2
+from kvlab.schedulers.stopping import ending_token_ids
 
 
 def sampling_arrays(plan: StepPlan, num_rows: int, num_tokens: int = 0) -> SamplingArrays | None:
@@ -25,7 +26,7 @@ def sampling_arrays(plan: StepPlan, num_rows: int, num_tokens: int = 0) -> Sampl
         return None
     requests = [s.request for s in plan.seqs]
     counters = [s.sample_index or 0 for s in plan.seqs]     # the output token each row samples
-    bans = [_banned(s.request) if s.samples and s.sample_index < s.request.params.min_tokens
+    bans = [ending_token_ids(s.request) if s.samples and s.sample_index < s.request.params.min_tokens
             else () for s in plan.seqs]
     if all(r.params.plain for r in requests) and not any(bans):
         return None                                     # the common greedy step: one pass
@@ -79,9 +80,3 @@ def _prompt_next(plan: StepPlan, num_tokens: int) -> tuple[np.ndarray | None, in
     if following is None:
         return None, None
     return following, min(next_pow2(max(asked)), MAX_LOGPROBS) if max(asked) else 0
-
-
-def _banned(request) -> tuple[int, ...]:
-    """Token ids ``request`` may not sample before ``min_tokens``: its stop ids and EOS."""
-    return request.params.stop_token_ids + (() if request.params.ignore_eos
-                                            else tuple(request.eos_token_ids))

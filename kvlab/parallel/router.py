@@ -138,9 +138,8 @@ class Router:
         self.policy = policy or PrefixAware()
         self.routed_counts = [0] * len(self.engines)
         self._loads = [0] * len(self.engines)
-        self._replica_of: dict[str, int] = {}          # live request id -> its replica
-        self._samples: dict[str, set[str]] = {}        # live request id -> its unfinished samples' ids
-        self._owner: dict[str, str] = {}               # a sample's id -> its request's id
+        self._live: dict[str, tuple[int, set[str]]] = {}    # request id -> (replica, unfinished samples)
+        self._owner: dict[str, str] = {}                     # a sample's id -> its request's id
         self._ids = itertools.count()
 
     @property
@@ -152,14 +151,14 @@ class Router:
         """Route and queue ``prompt`` (what ``Engine.add_request`` takes); returns its id."""
         replica = self.policy.choose(prompt, self._loads)
         rid = request_id if request_id is not None else f"r{next(self._ids)}"
-        if rid in self._replica_of:
+        if rid in self._live:
             raise ValueError(f"request id {rid!r} is already in use")
-        rid = self.engines[replica].add_request(prompt, params, request_id=rid, **kwargs)
+        engine = self.engines[replica]
+        rid = engine.add_request(prompt, params, request_id=rid, **kwargs)
         self.policy.routed(prompt, replica)
-        self._replica_of[rid] = replica
-        n = 1 if params is None else params.n     # the engine runs n > 1 samples as <id>#<j>
-        self._samples[rid] = {rid} if n == 1 else {f"{rid}#{j}" for j in range(n)}
-        self._owner.update((sample, rid) for sample in self._samples[rid])
+        samples = set(engine.samples(rid))
+        self._live[rid] = (replica, samples)
+        self._owner.update((sample, rid) for sample in samples)
         self._loads[replica] += 1
         self.routed_counts[replica] += 1
         return rid
@@ -173,21 +172,22 @@ class Router:
         for ev in events:
             rid = self._owner.pop(ev.request_id, None) if ev.finished else None
             if rid is not None:
-                self._samples[rid].discard(ev.request_id)
-                if not self._samples[rid]:            # its last sample: the request is done
+                samples = self._live[rid][1]
+                samples.discard(ev.request_id)
+                if not samples:                       # its last sample: the request is done
                     self._finished(rid)
         return events
 
     def _finished(self, rid: str) -> None:
-        self._loads[self._replica_of.pop(rid)] -= 1
-        for sample in self._samples.pop(rid):
+        replica, samples = self._live.pop(rid)
+        self._loads[replica] -= 1
+        for sample in samples:
             self._owner.pop(sample, None)
 
     def abort(self, request_id: str) -> None:
         """Abort a request (all its samples); an id that finished or is unknown is left alone."""
-        replica = self._replica_of.get(request_id)
-        if replica is not None:
-            self.engines[replica].abort(request_id)
+        if request_id in self._live:
+            self.engines[self._live[request_id][0]].abort(request_id)
             self._finished(request_id)
 
     def has_unfinished(self) -> bool:
@@ -199,7 +199,7 @@ class Router:
         ``SamplingParams`` for all or one per prompt."""
         params = params if isinstance(params, list) else [params] * len(prompts)
         ids = [self.add_request(p, sp, keep_completion=True) for p, sp in zip(prompts, params)]
-        replicas = [self._replica_of[rid] for rid in ids]
+        replicas = [self._live[rid][0] for rid in ids]
         while self.has_unfinished():
             self.step()
         return [self.engines[r].pop_completion(rid) for rid, r in zip(ids, replicas)]

@@ -27,7 +27,7 @@ import numpy as np
 
 from kvlab.schedulers.admission import OptimisticAdmission, lifetime_tokens
 from kvlab.schedulers.base import Scheduler
-from kvlab.schedulers.multi_step import read_burst, takes_steps
+from kvlab.schedulers.multi_step import read_burst, room_for, takes_steps
 from kvlab.schedulers.plan import ScheduledSeq, StepOutput, StepPlan
 from kvlab.schedulers.policies import FCFS
 from kvlab.schedulers.preemption import RecomputePreemption
@@ -211,25 +211,14 @@ class IterationScheduler(Scheduler):
 
     def _steps_now(self, order: list[Request], counts: list[int]) -> int:
         """Decode steps the plan runs in one launch: ``decode_steps`` when every running request
-        decodes, none waits that could be admitted, none is swapped out and each can take them
-        (``multi_step.takes_steps``, within the cache's step limit); else 1."""
+        decodes, none waits that could be admitted, none is swapped out, each can take them
+        (``multi_step.takes_steps``, within the cache's step limit) and the cache's pages hold them
+        all (``multi_step.room_for``); else 1."""
         k = min(self.decode_steps, self._chunk_limit())
         if k <= 1 or self.swapped or (self.waiting and len(self.running) < self.max_num_seqs):
             return 1
-        if all(n == 1 and takes_steps(req, k) for req, n in zip(order, counts)) and self._room_for(order, k):
-            return k
-        return 1
-
-    def _room_for(self, order: list[Request], k: int) -> bool:
-        """Whether the cache's pages hold ``k`` more positions of every running request at once
-        (a multi-step plan allocates them all, also past a request's last token): else the plan
-        runs one step. (A request whose ``k`` positions still do not fit, for want of a KIVI
-        cache's staging pages, turns the plan into one step there.)"""
-        cache = self.cache
-        available = cache.num_available_pages()
-        if available >= len(order) * (-(-k // cache.page_size) + 1):      # room whatever they hold
-            return True
-        return sum(cache.pages_needed(r.request_id, r.num_computed_tokens + k) for r in order) <= available
+        every = all(n == 1 and takes_steps(req, k) for req, n in zip(order, counts))
+        return k if every and room_for(self.cache, order, k) else 1
 
     def _swap_in(self, step: StepBuilder) -> list[tuple[int, int]]:
         """Swapped requests come back first, oldest first, while rows and pages allow: each only

@@ -39,6 +39,18 @@ def takes_steps(request: Request, num_steps: int) -> bool:
     return limit is None or request.num_computed_tokens + num_steps <= limit
 
 
+def room_for(cache, requests: list[Request], num_steps: int) -> bool:
+    """Whether ``cache``'s pages hold ``num_steps`` more positions of every one of ``requests``
+    at once (a multi-step plan allocates them all, also past a request's last token); else the
+    plan runs one step. (A request whose positions still do not fit, for want of a KIVI cache's
+    staging pages, turns the plan into one step where the scheduler meets it.)"""
+    available = cache.num_available_pages()
+    if available >= len(requests) * (-(-num_steps // cache.page_size) + 1):    # whatever they hold
+        return True
+    need = sum(cache.pages_needed(r.request_id, r.num_computed_tokens + num_steps) for r in requests)
+    return need <= available
+
+
 def read_burst(plan: StepPlan, tokens: list[int], now: float, commit, release) -> list[StepOutput]:
     """Apply a multi-step plan's tokens: ``tokens`` holds ``plan.num_steps`` blocks of equal
     width, block ``j`` the tokens step ``j`` sampled by batch row. Each sequence takes its tokens

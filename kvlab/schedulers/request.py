@@ -124,13 +124,13 @@ class Request:
             return len(tokens)
         kept = [int(t) for t in tokens[:tokens_until_stop(self, tokens)]]
         self.num_pending = max(0, self.num_pending - len(kept))
-        first = len(self.output_token_ids) + 1          # the first kept token's position
         self.output_token_ids.extend(kept)
         self.token_times.extend([now] * len(kept))
         if self.output_text is not None:
-            for position, token in enumerate(kept, start=first):
-                if token_text_kept(self, token, position):
-                    self.output_text.push([token])
+            # Only the last kept token can end the request (and so lose its text).
+            last_kept = token_text_kept(self, kept[-1], len(self.output_token_ids)) if kept else True
+            for token in kept if last_kept else kept[:-1]:
+                self.output_text.push([token])
         check_stop(self)                # the last kept token: the decision token by token made
         return len(kept)
 

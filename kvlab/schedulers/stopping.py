@@ -113,6 +113,13 @@ def check_stop(request) -> None:
     return None
 
 
+def ending_token_ids(request) -> tuple[int, ...]:
+    """The token ids that end ``request`` once ``min_tokens`` are out (and that it may not sample
+    before): its stop token ids, and EOS unless ``ignore_eos``."""
+    params = request.params
+    return tuple(params.stop_token_ids) + (() if params.ignore_eos else tuple(request.eos_token_ids))
+
+
 def tokens_until_stop(request, tokens: list[int]) -> int:
     """How many of ``tokens`` (sampled in order for ``request``, not yet appended) it takes:
     up to the first that ``check_stop`` would end it at by a stop token id, EOS or length, or all
@@ -123,7 +130,7 @@ def tokens_until_stop(request, tokens: list[int]) -> int:
     if request.max_total_tokens is not None:
         limit = min(limit, request.max_total_tokens - request.num_tokens)
     n = min(len(tokens), max(limit, 1))
-    stops = tuple(params.stop_token_ids) + (() if params.ignore_eos else tuple(request.eos_token_ids))
+    stops = ending_token_ids(request)
     if stops:
         for i in range(max(0, params.min_tokens - out - 1), n):     # once min_tokens are out
             if tokens[i] in stops:
@@ -138,7 +145,7 @@ def token_text_kept(request, token: int, position: int) -> bool:
     params = request.params
     if params.include_stop_str_in_output or position < params.min_tokens:
         return True
-    return not (token in params.stop_token_ids or (not params.ignore_eos and token in request.eos_token_ids))
+    return token not in ending_token_ids(request)
 
 
 def _finish(request, finish_reason: str, stop_reason) -> None:
