@@ -59,7 +59,8 @@ def timed(fn, reps: int) -> float:
 def calibrate(target_ms: float, x, w, buffer) -> int:
     """Products per layer call so that one call takes about ``target_ms``."""
     reps = 8
-    one = timed(lambda: layer_compute(reps)(x, w, buffer).block_until_ready(), 3)
+    layer = layer_compute(reps)      # made once: a new jit per call would time its compilation
+    one = timed(lambda: layer(x, w, buffer).block_until_ready(), 3)
     return max(1, round(reps * target_ms / max(one, 1e-3)))
 
 

@@ -12,9 +12,11 @@ Random bf16 weights and random token ids (a replay measures time, not text). The
 1.25 documents, the host tier four, so asking documents B and C after A evicts A's pages to the
 host.
 Every scenario runs ``--warmup`` times untimed first (compilation), then ``--reps`` times; the medians are
-reported, with the executor's page copies of the warm-from-host ask timed (synchronised): all of
-them, and apart the device gather of the pages the step evicts to the host (write-back) and the
-device write of the loaded pages. ``--first-tier pinned`` keeps the host tier in pinned memory
+reported. TTFT is the request's own (arrival to first token, on the engine's clock), in rounds with
+nothing synchronised; one more round then times the executor's page copies of the warm-from-host
+ask (each copy synchronised, so that round's TTFT is not reported): all of them, and apart the
+device gather of the pages the step evicts to the host (write-back) and the device write of the
+loaded pages. ``--first-tier pinned`` keeps the host tier in pinned memory
 (``PinnedHostTier``: copies by DMA), ``numpy`` in a NumPy array (``HostMemoryTier``).
 """
 
@@ -50,6 +52,15 @@ PAGE = 16
 POLICIES = {"write-back": WriteBackOnEviction(), "write-through": WriteThrough()}
 TIERS = {"numpy": HostMemoryTier, "pinned": PinnedHostTier}
 LAYER_LOOPS = {"default": default_layer_loop, "scan": ScanLayers}
+
+
+def tier_factory(name: str, slice_mib: int | None, bank_mib: int | None):
+    """The first tier's class (for the pinned tier, with ``slice_bytes`` and ``bank_bytes`` when
+    given)."""
+    if name != "pinned":
+        return TIERS[name]
+    sizes = {key: mib << 20 for key, mib in (("slice_bytes", slice_mib), ("bank_bytes", bank_mib)) if mib}
+    return lambda num_pages: PinnedHostTier(num_pages=num_pages, **sizes)
 
 
 def host_to_device_gbps(nbytes: int = 1 << 30) -> dict:
@@ -111,10 +122,26 @@ class CopyTimer:
             self.records.append((time.perf_counter() - t, loads, offloads, dict(self.phases)))
 
 
-def ttft(engine, prompt) -> float:
-    t = time.perf_counter()
-    engine.generate([prompt], kvlab.SamplingParams(max_tokens=1, ignore_eos=True))
-    return time.perf_counter() - t
+def ask(engine, prompt):
+    """One request for one token: its ``RequestRecord`` (``ttft``: from its arrival to its first
+    token, on the engine's clock)."""
+    return engine.generate([prompt], kvlab.SamplingParams(max_tokens=1, ignore_eos=True))[0].metrics
+
+
+class LaunchClock:
+    """Stamps (unsynchronised) when the executor starts and ends launching each plan that loads
+    pages from a tier: the host's work before the load, and the launch's own."""
+
+    def __init__(self, executor):
+        self.inner, self.stamps = executor.launch, []
+        executor.launch = self
+
+    def __call__(self, plan):
+        start = time.perf_counter()
+        future = self.inner(plan)
+        if any(isinstance(move, tier_moves.Load) for move in plan.tier_moves):
+            self.stamps.append((start, time.perf_counter()))
+        return future
 
 
 def replay(model, length: int, reps: int, chunk: int, policy, warmup: int, tier_type) -> dict:
@@ -125,30 +152,39 @@ def replay(model, length: int, reps: int, chunk: int, policy, warmup: int, tier_
                                tiers=host)
     engine = kvlab.Engine(model, cache=cache, max_model_len=length + 2 * PAGE,
                           scheduler=kvlab.ChunkedScheduler(max_num_seqs=1, max_num_batched_tokens=chunk))
-    timer = CopyTimer(engine.executor)
     rng = np.random.default_rng(length)
-    rows = {"cold": [], "warm_gpu": [], "warm_host": [], "copies": [], "loaded_pages": [], "write": [],
-            "offloaded_pages": []}
-    for rep in range(warmup + reps):                # the first rounds compile
+    rows = {"cold": [], "warm_gpu": [], "warm_host": [], "host_before_load": [], "load_launch": []}
+    launches = LaunchClock(engine.executor)
+
+    def round_trip():
         a, b, d = (rng.integers(0, c.vocab_size, length).tolist() for _ in range(3))
-        cold = ttft(engine, a + [1])
-        warm_gpu = ttft(engine, a + [2])
-        ttft(engine, b + [1])                        # these two evict all of a's pages to the host
-        ttft(engine, d + [1])
+        cold = ask(engine, a + [1]).ttft
+        warm_gpu = ask(engine, a + [2]).ttft
+        ask(engine, b + [1])                         # these two evict all of a's pages to the host
+        ask(engine, d + [1])
         hits = cache.match_prefix_by_tier(a)
-        before = len(timer.records)
-        warm_host = ttft(engine, a + [3])
-        load_s, pages, offloads, phases = timer.records[before]
+        warm = ask(engine, a + [3])
+        start, end = launches.stamps[-1]
+        return cold, warm_gpu, hits, warm.ttft, start - warm.arrival, end - start
+
+    for rep in range(warmup + reps):                # the first rounds compile
+        cold, warm_gpu, hits, warm_host, before, launch = round_trip()
         print(f"  L={length} rep {rep}: cold {cold * 1e3:.1f} ms, warm GPU {warm_gpu * 1e3:.1f} ms, "
-              f"hits (GPU, host) {hits}, warm host {warm_host * 1e3:.1f} ms (copies {load_s * 1e3:.1f} ms: "
-              f"{pages} pages in, {offloads} out; "
-              + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in phases.items()) + ")", flush=True)
+              f"hits (GPU, host) {hits}, warm host {warm_host * 1e3:.1f} ms (host work before its "
+              f"launch {before * 1e3:.1f} ms, the launch {launch * 1e3:.1f} ms)", flush=True)
         if rep >= warmup:
-            for k, v in zip(rows, (cold, warm_gpu, warm_host, load_s, pages, phases.get("write_pages", 0.0),
-                                   offloads)):
+            for k, v in zip(rows, (cold, warm_gpu, warm_host, before, launch)):
                 rows[k].append(v)
+    timer = CopyTimer(engine.executor)                # a last round, its copies timed apart
+    round_trip()
+    load_s, pages, offloads, phases = timer.records[-1]
+    print(f"  L={length} copies of the warm-from-host ask, synchronised: {load_s * 1e3:.1f} ms "
+          f"({pages} pages in, {offloads} out; "
+          + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in phases.items()) + ")", flush=True)
     page_bytes = PAGE * kv_bytes_per_token(c, jnp.bfloat16)
     med = {k: float(np.median(v)) for k, v in rows.items()}
+    med.update(copies=load_s, loaded_pages=pages, offloaded_pages=offloads,
+               write=phases.get("write_pages", 0.0), load=phases.get("load_records", 0.0))
     med["loaded_bytes"] = med["loaded_pages"] * page_bytes
     med["write_gbps"] = med["loaded_bytes"] / med["write"] / 1e9
     med["speedup_host"] = med["cold"] / med["warm_host"]
@@ -167,6 +203,10 @@ def main():
     ap.add_argument("--first-tier", nargs="+", choices=sorted(TIERS), default=["pinned"])
     ap.add_argument("--layer-loop", choices=sorted(LAYER_LOOPS), default="default",
                     help="scan: fewer compilations at 8B (each step also copies the layers' weights)")
+    ap.add_argument("--slice-mib", type=int, default=None,
+                    help="the pinned tier's slice size (MiB; default: PinnedHostTier's)")
+    ap.add_argument("--bank-mib", type=int, default=None,
+                    help="the pinned tier's bank size (MiB; default: PinnedHostTier's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     dev = jax.devices()[0]
@@ -182,7 +222,7 @@ def main():
             for policy in args.policies:
                 for tier in args.first_tier:
                     r = replay(model, length, args.reps, args.chunk, POLICIES[policy], args.warmup,
-                               TIERS[tier])
+                               tier_factory(tier, args.slice_mib, args.bank_mib))
                     r["shape"], r["policy"], r["tier"] = shape, policy, tier
                     results.append(r)
         del model
@@ -191,15 +231,18 @@ def main():
             json.dump({"device": dev.device_kind, "jax": jax.__version__, "copies_gbps": bw,
                        "rows": results}, f, indent=1)
     print("\n| shape | host tier | offload policy | document tokens | TTFT cold | warm on GPU |"
-          " warm from host | cold / host | KV loaded | page copies of the step (in and out) |"
-          " device write | write GB/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          " warm from host | cold / host | host work before the load (launch) | KV loaded |"
+          " page copies of the step, synchronised (in and out) |"
+          " of which tier load | device write | write GB/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['shape']} | {r['tier']} | {r['policy']} | {r['length']} | {r['cold'] * 1e3:.1f} ms | "
               f"{r['warm_gpu'] * 1e3:.1f} ms | "
               f"{r['warm_host'] * 1e3:.1f} ms | {r['speedup_host']:.1f}x | "
-              f"{r['loaded_bytes'] / 1e9:.2f} GB | {r['copies'] * 1e3:.1f} ms | {r['write'] * 1e3:.1f} ms | "
-              f"{r['write_gbps']:.1f} |")
+              f"{r['host_before_load'] * 1e3:.1f} ms "
+              f"({r['load_launch'] * 1e3:.1f} ms) | "
+              f"{r['loaded_bytes'] / 1e9:.2f} GB | {r['copies'] * 1e3:.1f} ms | {r['load'] * 1e3:.1f} ms | "
+              f"{r['write'] * 1e3:.1f} ms | {r['write_gbps']:.1f} |")
 
 
 if __name__ == "__main__":

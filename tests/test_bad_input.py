@@ -114,6 +114,13 @@ def test_generate_leaves_other_requests_abort_events_and_takes_array_prompts(eng
     assert [(e.request_id, e.finish_reason) for e in engine.step()] == [(aside, "abort")]
     with pytest.raises(ValueError, match="a prompt is a string or a list of token ids"):
         engine.add_request([True, 5])
+    for bad in (np.array([True, False]), np.array([1.0, 2.0]), np.array([[5, 6]])):
+        with pytest.raises(ValueError, match="a prompt is a string or a list of token ids"):
+            engine.add_request(bad)
+    with pytest.raises(ValueError, match=r"token ids \[-1\] are outside the vocabulary"):
+        engine.add_request(np.array([5, -1]))
+    mixed = engine.generate([[5, np.int32(6), 7]], params)          # NumPy scalars among ints
+    assert mixed[0].token_ids == done[0].token_ids
 
 
 @pytest.mark.parametrize("prompts, params, message", [

@@ -121,10 +121,10 @@ def slot_stretches(draw):
 
 
 @settings(max_examples=15, deadline=None)
-@given(slot_stretches(), st.integers(1, 4), st.sampled_from([5, 16]))
+@given(slot_stretches(), st.integers(1, 4), st.sampled_from([2, 5, 16]))
 def test_pinned_copies_in_slices_match_numpy(slots, records_per_slice, records_per_bank):
-    """Slots that step by one (up or down) move as slices, the rest one by one, bank by bank:
-    loads and offloads still equal NumPy's indexing."""
+    """Slots that step by one (up or down) move as slices, the rest one by one, bank by bank, and
+    a bank a load wants whole in one copy: loads and offloads still equal NumPy's indexing."""
     record = np.zeros((2, 3), np.float32)
     tier = PinnedHostTier(16, record, slice_bytes=records_per_slice * record.nbytes,
                           bank_bytes=records_per_bank * record.nbytes)
@@ -136,6 +136,50 @@ def test_pinned_copies_in_slices_match_numpy(slots, records_per_slice, records_p
     tier.store_records(slots, jax.device_put(data), np.arange(len(slots)))
     shadow[slots] = data
     np.testing.assert_array_equal(tier.read_rows(list(range(16))), shadow)
+
+
+def test_a_load_moves_the_banks_it_wants_whole_in_one_copy_each(monkeypatch):
+    """Of banks of 4 rows, a load wants banks 0 and 2 whole (in a scrambled order) and one row
+    of bank 1: one device_put of each of banks 0 and 2, bank 1 sliced; rows in the order asked."""
+    record = np.zeros((2, 3), np.float32)
+    tier = PinnedHostTier(12, record, bank_bytes=4 * record.nbytes)
+    shadow = np.arange(12 * 6, dtype=np.float32).reshape(12, 2, 3)
+    tier.write_rows(list(range(12)), shadow)
+    banks, whole = tier.records, []
+    real = jax.device_put
+    monkeypatch.setattr(jax, "device_put", lambda x, *a, **k: whole.extend(
+        i for i, bank in enumerate(banks) if x is bank) or real(x, *a, **k))
+    slots = [3, 1, 9, 0, 2, 11, 5, 10, 8]
+    loaded = tier.load_records(slots)
+    assert loaded.shape == (16, 2, 3)
+    np.testing.assert_array_equal(np.asarray(loaded)[:len(slots)], shadow[slots])
+    assert whole == [0, 2]
+    sliced = PinnedHostTier(12, record, bank_bytes=4 * record.nbytes, whole_bank_share=2.0)
+    sliced.write_rows(list(range(12)), shadow)
+    banks, whole = sliced.records, []
+    np.testing.assert_array_equal(np.asarray(sliced.load_records(slots))[:len(slots)], shadow[slots])
+    assert whole == []
+    for share in (0, -1.0, True, "7/8"):
+        with pytest.raises(ValueError, match="whole_bank_share > 0"):
+            PinnedHostTier(4, whole_bank_share=share)
+
+
+def test_a_device_write_of_page_records_sets_those_pages_and_refuses_repeats():
+    """``page_copies.write_pages``: records into distinct pages (the unique-indices scatter),
+    padding dropped, other pages untouched; a page named twice is an error, not a race."""
+    import jax.numpy as jnp
+
+    from kvlab.engine import page_copies
+    from kvlab.kvcache.storage import PagedKVStorage
+
+    storage = PagedKVStorage.zeros(num_layers=2, num_pages=5, page_size=2, num_kv_heads=1, head_dim=4,
+                                   dtype=jnp.float32)
+    records = np.arange(3 * 2 * 2 * 2 * 4, dtype=np.float32).reshape(3, 2, 2, 2, 1, 4)
+    written = page_copies.write_pages(storage, [4, 0, 2], records)        # padded to 4 rows
+    np.testing.assert_array_equal(np.asarray(page_copies.gather_pages(written, [4, 0, 2]))[:3], records)
+    np.testing.assert_array_equal(np.asarray(written.k[:, [1, 3]]), 0)
+    with pytest.raises(ValueError, match="distinct pages"):
+        page_copies.write_pages(written, [1, 1], records[:2])
 
 
 @pytest.mark.gpu

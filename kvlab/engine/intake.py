@@ -24,6 +24,9 @@ import itertools
 import operator
 import warnings
 
+import jax
+import numpy as np
+
 from kvlab.models.tokenizer import IncrementalDecoder
 from kvlab.schedulers.params import SamplingParams
 from kvlab.schedulers.request import Request
@@ -35,8 +38,10 @@ def as_prompt_list(prompts) -> list:
     anything else is iterated as a list of prompts."""
     if isinstance(prompts, str):
         return [prompts]
+    if isinstance(prompts, np.ndarray | jax.Array) and prompts.ndim == 1:
+        return [prompts]
     prompts = list(prompts)
-    if prompts and all(_is_token_id(p) for p in prompts):
+    if prompts and (set(map(type, prompts)) <= {int} or all(_is_token_id(p) for p in prompts)):
         return [prompts]
     return prompts
 
@@ -55,10 +60,14 @@ def _is_token_id(value) -> bool:
 
 def _token_ids(prompt) -> list[int]:
     """``prompt`` as a list of ints, else a ValueError naming what a prompt is."""
+    if isinstance(prompt, np.ndarray | jax.Array) and prompt.ndim == 1 and prompt.dtype.kind in "iu":
+        return np.asarray(prompt).tolist()          # an integer array: no element-wise checks
     try:
         items = list(prompt)
     except TypeError:
         items = None
+    if items is not None and set(map(type, items)) <= {int}:   # the common case, checked at C speed
+        return items
     if items is None or not all(_is_token_id(t) for t in items):
         raise ValueError(f"a prompt is a string or a list of token ids (integers); got "
                          f"{type(prompt).__name__} {str(prompt)[:60]}")
@@ -100,8 +109,8 @@ class Intake:
             ids = _token_ids(prompt)
         if not ids:
             raise ValueError("empty prompt: at least one token is needed")
-        bad = [t for t in ids if not 0 <= t < self.vocab_size]
-        if bad:
+        if min(ids) < 0 or max(ids) >= self.vocab_size:
+            bad = [t for t in ids if not 0 <= t < self.vocab_size]
             raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
         if len(ids) >= self.max_model_len:
             raise ValueError(f"prompt of {len(ids)} tokens leaves no room to generate within the "

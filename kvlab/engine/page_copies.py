@@ -40,6 +40,14 @@ def padded(pages, fill: int) -> np.ndarray:
     return out
 
 
+def distinct_padded(pages, num_pages: int) -> np.ndarray:
+    """``pages`` as int32, padded to the next power of two with distinct ids from ``num_pages``
+    on (out of range: dropped by the write, and distinct, as a unique-indices scatter needs)."""
+    out = np.arange(num_pages, num_pages + next_pow2(len(pages)), dtype=np.int32)
+    out[:len(pages)] = pages
+    return out
+
+
 def read_pages(storage, pages) -> np.ndarray:
     """Whole pages as host records ``[n, *storage.page_record.shape]`` (one device-to-host copy)."""
     return np.asarray(gather_pages(storage, pages))[:len(pages)]
@@ -56,8 +64,11 @@ def write_pages(storage, pages, data: np.ndarray, pool=None):
     ``data`` past ``n`` are ignored: a buffer already padded to ``next_pow2(n)`` rows is not
     copied). With ``pool`` (a ``concurrent.futures`` executor), a large copy travels to the
     device in ``PARTS`` parts at once: one host-to-device copy from pageable memory does not
-    fill the link."""
-    pages = padded(pages, storage.num_pages)                  # padding rows are dropped
+    fill the link. ``pages`` must be distinct (the storage's scatter assumes unique indices)."""
+    if len(set(pages)) != len(pages):
+        raise ValueError(f"write_pages needs distinct pages (one record per page), got {len(pages)} "
+                         f"ids of which {len(set(pages))} distinct")
+    pages = distinct_padded(pages, storage.num_pages)         # padding rows are dropped
     if data.shape[0] != len(pages):
         full = np.zeros((len(pages),) + data.shape[1:], data.dtype)
         n = min(len(data), len(pages))

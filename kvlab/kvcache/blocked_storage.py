@@ -106,7 +106,8 @@ class BlockedKVStorage:
 
     def write_pages(self, pages: jax.Array, data: jax.Array) -> BlockedKVStorage:
         """Inverse of ``read_pages``; out-of-range block ids are dropped (padding)."""
-        return BlockedKVStorage(blocks=self.blocks.at[pages].set(data.astype(self.blocks.dtype), mode="drop"))
+        return BlockedKVStorage(blocks=self.blocks.at[pages].set(data.astype(self.blocks.dtype), mode="drop",
+                                                                 unique_indices=True))
 
     def read_block(self, block: int) -> jax.Array:
         """The whole KV of one block, all layers: [L, 2, P, Hkv, D] (one contiguous slice)."""

@@ -35,13 +35,13 @@ def pages_as_records(arrays, pages: jax.Array) -> jax.Array:
 
 
 def records_into_pages(arrays, pages: jax.Array, data: jax.Array) -> list[jax.Array]:
-    """Inverse of ``pages_as_records``: ``arrays`` with ``pages`` set from the records ``data``;
-    out-of-range page ids are dropped (padding)."""
+    """Inverse of ``pages_as_records``: ``arrays`` with ``pages`` (distinct) set from the records
+    ``data``; out-of-range page ids are dropped (padding)."""
     out, start = [], 0
     for arr in arrays:
         shape = (data.shape[0], arr.shape[0], *arr.shape[2:])          # [n, L, ...]
         size = jnp.dtype(arr.dtype).itemsize * math.prod(shape[2:])
         piece = from_bytes(data[..., start:start + size], shape, arr.dtype)
-        out.append(arr.at[:, pages].set(jnp.swapaxes(piece, 0, 1), mode="drop"))
+        out.append(arr.at[:, pages].set(jnp.swapaxes(piece, 0, 1), mode="drop", unique_indices=True))
         start += size
     return out

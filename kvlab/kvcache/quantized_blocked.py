@@ -134,7 +134,7 @@ class QuantizedBlockedKVStorage:
             shape = (data.shape[0], *arr.shape[1:])
             size = arr.dtype.itemsize * math.prod(arr.shape[2:])
             piece = from_bytes(data[..., start:start + size], shape, arr.dtype)
-            out.append(arr.at[pages].set(piece, mode="drop"))
+            out.append(arr.at[pages].set(piece, mode="drop", unique_indices=True))
             start += size
         return dataclasses.replace(self, blocks=out[0], meta=out[1])
 

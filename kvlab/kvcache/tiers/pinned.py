@@ -2,15 +2,21 @@
 ``pinned_host``: the device copies records in and out by DMA, with no host gather and no staging
 copy (TensorRT-LLM's pinned host pool, vLLM's and SGLang's pinned CPU buffers).
 
-Moves are jitted loops of slices: a load is a dynamic slice of the pinned array moved to the
-device (``jax.device_put`` inside the jit) into one device array; an offload is a
-dynamic-update-slice of device records into the (donated) pinned array. Records whose slots (and
-rows) follow each other move together, in slices of up to ``slice_bytes`` (default 32 MiB). On
-the lent H200 (2026-12-01) a GiB of records went to the device at 17 GB/s one 512 KiB record per
-copy, 32 GB/s one 2 MiB record per copy, and 44-45 GB/s in 32 MiB slices (52.8 GB/s for one
-whole-array copy), and back at about the same rates, against 0.5 s for a NumPy gather of the
-same records. Host reads (``read_rows``, for a demotion to disk) copy out of a transient NumPy
-view: a view that outlived the copy would keep the array from being donated.
+The records are kept in pinned arrays of up to ``bank_bytes`` (default 2 GiB), the banks. A bank
+a load wants (at least 7/8 of its rows) travels whole by one ``jax.device_put``, a DMA at the
+link's full speed, and its rows are then placed on the device; other records move by jitted loops
+of slices: a dynamic slice of a bank moved to the device (``jax.device_put`` inside the jit) into
+one device array. An offload is a dynamic-update-slice of device records into the (donated) bank.
+On the lent H200 (2026-12-03) the 2048 records of a 32k-token document (4.29 GB, Llama-3-8B
+shape) reached the device in 88 ms (48.7 GB/s) as two whole banks against 98 ms (44 GB/s) in
+slices; smaller banks were slower (256 MiB: 35 GB/s, 64 MiB: 18 GB/s), and the host waits for a
+whole-bank copy, where the jitted slice loops return at once. Records whose slots (and rows)
+follow each other move together, in slices of up to ``slice_bytes`` (default 32 MiB). On the
+lent H200 (2026-12-01) a GiB of records went to the device at 17 GB/s one 512 KiB record per
+copy, 32 GB/s one 2 MiB record per copy, and 44-45 GB/s in 32 MiB slices, and back at about the
+same rates, against 0.5 s for a NumPy gather of the same records. Host reads (``read_rows``, for
+a demotion to disk) copy out of a transient NumPy view: a view that outlived the copy would keep
+the array from being donated.
 
 Examples:
     >>> import jax, numpy as np
@@ -24,6 +30,8 @@ Examples:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,6 +43,7 @@ from kvlab.kvcache.tiers.records import pad_slots
 
 RUN_BYTES = 32 << 20      # records whose slots follow each other move in slices of up to this size
 BANK_BYTES = 2 << 30      # records are kept in pinned arrays of up to this size (banks)
+WHOLE_BANK_SHARE = 7 / 8  # a load wanting this share of a bank's rows moves the whole bank
 
 
 def runs(src, dst, run: int, length: int):
@@ -94,14 +103,20 @@ class PinnedHostTier(ArrayTier):
     first JAX device), evicted by ``eviction`` (default ``LRU()``) when full; a first tier whose
     loads and offloads run at the host link's speed. Records in consecutive slots move in slices
     of up to ``slice_bytes``; the records are kept in pinned arrays (banks) of up to
-    ``bank_bytes``."""
+    ``bank_bytes``; a load that wants ``whole_bank_share`` of a bank's rows or more moves the bank
+    whole (above 1: never)."""
 
     def __init__(self, num_pages: int, page_record=None, eviction=None, *, device=None,
-                 slice_bytes: int = RUN_BYTES, bank_bytes: int = BANK_BYTES):
+                 slice_bytes: int = RUN_BYTES, bank_bytes: int = BANK_BYTES,
+                 whole_bank_share: float = WHOLE_BANK_SHARE):
         for name, value in (("slice_bytes", slice_bytes), ("bank_bytes", bank_bytes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"PinnedHostTier needs {name} >= 1 (bytes), got {value!r}")
-        self.slice_bytes, self.bank_bytes = slice_bytes, bank_bytes
+        if isinstance(whole_bank_share, bool) or not isinstance(whole_bank_share, int | float) \
+                or not whole_bank_share > 0:
+            raise ValueError(f"PinnedHostTier needs whole_bank_share > 0 (the share of a bank's rows a load "
+                             f"must want to move the bank whole; above 1: never), got {whole_bank_share!r}")
+        self.slice_bytes, self.bank_bytes, self.whole_bank_share = slice_bytes, bank_bytes, whole_bank_share
         self.device = device or jax.devices()[0]
         self._pinned = SingleDeviceSharding(self.device, memory_kind="pinned_host")
         self._on_device = SingleDeviceSharding(self.device)
@@ -122,7 +137,8 @@ class PinnedHostTier(ArrayTier):
     def records(self) -> tuple[jax.Array, ...] | None:
         """The record banks, pinned arrays ``[bank_slots, *shape]``: slot ``s`` is row
         ``s % bank_slots`` of bank ``s // bank_slots`` (XLA:GPU stores into a pinned array of 4 GiB
-        or more ten times slower than into one of 2 GiB); None until the page record is bound."""
+        or more ten times slower than into one of 2 GiB, and a bank is the unit a load moves
+        whole); None until the page record is bound."""
         return self._records
 
     def _by_bank(self, slots):
@@ -166,10 +182,43 @@ class PinnedHostTier(ArrayTier):
         self._records = tuple(banks)
 
     def load_records(self, slots) -> jax.Array:
+        """The records of ``slots`` on the device, ``[next_pow2(n), ...]``. Banks a load wants
+        (almost) whole travel by one ``jax.device_put`` each, a DMA at the link's full speed (the
+        host waits for it), every one issued before any other copy; their rows are then placed
+        on the device. The other banks' records move in slices."""
         banks = self._storage()
         length = len(pad_slots(slots))
         run = self._run(length)
         out = jnp.zeros((length, *self.shape), banks[0].dtype, device=self._on_device)
-        for b, at, bank_rows in self._by_bank(slots):
-            out = self._load(out, banks[b], *runs(bank_rows, at, run, length), run=run)
+        groups = list(self._by_bank(slots))
+        whole = [len(np.unique(rows)) >= self.whole_bank_share * self._bank_slots for _, _, rows in groups]
+        moved = [jax.device_put(banks[b], self._on_device) if w else None      # every DMA first
+                 for (b, _, _), w in zip(groups, whole)]
+        for (b, at, bank_rows), bank in zip(groups, moved):
+            if bank is None:
+                out = self._load(out, banks[b], *runs(bank_rows, at, run, length), run=run)
+            else:
+                out = _place_rows(out, bank, _padded(bank_rows, length, 0), _unique_padded(at, length))
         return out
+
+
+def _padded(values, length: int, fill: int) -> np.ndarray:
+    """``values`` as int32, padded with ``fill`` to ``length``."""
+    out = np.full(length, fill, np.int32)
+    out[:len(values)] = values
+    return out
+
+
+def _unique_padded(rows, length: int) -> np.ndarray:
+    """Distinct destination ``rows`` as int32, padded to ``length`` with distinct rows past
+    ``length`` (dropped by the write; distinct, so the write may assume unique indices)."""
+    out = np.arange(length, 2 * length, dtype=np.int32)
+    out[:len(rows)] = rows
+    return out
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _place_rows(out, bank, src_rows, dst_rows):
+    """``out[dst_rows[j]] = bank[src_rows[j]]`` (both ``[length]``; ``dst_rows`` distinct, those
+    past ``out``'s rows padding, dropped)."""
+    return out.at[dst_rows].set(bank[src_rows], mode="drop", unique_indices=True)

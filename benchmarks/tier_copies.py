@@ -1,0 +1,90 @@
+"""The copies of a tier load, apart from the engine: a 32k-token document's 2048 page records
+moved from a ``PinnedHostTier`` to the device (``load_records``) with the tier's banks of several
+sizes, whole-bank copies on and off, and the device write of the loaded records into the KV
+storage (``kvlab.engine.page_copies.write_pages``), for the Llama-3.2-1B and Llama-3-8B shapes.
+
+    python benchmarks/tier_copies.py [--shapes llama-3.2-1b llama-3-8b] [--pages 2048]
+
+Each figure is the median of synchronised repetitions after one untimed call (compilation); the
+ceiling is the host-to-device bandwidth of the link (``benchmarks/tier_replay.py`` measures it in
+the same way, one 1 GiB pinned array).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kvlab.engine import page_copies
+from kvlab.kvcache.storage import PagedKVStorage
+from kvlab.kvcache.tiers import PinnedHostTier
+
+SHAPES = {"llama-3.2-1b": (16, 8, 64), "llama-3-8b": (32, 8, 128)}     # layers, KV heads, head dim
+PAGE = 16
+BANKS = ((2048, 2.0), (2048, 7 / 8), (256, 7 / 8), (64, 7 / 8))     # MiB, whole-bank share (2: off)
+
+
+def timed_ms(f, reps: int) -> float:
+    """Median wall time (ms) of ``f()`` to completion, after one untimed call."""
+    jax.block_until_ready(f())
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        jax.block_until_ready(f())
+        times.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(times))
+
+
+def device_write(layers, heads, dim, n, reps) -> float:
+    """``write_pages`` of ``n`` records into random distinct pages of a storage of 1.25 n pages."""
+    num_pages = n * 5 // 4 + 40
+    holder = [PagedKVStorage.zeros(num_layers=layers, num_pages=num_pages, page_size=PAGE, num_kv_heads=heads,
+                                   head_dim=dim, dtype=jnp.bfloat16)]
+    data = jnp.ones((n, layers, 2, PAGE, heads, dim), jnp.bfloat16)
+    pages = np.random.default_rng(0).permutation(num_pages)[:n].tolist()
+
+    def write():
+        holder[0] = page_copies.write_pages(holder[0], pages, data)
+        return holder[0]
+    return timed_ms(write, reps)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=sorted(SHAPES))
+    ap.add_argument("--pages", type=int, default=2048)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args(argv)
+    print(f"{jax.devices()[0].device_kind}, JAX {jax.__version__}")
+    print("| shape | copy | banks | ascending slots | descending slots |")
+    print("|---|---|---|---|---|")
+    for shape in args.shapes:
+        layers, heads, dim = SHAPES[shape]
+        n = args.pages
+        gb = n * layers * 2 * PAGE * heads * dim * 2 / 1e9
+        ms = device_write(layers, heads, dim, n, args.reps)
+        print(f"| {shape} | device write of {gb:.2f} GB | | {ms:.2f} ms ({gb / ms * 1e3:.0f} GB/s) | |",
+              flush=True)
+        record = jax.ShapeDtypeStruct((layers, 2, PAGE, heads, dim), jnp.bfloat16)
+        for bank_mib, share in BANKS:
+            tier = PinnedHostTier(num_pages=n + 64, page_record=record, bank_bytes=bank_mib << 20,
+                                  whole_bank_share=share)
+            cells = [load_ms(tier, slots, gb, args.reps) for slots in (range(n), range(n - 1, -1, -1))]
+            how = "whole banks and slices" if share <= 1 else "slices only"
+            print(f"| {shape} | load of {gb:.2f} GB, {how} | {bank_mib} MiB | {cells[0]} | {cells[1]} |",
+                  flush=True)
+            del tier
+
+
+def load_ms(tier, slots, gb: float, reps: int) -> str:
+    """The time of ``tier.load_records(slots)`` and its bandwidth, as a table cell."""
+    slots = list(slots)
+    ms = timed_ms(lambda: tier.load_records(slots), reps)
+    return f"{ms:.1f} ms ({gb / ms * 1e3:.1f} GB/s)"
+
+if __name__ == "__main__":
+    main()
