@@ -8,8 +8,8 @@ link's full speed, and its rows are then placed on the device; other records mov
 of slices: a dynamic slice of a bank moved to the device (``jax.device_put`` inside the jit) into
 one device array. An offload is a dynamic-update-slice of device records into the (donated) bank.
 On the lent H200 (2026-12-03) the 2048 records of a 32k-token document (4.29 GB, Llama-3-8B
-shape) reached the device in 88 ms (48.7 GB/s) as two whole banks against 98 ms (44 GB/s) in
-slices; smaller banks were slower (256 MiB: 35 GB/s, 64 MiB: 18 GB/s), and the host waits for a
+shape) reached the device in 88 ms (49.0 GB/s) as two whole banks against 95 ms (45 GB/s) in
+slices; smaller banks were slower (256 MiB: 36 GB/s, 64 MiB: 18 GB/s), and the host waits for a
 whole-bank copy, where the jitted slice loops return at once. Records whose slots (and rows)
 follow each other move together, in slices of up to ``slice_bytes`` (default 32 MiB). On the
 lent H200 (2026-12-01) a GiB of records went to the device at 17 GB/s one 512 KiB record per
