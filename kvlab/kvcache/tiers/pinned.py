@@ -185,7 +185,8 @@ class PinnedHostTier(ArrayTier):
         """The records of ``slots`` on the device, ``[next_pow2(n), ...]``. Banks a load wants
         (almost) whole travel by one ``jax.device_put`` each, a DMA at the link's full speed (the
         host waits for it), every one issued before any other copy; their rows are then placed
-        on the device. The other banks' records move in slices."""
+        on the device (until then each such bank takes its whole size in device memory). The
+        other banks' records move in slices."""
         banks = self._storage()
         length = len(pad_slots(slots))
         run = self._run(length)
