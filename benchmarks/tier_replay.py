@@ -97,11 +97,20 @@ class CopyTimer:
         self.executor, self.inner, self.records = executor, executor._copy_pages, []
         executor._copy_pages = self
         self.phases = {}
-        for module, name in ((page_copies, "gather_pages"), (page_copies, "write_pages")):
-            setattr(module, name, self._timed(name, getattr(module, name)))
-        for tier in executor.tiers:                      # the tier's own copies, synchronised
-            for name in ("store_records", "load_records"):
-                setattr(tier, name, self._timed(name, getattr(tier, name)))
+        wrapped = [(page_copies, "gather_pages"), (page_copies, "write_pages")]
+        wrapped += [(tier, name) for tier in executor.tiers for name in ("store_records", "load_records")]
+        self._originals = [(owner, name, getattr(owner, name)) for owner, name in wrapped]
+        for owner, name, f in self._originals:        # synchronised, timed
+            setattr(owner, name, self._timed(name, f))
+
+    def close(self) -> None:
+        """Put back what the timer wrapped (a later engine in the process runs unsynchronised)."""
+        self.executor._copy_pages = self.inner
+        for owner, name, f in self._originals:
+            if owner is page_copies:
+                setattr(owner, name, f)
+            else:
+                delattr(owner, name)                   # the tier's own method again
 
     def _timed(self, name, f):
         def timed(*args, **kwargs):
@@ -176,7 +185,10 @@ def replay(model, length: int, reps: int, chunk: int, policy, warmup: int, tier_
             for k, v in zip(rows, (cold, warm_gpu, warm_host, before, launch)):
                 rows[k].append(v)
     timer = CopyTimer(engine.executor)                # a last round, its copies timed apart
-    round_trip()
+    try:
+        round_trip()
+    finally:
+        timer.close()
     load_s, pages, offloads, phases = timer.records[-1]
     print(f"  L={length} copies of the warm-from-host ask, synchronised: {load_s * 1e3:.1f} ms "
           f"({pages} pages in, {offloads} out; "

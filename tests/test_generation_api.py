@@ -38,6 +38,21 @@ def test_prompt_shapes_and_params_per_prompt(tiny_model):
     assert not engine.has_unfinished() and engine.cache.stats().pages_used == 0
 
 
+def test_an_integer_array_is_one_prompt_and_other_arrays_are_lists_of_prompts():
+    """A 1-D integer array is one prompt of token ids; a 2-D one, an array of strings or of
+    token lists is a list of prompts (``as_prompt_list``)."""
+    import numpy as np
+
+    from kvlab.engine.intake import as_prompt_list
+
+    assert [list(p) for p in as_prompt_list(np.array([3, 4, 5]))] == [[3, 4, 5]]
+    assert [list(p) for p in as_prompt_list(np.array([[3, 4], [5, 6]]))] == [[3, 4], [5, 6]]
+    assert as_prompt_list(np.array(["hi", "yo"])) == ["hi", "yo"]
+    ragged = np.empty(2, object)
+    ragged[:] = [[5, 6], [7]]
+    assert as_prompt_list(ragged) == [[5, 6], [7]]
+
+
 def test_a_text_prompt_is_one_prompt(smollm2):
     model, tokenizer = smollm2
     engine = kvlab.Engine(model, cache=kvlab.PagedKVCache(num_pages=32, page_size=16), tokenizer=tokenizer)

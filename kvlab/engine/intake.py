@@ -38,8 +38,8 @@ def as_prompt_list(prompts) -> list:
     anything else is iterated as a list of prompts."""
     if isinstance(prompts, str):
         return [prompts]
-    if isinstance(prompts, np.ndarray | jax.Array) and prompts.ndim == 1:
-        return [prompts]
+    if isinstance(prompts, np.ndarray | jax.Array) and prompts.ndim == 1 and prompts.dtype.kind in "iu":
+        return [prompts]                            # one prompt of token ids
     prompts = list(prompts)
     if prompts and (set(map(type, prompts)) <= {int} or all(_is_token_id(p) for p in prompts)):
         return [prompts]

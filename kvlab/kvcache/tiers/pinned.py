@@ -31,6 +31,7 @@ Examples:
 from __future__ import annotations
 
 import functools
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -112,7 +113,7 @@ class PinnedHostTier(ArrayTier):
         for name, value in (("slice_bytes", slice_bytes), ("bank_bytes", bank_bytes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"PinnedHostTier needs {name} >= 1 (bytes), got {value!r}")
-        if isinstance(whole_bank_share, bool) or not isinstance(whole_bank_share, int | float) \
+        if isinstance(whole_bank_share, bool) or not isinstance(whole_bank_share, numbers.Real) \
                 or not whole_bank_share > 0:
             raise ValueError(f"PinnedHostTier needs whole_bank_share > 0 (the share of a bank's rows a load "
                              f"must want to move the bank whole; above 1: never), got {whole_bank_share!r}")
