@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import SingleDeviceSharding
+from kernel_timing import median_wall_time
 
 
 def layer_body(x, w, buffer, *, reps: int):
@@ -45,22 +44,11 @@ def layer_compute(reps: int):
     return jax.jit(functools.partial(layer_body, reps=reps))
 
 
-def timed(fn, reps: int) -> float:
-    """Median wall time (ms) of ``fn()``, which blocks until its work is done."""
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - t))
-    return statistics.median(times)
-
-
 def calibrate(target_ms: float, x, w, buffer) -> int:
     """Products per layer call so that one call takes about ``target_ms``."""
     reps = 8
     layer = layer_compute(reps)      # made once: a new jit per call would time its compilation
-    one = timed(lambda: layer(x, w, buffer).block_until_ready(), 3)
+    one = 1e3 * median_wall_time(lambda: layer(x, w, buffer), 1, 3)
     return max(1, round(reps * target_ms / max(one, 1e-3)))
 
 
@@ -97,10 +85,10 @@ def main(argv=None) -> None:
     def one_jit(x, w, buffers):
         return [layer_body(x, w, jax.device_put(b, device), reps=reps) for b in buffers]
 
-    t_copy, t_compute = timed(copies, args.reps), timed(compute, args.reps)
-    t_separate = timed(separate_calls, args.reps)
+    t_copy, t_compute = (1e3 * median_wall_time(f, 1, args.reps) for f in (copies, compute))
+    t_separate = 1e3 * median_wall_time(separate_calls, 1, args.reps)
     try:
-        t_jit = timed(lambda: jax.block_until_ready(one_jit(x, w, host)), args.reps)
+        t_jit = 1e3 * median_wall_time(lambda: one_jit(x, w, host), 1, args.reps)
     except Exception as e:       # a JAX without host buffers as jit arguments on this device
         t_jit = float("nan")
         print(f"inside one jit: {type(e).__name__}: {str(e)[:200]}")

@@ -31,7 +31,7 @@ def timed(fn, *args, reps: int = 20, rounds: int = 5) -> float:
             return acc + first.ravel()[0].astype(jnp.float32)
         return jax.lax.fori_loop(0, reps, body, jnp.float32(0))
 
-    return _median_time(lambda: loop(*args), reps, rounds)
+    return median_wall_time(lambda: loop(*args), reps, rounds)
 
 
 def chained(fn, state, *args, reps: int = 20, rounds: int = 5) -> float:
@@ -50,10 +50,12 @@ def chained(fn, state, *args, reps: int = 20, rounds: int = 5) -> float:
     def run():
         holder[0] = loop(holder[0], *args)
         return holder[0]
-    return _median_time(run, reps, rounds)
+    return median_wall_time(run, reps, rounds)
 
 
-def _median_time(run, reps: int, rounds: int) -> float:
+def median_wall_time(run, reps: int, rounds: int) -> float:
+    """Median over ``rounds`` of the wall seconds of ``run()`` to completion (its results
+    awaited), divided by ``reps`` (the calls ``run`` makes); one untimed call first."""
     jax.block_until_ready(run())
     out = []
     for _ in range(rounds):
@@ -117,7 +119,7 @@ def host_timed(fn, *args, reps: int = 10, rounds: int = 5) -> float:
         for _ in range(reps):
             out = f(*args)
         return out
-    return _median_time(run, reps, rounds)
+    return median_wall_time(run, reps, rounds)
 
 
 def copy_bandwidth() -> float:

@@ -13,11 +13,11 @@ the same way, one 1 GiB pinned array).
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from kernel_timing import median_wall_time
 
 from kvlab.engine import page_copies
 from kvlab.kvcache.storage import PagedKVStorage
@@ -26,17 +26,6 @@ from kvlab.kvcache.tiers import PinnedHostTier
 SHAPES = {"llama-3.2-1b": (16, 8, 64), "llama-3-8b": (32, 8, 128)}     # layers, KV heads, head dim
 PAGE = 16
 BANKS = ((2048, 2.0), (2048, 7 / 8), (256, 7 / 8), (64, 7 / 8))     # MiB, whole-bank share (2: off)
-
-
-def timed_ms(f, reps: int) -> float:
-    """Median wall time (ms) of ``f()`` to completion, after one untimed call."""
-    jax.block_until_ready(f())
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(f())
-        times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times))
 
 
 def device_write(layers, heads, dim, n, reps) -> float:
@@ -50,7 +39,7 @@ def device_write(layers, heads, dim, n, reps) -> float:
     def write():
         holder[0] = page_copies.write_pages(holder[0], pages, data)
         return holder[0]
-    return timed_ms(write, reps)
+    return 1e3 * median_wall_time(write, 1, reps)
 
 
 def main(argv=None) -> None:
@@ -83,7 +72,7 @@ def main(argv=None) -> None:
 def load_ms(tier, slots, gb: float, reps: int) -> str:
     """The time of ``tier.load_records(slots)`` and its bandwidth, as a table cell."""
     slots = list(slots)
-    ms = timed_ms(lambda: tier.load_records(slots), reps)
+    ms = 1e3 * median_wall_time(lambda: tier.load_records(slots), 1, reps)
     return f"{ms:.1f} ms ({gb / ms * 1e3:.1f} GB/s)"
 
 if __name__ == "__main__":

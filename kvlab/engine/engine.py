@@ -26,6 +26,7 @@ from kvlab.engine.executor import ModelExecutor
 from kvlab.engine.intake import Intake, as_prompt_list, params_per_prompt
 from kvlab.engine.logprob_records import record_logprobs, record_prompt_logprobs
 from kvlab.engine.metrics import RequestRecord, summarize
+from kvlab.engine.sample_groups import SampleGroups
 from kvlab.engine.sampling import Sampler
 from kvlab.engine.xla_options import XlaOptions
 from kvlab.schedulers.chunked import ChunkedScheduler
@@ -95,8 +96,7 @@ class Engine:
         self.intake = Intake(tokenizer=tokenizer, vocab_size=executor.vocab_size,
                              max_model_len=self.max_model_len, eos_token_ids=eos, seed=seed)
         self.completions = CompletionBook()
-        self._samples: dict[str, list[str]] = {}    # request id -> its live samples' ids (<id>#<j>)
-        self._parent: dict[str, str] = {}           # a sample's id -> its request's id
+        self._live = SampleGroups()                 # request id -> its unfinished samples' ids
         self._aborted: list[StreamEvent] = []       # abort events the next ``step`` hands out
         self.last_run: RunTimes | None = None
 
@@ -141,8 +141,7 @@ class Engine:
                 self.scheduler.abort(rid)
             raise
         rid = request_id if request_id is not None else requests[0].request_id.split("#")[0]
-        self._samples[rid] = list(added)
-        self._parent.update((member, rid) for member in added)
+        self._live.add(rid, added)
         if keep_completion:
             self.completions.expect(rid, added)
         return rid
@@ -150,7 +149,7 @@ class Engine:
     def samples(self, request_id: str) -> list[str]:
         """The ids of a live request's unfinished samples (itself, or ``<id>#<j>`` for n > 1);
         [] once it has finished."""
-        return list(self._samples.get(request_id, ()))
+        return self._live.members(request_id)
 
     def pop_completion(self, request_id: str) -> Completion | None:
         """The ``Completion`` of a request queued with ``keep_completion=True``, once it (all its
@@ -163,8 +162,8 @@ class Engine:
         sample finished with ``finish_reason`` "abort" and the text not streamed yet. An id that
         finished already, or was never added, is left alone (as vLLM does: an abort may race
         the request's last token)."""
-        live = self._samples.get(request_id) or ([request_id] if request_id in self._parent else [])
-        for rid in list(live):
+        live = self._live.members(request_id)
+        for rid in live or ([request_id] if self._live.group_of(request_id) is not None else []):
             req = self.scheduler.abort(rid)
             text = "" if req.output_text is None else req.output_text.take_new(True)
             self._aborted.append(StreamEvent.of(rid, [], text, True, "abort"))
@@ -224,12 +223,7 @@ class Engine:
     def _retire(self, req: Request) -> None:
         """A request finished: its completion is kept if awaited; it leaves its prompt's samples."""
         self.completions.retire(req)
-        parent = self._parent.pop(req.request_id, None)
-        live = self._samples.get(parent)
-        if live is not None and req.request_id in live:
-            live.remove(req.request_id)
-            if not live:
-                del self._samples[parent]
+        self._live.finish(req.request_id)
 
     def stream(self, prompts, params=None) -> Iterator[StreamEvent]:
         """Queue prompts and yield every request's progress step by step until all finish."""

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kvlab.kvcache.tiers.records import pad_distinct
 from kvlab.schedulers.shapes import next_pow2
 
 PARTS = 4                        # host-to-device copies in flight at once, for a large write
@@ -40,14 +41,6 @@ def padded(pages, fill: int) -> np.ndarray:
     return out
 
 
-def distinct_padded(pages, num_pages: int) -> np.ndarray:
-    """``pages`` as int32, padded to the next power of two with distinct ids from ``num_pages``
-    on (out of range: dropped by the write, and distinct, as a unique-indices scatter needs)."""
-    out = np.arange(num_pages, num_pages + next_pow2(len(pages)), dtype=np.int32)
-    out[:len(pages)] = pages
-    return out
-
-
 def read_pages(storage, pages) -> np.ndarray:
     """Whole pages as host records ``[n, *storage.page_record.shape]`` (one device-to-host copy)."""
     return np.asarray(gather_pages(storage, pages))[:len(pages)]
@@ -68,7 +61,7 @@ def write_pages(storage, pages, data: np.ndarray, pool=None):
     if len(set(pages)) != len(pages):
         raise ValueError(f"write_pages needs distinct pages (one record per page), got {len(pages)} "
                          f"ids of which {len(set(pages))} distinct")
-    pages = distinct_padded(pages, storage.num_pages)         # padding rows are dropped
+    pages = pad_distinct(pages, next_pow2(len(pages)), storage.num_pages)    # padding: dropped
     if data.shape[0] != len(pages):
         full = np.zeros((len(pages),) + data.shape[1:], data.dtype)
         n = min(len(data), len(pages))

@@ -35,6 +35,8 @@ import itertools
 from collections.abc import Sequence
 from typing import Protocol
 
+from kvlab.engine.sample_groups import SampleGroups
+
 
 class RoutingPolicy(Protocol):
     """Chooses a replica for a prompt."""
@@ -138,8 +140,8 @@ class Router:
         self.policy = policy or PrefixAware()
         self.routed_counts = [0] * len(self.engines)
         self._loads = [0] * len(self.engines)
-        self._live: dict[str, tuple[int, set[str]]] = {}    # request id -> (replica, unfinished samples)
-        self._owner: dict[str, str] = {}                     # a sample's id -> its request's id
+        self._live = SampleGroups()                  # request id -> its unfinished samples
+        self._replica: dict[str, int] = {}           # request id -> its replica, while it runs
         self._ids = itertools.count()
 
     @property
@@ -156,9 +158,8 @@ class Router:
         engine = self.engines[replica]
         rid = engine.add_request(prompt, params, request_id=rid, **kwargs)
         self.policy.routed(prompt, replica)
-        samples = set(engine.samples(rid))
-        self._live[rid] = (replica, samples)
-        self._owner.update((sample, rid) for sample in samples)
+        self._live.add(rid, engine.samples(rid))
+        self._replica[rid] = replica
         self._loads[replica] += 1
         self.routed_counts[replica] += 1
         return rid
@@ -170,24 +171,19 @@ class Router:
             if engine.has_unfinished() or engine.has_pending_events():
                 events.extend(engine.step())
         for ev in events:
-            rid = self._owner.pop(ev.request_id, None) if ev.finished else None
-            if rid is not None:
-                samples = self._live[rid][1]
-                samples.discard(ev.request_id)
-                if not samples:                       # its last sample: the request is done
-                    self._finished(rid)
+            done = self._live.finish(ev.request_id) if ev.finished else None
+            if done is not None:                      # its last sample: the request is done
+                self._finished(done)
         return events
 
     def _finished(self, rid: str) -> None:
-        replica, samples = self._live.pop(rid)
-        self._loads[replica] -= 1
-        for sample in samples:
-            self._owner.pop(sample, None)
+        self._live.drop(rid)
+        self._loads[self._replica.pop(rid)] -= 1
 
     def abort(self, request_id: str) -> None:
         """Abort a request (all its samples); an id that finished or is unknown is left alone."""
         if request_id in self._live:
-            self.engines[self._live[request_id][0]].abort(request_id)
+            self.engines[self._replica[request_id]].abort(request_id)
             self._finished(request_id)
 
     def has_unfinished(self) -> bool:
@@ -199,7 +195,7 @@ class Router:
         ``SamplingParams`` for all or one per prompt."""
         params = params if isinstance(params, list) else [params] * len(prompts)
         ids = [self.add_request(p, sp, keep_completion=True) for p, sp in zip(prompts, params)]
-        replicas = [self._live[rid][0] for rid in ids]
+        replicas = [self._replica[rid] for rid in ids]
         while self.has_unfinished():
             self.step()
         return [self.engines[r].pop_completion(rid) for rid, r in zip(ids, replicas)]

@@ -40,7 +40,7 @@ from jax.sharding import SingleDeviceSharding
 
 from kvlab.kvcache.eviction import LRU
 from kvlab.kvcache.tiers.array_tier import ArrayTier
-from kvlab.kvcache.tiers.records import pad_slots
+from kvlab.kvcache.tiers.records import pad_distinct, pad_slots
 
 RUN_BYTES = 32 << 20      # records whose slots follow each other move in slices of up to this size
 BANK_BYTES = 2 << 30      # records are kept in pinned arrays of up to this size (banks)
@@ -72,15 +72,11 @@ def runs(src, dst, run: int, length: int):
         begin = end
     single = np.flatnonzero(~in_slice)
 
-    def padded(values):
-        out = np.zeros(length, np.int32)
-        out[:len(values)] = values
-        return out
-
     def group(pairs):
         pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-        return padded(pairs[:, 0]), padded(pairs[:, 1]), len(pairs)
-    return (*group(groups[1]), *group(groups[-1]), padded(src[single]), padded(dst[single]), len(single))
+        return _padded(pairs[:, 0], length), _padded(pairs[:, 1], length), len(pairs)
+    return (*group(groups[1]), *group(groups[-1]), _padded(src[single], length),
+            _padded(dst[single], length), len(single))
 
 
 def _copy_loop(into, data, src, dst, n, size: int, move):
@@ -200,22 +196,14 @@ class PinnedHostTier(ArrayTier):
             if bank is None:
                 out = self._load(out, banks[b], *runs(bank_rows, at, run, length), run=run)
             else:
-                out = _place_rows(out, bank, _padded(bank_rows, length, 0), _unique_padded(at, length))
+                out = _place_rows(out, bank, _padded(bank_rows, length), pad_distinct(at, length, length))
         return out
 
 
-def _padded(values, length: int, fill: int) -> np.ndarray:
-    """``values`` as int32, padded with ``fill`` to ``length``."""
-    out = np.full(length, fill, np.int32)
+def _padded(values, length: int) -> np.ndarray:
+    """``values`` as int32, padded with zeros to ``length``."""
+    out = np.zeros(length, np.int32)
     out[:len(values)] = values
-    return out
-
-
-def _unique_padded(rows, length: int) -> np.ndarray:
-    """Distinct destination ``rows`` as int32, padded to ``length`` with distinct rows past
-    ``length`` (dropped by the write; distinct, so the write may assume unique indices)."""
-    out = np.arange(length, 2 * length, dtype=np.int32)
-    out[:len(rows)] = rows
     return out
 
 

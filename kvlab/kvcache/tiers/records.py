@@ -42,3 +42,12 @@ def pad_slots(slots) -> np.ndarray:
     out = np.full(1 << (n - 1).bit_length(), slots[0] if len(slots) else 0, np.int32)
     out[:len(slots)] = slots
     return out
+
+
+def pad_distinct(ids, length: int, start: int) -> np.ndarray:
+    """Distinct ``ids`` as int32, padded to ``length`` with the distinct ids ``start``,
+    ``start + 1``, ... (out of range where ``start`` is the size of what they index: a scatter
+    drops them, and may assume unique indices)."""
+    out = np.arange(start, start + length, dtype=np.int32)
+    out[:len(ids)] = ids
+    return out
