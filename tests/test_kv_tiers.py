@@ -230,7 +230,7 @@ def test_a_chain_full_of_held_records_refuses_without_losing_or_hiding_any():
     dropped and returned, as every dropped record is."""
     chain = TierChain(tiers=[HostMemoryTier(1, SPEC), HostMemoryTier(2, SPEC)])
     chain.put("a", record(1)), chain.put("b", record(2))        # a -> tier 1
-    chain.hold("b")
+    chain.hold_all(["b"])
     for move in (lambda: chain.put("a", record(3)), lambda: chain.promote("a")):
         with pytest.raises(ValueError, match="full of held records"):
             move()
@@ -238,7 +238,7 @@ def test_a_chain_full_of_held_records_refuses_without_losing_or_hiding_any():
     assert chain.stats().drops == 0
     tight = TierChain(tiers=[HostMemoryTier(1, SPEC), HostMemoryTier(1, SPEC)])
     tight.put("a", record(1)), tight.put("b", record(2))        # a -> tier 1, held there
-    tight.hold("a")
+    tight.hold_all(["a"])
     assert [d.key for d in tight.put("c", record(3))] == ["b"]   # b has nowhere to go: returned
     assert sorted(tight.keys()) == ["a", "c"] and tight.stats().drops == 1
 

@@ -7,7 +7,7 @@ that were written, eviction never touches a page or node in use."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -20,6 +20,7 @@ from kvlab.kvcache import (
     PagedKVCache,
     PriorityLRU,
     RadixKVCache,
+    Sha256BlockHasher,
 )
 
 # Prompts share prefixes often: a few stems, a few branches, a random tail.
@@ -209,3 +210,17 @@ TestHashCache = HashCacheMachine.TestCase
 TestBlockedCache = BlockedCacheMachine.TestCase
 TestRadixCache = RadixCacheMachine.TestCase
 TestPagedRadixCache = PagedRadixCacheMachine.TestCase
+
+
+@pytest.mark.parametrize("hasher", [Sha256BlockHasher(), BuiltinBlockHasher()], ids=["sha256", "builtin"])
+@settings(max_examples=60, deadline=None)
+@given(tokens=st.lists(st.integers(0, 2 ** 40), max_size=40), block=st.integers(1, 6),
+       salt=st.none() | st.text(max_size=3))
+def test_a_run_of_blocks_hashes_as_its_blocks_one_by_one(hasher, tokens, block, salt):
+    """``chain_run`` (one conversion of a run of tokens) names each full block as ``chain`` does
+    block by block, and leaves a partial last block out."""
+    parent, expected = hasher.root(salt), []
+    for start in range(0, len(tokens) - block + 1, block):
+        parent = hasher.chain(parent, tokens[start:start + block])
+        expected.append(parent)
+    assert hasher.chain_run(hasher.root(salt), tokens, block) == expected

@@ -48,12 +48,12 @@ RECORD = np.zeros((1,), np.int64)          # a page's "content": the hash of the
 def test_reserve_names_the_slot_and_the_key_it_takes_over():
     tier = HostMemoryTier(2, RECORD)
     assert tier.reserve("a") == (0, []) and tier.reserve("b") == (1, [])
-    tier.hold("a")
+    tier.hold_all(["a"])
     slot, vacated = tier.reserve("c")                      # "a" is held: "b" goes
     assert slot == 1 and [(v.key, v.slot) for v in vacated] == [("b", 1)]
-    tier.hold("c")
+    tier.hold_all(["c"])
     assert tier.reserve("d") is None and not tier.contains("d")     # full of held records
-    tier.unhold("a")
+    tier.unhold_all(["a"])
     assert tier.reserve("d") == (0, [tier_vacated("a", 0)])
 
 
@@ -345,8 +345,8 @@ class TieredCacheMachine(RuleBasedStateMachine):
                    for key, content in zip(self.cache._seqs[sid].host_pages, contents)}
         for level, tier in enumerate(self.chain.tiers):
             for key in tier.keys():
-                if (level, tier.slot_of(key)) not in written_later:
-                    assert self.records[level][tier.slot_of(key), 0] == swapped.get(key, key)
+                if (level, tier.slots_of([key])[0]) not in written_later:
+                    assert self.records[level][tier.slots_of([key])[0], 0] == swapped.get(key, key)
 
     def _indexed_pages(self):
         """(page, hash of the block it must hold) of every page the prefix index names."""

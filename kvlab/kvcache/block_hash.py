@@ -4,9 +4,11 @@ A full block of ``page_size`` tokens is named by a hash of its parent block's ha
 nothing else, so equal hashes mean equal prefixes. The chain starts from a root derived from the
 cache salt, so two namespaces (tenants, LoRA adapters) never share a block.
 
-Hashers are strategy objects: ``Sha256BlockHasher`` (the default) is cryptographically strong,
-so a collision - two different prefixes sharing KV - is not a practical risk; ``BuiltinBlockHasher``
-uses Python's 64-bit ``hash`` and is several times faster, for simulations where speed matters more.
+Hashers are strategy objects with ``root(salt)``, ``chain(parent, tokens)`` (one block) and
+``chain_run(parent, tokens, block_size)`` (a run of full blocks, what ``chain`` gives one by one).
+``Sha256BlockHasher`` (the default) is cryptographically strong, so a collision - two different
+prefixes sharing KV - is not a practical risk; ``BuiltinBlockHasher`` uses Python's 64-bit
+``hash`` and is several times faster, for simulations where speed matters more.
 
 Examples:
     >>> h = Sha256BlockHasher()
@@ -34,6 +36,15 @@ class Sha256BlockHasher:
     def chain(self, parent: bytes, tokens) -> bytes:
         return hashlib.sha256(parent + array("q", tokens).tobytes()).digest()
 
+    def chain_run(self, parent: bytes, tokens, block_size: int) -> list[bytes]:
+        """The chained hashes of ``tokens``' consecutive full blocks of ``block_size`` (what
+        ``chain`` gives block by block, from one conversion of the tokens)."""
+        data, step, sha, out = array("q", tokens).tobytes(), 8 * block_size, hashlib.sha256, []
+        for offset in range(0, len(data) - step + 1, step):
+            parent = sha(parent + data[offset:offset + step]).digest()
+            out.append(parent)
+        return out
+
 
 @dataclasses.dataclass(frozen=True)
 class BuiltinBlockHasher:
@@ -45,14 +56,20 @@ class BuiltinBlockHasher:
     def chain(self, parent: int, tokens) -> int:
         return hash((parent, tuple(tokens)))
 
+    def chain_run(self, parent: int, tokens, block_size: int) -> list[int]:
+        """The chained hashes of ``tokens``' consecutive full blocks of ``block_size``."""
+        out = []
+        for start in range(0, len(tokens) - block_size + 1, block_size):
+            parent = hash((parent, tuple(tokens[start:start + block_size])))
+            out.append(parent)
+        return out
+
 
 def chain_hashes(hasher, parent, token_ids, page_size: int, start: int, stop: int) -> list:
     """Hashes of full blocks ``start..stop-1`` of ``token_ids``, ``parent`` being block start-1's."""
-    out = []
-    for i in range(start, stop):
-        parent = hasher.chain(parent, token_ids[i * page_size:(i + 1) * page_size])
-        out.append(parent)
-    return out
+    if stop <= start:
+        return []
+    return hasher.chain_run(parent, token_ids[start * page_size:stop * page_size], page_size)
 
 
 @dataclasses.dataclass(eq=False)
@@ -87,18 +104,31 @@ class BlockIndex:
 
     def insert(self, block_hash, page: int, depth: int, clock: int, priority: int) -> bool:
         """Index ``page`` under ``block_hash``; False if that hash already has a page."""
-        if block_hash in self.by_hash:
-            return False
-        self.by_hash[block_hash] = page
-        self.blocks[page] = CachedBlock(block_hash, depth, clock, 0, priority)
-        return True
+        return bool(self.insert_run([block_hash], [page], depth, clock, priority))
+
+    def insert_run(self, block_hashes, pages, depth: int, clock: int, priority: int) -> list:
+        """Index ``pages[i]`` under ``block_hashes[i]`` at depth ``depth + i``, skipping hashes
+        that already have a page; the ``(block_hash, page)`` pairs indexed."""
+        by_hash, blocks, new = self.by_hash, self.blocks, []
+        for i, (block_hash, page) in enumerate(zip(block_hashes, pages, strict=True), start=depth):
+            if block_hash not in by_hash:
+                by_hash[block_hash] = page
+                blocks[page] = CachedBlock(block_hash, i, clock, 0, priority)
+                new.append((block_hash, page))
+        return new
 
     def touch(self, page: int, clock: int, priority: int) -> None:
         """A sequence starts using ``page``: it counts as a use (recency, reuse count, priority)
         and the page is no longer evictable."""
-        b = self.blocks[page]
-        b.last_access, b.hits, b.priority = clock, b.hits + 1, max(b.priority, priority)
-        self.evictable.discard(page)
+        self.touch_all([page], clock, priority)
+
+    def touch_all(self, pages, clock: int, priority: int) -> None:
+        """``touch`` each of ``pages``."""
+        blocks, discard = self.blocks, self.evictable.discard
+        for page in pages:
+            b = blocks[page]
+            b.last_access, b.hits, b.priority = clock, b.hits + 1, max(b.priority, priority)
+            discard(page)
 
     def release(self, page: int, clock: int) -> None:
         """No sequence uses indexed ``page`` any more: it becomes evictable."""
@@ -120,7 +150,15 @@ class BlockIndex:
 
     def evict_block(self) -> tuple[int, CachedBlock]:
         """Forget the policy's victim; its page and its bookkeeping (hash, priority, ...)."""
-        page = self.evictable.pop()
-        block = self.blocks.pop(page)
-        del self.by_hash[block.block_hash]
-        return page, block
+        return self.evict_blocks(1)[0]
+
+    def evict_blocks(self, n: int) -> list[tuple[int, CachedBlock]]:
+        """Forget the policy's next ``n`` victims (KeyError past the last); each one's page and
+        bookkeeping, in eviction order."""
+        out, pop, blocks, by_hash = [], self.evictable.pop, self.blocks, self.by_hash
+        for _ in range(n):
+            page = pop()
+            block = blocks.pop(page)
+            del by_hash[block.block_hash]
+            out.append((page, block))
+        return out

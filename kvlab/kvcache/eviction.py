@@ -102,22 +102,34 @@ class EvictableSet:
 
     def hold(self, item_id) -> None:
         """A tentative user: ``item_id`` stops being evictable until its last ``unhold``."""
-        self._holds[item_id] = self._holds.get(item_id, 0) + 1
-        live = self._live.pop(item_id, None)
-        if live is not None:
-            self._parked[item_id] = live
+        self.hold_all((item_id,))
+
+    def hold_all(self, item_ids) -> None:
+        """``hold`` each of ``item_ids`` (a prefix's entries in one call)."""
+        holds, live, parked = self._holds, self._live, self._parked
+        for item_id in item_ids:
+            holds[item_id] = holds.get(item_id, 0) + 1
+            entry = live.pop(item_id, None)
+            if entry is not None:
+                parked[item_id] = entry
 
     def unhold(self, item_id) -> None:
         """Drop one tentative hold; after the last, a parked entry is evictable again in its
         original place."""
-        n = self._holds[item_id] - 1
-        if n:
-            self._holds[item_id] = n
-            return
-        del self._holds[item_id]
-        parked = self._parked.pop(item_id, None)
-        if parked is not None:
-            self._push(item_id, *parked)
+        self.unhold_all((item_id,))
+
+    def unhold_all(self, item_ids) -> None:
+        """``unhold`` each of ``item_ids``."""
+        holds, parked = self._holds, self._parked
+        for item_id in item_ids:
+            n = holds[item_id] - 1
+            if n:
+                holds[item_id] = n
+                continue
+            del holds[item_id]
+            entry = parked.pop(item_id, None)
+            if entry is not None:
+                self._push(item_id, *entry)
 
     def copy_holds(self, source, target) -> None:
         """``target`` is held as often as ``source`` (a radix node split in two)."""

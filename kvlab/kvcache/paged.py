@@ -88,8 +88,7 @@ class PagedKVCache(SwappablePoolCache):
         usable = (len(token_ids) - 1) // self.page_size      # keep the last token to compute
         pages = self.index.lookup(seq.block_hashes[:usable])
         self.allocator.incref(pages)
-        for p in pages:
-            self.index.evictable.hold(p)
+        self.index.evictable.hold_all(pages)
         self.block_table.append(seq.row, pages)
         seq.num_indexed = len(pages)
         if self._tiered is not None:           # the match goes on below the GPU
@@ -114,15 +113,14 @@ class PagedKVCache(SwappablePoolCache):
     def _start_reuse(self, seq: SeqState) -> None:
         if self.index is None:
             return
-        for p in self._attached(seq):
-            self.index.touch(p, self.clock, seq.priority)
-            self.index.evictable.unhold(p)
+        attached = self._attached(seq)
+        self.index.touch_all(attached, self.clock, seq.priority)
+        self.index.evictable.unhold_all(attached)
 
     def _rollback_reuse(self, seq: SeqState) -> None:
         if self.index is None:
             return
-        for p in self._attached(seq):
-            self.index.evictable.unhold(p)
+        self.index.evictable.unhold_all(self._attached(seq))
         if seq.tier_hits:
             self._tiered.unhold(seq.tier_hits)
             seq.tier_hits = []
@@ -148,11 +146,11 @@ class PagedKVCache(SwappablePoolCache):
         if full <= seq.num_indexed:
             return
         pages = self._row(seq)[seq.num_indexed:full].tolist()
-        for i, page in enumerate(pages, start=seq.num_indexed):
-            if self.index.insert(seq.block_hashes[i], page, i, self.clock, seq.priority):
-                self.allocator.incref([page])      # the index's own reference
-                if self._tiered is not None:
-                    self._tiered.indexed(seq.block_hashes[i], page, seq.priority)
+        new = self.index.insert_run(seq.block_hashes[seq.num_indexed:full], pages, seq.num_indexed,
+                                    self.clock, seq.priority)
+        self.allocator.incref([page for _, page in new])      # the index's own references
+        if self._tiered is not None:
+            self._tiered.indexed(new, seq.priority)
         seq.num_indexed = full
 
     def _before_swap_out(self, seq_id, seq: SeqState, keep_pages: int) -> None:
@@ -188,10 +186,8 @@ class PagedKVCache(SwappablePoolCache):
             self._tiered.clear()
 
     def _reclaim(self, n: int) -> None:
-        while n > 0 and self._num_reclaimable():
-            page, block = self.index.evict_block()
-            if self._tiered is not None:           # down a tier instead of gone, if the policy says
-                self._tiered.evicted(block.block_hash, page, block.priority)
-            self.allocator.decref([page])
-            self.evictions += 1
-            n -= 1
+        victims = self.index.evict_blocks(min(n, self._num_reclaimable()))
+        if self._tiered is not None:               # down a tier instead of gone, if the policy says
+            self._tiered.evicted([(block.block_hash, page, block.priority) for page, block in victims])
+        self.allocator.decref([page for page, _ in victims])
+        self.evictions += len(victims)

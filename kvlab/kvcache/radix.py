@@ -163,8 +163,7 @@ class RadixKVCache(SwappablePoolCache):
         self.allocator.incref(tree_pages[len(tree_pages) - taken:])   # the tree's own reference
         if taken and self._tiered is not None and self.tiers.policy.offload_on_insert(seq.priority):
             hashes = self._hashes(seq.salt, seq.tokens, full)[full - taken:]
-            for key, page in zip(hashes, tree_pages[len(tree_pages) - taken:]):
-                self._tiered.indexed(key, page, seq.priority)
+            self._tiered.indexed(list(zip(hashes, tree_pages[len(tree_pages) - taken:])), seq.priority)
         # Where another sequence put the same tokens in the tree first, switch to its pages and
         # free the duplicates (SGLang does the same): equal tokens at equal positions, equal KV.
         for i, tree_page in enumerate(tree_pages[:len(tree_pages) - taken]):
@@ -207,8 +206,8 @@ class RadixKVCache(SwappablePoolCache):
         salt, tokens = self.tree.path(node)
         end = len(tokens) // self.page_size
         hashes = self._hashes(salt, tokens, end)
-        for key, page in zip(hashes[end - len(node.pages):], node.pages):
-            self._tiered.evicted(key, page, node.priority)
+        self._tiered.evicted([(key, page, node.priority)
+                                  for key, page in zip(hashes[end - len(node.pages):], node.pages)])
 
     def _drop_cached(self) -> None:
         self.allocator.decref(self.tree.clear())

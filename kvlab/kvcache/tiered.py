@@ -4,12 +4,14 @@ disk) - TensorRT-LLM's secondary offload, SGLang HiCache's host and storage leve
 The GPU cache tells it three things, and it plans the page moves (``kvlab.kvcache.tiers.moves``)
 the executor makes before the next step:
 
-- ``evicted(key, page, priority)``: a cached page leaves the GPU. Unless a tier already holds its
-  block, or the offload policy says no, its record is offloaded into the first tier (write-back);
-- ``indexed(key, page, priority)``: a page was just indexed. Under a write-through policy it is
-  copied down too - at the head of the *next* plan's moves, because the step that computes it runs
-  after this plan's copies. Its slot is reserved then, at ``drain``, not now: the moves of a plan
-  are made in the order their slots were reserved, so no slot is read before it is written;
+- ``evicted(blocks)``: cached pages leave the GPU (``(key, page, priority)`` each). Unless a
+  tier already holds a page's block, or the offload policy says no, its record is offloaded into
+  the first tier (write-back);
+- ``indexed(blocks, priority)``: pages were just indexed (``(key, page)`` each). Under a
+  write-through policy they are copied down too - at the head of the *next* plan's moves, because
+  the step that computes them runs after this plan's copies. Their slots are reserved then, at
+  ``drain``, not now: the moves of a plan are made in the order their slots were reserved, so no
+  slot is read before it is written;
 - ``load(keys, pages)``: a sequence reuses blocks a tier holds (``match`` found them at admission
   and ``hold`` kept them): their records are loaded into fresh GPU pages.
 
@@ -23,7 +25,7 @@ Examples:
     >>> chain = TierChain(tiers=[HostMemoryTier(num_pages=2)])
     >>> _ = chain.bind(jax.ShapeDtypeStruct((4,), "float32"))
     >>> reuse = TierReuse(chain)
-    >>> reuse.evicted(b"h0", page=5, priority=0); reuse.match([b"h0", b"h1"])
+    >>> reuse.evicted([(b"h0", 5, 0)]); reuse.match([b"h0", b"h1"])
     [0]
     >>> reuse.hold([b"h0"]); reuse.load([b"h0"], [9]); reuse.drain()
     [Offload(page=5, slot=0), Load(level=0, slot=0, page=9)]
@@ -81,7 +83,7 @@ class TierReuse:
     def __init__(self, chain):
         self.chain = chain
         self._moves: list = []            # this plan's, in order
-        self._write_through: list = []    # (key, page, priority) indexed this plan: next plan's
+        self._write_through: dict = {}    # page -> (key, priority) indexed this plan: next plan's
         self._loaded: set[int] = set()    # device pages this plan loads
         self.offloads = self.dropped = 0
         self.swapped_out = self.swapped_in = self.released = 0
@@ -89,27 +91,20 @@ class TierReuse:
 
     def match(self, keys) -> list[int]:
         """The tier of each block in the leading run of ``keys`` the tiers hold (nothing counted)."""
-        levels = []
-        for key in keys:
-            where = self.chain.where(key)
-            if where is None:
-                break
-            levels.append(where[0])
-        return levels
+        return [level for level, _ in self.chain.leading(keys)]
 
     def hold(self, keys) -> None:
         """Keep ``keys`` (stored) in their tiers until ``load`` or ``unhold``."""
-        for key in keys:
-            self.chain.hold(key)
+        self.chain.hold_all(keys)
 
     def unhold(self, keys) -> None:
-        for key in keys:
-            self.chain.unhold(key)
+        self.chain.unhold_all(keys)
 
     def load(self, keys, pages) -> None:
         """Load held ``keys``' records into device ``pages`` (one each) and let the keys go."""
-        for key, page in zip(keys, pages, strict=True):
-            level, slot = self.chain.take(key)
+        if len(keys) != len(pages):
+            raise ValueError(f"load got {len(keys)} keys for {len(pages)} pages")
+        for (level, slot), page in zip(self.chain.take(keys), pages):
             self._load_into(level, slot, page)
             self.loads_per_tier[level] += 1
 
@@ -122,19 +117,25 @@ class TierReuse:
         self._moves.append(Load(level, slot, page))
         self._loaded.add(page)
 
-    def evicted(self, key, page: int, priority: int) -> None:
-        """The GPU evicts cached ``page`` of block ``key``: offload it now (its step may reuse the
-        page) if no tier holds the block and the policy keeps it (write-back), or if its
-        write-through copy was still waiting for the next plan."""
-        waiting = any(p == page for _, p, _ in self._write_through)
-        if waiting:                       # the page may hold another block by the next plan
-            self._write_through = [w for w in self._write_through if w[1] != page]
-        if self.chain.where(key) is not None:
-            return
-        if page in self._loaded or not (waiting or self.chain.policy.offload_on_evict(priority)):
-            self.dropped += 1
-            return
-        self._offload(key, page, priority, self._moves)
+    def evicted(self, blocks) -> None:
+        """The GPU evicts cached pages, each ``(key, page, priority)`` of ``blocks`` in order:
+        offload one now (its step may reuse the page) if no tier holds its block and the policy
+        keeps it (write-back), or if its write-through copy was still waiting for the next plan."""
+        offload_on_evict, reserved = self.chain.policy.offload_on_evict, False
+        for (key, page, priority), where in zip(blocks, self.chain.where_all(b[0] for b in blocks)):
+            # a write-through copy still waiting: the page may hold another block by the next plan
+            waiting = self._write_through.pop(page, None) is not None
+            if self._stored(key, where, reserved):
+                continue
+            if page in self._loaded or not (waiting or offload_on_evict(priority)):
+                self.dropped += 1
+                continue
+            reserved = self._offload(key, page, priority, self._moves) or reserved
+
+    def _stored(self, key, where, reserved: bool) -> bool:
+        """Whether a tier stores ``key``, found at ``where`` before this batch's reservations
+        (``reserved``: one was made since, and it may have evicted ``key``: asked again)."""
+        return where is not None and (not reserved or self.chain.where(key) is not None)
 
     @property
     def loaded_pages(self) -> set[int]:
@@ -156,7 +157,7 @@ class TierReuse:
         slot, demotions = reserved
         self._moves += demotions
         self._moves.append(Offload(page, slot))
-        self.chain.hold(key)
+        self.chain.hold_all([key])
         self.swapped_out += 1
 
     def swap_in(self, keys, pages) -> None:
@@ -164,7 +165,7 @@ class TierReuse:
         slots are free for later moves, which the move order keeps after the loads)."""
         for key, page in zip(keys, pages, strict=True):
             level, slot = self.chain.where(key)
-            self.chain.unhold(key)
+            self.chain.unhold_all([key])
             self._load_into(level, slot, page)
             self.chain.discard(key)
             self.swapped_in += 1
@@ -172,14 +173,16 @@ class TierReuse:
     def release_held(self, keys) -> None:
         """Forget held ``keys`` (their sequence ended while swapped out)."""
         for key in keys:
-            self.chain.unhold(key)
+            self.chain.unhold_all([key])
             self.chain.discard(key)
             self.released += 1
 
-    def indexed(self, key, page: int, priority: int) -> None:
-        """The GPU indexed ``page`` of block ``key``: copy it down next plan if write-through."""
+    def indexed(self, blocks, priority: int) -> None:
+        """The GPU indexed each ``(key, page)`` of ``blocks`` with ``priority``: copy them down
+        next plan if write-through."""
         if self.chain.policy.offload_on_insert(priority):
-            self._write_through.append((key, page, priority))
+            for key, page in blocks:
+                self._write_through[page] = (key, priority)
 
     def _offload(self, key, page: int, priority: int, out: list) -> bool:
         reserved = self.chain.reserve(key, priority)
@@ -196,16 +199,17 @@ class TierReuse:
         """This plan's moves, in order; the next plan's start with the write-through copies of
         the pages indexed so far."""
         moves, self._moves, self._loaded = self._moves, [], set()
-        for key, page, priority in self._write_through:
-            if self.chain.where(key) is None:
-                self._offload(key, page, priority, self._moves)
-        self._write_through = []
+        waiting, self._write_through, reserved = self._write_through, {}, False
+        for (page, (key, priority)), where in zip(waiting.items(), self.chain.where_all(
+                key for key, _ in waiting.values())):
+            if not self._stored(key, where, reserved):
+                reserved = self._offload(key, page, priority, self._moves) or reserved
         return moves
 
     def clear(self) -> None:
         """Forget every tier record and planned move (the cache dropped its prefixes)."""
         self.chain.clear()
-        self._moves, self._write_through, self._loaded = [], [], set()
+        self._moves, self._write_through, self._loaded = [], {}, set()
 
     def stats(self) -> TierReuseStats:
         return TierReuseStats(chain=self.chain.stats(), offloads=self.offloads,

@@ -13,8 +13,8 @@ Two ways to use a tier:
   ``put`` evicts come back with their records;
 - *slots*, for a GPU cache whose bytes move later, in order, by whoever runs the steps (the
   engine's executor): ``reserve`` names the slot a key's record will be written to and the victim
-  whose record is still in that slot (to be copied elsewhere first), ``slot_of`` where a key's
-  record is, ``hold``/``unhold`` keep a key from being evicted while a copy of it is pending.
+  whose record is still in that slot (to be copied elsewhere first), ``slots_of`` where keys'
+  records are, ``hold_all``/``unhold_all`` keep keys from being evicted while copies are pending.
 
 The record array is made when the tier learns its page record: at construction, or later by
 ``bind(page_record)`` (an engine binds its cache's tiers to its KV storage's ``page_record``).
@@ -112,7 +112,7 @@ class ArrayTier(abc.ABC):
 
     @property
     def records(self):
-        """The record array ``[num_pages, *shape]`` (slot ``s`` holds the record ``slot_of`` names);
+        """The record array ``[num_pages, *shape]`` (slot ``s`` holds the record ``slots_of`` names);
         None until the page record is bound."""
         return self._records
 
@@ -146,42 +146,47 @@ class ArrayTier(abc.ABC):
             entry.last_access, entry.priority = self._tick(), max(entry.priority, int(priority))
             self._evictable.add(key, entry)
             return entry.slot, []
-        vacated = []
-        if self._allocator.num_free == 0:
-            if not len(self._evictable):
-                return None
+        if self._allocator.num_free:
+            (slot,), vacated = self._allocator.allocate(1), []
+        elif len(self._evictable):         # the victim's slot passes to ``key`` as it is
             victim = self._evictable.pop()
             gone = self._entries.pop(victim)
-            vacated.append(Vacated(victim, gone.slot, gone.priority))
-            self._allocator.decref([gone.slot])
+            slot, vacated = gone.slot, [Vacated(victim, gone.slot, gone.priority)]
             self._evictions += 1
-        (slot,) = self._allocator.allocate(1)
+        else:
+            return None
         entry = self._entries[key] = _Entry(slot, self._tick(), int(priority))
         self._evictable.add(key, entry)
         self._puts += 1
         return slot, vacated
 
-    def slot_of(self, key) -> int | None:
-        """The slot holding ``key``'s record, or None (nothing counted)."""
-        entry = self._entries.get(key)
-        return None if entry is None else entry.slot
+    def slots_of(self, keys) -> list:
+        """The slot of each of ``keys``' records, None for a key not stored (nothing counted)."""
+        get = self._entries.get
+        return [None if (entry := get(key)) is None else entry.slot for key in keys]
 
-    def touch(self, key) -> None:
-        """A use of stored ``key`` without a copy (its record is being loaded): a hit."""
-        entry = self._entries[key]
-        self._hits += 1
-        self._evictable.discard(key)
-        entry.last_access, entry.hits = self._tick(), entry.hits + 1
-        self._evictable.add(key, entry)
+    def touch_all(self, keys) -> None:
+        """A use of each of ``keys`` (stored) without a copy (their records are being loaded):
+        a hit each."""
+        entries, evictable = self._entries, self._evictable
+        for key in keys:
+            entry = entries[key]
+            self._hits += 1
+            evictable.discard(key)
+            entry.last_access, entry.hits = self._tick(), entry.hits + 1
+            evictable.add(key, entry)
 
-    def hold(self, key) -> None:
-        """Keep stored ``key`` from being evicted until as many ``unhold`` calls."""
-        if key not in self._entries:
-            raise KeyError(f"{type(self).__name__} does not hold {key!r}")
-        self._evictable.hold(key)
+    def hold_all(self, keys) -> None:
+        """Keep each of ``keys`` from being evicted until as many ``unhold_all`` calls; KeyError,
+        holding none, if one is not stored."""
+        keys = list(keys)
+        missing = [key for key in keys if key not in self._entries]
+        if missing:
+            raise KeyError(f"{type(self).__name__} does not hold {missing[0]!r}")
+        self._evictable.hold_all(keys)
 
-    def unhold(self, key) -> None:
-        self._evictable.unhold(key)
+    def unhold_all(self, keys) -> None:
+        self._evictable.unhold_all(keys)
 
     def num_evictable(self) -> int:
         """Records a reservation could evict now (stored and not held)."""
@@ -227,7 +232,7 @@ class ArrayTier(abc.ABC):
         if key not in self._entries:
             self._misses += 1
             return None
-        self.touch(key)
+        self.touch_all([key])
         return self.read_rows([self._entries[key].slot])[0]
 
     def peek(self, key) -> np.ndarray | None:

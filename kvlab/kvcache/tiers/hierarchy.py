@@ -129,30 +129,54 @@ class TierChain:
 
     def where(self, key) -> tuple[int, int] | None:
         """``(tier index, slot)`` of ``key``'s record, or None (nothing counted)."""
+        return self.where_all([key])[0]
+
+    def where_all(self, keys) -> list:
+        """``(tier index, slot)`` of each of ``keys``' records, None for a key no tier stores
+        (nothing counted)."""
+        keys = list(keys)
+        found = [None] * len(keys)
         for level, tier in enumerate(self.tiers):
-            slot = tier.slot_of(key)
-            if slot is not None:
-                return level, slot
-        return None
+            for i, slot in enumerate(tier.slots_of(keys)):
+                if slot is not None and found[i] is None:
+                    found[i] = (level, slot)
+        return found
 
-    def touch(self, key) -> None:
-        """A use of stored ``key`` (its record is being loaded): a hit in its tier."""
-        self.tiers[self.where(key)[0]].touch(key)
+    def leading(self, keys) -> list[tuple[int, int]]:
+        """``(tier index, slot)`` of the leading run of ``keys`` the tiers store."""
+        found = self.where_all(keys)
+        return found[:found.index(None)] if None in found else found
 
-    def hold(self, key) -> None:
-        """Keep stored ``key`` where it is (no eviction, no demotion) until ``unhold``."""
-        self.tiers[self.where(key)[0]].hold(key)
+    def _by_tier(self, keys, found=None) -> list[tuple[int, list]]:
+        """``keys`` (stored) grouped by the tier that stores them; KeyError for one not stored."""
+        if len(self.tiers) == 1:
+            return [(0, list(keys))]
+        groups: dict[int, list] = {}
+        for key, where in zip(keys, self.where_all(keys) if found is None else found, strict=True):
+            if where is None:
+                raise KeyError(f"no tier stores {key!r}")
+            groups.setdefault(where[0], []).append(key)
+        return sorted(groups.items())
 
-    def unhold(self, key) -> None:
-        self.tiers[self.where(key)[0]].unhold(key)
+    def hold_all(self, keys) -> None:
+        """Keep each of ``keys`` (stored) where it is (no eviction, no demotion) until
+        ``unhold_all``."""
+        for level, group in self._by_tier(keys):
+            self.tiers[level].hold_all(group)
 
-    def take(self, key) -> tuple[int, int]:
-        """``(tier index, slot)`` of held ``key``, whose record is being loaded: a hit (``touch``)
-        and the end of its hold (``unhold``) in one lookup."""
-        level, slot = self.where(key)
-        self.tiers[level].touch(key)
-        self.tiers[level].unhold(key)
-        return level, slot
+    def unhold_all(self, keys) -> None:
+        for level, group in self._by_tier(keys):
+            self.tiers[level].unhold_all(group)
+
+    def take(self, keys) -> list[tuple[int, int]]:
+        """``(tier index, slot)`` of each of held ``keys``, whose records are being loaded: a hit
+        (``touch_all``) and the end of their holds (``unhold_all``) in one lookup."""
+        keys = list(keys)
+        found = self.where_all(keys)
+        for level, group in self._by_tier(keys, found):
+            self.tiers[level].touch_all(group)
+            self.tiers[level].unhold_all(group)
+        return found
 
     def clear(self) -> None:
         """Forget every record and hold in every tier (counters stay)."""

@@ -24,7 +24,7 @@ Examples:
     >>> tier.records[0].sharding.memory_kind
     'pinned_host'
     >>> _ = tier.put(b"block-a", np.ones((2, 3), np.float32))
-    >>> tier.get(b"block-a").sum(), tier.load_records([tier.slot_of(b"block-a")]).shape
+    >>> tier.get(b"block-a").sum(), tier.load_records(tier.slots_of([b"block-a"])).shape
     (np.float32(6.0), (1, 2, 3))
 """
 

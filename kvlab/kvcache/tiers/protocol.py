@@ -122,19 +122,20 @@ class KVTier(Protocol):
         """Stored records a ``reserve`` could evict now (not held)."""
         ...
 
-    def slot_of(self, key: Hashable) -> int | None:
-        """The slot of ``key``'s record, or None (nothing counted)."""
+    def slots_of(self, keys) -> list:
+        """The slot of each of ``keys``' records, None for a key not stored (nothing counted)."""
         ...
 
-    def touch(self, key: Hashable) -> None:
-        """Count a hit on stored ``key`` (its record is read from its slot)."""
+    def touch_all(self, keys) -> None:
+        """Count a hit on each of ``keys`` (stored; their records are read from their slots)."""
         ...
 
-    def hold(self, key: Hashable) -> None:
-        """Keep stored ``key`` from being evicted until the matching ``unhold``."""
+    def hold_all(self, keys) -> None:
+        """Keep each of ``keys`` (stored) from being evicted until the matching ``unhold_all``;
+        KeyError, holding none, if one is not stored."""
         ...
 
-    def unhold(self, key: Hashable) -> None:
+    def unhold_all(self, keys) -> None:
         ...
 
     def clear(self) -> None:
