@@ -5,14 +5,16 @@ storage (``kvlab.engine.page_copies.write_pages``), for the Llama-3.2-1B and Lla
 
     python benchmarks/tier_copies.py [--shapes llama-3.2-1b llama-3-8b] [--pages 2048]
 
-Each figure is the median of synchronised repetitions after one untimed call (compilation); the
-ceiling is the host-to-device bandwidth of the link (``benchmarks/tier_replay.py`` measures it in
-the same way, one 1 GiB pinned array).
+Each figure is the median of synchronised repetitions after one untimed call (compilation), with
+the host's share of a load (the time ``load_records`` takes to return). The ceiling is the
+host-to-device bandwidth of the link (``benchmarks/tier_replay.py`` measures it in the same way,
+one 1 GiB pinned array).
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +27,8 @@ from kvlab.kvcache.tiers import PinnedHostTier
 
 SHAPES = {"llama-3.2-1b": (16, 8, 64), "llama-3-8b": (32, 8, 128)}     # layers, KV heads, head dim
 PAGE = 16
-BANKS = ((2048, 2.0), (2048, 7 / 8), (256, 7 / 8), (64, 7 / 8))     # MiB, whole-bank share (2: off)
+# MiB, whole-bank share (2: slices only, 0.01: whole banks only)
+BANKS = ((2048, 2.0), (2048, 7 / 8), (2048, 0.01), (512, 7 / 8), (256, 7 / 8))
 
 
 def device_write(layers, heads, dim, n, reps) -> float:
@@ -63,17 +66,25 @@ def main(argv=None) -> None:
             tier = PinnedHostTier(num_pages=n + 64, page_record=record, bank_bytes=bank_mib << 20,
                                   whole_bank_share=share)
             cells = [load_ms(tier, slots, gb, args.reps) for slots in (range(n), range(n - 1, -1, -1))]
-            how = "whole banks and slices" if share <= 1 else "slices only"
+            how = ("slices only" if share > 1 else "whole banks only" if share < 0.1
+                   else "whole banks and slices")
             print(f"| {shape} | load of {gb:.2f} GB, {how} | {bank_mib} MiB | {cells[0]} | {cells[1]} |",
                   flush=True)
             del tier
 
 
 def load_ms(tier, slots, gb: float, reps: int) -> str:
-    """The time of ``tier.load_records(slots)`` and its bandwidth, as a table cell."""
+    """The time of ``tier.load_records(slots)``, its bandwidth and the host's share (how long the
+    call took to return: the rest of the copy runs while the host goes on), as a table cell."""
     slots = list(slots)
     ms = 1e3 * median_wall_time(lambda: tier.load_records(slots), 1, reps)
-    return f"{ms:.1f} ms ({gb / ms * 1e3:.1f} GB/s)"
+    host = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        out = tier.load_records(slots)
+        host.append(time.perf_counter() - start)
+        jax.block_until_ready(out)
+    return f"{ms:.1f} ms ({gb / ms * 1e3:.1f} GB/s; host {1e3 * float(np.median(host)):.1f} ms)"
 
 if __name__ == "__main__":
     main()
