@@ -164,6 +164,34 @@ def test_a_load_moves_the_banks_it_wants_whole_in_one_copy_each(monkeypatch):
             PinnedHostTier(4, whole_bank_share=share)
 
 
+def test_a_prefetched_bank_serves_the_load_unless_written_since(monkeypatch):
+    """``prefetch`` copies the banks a load will want whole; the load takes those copies (no
+    second copy) while their banks are unchanged, and a bank written after its prefetch is copied
+    again, so the load returns the records as they are at the load, never the prefetched ones."""
+    record = np.zeros((2, 3), np.float32)
+    tier = PinnedHostTier(12, record, bank_bytes=4 * record.nbytes)
+    shadow = np.arange(12 * 6, dtype=np.float32).reshape(12, 2, 3)
+    tier.write_rows(list(range(12)), shadow)
+    copies = []
+    real = jax.device_put
+    monkeypatch.setattr(jax, "device_put", lambda x, *a, **k: copies.extend(
+        i for i, bank in enumerate(tier.records) if x is bank) or real(x, *a, **k))
+    slots = [4, 5, 6, 7, 8, 9, 10, 11]                 # banks 1 and 2 whole
+    tier.prefetch(slots)
+    assert copies == [1, 2]
+    np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:8], shadow[slots])
+    assert copies == [1, 2], "the load copied a prefetched bank again"
+    tier.prefetch(slots)
+    tier.write_rows([9], np.full((1, 2, 3), -1.0, np.float32))          # bank 2 changes
+    shadow[9] = -1.0
+    copies.clear()
+    np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:8], shadow[slots])
+    assert copies == [2], "a bank written after its prefetch must be copied again"
+    copies.clear()
+    np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:8], shadow[slots])
+    assert copies == [1, 2], "a load drops the prefetched copies it did not take"
+
+
 def test_a_device_write_of_page_records_sets_those_pages_and_refuses_repeats():
     """``page_copies.write_pages``: records into distinct pages (the unique-indices scatter),
     padding dropped, other pages untouched; a page named twice is an error, not a race."""

@@ -113,6 +113,8 @@ class PagedKVCache(SwappablePoolCache):
     def _start_reuse(self, seq: SeqState) -> None:
         if self.index is None:
             return
+        if seq.tier_hits:           # the admission stands: the tiers may start their copies
+            self._tiered.prefetch(seq.tier_hits)
         attached = self._attached(seq)
         self.index.touch_all(attached, self.clock, seq.priority)
         self.index.evictable.unhold_all(attached)

@@ -115,6 +115,8 @@ class RadixKVCache(SwappablePoolCache):
     def _start_reuse(self, seq: SeqState) -> None:
         if seq.tokens is None:             # allocated without admit: nothing held
             return
+        if seq.tier_hits:                  # the admission stands: the tiers may start their copies
+            self._tiered.prefetch(seq.tier_hits)
         self._pending.pop(id(seq), None)
         self.tree.unhold_path(seq.node)
         in_tree = seq.num_indexed * self.page_size

@@ -13,7 +13,8 @@ the executor makes before the next step:
   ``drain``, not now: the moves of a plan are made in the order their slots were reserved, so no
   slot is read before it is written;
 - ``load(keys, pages)``: a sequence reuses blocks a tier holds (``match`` found them at admission
-  and ``hold`` kept them): their records are loaded into fresh GPU pages.
+  and ``hold`` kept them): their records are loaded into fresh GPU pages. ``prefetch(keys)``,
+  when the sequence starts and before its pages are found, lets the tiers start those copies.
 
 Blocks are keyed by their chained block hash, the GPU index's key, so a tier hit is exactly a
 prefix hit. A page loaded in a plan is never offloaded in the same plan (its device read would
@@ -96,6 +97,11 @@ class TierReuse:
     def hold(self, keys) -> None:
         """Keep ``keys`` (stored) in their tiers until ``load`` or ``unhold``."""
         self.chain.hold_all(keys)
+
+    def prefetch(self, keys) -> None:
+        """Held ``keys`` will be loaded in this plan (their sequence starts): the tiers may start
+        copying their records now, beside the rest of the plan's bookkeeping."""
+        self.chain.prefetch(keys)
 
     def unhold(self, keys) -> None:
         self.chain.unhold_all(keys)

@@ -211,6 +211,10 @@ class ArrayTier(abc.ABC):
         ``n`` padding (here host records; a tier in device-visible memory returns a device array)."""
         return self.read_rows(pad_slots(slots))
 
+    def prefetch(self, slots) -> None:
+        """Nothing to start early: host records are copied when ``load_records`` is called."""
+        return None
+
     # ---- records in, records out ------------------------------------------------------------------
     def put(self, key, record, priority: int = 0) -> list[Evicted]:
         """Store ``record`` under ``key``; the records evicted to make room (see ``KVTier.put``).

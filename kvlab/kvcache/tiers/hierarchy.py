@@ -168,6 +168,15 @@ class TierChain:
         for level, group in self._by_tier(keys):
             self.tiers[level].unhold_all(group)
 
+    def prefetch(self, keys) -> None:
+        """Tell each tier that the records of ``keys`` (stored) will soon be loaded."""
+        slots: dict[int, list[int]] = {}
+        for where in self.where_all(keys):
+            if where is not None:
+                slots.setdefault(where[0], []).append(where[1])
+        for level, wanted in slots.items():
+            self.tiers[level].prefetch(wanted)
+
     def take(self, keys) -> list[tuple[int, int]]:
         """``(tier index, slot)`` of each of held ``keys``, whose records are being loaded: a hit
         (``touch_all``) and the end of their holds (``unhold_all``) in one lookup."""

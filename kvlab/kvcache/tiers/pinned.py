@@ -9,8 +9,10 @@ of slices: a dynamic slice of a bank moved to the device (``jax.device_put`` ins
 one device array. An offload is a dynamic-update-slice of device records into the (donated) bank.
 On the lent H200 (2026-12-03) the 2048 records of a 32k-token document (4.29 GB, Llama-3-8B
 shape) reached the device in 88 ms (49.0 GB/s) as two whole banks against 95 ms (45 GB/s) in
-slices; smaller banks were slower (256 MiB: 36 GB/s, 64 MiB: 18 GB/s), and the host waits for a
-whole-bank copy, where the jitted slice loops return at once. Records whose slots (and rows)
+slices; smaller banks were slower (256 MiB: 36 GB/s, 64 MiB: 18 GB/s). A whole-bank copy runs
+beside the host (``load_records`` returned after 2-3 ms), where the host waits for the jitted
+slice loops to finish (96 ms); ``prefetch`` starts the whole-bank copies of a sequence's hits as
+soon as it is known to start, before its pages are found. Records whose slots (and rows)
 follow each other move together, in slices of up to ``slice_bytes`` (default 32 MiB). On the
 lent H200 (2026-12-01) a GiB of records went to the device at 17 GB/s one 512 KiB record per
 copy, 32 GB/s one 2 MiB record per copy, and 44-45 GB/s in 32 MiB slices, and back at about the
@@ -121,6 +123,7 @@ class PinnedHostTier(ArrayTier):
                               out_shardings=self._pinned)
         self._load = jax.jit(self._copy_to_device, static_argnames="run", donate_argnums=0,
                              out_shardings=self._on_device)
+        self._prefetched: dict = {}      # bank -> (the bank array copied, its device copy)
         super().__init__(num_pages, page_record, LRU() if eviction is None else eviction)
 
     def _new_records(self, shape, dtype):
@@ -176,28 +179,54 @@ class PinnedHostTier(ArrayTier):
         run, length = self._run(data.shape[0]), len(pad_slots(slots))
         for b, at, bank_rows in self._by_bank(slots):
             banks[b] = self._store(banks[b], data, *runs(rows[at], bank_rows, run, length), run=run)
+            self._prefetched.pop(b, None)           # copied before this write: stale
         self._records = tuple(banks)
+
+    def _whole(self, groups) -> list[bool]:
+        """For each ``(bank, positions, rows)`` of ``_by_bank``: whether a load moves it whole."""
+        return [len(np.unique(rows)) >= self.whole_bank_share * self._bank_slots for _, _, rows in groups]
+
+    def prefetch(self, slots) -> None:
+        """Start the whole-bank copies a ``load_records(slots)`` would make (each a DMA beside the
+        host); the load takes a copy if its bank has not been written since, and drops the
+        copies it does not take. Until then each copy takes its bank's size in device memory."""
+        banks = self._storage()
+        groups = list(self._by_bank(slots))
+        for (b, _, _), whole in zip(groups, self._whole(groups)):
+            if whole and self._prefetched.get(b, (None,))[0] is not banks[b]:
+                self._prefetched[b] = (banks[b], jax.device_put(banks[b], self._on_device))
+
+    def clear(self) -> None:
+        super().clear()
+        self._prefetched = {}
 
     def load_records(self, slots) -> jax.Array:
         """The records of ``slots`` on the device, ``[next_pow2(n), ...]``. Banks a load wants
-        (almost) whole travel by one ``jax.device_put`` each, a DMA at the link's full speed (the
-        host waits for it), every one issued before any other copy; their rows are then placed
-        on the device (until then each such bank takes its whole size in device memory). The
-        other banks' records move in slices."""
+        (almost) whole travel by one ``jax.device_put`` each (or were prefetched), a DMA at the
+        link's full speed that runs beside the host, every one issued before any other copy;
+        their rows are then placed on the device (until then each such bank takes its whole size
+        in device memory). The other banks' records move in slices, and the host waits for
+        those (XLA makes a jitted copy out of pinned memory before the call returns)."""
         banks = self._storage()
         length = len(pad_slots(slots))
         run = self._run(length)
         out = jnp.zeros((length, *self.shape), banks[0].dtype, device=self._on_device)
         groups = list(self._by_bank(slots))
-        whole = [len(np.unique(rows)) >= self.whole_bank_share * self._bank_slots for _, _, rows in groups]
-        moved = [jax.device_put(banks[b], self._on_device) if w else None      # every DMA first
-                 for (b, _, _), w in zip(groups, whole)]
+        moved = [self._bank_on_device(b) if whole else None                   # every DMA first
+                 for (b, _, _), whole in zip(groups, self._whole(groups))]
+        self._prefetched = {}
         for (b, at, bank_rows), bank in zip(groups, moved):
             if bank is None:
                 out = self._load(out, banks[b], *runs(bank_rows, at, run, length), run=run)
             else:
                 out = _place_rows(out, bank, _padded(bank_rows, length), pad_distinct(at, length, length))
         return out
+
+    def _bank_on_device(self, b: int) -> jax.Array:
+        """Bank ``b`` on the device: its prefetched copy if the bank is unchanged since, else a
+        new DMA."""
+        bank, copy = self._prefetched.pop(b, (None, None))
+        return copy if bank is self._storage()[b] else jax.device_put(self._storage()[b], self._on_device)
 
 
 def _padded(values, length: int) -> np.ndarray:

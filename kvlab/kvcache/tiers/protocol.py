@@ -160,3 +160,9 @@ class KVTier(Protocol):
         """The records of ``slots`` padded to ``next_pow2(n)`` rows, for a device write (host
         records, or a device array)."""
         ...
+
+    def prefetch(self, slots) -> None:
+        """A hint, given when a sequence's hits are held: ``load_records`` will soon want
+        ``slots``. A tier whose copies run beside the host may start them now; what it copies must
+        not outlive a later write of those records (nothing may depend on the hint)."""
+        ...
