@@ -192,6 +192,38 @@ def test_a_prefetched_bank_serves_the_load_unless_written_since(monkeypatch):
     assert copies == [1, 2], "a load drops the prefetched copies it did not take"
 
 
+def test_a_bank_wanted_in_part_is_prefetched_on_a_worker_and_never_served_stale():
+    """Of banks of 4 rows, slots 1, 2 (bank 0) and 9 (bank 2) are wanted in part: ``prefetch``
+    runs their slice loops on the worker thread, and the load places those copies without a
+    slice loop of its own; a bank written after its prefetch is copied again by the load."""
+    import threading
+    record = np.zeros((2, 3), np.float32)
+    tier = PinnedHostTier(12, record, bank_bytes=4 * record.nbytes)
+    shadow = np.arange(12 * 6, dtype=np.float32).reshape(12, 2, 3)
+    tier.write_rows(list(range(12)), shadow)
+    threads = []
+    real_load = tier._load
+
+    def counted(*args, **kwargs):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real_load(*args, **kwargs)
+    tier._load = counted
+    slots = [9, 2, 4, 5, 6, 7, 1]                       # bank 1 whole, banks 0 and 2 in part
+    tier.prefetch(slots)
+    np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:7], shadow[slots])
+    assert threads == [False, False], "the slice loops ran on the worker, once per bank, not in the load"
+    threads.clear()
+    tier.prefetch(slots)
+    tier.write_rows([2], np.full((1, 2, 3), -1.0, np.float32))       # bank 0 changes
+    shadow[2] = -1.0
+    np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:7], shadow[slots])
+    assert threads.count(True) == 1, "the written bank is copied again by the load, the other taken"
+    threads.clear()
+    tier.prefetch([1, 2])
+    np.testing.assert_array_equal(np.asarray(tier.load_records([1, 2, 3]))[:3], shadow[[1, 2, 3]])
+    assert threads[-1] is True, "a prefetch lacking a row the load wants is not used"
+
+
 def test_a_device_write_of_page_records_sets_those_pages_and_refuses_repeats():
     """``page_copies.write_pages``: records into distinct pages (the unique-indices scatter),
     padding dropped, other pages untouched; a page named twice is an error, not a race."""

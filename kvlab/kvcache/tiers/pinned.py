@@ -11,8 +11,9 @@ On the lent H200 (2026-12-03) the 2048 records of a 32k-token document (4.29 GB,
 shape) reached the device in 88 ms (49.0 GB/s) as two whole banks against 95 ms (45 GB/s) in
 slices; smaller banks were slower (256 MiB: 36 GB/s, 64 MiB: 18 GB/s). A whole-bank copy runs
 beside the host (``load_records`` returned after 2-3 ms), where the host waits for the jitted
-slice loops to finish (96 ms); ``prefetch`` starts the whole-bank copies of a sequence's hits as
-soon as it is known to start, before its pages are found. Records whose slots (and rows)
+slice loops to finish (96 ms). ``prefetch`` starts a sequence's copies as soon as it is known to
+start, before its pages are found: the whole-bank DMAs, and the slice loops on a worker thread
+(``kvlab.kvcache.tiers.bank_prefetch``). Records whose slots (and rows)
 follow each other move together, in slices of up to ``slice_bytes`` (default 32 MiB). On the
 lent H200 (2026-12-01) a GiB of records went to the device at 17 GB/s one 512 KiB record per
 copy, 32 GB/s one 2 MiB record per copy, and 44-45 GB/s in 32 MiB slices, and back at about the
@@ -42,6 +43,7 @@ from jax.sharding import SingleDeviceSharding
 
 from kvlab.kvcache.eviction import LRU
 from kvlab.kvcache.tiers.array_tier import ArrayTier
+from kvlab.kvcache.tiers.bank_prefetch import BankPrefetches
 from kvlab.kvcache.tiers.records import pad_distinct, pad_slots
 
 RUN_BYTES = 32 << 20      # records whose slots follow each other move in slices of up to this size
@@ -123,7 +125,7 @@ class PinnedHostTier(ArrayTier):
                               out_shardings=self._pinned)
         self._load = jax.jit(self._copy_to_device, static_argnames="run", donate_argnums=0,
                              out_shardings=self._on_device)
-        self._prefetched: dict = {}      # bank -> (the bank array copied, its device copy)
+        self._prefetches = BankPrefetches()
         super().__init__(num_pages, page_record, LRU() if eviction is None else eviction)
 
     def _new_records(self, shape, dtype):
@@ -178,8 +180,8 @@ class PinnedHostTier(ArrayTier):
         banks, rows = list(self._storage()), np.asarray(rows, np.int64)
         run, length = self._run(data.shape[0]), len(pad_slots(slots))
         for b, at, bank_rows in self._by_bank(slots):
+            self._prefetches.forget(b)              # copies of the bank as it was: stale
             banks[b] = self._store(banks[b], data, *runs(rows[at], bank_rows, run, length), run=run)
-            self._prefetched.pop(b, None)           # copied before this write: stale
         self._records = tuple(banks)
 
     def _whole(self, groups) -> list[bool]:
@@ -187,18 +189,30 @@ class PinnedHostTier(ArrayTier):
         return [len(np.unique(rows)) >= self.whole_bank_share * self._bank_slots for _, _, rows in groups]
 
     def prefetch(self, slots) -> None:
-        """Start the whole-bank copies a ``load_records(slots)`` would make (each a DMA beside the
-        host); the load takes a copy if its bank has not been written since, and drops the
-        copies it does not take. Until then each copy takes its bank's size in device memory."""
+        """Start the copies a ``load_records(slots)`` would make (``BankPrefetches``): the
+        whole-bank DMAs, and the slice loops of banks wanted in part on a worker thread. The load
+        takes a copy if its bank has not been written since, and drops the copies it does not
+        take. Until then each copy takes its size in device memory (a whole bank's for a bank)."""
         banks = self._storage()
         groups = list(self._by_bank(slots))
-        for (b, _, _), whole in zip(groups, self._whole(groups)):
-            if whole and self._prefetched.get(b, (None,))[0] is not banks[b]:
-                self._prefetched[b] = (banks[b], jax.device_put(banks[b], self._on_device))
+        for (b, _, rows), whole in zip(groups, self._whole(groups)):
+            bank = banks[b]
+            if whole:
+                to_device = functools.partial(jax.device_put, bank, self._on_device)
+                self._prefetches.start_whole(b, bank, to_device)
+            else:
+                self._prefetches.start_rows(b, bank, rows, functools.partial(self._rows_to_device, bank))
+
+    def _rows_to_device(self, bank, rows) -> jax.Array:
+        """``rows`` of ``bank`` on the device, in order (``[next_pow2(n), ...]``), by slices."""
+        length = len(pad_slots(rows))
+        out = jnp.zeros((length, *self.shape), bank.dtype, device=self._on_device)
+        run = self._run(length)
+        return self._load(out, bank, *runs(rows, np.arange(len(rows)), run, length), run=run)
 
     def clear(self) -> None:
         super().clear()
-        self._prefetched = {}
+        self._prefetches.clear()
 
     def load_records(self, slots) -> jax.Array:
         """The records of ``slots`` on the device, ``[next_pow2(n), ...]``. Banks a load wants
@@ -214,19 +228,22 @@ class PinnedHostTier(ArrayTier):
         groups = list(self._by_bank(slots))
         moved = [self._bank_on_device(b) if whole else None                   # every DMA first
                  for (b, _, _), whole in zip(groups, self._whole(groups))]
-        self._prefetched = {}
         for (b, at, bank_rows), bank in zip(groups, moved):
-            if bank is None:
-                out = self._load(out, banks[b], *runs(bank_rows, at, run, length), run=run)
-            else:
+            if bank is not None:
                 out = _place_rows(out, bank, _padded(bank_rows, length), pad_distinct(at, length, length))
+            elif (started := self._prefetches.take_rows(b, banks[b], bank_rows)) is not None:
+                copy, positions = started
+                out = _place_rows(out, copy, _padded(positions, length), pad_distinct(at, length, length))
+            else:
+                out = self._load(out, banks[b], *runs(bank_rows, at, run, length), run=run)
+        self._prefetches.clear()
         return out
 
     def _bank_on_device(self, b: int) -> jax.Array:
         """Bank ``b`` on the device: its prefetched copy if the bank is unchanged since, else a
         new DMA."""
-        bank, copy = self._prefetched.pop(b, (None, None))
-        return copy if bank is self._storage()[b] else jax.device_put(self._storage()[b], self._on_device)
+        copy = self._prefetches.take_whole(b, self._storage()[b])
+        return copy if copy is not None else jax.device_put(self._storage()[b], self._on_device)
 
 
 def _padded(values, length: int) -> np.ndarray:
