@@ -11,12 +11,14 @@ the host-to-device bandwidth measured in the same run.
 Random bf16 weights and random token ids (a replay measures time, not text). The GPU cache holds
 1.25 documents, the host tier four, so asking documents B and C after A evicts A's pages to the
 host.
-Every scenario runs ``--warmup`` times untimed first (compilation), then ``--reps`` times; the medians are
-reported. TTFT is the request's own (arrival to first token, on the engine's clock), in rounds with
-nothing synchronised; one more round then times the executor's page copies of the warm-from-host
-ask (each copy synchronised, so that round's TTFT is not reported): all of them, and apart the
-device gather of the pages the step evicts to the host (write-back) and the device write of the
-loaded pages. ``--first-tier pinned`` keeps the host tier in pinned memory
+Every scenario runs ``--warmup`` times untimed first (compilation), then ``--reps`` times; the
+medians are reported. After the warm-up the heap is frozen (``kvlab.bench.freeze_heap``: full
+garbage collections over the process's objects stalled whole rounds) unless ``--no-freeze-heap``.
+TTFT is the request's own (arrival to first token, on the engine's clock), in rounds with nothing
+synchronised; one more round then times the executor's page copies of the warm-from-host ask (each
+copy synchronised, so that round's TTFT is not reported): all of them, and apart the device gather
+of the pages the step evicts to the host (write-back) and the device write of the loaded pages.
+``--first-tier pinned`` keeps the host tier in pinned memory
 (``PinnedHostTier``: copies by DMA), ``numpy`` in a NumPy array (``HostMemoryTier``).
 """
 
@@ -32,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import kvlab
+from kvlab.bench import freeze_heap
 from kvlab.engine import page_copies
 from kvlab.engine.defaults import kv_bytes_per_token
 from kvlab.kvcache.tiers import HostMemoryTier, PinnedHostTier, TierChain, WriteBackOnEviction, WriteThrough
@@ -153,7 +156,8 @@ class LaunchClock:
         return future
 
 
-def replay(model, length: int, reps: int, chunk: int, policy, warmup: int, tier_type) -> dict:
+def replay(model, length: int, reps: int, chunk: int, policy, warmup: int, tier_type,
+           freeze: bool = True) -> dict:
     c = model.config
     doc_pages = length // PAGE + 1
     host = TierChain(tiers=[tier_type(num_pages=4 * doc_pages)], policy=policy)
@@ -177,6 +181,8 @@ def replay(model, length: int, reps: int, chunk: int, policy, warmup: int, tier_
         return cold, warm_gpu, hits, warm.ttft, start - warm.arrival, end - start
 
     for rep in range(warmup + reps):                # the first rounds compile
+        if rep == warmup and freeze:
+            freeze_heap()                           # compiled: the heap out of the collector's way
         cold, warm_gpu, hits, warm_host, before, launch = round_trip()
         print(f"  L={length} rep {rep}: cold {cold * 1e3:.1f} ms, warm GPU {warm_gpu * 1e3:.1f} ms, "
               f"hits (GPU, host) {hits}, warm host {warm_host * 1e3:.1f} ms (host work before its "
@@ -219,6 +225,9 @@ def main():
                     help="the pinned tier's slice size (MiB; default: PinnedHostTier's)")
     ap.add_argument("--bank-mib", type=int, default=None,
                     help="the pinned tier's bank size (MiB; default: PinnedHostTier's)")
+    ap.add_argument("--no-freeze-heap", action="store_true",
+                    help="leave the heap to the garbage collector after the warm-up "
+                         "(kvlab.bench.freeze_heap)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     dev = jax.devices()[0]
@@ -234,7 +243,7 @@ def main():
             for policy in args.policies:
                 for tier in args.first_tier:
                     r = replay(model, length, args.reps, args.chunk, POLICIES[policy], args.warmup,
-                               tier_factory(tier, args.slice_mib, args.bank_mib))
+                               tier_factory(tier, args.slice_mib, args.bank_mib), not args.no_freeze_heap)
                     r["shape"], r["policy"], r["tier"] = shape, policy, tier
                     results.append(r)
         del model

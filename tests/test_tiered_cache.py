@@ -45,6 +45,24 @@ RECORD = np.zeros((1,), np.int64)          # a page's "content": the hash of the
 
 
 # ---- the slot API ---------------------------------------------------------------------------------
+def test_a_batch_of_evictions_sees_its_own_offloads_and_an_index_evicts_all_or_none():
+    """``TierReuse.evicted`` takes a batch as it would take its blocks one by one: a block named
+    twice is offloaded once. ``BlockIndex.evict_blocks`` asked for more than are evictable
+    forgets none."""
+    from kvlab.kvcache.block_hash import BlockIndex
+    from kvlab.kvcache.eviction import LRU
+    from kvlab.kvcache.tiered import TierReuse
+    reuse = TierReuse(TierChain(tiers=[HostMemoryTier(4, RECORD)]))
+    reuse.evicted([(b"k", 5, 0), (b"k", 6, 0), (b"j", 7, 0)])
+    assert [m.page for m in reuse.drain()] == [5, 7]
+    index = BlockIndex(LRU())
+    index.insert_run([b"a", b"b"], [3, 4], 0, clock=1, priority=0)
+    index.release(3, 2)
+    with pytest.raises(KeyError):
+        index.evict_blocks(2)
+    assert index.evict_blocks(1)[0][0] == 3 and b"b" in index.by_hash
+
+
 def test_reserve_names_the_slot_and_the_key_it_takes_over():
     tier = HostMemoryTier(2, RECORD)
     assert tier.reserve("a") == (0, []) and tier.reserve("b") == (1, [])
@@ -222,6 +240,13 @@ def test_a_bank_wanted_in_part_is_prefetched_on_a_worker_and_never_served_stale(
     tier.prefetch([1, 2])
     np.testing.assert_array_equal(np.asarray(tier.load_records([1, 2, 3]))[:3], shadow[[1, 2, 3]])
     assert threads[-1] is True, "a prefetch lacking a row the load wants is not used"
+    threads.clear()
+    tier.prefetch([1])                                  # two sequences, one bank, in one plan
+    tier.prefetch([3])
+    tier.write_rows([0], np.full((1, 2, 3), -2.0, np.float32))      # a row neither wants
+    shadow[0] = -2.0
+    np.testing.assert_array_equal(np.asarray(tier.load_records([3, 1]))[:2], shadow[[3, 1]])
+    assert threads == [False, False], "both prefetches serve the load; another row's write spoils neither"
 
 
 def test_a_device_write_of_page_records_sets_those_pages_and_refuses_repeats():

@@ -69,10 +69,13 @@ def chain_hashes(hasher, parent, token_ids, page_size: int, start: int, stop: in
     """Hashes of full blocks ``start..stop-1`` of ``token_ids``, ``parent`` being block start-1's."""
     if stop <= start:
         return []
+    if len(token_ids) < stop * page_size:
+        raise ValueError(f"hashing blocks {start}..{stop - 1} of {page_size} tokens needs "
+                         f"{stop * page_size} tokens, got {len(token_ids)}")
     return hasher.chain_run(parent, token_ids[start * page_size:stop * page_size], page_size)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class CachedBlock:
     """Bookkeeping of one indexed page (what eviction policies read)."""
 
@@ -102,10 +105,6 @@ class BlockIndex:
             pages.append(page)
         return pages
 
-    def insert(self, block_hash, page: int, depth: int, clock: int, priority: int) -> bool:
-        """Index ``page`` under ``block_hash``; False if that hash already has a page."""
-        return bool(self.insert_run([block_hash], [page], depth, clock, priority))
-
     def insert_run(self, block_hashes, pages, depth: int, clock: int, priority: int) -> list:
         """Index ``pages[i]`` under ``block_hashes[i]`` at depth ``depth + i``, skipping hashes
         that already have a page; the ``(block_hash, page)`` pairs indexed."""
@@ -116,11 +115,6 @@ class BlockIndex:
                 blocks[page] = CachedBlock(block_hash, i, clock, 0, priority)
                 new.append((block_hash, page))
         return new
-
-    def touch(self, page: int, clock: int, priority: int) -> None:
-        """A sequence starts using ``page``: it counts as a use (recency, reuse count, priority)
-        and the page is no longer evictable."""
-        self.touch_all([page], clock, priority)
 
     def touch_all(self, pages, clock: int, priority: int) -> None:
         """``touch`` each of ``pages``."""
@@ -146,15 +140,13 @@ class BlockIndex:
 
     def evict(self) -> int:
         """Forget the policy's victim and return its page (the caller drops the page reference)."""
-        return self.evict_block()[0]
-
-    def evict_block(self) -> tuple[int, CachedBlock]:
-        """Forget the policy's victim; its page and its bookkeeping (hash, priority, ...)."""
-        return self.evict_blocks(1)[0]
+        return self.evict_blocks(1)[0][0]
 
     def evict_blocks(self, n: int) -> list[tuple[int, CachedBlock]]:
-        """Forget the policy's next ``n`` victims (KeyError past the last); each one's page and
-        bookkeeping, in eviction order."""
+        """Forget the policy's next ``n`` victims; each one's page and bookkeeping (hash,
+        priority, ...), in eviction order. KeyError, forgetting none, if fewer are evictable."""
+        if n > len(self.evictable):
+            raise KeyError(f"{n} blocks to evict, {len(self.evictable)} evictable")
         out, pop, blocks, by_hash = [], self.evictable.pop, self.blocks, self.by_hash
         for _ in range(n):
             page = pop()

@@ -140,8 +140,9 @@ class TierReuse:
 
     def _stored(self, key, where, reserved: bool) -> bool:
         """Whether a tier stores ``key``, found at ``where`` before this batch's reservations
-        (``reserved``: one was made since, and it may have evicted ``key``: asked again)."""
-        return where is not None and (not reserved or self.chain.where(key) is not None)
+        (``reserved``: one was made since, which may have stored or evicted ``key``: asked
+        again)."""
+        return self.chain.where(key) is not None if reserved else where is not None
 
     @property
     def loaded_pages(self) -> set[int]:

@@ -56,7 +56,7 @@ class Vacated(NamedTuple):
     priority: int
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class _Entry:
     """One stored record's slot and the bookkeeping eviction policies read."""
 

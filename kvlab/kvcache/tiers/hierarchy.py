@@ -143,9 +143,16 @@ class TierChain:
         return found
 
     def leading(self, keys) -> list[tuple[int, int]]:
-        """``(tier index, slot)`` of the leading run of ``keys`` the tiers store."""
-        found = self.where_all(keys)
-        return found[:found.index(None)] if None in found else found
+        """``(tier index, slot)`` of the leading run of ``keys`` the tiers store (looked up in
+        growing parts, so a run that ends early costs little more than its length)."""
+        keys, found, size = list(keys), [], 16
+        while len(found) < len(keys):
+            part = self.where_all(keys[len(found):len(found) + size])
+            if None in part:
+                return found + part[:part.index(None)]
+            found += part
+            size *= 2
+        return found
 
     def _by_tier(self, keys, found=None) -> list[tuple[int, list]]:
         """``keys`` (stored) grouped by the tier that stores them; KeyError for one not stored."""

@@ -180,7 +180,7 @@ class PinnedHostTier(ArrayTier):
         banks, rows = list(self._storage()), np.asarray(rows, np.int64)
         run, length = self._run(data.shape[0]), len(pad_slots(slots))
         for b, at, bank_rows in self._by_bank(slots):
-            self._prefetches.forget(b)              # copies of the bank as it was: stale
+            self._prefetches.written(b, bank_rows)  # before the bank is donated
             banks[b] = self._store(banks[b], data, *runs(rows[at], bank_rows, run, length), run=run)
         self._records = tuple(banks)
 
@@ -191,17 +191,17 @@ class PinnedHostTier(ArrayTier):
     def prefetch(self, slots) -> None:
         """Start the copies a ``load_records(slots)`` would make (``BankPrefetches``): the
         whole-bank DMAs, and the slice loops of banks wanted in part on a worker thread. The load
-        takes a copy if its bank has not been written since, and drops the copies it does not
-        take. Until then each copy takes its size in device memory (a whole bank's for a bank)."""
+        takes a copy for the rows it wants that were not written since, and drops the copies it
+        does not take. Until then each copy takes its size in device memory (a whole bank's for
+        a bank)."""
         banks = self._storage()
         groups = list(self._by_bank(slots))
         for (b, _, rows), whole in zip(groups, self._whole(groups)):
             bank = banks[b]
             if whole:
-                to_device = functools.partial(jax.device_put, bank, self._on_device)
-                self._prefetches.start_whole(b, bank, to_device)
+                self._prefetches.start_whole(b, functools.partial(jax.device_put, bank, self._on_device))
             else:
-                self._prefetches.start_rows(b, bank, rows, functools.partial(self._rows_to_device, bank))
+                self._prefetches.start_rows(b, rows, functools.partial(self._rows_to_device, bank))
 
     def _rows_to_device(self, bank, rows) -> jax.Array:
         """``rows`` of ``bank`` on the device, in order (``[next_pow2(n), ...]``), by slices."""
@@ -226,23 +226,24 @@ class PinnedHostTier(ArrayTier):
         run = self._run(length)
         out = jnp.zeros((length, *self.shape), banks[0].dtype, device=self._on_device)
         groups = list(self._by_bank(slots))
-        moved = [self._bank_on_device(b) if whole else None                   # every DMA first
-                 for (b, _, _), whole in zip(groups, self._whole(groups))]
+        moved = [self._bank_on_device(b, rows) if whole else None            # every DMA first
+                 for (b, _, rows), whole in zip(groups, self._whole(groups))]
         for (b, at, bank_rows), bank in zip(groups, moved):
             if bank is not None:
                 out = _place_rows(out, bank, _padded(bank_rows, length), pad_distinct(at, length, length))
-            elif (started := self._prefetches.take_rows(b, banks[b], bank_rows)) is not None:
-                copy, positions = started
-                out = _place_rows(out, copy, _padded(positions, length), pad_distinct(at, length, length))
+            elif (started := self._prefetches.take_rows(b, bank_rows)) is not None:
+                for copy, positions, wanted in started:
+                    out = _place_rows(out, copy, _padded(positions, length),
+                                      pad_distinct(at[wanted], length, length))
             else:
                 out = self._load(out, banks[b], *runs(bank_rows, at, run, length), run=run)
         self._prefetches.clear()
         return out
 
-    def _bank_on_device(self, b: int) -> jax.Array:
-        """Bank ``b`` on the device: its prefetched copy if the bank is unchanged since, else a
-        new DMA."""
-        copy = self._prefetches.take_whole(b, self._storage()[b])
+    def _bank_on_device(self, b: int, rows) -> jax.Array:
+        """Bank ``b`` on the device: its prefetched copy if that serves ``rows`` (none written
+        since), else a new DMA."""
+        copy = self._prefetches.take_whole(b, rows)
         return copy if copy is not None else jax.device_put(self._storage()[b], self._on_device)
 
 
