@@ -147,6 +147,24 @@ def test_the_engine_host_benchmark_times_every_phase_per_decode_step(capsys):
     assert all(float(cell) > 0 for r in rows for cell in r[2:])
 
 
+@pytest.mark.parametrize("first_tier", ["numpy", "pinned"])
+def test_the_tier_replay_loads_an_evicted_document_back_from_the_host(first_tier):
+    """``benchmarks/tier_replay.py`` on the tiny model (CPU): the document re-asked after two
+    others evicted it from the GPU is loaded back whole from the host tier (every full page of
+    it; with the pinned tier through its prefetch), and the timings come out positive."""
+    from kvlab.models import LlamaModel, ModelConfig
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        module = importlib.import_module("tier_replay")
+    finally:
+        sys.path.pop(0)
+    row = module.replay(LlamaModel(ModelConfig.tiny(), seed=0), 256, reps=1, chunk=64,
+                        policy=module.POLICIES["write-through"], warmup=1,
+                        tier_type=module.tier_factory(first_tier, None, None), freeze=False)
+    assert row["loaded_pages"] == 256 // module.PAGE and row["loaded_bytes"] > 0
+    assert min(row[k] for k in ("cold", "warm_gpu", "warm_host", "host_before_load")) > 0
+
+
 def test_the_transformers_peer_benchmark_counts_every_requests_own_tokens(capsys, monkeypatch):
     """``benchmarks/engine_vs_hf.py`` on a tiny shape (CPU): kvlab and transformers' static
     ``generate`` both produce exactly the workload's output tokens, and the table compares them;
