@@ -167,9 +167,28 @@ class PagePoolCache(KVCache):
 
     def try_allocate(self, seq_id, num_tokens: int) -> bool:
         seq = self._seqs.get(seq_id)
-        if seq is not None and self._grow_in_place(seq_id, seq, num_tokens):   # most decodes
-            return True
+        if seq is not None and seq.started and not seq.host_pages and num_tokens >= seq.num_tokens:
+            return self._grow_started(seq_id, seq, num_tokens)                  # every decode
         return super().try_allocate(seq_id, num_tokens)
+
+    def _grow_started(self, seq_id, seq: SeqState, num_tokens: int) -> bool:
+        """Grow a running, resident ``seq`` to ``num_tokens``, with fresh pages past those it
+        holds if it needs them and they can be found; whether it did. The checks and steps of
+        ``can_allocate`` and ``allocate`` for such a sequence (no tier hits left to load),
+        each made once."""
+        have = self.block_table.num_pages.item(seq.row)
+        need = -(-num_tokens // self.page_size) - have
+        full = seq.num_tokens // self.page_size
+        if need > 0 and not need <= min(self.num_available_pages(seq_id), self.writes.num_free(seq_id, full)):
+            return False
+        self.writes.seal(seq_id, full, self.block_table, seq.row)
+        if need > 0:
+            pages = self.writes.place(seq_id, have, self._take_pages(need))
+            self.block_table.append(seq.row, pages)
+            self._placed(seq, have, pages)
+        seq.num_tokens = num_tokens
+        self._update_ledger(seq_id, seq, have + max(need, 0))
+        return True
 
     def _grow_in_place(self, seq_id, seq: SeqState, num_tokens: int) -> bool:
         """Grow a running ``seq`` to ``num_tokens`` if that fits the pages it holds (pages filled
