@@ -167,9 +167,14 @@ class PagePoolCache(KVCache):
 
     def try_allocate(self, seq_id, num_tokens: int) -> bool:
         seq = self._seqs.get(seq_id)
-        if seq is not None and seq.started and not seq.host_pages and num_tokens >= seq.num_tokens:
-            return self._grow_started(seq_id, seq, num_tokens)                  # every decode
+        if self._running(seq, num_tokens):                                      # every decode
+            return self._grow_started(seq_id, seq, num_tokens)
         return super().try_allocate(seq_id, num_tokens)
+
+    @staticmethod
+    def _running(seq: SeqState | None, num_tokens: int) -> bool:
+        """Whether ``seq`` is started, resident and asked to grow (not shrink)."""
+        return seq is not None and seq.started and not seq.host_pages and num_tokens >= seq.num_tokens
 
     def _grow_started(self, seq_id, seq: SeqState, num_tokens: int) -> bool:
         """Grow a running, resident ``seq`` to ``num_tokens``, with fresh pages past those it
@@ -190,21 +195,10 @@ class PagePoolCache(KVCache):
         self._update_ledger(seq_id, seq, have + max(need, 0))
         return True
 
-    def _grow_in_place(self, seq_id, seq: SeqState, num_tokens: int) -> bool:
-        """Grow a running ``seq`` to ``num_tokens`` if that fits the pages it holds (pages filled
-        by the steps planned so far are sealed, the ledger sees the new length); whether it did."""
-        have = self.block_table.num_pages.item(seq.row)
-        if not (seq.started and not seq.host_pages and seq.num_tokens <= num_tokens <= have * self.page_size):
-            return False
-        self.writes.seal(seq_id, seq.num_tokens // self.page_size, self.block_table, seq.row)
-        seq.num_tokens = num_tokens
-        self._update_ledger(seq_id, seq, have)
-        return True
-
     def allocate(self, seq_id, num_tokens: int) -> None:
         seq = self._seqs.get(seq_id)
-        if seq is not None and self._grow_in_place(seq_id, seq, num_tokens):
-            return
+        if self._running(seq, num_tokens) and self._grow_started(seq_id, seq, num_tokens):
+            return                  # else the checks below say what is missing
         have, full = 0, 0
         if seq is not None:
             if num_tokens < seq.num_tokens:
