@@ -156,13 +156,20 @@ def test_pinned_copies_in_slices_match_numpy(slots, records_per_slice, records_p
     np.testing.assert_array_equal(tier.read_rows(list(range(16))), shadow)
 
 
+def _banked_tier(**kwargs):
+    """A pinned tier of 12 records in banks of 4, each record filled with its own numbers; the
+    tier and what it holds."""
+    record = np.zeros((2, 3), np.float32)
+    tier = PinnedHostTier(12, record, bank_bytes=4 * record.nbytes, **kwargs)
+    shadow = np.arange(12 * 6, dtype=np.float32).reshape(12, 2, 3)
+    tier.write_rows(list(range(12)), shadow)
+    return tier, shadow
+
+
 def test_a_load_moves_the_banks_it_wants_whole_in_one_copy_each(monkeypatch):
     """Of banks of 4 rows, a load wants banks 0 and 2 whole (in a scrambled order) and one row
     of bank 1: one device_put of each of banks 0 and 2, bank 1 sliced; rows in the order asked."""
-    record = np.zeros((2, 3), np.float32)
-    tier = PinnedHostTier(12, record, bank_bytes=4 * record.nbytes)
-    shadow = np.arange(12 * 6, dtype=np.float32).reshape(12, 2, 3)
-    tier.write_rows(list(range(12)), shadow)
+    tier, shadow = _banked_tier()
     banks, whole = tier.records, []
     real = jax.device_put
     monkeypatch.setattr(jax, "device_put", lambda x, *a, **k: whole.extend(
@@ -172,8 +179,7 @@ def test_a_load_moves_the_banks_it_wants_whole_in_one_copy_each(monkeypatch):
     assert loaded.shape == (16, 2, 3)
     np.testing.assert_array_equal(np.asarray(loaded)[:len(slots)], shadow[slots])
     assert whole == [0, 2]
-    sliced = PinnedHostTier(12, record, bank_bytes=4 * record.nbytes, whole_bank_share=2.0)
-    sliced.write_rows(list(range(12)), shadow)
+    sliced, _ = _banked_tier(whole_bank_share=2.0)
     banks, whole = sliced.records, []
     np.testing.assert_array_equal(np.asarray(sliced.load_records(slots))[:len(slots)], shadow[slots])
     assert whole == []
@@ -184,12 +190,9 @@ def test_a_load_moves_the_banks_it_wants_whole_in_one_copy_each(monkeypatch):
 
 def test_a_prefetched_bank_serves_the_load_unless_written_since(monkeypatch):
     """``prefetch`` copies the banks a load will want whole; the load takes those copies (no
-    second copy) while their banks are unchanged, and a bank written after its prefetch is copied
-    again, so the load returns the records as they are at the load, never the prefetched ones."""
-    record = np.zeros((2, 3), np.float32)
-    tier = PinnedHostTier(12, record, bank_bytes=4 * record.nbytes)
-    shadow = np.arange(12 * 6, dtype=np.float32).reshape(12, 2, 3)
-    tier.write_rows(list(range(12)), shadow)
+    second copy), except where a row it wants was written since: that bank is copied again, so
+    the load returns the records as they are at the load, never the prefetched ones."""
+    tier, shadow = _banked_tier()
     copies = []
     real = jax.device_put
     monkeypatch.setattr(jax, "device_put", lambda x, *a, **k: copies.extend(
@@ -204,7 +207,7 @@ def test_a_prefetched_bank_serves_the_load_unless_written_since(monkeypatch):
     shadow[9] = -1.0
     copies.clear()
     np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:8], shadow[slots])
-    assert copies == [2], "a bank written after its prefetch must be copied again"
+    assert copies == [2], "a bank with a wanted row written after its prefetch must be copied again"
     copies.clear()
     np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:8], shadow[slots])
     assert copies == [1, 2], "a load drops the prefetched copies it did not take"
@@ -213,12 +216,10 @@ def test_a_prefetched_bank_serves_the_load_unless_written_since(monkeypatch):
 def test_a_bank_wanted_in_part_is_prefetched_on_a_worker_and_never_served_stale():
     """Of banks of 4 rows, slots 1, 2 (bank 0) and 9 (bank 2) are wanted in part: ``prefetch``
     runs their slice loops on the worker thread, and the load places those copies without a
-    slice loop of its own; a bank written after its prefetch is copied again by the load."""
+    slice loop of its own; a wanted row written since is copied again by the load, and a row
+    written that no load wants spoils nothing."""
     import threading
-    record = np.zeros((2, 3), np.float32)
-    tier = PinnedHostTier(12, record, bank_bytes=4 * record.nbytes)
-    shadow = np.arange(12 * 6, dtype=np.float32).reshape(12, 2, 3)
-    tier.write_rows(list(range(12)), shadow)
+    tier, shadow = _banked_tier()
     threads = []
     real_load = tier._load
 

@@ -38,7 +38,7 @@ def as_prompt_list(prompts) -> list:
     anything else is iterated as a list of prompts."""
     if isinstance(prompts, str):
         return [prompts]
-    if isinstance(prompts, np.ndarray | jax.Array) and prompts.ndim == 1 and prompts.dtype.kind in "iu":
+    if _is_id_array(prompts):
         return [prompts]                            # one prompt of token ids
     prompts = list(prompts)
     if prompts and (set(map(type, prompts)) <= {int} or all(_is_token_id(p) for p in prompts)):
@@ -58,9 +58,14 @@ def _is_token_id(value) -> bool:
     return True
 
 
+def _is_id_array(value) -> bool:
+    """Whether ``value`` is a 1-D integer array (NumPy or JAX): one prompt of token ids."""
+    return isinstance(value, np.ndarray | jax.Array) and value.ndim == 1 and value.dtype.kind in "iu"
+
+
 def _token_ids(prompt) -> list[int]:
     """``prompt`` as a list of ints, else a ValueError naming what a prompt is."""
-    if isinstance(prompt, np.ndarray | jax.Array) and prompt.ndim == 1 and prompt.dtype.kind in "iu":
+    if _is_id_array(prompt):
         return np.asarray(prompt).tolist()          # an integer array: no element-wise checks
     try:
         items = list(prompt)

@@ -177,22 +177,15 @@ class PagePoolCache(KVCache):
         return seq is not None and seq.started and not seq.host_pages and num_tokens >= seq.num_tokens
 
     def _grow_started(self, seq_id, seq: SeqState, num_tokens: int) -> bool:
-        """Grow a running, resident ``seq`` to ``num_tokens``, with fresh pages past those it
-        holds if it needs them and they can be found; whether it did. The checks and steps of
-        ``can_allocate`` and ``allocate`` for such a sequence (no tier hits left to load),
-        each made once."""
-        have = self.block_table.num_pages.item(seq.row)
-        need = -(-num_tokens // self.page_size) - have
+        """Grow a running, resident ``seq`` to ``num_tokens`` if the pages it needs can be
+        found; whether it did (``can_allocate``'s and ``allocate``'s work, done once)."""
+        have = self._num_pages(seq)
+        need = max(0, -(-num_tokens // self.page_size) - have)
         full = seq.num_tokens // self.page_size
-        if need > 0 and not need <= min(self.num_available_pages(seq_id), self.writes.num_free(seq_id, full)):
+        if need and need > min(self.num_available_pages(seq_id), self.writes.num_free(seq_id, full)):
             return False
         self.writes.seal(seq_id, full, self.block_table, seq.row)
-        if need > 0:
-            pages = self.writes.place(seq_id, have, self._take_pages(need))
-            self.block_table.append(seq.row, pages)
-            self._placed(seq, have, pages)
-        seq.num_tokens = num_tokens
-        self._update_ledger(seq_id, seq, have + max(need, 0))
+        self._extend(seq_id, seq, num_tokens, have, need, loaded=0)
         return True
 
     def allocate(self, seq_id, num_tokens: int) -> None:
@@ -218,6 +211,12 @@ class PagePoolCache(KVCache):
             seq = self._new_seq(seq_id)
         if not seq.started:
             self._start(seq)
+        self._extend(seq_id, seq, num_tokens, have, need, loaded)
+
+    def _extend(self, seq_id, seq: SeqState, num_tokens: int, have: int, need: int, loaded: int) -> None:
+        """``seq`` (holding ``have`` pages) takes ``need`` fresh pages - the first ``loaded`` for
+        its tier hits, the rest placed by the write policy - and holds ``num_tokens`` tokens
+        (the room checked by the caller)."""
         if need:
             fresh = self._take_pages(need)
             pages = fresh[:loaded] + self.writes.place(seq_id, have + loaded, fresh[loaded:])
