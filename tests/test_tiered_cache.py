@@ -250,6 +250,34 @@ def test_a_bank_wanted_in_part_is_prefetched_on_a_worker_and_never_served_stale(
     assert threads == [False, False], "both prefetches serve the load; another row's write spoils neither"
 
 
+def test_a_prefetch_runs_the_loads_own_slice_loops_and_its_copy_becomes_the_load(monkeypatch):
+    """The worker's slice loops are the ones the load would run (same shapes, so nothing new to
+    compile for a bank wanted in a few rows), and a copy laid out as the load is the load's
+    output: no placement of its rows."""
+    import kvlab.kvcache.tiers.pinned as pinned
+    tier, shadow = _banked_tier()
+    shapes = []
+    real_load = tier._load
+
+    def recorded(out, bank, *plan, run):
+        shapes.append((out.shape, tuple(p.shape for p in plan if hasattr(p, "shape")), run))
+        return real_load(out, bank, *plan, run=run)
+    tier._load = recorded
+    placed = []
+    real_place = pinned._place_rows
+    monkeypatch.setattr(pinned, "_place_rows", lambda *a: placed.append(a[1].shape) or real_place(*a))
+    slots = [9, 2, 1, 10]                               # banks 0 and 2, each in part
+    np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:4], shadow[slots])
+    unprefetched, shapes[:] = list(shapes), []
+    tier.prefetch(slots)
+    np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:4], shadow[slots])
+    assert shapes == unprefetched and placed == []
+    tier.prefetch([1, 2, 4, 5, 6, 7])                   # bank 1 whole: only its rows are placed
+    np.testing.assert_array_equal(np.asarray(tier.load_records([1, 2, 4, 5, 6, 7]))[:6],
+                                  shadow[[1, 2, 4, 5, 6, 7]])
+    assert placed == [(4, 2, 3)]
+
+
 def test_a_device_write_of_page_records_sets_those_pages_and_refuses_repeats():
     """``page_copies.write_pages``: records into distinct pages (the unique-indices scatter),
     padding dropped, other pages untouched; a page named twice is an error, not a race."""

@@ -4,11 +4,12 @@ Two kinds, as ``PinnedHostTier.load_records`` moves a bank:
 
 - a bank wanted (almost) whole: one ``jax.device_put`` of the bank, which returns at once and
   runs beside the host;
-- a bank wanted in part: the jitted slice loop that copies those rows, which holds the calling
-  thread until its last copy has landed - so it runs on a worker thread, and the host goes on
-  with its bookkeeping meanwhile. Several sequences may each start one for the same bank.
+- the banks wanted in part: the jitted slice loops that copy those rows into one device array laid
+  out as the load's own (the same shapes, so nothing new to compile), which hold the calling thread
+  until their last copy has landed - so they run on a worker thread, and the host goes on with its
+  bookkeeping meanwhile. Several sequences may each start one for the same bank.
 
-A copy remembers the rows of its bank written after it started (``written``, which the tier
+A copy remembers the rows of its banks written after it started (``written``, which the tier
 calls before every store) and serves only rows not among them, so a record written after its
 prefetch is never served stale; a load waits for a running copy before the store that writes its
 bank (the slice loop reads the bank, which the store then donates). The prefetch is a hint: a
@@ -18,10 +19,11 @@ Examples:
     >>> import numpy as np
     >>> bank = np.arange(6)
     >>> pre = BankPrefetches()
-    >>> pre.start_rows(0, [4, 1], lambda rows: bank[rows] * 10)
-    >>> [(copy[at].tolist(), wanted.tolist()) for copy, at, wanted in pre.take_rows(0, [1, 4])]
+    >>> copy = lambda: bank[[4, 1]] * 10                  # rows 4 and 1 of bank 0, at 0 and 1
+    >>> pre.start_rows([(0, [4, 1], [0, 1])], copy)
+    >>> [(data[at].tolist(), wanted.tolist()) for data, at, wanted in pre.take_rows(0, [1, 4])]
     [([10, 40], [0, 1])]
-    >>> pre.start_rows(0, [4, 1], lambda rows: bank[rows] * 10)
+    >>> pre.start_rows([(0, [4, 1], [0, 1])], copy)
     >>> pre.written(0, [4]); pre.take_rows(0, [1, 4]) is None        # row 4 changed since
     True
 """
@@ -36,10 +38,11 @@ import numpy as np
 
 @dataclasses.dataclass
 class _Copy:
-    """A started copy: the device array (or its future) and the rows written since it started."""
+    """A started copy: the device array (or its future) and the rows written since it started,
+    as ``(bank, row)`` pairs."""
 
     data: object
-    position: dict | None = None        # row -> its row in ``data``; None: the whole bank
+    position: dict | None = None        # (bank, row) -> its row in ``data``; None: a whole bank
     stale: set = dataclasses.field(default_factory=set)
 
     def result(self):
@@ -48,13 +51,14 @@ class _Copy:
             return self.data
         return None if self.data.exception() is not None else self.data.result()
 
-    def serves(self, row: int) -> bool:
-        return row not in self.stale and (self.position is None or row in self.position)
+    def serves(self, b: int, row: int) -> bool:
+        return (b, row) not in self.stale and (self.position is None or (b, row) in self.position)
 
 
 class BankPrefetches:
     """The copies started for one tier, by bank: a whole bank's (a device array) or some rows'
-    (a future of a device array ``[>= len(rows), ...]`` whose row ``i`` holds ``rows[i]``)."""
+    of one or more banks (a future of a device array ``[n, ...]`` with each row where its
+    ``start_rows`` call put it)."""
 
     def __init__(self):
         self._whole: dict[int, _Copy] = {}
@@ -68,19 +72,20 @@ class BankPrefetches:
         if started is None or started.stale:
             self._whole[b] = _Copy(copy())
 
-    def start_rows(self, b: int, rows, copy) -> None:
-        """Start ``copy(rows)``, a device array of those rows of bank ``b`` in order, on the
-        worker thread."""
+    def start_rows(self, parts, copy) -> None:
+        """Start ``copy()`` on the worker thread: a device array holding, for each ``(bank, rows,
+        positions)`` of ``parts``, row ``rows[i]`` of that bank at ``positions[i]``."""
         if self._worker is None:
             self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kvlab-tier-prefetch")
-        rows = np.asarray(rows, np.int64)
-        position = {int(r): i for i, r in enumerate(rows)}
-        self._rows.setdefault(b, []).append(_Copy(self._worker.submit(copy, rows), position))
+        position = {(b, int(r)): int(p) for b, rows, positions in parts for r, p in zip(rows, positions)}
+        started = _Copy(self._worker.submit(copy), position)
+        for b, _, _ in parts:
+            self._rows.setdefault(b, []).append(started)
 
     def written(self, b: int, rows) -> None:
         """``rows`` of bank ``b`` are about to be written: no copy serves them any more, and the
         running copies of the bank are waited for (the write donates the bank they read)."""
-        rows = {int(r) for r in rows}
+        rows = {(b, int(r)) for r in rows}
         for started in self._rows.get(b, []) + ([self._whole[b]] if b in self._whole else []):
             started.result()
             started.stale |= rows
@@ -89,7 +94,7 @@ class BankPrefetches:
         """The copy of all of bank ``b`` if it serves every one of ``rows`` (taken once), else
         None."""
         started = self._whole.pop(b, None)
-        if started is None or not all(started.serves(int(r)) for r in rows):
+        if started is None or not all(started.serves(b, int(r)) for r in rows):
             return None
         return started.result()
 
@@ -97,22 +102,23 @@ class BankPrefetches:
         """``[(copy, positions, wanted)]``: the started copies of bank ``b``'s rows that together
         serve all of ``rows``, waited for, each with the rows of it to take (``positions``) and
         where they go among ``rows`` (``wanted``); None when they do not serve them all. Every
-        copy of the bank is taken (once)."""
+        copy of the bank is taken (once for this bank; a copy of several banks stays for the
+        others)."""
         copies = [(c, c.result()) for c in self._rows.pop(b, [])]
         copies = [(c, data) for c, data in copies if data is not None]
         picked: dict[int, tuple[list, list]] = {}
         for i, row in enumerate(int(r) for r in rows):
-            j = next((j for j, (c, _) in enumerate(copies) if c.serves(row)), None)
+            j = next((j for j, (c, _) in enumerate(copies) if c.serves(b, row)), None)
             if j is None:
                 return None
             positions, wanted = picked.setdefault(j, ([], []))
-            positions.append(copies[j][0].position[row])
+            positions.append(copies[j][0].position[b, row])
             wanted.append(i)
         return [(copies[j][1], np.asarray(p, np.int64), np.asarray(w, np.int64))
                 for j, (p, w) in picked.items()]
 
     def clear(self) -> None:
         """Drop every copy, the running ones waited for."""
-        for started in (c for copies in self._rows.values() for c in copies):
+        for started in {id(c): c for copies in self._rows.values() for c in copies}.values():
             started.result()
         self._rows, self._whole = {}, {}

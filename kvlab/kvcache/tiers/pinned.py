@@ -190,25 +190,31 @@ class PinnedHostTier(ArrayTier):
 
     def prefetch(self, slots) -> None:
         """Start the copies a ``load_records(slots)`` would make (``BankPrefetches``): the
-        whole-bank DMAs, and the slice loops of banks wanted in part on a worker thread. The load
-        takes a copy for the rows it wants that were not written since, and drops the copies it
-        does not take. Until then each copy takes its size in device memory (a whole bank's for
-        a bank)."""
+        whole-bank DMAs, and on a worker thread the slice loops of the banks wanted in part, into
+        one device array laid out as that load's (the same compiled loops). The load takes a copy
+        for the rows it wants that were not written since, and drops the copies it does not
+        take. Until then each copy takes its size in device memory (a whole bank's for a bank)."""
         banks = self._storage()
         groups = list(self._by_bank(slots))
-        for (b, _, rows), whole in zip(groups, self._whole(groups)):
-            bank = banks[b]
+        parts = []
+        for (b, at, rows), whole in zip(groups, self._whole(groups)):
             if whole:
-                self._prefetches.start_whole(b, functools.partial(jax.device_put, bank, self._on_device))
+                self._prefetches.start_whole(b, functools.partial(jax.device_put, banks[b], self._on_device))
             else:
-                self._prefetches.start_rows(b, rows, functools.partial(self._rows_to_device, bank))
+                parts.append((b, rows, at))
+        if parts:
+            self._prefetches.start_rows(parts, functools.partial(
+                self._parts_to_device, [banks[b] for b, _, _ in parts], parts, len(pad_slots(slots))))
 
-    def _rows_to_device(self, bank, rows) -> jax.Array:
-        """``rows`` of ``bank`` on the device, in order (``[next_pow2(n), ...]``), by slices."""
-        length = len(pad_slots(rows))
-        out = jnp.zeros((length, *self.shape), bank.dtype, device=self._on_device)
+    def _parts_to_device(self, banks, parts, length: int) -> jax.Array:
+        """``[length, ...]`` on the device holding, for each ``(bank, rows, positions)`` of
+        ``parts`` (the bank's array in ``banks``), row ``rows[i]`` at ``positions[i]``: the slice
+        loops ``load_records`` runs for a load of ``length`` rows."""
+        out = jnp.zeros((length, *self.shape), banks[0].dtype, device=self._on_device)
         run = self._run(length)
-        return self._load(out, bank, *runs(rows, np.arange(len(rows)), run, length), run=run)
+        for bank, (_, rows, at) in zip(banks, parts):
+            out = self._load(out, bank, *runs(rows, at, run, length), run=run)
+        return out
 
     def clear(self) -> None:
         super().clear()
@@ -219,25 +225,44 @@ class PinnedHostTier(ArrayTier):
         (almost) whole travel by one ``jax.device_put`` each (or were prefetched), a DMA at the
         link's full speed that runs beside the host, every one issued before any other copy;
         their rows are then placed on the device (until then each such bank takes its whole size
-        in device memory). The other banks' records move in slices, and the host waits for
-        those (XLA makes a jitted copy out of pinned memory before the call returns)."""
-        banks = self._storage()
-        length = len(pad_slots(slots))
-        run = self._run(length)
-        out = jnp.zeros((length, *self.shape), banks[0].dtype, device=self._on_device)
+        in device memory). The other banks' records move in slices (or were prefetched), and the
+        host waits for those (XLA makes a jitted copy out of pinned memory before the call
+        returns)."""
+        dtype, length = self._storage()[0].dtype, len(pad_slots(slots))
         groups = list(self._by_bank(slots))
-        moved = [self._bank_on_device(b, rows) if whole else None            # every DMA first
-                 for (b, _, rows), whole in zip(groups, self._whole(groups))]
-        for (b, at, bank_rows), bank in zip(groups, moved):
+        whole = self._whole(groups)
+        moved = [self._bank_on_device(b, rows) if w else None            # every DMA first
+                 for (b, _, rows), w in zip(groups, whole)]
+        out = self._parts_on_device([g for g, w in zip(groups, whole) if not w], length, dtype)
+        for (_, at, bank_rows), bank in zip(groups, moved):
             if bank is not None:
                 out = _place_rows(out, bank, _padded(bank_rows, length), pad_distinct(at, length, length))
-            elif (started := self._prefetches.take_rows(b, bank_rows)) is not None:
-                for copy, positions, wanted in started:
-                    out = _place_rows(out, copy, _padded(positions, length),
-                                      pad_distinct(at[wanted], length, length))
-            else:
-                out = self._load(out, banks[b], *runs(bank_rows, at, run, length), run=run)
         self._prefetches.clear()
+        return out
+
+    def _parts_on_device(self, groups, length: int, dtype) -> jax.Array:
+        """``[length, ...]`` on the device with the rows of the banks ``groups`` (``_by_bank``'s)
+        wants in part at their positions: from the prefetched copies that serve them, the others
+        by slice loops. A copy laid out as this load (the usual case: its prefetch named the same
+        slots) becomes the output itself."""
+        banks, run = self._storage(), self._run(length)
+        served, missing = [], []
+        for b, at, rows in groups:
+            started = self._prefetches.take_rows(b, rows)
+            if started is None:
+                missing.append((b, at, rows))
+            else:
+                served += [(copy, positions, at[wanted]) for copy, positions, wanted in started]
+        copies = {id(copy): copy for copy, _, _ in served}
+        if len(copies) == 1 and all(np.array_equal(p, d) for _, p, d in served) \
+                and served[0][0].shape[0] == length:
+            out, served = served[0][0], []
+        else:
+            out = jnp.zeros((length, *self.shape), dtype, device=self._on_device)
+        for copy, positions, dst in served:
+            out = _place_rows(out, copy, _padded(positions, length), pad_distinct(dst, length, length))
+        for b, at, rows in missing:
+            out = self._load(out, banks[b], *runs(rows, at, run, length), run=run)
         return out
 
     def _bank_on_device(self, b: int, rows) -> jax.Array:
