@@ -106,8 +106,8 @@ def test_moves_read_device_pages_first_and_write_loads_last(first):
     # each load reads the slot just written; device pages do not cut a phase (read first, written last)
     assert phases(moves) == [moves[:1], moves[1:3], moves[3:]]
 
-    def write(pages, data):
-        device[pages] = np.asarray(data)[:len(pages)]
+    def write(pages, data, rows=None):
+        device[pages] = np.asarray(data)[:len(pages)] if rows is None else np.asarray(data)[rows]
     make_moves(moves, [tier], read_device=lambda pages: device[pages], write_device=write)
     assert device[:, 0].tolist() == [10, 13, 12, 11]         # pages 1 and 3 swapped through the tier
     assert tier.read_rows([0, 1])[:, 0].tolist() == [13, 11]
@@ -294,6 +294,30 @@ def test_a_device_write_of_page_records_sets_those_pages_and_refuses_repeats():
     np.testing.assert_array_equal(np.asarray(written.k[:, [1, 3]]), 0)
     with pytest.raises(ValueError, match="distinct pages"):
         page_copies.write_pages(written, [1, 1], records[:2])
+    bank = jax.device_put(records)                    # a bank moved whole: the write takes rows of it
+    written = page_copies.write_pages(written, [1, 3], bank, rows=[2, 0])
+    np.testing.assert_array_equal(np.asarray(page_copies.gather_pages(written, [1, 3]))[:2], records[[2, 0]])
+    with pytest.raises(ValueError, match="one row of data per page"):
+        page_copies.write_pages(written, [1, 3], bank, rows=[2])
+
+
+def test_a_load_hands_whole_banks_to_the_device_write_with_the_rows_it_wants():
+    """``make_moves`` over a pinned tier: each bank a load wants whole reaches the device write
+    as it is, with the rows wanted of it (no assembled copy of the load), the banks wanted in
+    part as one array; every page gets its own record."""
+    tier, shadow = _banked_tier()
+    slots = [9, 4, 5, 6, 7, 1]                          # bank 1 whole, banks 0 and 2 in part
+    moves = [Load(0, slot, page) for page, slot in enumerate(slots)]
+    device = np.zeros((len(slots), 2, 3), np.float32)
+    writes = []
+
+    def write(pages, data, rows=None):
+        writes.append((data.shape[0], None if rows is None else list(rows)))
+        data = np.asarray(data)
+        device[pages] = data[:len(pages)] if rows is None else data[rows]
+    make_moves(moves, [tier], read_device=None, write_device=write)
+    np.testing.assert_array_equal(device, shadow[slots])
+    assert writes == [(8, [5, 0]), (4, [0, 1, 2, 3])], "the parts' array, then bank 1 itself"
 
 
 @pytest.mark.gpu
@@ -411,8 +435,9 @@ class TieredCacheMachine(RuleBasedStateMachine):
             self.cache.commit(sid, tokens, len(tokens))
         moves = self.cache.drain_tier_moves()
 
-        def write(pages, data):
-            self.device[pages] = np.asarray(data)[:len(pages), 0]
+        def write(pages, data, rows=None):
+            data = np.asarray(data)
+            self.device[pages] = (data[:len(pages)] if rows is None else data[rows])[:, 0]
         make_moves(moves, self.chain.tiers, read_device=lambda pages: self.device[pages][:, None],
                    write_device=write)
         for sid, (seq, contents) in self.returning.items():  # swapped in: every page as it left

@@ -126,5 +126,5 @@ class ModelExecutor:
     def _read_device(self, pages):
         return page_copies.gather_pages(self.storage, pages)
 
-    def _write_device(self, pages, data) -> None:
-        self.storage = page_copies.write_pages(self.storage, pages, data, pool=self._copy_pool)
+    def _write_device(self, pages, data, rows=None) -> None:
+        self.storage = page_copies.write_pages(self.storage, pages, data, pool=self._copy_pool, rows=rows)

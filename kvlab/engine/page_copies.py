@@ -30,6 +30,11 @@ def _write_pages(storage, pages, *parts):
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
+def _write_rows(storage, pages, data, rows):
+    return storage.write_pages(pages, data[rows])
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
 def _seal_pages(storage, src, dst):
     return storage.seal_pages(src, dst)
 
@@ -52,15 +57,23 @@ def gather_pages(storage, pages) -> jax.Array:
     return _read_pages(storage, padded(pages, 0))
 
 
-def write_pages(storage, pages, data: np.ndarray, pool=None):
+def write_pages(storage, pages, data: np.ndarray, pool=None, rows=None):
     """Host records ``data [>= n, ...]`` into ``pages [n]`` of the (donated) storage (rows of
     ``data`` past ``n`` are ignored: a buffer already padded to ``next_pow2(n)`` rows is not
-    copied). With ``pool`` (a ``concurrent.futures`` executor), a large copy travels to the
-    device in ``PARTS`` parts at once: one host-to-device copy from pageable memory does not
-    fill the link. ``pages`` must be distinct (the storage's scatter assumes unique indices)."""
+    copied); with ``rows [n]``, row ``rows[i]`` of ``data`` (a device array, such as a host
+    tier's bank moved whole) into ``pages[i]``, taken from ``data`` by the write itself. With
+    ``pool`` (a ``concurrent.futures`` executor), a large copy travels to the device in
+    ``PARTS`` parts at once: one host-to-device copy from pageable memory does not fill the
+    link. ``pages`` must be distinct (the storage's scatter assumes unique indices)."""
     if len(set(pages)) != len(pages):
         raise ValueError(f"write_pages needs distinct pages (one record per page), got {len(pages)} "
                          f"ids of which {len(set(pages))} distinct")
+    if rows is not None:
+        if len(rows) != len(pages):
+            raise ValueError(f"write_pages needs one row of data per page, got {len(rows)} rows "
+                             f"for {len(pages)} pages")
+        return _write_rows(storage, pad_distinct(pages, next_pow2(len(pages)), storage.num_pages),
+                           data, padded(rows, 0))
     pages = pad_distinct(pages, next_pow2(len(pages)), storage.num_pages)    # padding: dropped
     if data.shape[0] != len(pages):
         full = np.zeros((len(pages),) + data.shape[1:], data.dtype)

@@ -44,7 +44,7 @@ import numpy as np
 from kvlab.kvcache.eviction import EvictableSet
 from kvlab.kvcache.pool import PageAllocator
 from kvlab.kvcache.tiers.protocol import Evicted, TierStats
-from kvlab.kvcache.tiers.records import check_num_pages, pad_slots, record_spec
+from kvlab.kvcache.tiers.records import RecordPiece, check_num_pages, pad_slots, record_spec
 
 
 class Vacated(NamedTuple):
@@ -210,6 +210,10 @@ class ArrayTier(abc.ABC):
         """The records of ``slots`` for a device write: ``[next_pow2(n), ...]``, the rows past
         ``n`` padding (here host records; a tier in device-visible memory returns a device array)."""
         return self.read_rows(pad_slots(slots))
+
+    def load_pieces(self, slots) -> list[RecordPiece]:
+        """One piece: ``load_records(slots)``."""
+        return [RecordPiece(self.load_records(slots))]
 
     def prefetch(self, slots) -> None:
         """Nothing to start early: host records are copied when ``load_records`` is called."""

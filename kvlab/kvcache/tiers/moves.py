@@ -107,8 +107,10 @@ def num_device_copies(moves) -> int:
 def make_moves(moves, tiers, read_device, write_device) -> None:
     """Make ``moves`` over ``tiers`` (fastest first). ``read_device(pages) -> [>= n, ...]``
     gives device pages' records (an array the first tier's ``store_records`` takes);
-    ``write_device(pages, data [>= n, ...])`` stores loaded records (a tier's ``load_records``)
-    into device pages, once per group of loads, after every phase."""
+    ``write_device(pages, data [>= n, ...])`` stores loaded records into device pages (row
+    ``i`` into ``pages[i]``), and ``write_device(pages, data, rows)`` row ``rows[i]`` of
+    ``data`` into ``pages[i]``: once per piece of a group of loads (a tier's ``load_pieces``),
+    after every phase."""
     out_pages = [m.page for m in moves if isinstance(m, Offload)]
     read = read_device(out_pages) if out_pages else None
     row_of = {page: i for i, page in enumerate(out_pages)}
@@ -123,6 +125,10 @@ def make_moves(moves, tiers, read_device, write_device) -> None:
             tiers[0].store_records([m.slot for m in offload], read, [row_of[m.page] for m in offload])
         for level in sorted({m.level for m in phase if isinstance(m, Load)}):
             load = [m for m in phase if isinstance(m, Load) and m.level == level]
-            loaded.append(([m.page for m in load], tiers[level].load_records([m.slot for m in load])))
-    for pages, data in loaded:
-        write_device(pages, data)
+            loaded.append(([m.page for m in load], tiers[level].load_pieces([m.slot for m in load])))
+    for pages, pieces in loaded:
+        for piece in pieces:
+            if piece.positions is None:
+                write_device(pages, piece.data)
+            else:
+                write_device([pages[i] for i in piece.positions], piece.data, piece.rows)

@@ -44,7 +44,7 @@ from jax.sharding import SingleDeviceSharding
 from kvlab.kvcache.eviction import LRU
 from kvlab.kvcache.tiers.array_tier import ArrayTier
 from kvlab.kvcache.tiers.bank_prefetch import BankPrefetches
-from kvlab.kvcache.tiers.records import pad_distinct, pad_slots
+from kvlab.kvcache.tiers.records import RecordPiece, pad_distinct, pad_slots
 
 RUN_BYTES = 32 << 20      # records whose slots follow each other move in slices of up to this size
 BANK_BYTES = 2 << 30      # records are kept in pinned arrays of up to this size (banks)
@@ -220,24 +220,43 @@ class PinnedHostTier(ArrayTier):
         super().clear()
         self._prefetches.clear()
 
-    def load_records(self, slots) -> jax.Array:
-        """The records of ``slots`` on the device, ``[next_pow2(n), ...]``. Banks a load wants
-        (almost) whole travel by one ``jax.device_put`` each (or were prefetched), a DMA at the
-        link's full speed that runs beside the host, every one issued before any other copy;
-        their rows are then placed on the device (until then each such bank takes its whole size
-        in device memory). The other banks' records move in slices (or were prefetched), and the
-        host waits for those (XLA makes a jitted copy out of pinned memory before the call
-        returns)."""
+    def load_pieces(self, slots) -> list[RecordPiece]:
+        """The records of ``slots`` as pieces on the device: each bank a load wants (almost) whole,
+        moved by one ``jax.device_put`` (or prefetched: a DMA at the link's full speed that runs
+        beside the host, every one issued before any other copy), with the rows wanted of it;
+        and one array ``[next_pow2(n), ...]`` with the records of the other banks at their
+        positions, moved in slices (or prefetched; the host waits for those: XLA makes a jitted
+        copy out of pinned memory before the call returns). The device write takes each bank's
+        rows from the bank (until then it takes the bank's size in device memory)."""
         dtype, length = self._storage()[0].dtype, len(pad_slots(slots))
         groups = list(self._by_bank(slots))
         whole = self._whole(groups)
         moved = [self._bank_on_device(b, rows) if w else None            # every DMA first
                  for (b, _, rows), w in zip(groups, whole)]
-        out = self._parts_on_device([g for g, w in zip(groups, whole) if not w], length, dtype)
-        for (_, at, bank_rows), bank in zip(groups, moved):
-            if bank is not None:
-                out = _place_rows(out, bank, _padded(bank_rows, length), pad_distinct(at, length, length))
+        parts = [g for g, w in zip(groups, whole) if not w]
+        pieces = []
+        if parts:
+            data = self._parts_on_device(parts, length, dtype)
+            at = np.concatenate([at for _, at, _ in parts])
+            pieces.append(RecordPiece(data) if len(at) == len(slots) else RecordPiece(data, at, at))
+        pieces += [RecordPiece(bank, rows, at) for (_, at, rows), bank in zip(groups, moved)
+                   if bank is not None]
         self._prefetches.clear()
+        return pieces
+
+    def load_records(self, slots) -> jax.Array:
+        """The records of ``slots`` on the device, ``[next_pow2(n), ...]``: ``load_pieces``
+        placed into one array."""
+        length = len(pad_slots(slots))
+        pieces = self.load_pieces(slots)
+        first = pieces[0]
+        if first.data.shape[0] == length and (first.positions is None
+                                              or np.array_equal(first.rows, first.positions)):
+            out, pieces = first.data, pieces[1:]       # laid out as the load: the rest goes into it
+        else:
+            out = jnp.zeros((length, *self.shape), self._storage()[0].dtype, device=self._on_device)
+        for data, rows, at in pieces:
+            out = _place_rows(out, data, _padded(rows, length), pad_distinct(at, length, length))
         return out
 
     def _parts_on_device(self, groups, length: int, dtype) -> jax.Array:

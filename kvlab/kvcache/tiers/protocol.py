@@ -157,8 +157,15 @@ class KVTier(Protocol):
         ...
 
     def load_records(self, slots):
-        """The records of ``slots`` padded to ``next_pow2(n)`` rows, for a device write (host
-        records, or a device array)."""
+        """The records of ``slots`` padded to ``next_pow2(n)`` rows (host records, or a device
+        array)."""
+        ...
+
+    def load_pieces(self, slots) -> list:
+        """The records of ``slots`` for the device write, as ``RecordPiece``s that together give
+        each slot's record once: one piece of ``load_records`` for a host tier; a tier that
+        copies whole buffers to the device hands over each buffer with the rows wanted of it,
+        and the write takes them from there (no assembled copy)."""
         ...
 
     def prefetch(self, slots) -> None:

@@ -4,8 +4,20 @@
 from __future__ import annotations
 
 import numbers
+from typing import NamedTuple
 
 import numpy as np
+
+
+class RecordPiece(NamedTuple):
+    """Part of a load's records, as a tier hands them to the device write (``KVTier.load_pieces``):
+    row ``rows[i]`` of ``data`` (host records or a device array ``[m, ...]``) is the record of
+    the load's ``positions[i]``-th slot. Both None: ``data``'s first rows are the load's records
+    in order (rows past them padding)."""
+
+    data: object
+    rows: np.ndarray | None = None
+    positions: np.ndarray | None = None
 
 
 def check_num_pages(num_pages, owner: str) -> int:
