@@ -24,20 +24,26 @@ from kernel_timing import median_wall_time
 from kvlab.engine import page_copies
 from kvlab.kvcache.storage import PagedKVStorage
 from kvlab.kvcache.tiers import PinnedHostTier
+from kvlab.kvcache.tiers.moves import Load, make_moves
 
 SHAPES = {"llama-3.2-1b": (16, 8, 64), "llama-3-8b": (32, 8, 128)}     # layers, KV heads, head dim
 PAGE = 16
 # MiB, whole-bank share (2: slices only, 0.01: whole banks only)
-BANKS = ((2048, 2.0), (2048, 7 / 8), (2048, 0.01), (512, 7 / 8), (256, 7 / 8))
+BANKS = ((2048, 2.0), (2048, 7 / 8), (2048, 0.01), (1024, 7 / 8), (512, 7 / 8), (256, 7 / 8))
+
+
+def storage_and_pages(layers, heads, dim, n):
+    """A one-element list holding a KV storage of 1.25 n pages, and ``n`` random distinct pages."""
+    num_pages = n * 5 // 4 + 40
+    holder = [PagedKVStorage.zeros(num_layers=layers, num_pages=num_pages, page_size=PAGE, num_kv_heads=heads,
+                                   head_dim=dim, dtype=jnp.bfloat16)]
+    return holder, np.random.default_rng(0).permutation(num_pages)[:n].tolist()
 
 
 def device_write(layers, heads, dim, n, reps) -> float:
     """``write_pages`` of ``n`` records into random distinct pages of a storage of 1.25 n pages."""
-    num_pages = n * 5 // 4 + 40
-    holder = [PagedKVStorage.zeros(num_layers=layers, num_pages=num_pages, page_size=PAGE, num_kv_heads=heads,
-                                   head_dim=dim, dtype=jnp.bfloat16)]
+    holder, pages = storage_and_pages(layers, heads, dim, n)
     data = jnp.ones((n, layers, 2, PAGE, heads, dim), jnp.bfloat16)
-    pages = np.random.default_rng(0).permutation(num_pages)[:n].tolist()
 
     def write():
         holder[0] = page_copies.write_pages(holder[0], pages, data)
@@ -52,8 +58,9 @@ def main(argv=None) -> None:
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args(argv)
     print(f"{jax.devices()[0].device_kind}, JAX {jax.__version__}")
-    print("| shape | copy | banks | ascending slots | descending slots |")
-    print("|---|---|---|---|---|")
+    print("| shape | copy | banks | ascending slots | descending slots | load and device write, as the engine"
+          " |")
+    print("|---|---|---|---|---|---|")
     for shape in args.shapes:
         layers, heads, dim = SHAPES[shape]
         n = args.pages
@@ -66,9 +73,10 @@ def main(argv=None) -> None:
             tier = PinnedHostTier(num_pages=n + 64, page_record=record, bank_bytes=bank_mib << 20,
                                   whole_bank_share=share)
             cells = [load_ms(tier, slots, gb, args.reps) for slots in (range(n), range(n - 1, -1, -1))]
+            cells.append(load_and_write_ms(tier, storage_and_pages(layers, heads, dim, n), gb, args.reps))
             how = ("slices only" if share > 1 else "whole banks only" if share < 0.1
                    else "whole banks and slices")
-            print(f"| {shape} | load of {gb:.2f} GB, {how} | {bank_mib} MiB | {cells[0]} | {cells[1]} |",
+            print(f"| {shape} | load of {gb:.2f} GB, {how} | {bank_mib} MiB | " + " | ".join(cells) + " |",
                   flush=True)
             del tier
 
@@ -85,6 +93,24 @@ def load_ms(tier, slots, gb: float, reps: int) -> str:
         host.append(time.perf_counter() - start)
         jax.block_until_ready(out)
     return f"{ms:.1f} ms ({gb / ms * 1e3:.1f} GB/s; host {1e3 * float(np.median(host)):.1f} ms)"
+
+
+def load_and_write_ms(tier, holder_and_pages, gb: float, reps: int) -> str:
+    """The time of a load of the tier's first ``len(pages)`` slots through ``make_moves`` into
+    ``pages`` of the storage (the engine's path: ``load_pieces``, then one device write per
+    piece), synchronised, as a table cell."""
+    holder, pages = holder_and_pages
+    moves = [Load(0, slot, page) for slot, page in enumerate(pages)]
+
+    def write(pages, data, rows=None):
+        holder[0] = page_copies.write_pages(holder[0], pages, data, rows=rows)
+
+    def load_and_write():
+        make_moves(moves, [tier], read_device=None, write_device=write)
+        return holder[0]
+    ms = 1e3 * median_wall_time(load_and_write, 1, reps)
+    return f"{ms:.1f} ms ({gb / ms * 1e3:.1f} GB/s)"
+
 
 if __name__ == "__main__":
     main()
