@@ -4,9 +4,10 @@ copy (TensorRT-LLM's pinned host pool, vLLM's and SGLang's pinned CPU buffers).
 
 The records are kept in pinned arrays of up to ``bank_bytes`` (default 2 GiB), the banks. A bank
 a load wants (at least 7/8 of its rows) travels whole by one ``jax.device_put``, a DMA at the
-link's full speed, and the device write takes its rows from it (``load_pieces``); other records move by jitted loops
-of slices: a dynamic slice of a bank moved to the device (``jax.device_put`` inside the jit) into
-one device array. An offload is a dynamic-update-slice of device records into the (donated) bank.
+link's full speed, and the device write takes its rows from it (``load_pieces``); other records
+move by jitted loops of slices: a dynamic slice of a bank moved to the device (``jax.device_put``
+inside the jit) into one device array. An offload is a dynamic-update-slice of device records
+into the (donated) bank.
 On the lent H200 (2026-12-03) the 2048 records of a 32k-token document (4.29 GB, Llama-3-8B
 shape) reached the device in 88 ms (49.0 GB/s) as two whole banks against 95 ms (45 GB/s) in
 slices; smaller banks were slower (256 MiB: 36 GB/s, 64 MiB: 18 GB/s). A whole-bank copy runs
