@@ -107,7 +107,7 @@ def test_moves_read_device_pages_first_and_write_loads_last(first):
     assert phases(moves) == [moves[:1], moves[1:3], moves[3:]]
 
     def write(pages, data, rows=None):
-        device[pages] = np.asarray(data)[:len(pages)] if rows is None else np.asarray(data)[rows]
+        write_rows(device, pages, data, rows)
     make_moves(moves, [tier], read_device=lambda pages: device[pages], write_device=write)
     assert device[:, 0].tolist() == [10, 13, 12, 11]         # pages 1 and 3 swapped through the tier
     assert tier.read_rows([0, 1])[:, 0].tolist() == [13, 11]
@@ -154,6 +154,17 @@ def test_pinned_copies_in_slices_match_numpy(slots, records_per_slice, records_p
     tier.store_records(slots, jax.device_put(data), np.arange(len(slots)))
     shadow[slots] = data
     np.testing.assert_array_equal(tier.read_rows(list(range(16))), shadow)
+
+
+def write_rows(device, pages, data, rows=None) -> None:
+    """A shadow device write (``make_moves``' ``write_device``): row ``i`` of ``data`` into page
+    ``pages[i]``, or with ``rows`` row ``rows[i]`` where it is not negative."""
+    data = np.asarray(data)
+    if rows is None:
+        device[pages] = data[:len(pages)]
+        return
+    keep = np.flatnonzero(np.asarray(rows) >= 0)
+    device[np.asarray(pages)[keep]] = data[np.asarray(rows)[keep]]
 
 
 def _banked_tier(**kwargs):
@@ -250,6 +261,29 @@ def test_a_bank_wanted_in_part_is_prefetched_on_a_worker_and_never_served_stale(
     assert threads == [False, False], "both prefetches serve the load; another row's write spoils neither"
 
 
+def test_a_prefetch_copies_a_few_rows_first_and_a_bank_wanted_in_part_after_the_dmas(monkeypatch):
+    """A prefetch wanting at most an eighth of a bank's rows in part copies them on this thread
+    before it issues the whole-bank DMAs (a copy issued after them would land after them, and
+    the load would wait for it); more goes to the worker thread after the DMAs."""
+    import threading
+    record = np.zeros((2, 3), np.float32)
+    tier = PinnedHostTier(24, record, bank_bytes=8 * record.nbytes)
+    shadow = np.arange(24 * 6, dtype=np.float32).reshape(24, 2, 3)
+    tier.write_rows(list(range(24)), shadow)
+    events = []
+    real_load, real_put = tier._load, jax.device_put
+    tier._load = lambda *a, **k: events.append(("slices", threading.current_thread() is
+                                               threading.main_thread())) or real_load(*a, **k)
+    monkeypatch.setattr(jax, "device_put", lambda x, *a, **k: events.extend(
+        ("bank", i) for i, bank in enumerate(tier.records) if x is bank) or real_put(x, *a, **k))
+    for slots, expected in (([9, *range(8)], [("slices", True), ("bank", 0)]),
+                            ([9, 10, *range(8)], [("bank", 0), ("slices", False)])):
+        events.clear()
+        tier.prefetch(slots)
+        np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:len(slots)], shadow[slots])
+        assert events == expected
+
+
 def test_a_prefetch_runs_the_loads_own_slice_loops_and_its_copy_becomes_the_load(monkeypatch):
     """The worker's slice loops are the ones the load would run (same shapes, so nothing new to
     compile for a bank wanted in a few rows), and a copy laid out as the load is the load's
@@ -295,8 +329,9 @@ def test_a_device_write_of_page_records_sets_those_pages_and_refuses_repeats():
     with pytest.raises(ValueError, match="distinct pages"):
         page_copies.write_pages(written, [1, 1], records[:2])
     bank = jax.device_put(records)                    # a bank moved whole: the write takes rows of it
-    written = page_copies.write_pages(written, [1, 3], bank, rows=[2, 0])
-    np.testing.assert_array_equal(np.asarray(page_copies.gather_pages(written, [1, 3]))[:2], records[[2, 0]])
+    written = page_copies.write_pages(written, [1, 3, 4], bank, rows=[2, 0, -1])   # page 4 left alone
+    np.testing.assert_array_equal(np.asarray(page_copies.gather_pages(written, [1, 3, 4]))[:3],
+                                  records[[2, 0, 0]])
     with pytest.raises(ValueError, match="one row of data per page"):
         page_copies.write_pages(written, [1, 3], bank, rows=[2])
 
@@ -312,12 +347,12 @@ def test_a_load_hands_whole_banks_to_the_device_write_with_the_rows_it_wants():
     writes = []
 
     def write(pages, data, rows=None):
-        writes.append((data.shape[0], None if rows is None else list(rows)))
-        data = np.asarray(data)
-        device[pages] = data[:len(pages)] if rows is None else data[rows]
+        writes.append((data.shape[0], None if rows is None else rows.tolist()))
+        write_rows(device, pages, data, rows)
     make_moves(moves, [tier], read_device=None, write_device=write)
     np.testing.assert_array_equal(device, shadow[slots])
-    assert writes == [(8, [5, 0]), (4, [0, 1, 2, 3])], "the parts' array, then bank 1 itself"
+    assert writes == [(8, [0, -1, -1, -1, -1, 5]), (4, [-1, 0, 1, 2, 3, -1])], \
+        "the parts' array, then bank 1 itself, each over all the load's pages"
 
 
 @pytest.mark.gpu
@@ -436,8 +471,7 @@ class TieredCacheMachine(RuleBasedStateMachine):
         moves = self.cache.drain_tier_moves()
 
         def write(pages, data, rows=None):
-            data = np.asarray(data)
-            self.device[pages] = (data[:len(pages)] if rows is None else data[rows])[:, 0]
+            write_rows(self.device, pages, np.asarray(data)[:, 0], rows)
         make_moves(moves, self.chain.tiers, read_device=lambda pages: self.device[pages][:, None],
                    write_device=write)
         for sid, (seq, contents) in self.returning.items():  # swapped in: every page as it left

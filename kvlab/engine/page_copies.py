@@ -61,7 +61,9 @@ def write_pages(storage, pages, data: np.ndarray, pool=None, rows=None):
     """Host records ``data [>= n, ...]`` into ``pages [n]`` of the (donated) storage (rows of
     ``data`` past ``n`` are ignored: a buffer already padded to ``next_pow2(n)`` rows is not
     copied); with ``rows [n]``, row ``rows[i]`` of ``data`` (a device array, such as a host
-    tier's bank moved whole) into ``pages[i]``, taken from ``data`` by the write itself. With
+    tier's bank moved whole) into ``pages[i]``, taken from ``data`` by the write itself, and
+    ``pages[i]`` left as it is where ``rows[i] < 0`` (so every piece of one load compiles the
+    same write). With
     ``pool`` (a ``concurrent.futures`` executor), a large copy travels to the device in
     ``PARTS`` parts at once: one host-to-device copy from pageable memory does not fill the
     link. ``pages`` must be distinct (the storage's scatter assumes unique indices)."""
@@ -72,8 +74,13 @@ def write_pages(storage, pages, data: np.ndarray, pool=None, rows=None):
         if len(rows) != len(pages):
             raise ValueError(f"write_pages needs one row of data per page, got {len(rows)} rows "
                              f"for {len(pages)} pages")
-        return _write_rows(storage, pad_distinct(pages, next_pow2(len(pages)), storage.num_pages),
-                           data, padded(rows, 0))
+        rows, length = np.asarray(rows, np.int64), next_pow2(len(pages))
+        keep = np.flatnonzero(rows >= 0)
+        ids = np.arange(storage.num_pages, storage.num_pages + length, dtype=np.int32)  # dropped
+        ids[keep] = np.asarray(pages, np.int64)[keep]
+        src = np.zeros(length, np.int32)
+        src[keep] = rows[keep]
+        return _write_rows(storage, ids, data, src)
     pages = pad_distinct(pages, next_pow2(len(pages)), storage.num_pages)    # padding: dropped
     if data.shape[0] != len(pages):
         full = np.zeros((len(pages),) + data.shape[1:], data.dtype)

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 
 class Offload(NamedTuple):
     """Device ``page``'s record into slot ``slot`` of the first tier."""
@@ -109,8 +111,9 @@ def make_moves(moves, tiers, read_device, write_device) -> None:
     gives device pages' records (an array the first tier's ``store_records`` takes);
     ``write_device(pages, data [>= n, ...])`` stores loaded records into device pages (row
     ``i`` into ``pages[i]``), and ``write_device(pages, data, rows)`` row ``rows[i]`` of
-    ``data`` into ``pages[i]``: once per piece of a group of loads (a tier's ``load_pieces``),
-    after every phase."""
+    ``data`` into ``pages[i]`` where ``rows[i] >= 0`` (a piece of the group: the same ``pages``
+    for every piece, so the write's shapes are the group's): once per piece of a group of loads
+    (a tier's ``load_pieces``), after every phase."""
     out_pages = [m.page for m in moves if isinstance(m, Offload)]
     read = read_device(out_pages) if out_pages else None
     row_of = {page: i for i, page in enumerate(out_pages)}
@@ -131,4 +134,6 @@ def make_moves(moves, tiers, read_device, write_device) -> None:
             if piece.positions is None:
                 write_device(pages, piece.data)
             else:
-                write_device([pages[i] for i in piece.positions], piece.data, piece.rows)
+                rows = np.full(len(pages), -1, np.int64)
+                rows[np.asarray(piece.positions, np.int64)] = piece.rows
+                write_device(pages, piece.data, rows)
