@@ -261,29 +261,6 @@ def test_a_bank_wanted_in_part_is_prefetched_on_a_worker_and_never_served_stale(
     assert threads == [False, False], "both prefetches serve the load; another row's write spoils neither"
 
 
-def test_a_prefetch_copies_a_few_rows_first_and_a_bank_wanted_in_part_after_the_dmas(monkeypatch):
-    """A prefetch wanting at most an eighth of a bank's rows in part copies them on this thread
-    before it issues the whole-bank DMAs (a copy issued after them would land after them, and
-    the load would wait for it); more goes to the worker thread after the DMAs."""
-    import threading
-    record = np.zeros((2, 3), np.float32)
-    tier = PinnedHostTier(24, record, bank_bytes=8 * record.nbytes)
-    shadow = np.arange(24 * 6, dtype=np.float32).reshape(24, 2, 3)
-    tier.write_rows(list(range(24)), shadow)
-    events = []
-    real_load, real_put = tier._load, jax.device_put
-    tier._load = lambda *a, **k: events.append(("slices", threading.current_thread() is
-                                               threading.main_thread())) or real_load(*a, **k)
-    monkeypatch.setattr(jax, "device_put", lambda x, *a, **k: events.extend(
-        ("bank", i) for i, bank in enumerate(tier.records) if x is bank) or real_put(x, *a, **k))
-    for slots, expected in (([9, *range(8)], [("slices", True), ("bank", 0)]),
-                            ([9, 10, *range(8)], [("bank", 0), ("slices", False)])):
-        events.clear()
-        tier.prefetch(slots)
-        np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:len(slots)], shadow[slots])
-        assert events == expected
-
-
 def test_a_prefetch_runs_the_loads_own_slice_loops_and_its_copy_becomes_the_load(monkeypatch):
     """The worker's slice loops are the ones the load would run (same shapes, so nothing new to
     compile for a bank wanted in a few rows), and a copy laid out as the load is the load's

@@ -72,17 +72,13 @@ class BankPrefetches:
         if started is None or started.stale:
             self._whole[b] = _Copy(copy())
 
-    def start_rows(self, parts, copy, *, now: bool = False) -> None:
-        """Start ``copy()`` on the worker thread (``now``: make it on this one): a device array
-        holding, for each ``(bank, rows, positions)`` of ``parts``, row ``rows[i]`` of that bank
-        at ``positions[i]``."""
+    def start_rows(self, parts, copy) -> None:
+        """Start ``copy()`` on the worker thread: a device array holding, for each ``(bank, rows,
+        positions)`` of ``parts``, row ``rows[i]`` of that bank at ``positions[i]``."""
+        if self._worker is None:
+            self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kvlab-tier-copy")
         position = {(b, int(r)): int(p) for b, rows, positions in parts for r, p in zip(rows, positions)}
-        if now:
-            started = _Copy(copy(), position)
-        else:
-            if self._worker is None:
-                self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kvlab-tier-copy")
-            started = _Copy(self._worker.submit(copy), position)
+        started = _Copy(self._worker.submit(copy), position)
         for b, _, _ in parts:
             self._rows.setdefault(b, []).append(started)
 

@@ -15,8 +15,8 @@ the Llama-3.2-1B shape (1.07 GB) fills a bank, where it filled half of a 2 GiB o
 slices, and its re-ask from the host took 43 against 81 ms. A whole-bank copy runs beside the
 host (``load_pieces`` returns after 2-3 ms), where the host waits for the jitted slice loops to
 finish (97 ms). ``prefetch`` starts a sequence's copies as soon as it is known to start, before
-its pages are found: the whole-bank DMAs, and the slice loops (a few rows before the DMAs, more
-on a worker thread after them; ``kvlab.kvcache.tiers.bank_prefetch``). Records whose slots (and
+its pages are found: the whole-bank DMAs, and the slice loops on a worker thread
+(``kvlab.kvcache.tiers.bank_prefetch``). Records whose slots (and
 rows) follow each other move together, in slices of up to ``slice_bytes`` (default 32 MiB). On the
 lent H200 (2026-12-01) a GiB of records went to the device at 17 GB/s one 512 KiB record per
 copy, 32 GB/s one 2 MiB record per copy, and 44-45 GB/s in 32 MiB slices, and back at about the
@@ -52,7 +52,6 @@ from kvlab.kvcache.tiers.records import RecordPiece, pad_distinct, pad_slots
 RUN_BYTES = 32 << 20      # records whose slots follow each other move in slices of up to this size
 BANK_BYTES = 1 << 30      # records are kept in pinned arrays of up to this size (banks)
 WHOLE_BANK_SHARE = 7 / 8  # a load wanting this share of a bank's rows moves the whole bank
-SMALL_PARTS_SHARE = 1 / 8  # a prefetch copies parts of banks up to this many banks' rows first
 
 
 def runs(src, dst, run: int, length: int):
@@ -195,26 +194,20 @@ class PinnedHostTier(ArrayTier):
     def prefetch(self, slots) -> None:
         """Start the copies a ``load_records(slots)`` would make (``BankPrefetches``): the
         whole-bank DMAs, and the slice loops of the banks wanted in part, into one device array
-        laid out as that load's (the same compiled loops): first and on this thread when they
-        copy at most ``SMALL_PARTS_SHARE`` of a bank's rows (a copy issued after the DMAs lands
-        after them, and the load would wait for it), else on a worker thread after the DMAs. The
-        load takes a copy for the rows it wants that were not written since, and drops the
-        copies it does not take. Until then each copy takes its size in device memory (a whole
-        bank's for a bank)."""
+        laid out as that load's (the same compiled loops), on a worker thread. The load takes a
+        copy for the rows it wants that were not written since, and drops the copies it does not
+        take. Until then each copy takes its size in device memory (a whole bank's for a bank)."""
         banks = self._storage()
         groups = list(self._by_bank(slots))
-        whole = self._whole(groups)
-        parts = [(b, rows, at) for (b, at, rows), w in zip(groups, whole) if not w]
-        small = sum(len(rows) for _, rows, _ in parts) <= self._bank_slots * SMALL_PARTS_SHARE
-        copy_parts = functools.partial(self._parts_to_device, [banks[b] for b, _, _ in parts], parts,
-                                       len(pad_slots(slots)))
-        if parts and small:          # first, so that they do not wait behind the DMAs
-            self._prefetches.start_rows(parts, copy_parts, now=True)
-        for (b, _, _), w in zip(groups, whole):
-            if w:
+        parts = []
+        for (b, at, rows), whole in zip(groups, self._whole(groups)):
+            if whole:
                 self._prefetches.start_whole(b, functools.partial(jax.device_put, banks[b], self._on_device))
-        if parts and not small:
-            self._prefetches.start_rows(parts, copy_parts)
+            else:
+                parts.append((b, rows, at))
+        if parts:
+            self._prefetches.start_rows(parts, functools.partial(
+                self._parts_to_device, [banks[b] for b, _, _ in parts], parts, len(pad_slots(slots))))
 
     def _parts_to_device(self, banks, parts, length: int) -> jax.Array:
         """``[length, ...]`` on the device holding, for each ``(bank, rows, positions)`` of
