@@ -101,7 +101,7 @@ class CopyTimer:
         executor._copy_pages = self
         self.phases = {}
         wrapped = [(page_copies, "gather_pages"), (page_copies, "write_pages")]
-        wrapped += [(tier, name) for tier in executor.tiers for name in ("store_records", "load_records")]
+        wrapped += [(tier, name) for tier in executor.tiers for name in ("store_records", "load_pieces")]
         self._originals = [(owner, name, getattr(owner, name)) for owner, name in wrapped]
         for owner, name, f in self._originals:        # synchronised, timed
             setattr(owner, name, self._timed(name, f))
@@ -202,7 +202,7 @@ def replay(model, length: int, reps: int, chunk: int, policy, warmup: int, tier_
     page_bytes = PAGE * kv_bytes_per_token(c, jnp.bfloat16)
     med = {k: float(np.median(v)) for k, v in rows.items()}
     med.update(copies=load_s, loaded_pages=pages, offloaded_pages=offloads,
-               write=phases.get("write_pages", 0.0), load=phases.get("load_records", 0.0))
+               write=phases.get("write_pages", 0.0), load=phases.get("load_pieces", 0.0))
     med["loaded_bytes"] = med["loaded_pages"] * page_bytes
     med["write_gbps"] = med["loaded_bytes"] / med["write"] / 1e9
     med["speedup_host"] = med["cold"] / med["warm_host"]

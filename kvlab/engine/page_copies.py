@@ -63,10 +63,9 @@ def write_pages(storage, pages, data: np.ndarray, pool=None, rows=None):
     copied); with ``rows [n]``, row ``rows[i]`` of ``data`` (a device array, such as a host
     tier's bank moved whole) into ``pages[i]``, taken from ``data`` by the write itself, and
     ``pages[i]`` left as it is where ``rows[i] < 0`` (so every piece of one load compiles the
-    same write). With
-    ``pool`` (a ``concurrent.futures`` executor), a large copy travels to the device in
-    ``PARTS`` parts at once: one host-to-device copy from pageable memory does not fill the
-    link. ``pages`` must be distinct (the storage's scatter assumes unique indices)."""
+    same write). With ``pool`` (a ``concurrent.futures`` executor), a large copy travels to the
+    device in ``PARTS`` parts at once: one host-to-device copy from pageable memory does not
+    fill the link. ``pages`` must be distinct (the storage's scatter assumes unique indices)."""
     if len(set(pages)) != len(pages):
         raise ValueError(f"write_pages needs distinct pages (one record per page), got {len(pages)} "
                          f"ids of which {len(set(pages))} distinct")

@@ -250,39 +250,35 @@ class PinnedHostTier(ArrayTier):
     def load_records(self, slots) -> jax.Array:
         """The records of ``slots`` on the device, ``[next_pow2(n), ...]``: ``load_pieces``
         placed into one array."""
-        length = len(pad_slots(slots))
-        pieces = self.load_pieces(slots)
-        first = pieces[0]
-        if first.data.shape[0] == length and (first.positions is None
-                                              or np.array_equal(first.rows, first.positions)):
-            out, pieces = first.data, pieces[1:]       # laid out as the load: the rest goes into it
-        else:
-            out = jnp.zeros((length, *self.shape), self._storage()[0].dtype, device=self._on_device)
-        for data, rows, at in pieces:
+        return self._assembled(self.load_pieces(slots), len(pad_slots(slots)), self._storage()[0].dtype)
+
+    def _assembled(self, pieces, length: int, dtype) -> jax.Array:
+        """``[length, ...]`` on the device with each piece's rows at its positions. A piece laid
+        out as the whole (its rows at their own positions) is the array the others go into: no
+        copy of it, and its other rows are those the others (or the caller) overwrite."""
+        base = next((p for p in pieces if p.data.shape[0] == length and
+                     (p.positions is None or np.array_equal(p.rows, p.positions))), None)
+        out = jnp.zeros((length, *self.shape), dtype, device=self._on_device) if base is None else base.data
+        for data, rows, at in (p for p in pieces if p is not base):
             out = _place_rows(out, data, _padded(rows, length), pad_distinct(at, length, length))
         return out
 
     def _parts_on_device(self, groups, length: int, dtype) -> jax.Array:
         """``[length, ...]`` on the device with the rows of the banks ``groups`` (``_by_bank``'s)
-        wants in part at their positions: from the prefetched copies that serve them, the others
-        by slice loops. A copy laid out as this load (the usual case: its prefetch named the same
-        slots) becomes the output itself."""
+        wants in part at their positions: from the prefetched copies that serve them (a copy laid
+        out as this load, the usual case, becomes the output itself), the others by slice loops."""
         banks, run = self._storage(), self._run(length)
-        served, missing = [], []
+        by_copy, missing = {}, []
         for b, at, rows in groups:
             started = self._prefetches.take_rows(b, rows)
             if started is None:
                 missing.append((b, at, rows))
-            else:
-                served += [(copy, positions, at[wanted]) for copy, positions, wanted in started]
-        copies = {id(copy): copy for copy, _, _ in served}
-        if len(copies) == 1 and all(np.array_equal(p, d) for _, p, d in served) \
-                and served[0][0].shape[0] == length:
-            out, served = served[0][0], []
-        else:
-            out = jnp.zeros((length, *self.shape), dtype, device=self._on_device)
-        for copy, positions, dst in served:
-            out = _place_rows(out, copy, _padded(positions, length), pad_distinct(dst, length, length))
+            for copy, positions, wanted in started or ():
+                _, src, dst = by_copy.setdefault(id(copy), (copy, [], []))
+                src.append(positions)
+                dst.append(at[wanted])
+        out = self._assembled([RecordPiece(copy, np.concatenate(src), np.concatenate(dst))
+                               for copy, src, dst in by_copy.values()], length, dtype)
         for b, at, rows in missing:
             out = self._load(out, banks[b], *runs(rows, at, run, length), run=run)
         return out
