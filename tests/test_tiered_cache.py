@@ -158,13 +158,9 @@ def test_pinned_copies_in_slices_match_numpy(slots, records_per_slice, records_p
 
 def write_rows(device, pages, data, rows=None) -> None:
     """A shadow device write (``make_moves``' ``write_device``): row ``i`` of ``data`` into page
-    ``pages[i]``, or with ``rows`` row ``rows[i]`` where it is not negative."""
+    ``pages[i]``, or with ``rows`` row ``rows[i]``."""
     data = np.asarray(data)
-    if rows is None:
-        device[pages] = data[:len(pages)]
-        return
-    keep = np.flatnonzero(np.asarray(rows) >= 0)
-    device[np.asarray(pages)[keep]] = data[np.asarray(rows)[keep]]
+    device[pages] = data[:len(pages)] if rows is None else data[np.asarray(rows)]
 
 
 def _banked_tier(**kwargs):
@@ -306,11 +302,14 @@ def test_a_device_write_of_page_records_sets_those_pages_and_refuses_repeats():
     with pytest.raises(ValueError, match="distinct pages"):
         page_copies.write_pages(written, [1, 1], records[:2])
     bank = jax.device_put(records)                    # a bank moved whole: the write takes rows of it
-    written = page_copies.write_pages(written, [1, 3, 4], bank, rows=[2, 0, -1])   # page 4 left alone
-    np.testing.assert_array_equal(np.asarray(page_copies.gather_pages(written, [1, 3, 4]))[:3],
-                                  records[[2, 0, 0]])
+    written = page_copies.write_pages(written, [1, 3], bank, rows=[2, 0])      # row 1 not wanted
+    np.testing.assert_array_equal(np.asarray(page_copies.gather_pages(written, [1, 3, 4, 0, 2]))[:5],
+                                  records[[2, 0, 0, 1, 2]])
     with pytest.raises(ValueError, match="one row of data per page"):
         page_copies.write_pages(written, [1, 3], bank, rows=[2])
+    for rows in ([0, 3], [-1, 0], [2, 2]):
+        with pytest.raises(ValueError, match=r"distinct rows in \[0, 3\)"):
+            page_copies.write_pages(written, [1, 3], bank, rows=rows)
 
 
 def test_a_load_hands_whole_banks_to_the_device_write_with_the_rows_it_wants():
@@ -324,12 +323,12 @@ def test_a_load_hands_whole_banks_to_the_device_write_with_the_rows_it_wants():
     writes = []
 
     def write(pages, data, rows=None):
-        writes.append((data.shape[0], None if rows is None else rows.tolist()))
+        writes.append((data.shape[0], list(pages), None if rows is None else np.asarray(rows).tolist()))
         write_rows(device, pages, data, rows)
     make_moves(moves, [tier], read_device=None, write_device=write)
     np.testing.assert_array_equal(device, shadow[slots])
-    assert writes == [(8, [0, -1, -1, -1, -1, 5]), (4, [-1, 0, 1, 2, 3, -1])], \
-        "the parts' array, then bank 1 itself, each over all the load's pages"
+    assert writes == [(4, [1, 2, 3, 4], [0, 1, 2, 3]), (8, [5, 0], [5, 0])], \
+        "bank 1 itself first (queued behind its DMA), then the parts' array, each with its own pages"
 
 
 @pytest.mark.gpu

@@ -30,11 +30,6 @@ def _write_pages(storage, pages, *parts):
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
-def _write_rows(storage, pages, data, rows):
-    return storage.write_pages(pages, data[rows])
-
-
-@functools.partial(jax.jit, donate_argnums=(0,))
 def _seal_pages(storage, src, dst):
     return storage.seal_pages(src, dst)
 
@@ -60,26 +55,18 @@ def gather_pages(storage, pages) -> jax.Array:
 def write_pages(storage, pages, data: np.ndarray, pool=None, rows=None):
     """Host records ``data [>= n, ...]`` into ``pages [n]`` of the (donated) storage (rows of
     ``data`` past ``n`` are ignored: a buffer already padded to ``next_pow2(n)`` rows is not
-    copied); with ``rows [n]``, row ``rows[i]`` of ``data`` (a device array, such as a host
-    tier's bank moved whole) into ``pages[i]``, taken from ``data`` by the write itself, and
-    ``pages[i]`` left as it is where ``rows[i] < 0`` (so every piece of one load compiles the
-    same write). With ``pool`` (a ``concurrent.futures`` executor), a large copy travels to the
-    device in ``PARTS`` parts at once: one host-to-device copy from pageable memory does not
-    fill the link. ``pages`` must be distinct (the storage's scatter assumes unique indices)."""
+    copied); with ``rows [n]`` (distinct), row ``rows[i]`` of ``data`` (a device array ``[m,
+    ...]``, such as a host tier's bank moved whole) into ``pages[i]``: one scatter of all of
+    ``data`` in which the rows not wanted go to out-of-range ids and are dropped, so the write
+    compiles once per shape of ``data`` and moves no gathered copy. With ``pool`` (a
+    ``concurrent.futures`` executor), a large copy travels to the device in ``PARTS`` parts at
+    once: one host-to-device copy from pageable memory does not fill the link. ``pages`` must
+    be distinct (the storage's scatter assumes unique indices)."""
     if len(set(pages)) != len(pages):
         raise ValueError(f"write_pages needs distinct pages (one record per page), got {len(pages)} "
                          f"ids of which {len(set(pages))} distinct")
     if rows is not None:
-        if len(rows) != len(pages):
-            raise ValueError(f"write_pages needs one row of data per page, got {len(rows)} rows "
-                             f"for {len(pages)} pages")
-        rows, length = np.asarray(rows, np.int64), next_pow2(len(pages))
-        keep = np.flatnonzero(rows >= 0)
-        ids = np.arange(storage.num_pages, storage.num_pages + length, dtype=np.int32)  # dropped
-        ids[keep] = np.asarray(pages, np.int64)[keep]
-        src = np.zeros(length, np.int32)
-        src[keep] = rows[keep]
-        return _write_rows(storage, ids, data, src)
+        return _write_rows(storage, pages, data, rows)
     pages = pad_distinct(pages, next_pow2(len(pages)), storage.num_pages)    # padding: dropped
     if data.shape[0] != len(pages):
         full = np.zeros((len(pages),) + data.shape[1:], data.dtype)
@@ -92,6 +79,21 @@ def write_pages(storage, pages, data: np.ndarray, pool=None, rows=None):
     rows = len(data) // PARTS
     parts = list(pool.map(lambda i: jax.device_put(data[i * rows:(i + 1) * rows], device), range(PARTS)))
     return _write_pages(storage, pages, *parts)
+
+
+def _write_rows(storage, pages, data, rows):
+    """``write_pages`` with ``rows``: ids ``[m]`` (``m`` rows of ``data``), ``pages[i]`` at
+    ``rows[i]`` and distinct out-of-range ids elsewhere."""
+    rows, m = np.asarray(rows, np.int64), data.shape[0]
+    if len(rows) != len(pages):
+        raise ValueError(f"write_pages needs one row of data per page, got {len(rows)} rows "
+                         f"for {len(pages)} pages")
+    if len(rows) and (rows.min() < 0 or rows.max() >= m or len(np.unique(rows)) != len(rows)):
+        raise ValueError(f"write_pages needs distinct rows in [0, {m}) (the rows of data), got "
+                         f"{rows.tolist()[:8]}{'...' if len(rows) > 8 else ''}")
+    ids = np.arange(storage.num_pages, storage.num_pages + m, dtype=np.int32)     # dropped
+    ids[rows] = np.asarray(pages, np.int64)
+    return _write_pages(storage, ids, data)
 
 
 def seal_pages(storage, pairs: list[tuple[int, int]]):

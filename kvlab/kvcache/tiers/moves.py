@@ -11,9 +11,10 @@ batches:
 - the moves are cut into *phases*, each as long as no tier slot in it is both read and written
   or written twice, so the moves of a phase may run in any order; each phase runs its
   demotions, its offloads and its loads as one batched copy per tier;
-- the loaded records reach the device by ``write_device``, after every phase.
+- the loaded records reach the device by ``write_device``, piece by piece as the tier hands
+  them over (``load_pieces``), in their phase.
 
-The copies themselves are the tiers' (``KVTier.store_records``, ``load_records``,
+The copies themselves are the tiers' (``KVTier.store_records``, ``load_pieces``,
 ``read_rows``, ``write_rows``): NumPy copies for a NumPy tier, jitted slice loops for a tier in
 pinned host memory (``PinnedHostTier``).
 
@@ -111,13 +112,12 @@ def make_moves(moves, tiers, read_device, write_device) -> None:
     gives device pages' records (an array the first tier's ``store_records`` takes);
     ``write_device(pages, data [>= n, ...])`` stores loaded records into device pages (row
     ``i`` into ``pages[i]``), and ``write_device(pages, data, rows)`` row ``rows[i]`` of
-    ``data`` into ``pages[i]`` where ``rows[i] >= 0`` (a piece of the group: the same ``pages``
-    for every piece, so the write's shapes are the group's): once per piece of a group of loads
-    (a tier's ``load_pieces``), after every phase."""
+    ``data`` into ``pages[i]``: once per piece of a group of loads (a tier's ``load_pieces``),
+    as each piece comes, so a piece already on its way to the device is written (queued on the
+    device behind its copy) while the tier still gathers the next."""
     out_pages = [m.page for m in moves if isinstance(m, Offload)]
     read = read_device(out_pages) if out_pages else None
     row_of = {page: i for i, page in enumerate(out_pages)}
-    loaded = []
     for phase in phases(moves):
         for level in sorted({m.level for m in phase if isinstance(m, Demote)}):
             demote = [m for m in phase if isinstance(m, Demote) and m.level == level]
@@ -128,12 +128,10 @@ def make_moves(moves, tiers, read_device, write_device) -> None:
             tiers[0].store_records([m.slot for m in offload], read, [row_of[m.page] for m in offload])
         for level in sorted({m.level for m in phase if isinstance(m, Load)}):
             load = [m for m in phase if isinstance(m, Load) and m.level == level]
-            loaded.append(([m.page for m in load], tiers[level].load_pieces([m.slot for m in load])))
-    for pages, pieces in loaded:
-        for piece in pieces:
-            if piece.positions is None:
-                write_device(pages, piece.data)
-            else:
-                rows = np.full(len(pages), -1, np.int64)
-                rows[np.asarray(piece.positions, np.int64)] = piece.rows
-                write_device(pages, piece.data, rows)
+            pages = np.asarray([m.page for m in load], np.int64)
+            for piece in tiers[level].load_pieces([m.slot for m in load]):
+                if piece.positions is None:
+                    write_device(pages.tolist(), piece.data)
+                else:
+                    at = np.asarray(piece.positions, np.int64)
+                    write_device(pages[at].tolist(), piece.data, piece.rows)

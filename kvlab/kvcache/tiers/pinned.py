@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -223,34 +224,35 @@ class PinnedHostTier(ArrayTier):
         super().clear()
         self._prefetches.clear()
 
-    def load_pieces(self, slots) -> list[RecordPiece]:
-        """The records of ``slots`` as pieces on the device: each bank a load wants (almost) whole,
-        moved by one ``jax.device_put`` (or prefetched: a DMA at the link's full speed that runs
-        beside the host, every one issued before any other copy), with the rows wanted of it;
-        and one array ``[next_pow2(n), ...]`` with the records of the other banks at their
-        positions, moved in slices (or prefetched; the host waits for those: XLA makes a jitted
-        copy out of pinned memory before the call returns). The device write takes each bank's
-        rows from the bank (until then it takes the bank's size in device memory)."""
+    def load_pieces(self, slots) -> Iterator[RecordPiece]:
+        """The records of ``slots`` as pieces on the device, in the order they are ready: first
+        each bank a load wants (almost) whole, moved by one ``jax.device_put`` (or prefetched: a
+        DMA at the link's full speed that runs beside the host, every one issued before any
+        other copy), with the rows wanted of it; last one array ``[next_pow2(n), ...]`` with the
+        records of the other banks at their positions, moved in slices (or prefetched; the host
+        waits for those: XLA makes a jitted copy out of pinned memory before the call returns).
+        The caller writes each bank piece while the last is still on its way (the device runs
+        that write once its DMA has landed), and takes the pieces before the tier changes (a
+        generator: the copies start at its first step)."""
         dtype, length = self._storage()[0].dtype, len(pad_slots(slots))
         groups = list(self._by_bank(slots))
         whole = self._whole(groups)
         moved = [self._bank_on_device(b, rows) if w else None            # every DMA first
                  for (b, _, rows), w in zip(groups, whole)]
+        for (_, at, rows), bank in zip(groups, moved):
+            if bank is not None:
+                yield RecordPiece(bank, rows, at)
         parts = [g for g, w in zip(groups, whole) if not w]
-        pieces = []
         if parts:
             data = self._parts_on_device(parts, length, dtype)
             at = np.concatenate([at for _, at, _ in parts])
-            pieces.append(RecordPiece(data) if len(at) == len(slots) else RecordPiece(data, at, at))
-        pieces += [RecordPiece(bank, rows, at) for (_, at, rows), bank in zip(groups, moved)
-                   if bank is not None]
+            yield RecordPiece(data) if len(at) == len(slots) else RecordPiece(data, at, at)
         self._prefetches.clear()
-        return pieces
 
     def load_records(self, slots) -> jax.Array:
         """The records of ``slots`` on the device, ``[next_pow2(n), ...]``: ``load_pieces``
         placed into one array."""
-        return self._assembled(self.load_pieces(slots), len(pad_slots(slots)), self._storage()[0].dtype)
+        return self._assembled(list(self.load_pieces(slots)), len(pad_slots(slots)), self._storage()[0].dtype)
 
     def _assembled(self, pieces, length: int, dtype) -> jax.Array:
         """``[length, ...]`` on the device with each piece's rows at its positions. A piece laid

@@ -22,7 +22,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
@@ -161,11 +161,12 @@ class KVTier(Protocol):
         array)."""
         ...
 
-    def load_pieces(self, slots) -> list:
+    def load_pieces(self, slots) -> Iterable:
         """The records of ``slots`` for the device write, as ``RecordPiece``s that together give
-        each slot's record once: one piece of ``load_records`` for a host tier; a tier that
-        copies whole buffers to the device hands over each buffer with the rows wanted of it,
-        and the write takes them from there (no assembled copy)."""
+        each slot's record once, in the order they are ready (the caller writes each as it
+        comes, before the tier changes): one piece of ``load_records`` for a host tier; a tier
+        that copies whole buffers to the device hands over each buffer with the rows wanted of
+        it, and the write takes them from there (no assembled copy)."""
         ...
 
     def prefetch(self, slots) -> None:
