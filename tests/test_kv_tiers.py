@@ -343,3 +343,19 @@ def test_bad_eviction_and_chain_arguments(tmp_path):
         AbovePriority(min_priority=0.5)
     with pytest.raises(ValueError, match="base must be an offload policy"):
         AbovePriority(min_priority=1, base=LRU())
+
+
+def test_a_take_is_a_hit_that_renews_each_record_and_drops_one_hold():
+    """``TierChain.take``: each taken record counts a hit and goes to the back of the LRU order;
+    a record held twice stays unevictable after one take, until its last hold goes."""
+    chain = TierChain(tiers=[HostMemoryTier(3, SPEC)])
+    for key in "abc":
+        chain.put(key, record(0))
+    chain.hold_all(["a", "b"])
+    chain.hold_all(["a"])
+    assert [slot for _, slot in chain.take(["a", "b"])] == [chain.where("a")[1], chain.where("b")[1]]
+    assert chain.stats().tiers[0].hits == 2 and chain.tiers[0].num_evictable() == 2   # c, then b
+    assert [v.key for v in chain.put("d", record(1))] == ["c"]
+    assert [v.key for v in chain.put("e", record(2))] == ["b"]
+    chain.unhold_all(["a"])                          # a, touched before d and e, is next
+    assert [v.key for v in chain.put("f", record(3))] == ["a"]

@@ -99,12 +99,14 @@ def host_and_pinned(page_record):
 
 
 @pytest.mark.parametrize("first", [0, 1], ids=["host", "pinned"])
-def test_moves_read_device_pages_first_and_write_loads_last(first):
+def test_moves_read_device_pages_first_and_write_loads_in_their_phase(first):
     tier = host_and_pinned(RECORD)[first]
     device = np.array([[10], [11], [12], [13]], np.int64)
     moves = [Offload(page=3, slot=0), Load(0, 0, 1), Offload(page=1, slot=1), Load(0, 1, 3)]
-    # each load reads the slot just written; device pages do not cut a phase (read first, written last)
+    # each load reads the slot just written; device pages do not cut a phase (all read first)
     assert phases(moves) == [moves[:1], moves[1:3], moves[3:]]
+    loads = [Load(0, 1, 5), Load(0, 1, 6), Load(1, 2, 7)]       # loads write no tier slot: one run
+    assert phases(loads) == [loads] and phases([]) == []
 
     def write(pages, data, rows=None):
         write_rows(device, pages, data, rows)

@@ -87,9 +87,11 @@ def _tier_locations(locations) -> tuple:
 def phases(moves) -> list[list]:
     """``moves`` cut, in order, into runs in which no tier slot is both read and written or
     written twice (so each run's moves may be made in any order). Device pages do not cut a
-    run: ``make_moves`` reads every device page going out before the first phase and writes
-    every page coming in after the last, so a page evicted to a tier and a page loaded into it
-    in the same plan travel in the same phase."""
+    run: ``make_moves`` reads every device page going out before the first phase, so a page
+    evicted to a tier and a page loaded into it in the same plan travel in the same phase.
+    Loads alone (a re-asked document) are one run: they write no tier slot."""
+    if all(type(move) is Load for move in moves):
+        return [list(moves)] if len(moves) else []
     out, reads, writes = [], set(), set()
     for move in moves:
         r, w = _tier_locations(move.reads()), _tier_locations(move.writes())
