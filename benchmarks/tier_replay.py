@@ -118,7 +118,12 @@ class CopyTimer:
     def _timed(self, name, f):
         def timed(*args, **kwargs):
             t = time.perf_counter()
-            out = jax.block_until_ready(f(*args, **kwargs))
+            out = f(*args, **kwargs)
+            if name == "load_pieces":                 # a generator: every piece, landed
+                out = list(out)
+                jax.block_until_ready([piece.data for piece in out])
+            else:
+                out = jax.block_until_ready(out)
             self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t
             return out
         return timed
