@@ -36,12 +36,12 @@ def engine_on(model, clock, **sched):
     # ahead would stamp a step's tokens after the next step's time.
     engine = kvlab.Engine(model, cache=kvlab.PagedKVCache(num_pages=32, page_size=8), clock=clock,
                           scheduler=kvlab.ContinuousScheduler(**sched), max_model_len=128, steps_ahead=0)
-    run = engine.runner.run
+    run = engine.runner.launch
 
     def timed_run(*a, **k):          # the "fake model": every step takes STEP seconds on the clock
         clock.t += STEP
         return run(*a, **k)
-    engine.runner.run = timed_run
+    engine.runner.launch = timed_run
     return engine
 
 
@@ -116,14 +116,14 @@ def test_compile_time_is_off_the_clock_unless_asked(model):
     def run_with(exclude):
         clock = FakeClock()
         engine = engine_on(model, clock)
-        inner = engine.runner.run
+        inner = engine.runner.launch
 
         def compiling_first(*a, **k):
             if engine.runner.steps == 0:                 # the first step "compiles" for 1 s
                 clock.t += 1.0
                 engine.runner.compile_seconds += 1.0
             return inner(*a, **k)
-        engine.runner.run = compiling_first
+        engine.runner.launch = compiling_first
         return run_workload(engine, [SyntheticRequest([5, 6, 7], 3)], sleep=clock.sleep,
                             exclude_compile_time=exclude)
     [fast], [slow] = run_with(True).records, run_with(False).records

@@ -314,6 +314,27 @@ def test_a_device_write_of_page_records_sets_those_pages_and_refuses_repeats():
             page_copies.write_pages(written, [1, 3], bank, rows=rows)
 
 
+@pytest.mark.parametrize("wanted", [1, 32, 33, 60])
+def test_a_device_write_of_rows_sets_exactly_those_pages(wanted):
+    """``write_pages(..., rows=)``: page by page up to ``FEW_ROWS`` rows, one scatter of all of
+    ``data`` above; either way each page gets its row and no other page changes."""
+    import jax.numpy as jnp
+
+    from kvlab.engine import page_copies
+    from kvlab.kvcache.storage import PagedKVStorage
+
+    assert page_copies.FEW_ROWS == 32
+    rng = np.random.default_rng(wanted)
+    storage = PagedKVStorage.zeros(num_layers=2, num_pages=80, page_size=2, num_kv_heads=1, head_dim=2,
+                                   dtype=jnp.float32)
+    data = jax.device_put(rng.normal(size=(64, 2, 2, 2, 1, 2)).astype(np.float32))
+    pages, rows = rng.permutation(80)[:wanted], rng.permutation(64)[:wanted]
+    written = np.asarray(page_copies.gather_pages(page_copies.write_pages(storage, pages.tolist(), data,
+                                                                          rows=rows), list(range(80))))
+    np.testing.assert_array_equal(written[pages], np.asarray(data)[rows])
+    np.testing.assert_array_equal(np.delete(written[:80], pages, axis=0), 0)
+
+
 def test_a_load_hands_whole_banks_to_the_device_write_with_the_rows_it_wants():
     """``make_moves`` over a pinned tier: each bank a load wants whole reaches the device write
     as it is, with the rows wanted of it (no assembled copy of the load), the banks wanted in

@@ -103,12 +103,15 @@ class ModelExecutor:
         return self.runner.steps
 
     def launch(self, plan: StepPlan) -> StepFuture:
+        """The plan's page copies, then its step. The step's host work (``runner.prepare``) comes
+        first: a load from a tier waits for its last copy, and the step is ready to go when it lands."""
+        step = None if plan.is_empty else self.runner.prepare(plan)
         if plan.seals:          # full staging pages, before they are written again or read sealed
             self.storage = page_copies.seal_pages(self.storage, plan.seals)
         self._copy_pages(plan)
-        if plan.is_empty:
+        if step is None:
             return Ready(Sampled(np.zeros(0, np.int32)))
-        future, self.storage = self.runner.run(plan, self.storage)
+        future, self.storage = self.runner.launch(step, self.storage)
         return future
 
     def _copy_pages(self, plan: StepPlan) -> None:

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import functools
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -148,6 +149,22 @@ def fill_inputs(plan: StepPlan, views: InputViews) -> tuple[bool, bool]:
     return bool(decodes.all()) and len(lens) == plan.num_rows, bool(decodes.any())
 
 
+class PreparedStep(NamedTuple):
+    """A plan's step, packed and on its way to the device (``ModelRunner.prepare``): its spec and
+    signature key, padded token count, decode steps, input buffer, sampling arrays, penalty
+    counts, and the block table and last tokens it starts from."""
+
+    spec: object
+    key: tuple
+    num_tokens: int
+    num_steps: int
+    inputs: jax.Array
+    sampling: object
+    counts: object
+    table: jax.Array
+    last: jax.Array
+
+
 class ModelRunner:
     """Runs steps of ``model`` with an attention backend and a sampler.
 
@@ -215,7 +232,14 @@ class ModelRunner:
         launch told its offset, ``kvlab.engine.decode_burst``) without waiting for it; returns
         (its ``StepResult``, whose ``result()`` gives what it sampled: tokens [>= plan.num_rows],
         or ``num_steps`` blocks of them, and log-probabilities when asked, as NumPy arrays; the
-        storage, as the step leaves it)."""
+        storage, as the step leaves it). ``prepare`` then ``launch``."""
+        return self.launch(self.prepare(plan), storage)
+
+    def prepare(self, plan: StepPlan) -> PreparedStep:
+        """The host's part of ``run``: the plan packed into the step's input buffer, sent to the
+        device, and its block-table changes staged; nothing here reads the KV storage, so a
+        caller may make the plan's page copies between this and ``launch``. One ``launch``
+        follows each ``prepare``, in order."""
         views, spec, shape = self._prepare(plan)
         table = self.table.stage(plan.table, views.change_rows, views.change_cols, views.change_pages)
         last = self.last_tokens.fit(self.table.num_rows)
@@ -226,20 +250,25 @@ class ModelRunner:
         key = (spec, None if sampling is None else jax.tree.structure(sampling),
                None if sampling is None or sampling.banned is None else sampling.banned.shape,
                None if counts is None else counts.output.shape)
-        t0, fresh = self.clock(), key not in self._compiled
         inputs, sampling = jax.device_put((views.buffer, sampling))    # the step's one transfer in
-        tokens = []
-        step = _jitted_step(tuple(sorted(self.xla_options.for_tokens(shape.tokens))))
+        return PreparedStep(spec, key, shape.tokens, plan.num_steps, inputs, sampling, counts, table, last)
+
+    def launch(self, step: PreparedStep, storage) -> tuple[StepResult, object]:
+        """Dispatch a prepared step over ``storage`` (donated): ``run``'s result."""
+        t0, fresh = self.clock(), step.key not in self._compiled
+        table, last, counts, tokens = step.table, step.last, step.counts, []
+        jitted = _jitted_step(tuple(sorted(self.xla_options.for_tokens(step.num_tokens))))
         with CompileCounter() if fresh else contextlib.nullcontext() as compiled:
-            for offset in self._offsets(plan.num_steps):
-                packed, prompt, storage, table, last, counts = step(
-                    self.statics, spec, self.weights, storage, table, last, inputs, sampling, counts, offset)
+            for offset in self._offsets(step.num_steps):
+                packed, prompt, storage, table, last, counts = jitted(
+                    self.statics, step.spec, self.weights, storage, table, last, step.inputs,
+                    step.sampling, counts, offset)
                 tokens.append(packed)
         self.table.array, self.last_tokens.array = table, last
         if counts is not None:
             self.penalty_counts.counts = counts
         if fresh:                        # a new signature: the launch is asynchronous, so this
-            self._compiled.add(key)      # call's time is the trace and the compilation
+            self._compiled.add(step.key)  # call's time is the trace and the compilation
             self.compile_seconds += self.clock() - t0
             self.xla_compilations += compiled.count
         self.steps += 1
