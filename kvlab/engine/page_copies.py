@@ -18,6 +18,7 @@ from kvlab.schedulers.shapes import next_pow2
 PARTS = 4                        # host-to-device copies in flight at once, for a large write
 PARALLEL_BYTES = 32 << 20        # from this size on
 FEW_ROWS = 32                    # a write of up to this many rows of a larger array: page by page
+                                 # (H200, 8B shape: 16 rows 0.85 ms, against 3.1 ms for the scatter)
 
 
 @jax.jit
