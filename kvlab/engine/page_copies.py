@@ -70,10 +70,10 @@ def write_pages(storage, pages, data: np.ndarray, pool=None, rows=None):
     ...]``, such as a host tier's bank moved whole) into ``pages[i]``: one scatter of all of
     ``data`` in which the rows not wanted go to out-of-range ids and are dropped, so the write
     compiles once per shape of ``data`` and moves no gathered copy (up to ``FEW_ROWS`` rows, a
-    loop over those rows alone: a scatter reads every row of ``data``, wanted or not). With ``pool`` (a
-    ``concurrent.futures`` executor), a large copy travels to the device in ``PARTS`` parts at
-    once: one host-to-device copy from pageable memory does not fill the link. ``pages`` must
-    be distinct (the storage's scatter assumes unique indices)."""
+    loop over those rows alone: a scatter reads every row of ``data``, wanted or not). With
+    ``pool`` (a ``concurrent.futures`` executor), a large copy travels to the device in
+    ``PARTS`` parts at once: one host-to-device copy from pageable memory does not fill the
+    link. ``pages`` must be distinct (the storage's scatter assumes unique indices)."""
     if len(set(pages)) != len(pages):
         raise ValueError(f"write_pages needs distinct pages (one record per page), got {len(pages)} "
                          f"ids of which {len(set(pages))} distinct")
