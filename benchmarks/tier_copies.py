@@ -1,7 +1,8 @@
 """The copies of a tier load, apart from the engine: a 32k-token document's 2048 page records
 moved from a ``PinnedHostTier`` to the device (``load_records``) with the tier's banks of several
 sizes, whole-bank copies on and off, and the device write of the loaded records into the KV
-storage (``kvlab.engine.page_copies.write_pages``), for the Llama-3.2-1B and Llama-3-8B shapes.
+storage (``kvlab.engine.page_copies.write_pages``: all of them, a bank's rows, or a few rows of
+an array laid out as the load), for the Llama-3.2-1B and Llama-3-8B shapes.
 
     python benchmarks/tier_copies.py [--shapes llama-3.2-1b llama-3-8b] [--pages 2048]
 
@@ -51,6 +52,19 @@ def device_write(layers, heads, dim, n, reps) -> float:
     return 1e3 * median_wall_time(write, 1, reps)
 
 
+def rows_write(layers, heads, dim, n, rows, wanted, reps) -> float:
+    """``write_pages`` of ``wanted`` rows of an array of ``rows`` records (a tier's piece: a
+    bank, or the load's own layout) into random distinct pages."""
+    holder, pages = storage_and_pages(layers, heads, dim, n)
+    data = jnp.ones((rows, layers, 2, PAGE, heads, dim), jnp.bfloat16)
+    picked = np.random.default_rng(1).permutation(rows)[:wanted]
+
+    def write():
+        holder[0] = page_copies.write_pages(holder[0], pages[:wanted], data, rows=picked)
+        return holder[0]
+    return 1e3 * median_wall_time(write, 1, reps)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=sorted(SHAPES))
@@ -68,6 +82,12 @@ def main(argv=None) -> None:
         ms = device_write(layers, heads, dim, n, args.reps)
         print(f"| {shape} | device write of {gb:.2f} GB | | {ms:.2f} ms ({gb / ms * 1e3:.0f} GB/s) | |",
               flush=True)
+        bank_rows = (1 << 30) // (layers * 2 * PAGE * heads * dim * 2)
+        for rows, wanted in ((min(bank_rows, n), min(bank_rows, n)), (n, 1), (n, 16),
+                             (n, page_copies.FEW_ROWS), (n, page_copies.FEW_ROWS + 1)):
+            ms = rows_write(layers, heads, dim, n, rows, wanted, args.reps)
+            print(f"| {shape} | device write of {wanted} rows of an array of {rows} | | {ms:.2f} ms | |",
+                  flush=True)
         record = jax.ShapeDtypeStruct((layers, 2, PAGE, heads, dim), jnp.bfloat16)
         for bank_mib, share in BANKS:
             tier = PinnedHostTier(num_pages=n + 64, page_record=record, bank_bytes=bank_mib << 20,

@@ -316,8 +316,8 @@ def test_a_device_write_of_page_records_sets_those_pages_and_refuses_repeats():
 
 @pytest.mark.parametrize("wanted", [1, 32, 33, 60])
 def test_a_device_write_of_rows_sets_exactly_those_pages(wanted):
-    """``write_pages(..., rows=)``: page by page up to ``FEW_ROWS`` rows, one scatter of all of
-    ``data`` above; either way each page gets its row and no other page changes."""
+    """``write_pages(..., rows=)``: up to ``FEW_ROWS`` rows gathered and scattered, above that
+    one scatter of all of ``data``; either way each page gets its row and no other page changes."""
     import jax.numpy as jnp
 
     from kvlab.engine import page_copies

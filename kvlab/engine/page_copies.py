@@ -17,8 +17,7 @@ from kvlab.schedulers.shapes import next_pow2
 
 PARTS = 4                        # host-to-device copies in flight at once, for a large write
 PARALLEL_BYTES = 32 << 20        # from this size on
-FEW_ROWS = 32                    # a write of up to this many rows of a larger array: page by page
-                                 # (H200, 8B shape: 16 rows 0.85 ms, against 3.1 ms for the scatter)
+FEW_ROWS = 32                    # a write of up to this many rows of an array: those rows alone
 
 
 @jax.jit
@@ -32,12 +31,10 @@ def _write_pages(storage, pages, *parts):
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
-def _write_each_row(storage, pages, data, rows, count):
-    """``pages[i]`` <- ``data[rows[i]]`` for ``i < count`` (a traced count: one compilation per
-    shape of ``data``), one page per loop step."""
-    def one(i, storage):
-        return storage.write_pages(pages[i][None], jax.lax.dynamic_slice_in_dim(data, rows[i], 1))
-    return jax.lax.fori_loop(0, count, one, storage)
+def _write_few_rows(storage, pages, data, rows):
+    """``pages[i]`` <- ``data[rows[i]]`` (both ``[FEW_ROWS]``; padding pages out of range,
+    dropped): a gather of those rows alone, then their scatter."""
+    return storage.write_pages(pages, data[rows])
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
@@ -67,10 +64,10 @@ def write_pages(storage, pages, data: np.ndarray, pool=None, rows=None):
     """Host records ``data [>= n, ...]`` into ``pages [n]`` of the (donated) storage (rows of
     ``data`` past ``n`` are ignored: a buffer already padded to ``next_pow2(n)`` rows is not
     copied); with ``rows [n]`` (distinct), row ``rows[i]`` of ``data`` (a device array ``[m,
-    ...]``, such as a host tier's bank moved whole) into ``pages[i]``: one scatter of all of
-    ``data`` in which the rows not wanted go to out-of-range ids and are dropped, so the write
-    compiles once per shape of ``data`` and moves no gathered copy (up to ``FEW_ROWS`` rows, a
-    loop over those rows alone: a scatter reads every row of ``data``, wanted or not). With
+    ...]``, such as a host tier's bank moved whole) into ``pages[i]``, compiled once per shape
+    of ``data``: up to ``FEW_ROWS`` rows are gathered, then scattered; more go by one scatter
+    of all of ``data`` (which reads every row, wanted or not) in which the rows not wanted go
+    to out-of-range ids and are dropped, so no gathered copy of a bank is made. With
     ``pool`` (a ``concurrent.futures`` executor), a large copy travels to the device in
     ``PARTS`` parts at once: one host-to-device copy from pageable memory does not fill the
     link. ``pages`` must be distinct (the storage's scatter assumes unique indices)."""
@@ -103,10 +100,10 @@ def _write_rows(storage, pages, data, rows):
     if len(rows) and (rows.min() < 0 or rows.max() >= m or len(np.unique(rows)) != len(rows)):
         raise ValueError(f"write_pages needs distinct rows in [0, {m}) (the rows of data), got "
                          f"{rows.tolist()[:8]}{'...' if len(rows) > 8 else ''}")
-    if len(rows) <= FEW_ROWS:             # page by page, only the rows wanted
-        ids, src = np.zeros(m, np.int32), np.zeros(m, np.int32)
-        ids[:len(rows)], src[:len(rows)] = pages, rows
-        return _write_each_row(storage, ids, data, src, np.int32(len(rows)))
+    if len(rows) <= FEW_ROWS:             # only the rows wanted, gathered first
+        src = np.zeros(FEW_ROWS, np.int32)
+        src[:len(rows)] = rows
+        return _write_few_rows(storage, pad_distinct(pages, FEW_ROWS, storage.num_pages), data, src)
     ids = np.arange(storage.num_pages, storage.num_pages + m, dtype=np.int32)     # dropped
     ids[rows] = np.asarray(pages, np.int64)
     return _write_pages(storage, ids, data)
