@@ -1,16 +1,16 @@
 """ModelRunner: packs a StepPlan into one input buffer and launches the one jitted step.
 
 A step is one dispatch with one host-to-device transfer and one device-to-host transfer, and the
-runner does not wait for it (``run`` returns a ``StepResult``; its tokens start travelling to the
-host at once, and a plan made before they arrive reads them on the device: future tokens,
-``kvlab.engine.future_tokens``). The
-runner writes the plan's batch (tokens, positions, write slots, query offsets, KV lengths,
-block-table rows) and the block-table cells changed since the previous plan into a single int32
-buffer (``kvlab.engine.step_inputs``); the jitted step unpacks it, applies the changes to the
-device copy of the cache's block table (donated, like the KV storage), gathers each row's page
-table from it, runs the model and samples. The runner reads nothing but the plan. Steps in which
-no row samples compile without the sampling path (``Sampler`` with None). The weights travel as
-a flat list of arrays and the static parts as one ``StepStatics`` hashed once, so dispatching a
+runner does not wait for it (``prepare`` packs it, ``launch`` returns a ``StepResult``; its
+tokens start travelling to the host at once, and a plan made before they arrive reads them on
+the device: future tokens, ``kvlab.engine.future_tokens``). The runner writes the plan's batch
+(tokens, positions, write slots, query offsets, KV lengths, block-table rows) and the
+block-table cells changed since the previous plan into a single int32 buffer
+(``kvlab.engine.step_inputs``); the jitted step unpacks it, applies the changes to the device
+copy of the cache's block table (donated, like the KV storage), gathers each row's page table
+from it, runs the model and samples. The runner reads nothing but the plan. Steps in which no
+row samples compile without the sampling path (``Sampler`` with None). The weights travel as a
+flat list of arrays and the static parts as one ``StepStatics`` hashed once, so dispatching a
 step costs the launch, not Python.
 
 Shapes come from the scheduler's padding policy (``kvlab.schedulers.shapes``): with
@@ -227,18 +227,10 @@ class ModelRunner:
         return dataclasses.replace(batch, page_table=page_table, decode_only=spec.decode_only,
                                    has_decodes=spec.has_decodes), shape
 
-    def run(self, plan: StepPlan, storage) -> tuple[StepResult, object]:
-        """Launch one step (``plan.num_steps`` of them for a multi-step plan: the same inputs, each
-        launch told its offset, ``kvlab.engine.decode_burst``) without waiting for it; returns
-        (its ``StepResult``, whose ``result()`` gives what it sampled: tokens [>= plan.num_rows],
-        or ``num_steps`` blocks of them, and log-probabilities when asked, as NumPy arrays; the
-        storage, as the step leaves it). ``prepare`` then ``launch``."""
-        return self.launch(self.prepare(plan), storage)
-
     def prepare(self, plan: StepPlan) -> PreparedStep:
-        """The host's part of ``run``: the plan packed into the step's input buffer, sent to the
-        device, and its block-table changes staged; nothing here reads the KV storage, so a
-        caller may make the plan's page copies between this and ``launch``. One ``launch``
+        """The host's part of a step: the plan packed into the step's input buffer, sent to the
+        device, and its block-table changes staged. Nothing here reads the KV storage, so a
+        caller may make the plan's page copies between this and ``launch``; one ``launch``
         follows each ``prepare``, in order."""
         views, spec, shape = self._prepare(plan)
         table = self.table.stage(plan.table, views.change_rows, views.change_cols, views.change_pages)
@@ -254,7 +246,11 @@ class ModelRunner:
         return PreparedStep(spec, key, shape.tokens, plan.num_steps, inputs, sampling, counts, table, last)
 
     def launch(self, step: PreparedStep, storage) -> tuple[StepResult, object]:
-        """Dispatch a prepared step over ``storage`` (donated): ``run``'s result."""
+        """Launch a prepared step over ``storage`` (donated; ``num_steps`` of them for a multi-step
+        plan: the same inputs, each launch told its offset, ``kvlab.engine.decode_burst``)
+        without waiting for it; returns (its ``StepResult``, whose ``result()`` gives what it
+        sampled: tokens [>= plan.num_rows], or ``num_steps`` blocks of them, and
+        log-probabilities when asked, as NumPy arrays; the storage, as the step leaves it)."""
         t0, fresh = self.clock(), step.key not in self._compiled
         table, last, counts, tokens = step.table, step.last, step.counts, []
         jitted = _jitted_step(tuple(sorted(self.xla_options.for_tokens(step.num_tokens))))

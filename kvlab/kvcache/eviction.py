@@ -91,16 +91,6 @@ class EvictableSet:
         if len(self._heap) > 2 * len(self._live) + 64:
             self._compact()
 
-    def renew_all(self, item_ids, entries) -> None:
-        """A new place in the order for each of ``item_ids`` (in the set, evictable or parked),
-        read from its ``entries`` item now (its entry was used: a hit); a held one stays parked."""
-        holds, parked, counter = self._holds, self._parked, self._counter
-        for item_id, entry in zip(item_ids, entries):
-            if item_id in holds:
-                parked[item_id] = (next(counter), entry)
-            else:
-                self._push(item_id, next(counter), entry)        # its old heap entry goes stale
-
     def discard(self, item_id) -> None:
         """``item_id`` is in use (or gone): not evictable, not parked."""
         self._live.pop(item_id, None)

@@ -168,13 +168,12 @@ class ArrayTier(abc.ABC):
     def touch_all(self, keys) -> None:
         """A use of each of ``keys`` (stored) without a copy (their records are being loaded):
         a hit each."""
-        keys = list(keys)
-        touched = [self._entries[key] for key in keys]
-        for tick, entry in enumerate(touched, self._clock + 1):
-            entry.last_access, entry.hits = tick, entry.hits + 1
-        self._clock += len(touched)
-        self._hits += len(touched)
-        self._evictable.renew_all(keys, touched)
+        entries, add = self._entries, self._evictable.add
+        for key in keys:           # a new place in the order (a held record stays parked)
+            entry = entries[key]
+            self._hits += 1
+            entry.last_access, entry.hits = self._tick(), entry.hits + 1
+            add(key, entry)
 
     def hold_all(self, keys) -> None:
         """Keep each of ``keys`` from being evicted until as many ``unhold_all`` calls; KeyError,

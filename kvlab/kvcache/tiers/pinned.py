@@ -4,25 +4,19 @@ copy (TensorRT-LLM's pinned host pool, vLLM's and SGLang's pinned CPU buffers).
 
 The records are kept in pinned arrays of up to ``bank_bytes`` (default 1 GiB), the banks. A bank
 a load wants (at least 7/8 of its rows) travels whole by one ``jax.device_put``, a DMA at the
-link's full speed, and the device write takes its rows from it (``load_pieces``); other records
-move by jitted loops of slices: a dynamic slice of a bank moved to the device (``jax.device_put``
-inside the jit) into one device array. An offload is a dynamic-update-slice of device records
-into the (donated) bank. On the lent H200 (2026-12-03) the 2048 records of a 32k-token document
-(4.29 GB, Llama-3-8B shape) reached the device in 84 ms (51 GB/s) as two whole banks of 2 GiB,
-87.5 ms as four of 1 GiB, and 97 ms (44 GB/s) in slices; smaller banks were slower (256 MiB:
-36 GB/s). The bank is also the unit a load moves whole: with 1 GiB banks a 32k-token document of
-the Llama-3.2-1B shape (1.07 GB) fills a bank, where it filled half of a 2 GiB one and moved in
-slices, and its re-ask from the host took 43 against 81 ms. A whole-bank copy runs beside the
-host (``load_pieces`` returns after 2-3 ms), where the host waits for the jitted slice loops to
-finish (97 ms). ``prefetch`` starts a sequence's copies as soon as it is known to start, before
-its pages are found: the whole-bank DMAs, and the slice loops on a worker thread
-(``kvlab.kvcache.tiers.bank_prefetch``). Records whose slots (and
-rows) follow each other move together, in slices of up to ``slice_bytes`` (default 32 MiB). On the
-lent H200 (2026-12-01) a GiB of records went to the device at 17 GB/s one 512 KiB record per
-copy, 32 GB/s one 2 MiB record per copy, and 44-45 GB/s in 32 MiB slices, and back at about the
-same rates, against 0.5 s for a NumPy gather of the same records. Host reads (``read_rows``, for
-a demotion to disk) copy out of a transient NumPy view: a view that outlived the copy would keep
-the array from being donated.
+link's full speed that runs beside the host, and the device write takes its rows from it
+(``load_pieces``, which hands each such bank over first, so its write is queued behind its DMA);
+other records move by jitted loops of slices, up to ``slice_bytes`` (default 32 MiB) of records
+whose slots and rows follow each other: a dynamic slice of a bank moved to the device
+(``jax.device_put`` inside the jit) into one device array, which holds the calling thread until
+it has landed. An offload is a dynamic-update-slice of device records into the (donated) bank.
+``prefetch`` starts a sequence's copies as soon as it is known to start, before its pages are
+found: the whole-bank DMAs, and the slice loops on a worker thread
+(``kvlab.kvcache.tiers.bank_prefetch``). On the lent H200 (2026-12-03) the 2048 records of a
+32k-token document (4.29 GB, Llama-3-8B shape) reached the device in 87.5 ms as four whole banks
+of 1 GiB (49 GB/s) and in 97 ms in slices (44 GB/s); smaller banks were slower (256 MiB: 36 GB/s;
+docs/benchmarks.md has the rest). Host reads (``read_rows``, for a demotion to disk) copy out of
+a transient NumPy view: a view that outlived the copy would keep the array from being donated.
 
 Examples:
     >>> import jax, numpy as np
