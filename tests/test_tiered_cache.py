@@ -198,9 +198,10 @@ def test_a_load_moves_the_banks_it_wants_whole_in_one_copy_each(monkeypatch):
 
 
 def test_a_prefetched_bank_serves_the_load_unless_written_since(monkeypatch):
-    """``prefetch`` copies the banks a load will want whole; the load takes those copies (no
-    second copy), except where a row it wants was written since: that bank is copied again, so
-    the load returns the records as they are at the load, never the prefetched ones."""
+    """``prefetch`` copies the banks a load will want whole but the last (the load sends that
+    one); the load takes those copies (no second copy), except where a row it wants was written
+    since: that bank is copied again, so the load returns the records as they are at the load,
+    never the prefetched ones."""
     tier, shadow = _banked_tier()
     copies = []
     real = jax.device_put
@@ -208,18 +209,47 @@ def test_a_prefetched_bank_serves_the_load_unless_written_since(monkeypatch):
         i for i, bank in enumerate(tier.records) if x is bank) or real(x, *a, **k))
     slots = [4, 5, 6, 7, 8, 9, 10, 11]                 # banks 1 and 2 whole
     tier.prefetch(slots)
-    assert copies == [1, 2]
+    assert copies == [1], "the last bank wanted whole waits for the load"
     np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:8], shadow[slots])
     assert copies == [1, 2], "the load copied a prefetched bank again"
     tier.prefetch(slots)
-    tier.write_rows([9], np.full((1, 2, 3), -1.0, np.float32))          # bank 2 changes
-    shadow[9] = -1.0
+    tier.write_rows([5], np.full((1, 2, 3), -1.0, np.float32))          # bank 1 changes
+    shadow[5] = -1.0
     copies.clear()
     np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:8], shadow[slots])
-    assert copies == [2], "a bank with a wanted row written after its prefetch must be copied again"
+    assert copies == [1, 2], "a bank with a wanted row written after its prefetch must be copied again"
+    tier.prefetch(slots[:4])                            # one bank wanted whole: prefetched
     copies.clear()
+    np.testing.assert_array_equal(np.asarray(tier.load_records(slots[:4]))[:4], shadow[slots[:4]])
+    assert copies == []
     np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:8], shadow[slots])
     assert copies == [1, 2], "a load drops the prefetched copies it did not take"
+
+
+def test_load_pieces_come_in_the_order_the_link_carries_them(monkeypatch):
+    """The records of the banks wanted in part come first (sliced), then the banks wanted
+    whole, each bank not prefetched sent only when its piece is asked for: after the caller
+    wrote the pieces before it, so their writes do not wait behind it on the link."""
+    tier, shadow = _banked_tier()
+    copies = []
+    real = jax.device_put
+    monkeypatch.setattr(jax, "device_put", lambda x, *a, **k: copies.extend(
+        i for i, bank in enumerate(tier.records) if x is bank) or real(x, *a, **k))
+    slots = [4, 5, 6, 7, 2, 8, 9, 10, 11]               # banks 1 and 2 whole, bank 0 in part
+    for prefetched in (False, True):
+        copies.clear()
+        if prefetched:
+            tier.prefetch(slots)
+        pieces = tier.load_pieces(slots)
+        first = next(pieces)
+        assert copies == ([1] if prefetched else []) and first.positions.tolist() == [4]
+        np.testing.assert_array_equal(np.asarray(first.data)[first.rows], shadow[[2]])
+        for b in (1, 2):
+            piece = next(pieces)
+            assert copies == [1, 2][:b], f"bank {b} sent before its piece was asked for"
+            np.testing.assert_array_equal(np.asarray(piece.data)[piece.rows],
+                                          shadow[np.asarray(slots)[piece.positions]])
+        assert next(pieces, None) is None
 
 
 def test_a_bank_wanted_in_part_is_prefetched_on_a_worker_and_never_served_stale():
@@ -350,8 +380,8 @@ def test_a_load_hands_whole_banks_to_the_device_write_with_the_rows_it_wants():
         write_rows(device, pages, data, rows)
     make_moves(moves, [tier], read_device=None, write_device=write)
     np.testing.assert_array_equal(device, shadow[slots])
-    assert writes == [(4, [1, 2, 3, 4], [0, 1, 2, 3]), (8, [5, 0], [5, 0])], \
-        "bank 1 itself first (queued behind its DMA), then the parts' array, each with its own pages"
+    assert writes == [(8, [5, 0], [5, 0]), (4, [1, 2, 3, 4], [0, 1, 2, 3])], \
+        "the parts' array first (on the link ahead of the banks), then bank 1 itself, each with its own pages"
 
 
 @pytest.mark.gpu

@@ -5,18 +5,20 @@ copy (TensorRT-LLM's pinned host pool, vLLM's and SGLang's pinned CPU buffers).
 The records are kept in pinned arrays of up to ``bank_bytes`` (default 1 GiB), the banks. A bank
 a load wants (at least 7/8 of its rows) travels whole by one ``jax.device_put``, a DMA at the
 link's full speed that runs beside the host, and the device write takes its rows from it
-(``load_pieces``, which hands each such bank over first, so its write is queued behind its DMA);
-other records move by jitted loops of slices, up to ``slice_bytes`` (default 32 MiB) of records
-whose slots and rows follow each other: a dynamic slice of a bank moved to the device
-(``jax.device_put`` inside the jit) into one device array, which holds the calling thread until
-it has landed. An offload is a dynamic-update-slice of device records into the (donated) bank.
-``prefetch`` starts a sequence's copies as soon as it is known to start, before its pages are
-found: the whole-bank DMAs, and the slice loops on a worker thread
-(``kvlab.kvcache.tiers.bank_prefetch``). On the lent H200 (2026-12-03) the 2048 records of a
-32k-token document (4.29 GB, Llama-3-8B shape) reached the device in 87.5 ms as four whole banks
-of 1 GiB (49 GB/s) and in 97 ms in slices (44 GB/s); smaller banks were slower (256 MiB: 36 GB/s;
-docs/benchmarks.md has the rest). Host reads (``read_rows``, for a demotion to disk) copy out of
-a transient NumPy view: a view that outlived the copy would keep the array from being donated.
+(``load_pieces`` hands the pieces over in the order the link carries them, so each write is
+queued behind its own copy and runs while the next bank travels); other records move by jitted
+loops of slices, up to ``slice_bytes`` (default 32 MiB) of records whose slots and rows follow
+each other: a dynamic slice of a bank moved to the device (``jax.device_put`` inside the jit)
+into one device array, which holds the calling thread until it has landed. An offload is a
+dynamic-update-slice of device records into the (donated) bank. ``prefetch`` starts a
+sequence's copies as soon as it is known to start, before its pages are found: the slice loops
+on a worker thread (``kvlab.kvcache.tiers.bank_prefetch``), then the whole-bank DMAs but the
+last, which goes behind the writes of the others. On the lent H200 (2026-12-03) the 2048
+records of a 32k-token document (4.29 GB, Llama-3-8B shape) reached the device in 87.5 ms as
+four whole banks of 1 GiB (49 GB/s) and in 97 ms in slices (44 GB/s); smaller banks were
+slower (256 MiB: 36 GB/s; docs/benchmarks.md has the rest). Host reads (``read_rows``, for a
+demotion to disk) copy out of a transient NumPy view: a view that outlived the copy would keep
+the array from being donated.
 
 Examples:
     >>> import jax, numpy as np
@@ -187,31 +189,40 @@ class PinnedHostTier(ArrayTier):
         return [len(np.unique(rows)) >= self.whole_bank_share * self._bank_slots for _, _, rows in groups]
 
     def prefetch(self, slots) -> None:
-        """Start the copies a ``load_records(slots)`` would make (``BankPrefetches``): the
-        whole-bank DMAs, and the slice loops of the banks wanted in part, into one device array
-        laid out as that load's (the same compiled loops), on a worker thread. The load takes a
-        copy for the rows it wants that were not written since, and drops the copies it does not
-        take. Until then each copy takes its size in device memory (a whole bank's for a bank)."""
-        banks = self._storage()
+        """Start the copies a ``load_pieces(slots)`` would make (``BankPrefetches``), in the
+        order the link should carry them: the slice loops of the banks wanted in part, on a
+        worker thread, their slice plans sent ahead of any bank (into one device array laid out
+        as that load's: the same compiled loops); then the DMAs of the banks wanted whole, all
+        but the last of two or more, which ``load_pieces`` sends behind the writes of the others
+        (a write's page list is a small host-to-device copy that waits behind every copy sent
+        before it). The load takes a copy for the rows it wants that were not written since, and
+        drops the copies it does not take. Until then each copy takes its size in device memory
+        (a whole bank's for a bank)."""
+        banks, length = self._storage(), len(pad_slots(slots))
         groups = list(self._by_bank(slots))
-        parts = []
-        for (b, at, rows), whole in zip(groups, self._whole(groups)):
-            if whole:
-                self._prefetches.start_whole(b, functools.partial(jax.device_put, banks[b], self._on_device))
-            else:
-                parts.append((b, rows, at))
+        whole = self._whole(groups)
+        parts = [(b, rows, at) for (b, at, rows), w in zip(groups, whole) if not w]
         if parts:
+            plans = [self._slice_plan(rows, at, length) for _, rows, at in parts]
             self._prefetches.start_rows(parts, functools.partial(
-                self._parts_to_device, [banks[b] for b, _, _ in parts], parts, len(pad_slots(slots))))
+                self._parts_to_device, [banks[b] for b, _, _ in parts], plans, length))
+        wanted = [b for (b, _, _), w in zip(groups, whole) if w]
+        for b in wanted[:-1] if len(wanted) > 1 else wanted:
+            self._prefetches.start_whole(b, functools.partial(jax.device_put, banks[b], self._on_device))
 
-    def _parts_to_device(self, banks, parts, length: int) -> jax.Array:
-        """``[length, ...]`` on the device holding, for each ``(bank, rows, positions)`` of
-        ``parts`` (the bank's array in ``banks``), row ``rows[i]`` at ``positions[i]``: the slice
-        loops ``load_records`` runs for a load of ``length`` rows."""
+    def _slice_plan(self, rows, at, length: int) -> tuple:
+        """``runs``' plan copying bank ``rows`` to positions ``at`` of a ``[length, ...]`` load,
+        on the device (sent now, so it travels ahead of what is sent later)."""
+        return jax.device_put(runs(rows, at, self._run(length), length), self._on_device)
+
+    def _parts_to_device(self, banks, plans, length: int) -> jax.Array:
+        """``[length, ...]`` on the device holding, for each bank's array of ``banks``, the rows
+        its ``_slice_plan`` of ``plans`` copies: the slice loops ``load_pieces`` runs for a
+        load of ``length`` rows."""
         out = jnp.zeros((length, *self.shape), banks[0].dtype, device=self._on_device)
         run = self._run(length)
-        for bank, (_, rows, at) in zip(banks, parts):
-            out = self._load(out, bank, *runs(rows, at, run, length), run=run)
+        for bank, plan in zip(banks, plans):
+            out = self._load(out, bank, *plan, run=run)
         return out
 
     def clear(self) -> None:
@@ -219,28 +230,26 @@ class PinnedHostTier(ArrayTier):
         self._prefetches.clear()
 
     def load_pieces(self, slots) -> Iterator[RecordPiece]:
-        """The records of ``slots`` as pieces on the device, in the order they are ready: first
-        each bank a load wants (almost) whole, moved by one ``jax.device_put`` (or prefetched: a
-        DMA at the link's full speed that runs beside the host, every one issued before any
-        other copy), with the rows wanted of it; last one array ``[next_pow2(n), ...]`` with the
-        records of the other banks at their positions, moved in slices (or prefetched; the host
-        waits for those: XLA makes a jitted copy out of pinned memory before the call returns).
-        The caller writes each bank piece while the last is still on its way (the device runs
-        that write once its DMA has landed), and takes the pieces before the tier changes (a
-        generator: the copies start at its first step)."""
+        """The records of ``slots`` as pieces on the device, in the order the link carries them:
+        first one array ``[next_pow2(n), ...]`` with the records of the banks wanted in part at
+        their positions, moved in slices (or prefetched: sent ahead of the banks), which the
+        host waits for; then each bank wanted (almost) whole, with the rows wanted of it, moved
+        by one ``jax.device_put`` (a DMA at the link's full speed that runs beside the host), or
+        prefetched. A bank not prefetched is sent when the caller asks for its piece, after it
+        wrote the pieces before: a write's page list then waits on the link only for the banks
+        sent before it, and its write runs while the next bank travels. The caller takes the
+        pieces before the tier changes (a generator: the copies start at its first step)."""
         dtype, length = self._storage()[0].dtype, len(pad_slots(slots))
         groups = list(self._by_bank(slots))
         whole = self._whole(groups)
-        moved = [self._bank_on_device(b, rows) if w else None            # every DMA first
-                 for (b, _, rows), w in zip(groups, whole)]
-        for (_, at, rows), bank in zip(groups, moved):
-            if bank is not None:
-                yield RecordPiece(bank, rows, at)
         parts = [g for g, w in zip(groups, whole) if not w]
         if parts:
             data = self._parts_on_device(parts, length, dtype)
             at = np.concatenate([at for _, at, _ in parts])
             yield RecordPiece(data) if len(at) == len(slots) else RecordPiece(data, at, at)
+        for (b, at, rows), w in zip(groups, whole):
+            if w:
+                yield RecordPiece(self._bank_on_device(b, rows), rows, at)
         self._prefetches.clear()
 
     def load_records(self, slots) -> jax.Array:
@@ -276,7 +285,7 @@ class PinnedHostTier(ArrayTier):
         out = self._assembled([RecordPiece(copy, np.concatenate(src), np.concatenate(dst))
                                for copy, src, dst in by_copy.values()], length, dtype)
         for b, at, rows in missing:
-            out = self._load(out, banks[b], *runs(rows, at, run, length), run=run)
+            out = self._load(out, banks[b], *self._slice_plan(rows, at, length), run=run)
         return out
 
     def _bank_on_device(self, b: int, rows) -> jax.Array:
