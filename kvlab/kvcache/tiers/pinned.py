@@ -45,58 +45,11 @@ from kvlab.kvcache.eviction import LRU
 from kvlab.kvcache.tiers.array_tier import ArrayTier
 from kvlab.kvcache.tiers.bank_prefetch import BankPrefetches
 from kvlab.kvcache.tiers.records import RecordPiece, pad_distinct, pad_slots
+from kvlab.kvcache.tiers.slice_copies import copy_slices, padded, runs
 
 RUN_BYTES = 32 << 20      # records whose slots follow each other move in slices of up to this size
 BANK_BYTES = 1 << 30      # records are kept in pinned arrays of up to this size (banks)
 WHOLE_BANK_SHARE = 7 / 8  # a load wanting this share of a bank's rows moves the whole bank
-
-
-def runs(src, dst, run: int, length: int):
-    """Cut the copies ``dst[j] <- src[j]`` into slices of ``run`` records whose sources and
-    destinations each step by one: in the same direction (a plain slice) or in opposite ones (a
-    reversed slice: a prefix cache evicts a document's last pages first). Returns three groups,
-    each ``(src starts, dst starts, count)`` with int32 starts (the lowest index of each slice)
-    padded to ``length`` (>= ``len(src)``; one shape for every cut; padding is never copied):
-    plain slices, reversed slices, and the copies left, one record each."""
-    src, dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
-    n = len(src)
-    step_src, step_dst = np.diff(src), np.diff(dst)
-    # +1: both step the same way, -1: opposite ways, 0: no slice continues across this pair
-    kind = np.where((np.abs(step_src) == 1) & (np.abs(step_dst) == 1), step_src * step_dst, 0)
-    groups = {1: [], -1: []}
-    in_slice = np.zeros(n, bool)
-    begin = 0
-    for end in range(1, n + 1):                     # stretches of one kind, cut into slices
-        if end < n and kind[end - 1] != 0 and (end == begin + 1 or kind[end - 1] == kind[end - 2]):
-            continue
-        direction = kind[begin] if end - begin > 1 else 1
-        for start in range(begin, end - run + 1, run):
-            groups[direction].append((src[start:start + run].min(), dst[start:start + run].min()))
-            in_slice[start:start + run] = True
-        begin = end
-    single = np.flatnonzero(~in_slice)
-
-    def group(pairs):
-        pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-        return _padded(pairs[:, 0], length), _padded(pairs[:, 1], length), len(pairs)
-    return (*group(groups[1]), *group(groups[-1]), _padded(src[single], length),
-            _padded(dst[single], length), len(single))
-
-
-def _copy_loop(into, data, src, dst, n, size: int, move):
-    """``into[dst[j]:+size] = move(data[src[j]:+size])`` for ``j < n``."""
-    def body(j, acc):
-        piece = move(jax.lax.dynamic_slice_in_dim(data, src[j], size, 0))
-        return jax.lax.dynamic_update_slice_in_dim(acc, piece, dst[j], 0)
-    return jax.lax.fori_loop(0, n, body, into)
-
-
-def _copy(into, data, *plan, run: int, move, move_reversed):
-    """The slices and single records of ``runs``' plan, from ``data`` into ``into``;
-    ``move_reversed`` moves a slice and reverses it on the device (never in host memory)."""
-    into = _copy_loop(into, data, *plan[0:3], run, move)
-    into = _copy_loop(into, data, *plan[3:6], run, move_reversed)
-    return _copy_loop(into, data, *plan[6:9], 1, move)
 
 
 class PinnedHostTier(ArrayTier):
@@ -169,12 +122,14 @@ class PinnedHostTier(ArrayTier):
     def _copy_into_pinned(self, bank, data, *plan, run):
         def move(piece):
             return jax.device_put(piece, self._pinned)
-        return _copy(bank, data, *plan, run=run, move=move, move_reversed=lambda p: move(jnp.flip(p, 0)))
+        return copy_slices(bank, data, *plan, run=run, move=move,
+                           move_reversed=lambda p: move(jnp.flip(p, 0)))
 
     def _copy_to_device(self, out, bank, *plan, run):
         def move(piece):
             return jax.device_put(piece, self._on_device)
-        return _copy(out, bank, *plan, run=run, move=move, move_reversed=lambda p: jnp.flip(move(p), 0))
+        return copy_slices(out, bank, *plan, run=run, move=move,
+                           move_reversed=lambda p: jnp.flip(move(p), 0))
 
     def store_records(self, slots, data, rows) -> None:
         banks, rows = list(self._storage()), np.asarray(rows, np.int64)
@@ -265,7 +220,7 @@ class PinnedHostTier(ArrayTier):
                      (p.positions is None or np.array_equal(p.rows, p.positions))), None)
         out = jnp.zeros((length, *self.shape), dtype, device=self._on_device) if base is None else base.data
         for data, rows, at in (p for p in pieces if p is not base):
-            out = _place_rows(out, data, _padded(rows, length), pad_distinct(at, length, length))
+            out = _place_rows(out, data, padded(rows, length), pad_distinct(at, length, length))
         return out
 
     def _parts_on_device(self, groups, length: int, dtype) -> jax.Array:
@@ -293,13 +248,6 @@ class PinnedHostTier(ArrayTier):
         since), else a new DMA."""
         copy = self._prefetches.take_whole(b, rows)
         return copy if copy is not None else jax.device_put(self._storage()[b], self._on_device)
-
-
-def _padded(values, length: int) -> np.ndarray:
-    """``values`` as int32, padded with zeros to ``length``."""
-    out = np.zeros(length, np.int32)
-    out[:len(values)] = values
-    return out
 
 
 @functools.partial(jax.jit, donate_argnums=0)
