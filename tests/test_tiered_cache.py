@@ -633,6 +633,91 @@ def test_a_page_loaded_for_a_sequence_freed_in_the_same_plan_is_loaded_once(radi
     cache.free("y")
 
 
+def test_a_guessed_run_follows_the_blocks_indexed_before_past_the_gpu_ones():
+    """``chained`` remembers where the keys of a sequence's blocks sit; ``guess_run`` reads the
+    blocks that followed a first key, passes over those ``skip`` names (the GPU's), and gives the
+    first tier's slots of the leading run it stores, counting ``limit`` from the first key."""
+    from kvlab.kvcache.tiered import TierReuse
+    reuse = TierReuse(TierChain(tiers=[HostMemoryTier(4, RECORD)]))
+    reuse.evicted([(b"b", 0, 0), (b"c", 1, 0), (b"e", 2, 0)])         # in the tier: b, c, e
+    blocks = [b"a", b"b", b"c"]
+    reuse.chained(blocks, 0, 3)
+    blocks += [b"d", b"e"]                                            # the sequence went on
+    reuse.chained(blocks, 3, 5)
+    on_gpu = {b"a"}.__contains__
+    slot = dict(zip([b"b", b"c", b"e"], reuse.chain.tiers[0].slots_of([b"b", b"c", b"e"])))
+    assert reuse.guess_run(b"a", 10, skip=on_gpu) == [slot[b"b"], slot[b"c"]]   # d: stored nowhere
+    assert reuse.guess_run(b"a", 2, skip=on_gpu) == [slot[b"b"]]
+    assert reuse.guess_run(b"b", 10, skip=on_gpu) == [slot[b"b"], slot[b"c"]]
+    assert reuse.guess_run(b"z", 10, skip=on_gpu) == []             # never indexed
+    many = [i.to_bytes(2, "big") for i in range(3000)]
+    reuse.chained(many, 0, 3000)                                     # bounded
+    assert len(reuse._at) == len(reuse._run_of) <= 2 * 4 + 1024
+
+
+class _PrefetchLog(HostMemoryTier):
+    """A NumPy tier that records its prefetch hints, in order with the cache's hashing."""
+
+    def __init__(self, num_pages, record, log):
+        super().__init__(num_pages, record)
+        self.log = log
+
+    def prefetch(self, slots) -> None:
+        self.log.append(("prefetch", sorted(slots)))
+
+
+def test_a_re_asked_document_s_tier_copies_start_before_it_is_hashed_whole(monkeypatch):
+    """A document pushed down to the tier and asked again: the tier is told which records to copy
+    after the first block is hashed (the links say which), before the prompt is hashed whole;
+    the admission's own hint, when the sequence starts, names the same records. A cache without
+    room for them gets no guess."""
+    log = []
+    cache = kvlab.PagedKVCache(num_pages=12, page_size=4, prefix_caching=True, tiers=TierChain(
+        tiers=[_PrefetchLog(32, RECORD, log)], policy=WriteThrough()))
+    real_hashes = cache._hashes
+    monkeypatch.setattr(cache, "_hashes", lambda *a: log.append(("hashed whole",)) or real_hashes(*a))
+    doc, other = (DOCS[d][:20] + [1] for d in (0, 1))
+    for sid, tokens in (("a", doc), ("b", other), ("c", DOCS[2][:20] + [1]), ("d", DOCS[3][:20] + [1])):
+        cache.admit(sid, tokens), cache.allocate(sid, len(tokens)), cache.commit(sid, tokens, len(tokens))
+        cache.free(sid), cache.drain_tier_moves()
+    assert cache.match_prefix_by_tier(doc) == (0, 20)            # on the tier only
+    slots = sorted(cache.tiers.tiers[0].slots_of(cache._hashes(doc, None, 5)))
+    log.clear()
+    cache.admit("again", doc)
+    assert log[:2] == [("prefetch", slots), ("hashed whole",)]
+    cache.allocate("again", len(doc))
+    assert log[-1] == ("prefetch", slots)
+    cache.free("again"), cache.drain_tier_moves()
+    full = kvlab.PagedKVCache(num_pages=6, page_size=4, prefix_caching=True, tiers=TierChain(
+        tiers=[_PrefetchLog(32, RECORD, log)], policy=WriteThrough()))
+    for sid, tokens in (("a", doc), ("b", other)):
+        full.admit(sid, tokens), full.allocate(sid, len(tokens)), full.commit(sid, tokens, len(tokens))
+        full.free(sid), full.drain_tier_moves()
+    full.admit("held", other[:8] + [7, 7, 7, 7, 7])              # its pages stay held: 3 of 6
+    full.allocate("held", 13)
+    assert full.match_prefix_by_tier(doc) == (0, 20) and full.num_available_pages() < 5
+    log.clear()
+    full.admit("again", doc)                                     # 5 blocks on the tier, no room
+    assert [e for e in log if e[0] == "prefetch"] == [], "a guess for a prompt that cannot fit"
+
+
+def test_a_second_prefetch_of_the_same_records_copies_nothing_again(monkeypatch):
+    """The guess and the admission's hint name the same records: the pinned tier starts each bank
+    and each worker copy once."""
+    tier, shadow = _banked_tier()
+    copies, loops = [], []
+    real = jax.device_put
+    monkeypatch.setattr(jax, "device_put", lambda x, *a, **k: copies.extend(
+        i for i, bank in enumerate(tier.records) if x is bank) or real(x, *a, **k))
+    real_load = tier._load
+    tier._load = lambda *a, **k: loops.append(1) or real_load(*a, **k)
+    slots = [4, 5, 6, 7, 8, 9, 10, 11, 1]               # banks 1 and 2 whole, bank 0 in part
+    tier.prefetch(slots)
+    tier.prefetch(slots)
+    np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:9], shadow[slots])
+    assert copies == [1, 2] and len(loops) == 1
+
+
 # ---- the engine ------------------------------------------------------------------------------------
 @st.composite
 def document_traces(draw):

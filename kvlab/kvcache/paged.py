@@ -15,7 +15,9 @@ caching required): an evicted cached page goes down a tier instead of vanishing,
 offload policy says; admission continues the GPU prefix match through the tiers, and the blocks a
 tier holds are loaded back into the sequence's fresh pages at its first ``allocate`` (held in
 their tier until then). ``drain_tier_moves`` hands the planned copies to the engine
-(``kvlab.kvcache.tiered``).
+(``kvlab.kvcache.tiered``). The tiers start their copies once a prompt's first block is hashed,
+from the blocks that followed the first when it was last indexed (``TierReuse.guess_run``: a
+guess, which the match then checks), while the rest of a long prompt is hashed and matched.
 """
 
 from __future__ import annotations
@@ -84,8 +86,10 @@ class PagedKVCache(SwappablePoolCache):
     def _reuse_prefix(self, seq: SeqState, token_ids) -> int:
         if self.index is None:
             return 0
-        seq.block_hashes = self._hashes(token_ids, seq.salt, len(token_ids) // self.page_size)
         usable = (len(token_ids) - 1) // self.page_size      # keep the last token to compute
+        if self._tiered is not None and usable:
+            self._prefetch_guess(seq, token_ids, usable)
+        seq.block_hashes = self._hashes(token_ids, seq.salt, len(token_ids) // self.page_size)
         pages = self.index.lookup(seq.block_hashes[:usable])
         self.allocator.incref(pages)
         self.index.evictable.hold_all(pages)
@@ -96,6 +100,16 @@ class PagedKVCache(SwappablePoolCache):
             seq.tier_hits = rest[:len(self._tiered.match(rest))]
             self._tiered.hold(seq.tier_hits)
         return (len(pages) + len(seq.tier_hits)) * self.page_size
+
+    def _prefetch_guess(self, seq: SeqState, token_ids, usable: int) -> None:
+        """Before the prompt is hashed whole: from its first block's hash, the first tier starts
+        copying the blocks that followed it when it was last indexed (``TierReuse.guess_run``),
+        if the cache has room for them (the copies are only a prefetch; the match decides what
+        is loaded)."""
+        first = self.hasher.chain(self.hasher.root(seq.salt), token_ids[:self.page_size])
+        slots = self._tiered.guess_run(first, usable, skip=self.index.by_hash.__contains__)
+        if slots and len(slots) < self.num_available_pages():
+            self._tiered.prefetch_guessed(slots)
 
     def _attached(self, seq: SeqState) -> list[int]:
         """The GPU pages attached at admission (until the sequence starts)."""
@@ -153,6 +167,7 @@ class PagedKVCache(SwappablePoolCache):
         self.allocator.incref([page for _, page in new])      # the index's own references
         if self._tiered is not None:
             self._tiered.indexed(new, seq.priority)
+            self._tiered.chained(seq.block_hashes, seq.num_indexed, full)
         seq.num_indexed = full
 
     def _before_swap_out(self, seq_id, seq: SeqState, keep_pages: int) -> None:

@@ -16,6 +16,12 @@ the executor makes before the next step:
   and ``hold`` kept them): their records are loaded into fresh GPU pages. ``prefetch(keys)``,
   when the sequence starts and before its pages are found, lets the tiers start those copies.
 
+Before a prompt is hashed whole, a cache may guess where its blocks are (``guess_run``): the
+first tier's copies of a long document then start once its first block is hashed, where hashing and
+matching 2048 blocks take milliseconds of host time. The guess reads the blocks that followed
+the first one when the cache last indexed it (``chained``); no token is compared, so the guess is
+only a prefetch (``prefetch_guessed``), and the match that follows decides what is loaded.
+
 Blocks are keyed by their chained block hash, the GPU index's key, so a tier hit is exactly a
 prefix hit. A page loaded in a plan is never offloaded in the same plan (its device read would
 come before its load): if the GPU evicts it that soon, it is dropped.
@@ -35,6 +41,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 from kvlab.kvcache.tiers.hierarchy import ChainStats, TierChain
 from kvlab.kvcache.tiers.moves import Load, Offload
@@ -89,6 +96,42 @@ class TierReuse:
         self.offloads = self.dropped = 0
         self.swapped_out = self.swapped_in = self.released = 0
         self.loads_per_tier = [0] * len(chain.tiers)
+        self._run_of: dict = {}           # key -> a list of consecutive blocks holding it ...
+        self._at: dict = {}               # ... and where in that list
+        self._max_links = 2 * sum(tier.num_pages for tier in chain.tiers) + 1024
+
+    def chained(self, blocks: list, start: int, stop: int) -> None:
+        """``blocks`` (a sequence's block hashes, in order; the list is kept, and may grow) were
+        indexed from ``start`` to ``stop``: remember where each of those keys sits in it, for
+        ``guess_run`` (the oldest go once there are more than twice as many as the tiers hold
+        records, plus 1024)."""
+        keys = blocks[start:stop]
+        self._run_of.update(zip(keys, itertools.repeat(blocks)))
+        self._at.update(zip(keys, range(start, stop)))
+        excess = len(self._at) - self._max_links
+        if excess > 0:                    # down to three quarters of the bound, oldest first
+            for key in list(itertools.islice(self._at, excess + self._max_links // 4)):
+                del self._at[key], self._run_of[key]
+
+    def guess_run(self, key, limit: int, skip) -> list[int]:
+        """A guess of the first tier's slots of the blocks from ``key`` on: the blocks that
+        followed ``key`` when it was last indexed, past those ``skip(key)`` says to pass over
+        (the GPU's own), the leading run the first tier stores (the one whose copies a prefetch
+        can start early), at most ``limit`` blocks counted from ``key``. No token is compared:
+        a guess for ``prefetch_guessed``."""
+        blocks = self._run_of.get(key)
+        if blocks is None:
+            return []
+        at = self._at[key]
+        end = min(at + limit, len(blocks))
+        while at < end and skip(blocks[at]):
+            at += 1
+        slots = self.chain.tiers[0].slots_of(blocks[at:end])    # one lookup: a guess expects hits
+        return slots[:slots.index(None)] if None in slots else slots
+
+    def prefetch_guessed(self, slots) -> None:
+        """Let the first tier start copying the records at ``slots`` (``guess_run``'s)."""
+        self.chain.tiers[0].prefetch(slots)
 
     def match(self, keys) -> list[int]:
         """The tier of each block in the leading run of ``keys`` the tiers hold (nothing counted)."""

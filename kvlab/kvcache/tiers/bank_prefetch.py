@@ -82,6 +82,12 @@ class BankPrefetches:
         for b, _, _ in parts:
             self._rows.setdefault(b, []).append(started)
 
+    def covers(self, b: int, rows) -> bool:
+        """Whether the started copies of bank ``b``'s rows serve every one of ``rows`` (a second
+        prefetch of them would copy them again)."""
+        copies = self._rows.get(b, [])
+        return all(any(c.serves(b, int(r)) for c in copies) for r in rows)
+
     def written(self, b: int, rows) -> None:
         """``rows`` of bank ``b`` are about to be written: no copy serves them any more, and the
         running copies of the bank are waited for (the write donates the bank they read)."""

@@ -135,6 +135,8 @@ class TierChain:
         """``(tier index, slot)`` of each of ``keys``' records, None for a key no tier stores
         (nothing counted)."""
         keys = list(keys)
+        if len(self.tiers) == 1:
+            return [None if slot is None else (0, slot) for slot in self.tiers[0].slots_of(keys)]
         found = [None] * len(keys)
         for level, tier in enumerate(self.tiers):
             for i, slot in enumerate(tier.slots_of(keys)):
@@ -177,12 +179,11 @@ class TierChain:
 
     def prefetch(self, keys) -> None:
         """Tell each tier that the records of ``keys`` (stored) will soon be loaded."""
-        slots: dict[int, list[int]] = {}
-        for where in self.where_all(keys):
-            if where is not None:
-                slots.setdefault(where[0], []).append(where[1])
-        for level, wanted in slots.items():
-            self.tiers[level].prefetch(wanted)
+        found = [where for where in self.where_all(keys) if where is not None]
+        for level, tier in enumerate(self.tiers):
+            wanted = [slot for at, slot in found if at == level]
+            if wanted:
+                tier.prefetch(wanted)
 
     def take(self, keys) -> list[tuple[int, int]]:
         """``(tier index, slot)`` of each of held ``keys``, whose records are being loaded: a hit

@@ -150,13 +150,15 @@ class PinnedHostTier(ArrayTier):
         as that load's: the same compiled loops); then the DMAs of the banks wanted whole, all
         but the last of two or more, which ``load_pieces`` sends behind the writes of the others
         (a write's page list is a small host-to-device copy that waits behind every copy sent
-        before it). The load takes a copy for the rows it wants that were not written since, and
-        drops the copies it does not take. Until then each copy takes its size in device memory
-        (a whole bank's for a bank)."""
+        before it). Rows and banks a copy already started serves are not copied again (a guess
+        and the admission's own prefetch). The load takes a copy for the rows it wants that were
+        not written since, and drops the copies it does not take. Until then each copy takes its
+        size in device memory (a whole bank's for a bank)."""
         banks, length = self._storage(), len(pad_slots(slots))
         groups = list(self._by_bank(slots))
         whole = self._whole(groups)
-        parts = [(b, rows, at) for (b, at, rows), w in zip(groups, whole) if not w]
+        parts = [(b, rows, at) for (b, at, rows), w in zip(groups, whole)
+                 if not w and not self._prefetches.covers(b, rows)]
         if parts:
             plans = [self._slice_plan(rows, at, length) for _, rows, at in parts]
             self._prefetches.start_rows(parts, functools.partial(

@@ -170,8 +170,9 @@ class KVTier(Protocol):
         ...
 
     def prefetch(self, slots) -> None:
-        """A hint, given when a sequence with hits here starts (before its pages are found):
-        ``load_records`` will soon want ``slots``. A tier whose copies run beside the host may
-        start them now; what it copies must not outlive a later write of those records (nothing
-        may depend on the hint)."""
+        """A hint, given when a sequence with hits here starts (before its pages are found), or
+        as a guess while a long prompt is being matched (``TierReuse.guess_run``), so the same
+        slots may come twice: ``load_records`` will soon want ``slots``. A tier whose copies run
+        beside the host may start them now; what it copies must not outlive a later write of
+        those records (nothing may depend on the hint)."""
         ...
