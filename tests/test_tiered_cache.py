@@ -633,26 +633,26 @@ def test_a_page_loaded_for_a_sequence_freed_in_the_same_plan_is_loaded_once(radi
     cache.free("y")
 
 
-def test_a_guessed_run_follows_the_blocks_indexed_before_past_the_gpu_ones():
-    """``chained`` remembers where the keys of a sequence's blocks sit; ``guess_run`` reads the
-    blocks that followed a first key, passes over those ``skip`` names (the GPU's), and gives the
-    first tier's slots of the leading run it stores, counting ``limit`` from the first key."""
+def test_a_guessed_run_follows_the_last_sequence_with_that_first_block_past_the_gpu_ones():
+    """``chained`` keeps a sequence's block list (which may grow) under its first key;
+    ``guess_run`` reads the list of the last sequence with that first key, passes over the keys
+    ``skip`` names (the GPU's), and gives the first tier's slots of the leading run it stores,
+    at most ``limit`` blocks."""
     from kvlab.kvcache.tiered import TierReuse
     reuse = TierReuse(TierChain(tiers=[HostMemoryTier(4, RECORD)]))
-    reuse.evicted([(b"b", 0, 0), (b"c", 1, 0), (b"e", 2, 0)])         # in the tier: b, c, e
+    reuse.evicted([(b"b", 0, 0), (b"c", 1, 0), (b"e", 2, 0), (b"x", 3, 0)])
+    reuse.chained([b"a", b"x"])
     blocks = [b"a", b"b", b"c"]
-    reuse.chained(blocks, 0, 3)
-    blocks += [b"d", b"e"]                                            # the sequence went on
-    reuse.chained(blocks, 3, 5)
+    reuse.chained(blocks)                                            # the last one with first key a
+    blocks += [b"d", b"e"]                                           # the sequence went on
     on_gpu = {b"a"}.__contains__
-    slot = dict(zip([b"b", b"c", b"e"], reuse.chain.tiers[0].slots_of([b"b", b"c", b"e"])))
+    slot = dict(zip([b"b", b"c"], reuse.chain.tiers[0].slots_of([b"b", b"c"])))
     assert reuse.guess_run(b"a", 10, skip=on_gpu) == [slot[b"b"], slot[b"c"]]   # d: stored nowhere
     assert reuse.guess_run(b"a", 2, skip=on_gpu) == [slot[b"b"]]
-    assert reuse.guess_run(b"b", 10, skip=on_gpu) == [slot[b"b"], slot[b"c"]]
-    assert reuse.guess_run(b"z", 10, skip=on_gpu) == []             # never indexed
-    many = [i.to_bytes(2, "big") for i in range(3000)]
-    reuse.chained(many, 0, 3000)                                     # bounded
-    assert len(reuse._at) == len(reuse._run_of) <= 2 * 4 + 1024
+    assert reuse.guess_run(b"b", 10, skip=on_gpu) == []             # not a first block
+    for i in range(300):                                             # bounded, the oldest first
+        reuse.chained([i.to_bytes(2, "big")])
+    assert len(reuse._runs) == 256 and reuse.guess_run(b"a", 10, skip=on_gpu) == []
 
 
 class _PrefetchLog(HostMemoryTier):

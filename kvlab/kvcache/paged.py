@@ -16,8 +16,8 @@ offload policy says; admission continues the GPU prefix match through the tiers,
 tier holds are loaded back into the sequence's fresh pages at its first ``allocate`` (held in
 their tier until then). ``drain_tier_moves`` hands the planned copies to the engine
 (``kvlab.kvcache.tiered``). The tiers start their copies once a prompt's first block is hashed,
-from the blocks that followed the first when it was last indexed (``TierReuse.guess_run``: a
-guess, which the match then checks), while the rest of a long prompt is hashed and matched.
+from the blocks of the last sequence indexed with the same first block (``TierReuse.guess_run``:
+a guess, which the match then checks), while the rest of a long prompt is hashed and matched.
 """
 
 from __future__ import annotations
@@ -103,9 +103,9 @@ class PagedKVCache(SwappablePoolCache):
 
     def _prefetch_guess(self, seq: SeqState, token_ids, usable: int) -> None:
         """Before the prompt is hashed whole: from its first block's hash, the first tier starts
-        copying the blocks that followed it when it was last indexed (``TierReuse.guess_run``),
-        if the cache has room for them (the copies are only a prefetch; the match decides what
-        is loaded)."""
+        copying the blocks of the last sequence indexed with that first block
+        (``TierReuse.guess_run``), if the cache has room for them (the copies are only a
+        prefetch; the match decides what is loaded)."""
         first = self.hasher.chain(self.hasher.root(seq.salt), token_ids[:self.page_size])
         slots = self._tiered.guess_run(first, usable, skip=self.index.by_hash.__contains__)
         if slots and len(slots) < self.num_available_pages():
@@ -167,7 +167,7 @@ class PagedKVCache(SwappablePoolCache):
         self.allocator.incref([page for _, page in new])      # the index's own references
         if self._tiered is not None:
             self._tiered.indexed(new, seq.priority)
-            self._tiered.chained(seq.block_hashes, seq.num_indexed, full)
+            self._tiered.chained(seq.block_hashes)
         seq.num_indexed = full
 
     def _before_swap_out(self, seq_id, seq: SeqState, keep_pages: int) -> None:

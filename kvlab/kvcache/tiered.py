@@ -18,8 +18,8 @@ the executor makes before the next step:
 
 Before a prompt is hashed whole, a cache may guess where its blocks are (``guess_run``): the
 first tier's copies of a long document then start once its first block is hashed, where hashing and
-matching 2048 blocks take milliseconds of host time. The guess reads the blocks that followed
-the first one when the cache last indexed it (``chained``); no token is compared, so the guess is
+matching 2048 blocks take milliseconds of host time. The guess reads the blocks of the last
+sequence the cache indexed with the same first block (``chained``); no token is compared, so the guess is
 only a prefetch (``prefetch_guessed``), and the match that follows decides what is loaded.
 
 Blocks are keyed by their chained block hash, the GPU index's key, so a tier hit is exactly a
@@ -41,7 +41,6 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 from kvlab.kvcache.tiers.hierarchy import ChainStats, TierChain
 from kvlab.kvcache.tiers.moves import Load, Offload
@@ -96,34 +95,30 @@ class TierReuse:
         self.offloads = self.dropped = 0
         self.swapped_out = self.swapped_in = self.released = 0
         self.loads_per_tier = [0] * len(chain.tiers)
-        self._run_of: dict = {}           # key -> a list of consecutive blocks holding it ...
-        self._at: dict = {}               # ... and where in that list
-        self._max_links = 2 * sum(tier.num_pages for tier in chain.tiers) + 1024
+        self._runs: dict = {}             # first block's key -> the block keys of a sequence
+        self._max_runs = 256
 
-    def chained(self, blocks: list, start: int, stop: int) -> None:
-        """``blocks`` (a sequence's block hashes, in order; the list is kept, and may grow) were
-        indexed from ``start`` to ``stop``: remember where each of those keys sits in it, for
-        ``guess_run`` (the oldest go once there are more than twice as many as the tiers hold
-        records, plus 1024)."""
-        keys = blocks[start:stop]
-        self._run_of.update(zip(keys, itertools.repeat(blocks)))
-        self._at.update(zip(keys, range(start, stop)))
-        excess = len(self._at) - self._max_links
-        if excess > 0:                    # down to three quarters of the bound, oldest first
-            for key in list(itertools.islice(self._at, excess + self._max_links // 4)):
-                del self._at[key], self._run_of[key]
+    def chained(self, blocks: list) -> None:
+        """``blocks`` (a sequence's block keys from its first, in order; the list is kept and may
+        grow) were indexed: a later prompt with the same first block is guessed to go on as
+        they do (``guess_run``; the last such sequence counts; at most 256 are kept, the oldest
+        going first)."""
+        if blocks:
+            self._runs.pop(blocks[0], None)
+            self._runs[blocks[0]] = blocks
+            if len(self._runs) > self._max_runs:
+                del self._runs[next(iter(self._runs))]
 
     def guess_run(self, key, limit: int, skip) -> list[int]:
-        """A guess of the first tier's slots of the blocks from ``key`` on: the blocks that
-        followed ``key`` when it was last indexed, past those ``skip(key)`` says to pass over
-        (the GPU's own), the leading run the first tier stores (the one whose copies a prefetch
-        can start early), at most ``limit`` blocks counted from ``key``. No token is compared:
-        a guess for ``prefetch_guessed``."""
-        blocks = self._run_of.get(key)
+        """A guess of the first tier's slots of a prompt's blocks from its first block's ``key``:
+        the blocks of the last sequence indexed with that first block, past those ``skip(key)``
+        says to pass over (the GPU's own), the leading run the first tier stores (the tier whose
+        copies a prefetch can start early), at most ``limit`` blocks. No token is compared: a
+        guess for ``prefetch_guessed``."""
+        blocks = self._runs.get(key)
         if blocks is None:
             return []
-        at = self._at[key]
-        end = min(at + limit, len(blocks))
+        at, end = 0, min(limit, len(blocks))
         while at < end and skip(blocks[at]):
             at += 1
         slots = self.chain.tiers[0].slots_of(blocks[at:end])    # one lookup: a guess expects hits
