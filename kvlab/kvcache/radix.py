@@ -16,7 +16,9 @@ With ``tiers`` (``kvlab.kvcache.tiers``): an evicted node's pages go down a tier
 hash chained over its path's pages (``block_hasher``, as ``PagedKVCache`` names its blocks), and
 admission continues the tree's match through the tiers page by page; the pages found there are
 held in their tier and loaded into the sequence's fresh pages at its first ``allocate``, then
-inserted into the tree (SGLang HiCache's host level below the radix tree).
+inserted into the tree (SGLang HiCache's host level below the radix tree). Before a prompt's
+pages are hashed, the first tier starts copying the pages of the last path copied down with the
+same first page (``TierReuse.guess_run``: a guess, which the match then checks).
 """
 
 from __future__ import annotations
@@ -106,11 +108,23 @@ class RadixKVCache(SwappablePoolCache):
         self.block_table.append(seq.row, pages)
         seq.node, seq.tokens, seq.num_indexed = node, token_ids, len(pages)
         if self._tiered is not None:           # the match goes on below the GPU
+            self._prefetch_guess(seq.salt, token_ids, hit // self.page_size, usable // self.page_size)
             seq.tier_hits = self._tier_run(seq.salt, token_ids, hit, usable // self.page_size)[0]
             self._tiered.hold(seq.tier_hits)
         seq.hit_tokens = hit + len(seq.tier_hits) * self.page_size
         self._pending[id(seq)] = seq
         return seq.hit_tokens
+
+    def _prefetch_guess(self, salt, token_ids, in_tree: int, usable: int) -> None:
+        """Before the prompt's pages are hashed: from its first page's hash, the first tier starts
+        copying the pages past the ``in_tree`` ones of the last path copied down with that first
+        page (``TierReuse.guess_run``), if the cache has room for them (only a prefetch)."""
+        if usable <= in_tree:
+            return
+        first = self.hasher.chain(self.hasher.root(salt), token_ids[:self.page_size])
+        slots = self._tiered.guess_run(first, usable, start=in_tree)
+        if slots and len(slots) < self.num_available_pages():
+            self._tiered.prefetch_guessed(slots)
 
     def _start_reuse(self, seq: SeqState) -> None:
         if seq.tokens is None:             # allocated without admit: nothing held
@@ -164,8 +178,10 @@ class RadixKVCache(SwappablePoolCache):
                                                        self.clock, seq.priority)
         self.allocator.incref(tree_pages[len(tree_pages) - taken:])   # the tree's own reference
         if taken and self._tiered is not None and self.tiers.policy.offload_on_insert(seq.priority):
-            hashes = self._hashes(seq.salt, seq.tokens, full)[full - taken:]
-            self._tiered.indexed(list(zip(hashes, tree_pages[len(tree_pages) - taken:])), seq.priority)
+            hashes = self._hashes(seq.salt, seq.tokens, full)
+            self._tiered.indexed(list(zip(hashes[full - taken:], tree_pages[len(tree_pages) - taken:])),
+                                 seq.priority)
+            self._tiered.chained(hashes)
         # Where another sequence put the same tokens in the tree first, switch to its pages and
         # free the duplicates (SGLang does the same): equal tokens at equal positions, equal KV.
         for i, tree_page in enumerate(tree_pages[:len(tree_pages) - taken]):
@@ -210,6 +226,7 @@ class RadixKVCache(SwappablePoolCache):
         hashes = self._hashes(salt, tokens, end)
         self._tiered.evicted([(key, page, node.priority)
                                   for key, page in zip(hashes[end - len(node.pages):], node.pages)])
+        self._tiered.chained(hashes)
 
     def _drop_cached(self) -> None:
         self.allocator.decref(self.tree.clear())

@@ -100,26 +100,30 @@ class TierReuse:
 
     def chained(self, blocks: list) -> None:
         """``blocks`` (a sequence's block keys from its first, in order; the list is kept and may
-        grow) were indexed: a later prompt with the same first block is guessed to go on as
-        they do (``guess_run``; the last such sequence counts; at most 256 are kept, the oldest
-        going first)."""
-        if blocks:
-            self._runs.pop(blocks[0], None)
-            self._runs[blocks[0]] = blocks
-            if len(self._runs) > self._max_runs:
-                del self._runs[next(iter(self._runs))]
+        grow) were indexed or copied down: a later prompt with the same first block is guessed to
+        go on as they do (``guess_run``; the last such sequence counts, unless it is a prefix of
+        the one kept; at most 256 are kept, the oldest going first)."""
+        if not blocks:
+            return
+        kept = self._runs.get(blocks[0])
+        if kept is not None and len(kept) >= len(blocks) and kept[len(blocks) - 1] == blocks[-1]:
+            return                        # a prefix of the run kept (chained keys: same last, same all)
+        self._runs.pop(blocks[0], None)
+        self._runs[blocks[0]] = blocks
+        if len(self._runs) > self._max_runs:
+            del self._runs[next(iter(self._runs))]
 
-    def guess_run(self, key, limit: int, skip) -> list[int]:
+    def guess_run(self, key, limit: int, skip=None, start: int = 0) -> list[int]:
         """A guess of the first tier's slots of a prompt's blocks from its first block's ``key``:
-        the blocks of the last sequence indexed with that first block, past those ``skip(key)``
-        says to pass over (the GPU's own), the leading run the first tier stores (the tier whose
-        copies a prefetch can start early), at most ``limit`` blocks. No token is compared: a
-        guess for ``prefetch_guessed``."""
+        the blocks of the last sequence indexed with that first block, past the first ``start``
+        and then those ``skip(key)`` says to pass over (the GPU's own), the leading run the
+        first tier stores (the tier whose copies a prefetch can start early), at most ``limit``
+        blocks. No token is compared: a guess for ``prefetch_guessed``."""
         blocks = self._runs.get(key)
         if blocks is None:
             return []
-        at, end = 0, min(limit, len(blocks))
-        while at < end and skip(blocks[at]):
+        at, end = start, min(limit, len(blocks))
+        while skip is not None and at < end and skip(blocks[at]):
             at += 1
         slots = self.chain.tiers[0].slots_of(blocks[at:end])    # one lookup: a guess expects hits
         return slots[:slots.index(None)] if None in slots else slots
