@@ -311,10 +311,10 @@ def test_a_prefetch_runs_the_loads_own_slice_loops_and_its_copy_becomes_the_load
     tier.prefetch(slots)
     np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:4], shadow[slots])
     assert shapes == unprefetched and placed == []
-    tier.prefetch([1, 2, 4, 5, 6, 7])                   # bank 1 whole: only its rows are placed
+    tier.prefetch([1, 2, 4, 5, 6, 7])                   # bank 1 whole, bank 0's two rows apart
     np.testing.assert_array_equal(np.asarray(tier.load_records([1, 2, 4, 5, 6, 7]))[:6],
                                   shadow[[1, 2, 4, 5, 6, 7]])
-    assert placed == [(4, 2, 3)]
+    assert placed == [(2, 2, 3), (4, 2, 3)], "the parts' two rows in an array of their own, then the bank"
 
 
 def test_a_device_write_of_page_records_sets_those_pages_and_refuses_repeats():
@@ -380,8 +380,9 @@ def test_a_load_hands_whole_banks_to_the_device_write_with_the_rows_it_wants():
         write_rows(device, pages, data, rows)
     make_moves(moves, [tier], read_device=None, write_device=write)
     np.testing.assert_array_equal(device, shadow[slots])
-    assert writes == [(8, [5, 0], [5, 0]), (4, [1, 2, 3, 4], [0, 1, 2, 3])], \
-        "the parts' array first (on the link ahead of the banks), then bank 1 itself, each with its own pages"
+    assert writes == [(2, [5, 0], [1, 0]), (4, [1, 2, 3, 4], [0, 1, 2, 3])], \
+        "the parts' array first (on the link ahead of the banks: two rows, not the load's eight), " \
+        "then bank 1 itself, each with its own pages"
 
 
 @pytest.mark.gpu

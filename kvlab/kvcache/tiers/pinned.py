@@ -144,32 +144,35 @@ class PinnedHostTier(ArrayTier):
         return [len(np.unique(rows)) >= self.whole_bank_share * self._bank_slots for _, _, rows in groups]
 
     def prefetch(self, slots) -> None:
-        """Start the copies a ``load_pieces(slots)`` would make (``BankPrefetches``), in the
-        order the link should carry them: the slice loops of the banks wanted in part, on a
-        worker thread, their slice plans sent ahead of any bank (into one device array laid out
-        as that load's: the same compiled loops); then the DMAs of the banks wanted whole, all
-        but the last of two or more, which ``load_pieces`` sends behind the writes of the others
-        (a write's page list is a small host-to-device copy that waits behind every copy sent
-        before it). Rows and banks a copy already started serves are not copied again (a guess
-        and the admission's own prefetch). The load takes a copy for the rows it wants that were
-        not written since, and drops the copies it does not take. Until then each copy takes its
-        size in device memory (a whole bank's for a bank)."""
-        banks, length = self._storage(), len(pad_slots(slots))
+        """Start the copies a ``load_pieces(slots)`` would make (``BankPrefetches``), in the order the
+        link should carry them: the slice loops of the banks wanted in part, on a worker thread, their
+        slice plans sent ahead of any bank (into one device array laid out as that load's part array,
+        ``part_layout``: the same compiled loops); then the DMAs of the banks wanted whole, all but
+        the last of two or more, which ``load_pieces`` sends behind the writes of the others (a
+        write's page list is a small host-to-device copy that waits behind every copy sent before it).
+        Rows and banks a copy already started serves are not copied again (a guess and the admission's
+        own prefetch). The load takes a copy for the rows it wants that were not written since, and
+        drops the copies it does not take. Until then each copy takes its size in device memory (a
+        whole bank's for a bank)."""
+        banks = self._storage()
         groups = list(self._by_bank(slots))
         whole = self._whole(groups)
-        parts = [(b, rows, at) for (b, at, rows), w in zip(groups, whole)
-                 if not w and not self._prefetches.covers(b, rows)]
-        if parts:
-            plans = [self._slice_plan(rows, at, length) for _, rows, at in parts]
-            self._prefetches.start_rows(parts, functools.partial(
-                self._parts_to_device, [banks[b] for b, _, _ in parts], plans, length))
+        in_part = [g for g, w in zip(groups, whole) if not w]
+        if in_part:
+            length, dsts = part_layout([at for _, at, _ in in_part])
+            parts = [(b, rows, dst) for (b, _, rows), dst in zip(in_part, dsts)
+                     if not self._prefetches.covers(b, rows)]
+            plans = [self._slice_plan(rows, dst, length) for _, rows, dst in parts]
+            if parts:
+                self._prefetches.start_rows(parts, functools.partial(
+                    self._parts_to_device, [banks[b] for b, _, _ in parts], plans, length))
         wanted = [b for (b, _, _), w in zip(groups, whole) if w]
         for b in wanted[:-1] if len(wanted) > 1 else wanted:
             self._prefetches.start_whole(b, functools.partial(jax.device_put, banks[b], self._on_device))
 
     def _slice_plan(self, rows, at, length: int) -> tuple:
-        """``runs``' plan copying bank ``rows`` to positions ``at`` of a ``[length, ...]`` load,
-        on the device (sent now, so it travels ahead of what is sent later)."""
+        """``runs``' plan copying bank ``rows`` to rows ``at`` of a ``[length, ...]`` array, on
+        the device (sent now, so it travels ahead of what is sent later)."""
         return jax.device_put(runs(rows, at, self._run(length), length), self._on_device)
 
     def _parts_to_device(self, banks, plans, length: int) -> jax.Array:
@@ -188,22 +191,23 @@ class PinnedHostTier(ArrayTier):
 
     def load_pieces(self, slots) -> Iterator[RecordPiece]:
         """The records of ``slots`` as pieces on the device, in the order the link carries them:
-        first one array ``[next_pow2(n), ...]`` with the records of the banks wanted in part at
-        their positions, moved in slices (or prefetched: sent ahead of the banks), which the
+        first one array ``[next_pow2(k), ...]`` with the k records of the banks wanted in part
+        (``part_layout``), moved in slices (or prefetched: sent ahead of the banks), which the
         host waits for; then each bank wanted (almost) whole, with the rows wanted of it, moved
         by one ``jax.device_put`` (a DMA at the link's full speed that runs beside the host), or
         prefetched. A bank not prefetched is sent when the caller asks for its piece, after it
         wrote the pieces before: a write's page list then waits on the link only for the banks
         sent before it, and its write runs while the next bank travels. The caller takes the
         pieces before the tier changes (a generator: the copies start at its first step)."""
-        dtype, length = self._storage()[0].dtype, len(pad_slots(slots))
+        dtype = self._storage()[0].dtype          # (ValueError while no page record is bound)
         groups = list(self._by_bank(slots))
         whole = self._whole(groups)
         parts = [g for g, w in zip(groups, whole) if not w]
         if parts:
-            data = self._parts_on_device(parts, length, dtype)
-            at = np.concatenate([at for _, at, _ in parts])
-            yield RecordPiece(data) if len(at) == len(slots) else RecordPiece(data, at, at)
+            length, dsts = part_layout([at for _, at, _ in parts])
+            data = self._parts_on_device(parts, dsts, length, dtype)
+            at, rows = np.concatenate([at for _, at, _ in parts]), np.concatenate(dsts)
+            yield RecordPiece(data) if len(at) == len(slots) else RecordPiece(data, rows, at)
         for (b, at, rows), w in zip(groups, whole):
             if w:
                 yield RecordPiece(self._bank_on_device(b, rows), rows, at)
@@ -225,23 +229,24 @@ class PinnedHostTier(ArrayTier):
             out = _place_rows(out, data, padded(rows, length), pad_distinct(at, length, length))
         return out
 
-    def _parts_on_device(self, groups, length: int, dtype) -> jax.Array:
+    def _parts_on_device(self, groups, dsts, length: int, dtype) -> jax.Array:
         """``[length, ...]`` on the device with the rows of the banks ``groups`` (``_by_bank``'s)
-        wants in part at their positions: from the prefetched copies that serve them (a copy laid
-        out as this load, the usual case, becomes the output itself), the others by slice loops."""
+        wants in part at rows ``dsts`` (``part_layout``'s): from the prefetched copies that serve
+        them (a copy laid out as this one, the usual case, becomes the output itself), the others
+        by slice loops."""
         banks, run = self._storage(), self._run(length)
         by_copy, missing = {}, []
-        for b, at, rows in groups:
+        for (b, _, rows), at in zip(groups, dsts):
             started = self._prefetches.take_rows(b, rows)
             if started is None:
-                missing.append((b, at, rows))
+                missing.append((b, rows, at))
             for copy, positions, wanted in started or ():
                 _, src, dst = by_copy.setdefault(id(copy), (copy, [], []))
                 src.append(positions)
                 dst.append(at[wanted])
         out = self._assembled([RecordPiece(copy, np.concatenate(src), np.concatenate(dst))
                                for copy, src, dst in by_copy.values()], length, dtype)
-        for b, at, rows in missing:
+        for b, rows, at in missing:
             out = self._load(out, banks[b], *self._slice_plan(rows, at, length), run=run)
         return out
 
@@ -250,6 +255,25 @@ class PinnedHostTier(ArrayTier):
         since), else a new DMA."""
         copy = self._prefetches.take_whole(b, rows)
         return copy if copy is not None else jax.device_put(self._storage()[b], self._on_device)
+
+
+def part_layout(positions) -> tuple[int, list[np.ndarray]]:
+    """Where the records of the banks a load wants in part go in their own array: given each
+    bank's positions in the load (``positions``, a list of int arrays, k positions in all), the
+    array's length, ``next_pow2(k)``, and each bank's rows in it: the positions ranked, so a load
+    of such records only keeps its own layout (and one of a few rows takes a few rows, not the
+    load's length).
+
+    Examples:
+        >>> length, rows = part_layout([np.array([7, 2]), np.array([5])])
+        >>> length, [r.tolist() for r in rows]
+        (4, [[2, 0], [1]])
+    """
+    every = np.concatenate(positions)
+    rank = np.empty(len(every), np.int64)
+    rank[np.argsort(every, kind="stable")] = np.arange(len(every))
+    cuts = np.cumsum([len(p) for p in positions])[:-1]
+    return len(pad_slots(every)), np.split(rank, cuts)
 
 
 @functools.partial(jax.jit, donate_argnums=0)
