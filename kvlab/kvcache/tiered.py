@@ -152,9 +152,14 @@ class TierReuse:
         """Load held ``keys``' records into device ``pages`` (one each) and let the keys go."""
         if len(keys) != len(pages):
             raise ValueError(f"load got {len(keys)} keys for {len(pages)} pages")
-        for (level, slot), page in zip(self.chain.take(keys), pages):
-            self._load_into(level, slot, page)
-            self.loads_per_tier[level] += 1
+        found, pages = self.chain.take(keys), list(pages)
+        if not self._loaded.isdisjoint(pages):      # pages loaded already in this plan (_load_into)
+            again = self._loaded.intersection(pages)
+            self._moves = [m for m in self._moves if not (isinstance(m, Load) and m.page in again)]
+        self._moves += [Load(level, slot, page) for (level, slot), page in zip(found, pages)]
+        self._loaded.update(pages)
+        for level in range(len(self.loads_per_tier)):
+            self.loads_per_tier[level] += sum(1 for at, _ in found if at == level)
 
     def _load_into(self, level: int, slot: int, page: int) -> None:
         """Plan a load of ``slot`` of tier ``level`` into device ``page``. A page loaded already in

@@ -168,12 +168,14 @@ class ArrayTier(abc.ABC):
     def touch_all(self, keys) -> None:
         """A use of each of ``keys`` (stored) without a copy (their records are being loaded):
         a hit each."""
-        entries, add = self._entries, self._evictable.add
+        entries, add, clock = self._entries, self._evictable.add, self._clock
         for key in keys:           # a new place in the order (a held record stays parked)
             entry = entries[key]
-            self._hits += 1
-            entry.last_access, entry.hits = self._tick(), entry.hits + 1
+            clock += 1
+            entry.last_access, entry.hits = clock, entry.hits + 1
             add(key, entry)
+        self._hits += clock - self._clock
+        self._clock = clock
 
     def hold_all(self, keys) -> None:
         """Keep each of ``keys`` from being evicted until as many ``unhold_all`` calls; KeyError,
