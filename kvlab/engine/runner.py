@@ -1,17 +1,16 @@
 """ModelRunner: packs a StepPlan into one input buffer and launches the one jitted step.
 
-A step is one dispatch with one host-to-device transfer and one device-to-host transfer, and the
-runner does not wait for it (``prepare`` packs it, ``launch`` returns a ``StepResult``; its
-tokens start travelling to the host at once, and a plan made before they arrive reads them on
-the device: future tokens, ``kvlab.engine.future_tokens``). The runner writes the plan's batch
-(tokens, positions, write slots, query offsets, KV lengths, block-table rows) and the
-block-table cells changed since the previous plan into a single int32 buffer
-(``kvlab.engine.step_inputs``); the jitted step unpacks it, applies the changes to the device
-copy of the cache's block table (donated, like the KV storage), gathers each row's page table
-from it, runs the model and samples. The runner reads nothing but the plan. Steps in which no
-row samples compile without the sampling path (``Sampler`` with None). The weights travel as a
-flat list of arrays and the static parts as one ``StepStatics`` hashed once, so dispatching a
-step costs the launch, not Python.
+A step is one dispatch with one host-to-device and one device-to-host transfer, and the runner
+does not wait for it (``prepare`` packs it, ``launch`` returns a ``StepResult``; its tokens start
+travelling to the host at once, and a plan made before they arrive reads them on the device:
+``kvlab.engine.future_tokens``). The runner writes the plan's batch (tokens, positions, write
+slots, query offsets, KV lengths, block-table rows) and the block-table cells changed since the
+previous plan into one int32 buffer (``kvlab.engine.step_inputs``); the jitted step unpacks it,
+applies the changes to the device copy of the block table (donated, like the KV storage),
+gathers each row's page table, runs the model and samples. The runner reads nothing but the
+plan. Steps in which no row samples compile without the sampling path. The weights travel as a
+flat list of arrays and the static parts as one hashed ``StepStatics``: dispatching a step costs
+the launch, not Python.
 
 Shapes come from the scheduler's padding policy (``kvlab.schedulers.shapes``): with
 ``BucketedShapes`` the number of compilations is bounded by the product of the bucket counts,
@@ -246,11 +245,10 @@ class ModelRunner:
         return PreparedStep(spec, key, shape.tokens, plan.num_steps, inputs, sampling, counts, table, last)
 
     def launch(self, step: PreparedStep, storage) -> tuple[StepResult, object]:
-        """Launch a prepared step over ``storage`` (donated; ``num_steps`` of them for a multi-step
-        plan: the same inputs, each launch told its offset, ``kvlab.engine.decode_burst``)
-        without waiting for it; returns (its ``StepResult``, whose ``result()`` gives what it
-        sampled: tokens [>= plan.num_rows], or ``num_steps`` blocks of them, and
-        log-probabilities when asked, as NumPy arrays; the storage, as the step leaves it)."""
+        """Launch a prepared step over ``storage`` (donated; a multi-step plan's ``num_steps``
+        launches share the inputs, each told its offset: ``kvlab.engine.decode_burst``) without
+        waiting; returns (its ``StepResult``, whose ``result()`` gives tokens [>= num_rows], or
+        ``num_steps`` blocks of them, and log-probabilities when asked; the storage after it)."""
         t0, fresh = self.clock(), step.key not in self._compiled
         table, last, counts, tokens = step.table, step.last, step.counts, []
         jitted = _jitted_step(tuple(sorted(self.xla_options.for_tokens(step.num_tokens))))

@@ -107,9 +107,8 @@ class PagedKVCache(SwappablePoolCache):
         (``TierReuse.guess_run``), if the cache has room for them (the copies are only a
         prefetch; the match decides what is loaded)."""
         first = self.hasher.chain(self.hasher.root(seq.salt), token_ids[:self.page_size])
-        slots = self._tiered.guess_run(first, usable, skip=self.index.by_hash.__contains__)
-        if slots and len(slots) < self.num_available_pages():
-            self._tiered.prefetch_guessed(slots)
+        self._tiered.prefetch_guess(first, usable, self.num_available_pages(),
+                                    skip=self.index.by_hash.__contains__)
 
     def _attached(self, seq: SeqState) -> list[int]:
         """The GPU pages attached at admission (until the sequence starts)."""

@@ -122,9 +122,7 @@ class RadixKVCache(SwappablePoolCache):
         if usable <= in_tree:
             return
         first = self.hasher.chain(self.hasher.root(salt), token_ids[:self.page_size])
-        slots = self._tiered.guess_run(first, usable, start=in_tree)
-        if slots and len(slots) < self.num_available_pages():
-            self._tiered.prefetch_guessed(slots)
+        self._tiered.prefetch_guess(first, usable, self.num_available_pages(), start=in_tree)
 
     def _start_reuse(self, seq: SeqState) -> None:
         if seq.tokens is None:             # allocated without admit: nothing held

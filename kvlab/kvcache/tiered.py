@@ -17,10 +17,10 @@ the executor makes before the next step:
   when the sequence starts and before its pages are found, lets the tiers start those copies.
 
 Before a prompt is hashed whole, a cache may guess where its blocks are (``guess_run``): the
-first tier's copies of a long document then start once its first block is hashed, where hashing and
-matching 2048 blocks take milliseconds of host time. The guess reads the blocks of the last
-sequence the cache indexed with the same first block (``chained``); no token is compared, so the guess is
-only a prefetch (``prefetch_guessed``), and the match that follows decides what is loaded.
+first tier's copies of a long document then start once its first block is hashed, where hashing
+and matching 2048 blocks take milliseconds of host time. The guess reads the blocks of the last
+sequence the cache indexed with the same first block (``chained``); no token is compared, so the
+guess is only a prefetch (``prefetch_guess``), and the match that follows decides what is loaded.
 
 Blocks are keyed by their chained block hash, the GPU index's key, so a tier hit is exactly a
 prefix hit. A page loaded in a plan is never offloaded in the same plan (its device read would
@@ -113,12 +113,19 @@ class TierReuse:
         if len(self._runs) > self._max_runs:
             del self._runs[next(iter(self._runs))]
 
+    def prefetch_guess(self, key, limit: int, room: int, *, skip=None, start: int = 0) -> None:
+        """Let the first tier start copying ``guess_run(key, limit, skip, start)``'s records if
+        the cache has ``room`` for more pages than that: a guess, before the prompt's match."""
+        slots = self.guess_run(key, limit, skip, start)
+        if slots and len(slots) < room:
+            self.chain.tiers[0].prefetch(slots)
+
     def guess_run(self, key, limit: int, skip=None, start: int = 0) -> list[int]:
         """A guess of the first tier's slots of a prompt's blocks from its first block's ``key``:
         the blocks of the last sequence indexed with that first block, past the first ``start``
         and then those ``skip(key)`` says to pass over (the GPU's own), the leading run the
         first tier stores (the tier whose copies a prefetch can start early), at most ``limit``
-        blocks. No token is compared: a guess for ``prefetch_guessed``."""
+        blocks. No token is compared."""
         blocks = self._runs.get(key)
         if blocks is None:
             return []
@@ -127,10 +134,6 @@ class TierReuse:
             at += 1
         slots = self.chain.tiers[0].slots_of(blocks[at:end])    # one lookup: a guess expects hits
         return slots[:slots.index(None)] if None in slots else slots
-
-    def prefetch_guessed(self, slots) -> None:
-        """Let the first tier start copying the records at ``slots`` (``guess_run``'s)."""
-        self.chain.tiers[0].prefetch(slots)
 
     def match(self, keys) -> list[int]:
         """The tier of each block in the leading run of ``keys`` the tiers hold (nothing counted)."""
@@ -152,23 +155,22 @@ class TierReuse:
         """Load held ``keys``' records into device ``pages`` (one each) and let the keys go."""
         if len(keys) != len(pages):
             raise ValueError(f"load got {len(keys)} keys for {len(pages)} pages")
-        found, pages = self.chain.take(keys), list(pages)
-        if not self._loaded.isdisjoint(pages):      # pages loaded already in this plan (_load_into)
+        found = self.chain.take(keys)
+        self._load_all(found, pages)
+        for level, _ in found:
+            self.loads_per_tier[level] += 1
+
+    def _load_all(self, found, pages) -> None:
+        """Plan a load of each ``(tier index, slot)`` of ``found`` into the device page at the
+        same place of ``pages``. A page loaded already in this plan belonged to a sequence freed
+        before the plan ran (its page went back and was taken again): that load is dropped, so
+        one write lands in the page, the last."""
+        pages = list(pages)
+        if not self._loaded.isdisjoint(pages):
             again = self._loaded.intersection(pages)
             self._moves = [m for m in self._moves if not (isinstance(m, Load) and m.page in again)]
-        self._moves += [Load(level, slot, page) for (level, slot), page in zip(found, pages)]
+        self._moves += [Load(level, slot, page) for (level, slot), page in zip(found, pages, strict=True)]
         self._loaded.update(pages)
-        for level in range(len(self.loads_per_tier)):
-            self.loads_per_tier[level] += sum(1 for at, _ in found if at == level)
-
-    def _load_into(self, level: int, slot: int, page: int) -> None:
-        """Plan a load of ``slot`` of tier ``level`` into device ``page``. A page loaded already in
-        this plan belonged to a sequence freed before the plan ran (its page went back and was
-        taken again): that load is dropped, so one write lands in the page, the last."""
-        if page in self._loaded:
-            self._moves = [m for m in self._moves if not (isinstance(m, Load) and m.page == page)]
-        self._moves.append(Load(level, slot, page))
-        self._loaded.add(page)
 
     def evicted(self, blocks) -> None:
         """The GPU evicts cached pages, each ``(key, page, priority)`` of ``blocks`` in order:
@@ -217,12 +219,12 @@ class TierReuse:
     def swap_in(self, keys, pages) -> None:
         """Load held ``keys``' records into device ``pages`` in this plan and forget them (their
         slots are free for later moves, which the move order keeps after the loads)."""
-        for key, page in zip(keys, pages, strict=True):
-            level, slot = self.chain.where(key)
+        found = self.chain.where_all(keys)
+        for key in keys:
             self.chain.unhold_all([key])
-            self._load_into(level, slot, page)
             self.chain.discard(key)
-            self.swapped_in += 1
+        self._load_all(found, pages)
+        self.swapped_in += len(found)
 
     def release_held(self, keys) -> None:
         """Forget held ``keys`` (their sequence ended while swapped out)."""

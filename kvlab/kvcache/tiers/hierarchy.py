@@ -179,11 +179,12 @@ class TierChain:
 
     def prefetch(self, keys) -> None:
         """Tell each tier that the records of ``keys`` (stored) will soon be loaded."""
-        found = [where for where in self.where_all(keys) if where is not None]
-        for level, tier in enumerate(self.tiers):
-            wanted = [slot for at, slot in found if at == level]
-            if wanted:
-                tier.prefetch(wanted)
+        slots: dict[int, list[int]] = {}
+        for where in self.where_all(keys):
+            if where is not None:
+                slots.setdefault(where[0], []).append(where[1])
+        for level, wanted in slots.items():
+            self.tiers[level].prefetch(wanted)
 
     def take(self, keys) -> list[tuple[int, int]]:
         """``(tier index, slot)`` of each of held ``keys``, whose records are being loaded: a hit

@@ -162,8 +162,8 @@ class PinnedHostTier(ArrayTier):
             length, dsts = part_layout([at for _, at, _ in in_part])
             parts = [(b, rows, dst) for (b, _, rows), dst in zip(in_part, dsts)
                      if not self._prefetches.covers(b, rows)]
-            plans = [self._slice_plan(rows, dst, length) for _, rows, dst in parts]
             if parts:
+                plans = [self._slice_plan(rows, dst, length) for _, rows, dst in parts]
                 self._prefetches.start_rows(parts, functools.partial(
                     self._parts_to_device, [banks[b] for b, _, _ in parts], plans, length))
         wanted = [b for (b, _, _), w in zip(groups, whole) if w]
@@ -273,7 +273,7 @@ def part_layout(positions) -> tuple[int, list[np.ndarray]]:
     rank = np.empty(len(every), np.int64)
     rank[np.argsort(every, kind="stable")] = np.arange(len(every))
     cuts = np.cumsum([len(p) for p in positions])[:-1]
-    return len(pad_slots(every)), np.split(rank, cuts)
+    return len(pad_slots(every)), np.split(rank, cuts)      # next_pow2(k), as a load pads
 
 
 @functools.partial(jax.jit, donate_argnums=0)
