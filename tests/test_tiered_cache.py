@@ -314,7 +314,37 @@ def test_a_prefetch_runs_the_loads_own_slice_loops_and_its_copy_becomes_the_load
     tier.prefetch([1, 2, 4, 5, 6, 7])                   # bank 1 whole, bank 0's two rows apart
     np.testing.assert_array_equal(np.asarray(tier.load_records([1, 2, 4, 5, 6, 7]))[:6],
                                   shadow[[1, 2, 4, 5, 6, 7]])
-    assert placed == [(2, 2, 3), (4, 2, 3)], "the parts' two rows in an array of their own, then the bank"
+    assert placed == [(4, 2, 3), (4, 2, 3)], "the parts' two rows from a part array, then the bank"
+
+
+def test_the_rows_wanted_in_part_come_in_part_arrays_of_one_shape(monkeypatch):
+    """Whatever number of rows a load wants of banks it wants in part, they come in part arrays
+    of ``part_bytes`` (here two records each), in the load's order, the last padded: one shape
+    for the slice loops and for the device write however the document lies across the banks
+    (a new shape per load would compile the copies and the write again)."""
+    record = np.zeros((2, 3), np.float32)
+    tier = PinnedHostTier(16, record, bank_bytes=8 * record.nbytes, part_bytes=2 * record.nbytes)
+    shadow = np.arange(16 * 6, dtype=np.float32).reshape(16, 2, 3)
+    tier.write_rows(list(range(16)), shadow)
+    shapes = []
+    real_load = tier._load
+    tier._load = lambda out, bank, *plan, run: (shapes.append((out.shape, run))
+                                                or real_load(out, bank, *plan, run=run))
+    for slots in ([3], [7, 8], [6, 7, 8, 9, 10], [12, 1, 2, 13, 3]):
+        for prefetched in (False, True):
+            if prefetched:
+                tier.prefetch(slots)
+            pieces = list(tier.load_pieces(slots))
+            assert len(pieces) == -(-len(slots) // 2)
+            assert all(p.data.shape == (2, 2, 3) for p in pieces)
+            assert [sorted(piece.positions.tolist()) for piece in pieces] == \
+                [list(range(len(slots)))[c:c + 2] for c in range(0, len(slots), 2)]
+            for piece in pieces:
+                np.testing.assert_array_equal(np.asarray(piece.data)[piece.rows],
+                                              shadow[np.asarray(slots)[piece.positions]])
+    assert {shape for shape, _ in shapes} == {(2, 2, 3)} and len({run for _, run in shapes}) == 1
+    with pytest.raises(ValueError, match="part_bytes >= 1"):
+        PinnedHostTier(4, part_bytes=0)
 
 
 def test_a_device_write_of_page_records_sets_those_pages_and_refuses_repeats():
@@ -368,7 +398,7 @@ def test_a_device_write_of_rows_sets_exactly_those_pages(wanted):
 def test_a_load_hands_whole_banks_to_the_device_write_with_the_rows_it_wants():
     """``make_moves`` over a pinned tier: each bank a load wants whole reaches the device write
     as it is, with the rows wanted of it (no assembled copy of the load), the banks wanted in
-    part as one array; every page gets its own record."""
+    part in a part array; every page gets its own record."""
     tier, shadow = _banked_tier()
     slots = [9, 4, 5, 6, 7, 1]                          # bank 1 whole, banks 0 and 2 in part
     moves = [Load(0, slot, page) for page, slot in enumerate(slots)]
@@ -380,8 +410,8 @@ def test_a_load_hands_whole_banks_to_the_device_write_with_the_rows_it_wants():
         write_rows(device, pages, data, rows)
     make_moves(moves, [tier], read_device=None, write_device=write)
     np.testing.assert_array_equal(device, shadow[slots])
-    assert writes == [(2, [5, 0], [1, 0]), (4, [1, 2, 3, 4], [0, 1, 2, 3])], \
-        "the parts' array first (on the link ahead of the banks: two rows, not the load's eight), " \
+    assert writes == [(4, [5, 0], [1, 0]), (4, [1, 2, 3, 4], [0, 1, 2, 3])], \
+        "the part array first (on the link ahead of the banks; part_rows, not the load's eight), " \
         "then bank 1 itself, each with its own pages"
 
 

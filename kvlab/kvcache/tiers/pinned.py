@@ -9,7 +9,8 @@ link's full speed that runs beside the host, and the device write takes its rows
 queued behind its own copy and runs while the next bank travels); other records move by jitted
 loops of slices, up to ``slice_bytes`` (default 32 MiB) of records whose slots and rows follow
 each other: a dynamic slice of a bank moved to the device (``jax.device_put`` inside the jit)
-into one device array, which holds the calling thread until it has landed. An offload is a
+into part arrays of up to ``part_bytes`` (default 256 MiB; one shape for every load, so nothing
+new to compile), which hold the calling thread until they have landed. An offload is a
 dynamic-update-slice of device records into the (donated) bank. ``prefetch`` starts a
 sequence's copies as soon as it is known to start, before its pages are found: the slice loops
 on a worker thread (``kvlab.kvcache.tiers.bank_prefetch``), then the whole-bank DMAs but the
@@ -49,6 +50,7 @@ from kvlab.kvcache.tiers.slice_copies import copy_slices, padded, runs
 
 RUN_BYTES = 32 << 20      # records whose slots follow each other move in slices of up to this size
 BANK_BYTES = 1 << 30      # records are kept in pinned arrays of up to this size (banks)
+PART_BYTES = 256 << 20    # the records a load wants of banks it wants in part go in arrays of this size
 WHOLE_BANK_SHARE = 7 / 8  # a load wanting this share of a bank's rows moves the whole bank
 
 
@@ -58,12 +60,14 @@ class PinnedHostTier(ArrayTier):
     loads and offloads run at the host link's speed. Records in consecutive slots move in slices
     of up to ``slice_bytes``; the records are kept in pinned arrays (banks) of up to
     ``bank_bytes``; a load that wants ``whole_bank_share`` of a bank's rows or more moves the bank
-    whole (above 1: never)."""
+    whole (above 1: never), and the rows it wants of the other banks in device arrays of up to
+    ``part_bytes`` (one shape: one compilation of the copies and of the device write)."""
 
     def __init__(self, num_pages: int, page_record=None, eviction=None, *, device=None,
                  slice_bytes: int = RUN_BYTES, bank_bytes: int = BANK_BYTES,
-                 whole_bank_share: float = WHOLE_BANK_SHARE):
-        for name, value in (("slice_bytes", slice_bytes), ("bank_bytes", bank_bytes)):
+                 whole_bank_share: float = WHOLE_BANK_SHARE, part_bytes: int = PART_BYTES):
+        sizes = (("slice_bytes", slice_bytes), ("bank_bytes", bank_bytes), ("part_bytes", part_bytes))
+        for name, value in sizes:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"PinnedHostTier needs {name} >= 1 (bytes), got {value!r}")
         if isinstance(whole_bank_share, bool) or not isinstance(whole_bank_share, numbers.Real) \
@@ -71,6 +75,7 @@ class PinnedHostTier(ArrayTier):
             raise ValueError(f"PinnedHostTier needs whole_bank_share > 0 (the share of a bank's rows a load "
                              f"must want to move the bank whole; above 1: never), got {whole_bank_share!r}")
         self.slice_bytes, self.bank_bytes, self.whole_bank_share = slice_bytes, bank_bytes, whole_bank_share
+        self.part_bytes = part_bytes
         self.device = device or jax.devices()[0]
         self._pinned = SingleDeviceSharding(self.device, memory_kind="pinned_host")
         self._on_device = SingleDeviceSharding(self.device)
@@ -84,6 +89,7 @@ class PinnedHostTier(ArrayTier):
     def _new_records(self, shape, dtype):
         record_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         self._bank_slots = max(1, min(self.num_pages, self.bank_bytes // record_bytes))
+        self._part_rows = max(1, min(self._bank_slots, self.part_bytes // record_bytes))
         num_banks = -(-self.num_pages // self._bank_slots)
         return tuple(jax.device_put(np.zeros((self._bank_slots, *shape), dtype), self._pinned)
                      for _ in range(num_banks))
@@ -146,43 +152,41 @@ class PinnedHostTier(ArrayTier):
     def prefetch(self, slots) -> None:
         """Start the copies a ``load_pieces(slots)`` would make (``BankPrefetches``), in the order the
         link should carry them: the slice loops of the banks wanted in part, on a worker thread, their
-        slice plans sent ahead of any bank (into one device array laid out as that load's part array,
-        ``part_layout``: the same compiled loops); then the DMAs of the banks wanted whole, all but
-        the last of two or more, which ``load_pieces`` sends behind the writes of the others (a
-        write's page list is a small host-to-device copy that waits behind every copy sent before it).
-        Rows and banks a copy already started serves are not copied again (a guess and the admission's
-        own prefetch). The load takes a copy for the rows it wants that were not written since, and
+        slice plans sent ahead of any bank (into the load's own part arrays, ``part_chunks``: the
+        same compiled loops); then the DMAs of the banks wanted whole, all but the last of two or
+        more, which ``load_pieces`` sends behind the writes of the others (a write's page list is a
+        small host-to-device copy that waits behind every copy sent before it). Rows and banks a
+        copy already started serves are not copied again (a guess and the admission's own
+        prefetch). The load takes a copy for the rows it wants that were not written since, and
         drops the copies it does not take. Until then each copy takes its size in device memory (a
-        whole bank's for a bank)."""
+        whole bank's for a bank, ``part_bytes`` for a part array)."""
         banks = self._storage()
         groups = list(self._by_bank(slots))
         whole = self._whole(groups)
         in_part = [g for g, w in zip(groups, whole) if not w]
-        if in_part:
-            length, dsts = part_layout([at for _, at, _ in in_part])
-            parts = [(b, rows, dst) for (b, _, rows), dst in zip(in_part, dsts)
-                     if not self._prefetches.covers(b, rows)]
+        for chunk in part_chunks([at for _, at, _ in in_part], self._part_rows):
+            parts = [(in_part[i][0], in_part[i][2][sel], dst) for i, sel, dst in chunk]
+            parts = [(b, rows, dst) for b, rows, dst in parts if not self._prefetches.covers(b, rows)]
             if parts:
-                plans = [self._slice_plan(rows, dst, length) for _, rows, dst in parts]
+                plans = [self._slice_plan(rows, dst) for _, rows, dst in parts]
                 self._prefetches.start_rows(parts, functools.partial(
-                    self._parts_to_device, [banks[b] for b, _, _ in parts], plans, length))
+                    self._parts_to_device, [banks[b] for b, _, _ in parts], plans))
         wanted = [b for (b, _, _), w in zip(groups, whole) if w]
         for b in wanted[:-1] if len(wanted) > 1 else wanted:
             self._prefetches.start_whole(b, functools.partial(jax.device_put, banks[b], self._on_device))
 
-    def _slice_plan(self, rows, at, length: int) -> tuple:
-        """``runs``' plan copying bank ``rows`` to rows ``at`` of a ``[length, ...]`` array, on
-        the device (sent now, so it travels ahead of what is sent later)."""
-        return jax.device_put(runs(rows, at, self._run(length), length), self._on_device)
+    def _slice_plan(self, rows, at) -> tuple:
+        """``runs``' plan copying bank ``rows`` to rows ``at`` of a part array, on the device
+        (sent now, so it travels ahead of what is sent later)."""
+        return jax.device_put(runs(rows, at, self._run(self._part_rows), self._part_rows), self._on_device)
 
-    def _parts_to_device(self, banks, plans, length: int) -> jax.Array:
-        """``[length, ...]`` on the device holding, for each bank's array of ``banks``, the rows
-        its ``_slice_plan`` of ``plans`` copies: the slice loops ``load_pieces`` runs for a
-        load of ``length`` rows."""
-        out = jnp.zeros((length, *self.shape), banks[0].dtype, device=self._on_device)
-        run = self._run(length)
+    def _parts_to_device(self, banks, plans) -> jax.Array:
+        """A part array ``[part_rows, ...]`` on the device holding, for each bank's array of
+        ``banks``, the rows its ``_slice_plan`` of ``plans`` copies: the slice loops
+        ``load_pieces`` runs."""
+        out = jnp.zeros((self._part_rows, *self.shape), banks[0].dtype, device=self._on_device)
         for bank, plan in zip(banks, plans):
-            out = self._load(out, bank, *plan, run=run)
+            out = self._load(out, bank, *plan, run=self._run(self._part_rows))
         return out
 
     def clear(self) -> None:
@@ -191,23 +195,28 @@ class PinnedHostTier(ArrayTier):
 
     def load_pieces(self, slots) -> Iterator[RecordPiece]:
         """The records of ``slots`` as pieces on the device, in the order the link carries them:
-        first one array ``[next_pow2(k), ...]`` with the k records of the banks wanted in part
-        (``part_layout``), moved in slices (or prefetched: sent ahead of the banks), which the
-        host waits for; then each bank wanted (almost) whole, with the rows wanted of it, moved
-        by one ``jax.device_put`` (a DMA at the link's full speed that runs beside the host), or
-        prefetched. A bank not prefetched is sent when the caller asks for its piece, after it
-        wrote the pieces before: a write's page list then waits on the link only for the banks
-        sent before it, and its write runs while the next bank travels. The caller takes the
-        pieces before the tier changes (a generator: the copies start at its first step)."""
+        first the records of the banks wanted in part, in the load's order, ``part_rows`` of them
+        in each part array ``[part_rows, ...]`` (``part_chunks``: one shape for every load, so
+        nothing new to compile however many rows it wants), moved in slices (or prefetched: sent
+        ahead of the banks), which the host waits for; then each bank wanted (almost) whole,
+        with the rows wanted of it, moved by one ``jax.device_put`` (a DMA at the link's full
+        speed that runs beside the host), or prefetched. A bank not prefetched is sent when the
+        caller asks for its piece, after it wrote the pieces before: a write's page list then
+        waits on the link only for the banks sent before it, and its write runs while the next
+        bank travels. The caller takes the pieces before the tier changes (a generator: the
+        copies start at its first step)."""
         dtype = self._storage()[0].dtype          # (ValueError while no page record is bound)
         groups = list(self._by_bank(slots))
         whole = self._whole(groups)
         parts = [g for g, w in zip(groups, whole) if not w]
-        if parts:
-            length, dsts = part_layout([at for _, at, _ in parts])
-            data = self._parts_on_device(parts, dsts, length, dtype)
-            at, rows = np.concatenate([at for _, at, _ in parts]), np.concatenate(dsts)
-            yield RecordPiece(data) if len(at) == len(slots) else RecordPiece(data, rows, at)
+        taken = {}
+        for chunk in part_chunks([at for _, at, _ in parts], self._part_rows):
+            for i, _, _ in chunk:
+                if i not in taken:                # a bank's started copies, waited for once
+                    taken[i] = self._prefetches.take_rows(parts[i][0], parts[i][2])
+            data = self._chunk_on_device([(parts[i], sel, dst, taken[i]) for i, sel, dst in chunk], dtype)
+            yield RecordPiece(data, np.concatenate([dst for _, _, dst in chunk]),
+                              np.concatenate([parts[i][1][sel] for i, sel, _ in chunk]))
         for (b, at, rows), w in zip(groups, whole):
             if w:
                 yield RecordPiece(self._bank_on_device(b, rows), rows, at)
@@ -229,25 +238,30 @@ class PinnedHostTier(ArrayTier):
             out = _place_rows(out, data, padded(rows, length), pad_distinct(at, length, length))
         return out
 
-    def _parts_on_device(self, groups, dsts, length: int, dtype) -> jax.Array:
-        """``[length, ...]`` on the device with the rows of the banks ``groups`` (``_by_bank``'s)
-        wants in part at rows ``dsts`` (``part_layout``'s): from the prefetched copies that serve
-        them (a copy laid out as this one, the usual case, becomes the output itself), the others
-        by slice loops."""
-        banks, run = self._storage(), self._run(length)
+    def _chunk_on_device(self, chunk, dtype) -> jax.Array:
+        """A part array ``[part_rows, ...]`` on the device: for each ``(group, sel, dst, started)``
+        of ``chunk``, the rows ``sel`` (indices into its rows) of a ``_by_bank`` group at rows
+        ``dst``, from the prefetched copies that serve the group (``take_rows``' ``started``; a
+        copy laid out as this array, the usual case, becomes the array itself), or by slice loops
+        when none do."""
         by_copy, missing = {}, []
-        for (b, _, rows), at in zip(groups, dsts):
-            started = self._prefetches.take_rows(b, rows)
+        for (b, _, rows), sel, dst, started in chunk:
             if started is None:
-                missing.append((b, rows, at))
-            for copy, positions, wanted in started or ():
-                _, src, dst = by_copy.setdefault(id(copy), (copy, [], []))
-                src.append(positions)
-                dst.append(at[wanted])
-        out = self._assembled([RecordPiece(copy, np.concatenate(src), np.concatenate(dst))
-                               for copy, src, dst in by_copy.values()], length, dtype)
-        for b, rows, at in missing:
-            out = self._load(out, banks[b], *self._slice_plan(rows, at, length), run=run)
+                missing.append((b, rows[sel], dst))
+                continue
+            to = np.full(len(rows), -1, np.int64)
+            to[sel] = dst                         # a row of the group -> its row here, or -1
+            for copy, positions, wanted in started:
+                keep = to[wanted] >= 0
+                if keep.any():
+                    _, src, at = by_copy.setdefault(id(copy), (copy, [], []))
+                    src.append(positions[keep])
+                    at.append(to[wanted][keep])
+        out = self._assembled([RecordPiece(copy, np.concatenate(src), np.concatenate(at))
+                               for copy, src, at in by_copy.values()], self._part_rows, dtype)
+        for b, rows, dst in missing:
+            out = self._load(out, self._storage()[b], *self._slice_plan(rows, dst),
+                             run=self._run(self._part_rows))
         return out
 
     def _bank_on_device(self, b: int, rows) -> jax.Array:
@@ -257,23 +271,29 @@ class PinnedHostTier(ArrayTier):
         return copy if copy is not None else jax.device_put(self._storage()[b], self._on_device)
 
 
-def part_layout(positions) -> tuple[int, list[np.ndarray]]:
-    """Where the records of the banks a load wants in part go in their own array: given each
-    bank's positions in the load (``positions``, a list of int arrays, k positions in all), the
-    array's length, ``next_pow2(k)``, and each bank's rows in it: the positions ranked, so a load
-    of such records only keeps its own layout (and one of a few rows takes a few rows, not the
-    load's length).
+def part_chunks(positions, rows_per_chunk: int) -> list[list[tuple[int, np.ndarray, np.ndarray]]]:
+    """Where the records of the banks a load wants in part go: given each bank's positions in
+    the load (``positions``, a list of int arrays, k positions in all), the records in the load's
+    order cut into part arrays of ``rows_per_chunk`` rows (the last padded), and for each array
+    ``[(bank index, sel, rows)]``: the bank's positions ``sel`` (indices into its positions) go to
+    ``rows`` of that array.
 
     Examples:
-        >>> length, rows = part_layout([np.array([7, 2]), np.array([5])])
-        >>> length, [r.tolist() for r in rows]
-        (4, [[2, 0], [1]])
+        >>> chunks = part_chunks([np.array([7, 2]), np.array([5])], rows_per_chunk=2)
+        >>> [[(i, sel.tolist(), rows.tolist()) for i, sel, rows in c] for c in chunks]
+        [[(0, [1], [0]), (1, [0], [1])], [(0, [0], [0])]]
     """
+    if not positions:
+        return []
     every = np.concatenate(positions)
     rank = np.empty(len(every), np.int64)
     rank[np.argsort(every, kind="stable")] = np.arange(len(every))
-    cuts = np.cumsum([len(p) for p in positions])[:-1]
-    return len(pad_slots(every)), np.split(rank, cuts)      # next_pow2(k), as a load pads
+    chunks = [[] for _ in range(-(-len(every) // rows_per_chunk))]
+    for i, ranks in enumerate(np.split(rank, np.cumsum([len(p) for p in positions])[:-1])):
+        for c in np.unique(ranks // rows_per_chunk):
+            sel = np.flatnonzero(ranks // rows_per_chunk == c)
+            chunks[c].append((i, sel, ranks[sel] - c * rows_per_chunk))
+    return chunks
 
 
 @functools.partial(jax.jit, donate_argnums=0)
