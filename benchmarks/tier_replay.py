@@ -6,7 +6,7 @@ the host-to-device bandwidth measured in the same run.
 
     python benchmarks/tier_replay.py [--shapes llama-3.2-1b llama-3.1-8b] [--lengths 8192 16384 32768]
                                      [--policies write-back write-through] [--first-tier pinned numpy]
-                                     [--layer-loop default scan]
+                                     [--layer-loop default scan] [--page-size 16]
 
 Random bf16 weights and random token ids (a replay measures time, not text). The GPU cache holds
 1.25 documents, the host tier four, so asking documents B and C after A evicts A's pages to the
@@ -51,7 +51,7 @@ def llama_3_1_8b() -> ModelConfig:
 
 
 SHAPES = {"llama-3.2-1b": ModelConfig.llama_3_2_1b, "llama-3.1-8b": llama_3_1_8b, "tiny": ModelConfig.tiny}
-PAGE = 16
+PAGE = 16                # tokens a page (vLLM's default; TensorRT-LLM's blocks are 64)
 POLICIES = {"write-back": WriteBackOnEviction(), "write-through": WriteThrough()}
 TIERS = {"numpy": HostMemoryTier, "pinned": PinnedHostTier}
 LAYER_LOOPS = {"default": default_layer_loop, "scan": ScanLayers}
@@ -162,13 +162,13 @@ class LaunchClock:
 
 
 def replay(model, length: int, reps: int, chunk: int, policy, warmup: int, tier_type,
-           freeze: bool = True) -> dict:
+           freeze: bool = True, page_size: int = PAGE) -> dict:
     c = model.config
-    doc_pages = length // PAGE + 1
+    doc_pages = length // page_size + 1
     host = TierChain(tiers=[tier_type(num_pages=4 * doc_pages)], policy=policy)
-    cache = kvlab.PagedKVCache(num_pages=doc_pages * 5 // 4 + 8, page_size=PAGE, prefix_caching=True,
-                               tiers=host)
-    engine = kvlab.Engine(model, cache=cache, max_model_len=length + 2 * PAGE,
+    cache = kvlab.PagedKVCache(num_pages=doc_pages * 5 // 4 + max(1, 128 // page_size), page_size=page_size,
+                               prefix_caching=True, tiers=host)
+    engine = kvlab.Engine(model, cache=cache, max_model_len=length + 2 * page_size,
                           scheduler=kvlab.ChunkedScheduler(max_num_seqs=1, max_num_batched_tokens=chunk))
     rng = np.random.default_rng(length)
     rows = {"cold": [], "warm_gpu": [], "warm_host": [], "host_before_load": [], "load_launch": []}
@@ -204,7 +204,7 @@ def replay(model, length: int, reps: int, chunk: int, policy, warmup: int, tier_
     print(f"  L={length} copies of the warm-from-host ask, synchronised: {load_s * 1e3:.1f} ms "
           f"({pages} pages in, {offloads} out; "
           + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in phases.items()) + ")", flush=True)
-    page_bytes = PAGE * kv_bytes_per_token(c, jnp.bfloat16)
+    page_bytes = page_size * kv_bytes_per_token(c, jnp.bfloat16)
     med = {k: float(np.median(v)) for k, v in rows.items()}
     med.update(copies=load_s, loaded_pages=pages, offloaded_pages=offloads,
                write=phases.get("write_pages", 0.0), load=phases.get("load_pieces", 0.0))
@@ -224,6 +224,8 @@ def main():
                     help="untimed rounds first (compilation; the third round is the first whose "
                          "document lies across a bank the tier fills in part, at the 8B shape)")
     ap.add_argument("--chunk", type=int, default=8192, help="prefill chunk (max_num_batched_tokens)")
+    ap.add_argument("--page-size", type=int, default=PAGE,
+                    help="tokens a page (the host's bookkeeping is per page)")
     ap.add_argument("--policies", nargs="+", choices=sorted(POLICIES), default=["write-back"])
     ap.add_argument("--first-tier", nargs="+", choices=sorted(TIERS), default=["pinned"])
     ap.add_argument("--layer-loop", choices=sorted(LAYER_LOOPS), default="default",
@@ -250,21 +252,23 @@ def main():
             for policy in args.policies:
                 for tier in args.first_tier:
                     r = replay(model, length, args.reps, args.chunk, POLICIES[policy], args.warmup,
-                               tier_factory(tier, args.slice_mib, args.bank_mib), not args.no_freeze_heap)
-                    r["shape"], r["policy"], r["tier"] = shape, policy, tier
+                               tier_factory(tier, args.slice_mib, args.bank_mib), not args.no_freeze_heap,
+                               args.page_size)
+                    r["shape"], r["policy"], r["tier"], r["page_size"] = shape, policy, tier, args.page_size
                     results.append(r)
         del model
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev.device_kind, "jax": jax.__version__, "copies_gbps": bw,
                        "rows": results}, f, indent=1)
-    print("\n| shape | host tier | offload policy | document tokens | TTFT cold | warm on GPU |"
+    print("\n| shape | host tier | offload policy | page | document tokens | TTFT cold | warm on GPU |"
           " warm from host | cold / host | host work before the load (launch) | KV loaded |"
           " page copies of the step, synchronised (in and out) |"
           " of which tier load | device write | write GB/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['shape']} | {r['tier']} | {r['policy']} | {r['length']} | {r['cold'] * 1e3:.1f} ms | "
+        print(f"| {r['shape']} | {r['tier']} | {r['policy']} | {r['page_size']} | {r['length']} | "
+              f"{r['cold'] * 1e3:.1f} ms | "
               f"{r['warm_gpu'] * 1e3:.1f} ms | "
               f"{r['warm_host'] * 1e3:.1f} ms | {r['speedup_host']:.1f}x | "
               f"{r['host_before_load'] * 1e3:.1f} ms "

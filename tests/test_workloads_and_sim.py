@@ -147,8 +147,8 @@ def test_the_engine_host_benchmark_times_every_phase_per_decode_step(capsys):
     assert all(float(cell) > 0 for r in rows for cell in r[2:])
 
 
-@pytest.mark.parametrize("first_tier", ["numpy", "pinned"])
-def test_the_tier_replay_loads_an_evicted_document_back_from_the_host(first_tier):
+@pytest.mark.parametrize("first_tier,page_size", [("numpy", 16), ("pinned", 16), ("pinned", 64)])
+def test_the_tier_replay_loads_an_evicted_document_back_from_the_host(first_tier, page_size):
     """``benchmarks/tier_replay.py`` on the tiny model (CPU): the document re-asked after two
     others evicted it from the GPU is loaded back whole from the host tier (every full page of
     it; with the pinned tier through its prefetch), and the timings come out positive (the tier's
@@ -161,8 +161,9 @@ def test_the_tier_replay_loads_an_evicted_document_back_from_the_host(first_tier
         sys.path.pop(0)
     row = module.replay(LlamaModel(ModelConfig.tiny(), seed=0), 256, reps=1, chunk=64,
                         policy=module.POLICIES["write-through"], warmup=1,
-                        tier_type=module.tier_factory(first_tier, None, None), freeze=False)
-    assert row["loaded_pages"] == 256 // module.PAGE and row["loaded_bytes"] > 0
+                        tier_type=module.tier_factory(first_tier, None, None), freeze=False,
+                        page_size=page_size)
+    assert row["loaded_pages"] == 256 // page_size and row["loaded_bytes"] > 0
     assert min(row[k] for k in ("cold", "warm_gpu", "warm_host", "host_before_load", "load", "write")) > 0
 
 
