@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import examples
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -141,16 +141,25 @@ def slot_stretches(draw):
 
 
 @settings(max_examples=15, deadline=None)
-@given(slot_stretches(), st.integers(1, 4), st.sampled_from([2, 5, 16]))
-def test_pinned_copies_in_slices_match_numpy(slots, records_per_slice, records_per_bank):
-    """Slots that step by one (up or down) move as slices, the rest one by one, bank by bank, and
-    a bank a load wants whole in one copy: loads and offloads still equal NumPy's indexing."""
+@given(slot_stretches(), st.integers(1, 4), st.sampled_from([2, 5, 16]), st.integers(1, 6), st.booleans(),
+       slot_stretches())
+@example([2, 4, 0, 6], 1, 2, 2, False, [2, 6])      # a guessed copy read by two part arrays
+def test_pinned_copies_in_slices_match_numpy(slots, records_per_slice, records_per_bank, records_per_part,
+                                             prefetched, guessed):
+    """Slots that step by one (up or down) move as slices, the rest one by one, bank by bank, a
+    bank a load wants whole in one copy, the rows of the others in part arrays, prefetched or
+    not (and after a prefetch of other slots, as a wrong guess makes): loads and offloads still
+    equal NumPy's indexing."""
     record = np.zeros((2, 3), np.float32)
     tier = PinnedHostTier(16, record, slice_bytes=records_per_slice * record.nbytes,
-                          bank_bytes=records_per_bank * record.nbytes)
+                          bank_bytes=records_per_bank * record.nbytes,
+                          part_bytes=records_per_part * record.nbytes)
     assert len(tier.records) == -(-16 // records_per_bank)
     shadow = np.arange(16 * 6, dtype=np.float32).reshape(16, 2, 3)
     tier.write_rows(list(range(16)), shadow)
+    tier.prefetch(guessed)
+    if prefetched:
+        tier.prefetch(slots)
     np.testing.assert_array_equal(np.asarray(tier.load_records(slots))[:len(slots)], shadow[slots])
     data = -np.arange(len(slots) * 6, dtype=np.float32).reshape(-1, 2, 3)
     tier.store_records(slots, jax.device_put(data), np.arange(len(slots)))

@@ -21,8 +21,8 @@ Examples:
     >>> pre = BankPrefetches()
     >>> copy = lambda: bank[[4, 1]] * 10                  # rows 4 and 1 of bank 0, at 0 and 1
     >>> pre.start_rows([(0, [4, 1], [0, 1])], copy)
-    >>> [(data[at].tolist(), wanted.tolist()) for data, at, wanted in pre.take_rows(0, [1, 4])]
-    [([10, 40], [0, 1])]
+    >>> [(data[at].tolist(), wanted.tolist(), banks) for data, at, wanted, banks in pre.take_rows(0, [1, 4])]
+    [([10, 40], [0, 1], {0})]
     >>> pre.start_rows([(0, [4, 1], [0, 1])], copy)
     >>> pre.written(0, [4]); pre.take_rows(0, [1, 4]) is None        # row 4 changed since
     True
@@ -105,11 +105,11 @@ class BankPrefetches:
         return started.result()
 
     def take_rows(self, b: int, rows):
-        """``[(copy, positions, wanted)]``: the started copies of bank ``b``'s rows that together
-        serve all of ``rows``, waited for, each with the rows of it to take (``positions``) and
-        where they go among ``rows`` (``wanted``); None when they do not serve them all. Every
-        copy of the bank is taken (once for this bank; a copy of several banks stays for the
-        others)."""
+        """``[(copy, positions, wanted, banks)]``: the started copies of bank ``b``'s rows that
+        together serve all of ``rows``, waited for, each with the rows of it to take
+        (``positions``), where they go among ``rows`` (``wanted``) and the banks it holds rows of;
+        None when they do not serve them all. Every copy of the bank is taken (once for this bank;
+        a copy of several banks stays for the others)."""
         copies = [(c, c.result()) for c in self._rows.pop(b, [])]
         copies = [(c, data) for c, data in copies if data is not None]
         picked: dict[int, tuple[list, list]] = {}
@@ -120,8 +120,8 @@ class BankPrefetches:
             positions, wanted = picked.setdefault(j, ([], []))
             positions.append(copies[j][0].position[b, row])
             wanted.append(i)
-        return [(copies[j][1], np.asarray(p, np.int64), np.asarray(w, np.int64))
-                for j, (p, w) in picked.items()]
+        return [(copies[j][1], np.asarray(p, np.int64), np.asarray(w, np.int64),
+                 {bank for bank, _ in copies[j][0].position}) for j, (p, w) in picked.items()]
 
     def clear(self) -> None:
         """Drop every copy, the running ones waited for."""

@@ -14,10 +14,9 @@ new to compile), which hold the calling thread until they have landed. An offloa
 dynamic-update-slice of device records into the (donated) bank. ``prefetch`` starts a
 sequence's copies as soon as it is known to start, before its pages are found: the slice loops
 on a worker thread (``kvlab.kvcache.tiers.bank_prefetch``), then the whole-bank DMAs but the
-last, which goes behind the writes of the others. On the lent H200 (2026-12-03) the 2048
-records of a 32k-token document (4.29 GB, Llama-3-8B shape) reached the device in 87.5 ms as
-four whole banks of 1 GiB (49 GB/s) and in 97 ms in slices (44 GB/s); smaller banks were
-slower (256 MiB: 36 GB/s; docs/benchmarks.md has the rest). Host reads (``read_rows``, for a
+last, which goes behind the writes of the others. On the lent H200 a 32k-token document of the
+Llama-3-8B shape (4.29 GB) travelled as four 1 GiB banks at 49 GB/s, in slices at 44 GB/s
+(docs/benchmarks.md). Host reads (``read_rows``, for a
 demotion to disk) copy out of a transient NumPy view: a view that outlived the copy would keep
 the array from being donated.
 
@@ -151,15 +150,13 @@ class PinnedHostTier(ArrayTier):
 
     def prefetch(self, slots) -> None:
         """Start the copies a ``load_pieces(slots)`` would make (``BankPrefetches``), in the order the
-        link should carry them: the slice loops of the banks wanted in part, on a worker thread, their
-        slice plans sent ahead of any bank (into the load's own part arrays, ``part_chunks``: the
-        same compiled loops); then the DMAs of the banks wanted whole, all but the last of two or
-        more, which ``load_pieces`` sends behind the writes of the others (a write's page list is a
-        small host-to-device copy that waits behind every copy sent before it). Rows and banks a
-        copy already started serves are not copied again (a guess and the admission's own
-        prefetch). The load takes a copy for the rows it wants that were not written since, and
-        drops the copies it does not take. Until then each copy takes its size in device memory (a
-        whole bank's for a bank, ``part_bytes`` for a part array)."""
+        link should carry them: the slice loops of the banks wanted in part on a worker thread, into
+        the load's own part arrays (``part_chunks``), their plans sent ahead of any bank; then the
+        DMAs of the banks wanted whole but the last of two or more, which ``load_pieces`` sends
+        behind the writes of the others (a write's page list waits behind every copy sent before
+        it). Rows and banks a started copy serves are not copied again. The load takes the copies
+        of rows not written since and drops the others; until then each takes its size in device
+        memory."""
         banks = self._storage()
         groups = list(self._by_bank(slots))
         whole = self._whole(groups)
@@ -209,12 +206,17 @@ class PinnedHostTier(ArrayTier):
         groups = list(self._by_bank(slots))
         whole = self._whole(groups)
         parts = [g for g, w in zip(groups, whole) if not w]
+        chunks = part_chunks([at for _, at, _ in parts], self._part_rows)
+        last_chunk = {parts[i][0]: c for c, chunk in enumerate(chunks) for i, _, _ in chunk}
         taken = {}
-        for chunk in part_chunks([at for _, at, _ in parts], self._part_rows):
+        for c, chunk in enumerate(chunks):
             for i, _, _ in chunk:
                 if i not in taken:                # a bank's started copies, waited for once
                     taken[i] = self._prefetches.take_rows(parts[i][0], parts[i][2])
-            data = self._chunk_on_device([(parts[i], sel, dst, taken[i]) for i, sel, dst in chunk], dtype)
+            items = [(parts[i], sel, dst, taken[i]) for i, sel, dst in chunk]
+            done = {id(copy) for *_, started in items for copy, _, _, banks in started or ()
+                    if all(last_chunk.get(b, -1) <= c for b in banks)}      # no later array reads it
+            data = self._chunk_on_device(items, dtype, done)
             yield RecordPiece(data, np.concatenate([dst for _, _, dst in chunk]),
                               np.concatenate([parts[i][1][sel] for i, sel, _ in chunk]))
         for (b, at, rows), w in zip(groups, whole):
@@ -227,23 +229,25 @@ class PinnedHostTier(ArrayTier):
         placed into one array."""
         return self._assembled(list(self.load_pieces(slots)), len(pad_slots(slots)), self._storage()[0].dtype)
 
-    def _assembled(self, pieces, length: int, dtype) -> jax.Array:
+    def _assembled(self, pieces, length: int, dtype, last=None) -> jax.Array:
         """``[length, ...]`` on the device with each piece's rows at its positions. A piece laid
-        out as the whole (its rows at their own positions) is the array the others go into: no
-        copy of it, and its other rows are those the others (or the caller) overwrite."""
-        base = next((p for p in pieces if p.data.shape[0] == length and
-                     (p.positions is None or np.array_equal(p.rows, p.positions))), None)
+        out as the whole (its rows at their own positions) is the array the others go into (it
+        is donated): no copy of it, and its other rows are those the others (or the caller)
+        overwrite. ``last``: the ids of the pieces' arrays nothing reads after this (default:
+        all); only those may be the base."""
+        base = next((p for p in pieces if p.data.shape[0] == length and (last is None or id(p.data) in last)
+                     and (p.positions is None or np.array_equal(p.rows, p.positions))), None)
         out = jnp.zeros((length, *self.shape), dtype, device=self._on_device) if base is None else base.data
         for data, rows, at in (p for p in pieces if p is not base):
             out = _place_rows(out, data, padded(rows, length), pad_distinct(at, length, length))
         return out
 
-    def _chunk_on_device(self, chunk, dtype) -> jax.Array:
+    def _chunk_on_device(self, chunk, dtype, last) -> jax.Array:
         """A part array ``[part_rows, ...]`` on the device: for each ``(group, sel, dst, started)``
         of ``chunk``, the rows ``sel`` (indices into its rows) of a ``_by_bank`` group at rows
         ``dst``, from the prefetched copies that serve the group (``take_rows``' ``started``; a
-        copy laid out as this array, the usual case, becomes the array itself), or by slice loops
-        when none do."""
+        copy laid out as this array, the usual case, becomes the array itself where no later
+        part array reads it: its id in ``last``), or by slice loops when none do."""
         by_copy, missing = {}, []
         for (b, _, rows), sel, dst, started in chunk:
             if started is None:
@@ -251,14 +255,14 @@ class PinnedHostTier(ArrayTier):
                 continue
             to = np.full(len(rows), -1, np.int64)
             to[sel] = dst                         # a row of the group -> its row here, or -1
-            for copy, positions, wanted in started:
+            for copy, positions, wanted, _ in started:
                 keep = to[wanted] >= 0
                 if keep.any():
                     _, src, at = by_copy.setdefault(id(copy), (copy, [], []))
                     src.append(positions[keep])
                     at.append(to[wanted][keep])
         out = self._assembled([RecordPiece(copy, np.concatenate(src), np.concatenate(at))
-                               for copy, src, at in by_copy.values()], self._part_rows, dtype)
+                               for copy, src, at in by_copy.values()], self._part_rows, dtype, last)
         for b, rows, dst in missing:
             out = self._load(out, self._storage()[b], *self._slice_plan(rows, dst),
                              run=self._run(self._part_rows))
