@@ -220,8 +220,8 @@ class TierReuse:
         """Load held ``keys``' records into device ``pages`` in this plan and forget them (their
         slots are free for later moves, which the move order keeps after the loads)."""
         found = self.chain.where_all(keys)
+        self.chain.unhold_all(keys)
         for key in keys:
-            self.chain.unhold_all([key])
             self.chain.discard(key)
         self._load_all(found, pages)
         self.swapped_in += len(found)

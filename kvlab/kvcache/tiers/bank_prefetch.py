@@ -4,8 +4,8 @@ Two kinds, as ``PinnedHostTier.load_records`` moves a bank:
 
 - a bank wanted (almost) whole: one ``jax.device_put`` of the bank, which returns at once and
   runs beside the host;
-- the banks wanted in part: the jitted slice loops that copy those rows into one device array laid
-  out as the load's own (the same shapes, so nothing new to compile), which hold the calling thread
+- the banks wanted in part: the jitted slice loops that copy those rows into the load's own part
+  arrays (the same shapes, so nothing new to compile), which hold the calling thread
   until their last copy has landed - so they run on a worker thread, and the host goes on with its
   bookkeeping meanwhile. Several sequences may each start one for the same bank.
 

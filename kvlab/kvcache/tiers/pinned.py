@@ -45,7 +45,7 @@ from kvlab.kvcache.eviction import LRU
 from kvlab.kvcache.tiers.array_tier import ArrayTier
 from kvlab.kvcache.tiers.bank_prefetch import BankPrefetches
 from kvlab.kvcache.tiers.records import RecordPiece, pad_distinct, pad_slots
-from kvlab.kvcache.tiers.slice_copies import copy_slices, padded, runs
+from kvlab.kvcache.tiers.slice_copies import copy_slices, padded, part_chunks, runs
 
 RUN_BYTES = 32 << 20      # records whose slots follow each other move in slices of up to this size
 BANK_BYTES = 1 << 30      # records are kept in pinned arrays of up to this size (banks)
@@ -273,31 +273,6 @@ class PinnedHostTier(ArrayTier):
         since), else a new DMA."""
         copy = self._prefetches.take_whole(b, rows)
         return copy if copy is not None else jax.device_put(self._storage()[b], self._on_device)
-
-
-def part_chunks(positions, rows_per_chunk: int) -> list[list[tuple[int, np.ndarray, np.ndarray]]]:
-    """Where the records of the banks a load wants in part go: given each bank's positions in
-    the load (``positions``, a list of int arrays, k positions in all), the records in the load's
-    order cut into part arrays of ``rows_per_chunk`` rows (the last padded), and for each array
-    ``[(bank index, sel, rows)]``: the bank's positions ``sel`` (indices into its positions) go to
-    ``rows`` of that array.
-
-    Examples:
-        >>> chunks = part_chunks([np.array([7, 2]), np.array([5])], rows_per_chunk=2)
-        >>> [[(i, sel.tolist(), rows.tolist()) for i, sel, rows in c] for c in chunks]
-        [[(0, [1], [0]), (1, [0], [1])], [(0, [0], [0])]]
-    """
-    if not positions:
-        return []
-    every = np.concatenate(positions)
-    rank = np.empty(len(every), np.int64)
-    rank[np.argsort(every, kind="stable")] = np.arange(len(every))
-    chunks = [[] for _ in range(-(-len(every) // rows_per_chunk))]
-    for i, ranks in enumerate(np.split(rank, np.cumsum([len(p) for p in positions])[:-1])):
-        for c in np.unique(ranks // rows_per_chunk):
-            sel = np.flatnonzero(ranks // rows_per_chunk == c)
-            chunks[c].append((i, sel, ranks[sel] - c * rows_per_chunk))
-    return chunks
 
 
 @functools.partial(jax.jit, donate_argnums=0)

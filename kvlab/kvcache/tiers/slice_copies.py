@@ -1,7 +1,9 @@
 """Copies of records in slices between a tier's arrays and the device (``PinnedHostTier``): a
 plan (``runs``) cuts the copies ``dst[j] <- src[j]`` into slices whose rows follow each other
 and pads it to one shape for every cut; ``copy_slices``, traced inside a jitted copy, makes them
-with a ``move`` of each slice to the other side (``jax.device_put`` to the other memory).
+with a ``move`` of each slice to the other side (``jax.device_put`` to the other memory);
+``part_chunks`` says which part array, and which row of it, each record a load wants of a bank
+it wants in part goes to.
 
 Examples:
     >>> src_starts, dst_starts, n, *_ = runs([4, 5, 6, 9], [0, 1, 2, 3], run=3, length=4)
@@ -68,3 +70,28 @@ def padded(values, length: int) -> np.ndarray:
     out = np.zeros(length, np.int32)
     out[:len(values)] = values
     return out
+
+
+def part_chunks(positions, rows_per_chunk: int) -> list[list[tuple[int, np.ndarray, np.ndarray]]]:
+    """Where the records of the banks a load wants in part go: given each bank's positions in
+    the load (``positions``, a list of int arrays, k positions in all), the records in the load's
+    order cut into part arrays of ``rows_per_chunk`` rows (the last padded), and for each array
+    ``[(bank index, sel, rows)]``: the bank's positions ``sel`` (indices into its positions) go to
+    ``rows`` of that array.
+
+    Examples:
+        >>> chunks = part_chunks([np.array([7, 2]), np.array([5])], rows_per_chunk=2)
+        >>> [[(i, sel.tolist(), rows.tolist()) for i, sel, rows in c] for c in chunks]
+        [[(0, [1], [0]), (1, [0], [1])], [(0, [0], [0])]]
+    """
+    if not positions:
+        return []
+    every = np.concatenate(positions)
+    rank = np.empty(len(every), np.int64)
+    rank[np.argsort(every, kind="stable")] = np.arange(len(every))
+    chunks = [[] for _ in range(-(-len(every) // rows_per_chunk))]
+    for i, ranks in enumerate(np.split(rank, np.cumsum([len(p) for p in positions])[:-1])):
+        for c in np.unique(ranks // rows_per_chunk):
+            sel = np.flatnonzero(ranks // rows_per_chunk == c)
+            chunks[c].append((i, sel, ranks[sel] - c * rows_per_chunk))
+    return chunks
