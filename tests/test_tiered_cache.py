@@ -330,20 +330,24 @@ def test_the_rows_wanted_in_part_come_in_part_arrays_of_one_shape(monkeypatch):
     """Whatever number of rows a load wants of banks it wants in part, they come in part arrays
     of ``part_bytes`` (here two records each), in the load's order, the last padded: one shape
     for the slice loops and for the device write however the document lies across the banks
-    (a new shape per load would compile the copies and the write again)."""
+    (a new shape per load would compile the copies and the write again). A prefetch makes the
+    same arrays and each becomes its piece as it is, a bank's rows in two arrays too."""
+    import kvlab.kvcache.tiers.pinned as pinned
     record = np.zeros((2, 3), np.float32)
     tier = PinnedHostTier(16, record, bank_bytes=8 * record.nbytes, part_bytes=2 * record.nbytes)
     shadow = np.arange(16 * 6, dtype=np.float32).reshape(16, 2, 3)
     tier.write_rows(list(range(16)), shadow)
-    shapes = []
-    real_load = tier._load
+    shapes, placed = [], []
+    real_load, real_place = tier._load, pinned._place_rows
     tier._load = lambda out, bank, *plan, run: (shapes.append((out.shape, run))
                                                 or real_load(out, bank, *plan, run=run))
+    monkeypatch.setattr(pinned, "_place_rows", lambda *a: placed.append(a[1].shape) or real_place(*a))
     for slots in ([3], [7, 8], [6, 7, 8, 9, 10], [12, 1, 2, 13, 3]):
         for prefetched in (False, True):
             if prefetched:
                 tier.prefetch(slots)
             pieces = list(tier.load_pieces(slots))
+            assert placed == [], f"a prefetched part array of {slots} was copied again"
             assert len(pieces) == -(-len(slots) // 2)
             assert all(p.data.shape == (2, 2, 3) for p in pieces)
             assert [sorted(piece.positions.tolist()) for piece in pieces] == \

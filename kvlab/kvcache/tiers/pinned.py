@@ -207,16 +207,18 @@ class PinnedHostTier(ArrayTier):
         whole = self._whole(groups)
         parts = [g for g, w in zip(groups, whole) if not w]
         chunks = part_chunks([at for _, at, _ in parts], self._part_rows)
-        last_chunk = {parts[i][0]: c for c, chunk in enumerate(chunks) for i, _, _ in chunk}
+        chunk_of = [np.empty(len(rows), np.int64) for _, _, rows in parts]   # each row's array
+        for c, chunk in enumerate(chunks):
+            for i, sel, _ in chunk:
+                chunk_of[i][sel] = c
+        part_of = {b: i for i, (b, _, _) in enumerate(parts)}
         taken = {}
         for c, chunk in enumerate(chunks):
             for i, _, _ in chunk:
                 if i not in taken:                # a bank's started copies, waited for once
                     taken[i] = self._prefetches.take_rows(parts[i][0], parts[i][2])
             items = [(parts[i], sel, dst, taken[i]) for i, sel, dst in chunk]
-            done = {id(copy) for *_, started in items for copy, _, _, banks in started or ()
-                    if all(last_chunk.get(b, -1) <= c for b in banks)}      # no later array reads it
-            data = self._chunk_on_device(items, dtype, done)
+            data = self._chunk_on_device(items, dtype, _read_last_by(c, taken, chunk_of, part_of))
             yield RecordPiece(data, np.concatenate([dst for _, _, dst in chunk]),
                               np.concatenate([parts[i][1][sel] for i, sel, _ in chunk]))
         for (b, at, rows), w in zip(groups, whole):
@@ -273,6 +275,19 @@ class PinnedHostTier(ArrayTier):
         since), else a new DMA."""
         copy = self._prefetches.take_whole(b, rows)
         return copy if copy is not None else jax.device_put(self._storage()[b], self._on_device)
+
+
+def _read_last_by(c: int, taken: dict, chunk_of: list, part_of: dict) -> set:
+    """The ids of the started copies that no part array after the ``c``-th reads: for each bank
+    they hold rows of that the load wants in part, its copies are taken (``taken``, by part) and
+    the rows they serve go into arrays ``<= c`` (``chunk_of``: each part's rows' arrays)."""
+    last, holds = {}, {}
+    for i, started in taken.items():
+        for copy, _, wanted, banks in started or ():
+            last[id(copy)] = max(last.get(id(copy), -1), int(chunk_of[i][wanted].max()))
+            holds[id(copy)] = banks
+    return {k for k, at in last.items()
+            if at <= c and all(part_of[b] in taken for b in holds[k] if b in part_of)}
 
 
 @functools.partial(jax.jit, donate_argnums=0)
