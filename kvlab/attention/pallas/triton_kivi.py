@@ -106,7 +106,7 @@ class KiviTiles:
 
         def values_update(acc, alpha, p):
             v, v_map = tile_codes_and_map(ints, v_data, v_map_meta, jnp.float32(1.0), self.code,
-                                          fold_rows=self.fold_rows)
+                                          fold_rows=self.fold_rows, fields=self.st.fields)
             return v_map.values_update(acc, alpha, p, v)
         return online(carry, s, values_update)
 

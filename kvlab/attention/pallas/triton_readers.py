@@ -94,7 +94,7 @@ class RowTiles:
 
     def _codes(self, data, meta, which):
         return tile_codes_and_map(self.st.kv_format, data, meta, self.scales[which], self.code,
-                                  fold_rows=self.fold_rows)
+                                  fold_rows=self.fold_rows, fields=self.st.fields)
 
     def attend(self, t, pages, carry, online):
         (k_data, k_meta), (v_data, v_meta) = self._raw(t, pages)

@@ -14,8 +14,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from kvlab.attention.pallas.triton_fields import PtxFields
 from kvlab.attention.reference import AttentionOptions
-from kvlab.kvcache.formats.base import PLAIN, KVFormat
+from kvlab.kvcache.formats.base import PLAIN, ByteFields, KVFormat
+from kvlab.kvcache.formats.integer import JNP_FIELDS
 from kvlab.kvcache.formats.meta_words import unpack_meta_word
 
 LOG2E = 1.4426950408889634
@@ -34,6 +36,12 @@ class Static:
     options: AttentionOptions
     interpret: bool
     kv_format: KVFormat = PLAIN
+
+    @property
+    def fields(self):
+        """How packed integer fields become float16 codes: a few PTX instructions per four
+        bytes on the GPU, the jnp specification in interpret mode."""
+        return JNP_FIELDS if self.interpret else PtxFields()
 
     @property
     def parts(self) -> int:
@@ -159,24 +167,25 @@ class RowMap:
                      for a, c in zip(acc, codes))
 
 
-def tile_codes_and_map(fmt: KVFormat, data, meta, layer_scale, dtype, *, fold_rows: bool):
+def tile_codes_and_map(fmt: KVFormat, data, meta, layer_scale, dtype, *, fold_rows: bool, fields: ByteFields):
     """A stored tile as (code parts in ``dtype``, the ``TileMap``/``RowMap`` that turns them into
     values). A per-token scale (and zero point) either folds with the bias of the format's biased
     codes into the products (``fold_rows``: the decode, whose few query rows make the folded
     terms cheaper than touching every element), or is applied to every element in ``dtype`` (the
     prefill, whose many query rows make it the other way round, 2x on the H200). A per-layer
-    scale always folds. A zero point needs a per-token scale."""
+    scale always folds. A zero point needs a per-token scale. ``fields``: how the kernel unpacks
+    packed integer fields (``Static.fields``)."""
     scale, zero = fmt.tile_affine(meta, layer_scale)
     if scale is not None and jnp.ndim(scale) == 1:
         if fold_rows:
-            parts, bias = fmt.tile_biased_codes(data, dtype)
+            parts, bias = fmt.tile_biased_codes(data, dtype, fields=fields)
             return parts, RowMap(scale, zero, bias)
         s, z = _column(scale.astype(dtype)), 0 if zero is None else _column(zero.astype(dtype))
-        return tuple(c * s + z for c in fmt.tile_codes(data, dtype)), TileMap(None)
+        return tuple(c * s + z for c in fmt.tile_codes(data, dtype, fields=fields)), TileMap(None)
     if zero is not None:
         raise ValueError(f"the kernels fold a zero point with a per-token scale; {fmt.name} gives a zero "
                          f"point with a per-layer scale")
-    return fmt.tile_codes(data, dtype), TileMap(scale)
+    return fmt.tile_codes(data, dtype, fields=fields), TileMap(scale)
 
 
 def _column(x):

@@ -40,6 +40,16 @@ from kvlab.kvcache.staging import InPlaceWrites
 META_DTYPE = jnp.float16          # per-token scales and zero points (LMDeploy stores half2)
 
 
+class ByteFields(Protocol):
+    """How the fields of packed bytes become float16 ``1024 + field`` (a kernel may bring a faster
+    way that computes the same values)."""
+
+    def biased_float16(self, data: jax.Array, bits: int) -> tuple[jax.Array, ...]:
+        """data uint8 ``[..., w]`` -> ``8 // bits`` float16 arrays ``[..., w]``: ``1024 + field
+        i``, field ``i`` in bits ``i * bits`` of each byte."""
+        ...
+
+
 @runtime_checkable
 class KVFormat(Protocol):
     """How K/V rows are encoded in the pages. Shapes: ``x [..., Hkv, D]``; ``data [..., Hkv,
@@ -89,9 +99,11 @@ class KVFormat(Protocol):
         """The float type that holds every code exactly, in which a kernel multiplies codes."""
         ...
 
-    def tile_codes(self, data: jax.Array, dtype) -> tuple[jax.Array, ...]:
+    def tile_codes(self, data: jax.Array, dtype, *,
+                   fields: ByteFields | None = None) -> tuple[jax.Array, ...]:
         """``data [..., packed_dim]`` as stored -> ``tile_parts`` parts ``[..., D / tile_parts]``
-        of codes in ``dtype`` (exact)."""
+        of codes in ``dtype`` (exact); ``fields``: a kernel's own way to unpack bit fields
+        (formats without packed fields ignore it)."""
         ...
 
     def tile_affine(self, meta: tuple[jax.Array, ...], layer_scale):
@@ -109,9 +121,11 @@ class KVFormat(Protocol):
         ``j`` as stored iff ``i >= stored_from[j]`` (else as given); ``layer_scale [2, Hkv]``."""
         ...
 
-    def tile_biased_codes(self, data: jax.Array, dtype) -> tuple[tuple[jax.Array, ...], float]:
+    def tile_biased_codes(self, data: jax.Array, dtype, *,
+                          fields: ByteFields | None = None) -> tuple[tuple[jax.Array, ...], float]:
         """``(parts, bias)``: the codes plus a constant ``bias`` as they come out of the bytes
-        (``tile_codes`` subtracts it), for kernels that fold the bias into their products."""
+        (``tile_codes`` subtracts it), for kernels that fold the bias into their products;
+        ``fields`` as in ``tile_codes``."""
         ...
 
     def page_writes(self, *, num_pages: int, page_size: int):
@@ -186,9 +200,9 @@ class RowFormat:
         data = self.packed_dim(head_dim) * jnp.dtype(self.data_dtype(model_dtype)).itemsize
         return 2 * (data + self.meta_width * jnp.dtype(META_DTYPE).itemsize)
 
-    def tile_biased_codes(self, data, dtype):
+    def tile_biased_codes(self, data, dtype, *, fields=None):
         """The codes themselves, no bias (formats whose codes need no offset)."""
-        return self.tile_codes(data, dtype), 0.0
+        return self.tile_codes(data, dtype, fields=fields), 0.0
 
     def dense_view(self, k, v, layer_scale):
         """Every row encoded and decoded, read so by every query."""
@@ -239,7 +253,7 @@ class Plain(RowFormat):
     def code_dtype(self, model_dtype) -> jnp.dtype:
         return jnp.dtype(model_dtype)
 
-    def tile_codes(self, data, dtype):
+    def tile_codes(self, data, dtype, *, fields=None):
         return (data.astype(dtype),)
 
     def tile_affine(self, meta, layer_scale):

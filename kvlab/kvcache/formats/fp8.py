@@ -131,7 +131,7 @@ class Fp8(RowFormat):
     def code_dtype(self, model_dtype) -> jnp.dtype:
         return exact_code_dtype(model_dtype)
 
-    def tile_codes(self, data, dtype):
+    def tile_codes(self, data, dtype, *, fields=None):
         """The fp8 values themselves (exact in float16: one packed conversion per two values)."""
         return (data.astype(dtype),)
 

@@ -23,11 +23,29 @@ import numpy as np
 
 from kvlab.kvcache.formats.base import (
     META_DTYPE,
+    ByteFields,
     RowFormat,
     decode_rows_by_tiles,
     encode_rows_by_tiles,
     exact_code_dtype,
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class JnpFields:
+    """``ByteFields`` in jnp, one element at a time: a shift, a mask, a widening to 16 bits and an
+    or with 0x6400 (1024.0's bits); the specification."""
+
+    def biased_float16(self, data, bits):
+        mask = jnp.uint8((1 << bits) - 1)
+        out = []
+        for i in range(8 // bits):
+            q = data if bits == 8 else (data >> (i * bits)) & mask
+            out.append(jax.lax.bitcast_convert_type(q.astype(jnp.uint16) | jnp.uint16(0x6400), jnp.float16))
+        return tuple(out)
+
+
+JNP_FIELDS = JnpFields()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -112,25 +130,20 @@ class AsymmetricInt(RowFormat):
     def code_dtype(self, model_dtype) -> jnp.dtype:
         return exact_code_dtype(model_dtype)
 
-    def tile_biased_codes(self, data, dtype):
-        """The codes unpacked part by part, plus 1024 in float16 (the exponent trick: the byte
-        under the mantissa of 1024.0, integer operations only, no conversion instruction); other
-        types by conversion, no bias."""
+    def tile_biased_codes(self, data, dtype, *, fields: ByteFields | None = None):
+        """The codes unpacked part by part, plus 1024 in float16 (the exponent trick: the field
+        under the mantissa of 1024.0, integer operations only, no conversion instruction), by
+        ``fields`` (``JnpFields`` unless a kernel passes its own); other types by conversion, no
+        bias."""
+        if jnp.dtype(dtype) == jnp.float16:
+            return (fields or JNP_FIELDS).biased_float16(data, self.bits), 1024.0
         mask = jnp.uint8(self.levels)
-        f16 = jnp.dtype(dtype) == jnp.float16
-        out = []
-        for i in range(self.tile_parts):
-            q = data if self.bits == 8 else (data >> (i * self.bits)) & mask
-            if f16:
-                biased = q.astype(jnp.uint16) | jnp.uint16(0x6400)
-                out.append(jax.lax.bitcast_convert_type(biased, jnp.float16))
-            else:
-                out.append(q.astype(dtype))
-        return tuple(out), (1024.0 if f16 else 0.0)
+        return tuple((data if self.bits == 8 else (data >> (i * self.bits)) & mask).astype(dtype)
+                     for i in range(self.tile_parts)), 0.0
 
-    def tile_codes(self, data, dtype):
+    def tile_codes(self, data, dtype, *, fields: ByteFields | None = None):
         """The exact codes: ``tile_biased_codes`` less its bias."""
-        parts, bias = self.tile_biased_codes(data, dtype)
+        parts, bias = self.tile_biased_codes(data, dtype, fields=fields)
         return parts if not bias else tuple(p - jnp.asarray(bias, p.dtype) for p in parts)
 
     def tile_affine(self, meta, layer_scale):
