@@ -12,8 +12,8 @@ same values with ``elementwise_inline_asm`` on four bytes at once:
 * for narrower fields, ``lop3.b32`` keeps one field of each half and ors in 0x6400, after a
   ``shr.b32`` for the fields above the first: two or three instructions per two codes.
 
-The result is exactly ``JnpFields``' (integer operations only); ``tests/test_quantized_kernels.py``
-compares them on the GPU.
+The result is exactly ``JnpFields``' (integer operations only); ``tests/test_triton_fields.py``
+runs the PTX text through an emulator on the CPU and compares the compiled unpack on the GPU.
 """
 
 from __future__ import annotations

@@ -37,12 +37,13 @@ class JnpFields:
     or with 0x6400 (1024.0's bits); the specification."""
 
     def biased_float16(self, data, bits):
-        mask = jnp.uint8((1 << bits) - 1)
-        out = []
-        for i in range(8 // bits):
-            q = data if bits == 8 else (data >> (i * bits)) & mask
-            out.append(jax.lax.bitcast_convert_type(q.astype(jnp.uint16) | jnp.uint16(0x6400), jnp.float16))
-        return tuple(out)
+        biased = [byte_field(data, bits, i).astype(jnp.uint16) | jnp.uint16(0x6400) for i in range(8 // bits)]
+        return tuple(jax.lax.bitcast_convert_type(b, jnp.float16) for b in biased)
+
+
+def byte_field(data, bits: int, i: int):
+    """Field ``i`` (bits ``i * bits`` up) of each byte of uint8 ``data``, as uint8."""
+    return data if bits == 8 else (data >> (i * bits)) & jnp.uint8((1 << bits) - 1)
 
 
 JNP_FIELDS = JnpFields()
@@ -137,9 +138,7 @@ class AsymmetricInt(RowFormat):
         bias."""
         if jnp.dtype(dtype) == jnp.float16:
             return (fields or JNP_FIELDS).biased_float16(data, self.bits), 1024.0
-        mask = jnp.uint8(self.levels)
-        return tuple((data if self.bits == 8 else (data >> (i * self.bits)) & mask).astype(dtype)
-                     for i in range(self.tile_parts)), 0.0
+        return tuple(byte_field(data, self.bits, i).astype(dtype) for i in range(self.tile_parts)), 0.0
 
     def tile_codes(self, data, dtype, *, fields: ByteFields | None = None):
         """The exact codes: ``tile_biased_codes`` less its bias."""
